@@ -1,0 +1,73 @@
+// Argument checks shared by every op. Each message names the argument and
+// what was expected; mcvd/ops/_checks.py raises the same messages for the
+// reference backend, and the tests assert them.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <string>
+
+namespace mcvd {
+
+inline std::string shape_str(at::IntArrayRef s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) {
+    out += std::to_string(s[i]);
+    if (i + 1 < s.size()) out += ", ";
+  }
+  return out + "]";
+}
+
+inline void check_rank(const at::Tensor& t, const char* name, int64_t rank,
+                       const char* layout) {
+  TORCH_CHECK(t.dim() == rank, name, ": expected a ", rank, "-d tensor ",
+              layout, ", got shape ", shape_str(t.sizes()));
+}
+
+inline void check_shape(const at::Tensor& t, const char* name,
+                        at::IntArrayRef expected) {
+  TORCH_CHECK(t.sizes() == expected, name, ": expected shape ",
+              shape_str(expected), ", got ", shape_str(t.sizes()));
+}
+
+inline void check_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble ||
+                  t.scalar_type() == at::kBFloat16 ||
+                  t.scalar_type() == at::kHalf,
+              name,
+              ": expected a floating dtype (float32, float64, bfloat16, "
+              "float16), got ",
+              t.scalar_type());
+}
+
+inline void check_same_dtype(const at::Tensor& t, const char* name,
+                             const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, ": expected dtype ",
+              ref.scalar_type(), " (the dtype of ", ref_name, "), got ",
+              t.scalar_type());
+}
+
+inline void check_same_device(const at::Tensor& t, const char* name,
+                              const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK(t.device() == ref.device(), name, ": expected device ",
+              ref.device(), " (the device of ", ref_name, "), got ",
+              t.device());
+}
+
+// An optional tensor that must match `ref` in dtype and device and have the
+// given shape.
+inline void check_optional(const c10::optional<at::Tensor>& t, const char* name,
+                           const at::Tensor& ref, const char* ref_name,
+                           at::IntArrayRef expected) {
+  if (!t.has_value()) return;
+  check_same_device(*t, name, ref, ref_name);
+  check_same_dtype(*t, name, ref, ref_name);
+  check_shape(*t, name, expected);
+}
+
+}  // namespace mcvd
+
+// Kernels read raw pointers, so a strided view is copied rather than read
+// wrongly; the op wrappers call this on every tensor input.
+#define MCVD_CONTIG(t) ((t).contiguous())

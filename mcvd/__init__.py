@@ -1,0 +1,9 @@
+"""mcvd: Masked Conditional Video Diffusion (Voleti et al., NeurIPS 2022) with
+fused C++, CUDA and Triton kernels."""
+import torch  # noqa: F401  (loads libtorch before the extension)
+
+from mcvd import _C, ops
+
+__version__ = _C.build_info()["version"]
+
+__all__ = ["ops", "__version__"]

@@ -1,0 +1,99 @@
+"""Backend dispatch: the one table of which implementation serves each op.
+
+Backends: "reference" (pure PyTorch, `<op>_ref`), "cpu" (C++ kernels in
+mcvd._C), "cuda" (CUDA kernels in mcvd._C), "triton" (kernels/ via
+torch.library.triton_op). `backend=None` takes `MCVD_BACKEND` if set, else the
+fastest compiled backend for the tensors' device (AUTO below, as measured by
+benchmarks/), and logs the choice once per op and device.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+
+import torch
+
+log = logging.getLogger("mcvd.ops")
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+
+# Auto choice per op on a CUDA device, fastest first, from
+# benchmarks/results/. A backend missing from this install is passed over.
+AUTO_CUDA = {
+    "spatin_norm": ("cuda", "triton"),
+    "attention": ("triton", "cuda"),
+    "reverse_step": ("cuda", "triton"),
+}
+
+
+@functools.cache
+def _compiled() -> tuple[str, ...]:
+    from mcvd import _C
+
+    return tuple(_C.build_info()["backends"])
+
+
+def _triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def available_backends(device: torch.device | str | None = None) -> list[str]:
+    """Backends this install can run on `device` (every device if None).
+
+    "triton" needs the triton package and a CUDA device, or TRITON_INTERPRET=1
+    (then it runs, slowly, on CPU tensors).
+    """
+    dev = None if device is None else torch.device(device).type
+    out = ["reference"]
+    if "cpu" in _compiled() and dev in (None, "cpu"):
+        out.append("cpu")
+    cuda_ok = torch.cuda.is_available()
+    if "cuda" in _compiled() and cuda_ok and dev in (None, "cuda"):
+        out.append("cuda")
+    if _triton_importable():
+        if (dev in (None, "cuda") and cuda_ok) or (dev in (None, "cpu") and _triton_interpreted()):
+            out.append("triton")
+    return out
+
+
+_logged: set[tuple[str, str]] = set()
+
+
+def resolve(op: str, device: torch.device, backend: str | None) -> str:
+    """The backend that runs `op` on `device`: explicit, MCVD_BACKEND, or auto."""
+    if backend is None:
+        backend = os.environ.get("MCVD_BACKEND") or None
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")
+        avail = available_backends(device)
+        if backend not in avail:
+            raise RuntimeError(
+                f"backend: {backend!r} is not available for {op} on {device.type} tensors; "
+                f"available here: {avail}"
+            )
+        return backend
+    avail = available_backends(device)
+    if device.type == "cuda":
+        choice = next((b for b in AUTO_CUDA[op] if b in avail), "reference")
+    elif device.type == "cpu" and "cpu" in avail:
+        choice = "cpu"
+    else:
+        choice = "reference"
+    key = (op, device.type)
+    if key not in _logged:
+        _logged.add(key)
+        log.info("mcvd.ops.%s on %s: auto backend %r (available: %s)", op, device.type, choice, avail)
+    return choice
+
+
+def triton_module(op: str):
+    """The kernels/<op>.py module (imported on first use: importing triton is slow)."""
+    return importlib.import_module(f"mcvd.kernels.{op}")

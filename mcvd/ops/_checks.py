@@ -1,0 +1,41 @@
+"""Python argument checks: the same messages as csrc/checks.h, so that every
+backend, the reference included, rejects bad input the same way."""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def shape_str(shape) -> str:
+    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
+
+
+def check_rank(t: torch.Tensor, name: str, rank: int, layout: str) -> None:
+    if t.dim() != rank:
+        raise ValueError(f"{name}: expected a {rank}-d tensor {layout}, got shape {shape_str(t.shape)}")
+
+
+def check_shape(t: torch.Tensor, name: str, expected) -> None:
+    if tuple(t.shape) != tuple(expected):
+        raise ValueError(f"{name}: expected shape {shape_str(expected)}, got {shape_str(t.shape)}")
+
+
+def check_float(t: torch.Tensor, name: str) -> None:
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name}: expected a floating dtype (float32, float64, bfloat16, float16), got {t.dtype}"
+        )
+
+
+def check_like(t: torch.Tensor | None, name: str, ref: torch.Tensor, ref_name: str, expected) -> None:
+    """An optional tensor must share `ref`'s device and dtype and have `expected` shape."""
+    if t is None:
+        return
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor or None, got {type(t).__name__}")
+    if t.device != ref.device:
+        raise ValueError(f"{name}: expected device {ref.device} (the device of {ref_name}), got {t.device}")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name}: expected dtype {ref.dtype} (the dtype of {ref_name}), got {t.dtype}")
+    check_shape(t, name, expected)

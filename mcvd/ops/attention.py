@@ -1,0 +1,94 @@
+"""Softmax attention over the N spatial positions of a feature map.
+
+    out = softmax(scale * q k^T) v,    q, k, v: [B, heads, N, D]
+
+The fused backends never hold the N x N matrix in memory: they stream key
+blocks with an online softmax and keep the per-row log-sum-exp (lse) for the
+backward, which recomputes the probabilities block by block.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _backend
+from ._checks import check_float, check_like, check_rank
+
+
+def _check(q, k, v) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a tensor, got {type(t).__name__}")
+    check_rank(q, "q", 4, "[B, heads, N, D]")
+    check_float(q, "q")
+    check_like(k, "k", q, "q", q.shape)
+    check_like(v, "v", q, "q", q.shape)
+
+
+def attention_ref(q, k, v, *, scale=None, upcast=False):
+    """einsum-softmax-einsum reference; `upcast=True` computes in float32."""
+    dtype = q.dtype
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    if upcast and dtype in (torch.float16, torch.bfloat16):
+        q, k, v = q.float(), k.float(), v.float()
+    logits = torch.einsum("bhnd,bhmd->bhnm", q, k) * scale
+    p = torch.softmax(logits, dim=-1)
+    return torch.einsum("bhnm,bhmd->bhnd", p, v).to(dtype)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
+              backend: str | None = None) -> torch.Tensor:
+    """Fused multi-head softmax attention.
+
+    Args:
+        q, k, v: [B, heads, N, D], one float dtype and device.
+        scale: logit scale, default D ** -0.5.
+        backend: None (auto), "reference", "cpu", "cuda" or "triton".
+    Returns:
+        out: [B, heads, N, D], q's dtype.
+    """
+    _check(q, k, v)
+    scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
+    name = _backend.resolve("attention", q.device, backend)
+    if name == "reference":
+        return attention_ref(q, k, v, scale=scale)
+    op = torch.ops.mcvd.attention_fwd if name in ("cpu", "cuda") else _backend.triton_module("attention").fwd
+    out, _ = op(q, k, v, scale)
+    return out
+
+
+def _stat_dtype(q):
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("mcvd::attention_fwd")
+def _fwd_fake(q, k, v, scale):
+    return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=_stat_dtype(q))
+
+
+@torch.library.register_fake("mcvd::attention_bwd")
+def _bwd_fake(grad_out, q, k, v, out, lse, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def setup_context(ctx, inputs, output):
+    q, k, v, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.scale = scale
+    ctx.mark_non_differentiable(lse)
+
+
+def make_backward(bwd_op):
+    """Autograd formula shared by the C++ and Triton forward ops."""
+
+    def backward(ctx, grad_out, _grad_lse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = bwd_op(grad_out.contiguous(), q, k, v, out, lse, ctx.scale)
+        return dq, dk, dv, None
+
+    return backward
+
+
+torch.library.register_autograd("mcvd::attention_fwd", make_backward(torch.ops.mcvd.attention_bwd),
+                                setup_context=setup_context)

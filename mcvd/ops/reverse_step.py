@@ -1,0 +1,130 @@
+"""The reverse-diffusion update, one fused pass for DDPM and DDIM (any eta).
+
+    x0     = (x_t - a * eps) / b                 (clamped to clip if given)
+    x_prev = c_x0 * x0 + c_xt * x_t + sigma * noise
+
+DDPM (Ho et al. 2020, eq. 7 posterior mean) uses a = sqrt(1 - abar_t),
+b = sqrt(abar_t), c_x0 = sqrt(abar_{t-1}) beta_t / (1 - abar_t),
+c_xt = sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t), sigma = posterior std;
+DDIM (Song et al. 2021, eq. 12) re-expresses eps through x0 and x_t, which is
+the same linear form. mcvd.diffusion builds the coefficients.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _backend
+from ._checks import check_float, check_like
+
+_COEFS = ("a", "b", "c_x0", "c_xt", "sigma")
+
+
+def _coef_table(x_t, coefs) -> torch.Tensor:
+    """[5, B] table of the coefficients (floats or [B] tensors), x_t's device,
+    float64 for float64 x_t else float32."""
+    B = x_t.shape[0]
+    dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
+    if all(not isinstance(c, torch.Tensor) for c in coefs):
+        return torch.tensor([[float(c)] * B for c in coefs], dtype=dtype).to(x_t.device)
+    rows = []
+    for name, c in zip(_COEFS, coefs):
+        if isinstance(c, torch.Tensor):
+            if c.device != x_t.device:
+                raise ValueError(f"{name}: expected device {x_t.device} (the device of x_t), got {c.device}")
+            if c.dim() == 0:
+                c = c.expand(B)
+            if c.shape != (B,):
+                raise ValueError(f"{name}: expected a float or a tensor of shape [{B}], got shape "
+                                 f"[{', '.join(map(str, c.shape))}]")
+            rows.append(c.to(dtype))
+        else:
+            rows.append(torch.full((B,), float(c), dtype=dtype, device=x_t.device))
+    return torch.stack(rows)
+
+
+def _check(x_t, eps, noise, clip) -> None:
+    if not isinstance(x_t, torch.Tensor):
+        raise TypeError(f"x_t: expected a tensor, got {type(x_t).__name__}")
+    if x_t.dim() < 1:
+        raise ValueError("x_t: expected a tensor with a batch dimension [B, ...], got a 0-d tensor")
+    check_float(x_t, "x_t")
+    check_like(eps, "eps", x_t, "x_t", x_t.shape)
+    check_like(noise, "noise", x_t, "x_t", x_t.shape)
+    if clip is not None and (len(clip) != 2 or not clip[0] <= clip[1]):
+        raise ValueError(f"clip: expected None or (lo, hi) with lo <= hi, got {clip!r}")
+
+
+def reverse_step_ref(x_t, eps, noise, coef, clip_lo=None, clip_hi=None):
+    """Reference over the [5, B] coefficient table (see _coef_table)."""
+    a, b, c_x0, c_xt, sigma = (c.view(-1, *([1] * (x_t.dim() - 1))) for c in coef)
+    x0 = (x_t - a * eps) / b
+    if clip_lo is not None:
+        x0 = x0.clamp(clip_lo, clip_hi)
+    x_prev = c_x0 * x0 + c_xt * x_t
+    if noise is not None:
+        x_prev = x_prev + sigma * noise
+    return x_prev.to(x_t.dtype), x0.to(x_t.dtype)
+
+
+def reverse_step(x_t: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | None, *, a, b, c_x0, c_xt, sigma,
+                 clip: tuple[float, float] | None = None, backend: str | None = None):
+    """One reverse step x_t -> x_{t-1}, returning (x_prev, x0).
+
+    Args:
+        x_t, eps, noise: [B, ...] of one float dtype and device; noise may be
+            None when sigma is 0.
+        a, b, c_x0, c_xt, sigma: floats, or [B] tensors on x_t's device (per
+            sample; the samplers pass device tensors so the loop never syncs).
+        clip: (lo, hi) clamp of the predicted x0, or None.
+        backend: None (auto), "reference", "cpu", "cuda" or "triton".
+    Returns:
+        (x_prev, x0), both shaped like x_t. Differentiable in x_t, eps and
+        noise; the coefficients are constants.
+    """
+    _check(x_t, eps, noise, clip)
+    coefs = (a, b, c_x0, c_xt, sigma)
+    if noise is None and not isinstance(sigma, torch.Tensor) and sigma != 0:
+        raise ValueError("noise: expected a tensor shaped like x_t when sigma is not 0, got None")
+    coef = _coef_table(x_t, coefs)
+    lo, hi = (None, None) if clip is None else (float(clip[0]), float(clip[1]))
+    return reverse_step_coef(x_t, eps, noise, coef, lo, hi, backend=backend)
+
+
+def reverse_step_coef(x_t, eps, noise, coef, clip_lo=None, clip_hi=None, *, backend=None):
+    """reverse_step over a prepared [5, B] coefficient table (no checks beyond the kernel's)."""
+    name = _backend.resolve("reverse_step", x_t.device, backend)
+    if name == "reference":
+        return reverse_step_ref(x_t, eps, noise, coef, clip_lo, clip_hi)
+    op = torch.ops.mcvd.reverse_step if name in ("cpu", "cuda") else _backend.triton_module("reverse_step").fwd
+    return op(x_t, eps, noise, coef, clip_lo, clip_hi)
+
+
+@torch.library.register_fake("mcvd::reverse_step")
+def _fake(x_t, eps, noise, coef, clip_lo=None, clip_hi=None):
+    return torch.empty_like(x_t), torch.empty_like(x_t)
+
+
+def setup_context(ctx, inputs, output):
+    x_t, eps, noise, coef, clip_lo, clip_hi = inputs
+    _, x0 = output
+    # The clamp passes gradient only where x0 lies inside [lo, hi].
+    inside = None if clip_lo is None else (x0 > clip_lo) & (x0 < clip_hi)
+    ctx.save_for_backward(coef, inside)
+    ctx.has_noise = noise is not None
+
+
+def backward(ctx, g_prev, g_x0):
+    """Elementwise, so plain PyTorch: d x_prev / d (x_t, eps, noise)."""
+    coef, inside = ctx.saved_tensors
+    shape = (-1,) + (1,) * (g_prev.dim() - 1)
+    a, b, c_x0, c_xt, sigma = (c.view(shape).to(g_prev.dtype) for c in coef)
+    g = c_x0 * g_prev + (g_x0 if g_x0 is not None else 0)
+    if inside is not None:
+        g = torch.where(inside, g, torch.zeros_like(g))
+    g_xt = c_xt * g_prev + g / b
+    g_eps = -a / b * g
+    g_noise = sigma * g_prev if ctx.has_noise else None
+    return g_xt, g_eps, g_noise, None, None, None
+
+
+torch.library.register_autograd("mcvd::reverse_step", backward, setup_context=setup_context)

@@ -1,0 +1,144 @@
+"""SPATIN normalisation: GroupNorm -> affine -> SPATIN maps -> scale/shift -> SiLU.
+
+    n = GroupNorm(x, num_groups, eps)            (no affine; biased variance)
+    n = n * weight + bias                        weight, bias: [C]
+    n = n * (1 + gamma) + beta                   gamma, beta: [B, C, H, W] (SPATIN)
+    n = n * (1 + scale) + shift                  scale, shift: [B, C]    (time embedding)
+    y = silu(n)                                  if silu
+
+Each step runs only if its arguments are given (weight and bias, gamma and
+beta, scale and shift are each optional on their own).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import _backend
+from ._checks import check_float, check_like, check_rank
+
+_ARGS = ("weight", "bias", "gamma", "beta", "scale", "shift")
+
+
+def _check(x, num_groups, weight, bias, gamma, beta, scale, shift) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a tensor, got {type(x).__name__}")
+    check_rank(x, "x", 4, "[B, C, H, W]")
+    check_float(x, "x")
+    B, C, H, W = x.shape
+    if not isinstance(num_groups, int) or num_groups <= 0 or C % num_groups != 0:
+        raise ValueError(f"num_groups: expected a positive divisor of the {C} channels of x, got {num_groups}")
+    for name, t, shape in (
+        ("weight", weight, (C,)),
+        ("bias", bias, (C,)),
+        ("gamma", gamma, (B, C, H, W)),
+        ("beta", beta, (B, C, H, W)),
+        ("scale", scale, (B, C)),
+        ("shift", shift, (B, C)),
+    ):
+        check_like(t, name, x, "x", shape)
+
+
+def spatin_norm_ref(x, num_groups, *, weight=None, bias=None, gamma=None, beta=None, scale=None, shift=None,
+                    eps=1e-6, silu=False, upcast=False):
+    """Pure-PyTorch reference. `upcast=True` computes in float32 (float64 stays)
+    and casts the result back to x's dtype."""
+    dtype = x.dtype
+    if upcast and dtype in (torch.float16, torch.bfloat16):
+        up = lambda t: None if t is None else t.float()  # noqa: E731
+        x, weight, bias, gamma, beta, scale, shift = map(up, (x, weight, bias, gamma, beta, scale, shift))
+    n = F.group_norm(x, num_groups, eps=eps)
+    if weight is not None:
+        n = n * weight[:, None, None]
+    if bias is not None:
+        n = n + bias[:, None, None]
+    if gamma is not None:
+        n = n * (1 + gamma)
+    if beta is not None:
+        n = n + beta
+    if scale is not None:
+        n = n * (1 + scale[:, :, None, None])
+    if shift is not None:
+        n = n + shift[:, :, None, None]
+    if silu:
+        n = F.silu(n)
+    return n.to(dtype)
+
+
+def spatin_norm(x: torch.Tensor, num_groups: int, *, weight: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None, gamma: torch.Tensor | None = None,
+                beta: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+                shift: torch.Tensor | None = None, eps: float = 1e-6, silu: bool = False,
+                backend: str | None = None) -> torch.Tensor:
+    """Fused GroupNorm + affine + SPATIN + scale/shift + SiLU.
+
+    Args:
+        x: [B, C, H, W] float (float32, float64, bfloat16, float16).
+        num_groups: G, a divisor of C.
+        weight, bias: [C] per-channel affine, or None.
+        gamma, beta: [B, C, H, W] SPATIN maps, or None.
+        scale, shift: [B, C] time-embedding modulation, or None.
+        eps: added to the variance.
+        silu: apply SiLU last.
+        backend: None (auto), "reference", "cpu", "cuda" or "triton".
+    Returns:
+        y: [B, C, H, W], x's dtype. Every optional tensor shares x's dtype and device.
+    """
+    _check(x, num_groups, weight, bias, gamma, beta, scale, shift)
+    name = _backend.resolve("spatin_norm", x.device, backend)
+    if name == "reference":
+        return spatin_norm_ref(x, num_groups, weight=weight, bias=bias, gamma=gamma, beta=beta, scale=scale,
+                               shift=shift, eps=eps, silu=silu)
+    op = torch.ops.mcvd.spatin_norm_fwd if name in ("cpu", "cuda") else _backend.triton_module("spatin_norm").fwd
+    y, _, _ = op(x, num_groups, weight, bias, gamma, beta, scale, shift, float(eps), bool(silu))
+    return y
+
+
+# --- torch.library registration of the C++ op (fake + autograd) --------------
+
+def _stat_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("mcvd::spatin_norm_fwd")
+def _fwd_fake(x, num_groups, weight=None, bias=None, gamma=None, beta=None, scale=None, shift=None, eps=1e-6,
+              silu=False):
+    stats = x.new_empty((x.shape[0], num_groups), dtype=_stat_dtype(x))
+    return torch.empty_like(x), stats, torch.empty_like(stats)
+
+
+@torch.library.register_fake("mcvd::spatin_norm_bwd")
+def _bwd_fake(grad_y, x, mean, rstd, num_groups, weight=None, bias=None, gamma=None, beta=None, scale=None,
+              shift=None, silu=False):
+    grads = [torch.empty_like(x)]
+    for t in (weight, bias, gamma, beta, scale, shift):
+        grads.append(torch.empty_like(t) if t is not None else x.new_empty((0,)))
+    return tuple(grads)
+
+
+def setup_context(ctx, inputs, output):
+    x, num_groups, *opt, eps, silu = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, mean, rstd, *opt)
+    ctx.has = [t is not None for t in opt]
+    ctx.num_groups, ctx.silu = num_groups, silu
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def make_backward(bwd_op):
+    """Autograd formula shared by the C++ and Triton forward ops: `bwd_op` has
+    the schema of mcvd::spatin_norm_bwd."""
+
+    def backward(ctx, grad_y, _grad_mean, _grad_rstd):
+        x, mean, rstd, *saved = ctx.saved_tensors
+        opt = [t if has else None for t, has in zip(saved, ctx.has)]
+        grads = bwd_op(grad_y.contiguous(), x, mean, rstd, ctx.num_groups, *opt, ctx.silu)
+        gx, *gopt = grads
+        gopt = [g if has else None for g, has in zip(gopt, ctx.has)]
+        return (gx, None, *gopt, None, None)
+
+    return backward
+
+
+torch.library.register_autograd("mcvd::spatin_norm_fwd", make_backward(torch.ops.mcvd.spatin_norm_bwd),
+                                setup_context=setup_context)

@@ -1,0 +1,1 @@
+"""Triton kernels of the mcvd ops, one module per op (imported on first use)."""

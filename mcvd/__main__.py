@@ -1,0 +1,5 @@
+import sys
+
+from mcvd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,10 @@
+"""`mcvd sample` (not yet implemented)."""
+
+
+def add_parser(sub):
+    p = sub.add_parser("sample", help="(not yet implemented)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    raise SystemExit("mcvd sample: not yet implemented")

@@ -1,0 +1,81 @@
+"""Noise schedules of the forward process q(x_t | x_0) (Ho et al. 2020, eq. 4).
+
+    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps,    abar_t = prod_{s<=t} (1 - beta_s)
+
+Timesteps follow DDPM: integer t in 0..T-1, larger is noisier. Built in
+float64; the tensors handed to kernels are float32 copies on the data's device.
+
+| code            | symbol                |
+|-----------------|-----------------------|
+| betas           | beta_t                |
+| alphas          | alpha_t = 1 - beta_t  |
+| alphas_cumprod  | abar_t                |
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+def linear_betas(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """The paper's default: betas linear from 1e-4 to 0.02 over T = 1000, float64 [T]."""
+    if num_timesteps < 1:
+        raise ValueError(f"num_timesteps: expected >= 1, got {num_timesteps}")
+    if not 0 < beta_start <= beta_end < 1:
+        raise ValueError(f"beta_start, beta_end: expected 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+    return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+
+
+def cosine_betas(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal 2021, eq. 17: abar(t) = cos^2((t/T + s) / (1 + s) * pi/2), float64 [T]."""
+    if num_timesteps < 1:
+        raise ValueError(f"num_timesteps: expected >= 1, got {num_timesteps}")
+    f = lambda i: math.cos((i / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    betas = [min(1 - f(i + 1) / f(i), max_beta) for i in range(num_timesteps)]
+    return torch.tensor(betas, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A discrete forward process given by its betas (float64 [T])."""
+
+    betas: torch.Tensor
+
+    def __post_init__(self):
+        b = self.betas
+        if b.dim() != 1 or b.numel() < 1:
+            raise ValueError(f"betas: expected a 1-d tensor [T], got shape {list(b.shape)}")
+        if not bool(((b > 0) & (b < 1)).all()):
+            raise ValueError("betas: expected every beta in (0, 1)")
+        object.__setattr__(self, "betas", b.to(torch.float64))
+
+    @classmethod
+    def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "Schedule":
+        return cls(linear_betas(num_timesteps, beta_start, beta_end))
+
+    @classmethod
+    def cosine(cls, num_timesteps: int = 1000) -> "Schedule":
+        return cls(cosine_betas(num_timesteps))
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.betas.numel()
+
+    @property
+    def alphas(self) -> torch.Tensor:
+        return 1.0 - self.betas
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return torch.cumprod(self.alphas, 0)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Draw x_t ~ q(x_t | x_0) with the given noise.
+
+        x0, noise: [B, ...]; t: LongTensor [B] in 0..T-1 on x0's device.
+        """
+        abar = self.alphas_cumprod.to(device=x0.device, dtype=torch.float32)[t]
+        abar = abar.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise

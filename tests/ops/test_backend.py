@@ -1,0 +1,65 @@
+"""Backend dispatch: what is available, explicit choices, MCVD_BACKEND, auto logging."""
+import logging
+
+import pytest
+import torch
+
+import mcvd
+from mcvd.ops import _backend
+
+
+def test_build_info_names_the_cpu_backend():
+    info = mcvd._C.build_info()
+    assert info["version"] == mcvd.__version__
+    assert "cpu" in info["backends"]
+    assert info["cpu_capability"] in {"DEFAULT", "AVX2", "AVX512", "ZVECTOR", "SVE256", "SVE"} or info["cpu_capability"]
+    assert isinstance(info["cuda_archs"], str)
+
+
+def test_available_backends_on_cpu():
+    avail = mcvd.ops.available_backends("cpu")
+    assert avail[:2] == ["reference", "cpu"]
+    assert "cuda" not in avail
+
+
+def test_unknown_backend_is_rejected():
+    x = torch.randn(1, 4, 2, 2)
+    with pytest.raises(ValueError, match=r"backend: expected one of .*'reference'.* got 'cpp'"):
+        mcvd.ops.spatin_norm(x, 2, backend="cpp")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_unavailable_backend_names_the_available_ones():
+    x = torch.randn(1, 4, 2, 2)
+    with pytest.raises(RuntimeError, match=r"backend: 'cuda' is not available for spatin_norm on cpu tensors; "
+                                           r"available here: \['reference', 'cpu'"):
+        mcvd.ops.spatin_norm(x, 2, backend="cuda")
+
+
+def test_env_var_sets_the_default(monkeypatch):
+    monkeypatch.setenv("MCVD_BACKEND", "reference")
+    assert _backend.resolve("attention", torch.device("cpu"), None) == "reference"
+    monkeypatch.setenv("MCVD_BACKEND", "nope")
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        _backend.resolve("attention", torch.device("cpu"), None)
+
+
+def test_auto_choice_is_logged_once(monkeypatch, caplog):
+    monkeypatch.delenv("MCVD_BACKEND", raising=False)
+    monkeypatch.setattr(_backend, "_logged", set())
+    with caplog.at_level(logging.INFO, logger="mcvd.ops"):
+        assert _backend.resolve("reverse_step", torch.device("cpu"), None) == "cpu"
+        _backend.resolve("reverse_step", torch.device("cpu"), None)
+    lines = [r.getMessage() for r in caplog.records if "reverse_step" in r.getMessage()]
+    assert lines == ["mcvd.ops.reverse_step on cpu: auto backend 'cpu' (available: " +
+                     str(mcvd.ops.available_backends("cpu")) + ")"]
+
+
+def test_importing_mcvd_does_not_import_triton():
+    import subprocess
+    import sys
+
+    code = "import sys, torch, mcvd; mcvd.ops.spatin_norm(torch.randn(1, 2, 3, 3), 1, backend='reference'); " \
+           "print('triton' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

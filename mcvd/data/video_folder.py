@@ -1,0 +1,217 @@
+"""Clips from a folder of videos: video files (decoded with PyAV) or folders of frames.
+
+Layout: `root` is searched recursively. Each video file (extension in
+VIDEO_EXTENSIONS) is one video; each folder that directly holds image files
+(IMAGE_EXTENSIONS, frames in natural name order: 2.png before 10.png) is one
+video. Every start frame (every `clip_step`-th) of every video is one item,
+so a `DataLoader(shuffle=True)` draws clips uniformly over the data set.
+
+Frames are resized so that their short side equals `image_size` (bilinear,
+antialiased), centre-cropped to `image_size` x `image_size`, converted to
+`channels` (3: RGB; 1: luma Y = 0.299 R + 0.587 G + 0.114 B, as PIL's "L")
+and scaled to [-1, 1].
+
+Unreadable videos never stop an epoch: a file that PyAV cannot open, or a
+video shorter than one clip, is left out at construction with a warning
+naming it; a file that fails while decoding (truncated or corrupt data) is
+reported with a warning, left out from then on, and its item is served by
+the next readable video.
+
+Recipes for the paper's data sets (p + k + f frames per clip):
+
+- KTH (`kth`, 64 x 64, 1 channel): the action videos as distributed,
+  `root/{boxing,handclapping,handwaving,jogging,running,walking}/person01_boxing_d1_uncomp.avi`;
+  `VideoFolder(root, p + k + f, 64, channels=1)`. The paper trains on persons
+  1-16 and tests on 17-25: make two roots of symbolic links.
+- BAIR robot pushing (`bair`, 64 x 64, 3 channels): the TFRecords converted
+  to frame folders, `root/{train,test}/<trajectory>/{0..29}.png`;
+  `VideoFolder(root / "train", p + k + f, 64)`.
+- Cityscapes (`cityscapes`, 128 x 128, 3 channels): the
+  `leftImg8bit_sequence` archive, one folder of 30 frames per sequence
+  (`root/{train,val}/<city>/<city>_<seq>_*.png` - move each 30-frame run
+  into its own folder), short side resized to 128 and centre-cropped;
+  `VideoFolder(root / "train", p + k + f, 128)`.
+- UCF-101 (`ucf101`, 64 x 64, 3 channels): `root/<Action>/v_<Action>_gXX_cYY.avi`
+  with the official split lists turned into two roots of links;
+  `VideoFolder(root, p + k + f, 64)`.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".gif")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's RGB -> "L"
+
+
+def _natural_key(path: Path):
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", path.name)]
+
+
+def _find_videos(root: Path) -> list[tuple[Path, list[Path] | None]]:
+    """(path, frame files) per video: frame files None for a video file."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        here = Path(folder)
+        files = sorted(files)
+        frames = [here / f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if frames:
+            found.append((here, sorted(frames, key=_natural_key)))
+        found.extend((here / f, None) for f in files if f.lower().endswith(VIDEO_EXTENSIONS))
+    return found
+
+
+def _av():
+    try:
+        import av
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError("decoding video files needs PyAV: pip install av") from err
+    return av
+
+
+def _is_read_error(err: Exception) -> bool:
+    """Errors of a bad file (PyAV, PIL, I/O, too few frames), as opposed to errors of this code."""
+    return isinstance(err, (OSError, ValueError)) or type(err).__module__.split(".")[0] == "av"
+
+
+def _count_video_frames(path: Path) -> int:
+    """Frames of the first video stream, by demuxing (no decoding)."""
+    with _av().open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        return sum(1 for packet in container.demux(stream) if packet.size > 0)
+
+
+def _decode_video(path: Path, indices: list[int]) -> list[np.ndarray]:
+    """RGB frames uint8 [H, W, 3] at the given increasing frame indices."""
+    wanted, out = set(indices), []
+    with _av().open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                out.append(frame.to_ndarray(format="rgb24"))
+            if i >= indices[-1]:
+                break
+    if len(out) != len(indices):
+        raise ValueError(f"decoded {len(out)} of the {len(indices)} frames wanted (last index {indices[-1]})")
+    return out
+
+
+def _read_frames(files: list[Path]) -> list[np.ndarray]:
+    out = []
+    for f in files:
+        with Image.open(f) as img:
+            out.append(np.asarray(img.convert("RGB")))
+    return out
+
+
+def frames_to_clip(frames: list[np.ndarray], image_size: int, channels: int) -> torch.Tensor:
+    """RGB uint8 frames [H, W, 3] -> float32 [T, channels, image_size, image_size] in [-1, 1]:
+    short side resized to image_size, centre crop."""
+    clip = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+    h, w = clip.shape[-2:]
+    scale = image_size / min(h, w)
+    size = (max(image_size, round(h * scale)), max(image_size, round(w * scale)))
+    if size != (h, w):
+        clip = F.interpolate(clip, size=size, mode="bilinear", align_corners=False, antialias=True)
+    top, left = (size[0] - image_size) // 2, (size[1] - image_size) // 2
+    clip = clip[:, :, top:top + image_size, left:left + image_size]
+    if channels == 1:
+        clip = torch.einsum("tchw,c->thw", clip, torch.tensor(LUMA)).unsqueeze(1)
+    return clip.clamp_(0.0, 1.0).mul_(2).sub_(1)
+
+
+class VideoFolder(Dataset):
+    """Clips of `num_frames` frames from the videos under `root` (see the module docstring).
+
+    Args:
+        root: folder searched recursively for video files and frame folders.
+        num_frames: T, frames per clip (p + k + f for training).
+        image_size: side of the square output frames.
+        channels: 3 (RGB) or 1 (luma).
+        frame_stride: take every frame_stride-th frame (a clip spans (T - 1) * frame_stride + 1 frames).
+        clip_step: frames between the starts of consecutive clips of one video.
+
+    Items are float32 tensors [T, channels, image_size, image_size] in [-1, 1].
+    """
+
+    def __init__(self, root: str | os.PathLike, num_frames: int, image_size: int, *, channels: int = 3,
+                 frame_stride: int = 1, clip_step: int = 1):
+        for name, value in (("num_frames", num_frames), ("image_size", image_size),
+                            ("frame_stride", frame_stride), ("clip_step", clip_step)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+        if channels not in (1, 3):
+            raise ValueError(f"channels: expected 1 or 3, got {channels!r}")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"root: {self.root} is not a folder")
+        self.num_frames, self.image_size, self.channels = num_frames, image_size, channels
+        self.frame_stride, self.clip_step = frame_stride, clip_step
+        self.span = (num_frames - 1) * frame_stride + 1
+
+        self.videos: list[tuple[Path, list[Path] | None]] = []
+        ends = []  # cumulative clip counts
+        for path, frames in _find_videos(self.root):
+            try:
+                count = len(frames) if frames is not None else _count_video_frames(path)
+            except Exception as err:
+                if not _is_read_error(err):
+                    raise
+                warnings.warn(f"VideoFolder: skipping {path}: cannot read it ({type(err).__name__}: {err})",
+                              stacklevel=2)
+                continue
+            if count < self.span:
+                warnings.warn(f"VideoFolder: skipping {path}: {count} frames, a clip needs {self.span}",
+                              stacklevel=2)
+                continue
+            self.videos.append((path, frames))
+            ends.append((ends[-1] if ends else 0) + (count - self.span) // clip_step + 1)
+        if not self.videos:
+            raise ValueError(f"root: no readable video with at least {self.span} frames under {self.root} "
+                             f"(video files {VIDEO_EXTENSIONS} or folders of {IMAGE_EXTENSIONS} frames)")
+        self._ends = ends
+        self._bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return self._ends[-1]
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(video number in self.videos, first frame) of item `index`."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index: expected 0 <= index < {len(self)}, got {index}")
+        video = bisect.bisect_right(self._ends, index)
+        return video, (index - (self._ends[video - 1] if video else 0)) * self.clip_step
+
+    def _load(self, video: int, start: int) -> torch.Tensor:
+        path, frames = self.videos[video]
+        indices = list(range(start, start + self.span, self.frame_stride))
+        rgb = _read_frames([frames[i] for i in indices]) if frames is not None else _decode_video(path, indices)
+        return frames_to_clip(rgb, self.image_size, self.channels)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        video, start = self.locate(index)
+        for attempt in range(len(self.videos)):
+            v = (video + attempt) % len(self.videos)
+            if v in self._bad:
+                continue
+            try:
+                return self._load(v, start if attempt == 0 else 0)
+            except Exception as err:
+                if not _is_read_error(err):
+                    raise
+                self._bad.add(v)
+                warnings.warn(f"VideoFolder: skipping {self.videos[v][0]} from now on: decoding failed "
+                              f"({type(err).__name__}: {err})", stacklevel=2)
+        raise RuntimeError(f"VideoFolder: no readable video left under {self.root}")

@@ -1,1 +1,6 @@
+"""The MCVD network: config, blocks, the U-Net, and this package's model files."""
+from .config import ModelConfig
+from .model_file import load_model, save_model
+from .network import MCVD
 
+__all__ = ["MCVD", "ModelConfig", "load_model", "save_model"]

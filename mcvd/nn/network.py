@@ -1,0 +1,260 @@
+"""The MCVD denoiser eps_theta(x_t | m_p * p, m_f * f, t) (Voleti et al. 2022, eq. 3):
+the public code's U-Net (`UNetMore_DDPM`, an NCSN++-style network with
+BigGAN-style ResBlocks) with concat or SPATIN conditioning.
+
+Time: the network embeds the reference code's step index s = T - 1 - t
+(its index 0 is the noisiest step) while its API takes DDPM t; so a
+converted checkpoint computes the reference network's function exactly,
+and a model trained here sees the same features.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .blocks import GROUPNORM_EPS, SPATIN_EPS, AttnBlock, Norm, ResBlock, conv2d, linear
+from .config import ModelConfig, level_channels, level_resolutions
+from .layers import timestep_embedding
+
+
+class DownLevel(nn.Module):
+    """One encoder level: `blocks` (each optionally followed by `attn[i]`), then
+    an optional down-sampling ResBlock. Every output is kept as a skip."""
+
+    def __init__(self, blocks: list[ResBlock], attn: list[AttnBlock], downsample: ResBlock | None):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.attn = nn.ModuleList(attn)
+        self.downsample = downsample
+
+    def forward(self, h, emb, cond, skips: list[torch.Tensor]):
+        for i, block in enumerate(self.blocks):
+            h = block(h, emb, cond)
+            if len(self.attn):
+                h = self.attn[i](h)
+            skips.append(h)
+        if self.downsample is not None:
+            h = self.downsample(h, emb, cond)
+            skips.append(h)
+        return h
+
+
+class UpLevel(nn.Module):
+    """One decoder level: `blocks` each eating one skip (concatenated in
+    channels), an optional `attn`, then an optional up-sampling ResBlock."""
+
+    def __init__(self, blocks: list[ResBlock], attn: AttnBlock | None, upsample: ResBlock | None):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.attn = attn
+        self.upsample = upsample
+
+    def forward(self, h, emb, cond, skips: list[torch.Tensor]):
+        for block in self.blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, cond)
+        if self.attn is not None:
+            h = self.attn(h)
+        if self.upsample is not None:
+            h = self.upsample(h, emb, cond)
+        return h
+
+
+class MCVD(nn.Module):
+    """The MCVD noise-prediction network.
+
+    Layout (module names): `time_mlp` (sinusoidal embedding -> Linear -> SiLU ->
+    Linear), `mask_embed` (cond_emb only), `conv_in`, `down[i]` per level,
+    `mid` (ResBlock, AttnBlock, ResBlock), `up[j]` per level from the deepest,
+    `norm_out`, `conv_out`.
+
+    Args:
+        config: the ModelConfig.
+        backend: op backend for every spatin_norm and attention call (None =
+            auto, or MCVD_BACKEND); change it later with `set_backend`.
+    """
+
+    def __init__(self, config: ModelConfig, *, backend: str | None = None):
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config: expected a mcvd.ModelConfig, got {type(config).__name__}")
+        self.config = cfg = config
+        nf, C = cfg.ngf, cfg.channels
+        chans, resolutions = level_channels(cfg), level_resolutions(cfg)
+        levels = len(chans)
+
+        self.time_mlp = nn.Sequential(linear(nf, 4 * nf), nn.SiLU(), linear(4 * nf, 4 * nf))
+        emb_dim = 4 * nf
+        self.mask_embed = None
+        if cfg.cond_emb:
+            # Indexed by "past frames given" (0 or 1), as in the reference code.
+            self.mask_embed = nn.Embedding(2, nf // 2)
+            emb_dim += nf // 2
+
+        spatin = (C * cfg.num_cond_frames, cfg.spade_dim) if cfg.conditioning == "spatin" else None
+        in_frames = cfg.num_frames + (cfg.num_cond_frames if spatin is None else 0)
+
+        def block(i, o=None, resample=None):
+            return ResBlock(i, o, emb_dim=emb_dim, dropout=cfg.dropout, resample=resample, spatin=spatin,
+                            backend=backend)
+
+        def attn(ch):
+            return AttnBlock(ch, cfg.heads(ch), backend=backend)
+
+        self.conv_in = conv2d(C * in_frames, nf, 3)
+        skip_ch, ch = [nf], nf
+        self.down = nn.ModuleList()
+        for i in range(levels):
+            blocks, attns = [], []
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(block(ch, chans[i]))
+                ch = chans[i]
+                if resolutions[i] in cfg.attn_resolutions:
+                    attns.append(attn(ch))
+                skip_ch.append(ch)
+            downsample = block(ch, resample="down") if i < levels - 1 else None
+            if downsample is not None:
+                skip_ch.append(ch)
+            self.down.append(DownLevel(blocks, attns, downsample))
+
+        self.mid = nn.ModuleList([block(ch), attn(ch), block(ch)])
+
+        self.up = nn.ModuleList()
+        for i in reversed(range(levels)):
+            blocks = []
+            for _ in range(cfg.num_res_blocks + 1):
+                blocks.append(block(ch + skip_ch.pop(), chans[i]))
+                ch = chans[i]
+            level_attn = attn(ch) if resolutions[i] in cfg.attn_resolutions else None
+            upsample = block(ch, resample="up") if i > 0 else None
+            self.up.append(UpLevel(blocks, level_attn, upsample))
+        assert not skip_ch
+
+        if spatin is None:
+            self.norm_out = Norm(ch, eps=GROUPNORM_EPS, affine=True, backend=backend)
+        else:
+            self.norm_out = Norm(ch, eps=SPATIN_EPS, spatin=spatin, backend=backend)
+        self.conv_out = conv2d(ch, C * cfg.num_frames, 3, init_scale=0.0)
+
+    def set_backend(self, backend: str | None) -> MCVD:
+        """Run every spatin_norm and attention call on `backend` (None = auto)."""
+        for m in self.modules():
+            if isinstance(m, (Norm, AttnBlock)):
+                m.backend = backend
+        return self
+
+    # --- inputs ---------------------------------------------------------
+
+    def _stacked(self, v: torch.Tensor, name: str, frames: int) -> torch.Tensor:
+        """[B, frames, C, H, W] or [B, frames*C, H, W] -> [B, frames*C, H, W], checked."""
+        cfg = self.config
+        C, S = cfg.channels, cfg.image_size
+        layouts = f"[B, {frames}, {C}, {S}, {S}] or stacked [B, {frames * C}, {S}, {S}]"
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"{name}: expected a tensor {layouts}, got {type(v).__name__}")
+        if v.dim() == 5 and tuple(v.shape[1:]) == (frames, C, S, S):
+            return v.flatten(1, 2)
+        if v.dim() == 4 and tuple(v.shape[1:]) == (frames * C, S, S):
+            return v
+        raise ValueError(f"{name}: expected {layouts}, got shape {list(v.shape)}")
+
+    def _check_t(self, t, x: torch.Tensor) -> None:
+        B, T = x.shape[0], self.config.num_timesteps
+        if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise TypeError(f"t: expected an integer tensor [B] of DDPM steps, got {getattr(t, 'dtype', type(t))}")
+        if tuple(t.shape) != (B,):
+            raise ValueError(f"t: expected shape [{B}] (one step per sample), got {list(t.shape)}")
+        if t.device != x.device:
+            raise ValueError(f"t: expected device {x.device} (the device of x_t), got {t.device}")
+        if not torch.compiler.is_compiling():
+            lo, hi = torch.aminmax(t)
+            if lo < 0 or hi >= T:
+                raise ValueError(f"t: expected DDPM steps in [0, {T - 1}], got values in [{int(lo)}, {int(hi)}]")
+
+    def _check_mask(self, cond_mask, B: int, x: torch.Tensor) -> None:
+        if not isinstance(cond_mask, torch.Tensor) or cond_mask.dtype != torch.bool:
+            raise TypeError(f"cond_mask: expected a bool tensor [B, 2] (past given, future given) or None, "
+                            f"got {getattr(cond_mask, 'dtype', type(cond_mask).__name__)}")
+        if tuple(cond_mask.shape) != (B, 2):
+            raise ValueError(f"cond_mask: expected shape [{B}, 2] (past given, future given), "
+                             f"got {list(cond_mask.shape)}")
+        if cond_mask.device != x.device:
+            raise ValueError(f"cond_mask: expected device {x.device} (the device of x_t), got {cond_mask.device}")
+
+    # --- forward --------------------------------------------------------
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+                cond_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the noise eps in x_t.
+
+        Args:
+            x_t: noisy current frames, [B, k, C, H, W] or stacked frame-major
+                [B, k*C, H, W], float, the model's dtype; H = W = image_size.
+            t: int64 [B], DDPM steps in 0..T-1 (larger is noisier).
+            cond: past then future frames, [B, p+f, C, H, W] or stacked
+                [B, (p+f)*C, H, W], x_t's dtype; None exactly when p + f == 0.
+                To mask a block, keep cond and set cond_mask.
+            cond_mask: bool [B, 2] (column 0: past given, column 1: future
+                given) or None (all given). Frames of a masked block are
+                replaced by zeros; with cond_emb, column 0 also selects the
+                mask embedding.
+        Returns:
+            eps: shaped like x_t.
+        """
+        cfg = self.config
+        C, p, f = cfg.channels, cfg.num_frames_cond, cfg.num_frames_future
+        x = self._stacked(x_t, "x_t", cfg.num_frames)
+        B = x.shape[0]
+        if x.dtype != self.conv_in.weight.dtype:
+            raise TypeError(f"x_t: expected dtype {self.conv_in.weight.dtype} (the model's), got {x.dtype}")
+        self._check_t(t, x)
+        if cfg.num_cond_frames == 0:
+            if cond is not None:
+                raise ValueError("cond: this model has no condition frames (num_frames_cond + num_frames_future "
+                                 "== 0); expected None")
+        else:
+            if cond is None:
+                raise ValueError(f"cond: expected the {p} past and {f} future frames; got None (to mask them, "
+                                 f"pass zeros or set cond_mask)")
+            cond = self._stacked(cond, "cond", cfg.num_cond_frames)
+            if cond.shape[0] != B or cond.dtype != x.dtype or cond.device != x.device:
+                raise ValueError(f"cond: expected batch {B}, dtype {x.dtype} and device {x.device} (those of x_t), "
+                                 f"got batch {cond.shape[0]}, dtype {cond.dtype}, device {cond.device}")
+        if cond_mask is not None:
+            self._check_mask(cond_mask, B, x)
+            if cond is not None:
+                given = torch.cat([cond_mask[:, :1].expand(B, p * C), cond_mask[:, 1:].expand(B, f * C)], dim=1)
+                cond = torch.where(given[:, :, None, None], cond, torch.zeros((), dtype=cond.dtype, device=cond.device))
+
+        emb = self._time_embedding(t, cond_mask, x.dtype)
+
+        spatin = cfg.conditioning == "spatin"
+        if cond is not None and not spatin:
+            x = torch.cat([x, cond], dim=1)
+        pyramid = None
+        if spatin:
+            sizes = {cfg.image_size // 2**i for i in range(len(cfg.ch_mult))}
+            pyramid = {s: cond if s == cfg.image_size else F.interpolate(cond, size=(s, s), mode="nearest")
+                       for s in sizes}
+
+        h = self.conv_in(x)
+        skips = [h]
+        for level in self.down:
+            h = level(h, emb, pyramid, skips)
+        h = self.mid[0](h, emb, pyramid)
+        h = self.mid[1](h)
+        h = self.mid[2](h, emb, pyramid)
+        for level in self.up:
+            h = level(h, emb, pyramid, skips)
+        h = self.conv_out(self.norm_out(h, None, pyramid))
+        return h.view(x_t.shape)
+
+    def _time_embedding(self, t: torch.Tensor, cond_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """SiLU of the time embedding (plus mask embedding), [B, emb_dim]: what
+        every block's scale/shift layer reads."""
+        steps = self.config.num_timesteps - 1 - t
+        temb = self.time_mlp(timestep_embedding(steps, self.config.ngf).to(dtype))
+        if self.mask_embed is not None:
+            past_given = cond_mask[:, 0].long() if cond_mask is not None else torch.ones_like(t)
+            temb = torch.cat([temb, self.mask_embed(past_given)], dim=1)
+        return F.silu(temb)

@@ -1,0 +1,59 @@
+"""mcvd.nn.save_model / load_model: round trip, no silent overwrite, clear errors."""
+import os
+
+import pytest
+import torch
+
+from mcvd import MCVD, ModelConfig
+from mcvd.nn import load_model, save_model
+
+CFG = ModelConfig(image_size=8, channels=1, num_frames=1, num_frames_cond=1, ngf=4, ch_mult=(1, 2),
+                  num_res_blocks=1, attn_resolutions=(4,), n_head_channels=4, conditioning="spatin", spade_dim=4)
+
+
+def test_round_trip(tmp_path):
+    model = MCVD(CFG).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    path = save_model(tmp_path / "m.pt", model)
+    assert os.listdir(tmp_path) == ["m.pt"]  # no temporary file left behind
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == "mcvd" and payload["version"] == 1 and payload["model_config"] == CFG.to_dict()
+    loaded = load_model(path)
+    assert loaded.config == CFG and not loaded.training
+    x, cond, t = torch.randn(2, 1, 1, 8, 8), torch.randn(2, 1, 1, 8, 8), torch.tensor([3, 700])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, cond), model(x, t, cond), rtol=0, atol=0)
+
+
+def test_existing_file_is_kept_without_overwrite(tmp_path):
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match=r"path: .*m.pt exists; pass overwrite=True"):
+        save_model(path, MCVD(CFG))
+    assert path.read_bytes() == b"precious"
+    save_model(path, MCVD(CFG), overwrite=True)
+    assert load_model(path).config == CFG
+
+
+def test_bad_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"path: no such file: .*nothing.pt"):
+        load_model(tmp_path / "nothing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"path: .*junk.pt is not a readable torch file"):
+        load_model(tmp_path / "junk.pt")
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"path: .*other.pt is not an mcvd model file .*mcvd.load_official"):
+        load_model(tmp_path / "other.pt")
+    torch.save({"format": "mcvd", "version": 7}, tmp_path / "future.pt")
+    with pytest.raises(ValueError, match=r"path: .*future.pt has mcvd format version 7; this mcvd reads version 1"):
+        load_model(tmp_path / "future.pt")
+    torch.save({"format": "mcvd", "version": 1, "model": {}}, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match=r"partial.pt lacks the key 'model_config'"):
+        load_model(tmp_path / "partial.pt")
+
+
+def test_save_model_needs_an_mcvd_model(tmp_path):
+    with pytest.raises(TypeError, match="model: expected a mcvd.MCVD, got Linear"):
+        save_model(tmp_path / "m.pt", torch.nn.Linear(2, 2))

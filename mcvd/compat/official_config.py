@@ -1,0 +1,124 @@
+"""The reference code's config.yml -> ModelConfig.
+
+Only the keys that shape `UNetMore_DDPM` are read (the table `_KEYS`), with
+the reference code's defaults for the optional ones; options that change the
+network's function in ways this package does not implement are rejected by
+name.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import yaml
+
+from mcvd.nn.config import ModelConfig
+
+log = logging.getLogger("mcvd.compat")
+
+# (section, key) -> default; None marks a required key.
+_KEYS = {
+    ("data", "image_size"): None,
+    ("data", "channels"): None,
+    ("data", "num_frames"): None,
+    ("data", "num_frames_cond"): None,
+    ("data", "num_frames_future"): 0,
+    ("model", "ngf"): None,
+    ("model", "ch_mult"): None,
+    ("model", "num_res_blocks"): None,
+    ("model", "attn_resolutions"): None,
+    ("model", "n_head_channels"): None,
+    ("model", "dropout"): 0.0,
+    ("model", "spade"): False,
+    ("model", "spade_dim"): 128,
+    ("model", "cond_emb"): False,
+    ("model", "num_classes"): None,
+    ("model", "arch"): None,
+    ("model", "time_conditional"): True,
+    ("model", "output_all_frames"): False,
+    ("model", "noise_in_cond"): False,
+}
+
+# Options with a value this package does not implement: (section, key) -> the one supported value.
+_UNSUPPORTED = {
+    ("model", "arch"): "unetmore",
+    ("model", "time_conditional"): True,
+    ("model", "output_all_frames"): False,
+    ("model", "noise_in_cond"): False,
+}
+
+# The paper's schedule; others load fine but the sampler must be told.
+_DEFAULT_SCHEDULE = {"sigma_dist": "linear", "sigma_begin": 0.02, "sigma_end": 0.0001}
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """Parse a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config: no such file: {path}")
+    try:
+        with open(path) as fh:
+            d = yaml.safe_load(fh)
+    except yaml.YAMLError as e:
+        raise ValueError(f"config: {path} is not valid YAML ({e})") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"config: {path} does not hold a YAML mapping")
+    return d
+
+
+def config_from_official_dict(d: dict, source: str = "config") -> ModelConfig:
+    """ModelConfig from the parsed reference config (sections `data`, `model`)."""
+
+    def get(section, key):
+        sec = d.get(section)
+        default = _KEYS[(section, key)]
+        if not isinstance(sec, dict) or key not in sec:
+            if default is None:
+                raise ValueError(f"{source}: missing {section}.{key}")
+            return default
+        return sec[key]
+
+    for (section, key), supported in _UNSUPPORTED.items():
+        value = get(section, key)
+        if value != supported:
+            raise ValueError(f"{source}: {section}.{key} = {value!r} is not supported (only {supported!r})")
+
+    image_size, ch_mult = get("data", "image_size"), get("model", "ch_mult")
+    # The reference code silently skips attention resolutions the network never reaches.
+    reached = [image_size // 2**i for i in range(len(ch_mult))] if isinstance(ch_mult, list) else []
+    attn = get("model", "attn_resolutions")
+    attn_kept = [r for r in attn if r in reached] if isinstance(attn, list) else attn
+    if attn_kept != attn:
+        log.info("%s: model.attn_resolutions %s: the network only reaches %s", source, attn, reached)
+
+    schedule = {k: d["model"].get(k, v) for k, v in _DEFAULT_SCHEDULE.items()}
+    if schedule != _DEFAULT_SCHEDULE:
+        log.warning("%s: noise schedule %s differs from the paper's %s; sample with the matching schedule",
+                    source, schedule, _DEFAULT_SCHEDULE)
+
+    try:
+        return ModelConfig(
+            image_size=image_size,
+            channels=get("data", "channels"),
+            num_frames=get("data", "num_frames"),
+            num_frames_cond=get("data", "num_frames_cond"),
+            num_frames_future=get("data", "num_frames_future"),
+            ngf=get("model", "ngf"),
+            ch_mult=ch_mult,
+            num_res_blocks=get("model", "num_res_blocks"),
+            attn_resolutions=attn_kept,
+            n_head_channels=get("model", "n_head_channels"),
+            dropout=float(get("model", "dropout")),
+            conditioning="spatin" if get("model", "spade") else "concat",
+            spade_dim=get("model", "spade_dim"),
+            cond_emb=bool(get("model", "cond_emb")),
+            num_timesteps=get("model", "num_classes"),
+        )
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: {e}") from e
+
+
+def read_official_config(path: str | os.PathLike) -> ModelConfig:
+    """ModelConfig from the reference code's config.yml at `path`."""
+    return config_from_official_dict(read_yaml(path), source=str(path))

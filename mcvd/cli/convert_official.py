@@ -1,10 +1,47 @@
-"""`mcvd convert-official` (not yet implemented)."""
+"""`mcvd convert-official`: a checkpoint of the paper's public code -> an mcvd model file.
+
+    mcvd convert-official logs/checkpoint.pt --out smmnist.pt [--config config.yml] [--no-ema] [--force]
+
+The output is this package's model file (mcvd.nn.save_model), loadable with
+mcvd.nn.load_model. An existing output is kept unless --force is given.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mcvd.compat import load_official
+from mcvd.nn import save_model
 
 
-def add_parser(sub):
-    p = sub.add_parser("convert-official", help="(not yet implemented)")
+def add_parser(sub) -> None:
+    p = sub.add_parser("convert-official", help="convert a checkpoint of the paper's public code to an mcvd model file",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path, help="the reference code's checkpoint.pt")
+    p.add_argument("--config", type=Path, default=None, help="its config.yml (default: config.yml beside it)")
+    p.add_argument("--out", type=Path, required=True, help="the model file to write")
+    p.add_argument("--no-ema", action="store_true", help="convert the raw weights instead of the EMA weights")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(run=run)
 
 
-def run(args) -> int:
-    raise SystemExit("mcvd convert-official: not yet implemented")
+def run(args: argparse.Namespace) -> int:
+    def fail(message: str) -> int:
+        print(f"mcvd convert-official: error: {message}", file=sys.stderr)
+        return 1
+
+    if args.out.exists() and not args.force:
+        return fail(f"--out: {args.out} exists; pass --force to overwrite it")
+    if not args.out.parent.is_dir():
+        return fail(f"--out: no such folder: {args.out.parent}")
+    try:
+        model, cfg = load_official(args.checkpoint, args.config, use_ema=not args.no_ema)
+        save_model(args.out, model, overwrite=args.force)
+    except (FileNotFoundError, ValueError) as e:
+        return fail(str(e))
+    params = sum(p.numel() for p in model.parameters())
+    weights = "raw" if args.no_ema else "EMA"
+    print(f"wrote {args.out}: {cfg.conditioning} MCVD, {params / 1e6:.2f}M parameters ({weights} weights), "
+          f"k={cfg.num_frames} p={cfg.num_frames_cond} f={cfg.num_frames_future}, {cfg.image_size}x{cfg.image_size}")
+    return 0

@@ -1,0 +1,58 @@
+"""`mcvd convert-official`: converts, never overwrites without --force, fails with a message."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from mcvd import load_official
+from mcvd.cli import main
+from mcvd.nn import load_model
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "official"
+CKPT = FIXTURES / "spatin_small" / "checkpoint.pt"
+
+pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"fixtures not found at {FIXTURES}")
+
+
+def same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("flags, use_ema", [([], True), (["--no-ema"], False)])
+def test_converts_ema_or_raw_weights(tmp_path, capsys, flags, use_ema):
+    out = tmp_path / "model.pt"
+    assert main(["convert-official", str(CKPT), "--out", str(out), *flags]) == 0
+    assert f"wrote {out}: spatin MCVD" in capsys.readouterr().out
+    expected, cfg = load_official(CKPT, use_ema=use_ema)
+    converted = load_model(out)
+    assert converted.config == cfg and same_weights(converted, expected)
+
+
+def test_keeps_an_existing_output_without_force(tmp_path, capsys):
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"keep me")
+    assert main(["convert-official", str(CKPT), "--out", str(out)]) == 1
+    assert "--out: " in capsys.readouterr().err and out.read_bytes() == b"keep me"
+    assert main(["convert-official", str(CKPT), "--out", str(out), "--force"]) == 0
+    assert load_model(out).config.conditioning == "spatin"
+
+
+def test_explicit_config(tmp_path):
+    out = tmp_path / "model.pt"
+    config = FIXTURES / "concat_small" / "config.yml"
+    assert main(["convert-official", str(FIXTURES / "concat_small" / "checkpoint.pt"), "--config", str(config),
+                 "--out", str(out)]) == 0
+    assert load_model(out).config.conditioning == "concat"
+
+
+def test_errors_exit_nonzero_with_a_message(tmp_path, capsys):
+    out = tmp_path / "model.pt"
+    assert main(["convert-official", str(tmp_path / "none.pt"), "--out", str(out)]) == 1
+    assert "checkpoint: no such file" in capsys.readouterr().err
+    assert main(["convert-official", str(CKPT), "--out", str(tmp_path / "no" / "dir.pt")]) == 1
+    assert "--out: no such folder" in capsys.readouterr().err
+    wrong = FIXTURES / "concat_small" / "config.yml"
+    assert main(["convert-official", str(CKPT), "--config", str(wrong), "--out", str(out)]) == 1
+    assert "does not match the network" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,0 +1,127 @@
+"""The sampling loop: draw x_T ~ N(0, I) and run a scheduler down to x_0.
+
+`denoise` is the loop itself (one network call and one scheduler step per
+timestep, nothing that reads a device value); `sample` wraps it for any
+`eps_model(x_t, t, cond) -> eps` and any shape.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .schedule import Schedule
+from .schedulers import SPACINGS, DDIMScheduler, DDPMScheduler, DPMSolverScheduler, Scheduler
+
+METHODS = ("ddpm", "ddim", "dpm++")
+
+
+def make_scheduler(method: str, *, schedule: Schedule | None = None, eta: float = 0.0, clip_x0: bool = True,
+                   backend: str | None = None) -> Scheduler:
+    """The scheduler of a method name: "ddpm", "ddim" (takes eta) or "dpm++" (DPM-Solver++ 2M)."""
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if method != "ddim" and eta != 0:
+        raise ValueError(f"eta: only method='ddim' takes eta, got eta={eta!r} with method={method!r}")
+    if method == "ddim":
+        return DDIMScheduler(schedule, eta=eta, clip_x0=clip_x0, backend=backend)
+    cls = DDPMScheduler if method == "ddpm" else DPMSolverScheduler
+    return cls(schedule, clip_x0=clip_x0, backend=backend)
+
+
+def default_schedule(model) -> Schedule:
+    """The paper's linear schedule over the model's T (`model.config.num_timesteps`
+    for an MCVD network), else over T = 1000."""
+    T = getattr(getattr(model, "config", None), "num_timesteps", 1000)
+    return Schedule.linear(T)
+
+
+def denoise(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], scheduler: Scheduler, x_T: torch.Tensor,
+            *, generator: torch.Generator | None = None, callback=None, progress: bool = False,
+            desc: str = "sampling") -> torch.Tensor:
+    """Run every step of `scheduler` (set_timesteps done, on x_T's device) from x_T.
+
+    eps_fn(x_t, t) -> eps with t a LongTensor [B] on the device. The loop
+    reads no device value, so on a GPU it never waits for the kernels it queues.
+    callback(i, t, x, pred_x0) runs after step i (t an int, x the new sample).
+    Returns the final sample, shaped like x_T.
+    """
+    t_batch = scheduler.batched_timesteps(x_T.shape[0])
+    x = x_T
+    for i, t in enumerate(tqdm(scheduler.timesteps.tolist(), desc=desc, disable=not progress, leave=False)):
+        eps = eps_fn(x, t_batch[i])
+        x, x0 = scheduler.step(eps, t, x, generator=generator)
+        if callback is not None:
+            callback(i, t, x, x0)
+    return x
+
+
+def sample(eps_model: Callable, shape, *, method: str = "ddpm", steps: int | None = None,
+           cond: torch.Tensor | None = None, cond_mask: torch.Tensor | None = None, clip_x0: bool = True,
+           eta: float = 0.0, generator: torch.Generator | None = None, progress: bool = False, callback=None,
+           device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+           x_T: torch.Tensor | None = None, schedule: Schedule | None = None, spacing: str = "trailing",
+           backend: str | None = None) -> torch.Tensor:
+    """Draw samples x_0 of `shape` by reverse diffusion, without autograd.
+
+    Args:
+        eps_model: any callable eps_model(x_t, t, cond) -> eps shaped like x_t,
+            t a LongTensor [B] (DDPM convention, larger is noisier); called as
+            eps_model(x_t, t, cond, cond_mask=cond_mask) when cond_mask is given.
+        shape: [B, ...] of the samples (e.g. [B, k, C, H, W] for MCVD).
+        method: "ddpm" (ancestral), "ddim" or "dpm++" (DPM-Solver++ 2M).
+        steps: number of network calls; None: every timestep of the schedule.
+        cond, cond_mask: handed to eps_model unchanged (cond on the sampling device).
+        clip_x0: clamp the predicted x0 to [-1, 1] at every step.
+        eta: DDIM's eta (method "ddim" only).
+        generator: source of x_T and of the step noise, on the sampling
+            device; the same seed gives the same samples.
+        progress: show a tqdm bar. callback: callback(i, t, x, pred_x0) after each step.
+        device, dtype: of the samples (default: x_T's, else cond's device and float32).
+        x_T: the starting noise [shape] instead of a draw from generator.
+        schedule: the forward process (default: `default_schedule(eps_model)`).
+        spacing: timestep spacing, see `spaced_timesteps` ("trailing" is the reference code's).
+        backend: reverse_step backend (None: auto).
+    Returns:
+        x_0, a tensor of `shape` and dtype on the sampling device.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 1 or any(s < 1 for s in shape):
+        raise ValueError(f"shape: expected [B, ...] with positive sizes, got {list(shape)}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing: expected one of {SPACINGS}, got {spacing!r}")
+    if x_T is not None:
+        if tuple(x_T.shape) != shape:
+            raise ValueError(f"x_T: expected shape {list(shape)}, got {list(x_T.shape)}")
+        if device is not None and torch.device(device) != x_T.device:
+            raise ValueError(f"device: {device} disagrees with x_T's device {x_T.device}")
+        if dtype is not None and dtype != x_T.dtype:
+            raise ValueError(f"dtype: {dtype} disagrees with x_T's dtype {x_T.dtype}")
+        device, dtype = x_T.device, x_T.dtype
+    else:
+        device = torch.device(device) if device is not None else (cond.device if cond is not None else
+                                                                  torch.device("cpu"))
+        dtype = torch.float32 if dtype is None else dtype
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
+    for name, t in (("cond", cond), ("cond_mask", cond_mask)):
+        if t is not None and t.device != device:
+            raise ValueError(f"{name}: expected device {device} (the sampling device), got {t.device}")
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"generator: expected a generator on {device.type} (the sampling device), "
+                         f"got one on {generator.device}")
+
+    scheduler = make_scheduler(method, schedule=schedule if schedule is not None else default_schedule(eps_model),
+                               eta=eta, clip_x0=clip_x0, backend=backend)
+    scheduler.set_timesteps(scheduler.num_train_timesteps if steps is None else steps, spacing=spacing,
+                            device=device)
+    if cond_mask is None:
+        eps_fn = lambda x, t: eps_model(x, t, cond)  # noqa: E731
+    else:
+        eps_fn = lambda x, t: eps_model(x, t, cond, cond_mask=cond_mask)  # noqa: E731
+    with torch.no_grad():
+        if x_T is None:
+            x_T = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        return denoise(eps_fn, scheduler, x_T, generator=generator, callback=callback, progress=progress,
+                       desc=method)

@@ -36,6 +36,8 @@ def save_model(path: str | os.PathLike, model: MCVD, *, overwrite: bool = False)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())  # a crash after os.replace must not leave a truncated file
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -1,4 +1,5 @@
 """load_official against checkpoints and outputs produced by the paper's public code."""
+import functools
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,12 @@ def io(name):
     return torch.load(FIXTURES / name / "io.pt", weights_only=True)
 
 
+@functools.cache
+def loaded(name, use_ema=True):
+    """The fixture's model, loaded once per test session (tests only read it and set its backend)."""
+    return load_official(FIXTURES / name / "checkpoint.pt", use_ema=use_ema)
+
+
 def rel_err(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
@@ -25,7 +32,7 @@ def rel_err(a, b):
 @pytest.mark.parametrize("use_ema", [True, False], ids=["ema", "raw"])
 @pytest.mark.parametrize("name", NAMES)
 def test_same_function_as_the_reference(name, use_ema, backend):
-    model, cfg = load_official(FIXTURES / name / "checkpoint.pt", use_ema=use_ema)
+    model, cfg = loaded(name, use_ema)
     model.set_backend(backend)
     d = io(name)
     t = cfg.num_timesteps - 1 - d["t_official"]  # the reference indexes time from the noisiest step
@@ -39,10 +46,10 @@ def test_same_function_as_the_reference(name, use_ema, backend):
 @pytest.mark.parametrize("name", NAMES)
 def test_reference_time_index_is_not_the_ddpm_step(name):
     """Feeding the reference index as if it were DDPM t must not match: the test above can fail."""
-    model, _ = load_official(FIXTURES / name / "checkpoint.pt")
+    model, _ = loaded(name)
     d = io(name)
     with torch.no_grad():
-        out = model(d["x"], d["t_official"], d["cond"])
+        out = model.set_backend(None)(d["x"], d["t_official"], d["cond"])
     assert rel_err(out, d["out_ema"]) > 1e-2
 
 
@@ -53,7 +60,7 @@ def test_ema_and_raw_weights_differ():
 
 @pytest.mark.parametrize("name, params", [("concat_small", 0.99e6), ("spatin_small", 1.71e6)])
 def test_parameter_count_equals_the_reference(name, params):
-    model, _ = load_official(FIXTURES / name / "checkpoint.pt")
+    model, _ = loaded(name)
     ema = torch.load(FIXTURES / name / "checkpoint.pt", weights_only=True)[4]
     ours = sum(p.numel() for p in model.parameters())
     assert ours == sum(v.numel() for v in ema.values())
@@ -149,7 +156,7 @@ def test_not_a_reference_checkpoint(tmp_path):
 
 
 def test_mcvd_model_file_is_pointed_to_load_model(tmp_path):
-    model, _ = load_official(FIXTURES / "concat_small" / "checkpoint.pt")
+    model, _ = loaded("concat_small")
     mcvd.nn.save_model(tmp_path / "checkpoint.pt", model)
     (tmp_path / "config.yml").write_text((FIXTURES / "concat_small" / "config.yml").read_text())
     with pytest.raises(ValueError, match=r"is an mcvd model file; load it with mcvd.nn.load_model"):
@@ -229,3 +236,10 @@ def test_invalid_yaml(tmp_path):
     (tmp_path / "config.yml").write_text("data: [unclosed\n")
     with pytest.raises(ValueError, match=r"config: .*config.yml is not valid YAML"):
         load_official(ckpt)
+
+
+def test_other_noise_settings_are_reported(tmp_path, caplog):
+    ckpt = copy_fixture(tmp_path, "concat_small", edit_config=lambda c: c["model"].update(sigma_dist="cosine"))
+    with caplog.at_level("WARNING", logger="mcvd.compat"):
+        load_official(ckpt)
+    assert "'sigma_dist': 'cosine'" in caplog.text and "sample with the matching schedule" in caplog.text

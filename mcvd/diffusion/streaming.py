@@ -1,0 +1,93 @@
+"""Streaming prediction for live video: push observed frames, get the next k.
+
+The predictor keeps the newest p observed frames (the past window) between
+calls; predictions are not fed back, the next observed frames replace them.
+For low latency use few DPM-Solver++ steps and, on a GPU, `cuda_graph=True`:
+the denoising loop is captured on the first prediction and replayed after.
+"""
+from __future__ import annotations
+
+import torch
+
+from .schedule import Schedule
+from .tasks import BlockSampler, FrameSpec
+
+
+class StreamingPredictor:
+    """Predict the next k frames from the last p observed ones, call after call.
+
+    Example::
+
+        stream = mcvd.StreamingPredictor(model, method="dpm++", steps=10, cuda_graph=True)
+        for frame in camera:            # [B, C, H, W] in [-1, 1]
+            nxt = stream(frame)         # [B, k, C, H, W], None until p frames were seen
+
+    Args:
+        model: MCVD network with num_frames_cond = p >= 1 (future slots, if
+            any, are masked).
+        method, steps, eta, clip_x0, guidance, schedule, spacing, backend:
+            see `mcvd.predict`.
+        cuda_graph: capture the denoising loop in a CUDA graph (CUDA only).
+        generator: source of the random draws, on the frames' device.
+    """
+
+    def __init__(self, model, *, method: str = "dpm++", steps: int = 10, eta: float = 0.0, clip_x0: bool = True,
+                 guidance: float | None = None, cuda_graph: bool = False, generator: torch.Generator | None = None,
+                 schedule: Schedule | None = None, spacing: str = "trailing", backend: str | None = None):
+        self.model = model
+        self.spec = FrameSpec.of(model)
+        if self.spec.p < 1:
+            raise ValueError("model: streaming prediction needs past frames (num_frames_cond >= 1), got 0")
+        self._options = dict(method=method, steps=steps, eta=eta, clip_x0=clip_x0, guidance=guidance,
+                             generator=generator, cuda_graph=cuda_graph, schedule=schedule, spacing=spacing,
+                             backend=backend)
+        self._block: BlockSampler | None = None
+        self._window: torch.Tensor | None = None
+
+    @property
+    def window(self) -> torch.Tensor | None:
+        """The kept past frames [B, <= p, C, H, W] (None before the first push)."""
+        return self._window
+
+    @property
+    def ready(self) -> bool:
+        """Whether p frames have been pushed, so predict_next can run."""
+        return self._window is not None and self._window.shape[1] == self.spec.p
+
+    def reset(self) -> None:
+        """Forget the observed frames (a new stream); captured graphs are kept."""
+        self._window = None
+
+    def push(self, frames: torch.Tensor) -> None:
+        """Append observed frames: [B, C, H, W] (one frame) or [B, n, C, H, W]."""
+        if isinstance(frames, torch.Tensor) and frames.dim() == 4:
+            frames = frames.unsqueeze(1)
+        self.spec.check_video(frames, "frames", 1)
+        w = self._window
+        if w is not None and (frames.shape[0], frames.device, frames.dtype) != (w.shape[0], w.device, w.dtype):
+            raise ValueError(f"frames: expected batch {w.shape[0]}, {w.dtype} on {w.device} (as the frames "
+                             f"pushed before; reset() starts a new stream), got batch {frames.shape[0]}, "
+                             f"{frames.dtype} on {frames.device}")
+        frames = frames.detach()
+        self._window = (frames if w is None else torch.cat([w, frames], dim=1))[:, -self.spec.p:]
+
+    def predict_next(self) -> torch.Tensor:
+        """The next k frames [B, k, C, H, W] after the pushed ones."""
+        if not self.ready:
+            have = 0 if self._window is None else self._window.shape[1]
+            raise RuntimeError(f"push at least p={self.spec.p} frames (num_frames_cond) before predicting; "
+                               f"have {have}")
+        w = self._window
+        if self._block is None or (self._block.device, self._block.dtype) != (w.device, w.dtype):
+            self._block = BlockSampler(self.model, device=w.device, dtype=w.dtype, **self._options)
+        B = w.shape[0]
+        future = torch.zeros((B, self.spec.f, *self.spec.frame_shape()), device=w.device, dtype=w.dtype)
+        mask = torch.zeros((B, 2), dtype=torch.bool, device=w.device)
+        mask[:, 0] = True
+        with torch.no_grad():
+            return self._block(torch.cat([w, future], dim=1), mask, B)
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor | None:
+        """push(frames), then predict_next() - or None while fewer than p frames were seen."""
+        self.push(frames)
+        return self.predict_next() if self.ready else None

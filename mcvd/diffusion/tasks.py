@@ -1,0 +1,252 @@
+"""The video tasks of one MCVD model: prediction, generation, interpolation.
+
+MCVD denoises k current frames given p past and f future frames, either of
+which may be masked (zeros, cond_mask False). So one model does
+
+- prediction      past given, future masked;
+- generation      past and future masked;
+- interpolation   past and future given;
+
+and longer videos come from block-autoregressive rollout: sample k frames,
+slide them into the past window (the newest p frames), sample the next k.
+
+| code        | symbol / meaning                                         |
+|-------------|----------------------------------------------------------|
+| k           | model.config.num_frames, frames sampled per block       |
+| p           | model.config.num_frames_cond, past frames                |
+| f           | model.config.num_frames_future, future frames            |
+| cond        | [B, p + f, C, H, W]: past window then future frames      |
+| cond_mask   | [B, 2] bool: (past given, future given)                  |
+| guidance w  | eps = eps_uncond + w (eps_cond - eps_uncond)             |
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .cuda_graph import CUDAGraphRunner
+from .sampling import default_schedule, denoise, make_scheduler
+from .schedule import Schedule
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """The frame layout an MCVD model expects (read from model.config)."""
+
+    k: int
+    p: int
+    f: int
+    channels: int
+    size: int
+
+    @classmethod
+    def of(cls, model) -> "FrameSpec":
+        cfg = getattr(model, "config", None)
+        names = ("num_frames", "num_frames_cond", "num_frames_future", "channels", "image_size")
+        if cfg is None or any(not hasattr(cfg, n) for n in names):
+            raise TypeError(f"model: expected an MCVD network whose .config (mcvd.ModelConfig) gives "
+                            f"{', '.join(names)}; got {type(model).__name__}")
+        return cls(cfg.num_frames, cfg.num_frames_cond, cfg.num_frames_future, cfg.channels, cfg.image_size)
+
+    def frame_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.size, self.size)
+
+    def check_video(self, x, name: str, min_frames: int) -> None:
+        """x must be a float [B, T, C, H, W] video with T >= min_frames."""
+        C, S = self.channels, self.size
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"{name}: expected a float tensor [B, T, {C}, {S}, {S}], got "
+                            + (f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__))
+        if x.dim() != 5 or tuple(x.shape[2:]) != self.frame_shape() or x.shape[0] < 1:
+            raise ValueError(f"{name}: expected shape [B, T, {C}, {S}, {S}] (channels and image_size of "
+                             f"model.config), got {list(x.shape)}")
+        if x.shape[1] < min_frames:
+            raise ValueError(f"{name}: expected at least {min_frames} frames, got {x.shape[1]}")
+
+
+class BlockSampler:
+    """Samples one block of k frames given the conditioning, eagerly or by
+    replaying a CUDA graph of the whole denoising loop.
+
+    Args:
+        model: the MCVD network, model(x_t, t, cond, cond_mask=...) -> eps.
+        method, steps, eta, clip_x0, schedule, spacing, backend: see `mcvd.sample`.
+        guidance: None, or the classifier-free guidance weight w; the
+            unconditional eps is the model's with everything masked.
+        generator: source of x_T and step noise, on `device`.
+        cuda_graph: capture the loop once per batch shape and replay it.
+        device, dtype: of the frames.
+    """
+
+    def __init__(self, model, *, method: str, steps: int, eta: float, clip_x0: bool, guidance: float | None,
+                 generator: torch.Generator | None, cuda_graph: bool, device: torch.device, dtype: torch.dtype,
+                 schedule: Schedule | None, spacing: str, backend: str | None, progress: bool = False):
+        self.model = model
+        self.spec = FrameSpec.of(model)
+        if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))):
+            raise TypeError(f"guidance: expected None or a float weight, got {guidance!r}")
+        if cuda_graph and device.type != "cuda":
+            raise ValueError(f"cuda_graph: needs a CUDA device, got {device}")
+        if generator is not None and generator.device.type != device.type:
+            raise ValueError(f"generator: expected a generator on {device.type} (the frames' device), "
+                             f"got one on {generator.device}")
+        self.guidance = None if guidance is None else float(guidance)
+        self.generator, self.cuda_graph, self.device, self.dtype = generator, cuda_graph, device, dtype
+        self.progress = progress
+        self.scheduler = make_scheduler(method, schedule=default_schedule(model) if schedule is None else schedule,
+                                        eta=eta, clip_x0=clip_x0, backend=backend)
+        self.scheduler.set_timesteps(steps, spacing=spacing, device=device)
+        self._graphs: dict = {}
+
+    def __call__(self, cond: torch.Tensor | None, cond_mask: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """A new block [batch, k, C, H, W] given cond [batch, p + f, C, H, W]
+        and cond_mask [batch, 2] (both None for a model without conditioning)."""
+        x_T = torch.randn((batch, self.spec.k, *self.spec.frame_shape()), generator=self.generator,
+                          device=self.device, dtype=self.dtype)
+        if not self.cuda_graph:
+            return self._denoise(x_T, cond, cond_mask)
+        key = (batch, None if cond is None else tuple(cond.shape))
+        if key not in self._graphs:
+            gen = self.generator if self.scheduler.draws_noise else None
+            self._graphs[key] = CUDAGraphRunner(self._denoise_quiet, x_T, cond, cond_mask, generator=gen)
+        return self._graphs[key](x_T, cond, cond_mask).clone()
+
+    def _denoise_quiet(self, x_T, cond, cond_mask):
+        return self._denoise(x_T, cond, cond_mask, progress=False)
+
+    def _denoise(self, x_T, cond, cond_mask, progress=None):
+        if cond is None:
+            eps_fn = lambda x, t: self.model(x, t, None)  # noqa: E731
+        elif self.guidance is None:
+            eps_fn = lambda x, t: self.model(x, t, cond, cond_mask=cond_mask)  # noqa: E731
+        else:
+            # One batched call: conditional half, then the fully masked half.
+            cond2 = torch.cat([cond, cond])
+            mask2 = torch.cat([cond_mask, torch.zeros_like(cond_mask)])
+            w = self.guidance
+
+            def eps_fn(x, t):
+                eps_c, eps_u = self.model(torch.cat([x, x]), torch.cat([t, t]), cond2, cond_mask=mask2).chunk(2)
+                return torch.lerp(eps_u, eps_c, w)
+        return denoise(eps_fn, self.scheduler, x_T, generator=self.generator,
+                       progress=self.progress if progress is None else progress, desc="block")
+
+
+def _model_device(model) -> torch.device:
+    """Where the model's parameters (or buffers) live; the CPU if it has none."""
+    tensors = itertools.chain(model.parameters(), model.buffers()) if isinstance(model, torch.nn.Module) else ()
+    first = next(iter(tensors), None)
+    return torch.device("cpu") if first is None else first.device
+
+
+def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.Tensor | None = None,
+            method: str = "ddim", steps: int = 100, samples: int = 1, guidance: float | None = None,
+            eta: float = 0.0, clip_x0: bool = True, generator: torch.Generator | None = None, progress: bool = False,
+            batch_size: int | None = None, device: torch.device | str | None = None,
+            dtype: torch.dtype | None = None, cuda_graph: bool = False, schedule: Schedule | None = None,
+            spacing: str = "trailing", backend: str | None = None) -> torch.Tensor:
+    """Sample `num_frames` frames with an MCVD model, without autograd.
+
+    The task follows from what is given:
+        past only      prediction of the frames after `past`;
+        neither        unconditional generation (`batch_size` videos);
+        past + future  interpolation of the k frames between them;
+        future only    the k frames before `future`.
+    More than k frames come from block-autoregressive rollout (prediction and
+    generation only): each block of k frames conditions the next through the
+    past window, which holds the newest p frames. In generation the first
+    block is unconditional and the later ones are predictions; as in the
+    reference code the window counts as given from the second block on,
+    even when k < p leaves some of it zeros. With future frames the model
+    fills exactly one block, so num_frames must equal k. Put the model in
+    eval mode first (dropout).
+
+    Args:
+        model: MCVD network (its .config gives k, p, f, channels, image_size).
+        past: [B, T, C, H, W] with T >= p (the last p frames are used), or None.
+        num_frames: frames to return, >= 1.
+        future: [B, T, C, H, W] with T >= f (the first f frames are used), or None.
+        method, steps, eta, clip_x0, spacing, schedule, backend: see `mcvd.sample`
+            (default: 100 DDIM steps; "dpm++" with ~10 steps for low latency).
+        samples: independent samples per input video.
+        guidance: classifier-free guidance weight w (None: plain conditional).
+        generator: source of every random draw, on the frames' device.
+        batch_size: number of videos when past and future are both None.
+        device, dtype: of the videos when past and future are None
+            (default: the model's device, float32).
+        cuda_graph: replay each block's denoising loop as a CUDA graph (CUDA only).
+    Returns:
+        [B, num_frames, C, H, W] if samples == 1, else [samples, B, num_frames, C, H, W];
+        the dtype and device of past / future.
+    """
+    spec = FrameSpec.of(model)
+    for name, v, low in (("num_frames", num_frames, 1), ("samples", samples, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
+    if past is not None:
+        if spec.p == 0:
+            raise ValueError("past: the model takes no past frames (num_frames_cond=0); pass past=None")
+        spec.check_video(past, "past", spec.p)
+        past = past[:, past.shape[1] - spec.p:]
+    if future is not None:
+        if spec.f == 0:
+            raise ValueError("future: the model takes no future frames (num_frames_future=0); pass future=None")
+        spec.check_video(future, "future", spec.f)
+        future = future[:, :spec.f]
+        if num_frames != spec.k:
+            raise ValueError(f"num_frames: with future frames the model fills exactly k={spec.k} frames "
+                             f"(num_frames of model.config), got {num_frames}")
+    if num_frames > spec.k and spec.p == 0:
+        raise ValueError(f"num_frames: a model without past frames (num_frames_cond=0) samples at most "
+                         f"k={spec.k} frames, got {num_frames}")
+    given = [x for x in (past, future) if x is not None]
+    if given:
+        ref = given[0]
+        if len(given) == 2 and (future.shape[0] != past.shape[0] or future.device != past.device
+                                or future.dtype != past.dtype):
+            raise ValueError(f"future: expected batch {past.shape[0]}, {past.dtype} on {past.device} (as past), "
+                             f"got batch {future.shape[0]}, {future.dtype} on {future.device}")
+        if batch_size is not None and batch_size != ref.shape[0]:
+            raise ValueError(f"batch_size: {batch_size} disagrees with the batch of the given frames ({ref.shape[0]})")
+        if device is not None and torch.device(device) != ref.device:
+            raise ValueError(f"device: {device} disagrees with the given frames' device {ref.device}")
+        if dtype is not None and dtype != ref.dtype:
+            raise ValueError(f"dtype: {dtype} disagrees with the given frames' dtype {ref.dtype}")
+        B, device, dtype = ref.shape[0], ref.device, ref.dtype
+    else:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected an int >= 1 when past and future are both None "
+                             f"(generation), got {batch_size!r}")
+        if guidance is not None:
+            raise ValueError("guidance: needs past or future frames to guide on; got neither")
+        B = batch_size
+        device = _model_device(model) if device is None else torch.device(device)
+        dtype = torch.float32 if dtype is None else dtype
+
+    block = BlockSampler(model, method=method, steps=steps, eta=eta, clip_x0=clip_x0, guidance=guidance,
+                         generator=generator, cuda_graph=cuda_graph, device=device, dtype=dtype,
+                         schedule=schedule, spacing=spacing, backend=backend, progress=progress)
+    n = samples * B
+
+    def frames(x, count):  # given frames repeated per sample (sample-major), or zeros
+        if x is None:
+            return torch.zeros((n, count, *spec.frame_shape()), device=device, dtype=dtype)
+        return x.repeat(samples, 1, 1, 1, 1)
+
+    conditioned = spec.p + spec.f > 0
+    window, fut = frames(past, spec.p), frames(future, spec.f)
+    mask = torch.tensor([[past is not None, future is not None]], device=device).repeat(n, 1)
+    rolled_mask = torch.tensor([[True, future is not None]], device=device).repeat(n, 1)
+    num_blocks = math.ceil(num_frames / spec.k)
+    blocks = []
+    with torch.no_grad():
+        for j in range(num_blocks):
+            new = block(torch.cat([window, fut], dim=1) if conditioned else None, mask if conditioned else None, n)
+            blocks.append(new)
+            if j + 1 < num_blocks:  # slide the newest frames into the past window
+                window, mask = torch.cat([window, new], dim=1)[:, -spec.p:], rolled_mask
+    video = torch.cat(blocks, dim=1)[:, :num_frames]
+    return video if samples == 1 else video.reshape(samples, B, *video.shape[1:])

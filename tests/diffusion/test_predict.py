@@ -1,0 +1,181 @@
+"""Video tasks: rollout bookkeeping with toy models, masks, guidance, samples, errors, a tiny real MCVD."""
+import pytest
+import torch
+from diffusion_toys import GEN, STEP, OracleModel, ZeroEpsModel, frame_labels, labelled_video, toy_config
+
+import mcvd
+
+C, SIZE = 2, 5
+
+
+def past_video(B, T, start=0.0, dtype=torch.float32):
+    """Frames labelled start + STEP * i, offset by 0.2 per batch row."""
+    labels = start + STEP * torch.arange(T, dtype=torch.float64) + 0.2 * torch.arange(B, dtype=torch.float64)[:, None]
+    return labelled_video(labels, C, SIZE, dtype)
+
+
+@pytest.mark.parametrize("method", ["ddpm", "ddim", "dpm++"])
+@pytest.mark.parametrize("k, p, num_frames", [(3, 2, 7), (2, 3, 5), (2, 2, 2), (4, 1, 3)])
+def test_prediction_rollout_continues_the_past(method, k, p, num_frames):
+    model = OracleModel(toy_config(k=k, p=p, channels=C, size=SIZE))
+    past = past_video(2, p + 2)  # longer than p: the last p frames are used
+    video = mcvd.predict(model, past, num_frames, method=method, steps=4)
+    assert video.shape == (2, num_frames, C, SIZE, SIZE)
+    expected = frame_labels(past)[:, -1:] + STEP * torch.arange(1, num_frames + 1)
+    torch.testing.assert_close(frame_labels(video), expected, rtol=0, atol=1e-5)
+
+
+def test_rollout_slides_the_newest_frames_into_the_past_window():
+    k, p = 3, 2
+    model = OracleModel(toy_config(k=k, p=p, channels=C, size=SIZE))
+    past = past_video(1, p)
+    mcvd.predict(model, past, 3 * k, method="ddim", steps=2)
+    windows = [frame_labels(cond)[0] for _, cond, _ in model.calls[::2]]  # first call of each block
+    assert len(windows) == 3
+    last = frame_labels(past)[0, -1]
+    for j, window in enumerate(windows):  # block j sees the p frames before its first frame
+        expected = last + STEP * torch.arange(j * k - p + 1, j * k + 1)
+        torch.testing.assert_close(window, expected.float(), rtol=0, atol=1e-5)
+    assert all(mask.tolist() == [[True, False]] for _, _, mask in model.calls)
+
+
+def test_generation_starts_unconditional_then_predicts():
+    k, p = 2, 2
+    model = OracleModel(toy_config(k=k, p=p, channels=C, size=SIZE))
+    video = mcvd.predict(model, None, 5, batch_size=3, method="ddim", steps=2)
+    expected = GEN + STEP * torch.arange(5)
+    torch.testing.assert_close(frame_labels(video), expected.expand(3, 5).float(), rtol=0, atol=1e-5)
+    first, later = model.calls[0], model.calls[2:]
+    assert first[2].tolist() == [[False, False]] * 3
+    assert torch.count_nonzero(first[1]) == 0  # masked past is zeros
+    assert all(mask.tolist() == [[True, False]] * 3 for _, _, mask in later)
+
+
+def test_interpolation_fills_the_frames_between_past_and_future():
+    k, p, f = 3, 2, 1
+    model = OracleModel(toy_config(k=k, p=p, f=f, channels=C, size=SIZE))
+    past = past_video(2, p)
+    future = past_video(2, 2, start=0.5)  # the first f frames are used
+    video = mcvd.predict(model, past, k, future=future, method="dpm++", steps=3)
+    a, b = frame_labels(past)[:, -1:], frame_labels(future)[:, :1]
+    expected = a + (b - a) * torch.arange(1, k + 1) / (k + 1)
+    torch.testing.assert_close(frame_labels(video), expected, rtol=0, atol=1e-5)
+    assert model.calls[0][2].tolist() == [[True, True]] * 2
+
+
+def test_prediction_with_a_future_slot_masks_it():
+    model = OracleModel(toy_config(k=2, p=2, f=1, channels=C, size=SIZE))
+    mcvd.predict(model, past_video(1, 2), 4, method="ddim", steps=2)
+    assert all(mask.tolist() == [[True, False]] for _, _, mask in model.calls)
+    assert all(torch.count_nonzero(cond[:, 2]) == 0 for _, cond, _ in model.calls)
+
+
+def test_guidance_mixes_conditional_and_unconditional_eps():
+    w = 2.5
+    model = OracleModel(toy_config(k=2, p=2, channels=C, size=SIZE))
+    past = past_video(2, 2)
+    video = mcvd.predict(model, past, 2, guidance=w, method="ddim", steps=3, clip_x0=False)
+    cond = frame_labels(past)[:, -1:] + STEP * torch.arange(1, 3)
+    uncond = GEN + STEP * torch.arange(2)
+    # Unclipped, x0 is linear in eps, so the guided x0 is uncond + w (cond - uncond).
+    torch.testing.assert_close(frame_labels(video), uncond + w * (cond - uncond), rtol=0, atol=1e-5)
+    assert model.calls[0][2].tolist() == [[True, False]] * 2 + [[False, False]] * 2
+
+
+def test_samples_are_independent_draws_per_input():
+    model = ZeroEpsModel(toy_config(k=2, p=2, channels=C, size=SIZE))
+    past = past_video(2, 2)
+    video = mcvd.predict(model, past, 3, samples=4, method="ddpm", steps=3)
+    assert video.shape == (4, 2, 3, C, SIZE, SIZE)
+    flat = video.flatten(2)
+    assert all(not torch.equal(flat[i], flat[j]) for i in range(4) for j in range(i))
+
+
+def test_samples_keep_each_input_with_its_own_past():
+    model = OracleModel(toy_config(k=2, p=2, channels=C, size=SIZE))
+    past = past_video(3, 2)
+    video = mcvd.predict(model, past, 4, samples=2, method="ddim", steps=2)
+    expected = frame_labels(past)[:, -1:] + STEP * torch.arange(1, 5)
+    torch.testing.assert_close(frame_labels(video), expected.expand(2, 3, 4), rtol=0, atol=1e-5)
+
+
+def test_same_generator_seed_same_video():
+    model = ZeroEpsModel(toy_config(k=2, p=2, channels=C, size=SIZE))
+    past = past_video(2, 2)
+
+    def run(seed):
+        return mcvd.predict(model, past, 5, method="ddpm", steps=4, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(run(3), run(3), rtol=0, atol=0)
+    assert not torch.equal(run(3), run(4))
+
+
+def test_float64_videos_stay_float64():
+    model = OracleModel(toy_config(k=2, p=2, channels=C, size=SIZE))
+    video = mcvd.predict(model, past_video(1, 2, dtype=torch.float64), 2, steps=2)
+    assert video.dtype == torch.float64
+
+
+def test_fewer_frames_than_a_block():
+    model = OracleModel(toy_config(k=4, p=2, channels=C, size=SIZE))
+    video = mcvd.predict(model, past_video(1, 2), 1, steps=2)
+    assert video.shape == (1, 1, C, SIZE, SIZE)
+
+
+@pytest.mark.parametrize("cfg, call, error, message", [
+    (toy_config(), dict(past="bad_channels"), ValueError,
+     r"past: expected shape \[B, T, 2, 5, 5\] \(channels and image_size of model.config\), got \[1, 2, 3, 5, 5\]"),
+    (toy_config(), dict(past="short"), ValueError, r"past: expected at least 2 frames, got 1"),
+    (toy_config(), dict(past="int"), TypeError, r"past: expected a float tensor \[B, T, 2, 5, 5\], got dtype torch.int64"),
+    (toy_config(p=0), dict(), ValueError, r"past: the model takes no past frames \(num_frames_cond=0\)"),
+    (toy_config(), dict(future="ok"), ValueError, r"future: the model takes no future frames \(num_frames_future=0\)"),
+    (toy_config(f=1), dict(future="ok", num_frames=4), ValueError,
+     r"num_frames: with future frames the model fills exactly k=3 frames"),
+    (toy_config(f=1), dict(future="batch3"), ValueError, r"future: expected batch 1, torch.float32 on cpu \(as past\)"),
+    (toy_config(), dict(past=None), ValueError, r"batch_size: expected an int >= 1 when past and future are both None"),
+    (toy_config(), dict(past=None, batch_size=2, guidance=2.0), ValueError,
+     r"guidance: needs past or future frames to guide on"),
+    (toy_config(), dict(batch_size=5), ValueError, r"batch_size: 5 disagrees with the batch of the given frames \(1\)"),
+    (toy_config(), dict(num_frames=0), ValueError, r"num_frames: expected an int >= 1, got 0"),
+    (toy_config(), dict(samples=0), ValueError, r"samples: expected an int >= 1, got 0"),
+    (toy_config(p=0), dict(past=None, batch_size=1, num_frames=4), ValueError,
+     r"num_frames: a model without past frames \(num_frames_cond=0\) samples at most k=3 frames"),
+    (toy_config(), dict(cuda_graph=True), ValueError, r"cuda_graph: needs a CUDA device, got cpu"),
+    (toy_config(), dict(guidance="2"), TypeError, r"guidance: expected None or a float weight, got '2'"),
+    (toy_config(), dict(method="plms"), ValueError, r"method: expected one of"),
+])
+def test_bad_inputs_are_named(cfg, call, error, message):
+    videos = {"ok": past_video(1, 2), "short": past_video(1, 1), "int": torch.zeros(1, 2, C, SIZE, SIZE).long(),
+              "bad_channels": torch.zeros(1, 2, 3, SIZE, SIZE), "batch3": past_video(3, 2)}
+    call = {"past": "ok", "num_frames": 3, **call}
+    for key in ("past", "future"):
+        if isinstance(call.get(key), str):
+            call[key] = videos[call[key]]
+    past, num_frames = call.pop("past"), call.pop("num_frames")
+    with pytest.raises(error, match=message):
+        mcvd.predict(OracleModel(cfg), past, num_frames, steps=2, **call)
+
+
+def test_a_model_without_config_is_refused():
+    with pytest.raises(TypeError, match=r"model: expected an MCVD network whose .config \(mcvd.ModelConfig\)"):
+        mcvd.predict(lambda x, t, c: x, past_video(1, 2), 2)
+
+
+@pytest.mark.parametrize("conditioning, f", [("concat", 0), ("spatin", 1)])
+def test_tiny_mcvd_predicts_interpolates_and_generates(conditioning, f):
+    cfg = mcvd.ModelConfig(image_size=8, channels=1, num_frames=2, num_frames_cond=2, num_frames_future=f, ngf=8,
+                           ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), n_head_channels=8, dropout=0.0,
+                           conditioning=conditioning, spade_dim=8, num_timesteps=100)
+    model = mcvd.MCVD(cfg).eval()
+    past = torch.rand(2, 3, 1, 8, 8) * 2 - 1
+
+    def run(seed, **kw):
+        return mcvd.predict(model, kw.pop("past", past), kw.pop("num_frames", 3), steps=3,
+                            generator=torch.Generator().manual_seed(seed), **kw)
+    video = run(0)
+    assert video.shape == (2, 3, 1, 8, 8) and torch.isfinite(video).all() and video.abs().max() <= 1
+    torch.testing.assert_close(run(0), video, rtol=0, atol=0)
+    assert run(0, past=None, batch_size=2, num_frames=4).shape == (2, 4, 1, 8, 8)
+    assert run(0, method="dpm++", samples=2).shape == (2, 2, 3, 1, 8, 8)
+    if f:
+        future = torch.rand(2, 1, 1, 8, 8) * 2 - 1
+        assert run(0, num_frames=2, future=future, guidance=1.5).shape == (2, 2, 1, 8, 8)

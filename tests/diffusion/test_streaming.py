@@ -1,0 +1,73 @@
+"""StreamingPredictor: the past window between calls, agreement with predict, errors (CPU path)."""
+import pytest
+import torch
+from diffusion_toys import STEP, OracleModel, ZeroEpsModel, frame_labels, labelled_video, toy_config
+
+import mcvd
+
+C, SIZE = 2, 5
+
+
+def frames(labels):
+    """[B, T] labels -> [B, T, C, H, W]."""
+    return labelled_video(torch.as_tensor(labels, dtype=torch.float64), C, SIZE)
+
+
+def test_predicts_after_p_frames_from_the_newest_ones():
+    k, p = 3, 2
+    stream = mcvd.StreamingPredictor(OracleModel(toy_config(k=k, p=p, channels=C, size=SIZE)), steps=3)
+    observed = [0.10, 0.12, 0.30, 0.31]
+    outputs = [stream(frames([[v]])[:, 0]) for v in observed]  # one [B, C, H, W] frame per call
+    assert outputs[0] is None and stream.ready
+    for i in range(1, len(observed)):
+        expected = observed[i] + STEP * torch.arange(1, k + 1)
+        torch.testing.assert_close(frame_labels(outputs[i])[0], expected.float(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(frame_labels(stream.window)[0], torch.tensor(observed[-p:]), rtol=0, atol=1e-6)
+
+
+def test_predictions_are_not_fed_back():
+    model = OracleModel(toy_config(k=2, p=2, channels=C, size=SIZE))
+    stream = mcvd.StreamingPredictor(model, steps=2)
+    stream.push(frames([[0.1, 0.2]]))
+    first = stream.predict_next()
+    torch.testing.assert_close(stream.predict_next(), first, rtol=0, atol=1e-6)
+    assert frame_labels(stream.window)[0].tolist() == pytest.approx([0.1, 0.2])
+
+
+def test_matches_predict_with_the_same_seed():
+    model = ZeroEpsModel(toy_config(k=2, p=3, channels=C, size=SIZE))
+    past = torch.rand(2, 3, C, SIZE, SIZE) * 2 - 1
+    stream = mcvd.StreamingPredictor(model, method="ddpm", steps=4, generator=torch.Generator().manual_seed(5))
+    stream.push(past)
+    expected = mcvd.predict(model, past, 2, method="ddpm", steps=4, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(stream.predict_next(), expected, rtol=0, atol=0)
+
+
+def test_reset_starts_a_new_stream():
+    stream = mcvd.StreamingPredictor(OracleModel(toy_config(k=2, p=2, channels=C, size=SIZE)), steps=2)
+    stream.push(frames([[0.1, 0.2]]))
+    stream.reset()
+    assert stream.window is None and not stream.ready
+    stream.push(frames([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]]))  # another batch size is fine after reset
+    assert stream.predict_next().shape == (3, 2, C, SIZE, SIZE)
+
+
+def test_errors_name_the_problem():
+    model = OracleModel(toy_config(k=2, p=2, channels=C, size=SIZE))
+    stream = mcvd.StreamingPredictor(model, steps=2)
+    with pytest.raises(RuntimeError, match=r"push at least p=2 frames \(num_frames_cond\) before predicting; have 0"):
+        stream.predict_next()
+    stream.push(frames([[0.1]]))
+    with pytest.raises(RuntimeError, match=r"have 1"):
+        stream.predict_next()
+    with pytest.raises(ValueError, match=r"frames: expected batch 1, torch.float32 on cpu \(as the frames pushed "
+                                         r"before; reset\(\) starts a new stream\), got batch 2"):
+        stream.push(frames([[0.1], [0.2]]))
+    with pytest.raises(ValueError, match=r"frames: expected shape \[B, T, 2, 5, 5\]"):
+        stream.push(torch.zeros(1, 1, C, SIZE + 1, SIZE))
+    with pytest.raises(ValueError, match=r"model: streaming prediction needs past frames \(num_frames_cond >= 1\)"):
+        mcvd.StreamingPredictor(OracleModel(toy_config(p=0)))
+    with pytest.raises(ValueError, match=r"cuda_graph: needs a CUDA device, got cpu"):
+        bad = mcvd.StreamingPredictor(model, cuda_graph=True)
+        bad.push(frames([[0.1, 0.2]]))
+        bad.predict_next()

@@ -125,7 +125,7 @@ class ResBlock(nn.Module):
     """BigGAN-style residual block (Brock et al. 2019; Song et al. 2021, NCSN++):
 
         h = conv0(resample(norm0(x)));  h = conv1(dropout(norm1(h)))
-        out = (resample(skip(x)) + h) / sqrt(2)
+        out = (skip(resample(x)) + h) / sqrt(2)
 
     Each norm is GroupNorm (or SPATIN) with the time embedding's scale/shift
     and SiLU, fused. `resample` is FIR up- or down-sampling ([1, 3, 3, 1]).

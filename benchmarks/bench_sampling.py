@@ -103,7 +103,8 @@ def main(argv=None) -> int:
             try:
                 row = bench_block(model, method, steps, timed, provider, device, args)
             except RuntimeError as e:  # a backend missing from this build: say so, keep the other rows
-                print(f"{method}x{steps} {provider[0]}: not measured: {str(e).splitlines()[0].split(". ")[0]}")
+                reason = str(e).splitlines()[0].split(". ")[0]
+                print(f"{method}x{steps} {provider[0]}: not measured: {reason}")
                 continue
             rows.append(row)
             print(f"{row.mode:10s} {row.provider:12s} {row.shape}: median {row.median_ms:10.2f} ms  "

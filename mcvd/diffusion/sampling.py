@@ -116,10 +116,8 @@ def sample(eps_model: Callable, shape, *, method: str = "ddpm", steps: int | Non
                                eta=eta, clip_x0=clip_x0, backend=backend)
     scheduler.set_timesteps(scheduler.num_train_timesteps if steps is None else steps, spacing=spacing,
                             device=device)
-    if cond_mask is None:
-        eps_fn = lambda x, t: eps_model(x, t, cond)  # noqa: E731
-    else:
-        eps_fn = lambda x, t: eps_model(x, t, cond, cond_mask=cond_mask)  # noqa: E731
+    def eps_fn(x, t):
+        return eps_model(x, t, cond) if cond_mask is None else eps_model(x, t, cond, cond_mask=cond_mask)
     with torch.no_grad():
         if x_T is None:
             x_T = torch.randn(shape, generator=generator, device=device, dtype=dtype)

@@ -237,6 +237,11 @@ class Scheduler:
         return self._per_batch[key][i]
 
 
+def _lam(abar: torch.Tensor) -> torch.Tensor:
+    """lambda_t = log(alpha_t / sigma_t), the half log-SNR."""
+    return 0.5 * (abar.log() - (-abar).log1p())
+
+
 def _stack_rows(abar_t, c_x0, c_xt, sigma) -> torch.Tensor:
     """[steps, 5] rows (a, b, c_x0, c_xt, sigma); every method predicts x0 from eps the same way."""
     return torch.stack([(1 - abar_t).sqrt(), abar_t.sqrt(), c_x0, c_xt, sigma], dim=1)
@@ -325,8 +330,7 @@ class DPMSolverScheduler(Scheduler):
         c_x0 = c1.clone()
         hist = torch.zeros_like(c1)
         if n >= 3:
-            lam = lambda abar: 0.5 * (abar.log() - (-abar).log1p())  # noqa: E731
-            h = lam(abar_s[:-1]) - lam(abar_t[:-1])  # steps 0..n-2 (finite h)
+            h = _lam(abar_s[:-1]) - _lam(abar_t[:-1])  # steps 0..n-2 (finite h)
             half_inv_r = h[1:] / (2 * h[:-1])  # 1 / (2 r_i), i = 1..n-2
             c_x0[1:-1] = c1[1:-1] * (1 + half_inv_r)
             hist[1:-1] = -c1[1:-1] * half_inv_r

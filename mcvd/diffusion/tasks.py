@@ -43,7 +43,7 @@ class FrameSpec:
     size: int
 
     @classmethod
-    def of(cls, model) -> "FrameSpec":
+    def of(cls, model) -> FrameSpec:
         cfg = getattr(model, "config", None)
         names = ("num_frames", "num_frames_cond", "num_frames_future", "channels", "image_size")
         if cfg is None or any(not hasattr(cfg, n) for n in names):
@@ -118,19 +118,19 @@ class BlockSampler:
         return self._denoise(x_T, cond, cond_mask, progress=False)
 
     def _denoise(self, x_T, cond, cond_mask, progress=None):
-        if cond is None:
-            eps_fn = lambda x, t: self.model(x, t, None)  # noqa: E731
-        elif self.guidance is None:
-            eps_fn = lambda x, t: self.model(x, t, cond, cond_mask=cond_mask)  # noqa: E731
-        else:
-            # One batched call: conditional half, then the fully masked half.
+        model, w = self.model, self.guidance
+        if cond is not None and w is not None:
+            # One batched call: the conditional half, then the fully masked half.
             cond2 = torch.cat([cond, cond])
             mask2 = torch.cat([cond_mask, torch.zeros_like(cond_mask)])
-            w = self.guidance
 
-            def eps_fn(x, t):
-                eps_c, eps_u = self.model(torch.cat([x, x]), torch.cat([t, t]), cond2, cond_mask=mask2).chunk(2)
-                return torch.lerp(eps_u, eps_c, w)
+        def eps_fn(x, t):
+            if cond is None:
+                return model(x, t, None)
+            if w is None:
+                return model(x, t, cond, cond_mask=cond_mask)
+            eps_c, eps_u = model(torch.cat([x, x]), torch.cat([t, t]), cond2, cond_mask=mask2).chunk(2)
+            return torch.lerp(eps_u, eps_c, w)
         return denoise(eps_fn, self.scheduler, x_T, generator=self.generator,
                        progress=self.progress if progress is None else progress, desc="block")
 

@@ -1,9 +1,11 @@
 """Schedulers against closed forms computed here, independently, in float64 numpy."""
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
-from mcvd.diffusion import (DDIMScheduler, DDPMScheduler, DPMSolverScheduler, Schedule, spaced_timesteps)
+from mcvd.diffusion import DDIMScheduler, DDPMScheduler, DPMSolverScheduler, Schedule, spaced_timesteps
 
 T = 1000
 
@@ -28,7 +30,7 @@ def test_trailing_spacing_is_the_reference_codes(n):
 def test_spacings_give_n_strictly_decreasing_timesteps(n):
     for spacing in ("trailing", "uniform", "linspace"):
         ts = spaced_timesteps(T, n, spacing)
-        assert len(ts) == n and all(a > b for a, b in zip(ts, ts[1:])) and 0 <= ts[-1] and ts[0] <= T - 1
+        assert len(ts) == n and all(a > b for a, b in itertools.pairwise(ts)) and 0 <= ts[-1] and ts[0] <= T - 1
     assert spaced_timesteps(T, n, "trailing")[0] == T - 1
     assert spaced_timesteps(T, n, "uniform") == list(range(0, T, T // n))[:n][::-1]
     assert spaced_timesteps(T, n, "linspace")[0] == T - 1
@@ -109,9 +111,14 @@ def test_ddim_with_eta_one_is_ddpm():
 def dpm_solver_pp_2m_numpy(abar, ts, x, eps_list):
     """DPM-Solver++(2M), Lu et al. 2022, Algorithm 2, data prediction, written
     from the paper; first order on the first step and on the last (to abar = 1)."""
-    alpha = lambda t: np.sqrt(abar[t]) if t >= 0 else 1.0  # noqa: E731
-    sigma = lambda t: np.sqrt(1 - abar[t]) if t >= 0 else 0.0  # noqa: E731
-    lam = lambda t: np.log(alpha(t) / sigma(t))  # noqa: E731
+    def alpha(t):
+        return np.sqrt(abar[t]) if t >= 0 else 1.0
+
+    def sigma(t):
+        return np.sqrt(1 - abar[t]) if t >= 0 else 0.0
+
+    def lam(t):
+        return np.log(alpha(t) / sigma(t))
     nxt = ts[1:] + [-1]
     x0_prev, h_prev = None, None
     for i, (t, s) in enumerate(zip(ts, nxt)):

@@ -1,10 +1,51 @@
-"""`mcvd train` (not yet implemented)."""
+"""`mcvd train --config CONFIG.yml --workdir DIR [--set section.key=value ...] [--dry-run]`
+
+The config file has the sections `model`, `data` and `training` (schema:
+mcvd.train.config; example: configs/smmnist_small.yml). A workdir holding a
+checkpoint.pt is resumed; a new run needs a missing or empty workdir.
+Multi-GPU: `torchrun --nproc_per_node N -m mcvd train ...`.
+"""
+from __future__ import annotations
+
+import sys
+
+import yaml
+
+HELP = "train an MCVD network (resumes a workdir that holds a checkpoint)"
 
 
 def add_parser(sub):
-    p = sub.add_parser("train", help="(not yet implemented)")
+    p = sub.add_parser("train", help=HELP, description=HELP)
+    p.add_argument("--config", required=True, help="YAML file with model, data and training sections")
+    p.add_argument("--workdir", required=True, help="run folder: config.yml, metrics.csv, checkpoint.pt")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value (YAML syntax), e.g. --set training.lr=1e-4; repeatable")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the model size, then exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    raise SystemExit("mcvd train: not yet implemented")
+    from mcvd.nn import MCVD
+    from mcvd.train import TrainingDiverged, load_run_config, train
+
+    try:
+        cfg = load_run_config(args.config, args.overrides)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"mcvd train: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        params = sum(p.numel() for p in MCVD(cfg.model).parameters())
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        print(f"# model parameters: {params:,}")
+        return 0
+    try:
+        result = train(cfg, args.workdir, progress=not args.no_progress)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        print(f"mcvd train: {err}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as err:
+        print(f"mcvd train: {err}", file=sys.stderr)
+        return 1
+    print(f"mcvd train: step {result.step}, checkpoint {result.checkpoint}")
+    return 0

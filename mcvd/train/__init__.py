@@ -1,1 +1,26 @@
+"""Training MCVD: configs, the masked objective, the loop (EMA, mixed precision,
+accumulation, DDP, exact resume) and checkpoints."""
+from .checkpoint import load_checkpoint, read_checkpoint
+from .config import DataConfig, RunConfig, TrainConfig, load_run_config
+from .ema import EMA
+from .objective import StepRandomness, draw_step_randomness, mcvd_loss, split_clip
+from .trainer import TrainingDiverged, TrainResult, learning_rate, make_dataset, train
 
+__all__ = [
+    "EMA",
+    "DataConfig",
+    "RunConfig",
+    "StepRandomness",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "draw_step_randomness",
+    "learning_rate",
+    "load_checkpoint",
+    "load_run_config",
+    "make_dataset",
+    "mcvd_loss",
+    "read_checkpoint",
+    "split_clip",
+    "train",
+]

@@ -1,0 +1,281 @@
+"""Run configuration: the `model`, `data` and `training` sections of a config file.
+
+Schema (YAML; every key optional, defaults below; unknown keys raise):
+
+    model:                      # mcvd.ModelConfig fields (image_size, channels, num_frames k,
+      preset: smmnist           # num_frames_cond p, num_frames_future f, ngf, ...); `preset`
+      ngf: 32                   # starts from ModelConfig.preset(name), the other keys override it
+    data:                       # DataConfig
+      dataset: smmnist          # "smmnist" (Stochastic Moving MNIST, train digits) or "video_folder"
+      root: null                # video_folder: the folder of videos (mcvd.data.VideoFolder)
+      ...
+    training:                   # TrainConfig
+      batch_size: 64
+      ...
+
+Clips have p + k + f frames of the model's image_size and channels; the data
+section only says where they come from.
+
+Values are type-checked per field: ints must be ints, floats accept ints and
+numeric strings (PyYAML reads `1e-4` as a string), tuples accept lists.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mcvd.nn import ModelConfig
+
+DATASETS = ("smmnist", "video_folder")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+SECTIONS = ("model", "data", "training")
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    """`value` as the annotated type `tp`, or TypeError naming `name`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, name)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{name}: expected a list, got {value!r}")
+        return tuple(_coerce(args[0], v, name) for v in value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name}: expected an int, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise TypeError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{name}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{name}: unsupported field type {tp}")  # a new field type needs a rule here
+
+
+def _typed_kwargs(cls, d: dict, section: str) -> dict:
+    """Check keys against the dataclass `cls` and coerce every value to its field's type."""
+    if not isinstance(d, dict):
+        raise TypeError(f"{section}: expected a mapping of keys to values, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in d:
+        if key not in known:
+            raise ValueError(f"{section}: unknown key {key!r} (known keys: {', '.join(known)})")
+    return {k: _coerce(hints[k], v, f"{section}.{k}") for k, v in d.items()}
+
+
+def _check_range(section: str, name: str, value, low=None, high=None, *, low_open=False, high_open=False):
+    bad = (low is not None and (value <= low if low_open else value < low)) or \
+          (high is not None and (value >= high if high_open else value > high))
+    if bad or (isinstance(value, float) and not math.isfinite(value)):
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+        raise ValueError(f"{section}.{name}: expected {' and '.join(s for s in (lo, hi) if s)}, got {value}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training clips come from.
+
+    dataset: "smmnist" or "video_folder".
+    root: video_folder only, the folder searched for videos / frame folders.
+    length: smmnist only, clips per epoch (None: 60,000, the reference's).
+    num_digits, digit_size: smmnist only (2 and 32 in the paper; digit_size < image_size).
+    frame_stride, clip_step: video_folder only (see mcvd.data.VideoFolder).
+    random_flip: flip clips left-right with probability 1/2 (the reference
+        does for KTH, BAIR, Cityscapes and UCF-101, not for SMMNIST).
+    num_workers: DataLoader worker processes.
+    """
+
+    dataset: str = "smmnist"
+    root: str | None = None
+    length: int | None = None
+    num_digits: int = 2
+    digit_size: int = 32
+    frame_stride: int = 1
+    clip_step: int = 1
+    random_flip: bool = False
+    num_workers: int = 0
+
+    def __post_init__(self):
+        for k, v in _typed_kwargs(DataConfig, dataclasses.asdict(self), "data").items():
+            object.__setattr__(self, k, v)
+        if self.dataset not in DATASETS:
+            raise ValueError(f"data.dataset: expected one of {DATASETS}, got {self.dataset!r}")
+        if (self.dataset == "video_folder") != (self.root is not None):
+            raise ValueError("data.root: expected the video folder for dataset 'video_folder', and no root for "
+                             f"'smmnist'; got dataset {self.dataset!r} with root {self.root!r}")
+        if self.length is not None:
+            _check_range("data", "length", self.length, 1)
+        for name in ("num_digits", "digit_size", "frame_stride", "clip_step"):
+            _check_range("data", name, getattr(self, name), 1)
+        _check_range("data", "num_workers", self.num_workers, 0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation of the MCVD objective. Defaults: the reference code's configs.
+
+    batch_size: global batch (all processes and accumulation steps together).
+    steps: optimizer steps of the whole run (a resumed run stops at the same step).
+    lr, beta1, beta2, eps, weight_decay: Adam.
+    warmup: steps of linear learning-rate warm-up, lr_s = lr * min((s + 1) / warmup, 1).
+    grad_clip: max global gradient norm (None: no clipping).
+    ema_rate: EMA of the weights, shadow = rate * shadow + (1 - rate) * weights after each step.
+    prob_mask_cond: probability that a sample's past frames are masked (zeroed).
+    prob_mask_future: probability that a sample's future frames are masked.
+    prob_mask_sync: mask the future exactly when the past is masked (needs prob_mask_future > 0).
+    grad_accum: micro-batches per step (batch_size must divide evenly).
+    precision: "fp32", or autocast to "bf16" / "fp16" (fp16 on CUDA, with a gradient scaler).
+    device: "auto" (CUDA when present), "cpu" or "cuda".
+    seed: seeds the weights, the data order, the noise and the masks.
+    ckpt_every: write the checkpoint every this many steps (and at the last step).
+    log_every: one metrics row (means over the interval) every this many steps.
+    """
+
+    batch_size: int = 64
+    steps: int = 3_000_000
+    lr: float = 2e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup: int = 1000
+    grad_clip: float | None = 1.0
+    ema_rate: float = 0.999
+    prob_mask_cond: float = 0.0
+    prob_mask_future: float = 0.0
+    prob_mask_sync: bool = False
+    grad_accum: int = 1
+    precision: str = "fp32"
+    device: str = "auto"
+    seed: int = 0
+    ckpt_every: int = 1000
+    log_every: int = 50
+
+    def __post_init__(self):
+        for k, v in _typed_kwargs(TrainConfig, dataclasses.asdict(self), "training").items():
+            object.__setattr__(self, k, v)
+        for name in ("batch_size", "steps", "grad_accum", "ckpt_every", "log_every"):
+            _check_range("training", name, getattr(self, name), 1)
+        for name in ("warmup", "seed"):
+            _check_range("training", name, getattr(self, name), 0)
+        _check_range("training", "lr", self.lr, 0.0, low_open=True)
+        for name in ("beta1", "beta2", "ema_rate"):
+            _check_range("training", name, getattr(self, name), 0.0, 1.0, high_open=True)
+        _check_range("training", "eps", self.eps, 0.0, low_open=True)
+        _check_range("training", "weight_decay", self.weight_decay, 0.0)
+        if self.grad_clip is not None:
+            _check_range("training", "grad_clip", self.grad_clip, 0.0, low_open=True)
+        for name in ("prob_mask_cond", "prob_mask_future"):
+            _check_range("training", name, getattr(self, name), 0.0, 1.0)
+        if self.prob_mask_sync and self.prob_mask_future == 0.0:
+            raise ValueError("training.prob_mask_sync: needs prob_mask_future > 0 (with 0 the future is never "
+                             "masked, as in the reference code)")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"training.grad_accum: expected a divisor of batch_size {self.batch_size}, "
+                             f"got {self.grad_accum}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"training.precision: expected one of {PRECISIONS}, got {self.precision!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"training.device: expected one of {DEVICES}, got {self.device!r}")
+
+
+def model_config_from_dict(d: dict) -> ModelConfig:
+    """ModelConfig from a config file's model section (optional `preset`, then overrides)."""
+    if not isinstance(d, dict):
+        raise TypeError(f"model: expected a mapping of keys to values, got {type(d).__name__}")
+    d = dict(d)
+    base = ModelConfig.preset(d.pop("preset")).to_dict() if "preset" in d else {}
+    known = [f.name for f in dataclasses.fields(ModelConfig)]
+    for key in d:
+        if key not in known:
+            raise ValueError(f"model: unknown key {key!r} (known keys: preset, {', '.join(known)})")
+    return ModelConfig.from_dict({**base, **_typed_kwargs(ModelConfig, d, "model")})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A training run: the model, where its clips come from, and how it is optimised."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    training: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        m, t = self.model, self.training
+        if self.data.dataset == "smmnist":
+            if m.channels != 1:
+                raise ValueError(f"model.channels: Stochastic Moving MNIST has 1 channel, got {m.channels}")
+            if self.data.digit_size >= m.image_size:
+                raise ValueError(f"data.digit_size: expected < model.image_size ({m.image_size}), "
+                                 f"got {self.data.digit_size}")
+        if t.prob_mask_cond > 0 and m.num_frames_cond == 0:
+            raise ValueError("training.prob_mask_cond: the model has no past frames (num_frames_cond = 0)")
+        if t.prob_mask_future > 0 and m.num_frames_future == 0:
+            raise ValueError("training.prob_mask_future: the model has no future frames (num_frames_future = 0)")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        if not isinstance(d, dict):
+            raise TypeError(f"config: expected a mapping with sections {SECTIONS}, got {type(d).__name__}")
+        for key in d:
+            if key not in SECTIONS:
+                raise ValueError(f"config: unknown section {key!r} (known sections: {', '.join(SECTIONS)})")
+        return cls(model=model_config_from_dict(d.get("model") or {}),
+                   data=DataConfig(**_typed_kwargs(DataConfig, d.get("data") or {}, "data")),
+                   training=TrainConfig(**_typed_kwargs(TrainConfig, d.get("training") or {}, "training")))
+
+    def to_dict(self) -> dict:
+        return {"model": self.model.to_dict(), "data": dataclasses.asdict(self.data),
+                "training": dataclasses.asdict(self.training)}
+
+    def with_overrides(self, overrides: list[str]) -> RunConfig:
+        """Apply `section.key=value` strings (value in YAML syntax: 3, 1e-4, true, [8, 16], null)."""
+        d = self.to_dict()
+        for item in overrides:
+            path, sep, text = item.partition("=")
+            section, dot, key = path.strip().partition(".")
+            if not sep or not dot or not key:
+                raise ValueError(f"--set: expected section.key=value, got {item!r}")
+            if section not in SECTIONS:
+                raise ValueError(f"--set {item}: unknown section {section!r} (known sections: {', '.join(SECTIONS)})")
+            if section == "model" and key == "preset":
+                raise ValueError("--set model.preset: a preset can only be chosen in the config file")
+            d[section][key] = yaml.safe_load(text)
+        return RunConfig.from_dict(d)
+
+
+def load_run_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML run config and apply `section.key=value` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config: no such file: {path}")
+    with open(path) as f:
+        d = yaml.safe_load(f)
+    cfg = RunConfig.from_dict(d if d is not None else {})
+    return cfg.with_overrides(list(overrides)) if overrides else cfg

@@ -1,0 +1,299 @@
+"""The training loop: the MCVD objective, Adam with warm-up and clipping, EMA,
+mixed precision, gradient accumulation, DDP, exact resume.
+
+A run lives in a work folder:
+
+    config.yml      the resolved RunConfig (written once, at the start)
+    metrics.csv     step, loss, lr, grad_norm, it_per_s (appended; means over log_every steps)
+    checkpoint.pt   the latest checkpoint (mcvd.train.checkpoint), replaced atomically
+
+A work folder that holds checkpoint.pt is resumed; a new run needs a missing
+or empty folder. Nothing else in the folder is ever deleted or overwritten.
+Rows of metrics.csv written after the last checkpoint of an interrupted run
+are written again on resume (the last row of a step is the resumed run's).
+
+Everything random is a function of the seed and the step: clips by
+StepBatchSampler, (t, eps, masks, flips) by one generator that every process
+advances over the whole global batch before keeping its slice. So a resumed
+run repeats the losses of an uninterrupted one bit for bit (on the CPU), and
+N processes compute what one process computes on the same global batch,
+except for dropout, whose masks each process draws from its own RNG.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from mcvd.data import StochasticMovingMNIST, VideoFolder
+from mcvd.diffusion import Schedule
+from mcvd.nn import MCVD
+
+from . import distributed as D
+from .checkpoint import CHECKPOINT_NAME, atomic_write, capture_rng, read_checkpoint, restore_rng, training_payload
+from .config import RunConfig
+from .ema import EMA
+from .objective import draw_step_randomness, mcvd_loss
+from .sampler import StepBatchSampler
+
+log = logging.getLogger("mcvd.train")
+
+CONFIG_NAME, METRICS_NAME = "config.yml", "metrics.csv"
+METRICS_FIELDS = ("step", "loss", "lr", "grad_norm", "it_per_s")
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    step: int                # optimizer steps done by the run so far
+    losses: list[float]      # loss of every step this call ran (global batch mean)
+    checkpoint: Path
+    model: MCVD              # this process's network with its final (raw, not EMA) weights
+
+
+def learning_rate(step: int, cfg) -> float:
+    """Linear warm-up: lr * min((step + 1) / warmup, 1) for the update after `step` completed steps.
+
+    The reference code uses step / warmup, which makes its first update a no-op (lr 0).
+    """
+    return cfg.lr * min((step + 1) / cfg.warmup, 1.0) if cfg.warmup else cfg.lr
+
+
+def make_dataset(run: RunConfig) -> Dataset:
+    """The training clips of `run`: [p+k+f, C, image_size, image_size] in [-1, 1]."""
+    m, d = run.model, run.data
+    frames = m.num_frames_cond + m.num_frames + m.num_frames_future
+    if d.dataset == "smmnist":
+        return StochasticMovingMNIST(frames, split="train", length=d.length, seed=run.training.seed,
+                                     num_digits=d.num_digits, image_size=m.image_size, digit_size=d.digit_size)
+    return VideoFolder(d.root, frames, m.image_size, channels=m.channels, frame_stride=d.frame_stride,
+                       clip_step=d.clip_step)
+
+
+def _device(cfg) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device: 'cuda' requested but torch sees no CUDA device")
+    dev = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+                       else "cpu")
+    if cfg.precision == "fp16" and dev.type != "cuda":
+        raise ValueError("training.precision: 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")
+    return dev
+
+
+def _prepare_workdir(workdir: Path, run: RunConfig) -> bool:
+    """True to resume (checkpoint.pt present); else create the folder, config.yml and metrics.csv."""
+    if (workdir / CHECKPOINT_NAME).is_file():
+        return True
+    if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+        raise FileExistsError(f"workdir: {workdir} exists and holds files but no {CHECKPOINT_NAME} to resume "
+                              f"from; choose a new or empty folder (existing files are never overwritten)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(run.to_dict(), sort_keys=False).encode()
+    atomic_write(workdir / CONFIG_NAME, lambda fh: fh.write(text))
+    atomic_write(workdir / METRICS_NAME, lambda fh: fh.write((",".join(METRICS_FIELDS) + "\n").encode()))
+    return False
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    return [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def _check_resume_config(saved: dict, run: RunConfig, path: Path) -> None:
+    new = run.to_dict()
+    changed = _differences(saved["model"], new["model"])
+    if changed:
+        raise ValueError(f"config: the model section differs from the checkpoint's in {path}: "
+                         f"{', '.join(changed)}; resume with the checkpoint's model or use a new workdir")
+    for section in ("data", "training"):
+        changed = _differences(saved[section], new[section])
+        if changed:
+            log.warning("resuming %s with a changed %s section: %s", path, section, ", ".join(changed))
+
+
+def train(run: RunConfig, workdir, *, progress: bool = True) -> TrainResult:
+    """Train (or resume training) an MCVD network in `workdir` until run.training.steps.
+
+    Started by torchrun, every process calls this; the global batch
+    run.training.batch_size is split evenly over processes and accumulation steps.
+    Raises TrainingDiverged (naming the step) if the loss or gradient norm turns
+    NaN/Inf; the weights of that step are not applied and checkpoint.pt keeps
+    the last good state.
+    """
+    tc = run.training
+    device = _device(tc)
+    env = D.setup(device.type)
+    try:
+        return _train(run, Path(workdir), device if device.type == "cpu" else torch.device("cuda", env.local_rank),
+                      env, progress)
+    finally:
+        D.teardown(env)
+
+
+def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, progress: bool) -> TrainResult:
+    tc = run.training
+    B, world, accum = tc.batch_size, env.world_size, tc.grad_accum
+    if B % (world * accum):
+        raise ValueError(f"training.batch_size: {B} does not split into {world} processes x {accum} "
+                         f"accumulation steps")
+    local, micro = B // world, B // (world * accum)
+
+    # Rank 0 owns the folder; every process learns its decision (or its error).
+    decision = None
+    if env.is_main:
+        try:
+            decision = _prepare_workdir(workdir, run)
+        except (OSError, ValueError) as err:
+            decision = err
+    decision = D.broadcast_object(decision, env)
+    if isinstance(decision, Exception):
+        raise decision
+    resume, ckpt_path = decision, workdir / CHECKPOINT_NAME
+
+    torch.manual_seed(tc.seed)  # same initial weights in every process
+    model = MCVD(run.model).to(device)
+    ema = EMA(model, tc.ema_rate)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps,
+                                 weight_decay=tc.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
+    generator = torch.Generator(device).manual_seed(tc.seed)
+    dataset = make_dataset(run)
+    step = 0
+    if resume:
+        ckpt = read_checkpoint(ckpt_path)
+        _check_resume_config(ckpt["run_config"], run, ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["scaler"] is not None:
+            scaler.load_state_dict(ckpt["scaler"])
+        step = ckpt["step"]
+        generator.set_state(ckpt["rng"]["generator"])
+        per_rank = ckpt["rng"]["per_rank"]
+        if len(per_rank) == world:
+            restore_rng(per_rank[env.rank])
+        else:
+            log.warning("resuming a %d-process run with %d processes: data, noise and masks continue exactly, "
+                        "dropout masks do not", len(per_rank), world)
+            torch.manual_seed(tc.seed + env.rank)
+        if ckpt["data_position"]["num_clips"] != len(dataset):
+            log.warning("the data set has %d clips, the checkpoint's had %d: the data order differs from "
+                        "an uninterrupted run", len(dataset), ckpt["data_position"]["num_clips"])
+        log.info("resuming %s at step %d", ckpt_path, step)
+        del ckpt
+    else:
+        torch.manual_seed(tc.seed + env.rank)  # dropout: independent masks per process
+
+    net = model
+    if env.enabled:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    model.train()
+    sampler = StepBatchSampler(len(dataset), B, seed=tc.seed, start_step=step, rank=env.rank, world_size=world)
+    # Its own generator: creating the iterator must not draw from the global RNG (dropout's), or a
+    # resumed run would draw different dropout masks. The data sets do not use worker seeds.
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=run.data.num_workers,
+                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(tc.seed))
+    schedule = Schedule.linear(run.model.num_timesteps)
+    autocast = torch.autocast(device.type, dtype=AUTOCAST.get(tc.precision), enabled=tc.precision != "fp32")
+    params = [p for p in model.parameters() if p.requires_grad]
+    mine = slice(env.rank * local, (env.rank + 1) * local)
+
+    losses: list[float] = []
+    interval = {"loss": 0.0, "grad_norm": 0.0, "n": 0, "t0": time.perf_counter()}
+    last_ckpt = step if resume else None
+    bar = tqdm(total=tc.steps, initial=step, disable=not (progress and env.is_main), desc="train", unit="step",
+               dynamic_ncols=True)
+    batches = iter(loader)
+    try:
+        while step < tc.steps:
+            clips = next(batches).to(device, non_blocking=True)
+            rnd = draw_step_randomness(run.model, B, prob_mask_cond=tc.prob_mask_cond,
+                                       prob_mask_future=tc.prob_mask_future, prob_mask_sync=tc.prob_mask_sync,
+                                       random_flip=run.data.random_flip, generator=generator, device=device)[mine]
+            lr = learning_rate(step, tc)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            total = torch.zeros((), device=device)
+            for i in range(accum):
+                rows = slice(i * micro, (i + 1) * micro)
+                # Gradients are all-reduced once, on the last micro-batch.
+                sync = contextlib.nullcontext() if not env.enabled or i == accum - 1 else net.no_sync()
+                with sync:
+                    with autocast:
+                        loss = mcvd_loss(net, clips[rows], rnd[rows], schedule).mean() / accum
+                    scaler.scale(loss).backward()
+                total += loss.detach()
+            loss_value = D.all_mean(total, env).item()
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(_diverged("loss", loss_value, step + 1, ckpt_path, last_ckpt))
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip or math.inf).item()
+            # With fp16 an infinite gradient is the scaler's signal to skip the step and lower its scale.
+            if not math.isfinite(grad_norm) and tc.precision != "fp16":
+                raise TrainingDiverged(_diverged("gradient norm", grad_norm, step + 1, ckpt_path, last_ckpt))
+            scaler.step(optimizer)
+            scaler.update()
+            ema.update(model)
+            step += 1
+            losses.append(loss_value)
+
+            interval["loss"] += loss_value
+            interval["grad_norm"] += grad_norm
+            interval["n"] += 1
+            bar.update(1)
+            if step % tc.log_every == 0 or step == tc.steps:
+                _log_interval(workdir, env, bar, step, lr, interval)
+            if step % tc.ckpt_every == 0 or step == tc.steps:
+                _save(ckpt_path, env, run, model, ema, optimizer, scaler, generator, step, sampler, len(dataset))
+                last_ckpt = step
+    finally:
+        bar.close()
+    return TrainResult(step, losses, ckpt_path, model)
+
+
+def _diverged(what: str, value: float, step: int, ckpt_path: Path, last_ckpt: int | None) -> str:
+    kept = (f"{ckpt_path} keeps step {last_ckpt}" if last_ckpt is not None
+            else "no checkpoint was written yet")
+    return (f"step {step}: the {what} is {value}; training stopped before applying this step ({kept}). "
+            f"Lower training.lr, raise training.warmup or set training.grad_clip, then resume.")
+
+
+def _log_interval(workdir: Path, env: D.DistEnv, bar, step: int, lr: float, interval: dict) -> None:
+    now = time.perf_counter()
+    n = interval["n"]
+    loss, grad_norm, rate = interval["loss"] / n, interval["grad_norm"] / n, n / (now - interval["t0"])
+    if env.is_main:
+        with open(workdir / METRICS_NAME, "a") as f:
+            f.write(f"{step},{loss:.6g},{lr:.6g},{grad_norm:.6g},{rate:.4g}\n")
+        bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2e}", refresh=False)
+    interval.update(loss=0.0, grad_norm=0.0, n=0, t0=now)
+
+
+def _save(path: Path, env: D.DistEnv, run: RunConfig, model: MCVD, ema: EMA, optimizer, scaler, generator,
+          step: int, sampler: StepBatchSampler, num_clips: int) -> None:
+    per_rank = D.gather_objects(capture_rng(), env)
+    if not env.is_main:
+        return
+    epoch, batch = sampler.position(step)
+    cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}
+    payload = training_payload(
+        model_config=run.model.to_dict(), model=cpu(model.state_dict()), ema=cpu(ema.state_dict()),
+        run_config=run.to_dict(), step=step,
+        data_position={"epoch": epoch, "batch": batch, "num_clips": num_clips},
+        optimizer=optimizer.state_dict(), scaler=scaler.state_dict() if scaler.is_enabled() else None,
+        rng={"generator": generator.get_state(), "per_rank": per_rank}, world_size=env.world_size)
+    atomic_write(path, lambda fh: torch.save(payload, fh))
+

@@ -1,0 +1,66 @@
+"""`mcvd train`: dry run, overrides, errors, a run and its resume."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mcvd.cli import main
+from mcvd.nn import MCVD
+
+SMALL = Path(__file__).resolve().parents[2] / "configs" / "smmnist_small.yml"
+
+
+@pytest.fixture
+def config(tmp_path, tiny_run):
+    path = tmp_path / "run.yml"
+    path.write_text(yaml.safe_dump(tiny_run(training={"steps": 2}).to_dict()))
+    return path
+
+
+def test_dry_run_prints_the_resolved_config_and_model_size(tmp_path, capsys):
+    work = tmp_path / "work"
+    assert main(["train", "--config", str(SMALL), "--workdir", str(work), "--dry-run",
+                 "--set", "model.ngf=8", "--set", "training.lr=5e-4"]) == 0
+    out = capsys.readouterr().out
+    printed = yaml.safe_load(out)
+    assert printed["model"]["ngf"] == 8 and printed["training"]["lr"] == 5e-4
+    from mcvd.train import load_run_config
+
+    cfg = load_run_config(SMALL, ["model.ngf=8"])
+    assert f"# model parameters: {sum(p.numel() for p in MCVD(cfg.model).parameters()):,}" in out
+    assert not work.exists()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--set", "training.bogus=1"], "mcvd train: training: unknown key 'bogus'"),
+    (["--set", "training.steps=1.5"], "mcvd train: training.steps: expected an int, got 1.5"),
+    (["--set", "steps=3"], "mcvd train: --set: expected section.key=value, got 'steps=3'"),
+])
+def test_bad_overrides_exit_2_naming_the_key(config, tmp_path, capsys, args, match):
+    assert main(["train", "--config", str(config), "--workdir", str(tmp_path / "w"), "--dry-run", *args]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "none.yml"), "--workdir", str(tmp_path / "w")]) == 2
+    assert "mcvd train: config: no such file" in capsys.readouterr().err
+
+
+def test_train_then_resume(config, tmp_path, capsys):
+    work = tmp_path / "work"
+    assert main(["train", "--config", str(config), "--workdir", str(work), "--no-progress"]) == 0
+    assert "step 2, checkpoint" in capsys.readouterr().out
+    assert sorted(p.name for p in work.iterdir()) == ["checkpoint.pt", "config.yml", "metrics.csv"]
+    assert main(["train", "--config", str(config), "--workdir", str(work), "--no-progress",
+                 "--set", "training.steps=3"]) == 0
+    assert "step 3, checkpoint" in capsys.readouterr().out
+    assert len((work / "metrics.csv").read_text().splitlines()) == 1 + 3
+    assert main(["train", "--config", str(config), "--workdir", str(work), "--set", "model.ngf=8"]) == 2
+    assert "the model section differs from the checkpoint's" in capsys.readouterr().err
+
+
+def test_refuses_a_folder_with_other_files(config, tmp_path, capsys):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "keep.txt").write_text("x")
+    assert main(["train", "--config", str(config), "--workdir", str(tmp_path / "work")]) == 2
+    assert "holds files but no checkpoint.pt" in capsys.readouterr().err

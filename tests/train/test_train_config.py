@@ -1,0 +1,130 @@
+"""Run configs: strict keys, typed values, overrides, cross-section checks, the example config."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mcvd.nn import ModelConfig
+from mcvd.train import DataConfig, RunConfig, TrainConfig, load_run_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_defaults_are_the_reference_codes():
+    t = TrainConfig()
+    # configs/smmnist_DDPM_big5.yml of the reference code: optim and model.ema_rate
+    assert (t.lr, t.beta1, t.beta2, t.eps, t.weight_decay) == (2e-4, 0.9, 0.999, 1e-8, 0.0)
+    assert (t.warmup, t.grad_clip, t.ema_rate, t.batch_size) == (1000, 1.0, 0.999, 64)
+    assert (t.prob_mask_cond, t.prob_mask_future, t.prob_mask_sync) == (0.0, 0.0, False)
+
+
+@pytest.mark.parametrize("d,match", [
+    ({"training": {"lr_max": 1.0}}, r"training: unknown key 'lr_max' \(known keys: batch_size, steps, lr,"),
+    ({"data": {"dataset": "smmnist", "fps": 3}}, r"data: unknown key 'fps'"),
+    ({"model": {"ngff": 3}}, r"model: unknown key 'ngff' \(known keys: preset, image_size,"),
+    ({"optim": {}}, r"config: unknown section 'optim' \(known sections: model, data, training\)"),
+])
+def test_unknown_keys_are_named(d, match):
+    with pytest.raises(ValueError, match=match):
+        RunConfig.from_dict(d)
+
+
+@pytest.mark.parametrize("section,key,value,match", [
+    ("training", "batch_size", "8", r"training.batch_size: expected an int, got '8'"),
+    ("training", "batch_size", 8.0, r"training.batch_size: expected an int, got 8.0"),
+    ("training", "lr", "fast", r"training.lr: expected a number, got 'fast'"),
+    ("training", "prob_mask_sync", 1, r"training.prob_mask_sync: expected true or false, got 1"),
+    ("data", "root", 3, r"data.root: expected a string, got 3"),
+    ("model", "ch_mult", 2, r"model.ch_mult: expected a list, got 2"),
+])
+def test_values_are_type_checked(section, key, value, match):
+    with pytest.raises(TypeError, match=match):
+        RunConfig.from_dict({section: {key: value}})
+
+
+def test_numbers_are_coerced():
+    # PyYAML reads 1e-4 (no dot) as a string; ints are fine where floats are expected.
+    t = RunConfig.from_dict(yaml.safe_load("training: {lr: 1e-4, grad_clip: 2, ema_rate: 0}")).training
+    assert (t.lr, t.grad_clip, t.ema_rate) == (1e-4, 2.0, 0.0) and isinstance(t.grad_clip, float)
+    assert RunConfig.from_dict({"model": {"ch_mult": [1, 2], "attn_resolutions": [32]}}).model.ch_mult == (1, 2)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(prob_mask_cond=1.5), r"training.prob_mask_cond: expected >= 0.0 and <= 1.0, got 1.5"),
+    (dict(ema_rate=1.0), r"training.ema_rate: expected >= 0.0 and < 1.0, got 1.0"),
+    (dict(lr=0.0), r"training.lr: expected > 0.0, got 0.0"),
+    (dict(batch_size=0), r"training.batch_size: expected >= 1, got 0"),
+    (dict(batch_size=6, grad_accum=4), r"training.grad_accum: expected a divisor of batch_size 6, got 4"),
+    (dict(prob_mask_sync=True), r"training.prob_mask_sync: needs prob_mask_future > 0"),
+    (dict(precision="fp8"), r"training.precision: expected one of \('fp32', 'bf16', 'fp16'\), got 'fp8'"),
+    (dict(device="tpu"), r"training.device: expected one of \('auto', 'cpu', 'cuda'\), got 'tpu'"),
+    (dict(grad_clip=float("nan")), r"training.grad_clip: expected > 0.0, got nan"),
+])
+def test_training_ranges(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(dataset="kinetics"), r"data.dataset: expected one of \('smmnist', 'video_folder'\), got 'kinetics'"),
+    (dict(dataset="video_folder"), r"data.root: expected the video folder for dataset 'video_folder'"),
+    (dict(root="/videos"), r"data.root: .* got dataset 'smmnist' with root '/videos'"),
+    (dict(frame_stride=0), r"data.frame_stride: expected >= 1, got 0"),
+])
+def test_data_checks(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DataConfig(**kwargs)
+
+
+@pytest.mark.parametrize("d,match", [
+    ({"model": {"channels": 3}}, r"model.channels: Stochastic Moving MNIST has 1 channel, got 3"),
+    ({"model": {"image_size": 32}}, r"data.digit_size: expected < model.image_size \(32\), got 32"),
+    ({"model": {"num_frames_cond": 0}, "training": {"prob_mask_cond": 0.5}},
+     r"training.prob_mask_cond: the model has no past frames"),
+    ({"training": {"prob_mask_future": 0.5}}, r"training.prob_mask_future: the model has no future frames"),
+])
+def test_sections_are_checked_together(d, match):
+    with pytest.raises(ValueError, match=match):
+        RunConfig.from_dict(d)
+
+
+def test_preset_then_overrides():
+    cfg = RunConfig.from_dict({"model": {"preset": "kth", "ngf": 32, "n_head_channels": 32}, "data":
+                               {"dataset": "video_folder", "root": "/kth"}})
+    expected = ModelConfig.preset("kth")
+    assert cfg.model.ngf == 32 and cfg.model.num_frames_cond == expected.num_frames_cond == 10
+    assert cfg.model.ch_mult == expected.ch_mult
+
+
+def test_set_overrides_are_typed_and_strict():
+    base = RunConfig()
+    cfg = base.with_overrides(["training.lr=3e-4", "model.attn_resolutions=[16]", "training.grad_clip=null",
+                               "data.num_workers = 2"])
+    assert cfg.training.lr == 3e-4 and cfg.model.attn_resolutions == (16,)
+    assert cfg.training.grad_clip is None and cfg.data.num_workers == 2
+    assert base.training.lr == 2e-4  # configs are immutable
+    with pytest.raises(ValueError, match=r"training: unknown key 'stepz'"):
+        base.with_overrides(["training.stepz=3"])
+    with pytest.raises(TypeError, match=r"training.steps: expected an int, got 'many'"):
+        base.with_overrides(["training.steps=many"])
+    with pytest.raises(ValueError, match=r"--set: expected section.key=value, got 'lr=3'"):
+        base.with_overrides(["lr=3"])
+    with pytest.raises(ValueError, match=r"--set optim.lr=3: unknown section 'optim'"):
+        base.with_overrides(["optim.lr=3"])
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = RunConfig.from_dict({"model": {"ngf": 16, "num_frames_future": 2}, "training": {"prob_mask_future": 0.5,
+                                                                                          "prob_mask_sync": True}})
+    path = tmp_path / "run.yml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert load_run_config(path) == cfg
+    assert load_run_config(path, ["training.seed=4"]).training.seed == 4
+    with pytest.raises(FileNotFoundError, match=r"config: no such file: .*nope.yml"):
+        load_run_config(tmp_path / "nope.yml")
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_run_config(path)
+    assert cfg.training.steps >= 1

@@ -1,0 +1,171 @@
+"""The masked epsilon objective, its random draws, the EMA and the data order."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mcvd.diffusion import Schedule
+from mcvd.nn import ModelConfig
+from mcvd.train import EMA, StepRandomness, draw_step_randomness, mcvd_loss, split_clip
+from mcvd.train.sampler import StepBatchSampler
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+CFG = ModelConfig(image_size=8, channels=2, num_frames=3, num_frames_cond=2, num_frames_future=1, ngf=4,
+                  ch_mult=(1,), attn_resolutions=(), num_res_blocks=1, num_timesteps=50)
+
+
+def draw(n, **kw):
+    args = dict(prob_mask_cond=0.0, prob_mask_future=0.0, prob_mask_sync=False, random_flip=False)
+    args.update(kw)
+    return draw_step_randomness(CFG, n, generator=torch.Generator().manual_seed(1), device=torch.device("cpu"),
+                                **args)
+
+
+def test_draw_shapes_and_distributions():
+    r = draw(20000)
+    assert r.t.dtype == torch.int64 and r.t.shape == (20000,)
+    assert r.t.min() == 0 and r.t.max() == CFG.num_timesteps - 1
+    assert r.noise.shape == (20000, 3, 2, 8, 8)
+    assert abs(r.noise.mean()) < 0.01 and abs(r.noise.std() - 1) < 0.01
+    assert r.cond_mask.dtype == torch.bool and r.cond_mask.shape == (20000, 2)
+    assert r.cond_mask.all() and not r.flip.any()
+
+
+@pytest.mark.parametrize("p_cond,p_fut", [(0.3, 0.0), (0.0, 0.6), (0.5, 0.25), (1.0, 1.0)])
+def test_masks_are_independent_bernoullis(p_cond, p_fut):
+    n = 20000
+    m = draw(n, prob_mask_cond=p_cond, prob_mask_future=p_fut).cond_mask.double()
+    tol = 4 * 0.5 / n ** 0.5  # 4 standard deviations of a frequency
+    assert abs(m[:, 0].mean() - (1 - p_cond)) < tol
+    assert abs(m[:, 1].mean() - (1 - p_fut)) < tol
+    assert abs((m[:, 0] * m[:, 1]).mean() - (1 - p_cond) * (1 - p_fut)) < tol
+
+
+def test_sync_masks_the_future_with_the_past():
+    m = draw(5000, prob_mask_cond=0.4, prob_mask_future=0.9, prob_mask_sync=True).cond_mask
+    assert torch.equal(m[:, 0], m[:, 1]) and 0.55 < m[:, 0].double().mean() < 0.65
+
+
+def test_flips_and_slicing():
+    r = draw(4000, random_flip=True)
+    assert 0.45 < r.flip.double().mean() < 0.55
+    part = r[slice(10, 20)]
+    assert torch.equal(part.noise, r.noise[10:20]) and torch.equal(part.t, r.t[10:20])
+    # The same generator state draws the same values: the stream is reproducible.
+    torch.testing.assert_close(draw(4000, random_flip=True).noise, r.noise, rtol=0, atol=0)
+
+
+def test_split_clip_takes_past_current_future_in_order():
+    clip = torch.arange(6.0).view(1, 6, 1, 1, 1).expand(2, 6, 2, 8, 8)
+    x0, cond = split_clip(clip, CFG)
+    assert x0[0, :, 0, 0, 0].tolist() == [2.0, 3.0, 4.0]
+    assert cond[0, :, 0, 0, 0].tolist() == [0.0, 1.0, 5.0]
+    with pytest.raises(ValueError, match=r"clip: expected \[B, p\+k\+f = 6, C, H, W\], got shape \[2, 5, 2, 8, 8\]"):
+        split_clip(clip[:, :5], CFG)
+
+
+class Recorder(nn.Module):
+    """eps_theta = 0.5 * x_t; records its inputs."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.calls = []
+
+    def forward(self, x_t, t, cond=None, cond_mask=None):
+        self.calls.append((x_t, t, cond, cond_mask))
+        return 0.5 * x_t
+
+
+def test_loss_against_a_float64_computation():
+    B = 5
+    clip = torch.rand(B, 6, 2, 8, 8) * 2 - 1
+    r = draw(B, prob_mask_cond=0.5, random_flip=True)
+    r = StepRandomness(r.t, r.noise, r.cond_mask, torch.tensor([True, False, True, False, False]))
+    model = Recorder(CFG)
+    loss = mcvd_loss(model, clip, r, Schedule.linear(CFG.num_timesteps))
+
+    # Independent expectation: abar from numpy, frames flipped by index, 1/2 sum of squares per sample.
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, CFG.num_timesteps))[r.t.numpy()]
+    c = clip.double().numpy().copy()
+    c[[0, 2]] = c[[0, 2]][..., ::-1]
+    x0 = c[:, 2:5]
+    a = abar[:, None, None, None, None]
+    x_t = np.sqrt(a) * x0 + np.sqrt(1 - a) * r.noise.double().numpy()
+    expected = 0.5 * ((r.noise.double().numpy() - 0.5 * x_t) ** 2).reshape(B, -1).sum(1)
+    torch.testing.assert_close(loss.double(), torch.from_numpy(expected), rtol=1e-5, atol=0)
+
+    _, t_seen, cond_seen, mask_seen = model.calls[0]
+    assert torch.equal(t_seen, r.t) and torch.equal(mask_seen, r.cond_mask)
+    torch.testing.assert_close(cond_seen.double(), torch.from_numpy(np.concatenate([c[:, :2], c[:, 5:]], 1)),
+                               rtol=0, atol=0)
+
+
+def test_a_zero_model_costs_half_the_noise_energy():
+    class Zero(Recorder):
+        def forward(self, x_t, t, cond=None, cond_mask=None):
+            return torch.zeros_like(x_t)
+
+    r = draw(3)
+    loss = mcvd_loss(Zero(CFG), torch.zeros(3, 6, 2, 8, 8), r, Schedule.linear(CFG.num_timesteps))
+    torch.testing.assert_close(loss, 0.5 * r.noise.square().sum((1, 2, 3, 4)))
+
+
+def test_unconditional_model_gets_no_cond():
+    cfg = ModelConfig(image_size=8, num_frames=2, num_frames_cond=0, ngf=4, ch_mult=(1,), attn_resolutions=())
+    model = Recorder(cfg)
+    r = draw_step_randomness(cfg, 2, prob_mask_cond=0.0, prob_mask_future=0.0, prob_mask_sync=False,
+                             random_flip=False, generator=torch.Generator().manual_seed(0), device="cpu")
+    mcvd_loss(model, torch.zeros(2, 2, 1, 8, 8), r, Schedule.linear())
+    assert model.calls[0][2] is None and model.calls[0][3] is None
+
+
+def test_ema_closed_form():
+    model = nn.Linear(3, 2)
+    model.register_buffer("counter", torch.zeros(1))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    ema = EMA(model, rate=0.9)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        model.bias.fill_(-2.0)
+        model.counter.fill_(7.0)
+    for _ in range(5):
+        ema.update(model)
+    # s_n = rate^n s_0 + (1 - rate^n) w for constant weights w
+    r = 0.9 ** 5
+    torch.testing.assert_close(ema.state_dict()["weight"], r * start["weight"] + (1 - r) * 1.0)
+    torch.testing.assert_close(ema.state_dict()["bias"], r * start["bias"] + (1 - r) * -2.0)
+    assert ema.state_dict()["counter"].item() == 7.0  # buffers are copied
+    copy = nn.Linear(3, 2)
+    copy.register_buffer("counter", torch.zeros(1))
+    copy.load_state_dict(ema.state_dict())
+    with pytest.raises(ValueError, match=r"state: EMA keys do not match the model \(missing \['counter'\]"):
+        ema.load_state_dict({"weight": model.weight, "bias": model.bias})
+    with pytest.raises(ValueError, match=r"rate: expected a float in \[0, 1\), got 1.0"):
+        EMA(model, 1.0)
+
+
+def test_sampler_visits_every_clip_once_per_epoch_and_resumes():
+    def take(sampler, n):
+        it = iter(sampler)
+        return [next(it) for _ in range(n)]
+
+    s = StepBatchSampler(10, 4, seed=3)  # 2 batches per epoch, 2 clips dropped
+    batches = take(s, 6)
+    for epoch in range(3):
+        seen = batches[2 * epoch] + batches[2 * epoch + 1]
+        assert len(set(seen)) == 8 and set(seen) <= set(range(10))
+    assert batches[:2] != batches[2:4]  # a new order every epoch
+    assert take(StepBatchSampler(10, 4, seed=3, start_step=3), 3) == batches[3:6]
+    assert s.position(5) == (2, 1)
+    ranks = [take(StepBatchSampler(10, 4, seed=3, rank=r, world_size=2), 6) for r in range(2)]
+    assert [a + b for a, b in zip(*ranks)] == batches
+    with pytest.raises(ValueError, match=r"batch_size: expected a multiple of the 3 processes, got 4"):
+        StepBatchSampler(10, 4, seed=0, world_size=3)
+    with pytest.raises(ValueError, match=r"num_clips: the data set has 3 clips, fewer than one batch of 4"):
+        StepBatchSampler(3, 4, seed=0)

@@ -8,7 +8,6 @@ benchmarks/), and logs the choice once per op and device.
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 import os
@@ -28,20 +27,21 @@ AUTO_CUDA = {
 }
 
 
-@functools.cache
-def _compiled() -> tuple[str, ...]:
+def _compiled_backends() -> tuple[str, ...]:
     from mcvd import _C
 
     return tuple(_C.build_info()["backends"])
+
+
+# Read once at import: torch.compile cannot trace into the pybind11 call.
+COMPILED = _compiled_backends()
 
 
 def _triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@functools.cache
-def _triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
 
 
 def available_backends(device: torch.device | str | None = None) -> list[str]:
@@ -52,12 +52,12 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
     """
     dev = None if device is None else torch.device(device).type
     out = ["reference"]
-    if "cpu" in _compiled() and dev in (None, "cpu"):
+    if "cpu" in COMPILED and dev in (None, "cpu"):
         out.append("cpu")
     cuda_ok = torch.cuda.is_available()
-    if "cuda" in _compiled() and cuda_ok and dev in (None, "cuda"):
+    if "cuda" in COMPILED and cuda_ok and dev in (None, "cuda"):
         out.append("cuda")
-    if _triton_importable():
+    if TRITON_IMPORTABLE:
         if (dev in (None, "cuda") and cuda_ok) or (dev in (None, "cpu") and _triton_interpreted()):
             out.append("triton")
     return out
@@ -88,7 +88,8 @@ def resolve(op: str, device: torch.device, backend: str | None) -> str:
     else:
         choice = "reference"
     key = (op, device.type)
-    if key not in _logged:
+    # Under torch.compile this runs at trace time; logging would break the graph.
+    if key not in _logged and not torch.compiler.is_compiling():
         _logged.add(key)
         log.info("mcvd.ops.%s on %s: auto backend %r (available: %s)", op, device.type, choice, avail)
     return choice

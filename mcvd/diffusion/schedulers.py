@@ -126,14 +126,13 @@ class Scheduler:
         coef = self._coefficients(abar_t, abar_s)
         if not bool(torch.isfinite(coef).all()):
             raise ValueError("schedule: its coefficients are not finite at these timesteps")
-        device = torch.device("cpu" if device is None else device)
         self.timesteps = torch.tensor(ts, dtype=torch.long)
         self.coefficients = coef
         self._index = {t: i for i, t in enumerate(ts)}
         self._has_sigma = (coef[:, 4] != 0).tolist()
-        self.device = device
-        self._rows = {dt: coef.to(device=device, dtype=dt) for dt in (torch.float32, torch.float64)}
-        self._t_device = self.timesteps.to(device)
+        self._t_device = self.timesteps.to("cpu" if device is None else device)
+        self.device = self._t_device.device  # with its index: "cuda" becomes "cuda:0"
+        self._rows = {dt: coef.to(device=self.device, dtype=dt) for dt in (torch.float32, torch.float64)}
         self._per_batch: dict = {}
         self._reset_state()
         return self

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from .cuda_graph import CUDAGraphRunner
-from .sampling import default_schedule, denoise, make_scheduler
+from .sampling import canonical_device, default_schedule, denoise, make_scheduler
 from .schedule import Schedule
 
 
@@ -211,7 +211,7 @@ def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.
                              f"got batch {future.shape[0]}, {future.dtype} on {future.device}")
         if batch_size is not None and batch_size != ref.shape[0]:
             raise ValueError(f"batch_size: {batch_size} disagrees with the batch of the given frames ({ref.shape[0]})")
-        if device is not None and torch.device(device) != ref.device:
+        if device is not None and canonical_device(device) != ref.device:
             raise ValueError(f"device: {device} disagrees with the given frames' device {ref.device}")
         if dtype is not None and dtype != ref.dtype:
             raise ValueError(f"dtype: {dtype} disagrees with the given frames' dtype {ref.dtype}")
@@ -223,7 +223,7 @@ def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.
         if guidance is not None:
             raise ValueError("guidance: needs past or future frames to guide on; got neither")
         B = batch_size
-        device = _model_device(model) if device is None else torch.device(device)
+        device = _model_device(model) if device is None else canonical_device(device)
         dtype = torch.float32 if dtype is None else dtype
 
     block = BlockSampler(model, method=method, steps=steps, eta=eta, clip_x0=clip_x0, guidance=guidance,

@@ -81,3 +81,25 @@ class ZeroEpsModel(torch.nn.Module):
 
     def forward(self, x, t, cond, cond_mask=None):
         return torch.zeros_like(x)
+
+
+class ToyNet(torch.nn.Module):
+    """A small random network with MCVD's interface and only device ops (it can
+    run inside a CUDA graph): a 3x3 conv over the stacked noisy and condition
+    frames, plus terms in t and in the mask."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        k, frames, C = cfg.num_frames, cfg.num_frames + cfg.num_frames_cond + cfg.num_frames_future, cfg.channels
+        self.conv = torch.nn.Conv2d(frames * C, k * C, 3, padding=1)
+        self.t_gain = torch.nn.Parameter(torch.randn(k * C))
+        self.mask_gain = torch.nn.Parameter(torch.randn(2, k * C))
+
+    def forward(self, x, t, cond, cond_mask=None):
+        h = x.flatten(1, 2) if cond is None else torch.cat([x.flatten(1, 2), cond.flatten(1, 2)], dim=1)
+        time = (t.to(x.dtype) / self.config.num_timesteps)[:, None, None, None]
+        out = self.conv(h) + time * self.t_gain[None, :, None, None]
+        if cond_mask is not None:
+            out = out + (cond_mask.to(x.dtype) @ self.mask_gain)[:, :, None, None]
+        return out.view_as(x)

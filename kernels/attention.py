@@ -1,0 +1,264 @@
+"""Triton kernels of mcvd::attention_fwd and mcvd::attention_bwd (flash attention).
+
+    out = softmax(scale * q k^T) v,    q, k, v: [B, heads, N, D]
+
+Forward: one program per (batch * head, block of BLOCK_M queries) streams the
+keys in blocks of BLOCK_N with an online softmax (running max m and sum l,
+rescaling the accumulator when m grows) and stores out and the row
+log-sum-exp lse = m + log(l). The N x N matrix exists only block by block.
+
+Backward, with P = exp(scale * q k^T - lse) recomputed block by block and
+Delta = rowsum(dO * O):
+    dV = P^T dO,   dS = P * (dO V^T - Delta),   dK = scale * dS^T Q,   dQ = scale * dS K
+_bwd_delta_kernel computes Delta, _bwd_dkdv_kernel runs over key blocks
+(looping over queries) and _bwd_dq_kernel over query blocks (looping over
+keys), so every output block has one writer and no atomics are needed.
+
+Head dims that are not a power of two (or below 16, the smallest tl.dot) are
+padded to DP with masked loads; any N is masked. q, k, v may have any strides;
+out, lse and the gradients are contiguous. Products accumulate in float32
+(float64 for float64 input), float32 products run in IEEE precision rather
+than TF32, and scale travels as a float32 kernel argument. On a GPU the
+block sizes are autotuned per (N, DP, dtype); under TRITON_INTERPRET=1 one
+small configuration runs.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from mcvd.ops.attention import make_backward, setup_context
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _configs(pairs):
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16})]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in pairs]
+
+
+_FWD_CONFIGS = _configs([(128, 64, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2), (32, 32, 4, 1)])
+_BWD_CONFIGS = _configs([(64, 64, 4, 3), (32, 64, 4, 3), (64, 32, 4, 3), (32, 32, 4, 2), (16, 32, 4, 1)])
+
+
+@triton.jit
+def _tile(base, offs_r, offs_d, stride_r, stride_d, N, D):
+    """[len(offs_r), len(offs_d)] tile of rows offs_r, zero outside N x D."""
+    ptr = base + offs_r[:, None] * stride_r + offs_d[None, :] * stride_d
+    return tl.load(ptr, mask=(offs_r < N)[:, None] & (offs_d < D)[None, :], other=0)
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=["N", "DP"])
+@triton.jit
+def _fwd_kernel(
+    Q, K, V,  # [B, H, N, D] any strides
+    OUT,      # [B, H, N, D] out, contiguous
+    LSE,      # [B, H, N] out: log-sum-exp of the scaled logits of each row
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+    H, N, D, scale,
+    DP: tl.constexpr, F64: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(N, BLOCK_M)
+    bh = (pid // num_m).to(tl.int64)
+    b, h = bh // H, bh % H
+    offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, DP)
+    acc_ty = tl.float64 if F64 else tl.float32
+    q = _tile(Q + b * sqb + h * sqh, offs_m, offs_d, sqn, sqd, N, D)
+    k_base = K + b * skb + h * skh
+    v_base = V + b * svb + h * svh
+    m_i = tl.full([BLOCK_M], float("-inf"), acc_ty)
+    l_i = tl.zeros([BLOCK_M], acc_ty)
+    acc = tl.zeros([BLOCK_M, DP], acc_ty)
+    for start_n in range(0, N, BLOCK_N):
+        cols = start_n + offs_n
+        k = _tile(k_base, cols, offs_d, skn, skd, N, D)
+        v = _tile(v_base, cols, offs_d, svn, svd, N, D)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC, out_dtype=acc_ty) * scale
+        s = tl.where((cols < N)[None, :], s, float("-inf"))
+        # Every row sees at least one real key in the first block, so m_new
+        # is finite from then on and alpha = exp(-inf) = 0 at the first step.
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp(s - m_new[:, None])
+        alpha = tl.exp(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC, out_dtype=acc_ty)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    row = bh * N + offs_m
+    o_ptr = OUT + row[:, None] * D + offs_d[None, :]
+    tl.store(o_ptr, out.to(OUT.dtype.element_ty), mask=(offs_m < N)[:, None] & (offs_d < D)[None, :])
+    tl.store(LSE + row, (m_i + tl.log(l_i)).to(LSE.dtype.element_ty), mask=offs_m < N)
+
+
+@triton.jit
+def _bwd_delta_kernel(
+    OUT,    # [R, D] forward output rows, R = B * H * N
+    DOUT,   # [R, D] its gradient
+    DELTA,  # [R] out: rowsum(dO * O)
+    R, D,
+    DP: tl.constexpr, F64: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, DP)
+    acc_ty = tl.float64 if F64 else tl.float32
+    o = _tile(OUT, rows, offs_d, D, 1, R, D).to(acc_ty)
+    do = _tile(DOUT, rows, offs_d, D, 1, R, D).to(acc_ty)
+    tl.store(DELTA + rows, tl.sum(o * do, 1), mask=rows < R)
+
+
+@triton.jit
+def _probs(q, k, lse, rows, cols, N, scale, PREC: tl.constexpr):
+    """P = exp(scale * q k^T - lse) for [rows, cols], 0 outside N x N."""
+    s = tl.dot(q, tl.trans(k), input_precision=PREC, out_dtype=lse.dtype) * scale
+    p = tl.exp(s - lse[:, None])
+    return tl.where((rows < N)[:, None] & (cols < N)[None, :], p, 0)
+
+
+@triton.autotune(configs=_BWD_CONFIGS, key=["N", "DP"])
+@triton.jit
+def _bwd_dkdv_kernel(
+    Q, K, V,   # [B, H, N, D] any strides
+    DOUT,      # [B, H, N, D] contiguous
+    LSE,       # [B, H, N]
+    DELTA,     # [B, H, N]
+    DK, DV,    # [B, H, N, D] out, contiguous
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+    H, N, D, scale,
+    DP: tl.constexpr, F64: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BLOCK_N)
+    bh = (pid // num_n).to(tl.int64)
+    b, h = bh // H, bh % H
+    cols = (pid % num_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, DP)
+    acc_ty = tl.float64 if F64 else tl.float32
+    k = _tile(K + b * skb + h * skh, cols, offs_d, skn, skd, N, D)
+    v = _tile(V + b * svb + h * svh, cols, offs_d, svn, svd, N, D)
+    q_base = Q + b * sqb + h * sqh
+    do_base = DOUT + bh * N * D
+    dk = tl.zeros([BLOCK_N, DP], acc_ty)
+    dv = tl.zeros([BLOCK_N, DP], acc_ty)
+    for start_m in range(0, N, BLOCK_M):
+        rows = start_m + offs_m
+        q = _tile(q_base, rows, offs_d, sqn, sqd, N, D)
+        do = _tile(do_base, rows, offs_d, D, 1, N, D)
+        lse = tl.load(LSE + bh * N + rows, mask=rows < N, other=0)
+        delta = tl.load(DELTA + bh * N + rows, mask=rows < N, other=0)
+        p = _probs(q, k, lse, rows, cols, N, scale, PREC)
+        dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=PREC, out_dtype=acc_ty)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC, out_dtype=acc_ty)
+        ds = p * (dp - delta[:, None])
+        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=PREC, out_dtype=acc_ty)
+    out = (bh * N + cols)[:, None] * D + offs_d[None, :]
+    mask = (cols < N)[:, None] & (offs_d < D)[None, :]
+    tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=mask)
+    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=mask)
+
+
+@triton.autotune(configs=_BWD_CONFIGS, key=["N", "DP"])
+@triton.jit
+def _bwd_dq_kernel(
+    Q, K, V,   # [B, H, N, D] any strides
+    DOUT,      # [B, H, N, D] contiguous
+    LSE,       # [B, H, N]
+    DELTA,     # [B, H, N]
+    DQ,        # [B, H, N, D] out, contiguous
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+    H, N, D, scale,
+    DP: tl.constexpr, F64: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(N, BLOCK_M)
+    bh = (pid // num_m).to(tl.int64)
+    b, h = bh // H, bh % H
+    rows = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, DP)
+    acc_ty = tl.float64 if F64 else tl.float32
+    q = _tile(Q + b * sqb + h * sqh, rows, offs_d, sqn, sqd, N, D)
+    do = _tile(DOUT + bh * N * D, rows, offs_d, D, 1, N, D)
+    lse = tl.load(LSE + bh * N + rows, mask=rows < N, other=0)
+    delta = tl.load(DELTA + bh * N + rows, mask=rows < N, other=0)
+    k_base = K + b * skb + h * skh
+    v_base = V + b * svb + h * svh
+    dq = tl.zeros([BLOCK_M, DP], acc_ty)
+    for start_n in range(0, N, BLOCK_N):
+        cols = start_n + offs_n
+        k = _tile(k_base, cols, offs_d, skn, skd, N, D)
+        v = _tile(v_base, cols, offs_d, svn, svd, N, D)
+        p = _probs(q, k, lse, rows, cols, N, scale, PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC, out_dtype=acc_ty)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC, out_dtype=acc_ty)
+    out = (bh * N + rows)[:, None] * D + offs_d[None, :]
+    tl.store(DQ + out, (dq * scale).to(DQ.dtype.element_ty), mask=(rows < N)[:, None] & (offs_d < D)[None, :])
+
+
+# --- launchers ----------------------------------------------------------------
+
+def _meta(q: torch.Tensor) -> dict:
+    """Compile-time arguments shared by every kernel of one call."""
+    f64 = q.dtype == torch.float64
+    # 32-bit and 64-bit products stay exact; 16-bit ones run on tensor cores anyway.
+    prec = "ieee" if q.dtype in (torch.float32, torch.float64) else "tf32"
+    return dict(DP=max(16, triton.next_power_of_2(q.shape[-1])), F64=f64, PREC=prec)
+
+
+def _stat_dtype(q: torch.Tensor) -> torch.dtype:
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
+@triton_op("mcvd::attention_fwd_triton", mutates_args=())
+def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """q, k, v: [B, heads, N, D], one float dtype. Returns out: [B, heads, N, D]
+    (q's dtype, contiguous) and lse: [B, heads, N] float32 (float64 for float64 q)."""
+    B, H, N, D = q.shape
+    out = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, H, N), dtype=_stat_dtype(q), device=q.device)
+    if lse.numel() == 0:
+        return out, lse
+
+    def grid(meta):
+        return (triton.cdiv(N, meta["BLOCK_M"]) * B * H,)
+
+    wrap_triton(_fwd_kernel)[grid](q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), H, N, D, scale,
+                                   **_meta(q))
+    return out, lse
+
+
+@triton_op("mcvd::attention_bwd_triton", mutates_args=())
+def bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+        lse: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq, dk, dv) of attention_fwd, [B, heads, N, D] contiguous."""
+    B, H, N, D = q.shape
+    grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
+    dq, dk, dv = (torch.empty((B, H, N, D), dtype=q.dtype, device=q.device) for _ in range(3))
+    if lse.numel() == 0:
+        return dq, dk, dv
+    meta = _meta(q)
+    delta = torch.empty_like(lse)
+    block_r = max(1, 4096 // meta["DP"])
+    wrap_triton(_bwd_delta_kernel)[(triton.cdiv(B * H * N, block_r),)](
+        out, grad_out, delta, B * H * N, D, DP=meta["DP"], F64=meta["F64"], BLOCK_R=block_r)
+    strides = (*q.stride(), *k.stride(), *v.stride())
+
+    def grid_n(meta):
+        return (triton.cdiv(N, meta["BLOCK_N"]) * B * H,)
+
+    def grid_m(meta):
+        return (triton.cdiv(N, meta["BLOCK_M"]) * B * H,)
+
+    wrap_triton(_bwd_dkdv_kernel)[grid_n](q, k, v, grad_out, lse, delta, dk, dv, *strides, H, N, D, scale, **meta)
+    wrap_triton(_bwd_dq_kernel)[grid_m](q, k, v, grad_out, lse, delta, dq, *strides, H, N, D, scale, **meta)
+    return dq, dk, dv
+
+
+torch.library.register_autograd("mcvd::attention_fwd_triton", make_backward(bwd), setup_context=setup_context)

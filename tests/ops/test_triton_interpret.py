@@ -1,0 +1,382 @@
+"""The Triton kernels (mcvd.kernels) run by Triton's interpreter on the CPU.
+
+TRITON_INTERPRET=1 only takes effect if it is set before triton is first
+imported, which another test module may already have done in this process.
+So under a plain `pytest`, test_kernels_under_interpreter runs this file again
+in a fresh interpreter-mode subprocess, where the checks below execute; they
+skip in any process without TRITON_INTERPRET=1.
+
+The interpreter is slow (every program is a Python loop step over numpy
+arrays), so shapes are tiny and hold few programs. Every check compares with
+the float64 references of mcvd.ops, or with closed forms computed here in
+float64. Tolerances: float64 results must agree to rounding (1e-12 relative to
+the data's scale); lower precisions are bounded by a multiple of the error
+that plain PyTorch makes in the same dtype (2x for outputs, 3x for gradients),
+plus one unit of rounding at the output's scale, since a single final rounding
+can already cost that much where PyTorch happens to round luckily.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mcvd
+from mcvd.ops import attention_ref, reverse_step_ref, spatin_norm_ref
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed (pip install mcvd[triton])", allow_module_level=True)
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+interpreted = pytest.mark.skipif(
+    not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 subprocess of test_kernels_under_interpreter")
+
+F64_TOL = 1e-12
+EPS = {torch.float32: 2.0 ** -23, torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
+
+
+@pytest.mark.skipif(INTERPRETED, reason="this process already runs the interpreted checks")
+def test_kernels_under_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
+           "-k", "not test_kernels_under_interpreter and not never_import_triton"]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    report = run.stdout[-8000:] + run.stderr[-2000:]
+    assert run.returncode == 0, report
+    assert " passed" in run.stdout and " skipped" not in run.stdout, report
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _close(got, ref64, same_dtype, factor):
+    """max|got - ref64| <= factor * max|same_dtype - ref64| + one rounding unit at ref64's scale."""
+    err = (got.double() - ref64).abs().max().item()
+    base = (same_dtype.double() - ref64).abs().max().item()
+    unit = EPS[got.dtype] * ref64.abs().max().item()
+    assert err <= factor * base + unit, f"error {err:.3g} > {factor} x PyTorch's {base:.3g} + {unit:.3g}"
+
+
+def _close64(got, ref):
+    scale = max(ref.abs().max().item(), 1.0)
+    err = (got - ref).abs().max().item()
+    assert err <= F64_TOL * scale, f"float64 error {err:.3g} at scale {scale:.3g}"
+
+
+def _grads(fn, inputs, grad_out):
+    """Output and gradients of fn(*inputs) for the leaves among inputs (None passes through)."""
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in inputs]
+    out = fn(*leaves)
+    out.backward(grad_out)
+    return out.detach(), [None if t is None else t.grad for t in leaves]
+
+
+# --- spatin_norm ---------------------------------------------------------------
+
+SPATIN_OPT = ("weight", "bias", "gamma", "beta", "scale", "shift")
+SPATIN_CASES = [  # (optionals given, silu): none, all, and each one alone or in its pair
+    ((), False),
+    (SPATIN_OPT, True),
+    (("weight", "bias"), True),
+    (("gamma", "beta"), False),
+    (("scale", "shift"), True),
+    (("weight", "beta", "scale"), False),
+    (("bias", "gamma", "shift"), True),
+]
+
+
+def _spatin_inputs(B, C, H, W, given, dtype, loc=0.0):
+    shapes = dict(weight=(C,), bias=(C,), gamma=(B, C, H, W), beta=(B, C, H, W), scale=(B, C), shift=(B, C))
+    x = torch.randn(B, C, H, W, dtype=torch.float64) * 2 + loc
+    opt = {n: (torch.randn(shapes[n], dtype=torch.float64) * 0.5 if n in given else None) for n in SPATIN_OPT}
+    return x.to(dtype), {n: None if t is None else t.to(dtype) for n, t in opt.items()}
+
+
+def _spatin_fn(num_groups, silu, eps, backend):
+    def fn(x, *opt):
+        kw = dict(zip(SPATIN_OPT, opt))
+        if backend == "ref":
+            return spatin_norm_ref(x, num_groups, **kw, eps=eps, silu=silu)
+        return mcvd.ops.spatin_norm(x, num_groups, **kw, eps=eps, silu=silu, backend=backend)
+    return fn
+
+
+def _group_stats(x, num_groups, eps):
+    """float64 mean and rstd per (batch, group), from their definition."""
+    xg = x.double().reshape(x.shape[0], num_groups, -1)
+    return xg.mean(-1), (xg.var(-1, unbiased=False) + eps).rsqrt()
+
+
+@interpreted
+@pytest.mark.parametrize("given, silu", SPATIN_CASES)
+def test_spatin_norm_float64(given, silu):
+    from mcvd.kernels import spatin_norm as sn
+
+    B, C, H, W, G, eps = 2, 6, 5, 3, 3, 1e-5
+    x, opt = _spatin_inputs(B, C, H, W, given, torch.float64, loc=1.5)
+    y, mean, rstd = sn.fwd(x, G, *opt.values(), eps, silu)
+    ref_mean, ref_rstd = _group_stats(x, G, eps)
+    _close64(mean, ref_mean)
+    _close64(rstd, ref_rstd)
+    g = torch.randn(B, C, H, W, dtype=torch.float64)
+    inputs = [x, *opt.values()]
+    y_ref, grads_ref = _grads(_spatin_fn(G, silu, eps, "ref"), inputs, g)
+    y_tri, grads_tri = _grads(_spatin_fn(G, silu, eps, "triton"), inputs, g)
+    _close64(y, y_ref)
+    _close64(y_tri, y_ref)
+    for name, got, ref in zip(("x",) + SPATIN_OPT, grads_tri, grads_ref):
+        assert (got is None) == (ref is None), name
+        if ref is not None:
+            _close64(got, ref)
+    # The raw backward returns [0] tensors for the absent optionals.
+    raw = sn.bwd(g, x, mean, rstd, G, *opt.values(), silu)
+    for name, t, grad in zip(SPATIN_OPT, opt.values(), raw[1:]):
+        assert grad.shape == (t.shape if t is not None else (0,)), name
+
+
+@interpreted
+@pytest.mark.parametrize("max_block, programs, plan", [(16, 12, (16, 16, 4)), (8, 6, (8, 32, 2))])
+def test_spatin_norm_split_rows(monkeypatch, max_block, programs, plan):
+    """Rows cut into several chunks (and chunks of several blocks), so the
+    partial statistics and partial gradient sums are combined across programs.
+    C = 3 in one group; H * W = 63 is a multiple of no block size."""
+    from mcvd.kernels import spatin_norm as sn
+
+    monkeypatch.setattr(sn, "_MAX_BLOCK", max_block)
+    monkeypatch.setattr(sn, "_INTERPRET_PROGRAMS", programs)
+    B, C, H, W, G, eps = 1, 3, 7, 9, 1, 1e-6
+    assert sn._plan(B * C, H * W, torch.device("cpu")) == plan
+    x, opt = _spatin_inputs(B, C, H, W, SPATIN_OPT, torch.float64, loc=-3.0)
+    g = torch.randn(B, C, H, W, dtype=torch.float64)
+    inputs = [x, *opt.values()]
+    y_ref, grads_ref = _grads(_spatin_fn(G, True, eps, "ref"), inputs, g)
+    y_tri, grads_tri = _grads(_spatin_fn(G, True, eps, "triton"), inputs, g)
+    _close64(y_tri, y_ref)
+    for got, ref in zip(grads_tri, grads_ref):
+        _close64(got, ref)
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_spatin_norm_low_precision(dtype):
+    B, C, H, W, G, eps = 2, 8, 6, 5, 4, 1e-6
+    x, opt = _spatin_inputs(B, C, H, W, SPATIN_OPT, dtype)
+    g = torch.randn(B, C, H, W, dtype=dtype)
+    inputs = [x, *opt.values()]
+    y64, grads64 = _grads(_spatin_fn(G, True, eps, "ref"), [t.double() for t in inputs], g.double())
+    y_pt, grads_pt = _grads(_spatin_fn(G, True, eps, "ref"), inputs, g)
+    y_tri, grads_tri = _grads(_spatin_fn(G, True, eps, "triton"), inputs, g)
+    assert y_tri.dtype == dtype and all(t.dtype == dtype for t in grads_tri)
+    _close(y_tri, y64, y_pt, 2)
+    for got, ref, pt in zip(grads_tri, grads64, grads_pt):
+        _close(got, ref, pt, 3)
+
+
+@interpreted
+def test_spatin_norm_statistics_survive_a_large_mean():
+    """float32 x = 1000 + N(0, 1): a one-pass sum / sum-of-squares variance
+    loses about 1e6 * 2^-24 ~ 6e-2 of var to cancellation; Welford keeps rstd
+    within float32 rounding of the float64 value."""
+    from mcvd.kernels import spatin_norm as sn
+
+    x = (1000 + torch.randn(2, 4, 8, 8, dtype=torch.float64)).float()
+    _, mean, rstd = sn.fwd(x, 2, None, None, None, None, None, None, 1e-6, False)
+    ref_mean, ref_rstd = _group_stats(x, 2, 1e-6)
+    assert ((mean.double() - ref_mean).abs() / ref_mean).max() < 1e-6
+    assert ((rstd.double() - ref_rstd).abs() / ref_rstd).max() < 1e-4
+
+
+# --- attention -----------------------------------------------------------------
+
+ATTN_SHAPES = [  # (B, heads, N, D): one position, odd N and D, several blocks of 16, aligned D
+    (1, 1, 1, 7),
+    (2, 2, 13, 7),
+    (1, 2, 37, 32),
+    (1, 1, 18, 64),
+]
+
+
+def _attn_fn(scale, backend):
+    def fn(q, k, v):
+        if backend == "ref":
+            return attention_ref(q, k, v, scale=scale)
+        return mcvd.ops.attention(q, k, v, scale=scale, backend=backend)
+    return fn
+
+
+@interpreted
+@pytest.mark.parametrize("shape", ATTN_SHAPES)
+def test_attention_float64(shape):
+    from mcvd.kernels import attention as at
+
+    q, k, v = (torch.randn(shape, dtype=torch.float64) for _ in range(3))
+    scale = 0.3
+    out, lse = at.fwd(q, k, v, scale)
+    _close64(lse, torch.logsumexp(scale * q @ k.transpose(-1, -2), dim=-1))
+    g = torch.randn(shape, dtype=torch.float64)
+    out_ref, grads_ref = _grads(_attn_fn(scale, "ref"), [q, k, v], g)
+    out_tri, grads_tri = _grads(_attn_fn(scale, "triton"), [q, k, v], g)
+    _close64(out, out_ref)
+    _close64(out_tri, out_ref)
+    for got, ref in zip(grads_tri, grads_ref):
+        _close64(got, ref)
+
+
+@interpreted
+def test_attention_strided_inputs():
+    """q, k, v as the model makes them: [B, heads, D, N] buffers seen as [B, heads, N, D]."""
+    q, k, v = (torch.randn(2, 2, 20, 11, dtype=torch.float64).transpose(-1, -2) for _ in range(3))
+    g = torch.randn(2, 2, 11, 20, dtype=torch.float64)
+    out_ref, grads_ref = _grads(_attn_fn(None, "ref"), [q, k, v], g)
+    out_tri, grads_tri = _grads(_attn_fn(None, "triton"), [q, k, v], g)
+    _close64(out_tri, out_ref)
+    for got, ref in zip(grads_tri, grads_ref):
+        _close64(got, ref)
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_attention_low_precision(dtype):
+    # bfloat16 is left to the GPU tests: the interpreter's tl.dot multiplies
+    # the raw bits of bfloat16 operands.
+    shape = (1, 2, 21, 16)
+    q, k, v = (torch.randn(shape, dtype=dtype) for _ in range(3))
+    g = torch.randn(shape, dtype=dtype)
+    out64, grads64 = _grads(_attn_fn(None, "ref"), [q.double(), k.double(), v.double()], g.double())
+    out_pt, grads_pt = _grads(_attn_fn(None, "ref"), [q, k, v], g)
+    out_tri, grads_tri = _grads(_attn_fn(None, "triton"), [q, k, v], g)
+    _close(out_tri, out64, out_pt, 2)
+    for got, ref, pt in zip(grads_tri, grads64, grads_pt):
+        _close(got, ref, pt, 3)
+
+
+# --- reverse_step --------------------------------------------------------------
+
+def _coefs(B, dtype=torch.float64):
+    """Per-sample coefficients of a DDPM-like step, with b well away from 0."""
+    a, b = torch.rand(B, dtype=dtype) * 0.5 + 0.2, torch.rand(B, dtype=dtype) * 0.5 + 0.5
+    return dict(a=a, b=b, c_x0=torch.rand(B, dtype=dtype), c_xt=torch.rand(B, dtype=dtype),
+                sigma=torch.rand(B, dtype=dtype) * 0.1)
+
+
+@interpreted
+@pytest.mark.parametrize("clip", [None, (-1.0, 1.0)])
+@pytest.mark.parametrize("with_noise", [True, False])
+def test_reverse_step_float64(clip, with_noise):
+    B = 3
+    x_t = torch.randn(B, 2, 3, 5, 7, dtype=torch.float64) * 2
+    eps, noise = torch.randn_like(x_t), torch.randn_like(x_t) if with_noise else None
+    coefs = _coefs(B)
+    if not with_noise:
+        coefs["sigma"] = 0.0
+
+    def run(backend, *leaves):
+        x_prev, x0 = mcvd.ops.reverse_step(*leaves, **coefs, clip=clip, backend=backend)
+        return x_prev, x0
+
+    leaves_ref = [t.clone().requires_grad_() if t is not None else None for t in (x_t, eps, noise)]
+    leaves_tri = [t.clone().requires_grad_() if t is not None else None for t in (x_t, eps, noise)]
+    ref = run("reference", *leaves_ref)
+    got = run("triton", *leaves_tri)
+    g_prev, g_x0 = torch.randn_like(x_t), torch.randn_like(x_t)
+    torch.autograd.backward(ref, (g_prev, g_x0))
+    torch.autograd.backward(got, (g_prev, g_x0))
+    for a, b in zip(got, ref):
+        _close64(a.detach(), b.detach())
+    if clip is not None:
+        assert got[1].min() >= clip[0] and got[1].max() <= clip[1]
+        assert (got[1].abs() == 1).any(), "the clip must bite somewhere for this test to mean anything"
+    for a, b in zip(leaves_tri, leaves_ref):
+        if b is not None:
+            _close64(a.grad, b.grad)
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_reverse_step_low_precision(dtype):
+    """The kernel computes in float32 and rounds once: each output is within
+    one rounding unit of the float64 result (plus float32 arithmetic)."""
+    B = 2
+    x_t, eps, noise = (torch.randn(B, 3, 17, dtype=torch.float64).to(dtype) for _ in range(3))
+    coefs = _coefs(B, torch.float32)
+    coef = torch.stack([coefs[n] for n in ("a", "b", "c_x0", "c_xt", "sigma")])
+    got = mcvd.ops.reverse_step(x_t, eps, noise, **coefs, clip=(-1.5, 1.5), backend="triton")
+    ref = reverse_step_ref(x_t.double(), eps.double(), noise.double(), coef.double(), -1.5, 1.5)
+    for a, b in zip(got, ref):
+        assert a.dtype == dtype
+        bound = EPS[dtype] * b.abs() + 1e-6 * (1 + b.abs())
+        assert ((a.double() - b).abs() <= bound).all()
+
+
+@interpreted
+def test_reverse_step_clip_keeps_nan():
+    x_t = torch.tensor([[0.5, float("nan"), 3.0]])
+    x_prev, x0 = mcvd.ops.reverse_step(x_t, torch.zeros_like(x_t), None, a=0.5, b=1.0, c_x0=1.0, c_xt=0.0,
+                                       sigma=0.0, clip=(-1.0, 1.0), backend="triton")
+    assert x0[0, 0] == 0.5 and x0[0, 1].isnan() and x0[0, 2] == 1.0
+
+
+@interpreted
+def test_reverse_step_rejects_bad_coefficient_tables():
+    from mcvd.kernels import reverse_step as rs
+
+    x = torch.randn(2, 5)
+    with pytest.raises(ValueError, match=r"coef: expected shape \[5, 2\], got \[5, 3\]"):
+        rs.fwd(x, x, None, torch.ones(5, 3), None, None)
+    with pytest.raises(ValueError, match="clip_lo, clip_hi: expected both or neither, got -1.0, None"):
+        rs.fwd(x, x, None, torch.ones(5, 2), -1.0, None)
+
+
+# --- registration --------------------------------------------------------------
+
+@interpreted
+def test_opcheck():
+    """Schemas and autograd registration of the three Triton ops. The fake-tensor
+    and AOT checks need a GPU: under the interpreter wrap_triton hands back the
+    bare kernel, which would then run on fake tensors."""
+    from mcvd.kernels import attention as at
+    from mcvd.kernels import reverse_step as rs
+    from mcvd.kernels import spatin_norm as sn
+
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    utils = ("test_schema", "test_autograd_registration")
+    torch.library.opcheck(sn.fwd, (x, 2, w, None, None, None, s, None, 1e-6, True), test_utils=utils)
+    q, k, v = (torch.randn(1, 2, 5, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    torch.library.opcheck(at.fwd, (q, k, v, 0.5), test_utils=utils)
+    coef = torch.rand(5, 2, dtype=torch.float64) + 0.5
+    xt, e = (torch.randn(2, 6, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    torch.library.opcheck(rs.fwd, (xt, e, None, coef, -1.0, 1.0), test_utils=utils)
+
+
+@pytest.mark.skipif(INTERPRETED, reason="checks a process without the interpreter")
+def test_reference_and_cpu_backends_never_import_triton():
+    code = """
+import sys, torch, mcvd
+x = torch.randn(1, 4, 3, 3)
+q = torch.randn(1, 2, 5, 8)
+calls = {
+    "spatin_norm_fwd": lambda b: mcvd.ops.spatin_norm(x, 2, silu=True, backend=b),
+    "attention_fwd": lambda b: mcvd.ops.attention(q, q, q, backend=b),
+    "reverse_step": lambda b: mcvd.ops.reverse_step(x, x, x, a=0.1, b=0.9, c_x0=0.5, c_xt=0.5, sigma=0.1,
+                                                    clip=(-1, 1), backend=b),
+}
+ran = []
+for op, call in calls.items():
+    call("reference")
+    ran.append(op + ":reference")
+    # The C++ CPU kernels may not be built into this install yet.
+    if torch._C._dispatch_has_kernel_for_dispatch_key("mcvd::" + op, "CPU"):
+        call("cpu")
+        ran.append(op + ":cpu")
+print(ran, "triton" in sys.modules)
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MCVD_BACKEND")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip().endswith("False"), out
+    assert out.count(":reference") == 3, out

@@ -166,7 +166,9 @@ class MCVD(nn.Module):
             raise ValueError(f"t: expected shape [{B}] (one step per sample), got {list(t.shape)}")
         if t.device != x.device:
             raise ValueError(f"t: expected device {x.device} (the device of x_t), got {t.device}")
-        if not torch.compiler.is_compiling():
+        # Reading t's values would make the host wait on a GPU (and break CUDA
+        # graph capture), so the range is checked on CPU tensors only.
+        if t.device.type == "cpu" and not torch.compiler.is_compiling():
             lo, hi = torch.aminmax(t)
             if lo < 0 or hi >= T:
                 raise ValueError(f"t: expected DDPM steps in [0, {T - 1}], got values in [{int(lo)}, {int(hi)}]")

@@ -71,3 +71,12 @@ inline void check_optional(const c10::optional<at::Tensor>& t, const char* name,
 // Kernels read raw pointers, so a strided view is copied rather than read
 // wrongly; the op wrappers call this on every tensor input.
 #define MCVD_CONTIG(t) ((t).contiguous())
+
+namespace mcvd {
+
+// The CUDA kernels read device memory of the tensor's own device.
+inline void check_cuda(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), name, ": expected a CUDA tensor, got device ", t.device());
+}
+
+}  // namespace mcvd

@@ -1,0 +1,949 @@
+// Torch-free CUDA kernels of mcvd::attention: flash-style softmax attention
+// over [BH, N, D] (batch and heads flattened), forward and backward.
+//
+//   S = scale * Q K^T,  P = softmax_rows(S),  O = P V,  lse = logsumexp_rows(S)
+//   backward: Dsum = rowsum(dO * O), dV = P^T dO, dP = dO V^T,
+//             dS = P * (dP - Dsum), dQ = scale * dS K, dK = scale * dS^T Q
+//
+// The forward streams key tiles with an online softmax and keeps lse; the
+// backward recomputes P = exp(S - lse) tile by tile: one kernel per key tile
+// accumulates dK and dV over every query tile, one per query tile accumulates
+// dQ over every key tile. No N x N matrix is stored and no atomics are used.
+//
+// Two implementations:
+//  - SIMT (any dtype, any D): 32 x 32 tiles in shared memory, accumulation in
+//    float (double for double). Score products run over D in chunks of 32;
+//    outputs are computed in column slabs of DV <= 128, so any D fits (a D
+//    above 128 recomputes the scores once per slab).
+//  - tensor cores (bfloat16 / float16, D in {32, 64, 128}, sm_80+): warp-level
+//    mma.sync m16n8k16 with float accumulation; each warp owns 16 rows, and
+//    the score fragment is reused in registers as the A operand of P V
+//    (the FlashAttention-2 layout).
+#pragma once
+
+#include "common.cuh"
+
+#include <climits>
+#include <type_traits>
+
+namespace mcvd {
+namespace cuda {
+
+extern __shared__ __align__(16) unsigned char attn_smem[];
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Copy rows [r0, r0 + 32) x columns [c0, c0 + WIDTH) of a row-major [n, d]
+// matrix into shared [32][ld] in the accumulation type; zeros outside.
+template <int WIDTH, typename T, typename A>
+__device__ __forceinline__ void simt_load(A* dst, int ld, const T* src, int n, int d, int r0, int c0) {
+  for (int idx = threadIdx.x; idx < 32 * WIDTH; idx += blockDim.x) {
+    const int r = idx / WIDTH, c = idx % WIDTH;
+    const int gr = r0 + r, gc = c0 + c;
+    dst[r * ld + c] = (gr < n && gc < d) ? to_acc<A>(src[static_cast<int64_t>(gr) * d + gc]) : A(0);
+  }
+}
+
+// ---- SIMT kernels --------------------------------------------------------------
+// 128 threads as 16 x 8: thread (ty, tx) owns rows ty and ty + 16 and columns
+// tx + 8 j of every 32-row tile it accumulates.
+
+// Every kernel here declares a minimum of one block per SM: without it,
+// ptxas picks a register cap for occupancy and spills (float64, sm_80).
+constexpr int kSimtThreads = 128;
+constexpr int kTile = 32;
+constexpr int kLdc = kTile + 1;  // odd row stride: column reads hit distinct banks
+
+template <typename A>
+__device__ __forceinline__ A quad8_max(A v) {  // over the 8 threads of one ty
+  for (int o = 1; o < 8; o *= 2) v = fmax(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+template <typename A>
+__device__ __forceinline__ A quad8_sum(A v) {
+  for (int o = 1; o < 8; o *= 2) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+
+// grid.x: query tiles x BH (tile fastest), grid.y: column slabs of DV.
+// q, k, v, out: [BH, n, d]; lse: [BH, n].
+template <typename T, int DV>
+__global__ void __launch_bounds__(kSimtThreads, 1)
+    attn_fwd_simt_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                         T* __restrict__ out, acc_t<T>* __restrict__ lse, int n, int d, int tiles, acc_t<T> scale) {
+  using A = acc_t<T>;
+  constexpr int TJ = DV / 8;
+  A* qc = reinterpret_cast<A*>(attn_smem);  // [32][33] chunk of Q
+  A* kc = qc + kTile * kLdc;                // [32][33] chunk of K
+  A* ps = kc + kTile * kLdc;                // [32][33] probabilities
+  A* vs = ps + kTile * kLdc;                // [32][DV + 1] slab of V
+  const int q0 = (blockIdx.x % tiles) * kTile, d0 = blockIdx.y * DV;
+  const int64_t bh = blockIdx.x / tiles, base = bh * n * d;
+  q += base, k += base, v += base, out += base;
+  const int ty = threadIdx.x / 8, tx = threadIdx.x % 8;
+
+  A o[2][TJ] = {};
+  A m[2] = {neg_inf<A>(), neg_inf<A>()}, l[2] = {A(0), A(0)};
+  for (int k0 = 0; k0 < n; k0 += kTile) {
+    A s[2][4] = {};
+    for (int c0 = 0; c0 < d; c0 += kTile) {
+      simt_load<kTile>(qc, kLdc, q, n, d, q0, c0);
+      simt_load<kTile>(kc, kLdc, k, n, d, k0, c0);
+      __syncthreads();
+#pragma unroll 8
+      for (int kk = 0; kk < kTile; ++kk) {
+        const A a0 = qc[ty * kLdc + kk], a1 = qc[(ty + 16) * kLdc + kk];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const A b = kc[(tx + 8 * j) * kLdc + kk];
+          s[0][j] += a0 * b;
+          s[1][j] += a1 * b;
+        }
+      }
+      __syncthreads();
+    }
+    // Online softmax: every key tile has a valid key, so the new max is finite.
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      A mt = neg_inf<A>();
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        s[i][j] = k0 + tx + 8 * j < n ? s[i][j] * scale : neg_inf<A>();
+        mt = fmax(mt, s[i][j]);
+      }
+      const A m_new = fmax(m[i], quad8_max(mt));
+      const A alpha = acc_exp(m[i] - m_new);
+      A rs = A(0);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const A p = acc_exp(s[i][j] - m_new);
+        ps[(ty + 16 * i) * kLdc + tx + 8 * j] = p;
+        rs += p;
+      }
+      l[i] = l[i] * alpha + quad8_sum(rs);
+      m[i] = m_new;
+#pragma unroll
+      for (int j = 0; j < TJ; ++j) o[i][j] *= alpha;
+    }
+    simt_load<DV>(vs, DV + 1, v, n, d, k0, d0);
+    __syncthreads();
+#pragma unroll 4
+    for (int kk = 0; kk < kTile; ++kk) {
+      const A a0 = ps[ty * kLdc + kk], a1 = ps[(ty + 16) * kLdc + kk];
+#pragma unroll
+      for (int j = 0; j < TJ; ++j) {
+        const A b = vs[kk * (DV + 1) + tx + 8 * j];
+        o[0][j] += a0 * b;
+        o[1][j] += a1 * b;
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int row = q0 + ty + 16 * i;
+    if (row >= n) continue;
+    const A inv = A(1) / l[i];
+#pragma unroll
+    for (int j = 0; j < TJ; ++j) {
+      const int col = d0 + tx + 8 * j;
+      if (col < d) out[static_cast<int64_t>(row) * d + col] = from_acc<T>(o[i][j] * inv);
+    }
+    if (blockIdx.y == 0 && tx == 0) lse[bh * n + row] = m[i] + acc_log(l[i]);
+  }
+}
+
+// One warp per row: dsum = rowsum(dout * out). dout, out: [rows, d].
+template <typename T>
+__global__ void __launch_bounds__(128) attn_dsum_kernel(const T* __restrict__ dout, const T* __restrict__ out,
+                                                        acc_t<T>* __restrict__ dsum, int64_t rows, int d) {
+  using A = acc_t<T>;
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;  // uniform over the warp
+  Sums<A, 1> acc = Sums<A, 1>::zero();
+  for (int c = lane; c < d; c += 32) acc.v[0] += to_acc<A>(dout[row * d + c]) * to_acc<A>(out[row * d + c]);
+  acc = warp_reduce(acc);
+  if (lane == 0) dsum[row] = acc.v[0];
+}
+
+// dK, dV of one key tile (rows of the thread layout = keys, columns = queries),
+// streaming every query tile. grid as attn_fwd_simt_kernel with key tiles.
+template <typename T, int DV>
+__global__ void __launch_bounds__(kSimtThreads, 1)
+    attn_bwd_dkdv_simt_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                              const T* __restrict__ dout, const acc_t<T>* __restrict__ lse,
+                              const acc_t<T>* __restrict__ dsum, T* __restrict__ dk, T* __restrict__ dv, int n, int d,
+                              int tiles, acc_t<T> scale) {
+  using A = acc_t<T>;
+  constexpr int TJ = DV / 8;
+  constexpr int kChunks = 4 * kTile * kLdc, kSlabs = 2 * kTile * (DV + 1);
+  // The chunk buffers and the slabs are never live together: one region.
+  A* kc = reinterpret_cast<A*>(attn_smem);  // [32][33] chunks of K, Q, V, dO
+  A* qc = kc + kTile * kLdc;
+  A* vc = qc + kTile * kLdc;
+  A* oc = vc + kTile * kLdc;
+  A* os = kc;                        // [32][DV + 1] slab of dO
+  A* qs = os + kTile * (DV + 1);     // [32][DV + 1] slab of Q
+  A* pt = kc + (kChunks > kSlabs ? kChunks : kSlabs);  // [32][33] P^T
+  A* dst = pt + kTile * kLdc;                           // [32][33] dS^T
+  A* lse_s = dst + kTile * kLdc;                        // [32]
+  A* dsum_s = lse_s + kTile;                            // [32]
+  const int k0 = (blockIdx.x % tiles) * kTile, d0 = blockIdx.y * DV;
+  const int64_t bh = blockIdx.x / tiles, base = bh * n * d;
+  q += base, k += base, v += base, dout += base, dk += base, dv += base;
+  lse += bh * n, dsum += bh * n;
+  const int ty = threadIdx.x / 8, tx = threadIdx.x % 8;
+
+  A dk_acc[2][TJ] = {}, dv_acc[2][TJ] = {};
+  for (int q0 = 0; q0 < n; q0 += kTile) {
+    if (threadIdx.x < kTile) {
+      const int r = q0 + threadIdx.x;
+      lse_s[threadIdx.x] = r < n ? lse[r] : A(0);
+      dsum_s[threadIdx.x] = r < n ? dsum[r] : A(0);
+    }
+    A st[2][4] = {}, dpt[2][4] = {};
+    for (int c0 = 0; c0 < d; c0 += kTile) {
+      simt_load<kTile>(kc, kLdc, k, n, d, k0, c0);
+      simt_load<kTile>(qc, kLdc, q, n, d, q0, c0);
+      simt_load<kTile>(vc, kLdc, v, n, d, k0, c0);
+      simt_load<kTile>(oc, kLdc, dout, n, d, q0, c0);
+      __syncthreads();
+#pragma unroll 4
+      for (int kk = 0; kk < kTile; ++kk) {
+        const A ka0 = kc[ty * kLdc + kk], ka1 = kc[(ty + 16) * kLdc + kk];
+        const A va0 = vc[ty * kLdc + kk], va1 = vc[(ty + 16) * kLdc + kk];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const A qb = qc[(tx + 8 * j) * kLdc + kk], ob = oc[(tx + 8 * j) * kLdc + kk];
+          st[0][j] += ka0 * qb;
+          st[1][j] += ka1 * qb;
+          dpt[0][j] += va0 * ob;
+          dpt[1][j] += va1 * ob;
+        }
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const bool key_ok = k0 + ty + 16 * i < n;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int qq = tx + 8 * j;
+        const A p = key_ok && q0 + qq < n ? acc_exp(st[i][j] * scale - lse_s[qq]) : A(0);
+        pt[(ty + 16 * i) * kLdc + qq] = p;
+        dst[(ty + 16 * i) * kLdc + qq] = p * (dpt[i][j] - dsum_s[qq]);
+      }
+    }
+    simt_load<DV>(os, DV + 1, dout, n, d, q0, d0);
+    simt_load<DV>(qs, DV + 1, q, n, d, q0, d0);
+    __syncthreads();
+#pragma unroll 4
+    for (int qq = 0; qq < kTile; ++qq) {
+      const A p0 = pt[ty * kLdc + qq], p1 = pt[(ty + 16) * kLdc + qq];
+      const A s0 = dst[ty * kLdc + qq], s1 = dst[(ty + 16) * kLdc + qq];
+#pragma unroll
+      for (int j = 0; j < TJ; ++j) {
+        const A ob = os[qq * (DV + 1) + tx + 8 * j], qb = qs[qq * (DV + 1) + tx + 8 * j];
+        dv_acc[0][j] += p0 * ob;
+        dv_acc[1][j] += p1 * ob;
+        dk_acc[0][j] += s0 * qb;
+        dk_acc[1][j] += s1 * qb;
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int row = k0 + ty + 16 * i;
+    if (row >= n) continue;
+#pragma unroll
+    for (int j = 0; j < TJ; ++j) {
+      const int col = d0 + tx + 8 * j;
+      if (col >= d) continue;
+      dk[static_cast<int64_t>(row) * d + col] = from_acc<T>(dk_acc[i][j] * scale);
+      dv[static_cast<int64_t>(row) * d + col] = from_acc<T>(dv_acc[i][j]);
+    }
+  }
+}
+
+// dQ of one query tile, streaming every key tile.
+template <typename T, int DV>
+__global__ void __launch_bounds__(kSimtThreads, 1)
+    attn_bwd_dq_simt_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                            const T* __restrict__ dout, const acc_t<T>* __restrict__ lse,
+                            const acc_t<T>* __restrict__ dsum, T* __restrict__ dq, int n, int d, int tiles,
+                            acc_t<T> scale) {
+  using A = acc_t<T>;
+  constexpr int TJ = DV / 8;
+  constexpr int kChunks = 4 * kTile * kLdc, kSlab = kTile * (DV + 1);
+  A* qc = reinterpret_cast<A*>(attn_smem);  // [32][33] chunks of Q, K, dO, V
+  A* kc = qc + kTile * kLdc;
+  A* oc = kc + kTile * kLdc;
+  A* vc = oc + kTile * kLdc;
+  A* ks = qc;                                          // [32][DV + 1] slab of K
+  A* dss = qc + (kChunks > kSlab ? kChunks : kSlab);   // [32][33] dS
+  const int q0 = (blockIdx.x % tiles) * kTile, d0 = blockIdx.y * DV;
+  const int64_t bh = blockIdx.x / tiles, base = bh * n * d;
+  q += base, k += base, v += base, dout += base, dq += base;
+  lse += bh * n, dsum += bh * n;
+  const int ty = threadIdx.x / 8, tx = threadIdx.x % 8;
+  A row_lse[2], row_dsum[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = q0 + ty + 16 * i;
+    row_lse[i] = r < n ? lse[r] : A(0);
+    row_dsum[i] = r < n ? dsum[r] : A(0);
+  }
+
+  A dq_acc[2][TJ] = {};
+  for (int k0 = 0; k0 < n; k0 += kTile) {
+    A s[2][4] = {}, dp[2][4] = {};
+    for (int c0 = 0; c0 < d; c0 += kTile) {
+      simt_load<kTile>(qc, kLdc, q, n, d, q0, c0);
+      simt_load<kTile>(kc, kLdc, k, n, d, k0, c0);
+      simt_load<kTile>(oc, kLdc, dout, n, d, q0, c0);
+      simt_load<kTile>(vc, kLdc, v, n, d, k0, c0);
+      __syncthreads();
+#pragma unroll 4
+      for (int kk = 0; kk < kTile; ++kk) {
+        const A qa0 = qc[ty * kLdc + kk], qa1 = qc[(ty + 16) * kLdc + kk];
+        const A oa0 = oc[ty * kLdc + kk], oa1 = oc[(ty + 16) * kLdc + kk];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const A kb = kc[(tx + 8 * j) * kLdc + kk], vb = vc[(tx + 8 * j) * kLdc + kk];
+          s[0][j] += qa0 * kb;
+          s[1][j] += qa1 * kb;
+          dp[0][j] += oa0 * vb;
+          dp[1][j] += oa1 * vb;
+        }
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const bool row_ok = q0 + ty + 16 * i < n;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const A p = row_ok && k0 + tx + 8 * j < n ? acc_exp(s[i][j] * scale - row_lse[i]) : A(0);
+        dss[(ty + 16 * i) * kLdc + tx + 8 * j] = p * (dp[i][j] - row_dsum[i]);
+      }
+    }
+    simt_load<DV>(ks, DV + 1, k, n, d, k0, d0);
+    __syncthreads();
+#pragma unroll 4
+    for (int kk = 0; kk < kTile; ++kk) {
+      const A a0 = dss[ty * kLdc + kk], a1 = dss[(ty + 16) * kLdc + kk];
+#pragma unroll
+      for (int j = 0; j < TJ; ++j) {
+        const A b = ks[kk * (DV + 1) + tx + 8 * j];
+        dq_acc[0][j] += a0 * b;
+        dq_acc[1][j] += a1 * b;
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int row = q0 + ty + 16 * i;
+    if (row >= n) continue;
+#pragma unroll
+    for (int j = 0; j < TJ; ++j) {
+      const int col = d0 + tx + 8 * j;
+      if (col < d) dq[static_cast<int64_t>(row) * d + col] = from_acc<T>(dq_acc[i][j] * scale);
+    }
+  }
+}
+
+template <int DV, typename A>
+constexpr size_t simt_fwd_smem() { return sizeof(A) * (3 * kTile * kLdc + kTile * (DV + 1)); }
+template <int DV, typename A>
+constexpr size_t simt_dkdv_smem() {
+  return sizeof(A) * ((4 * kTile * kLdc > 2 * kTile * (DV + 1) ? 4 * kTile * kLdc : 2 * kTile * (DV + 1)) +
+                      2 * kTile * kLdc + 2 * kTile);
+}
+template <int DV, typename A>
+constexpr size_t simt_dq_smem() {
+  return sizeof(A) * ((4 * kTile * kLdc > kTile * (DV + 1) ? 4 * kTile * kLdc : kTile * (DV + 1)) + kTile * kLdc);
+}
+
+// ---- tensor-core kernels (bfloat16 / float16, sm_80+) ----------------------------
+//
+// mma.sync m16n8k16 fragments (lane = 4 g + t):
+//   A 16x16: a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
+//   B 16x8:  b0 (k 2t..2t+1, n g), b1 (k 2t+8.., n g)
+//   C 16x8:  c0, c1 (g, 2t..2t+1), c2, c3 (g+8, 2t..2t+1)
+// Shared tiles are [rows][D + 8]: the 16-byte pad puts the 8 row addresses of
+// every ldmatrix in distinct banks.
+
+constexpr int kMmaThreads = 128;  // 4 warps x 16 rows
+constexpr int kMmaRows = 64;
+
+template <typename T>
+constexpr bool is_half_type() {
+  return std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value;
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  uint32_t r;
+  if constexpr (std::is_same<T, __half>::value) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    r = *reinterpret_cast<const uint32_t*>(&h);
+  } else {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    r = *reinterpret_cast<const uint32_t*>(&h);
+  }
+  return r;
+}
+
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same<T, __half>::value) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+#else
+  __trap();  // the launchers never pick this path below sm_80
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
+// A fragment of rows [r0, r0 + 16) x columns [c0, c0 + 16) of a shared
+// [.][LD] tile stored row-major (rows = the product's M dimension).
+template <int LD, typename T>
+__device__ __forceinline__ void frag_a(uint32_t (&a)[4], const T* tile, int r0, int c0, int lane) {
+  ldmatrix_x4(a, tile + (r0 + lane % 16) * LD + c0 + (lane / 16) * 8);
+}
+
+// B fragments of two n-blocks (n0..n0+7 -> b[0], b[1]; n0+8..n0+15 -> b[2],
+// b[3]) for k in [k0, k0 + 16), from a tile stored [n][k] (B = tile^T).
+template <int LD, typename T>
+__device__ __forceinline__ void frag_b_nk(uint32_t (&b)[4], const T* tile, int n0, int k0, int lane) {
+  ldmatrix_x4(b, tile + (n0 + lane % 8 + 8 * (lane / 16)) * LD + k0 + ((lane / 8) % 2) * 8);
+}
+
+// The same two n-blocks from a tile stored [k][n] (B = tile).
+template <int LD, typename T>
+__device__ __forceinline__ void frag_b_kn(uint32_t (&b)[4], const T* tile, int k0, int n0, int lane) {
+  ldmatrix_x4_trans(b, tile + (k0 + lane % 16) * LD + n0 + (lane / 16) * 8);
+}
+
+// Accumulator fragments of two adjacent n-blocks (16 columns) as the A
+// fragment of the next product, whose k runs over those 16 columns.
+template <typename T>
+__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
+  a[0] = pack2<T>(c0[0], c0[1]);
+  a[1] = pack2<T>(c0[2], c0[3]);
+  a[2] = pack2<T>(c1[0], c1[1]);
+  a[3] = pack2<T>(c1[2], c1[3]);
+}
+
+// Rows [r0, r0 + R) of a row-major [n, D] matrix into shared [R][D + 8], zero
+// rows past n; 16-byte accesses (D is a multiple of 8, the source aligned).
+template <int R, int D, typename T>
+__device__ __forceinline__ void mma_load(T* dst, const T* src, int n, int r0) {
+  constexpr int kPerRow = D / 8;
+  for (int idx = threadIdx.x; idx < R * kPerRow; idx += blockDim.x) {
+    const int r = idx / kPerRow, c = (idx % kPerRow) * 8;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (r0 + r < n) val = *reinterpret_cast<const uint4*>(src + static_cast<int64_t>(r0 + r) * D + c);
+    *reinterpret_cast<uint4*>(dst + r * (D + 8) + c) = val;
+  }
+}
+
+// grid.x: query tiles of 64 x BH. lse: [BH, n] float, natural log.
+template <typename T, int D, int BN>
+__global__ void __launch_bounds__(kMmaThreads, 1)
+    attn_fwd_mma_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                        T* __restrict__ out, float* __restrict__ lse, int n, int tiles, float scale_log2) {
+  constexpr int LD = D + 8;
+  T* qs = reinterpret_cast<T*>(attn_smem);  // [64][LD]
+  T* ks = qs + kMmaRows * LD;               // [BN][LD]
+  T* vs = ks + BN * LD;                     // [BN][LD]
+  const int q0 = (blockIdx.x % tiles) * kMmaRows;
+  const int64_t bh = blockIdx.x / tiles, base = bh * n * D;
+  q += base, k += base, v += base, out += base;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+
+  mma_load<kMmaRows, D>(qs, q, n, q0);
+  __syncthreads();
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) frag_a<LD>(qf[kk], qs, warp * 16, kk * 16, lane);
+
+  float o[D / 8][4] = {};
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows g and g + 8, log2 units
+  for (int k0 = 0; k0 < n; k0 += BN) {
+    __syncthreads();  // the previous tile's K and V are no longer read
+    mma_load<BN, D>(ks, k, n, k0);
+    mma_load<BN, D>(vs, v, n, k0);
+    __syncthreads();
+    float s[BN / 8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+      for (int nb = 0; nb < BN / 8; nb += 2) {
+        uint32_t b[4];
+        frag_b_nk<LD>(b, ks, nb * 8, kk * 16, lane);
+        mma16816<T>(s[nb], qf[kk], b[0], b[1]);
+        mma16816<T>(s[nb + 1], qf[kk], b[2], b[3]);
+      }
+    }
+    float mx0 = m0, mx1 = m1;
+#pragma unroll
+    for (int nb = 0; nb < BN / 8; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const bool ok = k0 + nb * 8 + 2 * t + e < n;
+        s[nb][e] = ok ? s[nb][e] * scale_log2 : -INFINITY;
+        s[nb][2 + e] = ok ? s[nb][2 + e] * scale_log2 : -INFINITY;
+        mx0 = fmaxf(mx0, s[nb][e]);
+        mx1 = fmaxf(mx1, s[nb][2 + e]);
+      }
+    }
+    // The 4 lanes of a quad share rows g and g + 8.
+    mx0 = fmaxf(mx0, __shfl_xor_sync(kFullMask, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(kFullMask, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(kFullMask, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(kFullMask, mx1, 2));
+    const float alpha0 = exp2f(m0 - mx0), alpha1 = exp2f(m1 - mx1);
+    m0 = mx0, m1 = mx1;
+    // l stays a per-lane partial sum until the end: alpha is uniform over the quad.
+    l0 *= alpha0, l1 *= alpha1;
+#pragma unroll
+    for (int dn = 0; dn < D / 8; ++dn) {
+      o[dn][0] *= alpha0, o[dn][1] *= alpha0, o[dn][2] *= alpha1, o[dn][3] *= alpha1;
+    }
+#pragma unroll
+    for (int nb = 0; nb < BN / 8; ++nb) {
+      s[nb][0] = exp2f(s[nb][0] - m0), s[nb][1] = exp2f(s[nb][1] - m0);
+      s[nb][2] = exp2f(s[nb][2] - m1), s[nb][3] = exp2f(s[nb][3] - m1);
+      l0 += s[nb][0] + s[nb][1], l1 += s[nb][2] + s[nb][3];
+    }
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      uint32_t a[4];
+      acc_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int dn = 0; dn < D / 8; dn += 2) {
+        uint32_t b[4];
+        frag_b_kn<LD>(b, vs, kk * 16, dn * 8, lane);
+        mma16816<T>(o[dn], a, b[0], b[1]);
+        mma16816<T>(o[dn + 1], a, b[2], b[3]);
+      }
+    }
+  }
+  l0 += __shfl_xor_sync(kFullMask, l0, 1);
+  l0 += __shfl_xor_sync(kFullMask, l0, 2);
+  l1 += __shfl_xor_sync(kFullMask, l1, 1);
+  l1 += __shfl_xor_sync(kFullMask, l1, 2);
+  const int row0 = q0 + warp * 16 + g, row1 = row0 + 8;
+  const float inv0 = 1.f / l0, inv1 = 1.f / l1;
+#pragma unroll
+  for (int dn = 0; dn < D / 8; ++dn) {
+    const int col = dn * 8 + 2 * t;
+    if (row0 < n)
+      *reinterpret_cast<uint32_t*>(out + static_cast<int64_t>(row0) * D + col) =
+          pack2<T>(o[dn][0] * inv0, o[dn][1] * inv0);
+    if (row1 < n)
+      *reinterpret_cast<uint32_t*>(out + static_cast<int64_t>(row1) * D + col) =
+          pack2<T>(o[dn][2] * inv1, o[dn][3] * inv1);
+  }
+  if (t == 0) {
+    if (row0 < n) lse[bh * n + row0] = (m0 + log2f(l0)) * kLn2;
+    if (row1 < n) lse[bh * n + row1] = (m1 + log2f(l1)) * kLn2;
+  }
+}
+
+// dK, dV of 64 keys (16 per warp; the warp's fragment rows are keys, columns
+// queries), streaming query tiles of BQ.
+template <typename T, int D, int BQ>
+__global__ void __launch_bounds__(kMmaThreads, 1)
+    attn_bwd_dkdv_mma_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                             const T* __restrict__ dout, const float* __restrict__ lse,
+                             const float* __restrict__ dsum, T* __restrict__ dk, T* __restrict__ dv, int n, int tiles,
+                             float scale, float scale_log2) {
+  constexpr int LD = D + 8;
+  T* ks = reinterpret_cast<T*>(attn_smem);  // [64][LD]
+  T* vs = ks + kMmaRows * LD;               // [64][LD]
+  T* qs = vs + kMmaRows * LD;               // [BQ][LD]
+  T* os = qs + BQ * LD;                     // [BQ][LD] dO
+  float* lse_s = reinterpret_cast<float*>(os + BQ * LD);  // [BQ], log2 units
+  float* dsum_s = lse_s + BQ;                             // [BQ]
+  const int k0 = (blockIdx.x % tiles) * kMmaRows;
+  const int64_t bh = blockIdx.x / tiles, base = bh * n * D;
+  q += base, k += base, v += base, dout += base, dk += base, dv += base;
+  lse += bh * n, dsum += bh * n;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const bool key0_ok = k0 + warp * 16 + g < n, key1_ok = k0 + warp * 16 + g + 8 < n;
+
+  mma_load<kMmaRows, D>(ks, k, n, k0);
+  mma_load<kMmaRows, D>(vs, v, n, k0);
+  float dk_acc[D / 8][4] = {}, dv_acc[D / 8][4] = {};
+  for (int q0 = 0; q0 < n; q0 += BQ) {
+    __syncthreads();  // the previous query tile is no longer read
+    mma_load<BQ, D>(qs, q, n, q0);
+    mma_load<BQ, D>(os, dout, n, q0);
+    for (int i = threadIdx.x; i < BQ; i += blockDim.x) {
+      lse_s[i] = q0 + i < n ? lse[q0 + i] * kLog2e : 0.f;
+      dsum_s[i] = q0 + i < n ? dsum[q0 + i] : 0.f;
+    }
+    __syncthreads();
+    float st[BQ / 8][4] = {}, dpt[BQ / 8][4] = {};  // S^T, dP^T
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t ka[4], va[4];
+      frag_a<LD>(ka, ks, warp * 16, kk * 16, lane);
+      frag_a<LD>(va, vs, warp * 16, kk * 16, lane);
+#pragma unroll
+      for (int nb = 0; nb < BQ / 8; nb += 2) {
+        uint32_t b[4];
+        frag_b_nk<LD>(b, qs, nb * 8, kk * 16, lane);
+        mma16816<T>(st[nb], ka, b[0], b[1]);
+        mma16816<T>(st[nb + 1], ka, b[2], b[3]);
+        frag_b_nk<LD>(b, os, nb * 8, kk * 16, lane);
+        mma16816<T>(dpt[nb], va, b[0], b[1]);
+        mma16816<T>(dpt[nb + 1], va, b[2], b[3]);
+      }
+    }
+    // P^T into st, dS^T into dpt.
+#pragma unroll
+    for (int nb = 0; nb < BQ / 8; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int qq = nb * 8 + 2 * t + e;
+        const bool q_ok = q0 + qq < n;
+        const float p0 = q_ok && key0_ok ? exp2f(st[nb][e] * scale_log2 - lse_s[qq]) : 0.f;
+        const float p1 = q_ok && key1_ok ? exp2f(st[nb][2 + e] * scale_log2 - lse_s[qq]) : 0.f;
+        dpt[nb][e] = p0 * (dpt[nb][e] - dsum_s[qq]);
+        dpt[nb][2 + e] = p1 * (dpt[nb][2 + e] - dsum_s[qq]);
+        st[nb][e] = p0;
+        st[nb][2 + e] = p1;
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < BQ / 16; ++kk) {
+      uint32_t pa[4], sa[4];
+      acc_to_a<T>(pa, st[2 * kk], st[2 * kk + 1]);
+      acc_to_a<T>(sa, dpt[2 * kk], dpt[2 * kk + 1]);
+#pragma unroll
+      for (int dn = 0; dn < D / 8; dn += 2) {
+        uint32_t b[4];
+        frag_b_kn<LD>(b, os, kk * 16, dn * 8, lane);
+        mma16816<T>(dv_acc[dn], pa, b[0], b[1]);
+        mma16816<T>(dv_acc[dn + 1], pa, b[2], b[3]);
+        frag_b_kn<LD>(b, qs, kk * 16, dn * 8, lane);
+        mma16816<T>(dk_acc[dn], sa, b[0], b[1]);
+        mma16816<T>(dk_acc[dn + 1], sa, b[2], b[3]);
+      }
+    }
+  }
+  const int row0 = k0 + warp * 16 + g, row1 = row0 + 8;
+#pragma unroll
+  for (int dn = 0; dn < D / 8; ++dn) {
+    const int col = dn * 8 + 2 * t;
+    if (key0_ok) {
+      *reinterpret_cast<uint32_t*>(dk + static_cast<int64_t>(row0) * D + col) =
+          pack2<T>(dk_acc[dn][0] * scale, dk_acc[dn][1] * scale);
+      *reinterpret_cast<uint32_t*>(dv + static_cast<int64_t>(row0) * D + col) = pack2<T>(dv_acc[dn][0], dv_acc[dn][1]);
+    }
+    if (key1_ok) {
+      *reinterpret_cast<uint32_t*>(dk + static_cast<int64_t>(row1) * D + col) =
+          pack2<T>(dk_acc[dn][2] * scale, dk_acc[dn][3] * scale);
+      *reinterpret_cast<uint32_t*>(dv + static_cast<int64_t>(row1) * D + col) = pack2<T>(dv_acc[dn][2], dv_acc[dn][3]);
+    }
+  }
+}
+
+// dQ of 64 queries (16 per warp), streaming key tiles of BK.
+template <typename T, int D, int BK>
+__global__ void __launch_bounds__(kMmaThreads, 1)
+    attn_bwd_dq_mma_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                           const T* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ dsum,
+                           T* __restrict__ dq, int n, int tiles, float scale, float scale_log2) {
+  constexpr int LD = D + 8;
+  T* qs = reinterpret_cast<T*>(attn_smem);  // [64][LD]
+  T* os = qs + kMmaRows * LD;               // [64][LD] dO
+  T* ks = os + kMmaRows * LD;               // [BK][LD]
+  T* vs = ks + BK * LD;                     // [BK][LD]
+  const int q0 = (blockIdx.x % tiles) * kMmaRows;
+  const int64_t bh = blockIdx.x / tiles, base = bh * n * D;
+  q += base, k += base, v += base, dout += base, dq += base;
+  lse += bh * n, dsum += bh * n;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int row0 = q0 + warp * 16 + g, row1 = row0 + 8;
+  const bool row0_ok = row0 < n, row1_ok = row1 < n;
+  const float lse0 = row0_ok ? lse[row0] * kLog2e : 0.f, lse1 = row1_ok ? lse[row1] * kLog2e : 0.f;
+  const float dsum0 = row0_ok ? dsum[row0] : 0.f, dsum1 = row1_ok ? dsum[row1] : 0.f;
+
+  mma_load<kMmaRows, D>(qs, q, n, q0);
+  mma_load<kMmaRows, D>(os, dout, n, q0);
+  float dq_acc[D / 8][4] = {};
+  for (int k0 = 0; k0 < n; k0 += BK) {
+    __syncthreads();  // the previous key tile is no longer read
+    mma_load<BK, D>(ks, k, n, k0);
+    mma_load<BK, D>(vs, v, n, k0);
+    __syncthreads();
+    float s[BK / 8][4] = {}, dp[BK / 8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qa[4], oa[4];
+      frag_a<LD>(qa, qs, warp * 16, kk * 16, lane);
+      frag_a<LD>(oa, os, warp * 16, kk * 16, lane);
+#pragma unroll
+      for (int nb = 0; nb < BK / 8; nb += 2) {
+        uint32_t b[4];
+        frag_b_nk<LD>(b, ks, nb * 8, kk * 16, lane);
+        mma16816<T>(s[nb], qa, b[0], b[1]);
+        mma16816<T>(s[nb + 1], qa, b[2], b[3]);
+        frag_b_nk<LD>(b, vs, nb * 8, kk * 16, lane);
+        mma16816<T>(dp[nb], oa, b[0], b[1]);
+        mma16816<T>(dp[nb + 1], oa, b[2], b[3]);
+      }
+    }
+    // dS into s.
+#pragma unroll
+    for (int nb = 0; nb < BK / 8; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const bool key_ok = k0 + nb * 8 + 2 * t + e < n;
+        const float p0 = key_ok && row0_ok ? exp2f(s[nb][e] * scale_log2 - lse0) : 0.f;
+        const float p1 = key_ok && row1_ok ? exp2f(s[nb][2 + e] * scale_log2 - lse1) : 0.f;
+        s[nb][e] = p0 * (dp[nb][e] - dsum0);
+        s[nb][2 + e] = p1 * (dp[nb][2 + e] - dsum1);
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) {
+      uint32_t a[4];
+      acc_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int dn = 0; dn < D / 8; dn += 2) {
+        uint32_t b[4];
+        frag_b_kn<LD>(b, ks, kk * 16, dn * 8, lane);
+        mma16816<T>(dq_acc[dn], a, b[0], b[1]);
+        mma16816<T>(dq_acc[dn + 1], a, b[2], b[3]);
+      }
+    }
+  }
+#pragma unroll
+  for (int dn = 0; dn < D / 8; ++dn) {
+    const int col = dn * 8 + 2 * t;
+    if (row0_ok)
+      *reinterpret_cast<uint32_t*>(dq + static_cast<int64_t>(row0) * D + col) =
+          pack2<T>(dq_acc[dn][0] * scale, dq_acc[dn][1] * scale);
+    if (row1_ok)
+      *reinterpret_cast<uint32_t*>(dq + static_cast<int64_t>(row1) * D + col) =
+          pack2<T>(dq_acc[dn][2] * scale, dq_acc[dn][3] * scale);
+  }
+}
+
+// Tile shapes of the tensor-core kernels per head dim (registers: the
+// accumulators of D = 128 leave room for 32-wide streamed tiles only in the
+// dK/dV kernel, which holds two of them).
+template <int D>
+struct MmaTiles {
+  static constexpr int fwd_keys = 64;
+  static constexpr int dkdv_queries = D >= 128 ? 32 : 64;
+  static constexpr int dq_keys = 64;
+};
+
+template <typename T, int D>
+constexpr size_t mma_fwd_smem() { return sizeof(T) * (kMmaRows + 2 * MmaTiles<D>::fwd_keys) * (D + 8); }
+template <typename T, int D>
+constexpr size_t mma_dkdv_smem() {
+  return sizeof(T) * (2 * kMmaRows + 2 * MmaTiles<D>::dkdv_queries) * (D + 8) +
+         sizeof(float) * 2 * MmaTiles<D>::dkdv_queries;
+}
+template <typename T, int D>
+constexpr size_t mma_dq_smem() { return sizeof(T) * (2 * kMmaRows + 2 * MmaTiles<D>::dq_keys) * (D + 8); }
+
+// ---- launchers -----------------------------------------------------------------
+
+// The tensor-core path: bfloat16 / float16, D in {32, 64, 128}, 16-byte
+// aligned rows, an sm_80+ device. Anything else takes the SIMT path.
+template <typename T>
+cudaError_t attn_use_mma(int64_t d, std::initializer_list<const void*> ptrs, bool* use) {
+  *use = false;
+  if constexpr (!is_half_type<T>()) {
+    return cudaSuccess;
+  } else {
+    if (d != 32 && d != 64 && d != 128) return cudaSuccess;
+    for (const void* p : ptrs)
+      if (!aligned16(p)) return cudaSuccess;
+    int dev = 0, major = 0;
+    cudaError_t err = cudaGetDevice(&dev);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    *use = err == cudaSuccess && major >= 8;
+    return err;
+  }
+}
+
+inline int simt_slab(int64_t d) { return d <= 32 ? 32 : (d <= 64 ? 64 : 128); }
+
+template <typename T, int DV>
+cudaError_t attn_fwd_simt(const T* q, const T* k, const T* v, T* out, acc_t<T>* lse, int64_t bh, int n, int d,
+                          double scale, cudaStream_t stream) {
+  const int tiles = static_cast<int>(ceil_div(n, kTile));
+  const size_t smem = simt_fwd_smem<DV, acc_t<T>>();
+  auto kernel = attn_fwd_simt_kernel<T, DV>;
+  cudaError_t err = allow_smem(kernel, smem);
+  if (err != cudaSuccess) return err;
+  kernel<<<dim3(static_cast<unsigned>(tiles * bh), static_cast<unsigned>(ceil_div(d, DV))), kSimtThreads, smem,
+           stream>>>(q, k, v, out, lse, n, d, tiles, static_cast<acc_t<T>>(scale));
+  return cudaGetLastError();
+}
+
+template <typename T, int D>
+cudaError_t attn_fwd_mma(const T* q, const T* k, const T* v, T* out, float* lse, int64_t bh, int n, double scale,
+                         cudaStream_t stream) {
+  const int tiles = static_cast<int>(ceil_div(n, kMmaRows));
+  const size_t smem = mma_fwd_smem<T, D>();
+  auto kernel = attn_fwd_mma_kernel<T, D, MmaTiles<D>::fwd_keys>;
+  cudaError_t err = allow_smem(kernel, smem);
+  if (err != cudaSuccess) return err;
+  kernel<<<static_cast<unsigned>(tiles * bh), kMmaThreads, smem, stream>>>(q, k, v, out, lse, n, tiles,
+                                                                           static_cast<float>(scale) * kLog2e);
+  return cudaGetLastError();
+}
+
+// Grids put query / key tiles times BH on grid.x, which must fit 2^31 - 1.
+inline bool attn_sizes_ok(int64_t bh, int64_t n) {
+  return n <= INT_MAX && bh * ceil_div(n, kTile) <= INT_MAX;
+}
+
+// Forward on `stream`. q, k, v, out: [bh, n, d]; lse: [bh, n] in acc_t<T>.
+template <typename T>
+cudaError_t attention_fwd(const T* q, const T* k, const T* v, T* out, acc_t<T>* lse, int64_t bh, int64_t n,
+                          int64_t d, double scale, cudaStream_t stream) {
+  if (bh == 0 || n == 0) return cudaSuccess;
+  if (d <= 0 || !attn_sizes_ok(bh, n)) return cudaErrorInvalidValue;
+  bool mma = false;
+  cudaError_t err = attn_use_mma<T>(d, {q, k, v, out}, &mma);
+  if (err != cudaSuccess) return err;
+  const int ni = static_cast<int>(n), di = static_cast<int>(d);
+  if constexpr (is_half_type<T>()) {
+    if (mma) {
+      if (d == 32) return attn_fwd_mma<T, 32>(q, k, v, out, lse, bh, ni, scale, stream);
+      if (d == 64) return attn_fwd_mma<T, 64>(q, k, v, out, lse, bh, ni, scale, stream);
+      return attn_fwd_mma<T, 128>(q, k, v, out, lse, bh, ni, scale, stream);
+    }
+  }
+  switch (simt_slab(d)) {
+    case 32:
+      return attn_fwd_simt<T, 32>(q, k, v, out, lse, bh, ni, di, scale, stream);
+    case 64:
+      return attn_fwd_simt<T, 64>(q, k, v, out, lse, bh, ni, di, scale, stream);
+    default:
+      return attn_fwd_simt<T, 128>(q, k, v, out, lse, bh, ni, di, scale, stream);
+  }
+}
+
+// Workspace bytes of attention_bwd (the rowsum(dO * O) vector).
+template <typename T>
+size_t attention_bwd_workspace(int64_t bh, int64_t n) {
+  return sizeof(acc_t<T>) * static_cast<size_t>(bh * n);
+}
+
+template <typename T, int DV>
+cudaError_t attn_bwd_simt(const T* q, const T* k, const T* v, const T* dout, const acc_t<T>* lse,
+                          const acc_t<T>* dsum, T* dq, T* dk, T* dv, int64_t bh, int n, int d, double scale,
+                          cudaStream_t stream) {
+  using A = acc_t<T>;
+  const int tiles = static_cast<int>(ceil_div(n, kTile));
+  const dim3 grid(static_cast<unsigned>(tiles * bh), static_cast<unsigned>(ceil_div(d, DV)));
+  auto dkdv = attn_bwd_dkdv_simt_kernel<T, DV>;
+  cudaError_t err = allow_smem(dkdv, simt_dkdv_smem<DV, A>());
+  if (err != cudaSuccess) return err;
+  dkdv<<<grid, kSimtThreads, simt_dkdv_smem<DV, A>(), stream>>>(q, k, v, dout, lse, dsum, dk, dv, n, d, tiles,
+                                                                static_cast<A>(scale));
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  auto dqk = attn_bwd_dq_simt_kernel<T, DV>;
+  if ((err = allow_smem(dqk, simt_dq_smem<DV, A>())) != cudaSuccess) return err;
+  dqk<<<grid, kSimtThreads, simt_dq_smem<DV, A>(), stream>>>(q, k, v, dout, lse, dsum, dq, n, d, tiles,
+                                                             static_cast<A>(scale));
+  return cudaGetLastError();
+}
+
+template <typename T, int D>
+cudaError_t attn_bwd_mma(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum, T* dq,
+                         T* dk, T* dv, int64_t bh, int n, double scale, cudaStream_t stream) {
+  const int tiles = static_cast<int>(ceil_div(n, kMmaRows));
+  const float s = static_cast<float>(scale), s2 = s * kLog2e;
+  auto dkdv = attn_bwd_dkdv_mma_kernel<T, D, MmaTiles<D>::dkdv_queries>;
+  cudaError_t err = allow_smem(dkdv, mma_dkdv_smem<T, D>());
+  if (err != cudaSuccess) return err;
+  dkdv<<<static_cast<unsigned>(tiles * bh), kMmaThreads, mma_dkdv_smem<T, D>(), stream>>>(q, k, v, dout, lse, dsum,
+                                                                                        dk, dv, n, tiles, s, s2);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  auto dqk = attn_bwd_dq_mma_kernel<T, D, MmaTiles<D>::dq_keys>;
+  if ((err = allow_smem(dqk, mma_dq_smem<T, D>())) != cudaSuccess) return err;
+  dqk<<<static_cast<unsigned>(tiles * bh), kMmaThreads, mma_dq_smem<T, D>(), stream>>>(q, k, v, dout, lse, dsum, dq,
+                                                                                     n, tiles, s, s2);
+  return cudaGetLastError();
+}
+
+// Backward on `stream`: dq, dk, dv [bh, n, d] from dout, the inputs, out and
+// the forward's lse; workspace of attention_bwd_workspace bytes.
+template <typename T>
+cudaError_t attention_bwd(const T* dout, const T* q, const T* k, const T* v, const T* out, const acc_t<T>* lse,
+                          T* dq, T* dk, T* dv, int64_t bh, int64_t n, int64_t d, double scale, void* workspace,
+                          cudaStream_t stream) {
+  using A = acc_t<T>;
+  if (bh == 0 || n == 0) return cudaSuccess;
+  if (d <= 0 || !attn_sizes_ok(bh, n)) return cudaErrorInvalidValue;
+  A* dsum = static_cast<A*>(workspace);
+  const int64_t rows = bh * n;
+  attn_dsum_kernel<T><<<static_cast<unsigned>(ceil_div(rows, 4)), 128, 0, stream>>>(dout, out, dsum, rows,
+                                                                                    static_cast<int>(d));
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  bool mma = false;
+  if ((err = attn_use_mma<T>(d, {q, k, v, dout, dq, dk, dv}, &mma)) != cudaSuccess) return err;
+  const int ni = static_cast<int>(n), di = static_cast<int>(d);
+  if constexpr (is_half_type<T>()) {
+    if (mma) {
+      if (d == 32) return attn_bwd_mma<T, 32>(q, k, v, dout, lse, dsum, dq, dk, dv, bh, ni, scale, stream);
+      if (d == 64) return attn_bwd_mma<T, 64>(q, k, v, dout, lse, dsum, dq, dk, dv, bh, ni, scale, stream);
+      return attn_bwd_mma<T, 128>(q, k, v, dout, lse, dsum, dq, dk, dv, bh, ni, scale, stream);
+    }
+  }
+  switch (simt_slab(d)) {
+    case 32:
+      return attn_bwd_simt<T, 32>(q, k, v, dout, lse, dsum, dq, dk, dv, bh, ni, di, scale, stream);
+    case 64:
+      return attn_bwd_simt<T, 64>(q, k, v, dout, lse, dsum, dq, dk, dv, bh, ni, di, scale, stream);
+    default:
+      return attn_bwd_simt<T, 128>(q, k, v, dout, lse, dsum, dq, dk, dv, bh, ni, di, scale, stream);
+  }
+}
+
+}  // namespace cuda
+}  // namespace mcvd

@@ -1,0 +1,65 @@
+// CUDA launcher of mcvd::reverse_step: argument checks, contiguous inputs,
+// outputs, dtype dispatch, and the launch of reverse_step.cuh on the current
+// stream. A sigma row without noise is ignored (the Python wrapper rejects a
+// non-zero float sigma without noise; per-sample sigma tensors are not read
+// back to the host to check).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "checks.h"
+#include "reverse_step.cuh"
+
+namespace mcvd {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> reverse_step_cuda(const at::Tensor& x_t_in, const at::Tensor& eps_in,
+                                                     const c10::optional<at::Tensor>& noise_in,
+                                                     const at::Tensor& coef_in, c10::optional<double> clip_lo,
+                                                     c10::optional<double> clip_hi) {
+  check_cuda(x_t_in, "x_t");
+  TORCH_CHECK(x_t_in.dim() >= 1, "x_t: expected a tensor with a batch dimension [B, ...], got a 0-d tensor");
+  check_float(x_t_in, "x_t");
+  check_optional(eps_in, "eps", x_t_in, "x_t", x_t_in.sizes());
+  check_optional(noise_in, "noise", x_t_in, "x_t", x_t_in.sizes());
+  const int64_t batch = x_t_in.size(0);
+  check_same_device(coef_in, "coef", x_t_in, "x_t");
+  TORCH_CHECK(coef_in.scalar_type() == at::kFloat || coef_in.scalar_type() == at::kDouble,
+              "coef: expected dtype float32 or float64, got ", coef_in.scalar_type());
+  check_shape(coef_in, "coef", {5, batch});
+  TORCH_CHECK(clip_lo.has_value() == clip_hi.has_value(), "clip_lo, clip_hi: expected both or neither, got ",
+              clip_lo.has_value() ? "only clip_lo" : "only clip_hi");
+  const bool clip = clip_lo.has_value();
+  TORCH_CHECK(!clip || *clip_lo <= *clip_hi, "clip_lo: expected clip_lo <= clip_hi, got ", *clip_lo, " > ",
+              *clip_hi);
+
+  const c10::cuda::CUDAGuard guard(x_t_in.device());
+  const at::Tensor x_t = MCVD_CONTIG(x_t_in), eps = MCVD_CONTIG(eps_in);
+  const c10::optional<at::Tensor> noise =
+      noise_in.has_value() ? c10::optional<at::Tensor>(MCVD_CONTIG(*noise_in)) : c10::nullopt;
+  // Coefficients in the accumulation type: float64 for float64 data, else float32.
+  const at::Tensor coef = MCVD_CONTIG(coef_in.to(x_t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+  at::Tensor x_prev = at::empty_like(x_t), x0 = at::empty_like(x_t);
+  const int64_t inner = batch == 0 ? 0 : x_t.numel() / batch;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_t.scalar_type(), "reverse_step_cuda", [&] {
+    using T = cuda::cuda_type_t<scalar_t>;
+    using A = cuda::acc_t<T>;
+    C10_CUDA_CHECK(cuda::reverse_step<T>(
+        cuda::as_cuda(x_t.const_data_ptr<scalar_t>()), cuda::as_cuda(eps.const_data_ptr<scalar_t>()),
+        noise ? cuda::as_cuda(noise->const_data_ptr<scalar_t>()) : nullptr, coef.const_data_ptr<A>(),
+        cuda::as_cuda(x_prev.data_ptr<scalar_t>()), cuda::as_cuda(x0.data_ptr<scalar_t>()), batch, inner, clip,
+        clip ? *clip_lo : 0.0, clip ? *clip_hi : 0.0, stream));
+  });
+  return {x_prev, x0};
+}
+
+}  // namespace
+}  // namespace mcvd
+
+TORCH_LIBRARY_IMPL(mcvd, CUDA, m) { m.impl("reverse_step", &mcvd::reverse_step_cuda); }

@@ -1,0 +1,142 @@
+// CUDA launchers of mcvd::spatin_norm_fwd / spatin_norm_bwd: argument checks,
+// contiguous inputs, outputs and workspace, dtype dispatch, and the launch of
+// the kernels of spatin_norm.cuh on the current stream.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <array>
+#include <tuple>
+
+#include "checks.h"
+#include "spatin_norm.cuh"
+
+namespace mcvd {
+namespace {
+
+using OptTensor = c10::optional<at::Tensor>;
+
+// weight, bias, gamma, beta, scale, shift
+constexpr std::array<const char*, 6> kOptNames = {"weight", "bias", "gamma", "beta", "scale", "shift"};
+
+std::array<OptTensor, 6> check_inputs(const at::Tensor& x, int64_t num_groups, std::array<OptTensor, 6> opt) {
+  check_cuda(x, "x");
+  check_rank(x, "x", 4, "[B, C, H, W]");
+  check_float(x, "x");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(num_groups > 0 && C % num_groups == 0, "num_groups: expected a positive divisor of the ", C,
+              " channels of x, got ", num_groups);
+  const std::array<std::vector<int64_t>, 6> shapes = {
+      std::vector<int64_t>{C}, {C}, {B, C, H, W}, {B, C, H, W}, {B, C}, {B, C}};
+  for (size_t i = 0; i < opt.size(); ++i) {
+    check_optional(opt[i], kOptNames[i], x, "x", shapes[i]);
+    if (opt[i]) opt[i] = MCVD_CONTIG(*opt[i]);
+  }
+  return opt;
+}
+
+template <typename S>
+cuda::SpatinInputs<cuda::cuda_type_t<S>> inputs_of(const at::Tensor& x, int64_t groups,
+                                                   const std::array<OptTensor, 6>& opt, bool silu) {
+  using T = cuda::cuda_type_t<S>;
+  auto ptr = [](const OptTensor& t) -> const T* { return t ? cuda::as_cuda(t->const_data_ptr<S>()) : nullptr; };
+  return {cuda::as_cuda(x.const_data_ptr<S>()),
+          ptr(opt[0]),
+          ptr(opt[1]),
+          ptr(opt[2]),
+          ptr(opt[3]),
+          ptr(opt[4]),
+          ptr(opt[5]),
+          x.size(0),
+          x.size(1),
+          x.size(2) * x.size(3),
+          groups,
+          silu};
+}
+
+at::ScalarType stat_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spatin_norm_fwd_cuda(
+    const at::Tensor& x_in, int64_t num_groups, const OptTensor& weight, const OptTensor& bias, const OptTensor& gamma,
+    const OptTensor& beta, const OptTensor& scale, const OptTensor& shift, double eps, bool silu) {
+  const auto opt = check_inputs(x_in, num_groups, {weight, bias, gamma, beta, scale, shift});
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = MCVD_CONTIG(x_in);
+  at::Tensor y = at::empty_like(x);
+  at::Tensor mean = at::empty({x.size(0), num_groups}, x.options().dtype(stat_dtype(x)));
+  at::Tensor rstd = at::empty_like(mean);
+  if (x.numel() == 0) return {y, mean.zero_(), rstd.zero_()};  // groups of no elements
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spatin_norm_fwd_cuda", [&] {
+    using T = cuda::cuda_type_t<scalar_t>;
+    using A = cuda::acc_t<T>;
+    const auto in = inputs_of<scalar_t>(x, num_groups, opt, silu);
+    size_t bytes = 0;
+    C10_CUDA_CHECK(cuda::spatin_norm_fwd_workspace<T>(in.batch, in.channels, in.hw, in.groups, &bytes));
+    at::Tensor ws = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
+    C10_CUDA_CHECK(cuda::spatin_norm_fwd<T>(in, cuda::as_cuda(y.data_ptr<scalar_t>()), mean.data_ptr<A>(),
+                                            rstd.data_ptr<A>(), eps, ws.data_ptr(), stream));
+  });
+  return {y, mean, rstd};
+}
+
+// mean and rstd come from the forward: [B, G] on x's device; any float dtype
+// is read as the statistics dtype.
+at::Tensor check_stat(const at::Tensor& t, const char* name, const at::Tensor& x, int64_t groups) {
+  check_same_device(t, name, x, "x");
+  check_shape(t, name, {x.size(0), groups});
+  return MCVD_CONTIG(t.to(stat_dtype(x)));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> spatin_norm_bwd_cuda(
+    const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& mean_in, const at::Tensor& rstd_in,
+    int64_t num_groups, const OptTensor& weight, const OptTensor& bias, const OptTensor& gamma, const OptTensor& beta,
+    const OptTensor& scale, const OptTensor& shift, bool silu) {
+  const auto opt = check_inputs(x_in, num_groups, {weight, bias, gamma, beta, scale, shift});
+  check_same_device(grad_y, "grad_y", x_in, "x");
+  check_same_dtype(grad_y, "grad_y", x_in, "x");
+  check_shape(grad_y, "grad_y", x_in.sizes());
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor mean = check_stat(mean_in, "mean", x_in, num_groups);
+  const at::Tensor rstd = check_stat(rstd_in, "rstd", x_in, num_groups);
+  const at::Tensor x = MCVD_CONTIG(x_in), dy = MCVD_CONTIG(grad_y);
+
+  // An absent input's gradient is an empty [0] tensor.
+  std::array<at::Tensor, 6> grads;
+  for (size_t i = 0; i < grads.size(); ++i)
+    grads[i] = opt[i] ? at::empty_like(*opt[i]) : at::empty({0}, x.options());
+  at::Tensor dx = at::empty_like(x);
+  if (x.numel() != 0) {
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spatin_norm_bwd_cuda", [&] {
+      using T = cuda::cuda_type_t<scalar_t>;
+      using A = cuda::acc_t<T>;
+      const auto in = inputs_of<scalar_t>(x, num_groups, opt, silu);
+      auto out_ptr = [&](size_t i) -> T* { return opt[i] ? cuda::as_cuda(grads[i].data_ptr<scalar_t>()) : nullptr; };
+      const cuda::SpatinGrads<T> out = {cuda::as_cuda(dx.data_ptr<scalar_t>()), out_ptr(0), out_ptr(1), out_ptr(2),
+                                        out_ptr(3), out_ptr(4), out_ptr(5)};
+      size_t bytes = 0;
+      C10_CUDA_CHECK(cuda::spatin_norm_bwd_workspace<T>(in.batch, in.channels, in.hw, in.groups, &bytes));
+      at::Tensor ws = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
+      C10_CUDA_CHECK(cuda::spatin_norm_bwd<T>(in, cuda::as_cuda(dy.const_data_ptr<scalar_t>()),
+                                              mean.const_data_ptr<A>(), rstd.const_data_ptr<A>(), out,
+                                              ws.data_ptr(), stream));
+    });
+  } else {
+    // Sums over no elements.
+    for (size_t i = 0; i < grads.size(); ++i)
+      if (opt[i]) grads[i].zero_();
+  }
+  return {dx, grads[0], grads[1], grads[2], grads[3], grads[4], grads[5]};
+}
+
+}  // namespace
+}  // namespace mcvd
+
+TORCH_LIBRARY_IMPL(mcvd, CUDA, m) {
+  m.impl("spatin_norm_fwd", &mcvd::spatin_norm_fwd_cuda);
+  m.impl("spatin_norm_bwd", &mcvd::spatin_norm_bwd_cuda);
+}

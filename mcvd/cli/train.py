@@ -3,7 +3,9 @@
 The config file has the sections `model`, `data` and `training` (schema:
 mcvd.train.config; example: configs/smmnist_small.yml). A workdir holding a
 checkpoint.pt is resumed; a new run needs a missing or empty workdir.
-Multi-GPU: `torchrun --nproc_per_node N -m mcvd train ...`.
+Multi-GPU: `torchrun --nproc_per_node N -m mcvd train ...`; several nodes:
+`torchrun --nnodes M --nproc_per_node N --rdzv_backend c10d --rdzv_endpoint HOST:PORT -m mcvd train ...`
+with the workdir on a shared file system. training.batch_size is the global batch.
 """
 from __future__ import annotations
 

@@ -9,6 +9,8 @@ A run lives in a work folder:
 
 A work folder that holds checkpoint.pt is resumed; a new run needs a missing
 or empty folder. Nothing else in the folder is ever deleted or overwritten.
+With several nodes the folder must be on a file system that all of them see
+(process 0 writes, every process reads the checkpoint to resume).
 Rows of metrics.csv written after the last checkpoint of an interrupted run
 are written again on resume (the last row of a step is the resumed run's).
 
@@ -97,7 +99,9 @@ def _prepare_workdir(workdir: Path, run: RunConfig) -> bool:
     """True to resume (checkpoint.pt present); else create the folder, config.yml and metrics.csv."""
     if (workdir / CHECKPOINT_NAME).is_file():
         return True
-    if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+    if workdir.exists() and not workdir.is_dir():
+        raise FileExistsError(f"workdir: {workdir} is a file; expected a folder")
+    if workdir.exists() and any(workdir.iterdir()):
         raise FileExistsError(f"workdir: {workdir} exists and holds files but no {CHECKPOINT_NAME} to resume "
                               f"from; choose a new or empty folder (existing files are never overwritten)")
     workdir.mkdir(parents=True, exist_ok=True)

@@ -90,6 +90,8 @@ def test_a_folder_with_other_files_is_never_written(tmp_path, tiny_run):
         train(tiny_run(), tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
     assert (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(FileExistsError, match=r"workdir: .*notes.txt is a file; expected a folder"):
+        train(tiny_run(), tmp_path / "notes.txt", progress=False)
 
 
 def test_resume_keeps_config_yml_and_rejects_another_model(tmp_path, tiny_run):

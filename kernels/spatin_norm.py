@@ -36,8 +36,10 @@ from torch.library import triton_op, wrap_triton
 
 from mcvd.ops.spatin_norm import make_backward, setup_context
 
-# Largest block of a row that one loop step holds.
+# Largest block of a row that one loop step holds, and largest tile of
+# partial results that one step of a combine loop holds.
 _MAX_BLOCK = 1024
+_MAX_TILE = 1024
 # Programs a launch aims for under TRITON_INTERPRET=1, where each one is a slow
 # Python loop step: rows are not split there unless a test lowers this.
 _INTERPRET_PROGRAMS = 1
@@ -423,7 +425,7 @@ def fwd(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor], bias: 
                                         num_warps=_warps(block))
     p = cg * nch
     wrap_triton(_combine_kernel)[(B * num_groups,)](part, mean, rstd, p, npart, eps, F64=f64,
-                                                    PBLOCK=min(triton.next_power_of_2(p), 1024))
+                                                    PBLOCK=min(triton.next_power_of_2(p), _MAX_TILE))
     opt = [x if t is None else t for t in (weight, bias, gamma, beta, scale, shift)]
     wrap_triton(_fwd_apply_kernel)[(npart,)](x, y, mean, rstd, *opt, C, cg, hw, chunk, nch,
                                             **_flags(weight, bias, gamma, beta, scale, shift), SILU=silu,
@@ -459,18 +461,18 @@ def bwd(grad_y: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.T
                                              **flags, SILU=silu, F64=f64, BLOCK=block, num_warps=_warps(block))
     rsum = torch.empty((2, rows), dtype=acc_dtype, device=x.device)
     gmean = torch.empty((2, B * num_groups), dtype=acc_dtype, device=x.device)
-    cblock = min(triton.next_power_of_2(cg), 1024)
-    hblock = max(1, min(triton.next_power_of_2(nch), 1024 // cblock))
+    cblock = min(triton.next_power_of_2(cg), _MAX_TILE)
+    hblock = max(1, min(triton.next_power_of_2(nch), _MAX_TILE // cblock))
     wrap_triton(_bwd_finalize_kernel)[(B * num_groups,)](
         part, opt[0], dscale if scale is not None else x, dshift if shift is not None else x, rsum, gmean,
         C, cg, hw, nch, npart, rows, B * num_groups, HAS_W=flags["HAS_W"], HAS_SCALE=flags["HAS_SCALE"],
         HAS_SHIFT=flags["HAS_SHIFT"], F64=f64, CBLOCK=cblock, HBLOCK=hblock)
     if weight is not None or bias is not None:
-        cblock = min(triton.next_power_of_2(C), 256)
+        cblock = min(triton.next_power_of_2(C), max(1, _MAX_TILE // 4))
         wrap_triton(_bwd_wsum_kernel)[(triton.cdiv(C, cblock),)](
             rsum, dweight if weight is not None else x, dbias if bias is not None else x, B, C, rows,
             HAS_W=flags["HAS_W"], HAS_B=flags["HAS_B"], F64=f64,
-            BBLOCK=min(triton.next_power_of_2(B), 2048 // cblock), CBLOCK=cblock)
+            BBLOCK=max(1, min(triton.next_power_of_2(B), _MAX_TILE // cblock)), CBLOCK=cblock)
     wrap_triton(_bwd_apply_kernel)[(npart,)](
         grad_y, x, mean, rstd, *opt, gmean, dx, dgamma if gamma is not None else x, dbeta if beta is not None else x,
         C, cg, hw, chunk, nch, B * num_groups, **flags, SILU=silu, F64=f64, BLOCK=block, num_warps=_warps(block))

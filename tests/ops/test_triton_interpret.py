@@ -139,16 +139,18 @@ def test_spatin_norm_float64(given, silu):
 
 
 @interpreted
-@pytest.mark.parametrize("max_block, programs, plan", [(16, 12, (16, 16, 4)), (8, 6, (8, 32, 2))])
+@pytest.mark.parametrize("max_block, programs, plan", [(16, 36, (16, 16, 4)), (8, 18, (8, 32, 2))])
 def test_spatin_norm_split_rows(monkeypatch, max_block, programs, plan):
     """Rows cut into several chunks (and chunks of several blocks), so the
-    partial statistics and partial gradient sums are combined across programs.
+    partial statistics and partial gradient sums are combined across programs,
+    and combine tiles of 2 partials, so every combine loop runs several steps.
     C = 3 in one group; H * W = 63 is a multiple of no block size."""
     from mcvd.kernels import spatin_norm as sn
 
     monkeypatch.setattr(sn, "_MAX_BLOCK", max_block)
+    monkeypatch.setattr(sn, "_MAX_TILE", 2)
     monkeypatch.setattr(sn, "_INTERPRET_PROGRAMS", programs)
-    B, C, H, W, G, eps = 1, 3, 7, 9, 1, 1e-6
+    B, C, H, W, G, eps = 3, 3, 7, 9, 1, 1e-6
     assert sn._plan(B * C, H * W, torch.device("cpu")) == plan
     x, opt = _spatin_inputs(B, C, H, W, SPATIN_OPT, torch.float64, loc=-3.0)
     g = torch.randn(B, C, H, W, dtype=torch.float64)

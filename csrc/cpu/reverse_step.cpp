@@ -40,14 +40,13 @@ template <bool kNoise, bool kClip, typename T>
 void step_block(const T* x_t, const T* eps, const T* noise, T* x_prev, T* x0, int64_t n, Coefs<T> k, T lo, T hi) {
   using V = Vec<T>;
   constexpr int64_t W = V::size();
-  // x0 = x_t / b - eps * a / b: a multiply instead of a divide per element
-  // (the divide bounds the loop), at the cost of one more rounding.
-  const V inv_b(T(1) / k.b), neg_a_b(-k.a / k.b), c_x0(k.c_x0), c_xt(k.c_xt), sigma(k.sigma), vlo(lo), vhi(hi);
+  const V neg_a(-k.a), b(k.b), c_x0(k.c_x0), c_xt(k.c_xt), sigma(k.sigma), vlo(lo), vhi(hi);
   auto step = [&](int64_t i, int64_t len) {
     auto load = [&](const T* p) { return len == W ? V::loadu(p + i) : V::loadu(p + i, len); };
     auto store = [&](const V& v, T* p) { len == W ? v.store(p + i) : v.store(p + i, len); };
     const V xt = load(x_t);
-    V pred = at::vec::fmadd(load(eps), neg_a_b, xt * inv_b);
+    // The loop is bound by memory traffic, so the divide costs nothing.
+    V pred = at::vec::fmadd(neg_a, load(eps), xt) / b;
     if constexpr (kClip) pred = at::vec::clamp(pred, vlo, vhi);
     V prev = at::vec::fmadd(c_x0, pred, c_xt * xt);
     if constexpr (kNoise) prev = at::vec::fmadd(sigma, load(noise), prev);

@@ -19,6 +19,12 @@ inline std::string shape_str(at::IntArrayRef s) {
   return out + "]";
 }
 
+// Dtypes print as Python does ("torch.float32"), so both layers of checks
+// give the same message.
+inline std::string dtype_str(at::ScalarType t) {
+  return "torch." + std::string(c10::getDtypeNames(t).first);
+}
+
 inline void check_rank(const at::Tensor& t, const char* name, int64_t rank,
                        const char* layout) {
   TORCH_CHECK(t.dim() == rank, name, ": expected a ", rank, "-d tensor ",
@@ -38,14 +44,14 @@ inline void check_float(const at::Tensor& t, const char* name) {
               name,
               ": expected a floating dtype (float32, float64, bfloat16, "
               "float16), got ",
-              t.scalar_type());
+              dtype_str(t.scalar_type()));
 }
 
 inline void check_same_dtype(const at::Tensor& t, const char* name,
                              const at::Tensor& ref, const char* ref_name) {
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, ": expected dtype ",
-              ref.scalar_type(), " (the dtype of ", ref_name, "), got ",
-              t.scalar_type());
+              dtype_str(ref.scalar_type()), " (the dtype of ", ref_name,
+              "), got ", dtype_str(t.scalar_type()));
 }
 
 inline void check_same_device(const at::Tensor& t, const char* name,
@@ -55,15 +61,29 @@ inline void check_same_device(const at::Tensor& t, const char* name,
               t.device());
 }
 
+inline void check_dtype(const at::Tensor& t, const char* name,
+                        at::ScalarType expected) {
+  TORCH_CHECK(t.scalar_type() == expected, name, ": expected dtype ",
+              dtype_str(expected), ", got ", dtype_str(t.scalar_type()));
+}
+
+// A tensor that must match `ref` in device and dtype and have the given
+// shape (the order of mcvd/ops/_checks.py's check_like).
+inline void check_like(const at::Tensor& t, const char* name,
+                       const at::Tensor& ref, const char* ref_name,
+                       at::IntArrayRef expected) {
+  check_same_device(t, name, ref, ref_name);
+  check_same_dtype(t, name, ref, ref_name);
+  check_shape(t, name, expected);
+}
+
 // An optional tensor that must match `ref` in dtype and device and have the
 // given shape.
 inline void check_optional(const c10::optional<at::Tensor>& t, const char* name,
                            const at::Tensor& ref, const char* ref_name,
                            at::IntArrayRef expected) {
   if (!t.has_value()) return;
-  check_same_device(*t, name, ref, ref_name);
-  check_same_dtype(*t, name, ref, ref_name);
-  check_shape(*t, name, expected);
+  check_like(*t, name, ref, ref_name, expected);
 }
 
 }  // namespace mcvd

@@ -1,1 +1,500 @@
-// placeholder
+// CPU kernels of mcvd::spatin_norm_fwd and mcvd::spatin_norm_bwd (schemas in
+// csrc/ops.cpp, reference in mcvd/ops/spatin_norm.py).
+//
+//   xhat = (x - mean) * rstd                  per (batch, group)
+//   h1 = xhat * w + b                         weight, bias: [C]
+//   h2 = h1 * (1 + gamma) + beta              gamma, beta: [B, C, H, W]
+//   h3 = h2 * (1 + scale) + shift             scale, shift: [B, C]
+//   y  = silu(h3) or h3
+//
+// Work is split over (batch, group): a group is one contiguous run of
+// C / G * H * W elements, so each task streams its own memory and owns its
+// outputs. Absent optionals act as their identity (w = 1, b = 0, ...), and
+// gamma, beta and SiLU are template flags so the inner loops carry no
+// branches. float16 and bfloat16 are computed in float, block by block.
+//
+// SiLU takes ATen's exp_u20 (inline, within 20 ulp in float, the exact exp
+// in double): Sleef's exp is a function call that spills every live vector,
+// which made the backward loop several times slower.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "checks.h"
+
+namespace mcvd {
+namespace {
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+// Elements per block: small enough that a block of every input stays in L1,
+// and a multiple of every vector width so only a row's last block has a tail.
+constexpr int64_t kBlock = 1024;
+
+template <typename T>
+double hsum(const Vec<T>& v) {
+  __at_align__ T lanes[Vec<T>::size()];
+  v.store(lanes);
+  double s = 0;
+  for (int i = 0; i < Vec<T>::size(); ++i) s += lanes[i];
+  return s;
+}
+
+// One block of a tensor seen in the compute type: float and double blocks
+// are used in place, float16 and bfloat16 blocks are widened into `buf` on
+// load and narrowed from it on store. A null pointer (absent optional)
+// stays null.
+template <typename scalar_t>
+struct Stage {
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr bool kInPlace = std::is_same_v<scalar_t, acc_t>;
+  alignas(64) acc_t buf[kInPlace ? 1 : kBlock];
+
+  const acc_t* load(const scalar_t* p, int64_t n) {
+    if constexpr (kInPlace) {
+      return p;
+    } else {
+      if (p == nullptr) return nullptr;
+      at::vec::convert(p, buf, n);
+      return buf;
+    }
+  }
+  acc_t* out(scalar_t* p) {
+    if constexpr (kInPlace) {
+      return p;
+    } else {
+      return p == nullptr ? nullptr : buf;
+    }
+  }
+  void store(scalar_t* p, int64_t n) {
+    if constexpr (!kInPlace) {
+      if (p != nullptr) at::vec::convert(buf, p, n);
+    }
+  }
+};
+
+template <typename T>
+const T* offset(const T* p, int64_t i) {
+  return p == nullptr ? nullptr : p + i;
+}
+template <typename T>
+T* offset(T* p, int64_t i) {
+  return p == nullptr ? nullptr : p + i;
+}
+
+// Calls f(std::bool_constant<a>, std::bool_constant<b>, std::bool_constant<c>).
+template <typename F>
+void with_flags(bool a, bool b, bool c, F&& f) {
+  auto one = [](bool v, auto&& g) {
+    if (v) {
+      g(std::true_type{});
+    } else {
+      g(std::false_type{});
+    }
+  };
+  one(a, [&](auto A) { one(b, [&](auto B) { one(c, [&](auto C) { f(A, B, C); }); }); });
+}
+
+// ---------------------------------------------------------------- statistics
+
+// Count, mean and sum of squared deviations (M2) of a set of values.
+struct Moments {
+  double n = 0, mean = 0, m2 = 0;
+  // Chan et al.'s pairwise combination: exact in exact arithmetic, and free
+  // of the cancellation of sum(x^2) - n * mean^2.
+  void add(const Moments& o) {
+    const double total = n + o.n;
+    if (total == 0) return;
+    const double delta = o.mean - mean;
+    mean += delta * o.n / total;
+    m2 += o.m2 + delta * delta * n * o.n / total;
+    n = total;
+  }
+};
+
+// Moments of one block in two passes over L1-resident data: deviations are
+// taken from the block's own mean, and the sum of deviations corrects for
+// that mean's rounding.
+template <typename T>
+Moments block_moments(const T* p, int64_t n) {
+  using V = Vec<T>;
+  constexpr int64_t W = V::size();
+  V s0(0), s1(0);
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    s0 += V::loadu(p + i);
+    s1 += V::loadu(p + i + W);
+  }
+  for (; i < n; i += W) s0 += V::loadu(p + i, std::min(W, n - i));  // zero-filled tail
+  const T m = static_cast<T>(hsum(s0 + s1) / static_cast<double>(n));
+  const V vm(m);
+  V d_sum(0), d_sq(0);
+  for (i = 0; i + W <= n; i += W) {
+    const V d = V::loadu(p + i) - vm;
+    d_sum += d;
+    d_sq = at::vec::fmadd(d, d, d_sq);
+  }
+  if (i < n) {
+    const int64_t k = n - i;
+    const V d = V::set(V(0), V::loadu(p + i, k) - vm, k);
+    d_sum += d;
+    d_sq = at::vec::fmadd(d, d, d_sq);
+  }
+  const double sd = hsum(d_sum), sq = hsum(d_sq);
+  return {static_cast<double>(n), m + sd / n, sq - sd * sd / n};
+}
+
+template <typename scalar_t>
+Moments group_moments(const scalar_t* x, int64_t n) {
+  Stage<scalar_t> sx;
+  Moments total;
+  for (int64_t i = 0; i < n; i += kBlock) {
+    const int64_t len = std::min(kBlock, n - i);
+    total.add(block_moments(sx.load(x + i, len), len));
+  }
+  return total;
+}
+
+// ---------------------------------------------------------------- forward
+
+// y = silu?(h3) for one row of a channel. The per-channel affine, the
+// GroupNorm statistics and scale are folded into u = x * P + Q (= h1 * S);
+// then h3 = u * (1 + gamma) + R + beta * S, with S = 1 + scale, R = shift.
+template <bool kGamma, bool kBeta, bool kSilu, typename T>
+void fwd_row(const T* x, const T* gamma, const T* beta, T* y, int64_t n, T P, T Q, T R, T S) {
+  using V = Vec<T>;
+  constexpr int64_t W = V::size();
+  const V vP(P), vQ(Q), vR(R), vS(S), one(1);
+  auto h3 = [&](const V& xv, const V& g, const V& b) {
+    V u = at::vec::fmadd(xv, vP, vQ);
+    if constexpr (kGamma) u = at::vec::fmadd(u, g, u + vR);
+    if constexpr (kBeta) u = at::vec::fmadd(b, vS, u);
+    if constexpr (kSilu) u = u / (one + u.neg().exp_u20());
+    return u;
+  };
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    const V g = kGamma ? V::loadu(gamma + i) : V(0);
+    const V b = kBeta ? V::loadu(beta + i) : V(0);
+    h3(V::loadu(x + i), g, b).store(y + i);
+  }
+  if (i < n) {
+    const int64_t k = n - i;
+    const V g = kGamma ? V::loadu(gamma + i, k) : V(0);
+    const V b = kBeta ? V::loadu(beta + i, k) : V(0);
+    h3(V::loadu(x + i, k), g, b).store(y + i, k);
+  }
+}
+
+// Raw pointers of the optional inputs (null when absent), contiguous.
+template <typename scalar_t>
+struct Optionals {
+  const scalar_t *weight, *bias, *gamma, *beta, *scale, *shift;
+};
+
+template <typename T>
+T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+template <typename scalar_t>
+double value_or(const scalar_t* p, int64_t i, double fallback) {
+  return p == nullptr ? fallback : static_cast<double>(p[i]);
+}
+
+template <typename scalar_t, typename stat_t>
+void fwd_kernel(const scalar_t* x, Optionals<scalar_t> opt, scalar_t* y, stat_t* mean_out, stat_t* rstd_out,
+                int64_t B, int64_t C, int64_t HW, int64_t G, double eps, bool silu) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t Cg = C / G, group_numel = Cg * HW;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, group_numel));
+  with_flags(opt.gamma != nullptr, opt.beta != nullptr, silu, [&](auto gamma_flag, auto beta_flag, auto silu_flag) {
+    constexpr bool kGamma = decltype(gamma_flag)::value, kBeta = decltype(beta_flag)::value;
+    constexpr bool kSilu = decltype(silu_flag)::value;
+    at::parallel_for(0, B * G, grain, [&](int64_t begin, int64_t end) {
+      Stage<scalar_t> sx, sg, sb, sy;
+      for (int64_t bg = begin; bg < end; ++bg) {
+        const int64_t b = bg / G, g = bg % G;
+        const int64_t base = bg * group_numel;
+        const Moments m = group_moments(x + base, group_numel);
+        const double var = group_numel > 0 ? std::max(m.m2 / group_numel, 0.0) : 0.0;
+        // The stored (rounded) statistics are the ones used here and in the
+        // backward, so forward and backward see the same normalisation.
+        mean_out[bg] = static_cast<stat_t>(m.mean);
+        rstd_out[bg] = static_cast<stat_t>(1.0 / std::sqrt(var + eps));
+        const double mean = mean_out[bg], rstd = rstd_out[bg];
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+          const double a = rstd * value_or(opt.weight, c, 1.0);
+          const double h1_0 = value_or(opt.bias, c, 0.0) - mean * a;  // h1 = x * a + h1_0
+          const double S = 1.0 + value_or(opt.scale, b * C + c, 0.0);
+          const double R = value_or(opt.shift, b * C + c, 0.0);
+          const acc_t P = a * S, Q = h1_0 * S + (kGamma ? 0.0 : R);
+          const int64_t row = base + (c - g * Cg) * HW;
+          for (int64_t i = 0; i < HW; i += kBlock) {
+            const int64_t len = std::min(kBlock, HW - i), at = row + i;
+            fwd_row<kGamma, kBeta, kSilu>(sx.load(x + at, len), sg.load(offset(opt.gamma, at), len),
+                                                   sb.load(offset(opt.beta, at), len), sy.out(y + at), len, P, Q,
+                                                   static_cast<acc_t>(R), static_cast<acc_t>(S));
+            sy.store(y + at, len);
+          }
+        }
+      }
+    });
+  });
+}
+
+// ---------------------------------------------------------------- backward
+
+// Per-row sums of the first backward pass, as vectors until the row ends.
+template <typename T>
+struct RowSums {
+  Vec<T> dshift{0}, dscale{0}, dbias{0}, dweight{0};
+};
+
+// First backward pass over one row: writes grad_gamma, grad_beta and dh1 (to
+// the task's scratch), and accumulates sum dh3 (shift), sum dh3 * h2
+// (scale), sum dh1 (bias) and sum dh1 * xhat (weight). Constants: xhat =
+// x * r + mr, h1 = xhat * w + bb, S = 1 + scale, R = shift.
+template <bool kGamma, bool kBeta, bool kSilu, typename T>
+void bwd_row(const T* dy, const T* x, const T* gamma, const T* beta, T* dgamma, T* dbeta, T* dh1_out, int64_t n,
+             T r, T mr, T w, T bb, T S, T R, RowSums<T>& row_sums) {
+  using V = Vec<T>;
+  constexpr int64_t W = V::size();
+  const V vr(r), vmr(mr), vw(w), vbb(bb), vS(S), vR(R), one(1);
+  RowSums<T> sums = row_sums;  // a local copy stays in registers
+  // A tail lane has dy = 0, so it adds nothing to the sums.
+  auto step = [&](int64_t i, int64_t k) {
+    auto load = [&](const T* p) { return k == W ? V::loadu(p + i) : V::loadu(p + i, k); };
+    auto store = [&](const V& v, T* p) { k == W ? v.store(p + i) : v.store(p + i, k); };
+    const V xh = at::vec::fmadd(load(x), vr, vmr);
+    const V h1 = at::vec::fmadd(xh, vw, vbb);
+    const V g1 = kGamma ? one + load(gamma) : one;
+    V h2 = kGamma ? h1 * g1 : h1;
+    if constexpr (kBeta) h2 += load(beta);
+    V dh3 = load(dy);
+    if constexpr (kSilu) {
+      const V h3 = at::vec::fmadd(h2, vS, vR);
+      const V sig = one / (one + h3.neg().exp_u20());
+      dh3 = dh3 * sig * at::vec::fmadd(h3, one - sig, one);
+    }
+    sums.dshift += dh3;
+    sums.dscale = at::vec::fmadd(dh3, h2, sums.dscale);
+    const V dh2 = dh3 * vS;
+    if constexpr (kGamma) store(dh2 * h1, dgamma);
+    if constexpr (kBeta) store(dh2, dbeta);
+    const V dh1 = kGamma ? dh2 * g1 : dh2;
+    sums.dbias += dh1;
+    sums.dweight = at::vec::fmadd(dh1, xh, sums.dweight);
+    store(dh1, dh1_out);
+  };
+  int64_t i = 0;
+  for (; i + W <= n; i += W) step(i, W);
+  if (i < n) step(i, n - i);
+  row_sums = sums;
+}
+
+// Second backward pass: dx = rstd * (w * dh1 - mean(w dh1) - xhat * mean(w dh1 xhat))
+// folded into dx = dh1 * k1 + x * k2 + k3.
+template <typename T>
+void dx_row(const T* dh1, const T* x, T* dx, int64_t n, T k1, T k2, T k3) {
+  using V = Vec<T>;
+  constexpr int64_t W = V::size();
+  const V v1(k1), v2(k2), v3(k3);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    at::vec::fmadd(V::loadu(dh1 + i), v1, at::vec::fmadd(V::loadu(x + i), v2, v3)).store(dx + i);
+  }
+  if (i < n) {
+    const int64_t k = n - i;
+    at::vec::fmadd(V::loadu(dh1 + i, k), v1, at::vec::fmadd(V::loadu(x + i, k), v2, v3)).store(dx + i, k);
+  }
+}
+
+// Gradient outputs (null when the input was absent); dweight_bc and dbias_bc
+// are [B, C] per-sample partials, summed over the batch after the parallel
+// loop so no two tasks write one location.
+template <typename scalar_t>
+struct Grads {
+  scalar_t *dx, *dgamma, *dbeta, *dscale, *dshift;
+  double *dweight_bc, *dbias_bc;
+};
+
+template <typename scalar_t, typename stat_t>
+void bwd_kernel(const scalar_t* dy, const scalar_t* x, const stat_t* mean_in, const stat_t* rstd_in,
+                Optionals<scalar_t> opt, Grads<scalar_t> out, int64_t B, int64_t C, int64_t HW, int64_t G,
+                bool silu) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t Cg = C / G, group_numel = Cg * HW;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, group_numel));
+  with_flags(opt.gamma != nullptr, opt.beta != nullptr, silu, [&](auto gamma_flag, auto beta_flag, auto silu_flag) {
+    constexpr bool kGamma = decltype(gamma_flag)::value, kBeta = decltype(beta_flag)::value;
+    constexpr bool kSilu = decltype(silu_flag)::value;
+    at::parallel_for(0, B * G, grain, [&](int64_t begin, int64_t end) {
+      Stage<scalar_t> sdy, sx, sg, sb, sdg, sdb;
+      std::vector<acc_t> dh1(group_numel);  // this task's group, between the two passes
+      for (int64_t bg = begin; bg < end; ++bg) {
+        const int64_t b = bg / G, g = bg % G;
+        const int64_t base = bg * group_numel;
+        const double mean = mean_in[bg], rstd = rstd_in[bg];
+        double sum_wdh1 = 0, sum_wdh1_xhat = 0;
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+          const double w = value_or(opt.weight, c, 1.0);
+          const acc_t S = 1.0 + value_or(opt.scale, b * C + c, 0.0);
+          const acc_t R = value_or(opt.shift, b * C + c, 0.0);
+          const int64_t row = base + (c - g * Cg) * HW;
+          RowSums<acc_t> sums;
+          for (int64_t i = 0; i < HW; i += kBlock) {
+            const int64_t len = std::min(kBlock, HW - i), at = row + i;
+            scalar_t* dgamma = offset(out.dgamma, at);
+            scalar_t* dbeta = offset(out.dbeta, at);
+            bwd_row<kGamma, kBeta, kSilu>(
+                sdy.load(dy + at, len), sx.load(x + at, len), sg.load(offset(opt.gamma, at), len),
+                sb.load(offset(opt.beta, at), len), sdg.out(dgamma), sdb.out(dbeta), dh1.data() + (at - base), len,
+                static_cast<acc_t>(rstd), static_cast<acc_t>(-mean * rstd), static_cast<acc_t>(w),
+                static_cast<acc_t>(value_or(opt.bias, c, 0.0)), S, R, sums);
+            if constexpr (kGamma) sdg.store(dgamma, len);
+            if constexpr (kBeta) sdb.store(dbeta, len);
+          }
+          const double dbias = hsum(sums.dbias), dweight = hsum(sums.dweight);
+          out.dbias_bc[b * C + c] = dbias;
+          out.dweight_bc[b * C + c] = dweight;
+          if (out.dscale != nullptr) out.dscale[b * C + c] = static_cast<scalar_t>(hsum(sums.dscale));
+          if (out.dshift != nullptr) out.dshift[b * C + c] = static_cast<scalar_t>(hsum(sums.dshift));
+          sum_wdh1 += w * dbias;
+          sum_wdh1_xhat += w * dweight;
+        }
+        const double m1 = sum_wdh1 / group_numel, m2 = sum_wdh1_xhat / group_numel;
+        const acc_t k2 = -rstd * rstd * m2, k3 = -rstd * (m1 - mean * rstd * m2);
+        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+          const acc_t k1 = rstd * value_or(opt.weight, c, 1.0);
+          const int64_t row = base + (c - g * Cg) * HW;
+          for (int64_t i = 0; i < HW; i += kBlock) {
+            const int64_t len = std::min(kBlock, HW - i), at = row + i;
+            dx_row(dh1.data() + (at - base), sx.load(x + at, len), sdy.out(out.dx + at), len, k1, k2, k3);
+            sdy.store(out.dx + at, len);
+          }
+        }
+      }
+    });
+  });
+}
+
+// ---------------------------------------------------------------- op entry points
+
+using OptTensor = c10::optional<at::Tensor>;
+
+at::ScalarType stat_dtype(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_inputs(const at::Tensor& x, int64_t num_groups, const OptTensor& weight, const OptTensor& bias,
+                  const OptTensor& gamma, const OptTensor& beta, const OptTensor& scale, const OptTensor& shift) {
+  check_rank(x, "x", 4, "[B, C, H, W]");
+  check_float(x, "x");
+  const int64_t B = x.size(0), C = x.size(1);
+  TORCH_CHECK(num_groups > 0 && C % num_groups == 0, "num_groups: expected a positive divisor of the ", C,
+              " channels of x, got ", num_groups);
+  check_optional(weight, "weight", x, "x", {C});
+  check_optional(bias, "bias", x, "x", {C});
+  check_optional(gamma, "gamma", x, "x", x.sizes());
+  check_optional(beta, "beta", x, "x", x.sizes());
+  check_optional(scale, "scale", x, "x", {B, C});
+  check_optional(shift, "shift", x, "x", {B, C});
+}
+
+at::Tensor contig_or_undefined(const OptTensor& t) {
+  return t.has_value() ? MCVD_CONTIG(*t) : at::Tensor();
+}
+
+struct ContigOptionals {
+  at::Tensor weight, bias, gamma, beta, scale, shift;
+  ContigOptionals(const OptTensor& w, const OptTensor& b, const OptTensor& g, const OptTensor& be,
+                  const OptTensor& s, const OptTensor& sh)
+      : weight(contig_or_undefined(w)),
+        bias(contig_or_undefined(b)),
+        gamma(contig_or_undefined(g)),
+        beta(contig_or_undefined(be)),
+        scale(contig_or_undefined(s)),
+        shift(contig_or_undefined(sh)) {}
+  template <typename scalar_t>
+  Optionals<scalar_t> ptrs() const {
+    return {data_or_null<scalar_t>(weight), data_or_null<scalar_t>(bias),  data_or_null<scalar_t>(gamma),
+            data_or_null<scalar_t>(beta),   data_or_null<scalar_t>(scale), data_or_null<scalar_t>(shift)};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spatin_norm_fwd_cpu(const at::Tensor& x_in, int64_t num_groups,
+                                                                   const OptTensor& weight, const OptTensor& bias,
+                                                                   const OptTensor& gamma, const OptTensor& beta,
+                                                                   const OptTensor& scale, const OptTensor& shift,
+                                                                   double eps, bool silu) {
+  check_inputs(x_in, num_groups, weight, bias, gamma, beta, scale, shift);
+  const at::Tensor x = MCVD_CONTIG(x_in);
+  const ContigOptionals opt(weight, bias, gamma, beta, scale, shift);
+  const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor mean = at::empty({B, num_groups}, x.options().dtype(stat_dtype(x)));
+  at::Tensor rstd = at::empty_like(mean);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "spatin_norm_fwd", [&] {
+    using stat_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    fwd_kernel<scalar_t, stat_t>(x.const_data_ptr<scalar_t>(), opt.ptrs<scalar_t>(), y.data_ptr<scalar_t>(),
+                                 mean.data_ptr<stat_t>(), rstd.data_ptr<stat_t>(), B, C, HW, num_groups, eps, silu);
+  });
+  return {y, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> spatin_norm_bwd_cpu(
+    const at::Tensor& grad_y_in, const at::Tensor& x_in, const at::Tensor& mean_in, const at::Tensor& rstd_in,
+    int64_t num_groups, const OptTensor& weight, const OptTensor& bias, const OptTensor& gamma,
+    const OptTensor& beta, const OptTensor& scale, const OptTensor& shift, bool silu) {
+  check_inputs(x_in, num_groups, weight, bias, gamma, beta, scale, shift);
+  const int64_t B = x_in.size(0), C = x_in.size(1), HW = x_in.size(2) * x_in.size(3);
+  check_like(grad_y_in, "grad_y", x_in, "x", x_in.sizes());
+  for (const auto& [t, name] : {std::pair(&mean_in, "mean"), std::pair(&rstd_in, "rstd")}) {
+    check_same_device(*t, name, x_in, "x");
+    check_dtype(*t, name, stat_dtype(x_in));
+    check_shape(*t, name, {B, num_groups});
+  }
+  const at::Tensor x = MCVD_CONTIG(x_in), grad_y = MCVD_CONTIG(grad_y_in);
+  const at::Tensor mean = MCVD_CONTIG(mean_in), rstd = MCVD_CONTIG(rstd_in);
+  const ContigOptionals opt(weight, bias, gamma, beta, scale, shift);
+  // Each absent gradient is its own empty tensor: outputs must not alias.
+  auto absent = [&] { return at::empty({0}, x.options()); };
+  auto like_or_absent = [&](const at::Tensor& t) { return t.defined() ? at::empty_like(t) : absent(); };
+  at::Tensor grad_x = at::empty_like(x);
+  at::Tensor grad_gamma = like_or_absent(opt.gamma), grad_beta = like_or_absent(opt.beta);
+  at::Tensor grad_scale = like_or_absent(opt.scale), grad_shift = like_or_absent(opt.shift);
+  at::Tensor dweight_bc = at::empty({B, C}, x.options().dtype(at::kDouble));
+  at::Tensor dbias_bc = at::empty_like(dweight_bc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "spatin_norm_bwd", [&] {
+    using stat_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const Grads<scalar_t> grads{grad_x.data_ptr<scalar_t>(),     data_or_null<scalar_t>(grad_gamma),
+                                data_or_null<scalar_t>(grad_beta), data_or_null<scalar_t>(grad_scale),
+                                data_or_null<scalar_t>(grad_shift), dweight_bc.data_ptr<double>(),
+                                dbias_bc.data_ptr<double>()};
+    bwd_kernel<scalar_t, stat_t>(grad_y.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                 mean.const_data_ptr<stat_t>(), rstd.const_data_ptr<stat_t>(), opt.ptrs<scalar_t>(),
+                                 grads, B, C, HW, num_groups, silu);
+  });
+  at::Tensor grad_weight = opt.weight.defined() ? dweight_bc.sum(0).to(x.scalar_type()) : absent();
+  at::Tensor grad_bias = opt.bias.defined() ? dbias_bc.sum(0).to(x.scalar_type()) : absent();
+  return {grad_x, grad_weight, grad_bias, grad_gamma, grad_beta, grad_scale, grad_shift};
+}
+
+}  // namespace
+}  // namespace mcvd
+
+TORCH_LIBRARY_IMPL(mcvd, CPU, m) {
+  m.impl("spatin_norm_fwd", &mcvd::spatin_norm_fwd_cpu);
+  m.impl("spatin_norm_bwd", &mcvd::spatin_norm_bwd_cpu);
+}

@@ -1,0 +1,301 @@
+"""mcvd.ops.reverse_step and the mcvd::reverse_step kernel, against
+reverse_step_ref in float64 and the DDPM / DDIM closed forms."""
+import math
+
+import pytest
+import torch
+
+from mcvd.ops import available_backends, reverse_step, reverse_step_ref
+from mcvd.ops.reverse_step import _coef_table
+
+# Minimal, odd and video-like shapes; [7, 3, 61, 67] is large enough that the
+# threads split it in the middle of a sample.
+SHAPES = [(1, 1), (2, 3, 5, 7), (3, 5, 17, 13), (2, 3, 2, 8, 8), (7, 3, 61, 67)]
+COEF_NAMES = ("a", "b", "c_x0", "c_xt", "sigma")
+
+
+def random_coefs(B, per_sample, dtype=torch.float64, device="cpu"):
+    """Coefficients in the ranges a sampler uses: a, b in (0.1, 1), the
+    others in (0, 1); floats, or [B] tensors when per_sample."""
+    if not per_sample:
+        return {name: 0.1 + 0.9 * torch.rand(()).item() for name in COEF_NAMES}
+    return {name: (0.1 + 0.9 * torch.rand(B, dtype=torch.float64)).to(dtype).to(device) for name in COEF_NAMES}
+
+
+def reference(x_t, eps, noise, coefs, clip):
+    """reverse_step_ref in float64 on the float64 copies of the inputs."""
+    x64 = x_t.double().cpu()
+    table = _coef_table(x64, [c.double().cpu() if isinstance(c, torch.Tensor) else c for c in coefs.values()])
+    lo, hi = (None, None) if clip is None else clip
+    return reverse_step_ref(x64, eps.double().cpu(), None if noise is None else noise.double().cpu(), table, lo, hi)
+
+
+def make(shape, dtype=torch.float64, device="cpu", with_noise=True):
+    x_t, eps, noise = (torch.randn(shape, dtype=torch.float64).to(dtype).to(device) for _ in range(3))
+    return x_t, eps, noise if with_noise else None
+
+
+@pytest.mark.parametrize("per_sample", [False, True], ids=["floats", "tensors"])
+@pytest.mark.parametrize("clip", [None, (-1.0, 1.0)], ids=["noclip", "clip"])
+@pytest.mark.parametrize("with_noise", [True, False], ids=["noise", "nonoise"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_float64_matches_reference(backend_device, shape, with_noise, clip, per_sample):
+    backend, device = backend_device
+    x_t, eps, noise = make(shape, device=device, with_noise=with_noise)
+    coefs = random_coefs(shape[0], per_sample, device=device)
+    if not with_noise:
+        coefs["sigma"] = 0.0
+    x_prev, x0 = reverse_step(x_t, eps, noise, **coefs, clip=clip, backend=backend)
+    want_prev, want_x0 = reference(x_t, eps, noise, coefs, clip)
+    assert x_prev.dtype == x0.dtype == torch.float64 and x_prev.shape == x0.shape == shape
+    torch.testing.assert_close(x0.cpu(), want_x0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x_prev.cpu(), want_prev, rtol=1e-12, atol=1e-12)
+
+
+# float32 tolerance: x0 = (x_t - a eps) / b takes 3 roundings of values below
+# |x_t| + |eps| < 12 divided by b >= 0.1, so < 3 * 6e-8 * 120 = 2.2e-5 at the
+# extreme; x_prev adds 3 roundings of terms of the same size. rtol 1e-5 with
+# atol 3e-5 holds with margin for unit-scale inputs.
+F32_TOL = dict(rtol=1e-5, atol=3e-5)
+
+
+@pytest.mark.parametrize("clip", [None, (-1.0, 1.0)], ids=["noclip", "clip"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_float32_against_float64_reference(backend_device, shape, clip):
+    backend, device = backend_device
+    x_t, eps, noise = make(shape, dtype=torch.float32, device=device)
+    coefs = random_coefs(shape[0], per_sample=True, dtype=torch.float32, device=device)
+    x_prev, x0 = reverse_step(x_t, eps, noise, **coefs, clip=clip, backend=backend)
+    want_prev, want_x0 = reference(x_t, eps, noise, coefs, clip)
+    assert x_prev.dtype == x0.dtype == torch.float32
+    torch.testing.assert_close(x0.double().cpu(), want_x0, **F32_TOL)
+    torch.testing.assert_close(x_prev.double().cpu(), want_prev, **F32_TOL)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("clip", [None, (-1.0, 1.0)], ids=["noclip", "clip"])
+def test_low_precision_within_eager_error(backend_device, assert_within_eager_error, dtype, clip):
+    backend, device = backend_device
+    x_t, eps, noise = make((3, 5, 17, 13), dtype=dtype, device=device)
+    coefs = random_coefs(3, per_sample=True, dtype=dtype, device=device)
+    lo, hi = (None, None) if clip is None else clip
+    got = reverse_step(x_t, eps, noise, **coefs, clip=clip, backend=backend)
+    eager = reverse_step_ref(x_t, eps, noise, _coef_table(x_t, list(coefs.values())).to(dtype), lo, hi)
+    want = reference(x_t, eps, noise, coefs, clip)
+    for g, e, w in zip(got, eager, want):
+        assert_within_eager_error(g.cpu(), w, e.cpu(), factor=2, atol=1e-3)
+
+
+def test_noncontiguous_inputs(backend_device):
+    backend, device = backend_device
+    x_t = torch.randn(5, 4, 3, dtype=torch.float64, device=device).permute(2, 1, 0)
+    eps = torch.randn(3, 4, 10, dtype=torch.float64, device=device)[..., ::2]
+    noise = torch.randn(3, 5, 4, dtype=torch.float64, device=device).transpose(1, 2)
+    coefs = random_coefs(3, per_sample=True, device=device)
+    coefs["b"] = torch.rand(6, dtype=torch.float64, device=device)[::2] + 0.5
+    got = reverse_step(x_t, eps, noise, **coefs, clip=(-1.0, 1.0), backend=backend)
+    want = reference(x_t, eps, noise, coefs, (-1.0, 1.0))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.cpu(), w, rtol=1e-12, atol=1e-12)
+
+
+def test_sigma_tensor_without_noise_adds_no_noise_term(backend_device):
+    """The kernel does not inspect a tensor sigma (that would sync the sampler):
+    without noise the sigma term is absent, whatever sigma holds."""
+    backend, device = backend_device
+    x_t, eps, _ = make((2, 3, 4), device=device)
+    coefs = random_coefs(2, per_sample=True, device=device)
+    x_prev, x0 = reverse_step(x_t, eps, None, **coefs, backend=backend)
+    torch.testing.assert_close(x_prev, coefs["c_x0"].view(-1, 1, 1) * x0 + coefs["c_xt"].view(-1, 1, 1) * x_t,
+                               rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------ closed forms
+
+
+def linear_schedule():
+    """DDPM's linear betas 1e-4 .. 0.02 over T = 1000, float64, built here."""
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    return betas, torch.cumprod(1 - betas, 0)
+
+
+@pytest.mark.parametrize("t", [1, 500, 999])
+def test_ddpm_step_is_the_posterior_sample(backend_device, t):
+    """Ho et al. 2020, eq. 11: mu = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t),
+    x_{t-1} = mu + sqrt(beta_tilde_t) z, with beta_tilde_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t."""
+    backend, device = backend_device
+    betas, abar = linear_schedule()
+    beta, ab, ab_prev = betas[t].item(), abar[t].item(), abar[t - 1].item()
+    alpha = 1 - beta
+    x_t, eps, z = make((2, 3, 8, 8), device=device)
+    x_prev, x0 = reverse_step(
+        x_t, eps, z,
+        a=math.sqrt(1 - ab), b=math.sqrt(ab),
+        c_x0=math.sqrt(ab_prev) * beta / (1 - ab), c_xt=math.sqrt(alpha) * (1 - ab_prev) / (1 - ab),
+        sigma=math.sqrt((1 - ab_prev) / (1 - ab) * beta), backend=backend)
+    mu = (x_t - beta / math.sqrt(1 - ab) * eps) / math.sqrt(alpha)
+    want = mu + math.sqrt((1 - ab_prev) / (1 - ab) * beta) * z
+    torch.testing.assert_close(x_prev, want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(x0, (x_t - math.sqrt(1 - ab) * eps) / math.sqrt(ab), rtol=1e-12, atol=1e-12)
+
+
+def test_ddim_step_is_deterministic_closed_form(backend_device):
+    """Song et al. 2021, eq. 12 with eta = 0: x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps."""
+    backend, device = backend_device
+    _, abar = linear_schedule()
+    ab, ab_prev = abar[700].item(), abar[600].item()
+    x_t, eps, _ = make((2, 3, 8, 8), device=device)
+    k = math.sqrt(1 - ab_prev) / math.sqrt(1 - ab)
+    x_prev, x0 = reverse_step(x_t, eps, None, a=math.sqrt(1 - ab), b=math.sqrt(ab),
+                              c_x0=math.sqrt(ab_prev) - k * math.sqrt(ab), c_xt=k, sigma=0.0, backend=backend)
+    want_x0 = (x_t - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
+    torch.testing.assert_close(x_prev, math.sqrt(ab_prev) * want_x0 + math.sqrt(1 - ab_prev) * eps,
+                               rtol=1e-10, atol=1e-10)
+
+
+def test_clip_bounds_x0_and_the_step(backend_device):
+    backend, device = backend_device
+    x_t = torch.tensor([[-3.0, -0.5, 0.25, 2.0]], dtype=torch.float64, device=device)
+    eps = torch.zeros_like(x_t)
+    x_prev, x0 = reverse_step(x_t, eps, None, a=0.5, b=0.5, c_x0=1.0, c_xt=0.0, sigma=0.0, clip=(-1.0, 1.0),
+                              backend=backend)
+    want = torch.tensor([[-1.0, -1.0, 0.5, 1.0]], dtype=torch.float64)
+    torch.testing.assert_close(x0.cpu(), want, rtol=0, atol=0)
+    torch.testing.assert_close(x_prev.cpu(), want, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ gradients
+
+
+@pytest.mark.parametrize("clip", [None, (-1.5, 1.5)], ids=["noclip", "clip"])
+@pytest.mark.parametrize("per_sample", [False, True], ids=["floats", "tensors"])
+def test_gradcheck(backend_device, clip, per_sample):
+    backend, device = backend_device
+    x_t, eps, noise = (t.requires_grad_() for t in make((2, 3, 4), device=device))
+    coefs = random_coefs(2, per_sample, device=device)
+    assert torch.autograd.gradcheck(lambda x, e, n: reverse_step(x, e, n, **coefs, clip=clip, backend=backend),
+                                    (x_t, eps, noise))
+
+
+def test_gradients_match_reference_autograd(backend_device):
+    backend, device = backend_device
+    x_t, eps, noise = (t.requires_grad_() for t in make((3, 5, 17, 13), device=device))
+    coefs = random_coefs(3, per_sample=True, device=device)
+    g_prev, g_x0 = torch.randn_like(x_t), torch.randn_like(x_t)
+    outs = reverse_step(x_t, eps, noise, **coefs, clip=(-1.0, 1.0), backend=backend)
+    got = torch.autograd.grad(outs, (x_t, eps, noise), (g_prev, g_x0))
+    ref_outs = reverse_step_ref(x_t, eps, noise, _coef_table(x_t, list(coefs.values())), -1.0, 1.0)
+    want = torch.autograd.grad(ref_outs, (x_t, eps, noise), (g_prev, g_x0))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------ torch.library
+
+
+def test_opcheck(backend_device):
+    backend, device = backend_device
+    if backend == "triton":
+        pytest.skip("opcheck covers the torch.ops.mcvd kernels")
+    x_t, eps, noise = (t.requires_grad_() for t in make((2, 3, 5, 7), dtype=torch.float32, device=device))
+    coef = 0.1 + torch.rand(5, 2, device=device)
+    op = torch.ops.mcvd.reverse_step.default
+    torch.library.opcheck(op, (x_t, eps, noise, coef, -1.0, 1.0))
+    torch.library.opcheck(op, (x_t, eps, None, coef, None, None))
+    torch.library.opcheck(op, (x_t, eps, noise, coef.double(), None, None))
+
+
+def test_compile_fullgraph_of_the_op():
+    x_t, eps, noise = make((2, 3, 5, 7), dtype=torch.float32)
+    coef = 0.1 + torch.rand(5, 2)
+
+    @torch.compile(fullgraph=True)
+    def f(x_t, eps, noise, coef):
+        return torch.ops.mcvd.reverse_step(x_t, eps, noise, coef, -1.0, 1.0)
+
+    got = f(x_t, eps, noise, coef)
+    want = reverse_step_ref(x_t.double(), eps.double(), noise.double(), coef.double(), -1.0, 1.0)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w, **F32_TOL)
+
+
+@pytest.mark.xfail(strict=True, reason="mcvd.ops._backend.resolve is not traceable by dynamo (_C.build_info)")
+def test_compile_fullgraph_of_the_public_function():
+    x_t, eps, noise = make((2, 3, 5, 7), dtype=torch.float32)
+    f = torch.compile(lambda x, e, n: reverse_step(x, e, n, a=0.3, b=0.9, c_x0=0.5, c_xt=0.4, sigma=0.1,
+                                                   clip=(-1.0, 1.0), backend="cpu"), fullgraph=True)
+    got = f(x_t, eps, noise)
+    want = reverse_step(x_t, eps, noise, a=0.3, b=0.9, c_x0=0.5, c_xt=0.4, sigma=0.1, clip=(-1.0, 1.0),
+                        backend="reference")
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+# ------------------------------------------------------------------ bad input
+
+SHAPE = (2, 3, 4)
+COEFS = dict(a=0.5, b=0.8, c_x0=0.3, c_xt=0.6, sigma=0.1)
+BAD = [
+    # (case, changed inputs, Python error type, message)
+    ("x_t 0-d", dict(x_t=torch.tensor(1.0)), ValueError,
+     r"x_t: expected a tensor with a batch dimension \[B, ...\], got a 0-d tensor"),
+    ("x_t dtype", dict(x_t=torch.ones(SHAPE, dtype=torch.int32)), TypeError,
+     r"x_t: expected a floating dtype \(float32, float64, bfloat16, float16\), got torch.int32"),
+    ("eps shape", dict(eps=torch.randn(2, 3, 5)), ValueError, r"eps: expected shape \[2, 3, 4\], got \[2, 3, 5\]"),
+    ("eps dtype", dict(eps=torch.randn(SHAPE, dtype=torch.float64)), TypeError,
+     r"eps: expected dtype torch.float32 \(the dtype of x_t\), got torch.float64"),
+    ("noise shape", dict(noise=torch.randn(1, 3, 4)), ValueError, r"noise: expected shape \[2, 3, 4\], got \[1, 3, 4\]"),
+    ("noise dtype", dict(noise=torch.randn(SHAPE).half()), TypeError,
+     r"noise: expected dtype torch.float32 \(the dtype of x_t\), got torch.float16"),
+]
+
+
+def good_inputs():
+    return dict(x_t=torch.randn(SHAPE), eps=torch.randn(SHAPE), noise=torch.randn(SHAPE))
+
+
+@pytest.mark.parametrize("case, change, py_error, message", BAD, ids=[c[0] for c in BAD])
+def test_bad_input_through_mcvd_ops(case, change, py_error, message):
+    t = {**good_inputs(), **change}
+    for backend in available_backends("cpu"):
+        with pytest.raises(py_error, match=message):
+            reverse_step(t["x_t"], t["eps"], t["noise"], **COEFS, backend=backend)
+
+
+@pytest.mark.parametrize("case, change, py_error, message", BAD, ids=[c[0] for c in BAD])
+def test_bad_input_through_the_cpu_kernel(case, change, py_error, message):
+    t = {**good_inputs(), **change}
+    coef = torch.rand(5, t["x_t"].shape[0] if t["x_t"].dim() else 1)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.mcvd.reverse_step(t["x_t"], t["eps"], t["noise"], coef)
+
+
+def test_bad_coefficients_and_clip():
+    x_t, eps, noise = good_inputs().values()
+    with pytest.raises(ValueError, match=r"noise: expected a tensor shaped like x_t when sigma is not 0, got None"):
+        reverse_step(x_t, eps, None, **COEFS)
+    with pytest.raises(ValueError, match=r"b: expected a float or a tensor of shape \[2\], got shape \[3\]"):
+        reverse_step(x_t, eps, noise, **{**COEFS, "b": torch.ones(3)})
+    with pytest.raises(ValueError, match=r"clip: expected None or \(lo, hi\) with lo <= hi, got \(1.0, -1.0\)"):
+        reverse_step(x_t, eps, noise, **COEFS, clip=(1.0, -1.0))
+    op = torch.ops.mcvd.reverse_step
+    with pytest.raises(RuntimeError, match=r"coef: expected shape \[5, 2\], got \[4, 2\]"):
+        op(x_t, eps, noise, torch.rand(4, 2))
+    with pytest.raises(RuntimeError, match=r"coef: expected a 2-d tensor \[5, B\] .*got shape \[5\]"):
+        op(x_t, eps, noise, torch.rand(5))
+    with pytest.raises(RuntimeError, match=r"coef: expected dtype torch.float32 or torch.float64, got torch.float16"):
+        op(x_t, eps, noise, torch.rand(5, 2).half())
+    with pytest.raises(RuntimeError, match=r"clip_lo, clip_hi: expected both or neither to be given"):
+        op(x_t, eps, noise, torch.rand(5, 2), -1.0, None)
+    with pytest.raises(RuntimeError, match=r"clip_lo: expected clip_lo <= clip_hi, got clip_lo=1, clip_hi=-1"):
+        op(x_t, eps, noise, torch.rand(5, 2), 1.0, -1.0)
+
+
+@pytest.mark.gpu
+def test_device_mismatch_is_rejected():
+    x_t = torch.randn(SHAPE, device="cuda")
+    message = r"eps: expected device cuda:0 \(the device of x_t\), got cpu"
+    with pytest.raises(ValueError, match=message):
+        reverse_step(x_t, torch.randn(SHAPE), None, **{**COEFS, "sigma": 0.0})
+    with pytest.raises(RuntimeError, match=r"coef: expected device cuda:0 \(the device of x_t\), got cpu"):
+        torch.ops.mcvd.reverse_step(x_t, torch.randn_like(x_t), None, torch.rand(5, 2))

@@ -1,0 +1,335 @@
+"""mcvd.ops.spatin_norm and the mcvd::spatin_norm_fwd / _bwd kernels, against
+the pure-PyTorch spatin_norm_ref in float64."""
+import itertools
+
+import pytest
+import torch
+
+from mcvd.ops import available_backends, spatin_norm, spatin_norm_ref
+
+# (shape, num_groups): minimal, aligned and odd sizes; H * W of 35, 221 and 15
+# leave vector tails, [1, 3, 1, 1] has one element per channel.
+SHAPES = [
+    ((1, 3, 1, 1), 1),
+    ((2, 6, 5, 7), 3),
+    ((2, 32, 3, 5), 32),
+    ((3, 64, 17, 13), 32),
+    ((2, 128, 32, 32), 32),
+]
+SMALL_SHAPES = SHAPES[:4]
+OPTIONALS = ("weight", "bias", "gamma", "beta", "scale", "shift")
+PAIRS = (("weight", "bias"), ("gamma", "beta"), ("scale", "shift"))
+# Every subset of the three pairs, then each member alone.
+PAIR_SUBSETS = [sum(chosen, ()) for n in range(4) for chosen in itertools.combinations(PAIRS, n)]
+LONE = [(name,) for name in OPTIONALS]
+EPS = 1e-6
+
+
+def make_inputs(shape, present, dtype=torch.float64, device="cpu", offset=0.0):
+    """x and the named optionals (the others None), unit-scale random values."""
+    B, C, H, W = shape
+    shapes = {"weight": (C,), "bias": (C,), "gamma": shape, "beta": shape, "scale": (B, C), "shift": (B, C)}
+    x = (torch.randn(shape, dtype=torch.float64) + offset).to(dtype).to(device)
+    opt = {name: (torch.randn(shapes[name], dtype=torch.float64) if name in present else None) for name in OPTIONALS}
+    return x, {k: None if v is None else v.to(dtype).to(device) for k, v in opt.items()}
+
+
+def as_float64(opt):
+    return {k: None if v is None else v.double() for k, v in opt.items()}
+
+
+# ------------------------------------------------------------------ forward
+
+
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("present", PAIR_SUBSETS + LONE, ids=lambda p: "+".join(p) or "none")
+@pytest.mark.parametrize("shape, groups", SHAPES, ids=str)
+def test_forward_float64_matches_reference(backend_device, shape, groups, present, silu):
+    backend, device = backend_device
+    x, opt = make_inputs(shape, present, device=device)
+    y = spatin_norm(x, groups, **opt, eps=EPS, silu=silu, backend=backend)
+    ref = spatin_norm_ref(x.cpu(), groups, **{k: None if v is None else v.cpu() for k, v in opt.items()},
+                          eps=EPS, silu=silu)
+    assert y.dtype == torch.float64 and y.shape == shape
+    torch.testing.assert_close(y.cpu(), ref, rtol=1e-10, atol=1e-10)
+
+
+# float32 tolerance: the kernel computes in float32 (statistics accumulated in
+# float per 1024-element block, combined in double). Each output passes
+# through at most ~10 rounded operations on intermediates of magnitude below
+# ~30 for unit-scale inputs (|xhat| < 6, |w|, |1 + gamma|, |1 + scale| < 5),
+# so its error is at most ~10 * 6e-8 * 30 = 2e-5.
+F32_TOL = dict(rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("present", [(), OPTIONALS], ids=["none", "all"])
+@pytest.mark.parametrize("shape, groups", SHAPES, ids=str)
+def test_forward_float32_against_float64_reference(backend_device, shape, groups, present, silu):
+    backend, device = backend_device
+    x, opt = make_inputs(shape, present, dtype=torch.float32, device=device)
+    y = spatin_norm(x, groups, **opt, eps=EPS, silu=silu, backend=backend)
+    ref = spatin_norm_ref(x.double().cpu(), groups, **as_float64({k: v if v is None else v.cpu()
+                                                                   for k, v in opt.items()}), eps=EPS, silu=silu)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y.double().cpu(), ref, **F32_TOL)
+
+
+def test_float32_statistics_survive_a_large_offset(backend_device):
+    """x = 1000 + N(0, 1): mean(x^2) - mean(x)^2 in float32 loses most digits
+    of the variance; block-wise two-pass statistics keep them. What remains
+    is the float32 mean (stored in float32, as the schema has it) and the
+    folded constants, each off by up to |mean| * 2^-24 = 6e-5 relative to the
+    unit standard deviation: at most ~1.5e-4 more than F32_TOL allows."""
+    backend, device = backend_device
+    x, _ = make_inputs((2, 8, 33, 31), (), dtype=torch.float32, device=device, offset=1000.0)
+    y = spatin_norm(x, 4, eps=EPS, backend=backend)
+    ref = spatin_norm_ref(x.double().cpu(), 4, eps=EPS)
+    torch.testing.assert_close(y.double().cpu(), ref, rtol=2e-5, atol=2e-5 + 1.5e-4)
+    # The naive formula fails this tolerance by orders of magnitude.
+    groups = x.cpu().reshape(2, 4, -1)
+    naive_var = groups.square().mean(-1) - groups.mean(-1).square()
+    assert (naive_var.double() - groups.double().var(-1, unbiased=False)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+def test_statistics_are_the_group_mean_and_rstd(backend_device, dtype):
+    backend, device = backend_device
+    if backend == "triton":
+        pytest.skip("the triton forward is reached through mcvd.ops, not torch.ops.mcvd")
+    B, C, H, W, G = 3, 12, 5, 9, 4
+    x = torch.randn(B, C, H, W, device=device).to(dtype)
+    _, mean, rstd = torch.ops.mcvd.spatin_norm_fwd(x, G, eps=EPS)
+    stat_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    assert mean.dtype == rstd.dtype == stat_dtype and mean.shape == rstd.shape == (B, G)
+    groups = x.double().cpu().reshape(B, G, -1)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mean.double().cpu(), groups.mean(-1), **tol)
+    torch.testing.assert_close(rstd.double().cpu(), (groups.var(-1, unbiased=False) + EPS).rsqrt(), **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("present", [(), OPTIONALS], ids=["none", "all"])
+def test_forward_low_precision_within_eager_error(backend_device, assert_within_eager_error, dtype, present, silu):
+    backend, device = backend_device
+    x, opt = make_inputs((2, 64, 17, 13), present, dtype=dtype, device=device)
+    y = spatin_norm(x, 32, **opt, eps=EPS, silu=silu, backend=backend)
+    eager = spatin_norm_ref(x, 32, **opt, eps=EPS, silu=silu)
+    ref = spatin_norm_ref(x.double(), 32, **as_float64(opt), eps=EPS, silu=silu)
+    assert_within_eager_error(y, ref, eager, factor=2, atol=1e-3)
+
+
+def test_noncontiguous_inputs(backend_device):
+    backend, device = backend_device
+    B, C, H, W = 2, 6, 5, 7
+    x = torch.randn(B, H, W, C, dtype=torch.float64, device=device).permute(0, 3, 1, 2)
+    gamma = torch.randn(B, C, W, H, dtype=torch.float64, device=device).transpose(2, 3)
+    beta = torch.randn(B, C, H, 2 * W, dtype=torch.float64, device=device)[..., ::2]
+    scale = torch.randn(C, B, dtype=torch.float64, device=device).t()
+    weight = torch.randn(2 * C, dtype=torch.float64, device=device)[::2]
+    assert not any(t.is_contiguous() for t in (x, gamma, beta, scale, weight))
+    y = spatin_norm(x, 3, weight=weight, gamma=gamma, beta=beta, scale=scale, silu=True, backend=backend)
+    ref = spatin_norm_ref(x, 3, weight=weight, gamma=gamma, beta=beta, scale=scale, silu=True)
+    torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------------ backward
+
+
+def grads_of(fn, x, opt, grad_y):
+    inputs = [x] + [v for v in opt.values() if v is not None]
+    y = fn(x, **opt)
+    return torch.autograd.grad(y, inputs, grad_y)
+
+
+def leaf(t):
+    return None if t is None else t.detach().clone().requires_grad_()
+
+
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("present", PAIR_SUBSETS + LONE, ids=lambda p: "+".join(p) or "none")
+@pytest.mark.parametrize("shape, groups", SMALL_SHAPES, ids=str)
+def test_backward_float64_matches_reference_autograd(backend_device, shape, groups, present, silu):
+    backend, device = backend_device
+    x, opt = make_inputs(shape, present, device=device)
+    grad_y = torch.randn(shape, dtype=torch.float64, device=device)
+    x, opt = leaf(x), {k: leaf(v) for k, v in opt.items()}
+    got = grads_of(lambda x, **o: spatin_norm(x, groups, **o, eps=EPS, silu=silu, backend=backend), x, opt, grad_y)
+    want = grads_of(lambda x, **o: spatin_norm_ref(x, groups, **o, eps=EPS, silu=silu), x, opt, grad_y)
+    names = ["x"] + [k for k, v in opt.items() if v is not None]
+    for name, g, w in zip(names, got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9, msg=lambda m: f"grad of {name}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("present", [(), OPTIONALS], ids=["none", "all"])
+def test_backward_low_precision_within_eager_error(backend_device, assert_within_eager_error, dtype, present):
+    backend, device = backend_device
+    x, opt = make_inputs((2, 64, 17, 13), present, dtype=dtype, device=device)
+    grad_y = torch.randn(x.shape, device=device).to(dtype)
+    x, opt = leaf(x), {k: leaf(v) for k, v in opt.items()}
+    got = grads_of(lambda x, **o: spatin_norm(x, 32, **o, eps=EPS, silu=True, backend=backend), x, opt, grad_y)
+    eager = grads_of(lambda x, **o: spatin_norm_ref(x, 32, **o, eps=EPS, silu=True), x, opt, grad_y)
+    x64, opt64 = leaf(x.double()), {k: leaf(None if v is None else v.double()) for k, v in opt.items()}
+    ref = grads_of(lambda x, **o: spatin_norm_ref(x, 32, **o, eps=EPS, silu=True), x64, opt64, grad_y.double())
+    for g, e, r in zip(got, eager, ref):
+        # The reductions (weight, bias, scale, shift) sum hundreds of terms:
+        # the slack scales with the reference gradient's size.
+        assert_within_eager_error(g, r, e, factor=3, atol=1e-2 * max(1.0, r.abs().max().item()))
+
+
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("present", [(), OPTIONALS], ids=["none", "all"])
+def test_gradcheck(backend_device, present, silu):
+    backend, device = backend_device
+    x, opt = make_inputs((2, 4, 3, 2), present, device=device)
+    names = [k for k, v in opt.items() if v is not None]
+
+    def fn(x, *tensors):
+        return spatin_norm(x, 2, **dict(zip(names, tensors)), eps=EPS, silu=silu, backend=backend)
+
+    inputs = [leaf(x)] + [leaf(opt[k]) for k in names]
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+# ------------------------------------------------------------------ torch.library
+
+
+def op_args(device, requires_grad):
+    x, opt = make_inputs((2, 6, 5, 3), OPTIONALS, dtype=torch.float32, device=device)
+    tensors = [x] + [opt[k] for k in OPTIONALS]
+    tensors = [t.requires_grad_(requires_grad) for t in tensors]
+    return tensors
+
+
+@pytest.mark.parametrize("silu", [False, True])
+def test_opcheck_forward(backend_device, silu):
+    backend, device = backend_device
+    if backend == "triton":
+        pytest.skip("opcheck covers the torch.ops.mcvd kernels")
+    x, *opt = op_args(device, requires_grad=True)
+    torch.library.opcheck(torch.ops.mcvd.spatin_norm_fwd.default, (x, 3, *opt, EPS, silu))
+    # Absent optionals, and some absent.
+    torch.library.opcheck(torch.ops.mcvd.spatin_norm_fwd.default, (x, 3, None, None, None, None, None, None, EPS, silu))
+    torch.library.opcheck(torch.ops.mcvd.spatin_norm_fwd.default, (x, 3, opt[0], None, opt[2], None, None, opt[5],
+                                                                   EPS, silu))
+
+
+def test_opcheck_backward(backend_device):
+    backend, device = backend_device
+    if backend == "triton":
+        pytest.skip("opcheck covers the torch.ops.mcvd kernels")
+    x, *opt = op_args(device, requires_grad=False)
+    _, mean, rstd = torch.ops.mcvd.spatin_norm_fwd(x, 3, *opt, EPS, True)
+    grad_y = torch.randn_like(x)
+    torch.library.opcheck(torch.ops.mcvd.spatin_norm_bwd.default, (grad_y, x, mean, rstd, 3, *opt, True))
+    torch.library.opcheck(torch.ops.mcvd.spatin_norm_bwd.default,
+                          (grad_y, x, mean, rstd, 3, None, opt[1], None, opt[3], opt[4], None, False))
+
+
+def test_absent_optionals_get_empty_gradients():
+    x, opt = make_inputs((2, 4, 3, 3), ("bias", "gamma", "scale"))
+    _, mean, rstd = torch.ops.mcvd.spatin_norm_fwd(x, 2, *opt.values(), EPS, False)
+    grads = torch.ops.mcvd.spatin_norm_bwd(torch.ones_like(x), x, mean, rstd, 2, *opt.values(), False)
+    for name, g in zip(OPTIONALS, grads[1:]):
+        assert g.shape == (opt[name].shape if opt[name] is not None else (0,)), name
+
+
+def test_compile_fullgraph_of_the_op():
+    """The op's fake and autograd registrations under torch.compile (inductor)."""
+    x, opt = make_inputs((2, 4, 3, 5), ("gamma", "beta", "scale", "shift"), dtype=torch.float32)
+    x = leaf(x)
+
+    @torch.compile(fullgraph=True)
+    def f(x, gamma, beta, scale, shift):
+        return torch.ops.mcvd.spatin_norm_fwd(x, 2, None, None, gamma, beta, scale, shift, EPS, True)[0]
+
+    y = f(x, opt["gamma"], opt["beta"], opt["scale"], opt["shift"])
+    (gx,) = torch.autograd.grad(y.square().sum(), x)
+    x64 = leaf(x.double())
+    ref = spatin_norm_ref(x64, 2, **as_float64(opt), eps=EPS, silu=True)
+    (gref,) = torch.autograd.grad(ref.square().sum(), x64)
+    torch.testing.assert_close(y.double(), ref, **F32_TOL)
+    torch.testing.assert_close(gx.double(), gref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.xfail(strict=True, reason="mcvd.ops._backend.resolve is not traceable by dynamo (_C.build_info)")
+def test_compile_fullgraph_of_the_public_function():
+    x, opt = make_inputs((2, 4, 3, 5), ("gamma", "scale"), dtype=torch.float32)
+    f = torch.compile(lambda x, g, s: spatin_norm(x, 2, gamma=g, scale=s, silu=True, backend="cpu"), fullgraph=True)
+    y = f(x, opt["gamma"], opt["scale"])
+    torch.testing.assert_close(y, spatin_norm_ref(x, 2, gamma=opt["gamma"], scale=opt["scale"], silu=True))
+
+
+# ------------------------------------------------------------------ bad input
+
+B, C, H, W = 2, 6, 4, 5
+BAD = [
+    # (case, change to the good arguments, Python error type, message)
+    ("x rank", dict(x=torch.randn(B, C, H)), ValueError, r"x: expected a 4-d tensor \[B, C, H, W\], got shape \[2, 6, 4\]"),
+    ("x dtype", dict(x=torch.ones(B, C, H, W, dtype=torch.int64)), TypeError,
+     r"x: expected a floating dtype \(float32, float64, bfloat16, float16\), got torch.int64"),
+    ("groups", dict(num_groups=4), ValueError, r"num_groups: expected a positive divisor of the 6 channels of x, got 4"),
+    ("groups zero", dict(num_groups=0), ValueError, r"num_groups: expected a positive divisor of the 6 channels of x, got 0"),
+    ("weight shape", dict(weight=torch.randn(C + 1)), ValueError, r"weight: expected shape \[6\], got \[7\]"),
+    ("bias shape", dict(bias=torch.randn(1, C)), ValueError, r"bias: expected shape \[6\], got \[1, 6\]"),
+    ("gamma shape", dict(gamma=torch.randn(B, C, H, W + 1)), ValueError,
+     r"gamma: expected shape \[2, 6, 4, 5\], got \[2, 6, 4, 6\]"),
+    ("beta shape", dict(beta=torch.randn(1, C, H, W)), ValueError,
+     r"beta: expected shape \[2, 6, 4, 5\], got \[1, 6, 4, 5\]"),
+    ("scale shape", dict(scale=torch.randn(B, C, 1, 1)), ValueError, r"scale: expected shape \[2, 6\], got \[2, 6, 1, 1\]"),
+    ("shift shape", dict(shift=torch.randn(C)), ValueError, r"shift: expected shape \[2, 6\], got \[6\]"),
+    ("gamma dtype", dict(gamma=torch.randn(B, C, H, W, dtype=torch.float64)), TypeError,
+     r"gamma: expected dtype torch.float32 \(the dtype of x\), got torch.float64"),
+    ("weight dtype", dict(weight=torch.randn(C).half()), TypeError,
+     r"weight: expected dtype torch.float32 \(the dtype of x\), got torch.float16"),
+]
+
+
+def good_args():
+    return dict(x=torch.randn(B, C, H, W), num_groups=3, weight=None, bias=None, gamma=None, beta=None, scale=None,
+                shift=None)
+
+
+@pytest.mark.parametrize("case, change, py_error, message", BAD, ids=[c[0] for c in BAD])
+def test_bad_input_through_mcvd_ops(case, change, py_error, message):
+    args = {**good_args(), **change}
+    for backend in available_backends("cpu"):
+        with pytest.raises(py_error, match=message):
+            spatin_norm(**args, backend=backend)
+
+
+@pytest.mark.parametrize("case, change, py_error, message", BAD, ids=[c[0] for c in BAD])
+def test_bad_input_through_the_cpu_kernel(case, change, py_error, message):
+    a = {**good_args(), **change}
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.mcvd.spatin_norm_fwd(a["x"], a["num_groups"], *(a[k] for k in OPTIONALS), EPS, False)
+
+
+def test_bad_backward_input_through_the_cpu_kernel():
+    x = torch.randn(B, C, H, W)
+    _, mean, rstd = torch.ops.mcvd.spatin_norm_fwd(x, 3)
+    bwd = torch.ops.mcvd.spatin_norm_bwd
+    with pytest.raises(RuntimeError, match=r"grad_y: expected shape \[2, 6, 4, 5\], got \[2, 6, 4, 4\]"):
+        bwd(torch.randn(B, C, H, W - 1), x, mean, rstd, 3)
+    with pytest.raises(RuntimeError, match=r"grad_y: expected dtype torch.float32 \(the dtype of x\), got torch.float64"):
+        bwd(torch.randn(B, C, H, W, dtype=torch.float64), x, mean, rstd, 3)
+    with pytest.raises(RuntimeError, match=r"mean: expected dtype torch.float32, got torch.float64"):
+        bwd(torch.randn_like(x), x, mean.double(), rstd, 3)
+    with pytest.raises(RuntimeError, match=r"rstd: expected shape \[2, 3\], got \[2, 2\]"):
+        bwd(torch.randn_like(x), x, mean, rstd[:, :2], 3)
+    with pytest.raises(RuntimeError, match=r"num_groups: expected a positive divisor of the 6 channels of x, got 5"):
+        bwd(torch.randn_like(x), x, mean, rstd, 5)
+    with pytest.raises(RuntimeError, match=r"scale: expected shape \[2, 6\], got \[6\]"):
+        bwd(torch.randn_like(x), x, mean, rstd, 3, scale=torch.randn(C))
+
+
+@pytest.mark.gpu
+def test_device_mismatch_is_rejected():
+    x = torch.randn(B, C, H, W, device="cuda")
+    message = r"gamma: expected device cuda:0 \(the device of x\), got cpu"
+    with pytest.raises(ValueError, match=message):
+        spatin_norm(x, 3, gamma=torch.randn(B, C, H, W))
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.mcvd.spatin_norm_fwd(x, 3, None, None, torch.randn(B, C, H, W))

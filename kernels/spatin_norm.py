@@ -409,7 +409,9 @@ def fwd(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor], bias: 
     [B, C] (each optional, x's dtype). Returns y: [B, C, H, W] and mean, rstd:
     [B, num_groups] float32 (float64 for float64 x)."""
     x, weight, bias, gamma, beta, scale, shift = _contiguous(x, weight, bias, gamma, beta, scale, shift)
-    B, C, H, W = x.shape
+    # Block sizes are compile-time constants computed from the sizes, so a
+    # dynamic-shape trace specializes them here.
+    B, C, H, W = (int(n) for n in x.shape)
     hw, rows, cg = H * W, B * C, C // num_groups
     f64 = x.dtype == torch.float64
     stat_dtype = torch.float64 if f64 else torch.float32
@@ -443,7 +445,9 @@ def bwd(grad_y: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.T
     like its input; an empty [0] tensor where the input was None."""
     grad_y, x, mean, rstd, weight, bias, gamma, beta, scale, shift = _contiguous(
         grad_y, x, mean, rstd, weight, bias, gamma, beta, scale, shift)
-    B, C, H, W = x.shape
+    # Block sizes are compile-time constants computed from the sizes, so a
+    # dynamic-shape trace specializes them here.
+    B, C, H, W = (int(n) for n in x.shape)
     hw, rows, cg = H * W, B * C, C // num_groups
     f64 = x.dtype == torch.float64
     acc_dtype = mean.dtype

@@ -22,8 +22,10 @@ using OptTensor = c10::optional<at::Tensor>;
 // weight, bias, gamma, beta, scale, shift
 constexpr std::array<const char*, 6> kOptNames = {"weight", "bias", "gamma", "beta", "scale", "shift"};
 
+// The checks and messages of the CPU kernels (csrc/cpu/spatin_norm.cpp), in
+// the same order; x's device is checked last, as the optional inputs' device
+// checks name the mismatch first.
 std::array<OptTensor, 6> check_inputs(const at::Tensor& x, int64_t num_groups, std::array<OptTensor, 6> opt) {
-  check_cuda(x, "x");
   check_rank(x, "x", 4, "[B, C, H, W]");
   check_float(x, "x");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -35,6 +37,7 @@ std::array<OptTensor, 6> check_inputs(const at::Tensor& x, int64_t num_groups, s
     check_optional(opt[i], kOptNames[i], x, "x", shapes[i]);
     if (opt[i]) opt[i] = MCVD_CONTIG(*opt[i]);
   }
+  check_cuda(x, "x");
   return opt;
 }
 
@@ -83,12 +86,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatin_norm_fwd_cuda(
   return {y, mean, rstd};
 }
 
-// mean and rstd come from the forward: [B, G] on x's device; any float dtype
-// is read as the statistics dtype.
+// mean and rstd come from the forward: [B, G] on x's device, in the
+// statistics dtype.
 at::Tensor check_stat(const at::Tensor& t, const char* name, const at::Tensor& x, int64_t groups) {
   check_same_device(t, name, x, "x");
+  check_dtype(t, name, stat_dtype(x));
   check_shape(t, name, {x.size(0), groups});
-  return MCVD_CONTIG(t.to(stat_dtype(x)));
+  return MCVD_CONTIG(t);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> spatin_norm_bwd_cuda(
@@ -96,9 +100,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     int64_t num_groups, const OptTensor& weight, const OptTensor& bias, const OptTensor& gamma, const OptTensor& beta,
     const OptTensor& scale, const OptTensor& shift, bool silu) {
   const auto opt = check_inputs(x_in, num_groups, {weight, bias, gamma, beta, scale, shift});
-  check_same_device(grad_y, "grad_y", x_in, "x");
-  check_same_dtype(grad_y, "grad_y", x_in, "x");
-  check_shape(grad_y, "grad_y", x_in.sizes());
+  check_like(grad_y, "grad_y", x_in, "x", x_in.sizes());
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor mean = check_stat(mean_in, "mean", x_in, num_groups);
   const at::Tensor rstd = check_stat(rstd_in, "rstd", x_in, num_groups);

@@ -9,9 +9,10 @@
 //
 // Tiles are multiplied by a register-blocked GEMM on at::vec::Vectorized
 // (6 rows x 2 vectors of accumulators: 12 of the 16 AVX2 registers). Its right
-// operand is read one row of vectors at a time, so the keys and values that
-// appear transposed in q k^T and dO v^T are repacked once per call into
-// per-block [D, keys] panels.
+// operand is read one row of vectors at a time, so an operand that appears
+// transposed is first packed into a small [D, positions] panel: the query
+// block in the forward (S^T = K Q^T), each key block's K and V in the
+// backward (S = Q K^T, dP = dO V^T).
 //
 // float32 and float64 compute in their own precision; bfloat16 and float16
 // are converted to float32 on entry and the results rounded once on exit.
@@ -184,8 +185,9 @@ void scale_into(T* dst, const T* src, int64_t count, T scale) {
   at::vec::map([scale](Vectorized<T> v) { return v * Vectorized<T>(scale); }, dst, src, count);
 }
 
-// exp to 20 ulp for float32 (the rest of the float32 arithmetic rounds more),
-// correctly rounded Sleef exp for float64; exp(-inf) = 0.
+// ATen's 20-ulp exp for float32 (1e-6 relative, below the rounding of the
+// float32 logits it is applied to), Sleef's 1-ulp exp for float64; both give
+// exp(-inf) = 0.
 template <typename T>
 Vectorized<T> vexp(const Vectorized<T>& x) {
   return x.exp_u20();

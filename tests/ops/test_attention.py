@@ -59,9 +59,9 @@ def assert_within_eager_error():
 
 # ------------------------------------------------------------------ helpers
 
-# [B, heads, N, D]: one position, two, N = 113 and 193 (no power-of-two block
-# divides them), 256; head dims 1, 7 and 59 leave vector tails, 32 and 64 are
-# aligned.
+# [B, heads, N, D]: one position, two, N = 113, 193 and 256, which no block
+# size of the kernels divides (193 ends in a one-key block); head dims 1, 7
+# and 59 leave vector tails, 32 and 64 are aligned.
 SHAPES = [
     (1, 1, 1, 1),
     (2, 3, 1, 7),

@@ -9,9 +9,10 @@
 //
 // Tiles are multiplied by a register-blocked GEMM on at::vec::Vectorized
 // (6 rows x 2 vectors of accumulators: 12 of the 16 AVX2 registers). Its right
-// operand is read one row of vectors at a time, so the keys and values that
-// appear transposed in q k^T and dO v^T are repacked once per call into
-// per-block [D, keys] panels.
+// operand is read one row of vectors at a time, so an operand that appears
+// transposed is first packed into a small [D, positions] panel: the query
+// block in the forward (S^T = K Q^T), each key block's K and V in the
+// backward (S = Q K^T, dP = dO V^T).
 //
 // float32 and float64 compute in their own precision; bfloat16 and float16
 // are converted to float32 on entry and the results rounded once on exit.
@@ -34,29 +35,49 @@ namespace {
 
 using at::vec::Vectorized;
 
-// Query rows per task and keys per streamed block. A multiple of the GEMM's
-// 6 rows and 2 vectors; the score tile (kBlockQ x kBlockK) and the
-// accumulator stay in the L1/L2 of one core.
-constexpr int64_t kBlockQ = 96;
-constexpr int64_t kBlockK = 96;
+// Query rows per task and keys per streamed block (multiples of the GEMM's
+// 6 rows and 2 vectors). Measured on AVX2 with D = 64, N = 256..1024: the
+// forward gains ~5% from long key blocks (fewer accumulator rescales and
+// GEMM epilogues per score), the backward, whose tile feeds four GEMMs,
+// prefers square 48 x 96 tiles; within a factor of 2 of these the time
+// changes by under 3%.
+constexpr int64_t kBlockQ = 48;
+constexpr int64_t kFwdBlockK = 192;
+constexpr int64_t kBwdBlockK = 96;
 constexpr int kTileRows = 6;
 
 int64_t div_up(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---------------------------------------------------------------------------
-// C[M, N] = A[M, K] B[K, N] (+ C if accumulate). Scale factors are folded
-// into an operand beforehand: an alpha live across the k loop would take the
-// 16th vector register and spill a B vector.
+// Register-blocked GEMM: C[M, N] = A[M, K] B[K, N], or C += A B.
 // A(i, k) = a[i * a_rs + k * a_cs], so A may be a transposed view;
 // B(k, j) = b[k * ldb + j] is read as whole vectors, the last one of a row
-// partially when N is not a multiple of the vector width.
+// partially when N is not a multiple of the vector width. Scale factors are
+// folded into an operand beforehand: an alpha live across the k loop would
+// take the 16th vector register and spill a B vector.
+// With col_max set, the tiles also leave col_max[j] = max(col_max[j],
+// max_i C[i, j]) - the softmax's running max, taken while C is in registers.
 // ---------------------------------------------------------------------------
 
+template <typename T>
+struct Gemm {
+  const T* a;
+  int64_t a_rs, a_cs;
+  const T* b;
+  int64_t ldb;
+  T* c;
+  int64_t ldc;
+  bool accumulate;
+  T* col_max;  // nullptr: no column maxima
+};
+
 template <typename T, int MR, int NV, bool Partial>
-void gemm_tile(int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* b,
-               int64_t ldb, T* c, int64_t ldc, bool accumulate, int64_t tail) {
+void gemm_tile(const Gemm<T>& g, int64_t i0, int64_t j0, int64_t K, int64_t tail) {
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
+  const T* a = g.a + i0 * g.a_rs;
+  const T* b = g.b + j0;
+  const int64_t a_rs = g.a_rs, a_cs = g.a_cs, ldb = g.ldb;
   Vec sum[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NV; ++j) sum[i][j] = Vec(T(0));
@@ -64,8 +85,7 @@ void gemm_tile(int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* b,
     const T* bk = b + k * ldb;
     Vec bv[NV];
     for (int j = 0; j < NV; ++j)
-      bv[j] = (Partial && j == NV - 1) ? Vec::loadu(bk + j * W, tail)
-                                       : Vec::loadu(bk + j * W);
+      bv[j] = (Partial && j == NV - 1) ? Vec::loadu(bk + j * W, tail) : Vec::loadu(bk + j * W);
     const T* ak = a + k * a_cs;
     for (int i = 0; i < MR; ++i) {
       const Vec ai(ak[i * a_rs]);
@@ -73,121 +93,101 @@ void gemm_tile(int64_t K, const T* a, int64_t a_rs, int64_t a_cs, const T* b,
     }
   }
   for (int i = 0; i < MR; ++i) {
-    T* ci = c + i * ldc;
+    T* ci = g.c + (i0 + i) * g.ldc + j0;
     for (int j = 0; j < NV; ++j) {
       const int64_t n = (Partial && j == NV - 1) ? tail : W;
-      Vec r = sum[i][j];
-      if (accumulate) r = r + Vec::loadu(ci + j * W, n);
-      r.store(ci + j * W, n);
+      if (g.accumulate) sum[i][j] = sum[i][j] + Vec::loadu(ci + j * W, n);
+      sum[i][j].store(ci + j * W, n);
+    }
+  }
+  if (g.col_max != nullptr) {
+    for (int j = 0; j < NV; ++j) {
+      const int64_t n = (Partial && j == NV - 1) ? tail : W;
+      T* cm = g.col_max + j0 + j * W;
+      Vec mx = Vec::loadu(cm, n);
+      for (int i = 0; i < MR; ++i) mx = at::vec::maximum(mx, sum[i][j]);
+      mx.store(cm, n);
     }
   }
 }
 
 template <typename T, int NV, bool Partial>
-void gemm_panel(int64_t M, int64_t K, const T* a, int64_t a_rs, int64_t a_cs,
-                const T* b, int64_t ldb, T* c, int64_t ldc, bool accumulate,
-                int64_t tail) {
+void gemm_panel(const Gemm<T>& g, int64_t M, int64_t j0, int64_t K, int64_t tail) {
   int64_t i = 0;
-  for (; i + kTileRows <= M; i += kTileRows)
-    gemm_tile<T, kTileRows, NV, Partial>(K, a + i * a_rs, a_rs, a_cs, b, ldb,
-                                         c + i * ldc, ldc, accumulate, tail);
-  const T* ai = a + i * a_rs;
-  T* ci = c + i * ldc;
+  for (; i + kTileRows <= M; i += kTileRows) gemm_tile<T, kTileRows, NV, Partial>(g, i, j0, K, tail);
   switch (M - i) {
     case 0: break;
-    case 1: gemm_tile<T, 1, NV, Partial>(K, ai, a_rs, a_cs, b, ldb, ci, ldc, accumulate, tail); break;
-    case 2: gemm_tile<T, 2, NV, Partial>(K, ai, a_rs, a_cs, b, ldb, ci, ldc, accumulate, tail); break;
-    case 3: gemm_tile<T, 3, NV, Partial>(K, ai, a_rs, a_cs, b, ldb, ci, ldc, accumulate, tail); break;
-    case 4: gemm_tile<T, 4, NV, Partial>(K, ai, a_rs, a_cs, b, ldb, ci, ldc, accumulate, tail); break;
-    case 5: gemm_tile<T, 5, NV, Partial>(K, ai, a_rs, a_cs, b, ldb, ci, ldc, accumulate, tail); break;
+    case 1: gemm_tile<T, 1, NV, Partial>(g, i, j0, K, tail); break;
+    case 2: gemm_tile<T, 2, NV, Partial>(g, i, j0, K, tail); break;
+    case 3: gemm_tile<T, 3, NV, Partial>(g, i, j0, K, tail); break;
+    case 4: gemm_tile<T, 4, NV, Partial>(g, i, j0, K, tail); break;
+    case 5: gemm_tile<T, 5, NV, Partial>(g, i, j0, K, tail); break;
     default: TORCH_INTERNAL_ASSERT(false, "gemm_panel: row tail ", M - i);
   }
 }
 
 template <typename T>
-void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs,
-          int64_t a_cs, const T* b, int64_t ldb, T* c, int64_t ldc,
-          bool accumulate) {
+void gemm(const Gemm<T>& g, int64_t M, int64_t N, int64_t K) {
   constexpr int64_t W = Vectorized<T>::size();
   // Column panels of two vectors, so that a panel of B (K x 2W) stays in L1
   // while every row tile of A passes over it.
   for (int64_t j = 0; j < N; j += 2 * W) {
     const int64_t cols = std::min(2 * W, N - j);
     const int64_t tail = cols - (cols > W ? W : 0);  // valid lanes of the last vector
-    const bool full = tail == W;
     if (cols > W) {
-      if (full) gemm_panel<T, 2, false>(M, K, a, a_rs, a_cs, b + j, ldb, c + j, ldc, accumulate, tail);
-      else gemm_panel<T, 2, true>(M, K, a, a_rs, a_cs, b + j, ldb, c + j, ldc, accumulate, tail);
+      if (tail == W) gemm_panel<T, 2, false>(g, M, j, K, tail);
+      else gemm_panel<T, 2, true>(g, M, j, K, tail);
     } else {
-      if (full) gemm_panel<T, 1, false>(M, K, a, a_rs, a_cs, b + j, ldb, c + j, ldc, accumulate, tail);
-      else gemm_panel<T, 1, true>(M, K, a, a_rs, a_cs, b + j, ldb, c + j, ldc, accumulate, tail);
+      if (tail == W) gemm_panel<T, 1, false>(g, M, j, K, tail);
+      else gemm_panel<T, 1, true>(g, M, j, K, tail);
     }
   }
 }
 
 // ---------------------------------------------------------------------------
-// Layout shared by forward and backward.
+// Blocks and transposed panels
 // ---------------------------------------------------------------------------
 
-struct Layout {
-  int64_t bh, n, d;   // batch * heads, positions, head dim
-  int64_t nkb;        // key blocks
-  int64_t panel;      // elements between two key blocks' panels
-};
-
-Layout make_layout(int64_t bh, int64_t n, int64_t d) {
-  return {bh, n, d, div_up(n, kBlockK), kBlockK * d};
-}
-
-// Keys of block kb: first index and count; their panel's row length (the
-// count rounded up to whole vectors, the padding zero).
-struct KeyBlock {
-  int64_t j0, nk, ld;
+// Positions [i0, i0 + count) of block `index`, and the row length of its
+// transposed panel: count rounded up to whole vectors.
+struct Block {
+  int64_t i0, count, ld;
 };
 
 template <typename T>
-KeyBlock key_block(const Layout& L, int64_t kb) {
+Block block(int64_t index, int64_t size, int64_t n) {
   constexpr int64_t W = Vectorized<T>::size();
-  const int64_t j0 = kb * kBlockK;
-  const int64_t nk = std::min(kBlockK, L.n - j0);
-  return {j0, nk, div_up(nk, W) * W};
+  const int64_t i0 = index * size, count = std::min(size, n - i0);
+  return {i0, count, div_up(count, W) * W};
 }
 
-// x: [bh, n, d] -> panels [bh, nkb, d, ld(kb)] (block kb at offset
-// (bh * nkb + kb) * panel), so that x^T of a key block is a row-major
-// [d, keys] matrix with vector-aligned rows. Transposed in 8 x 8 tiles
-// (in registers for float32; an element-wise loop costs several percent of
-// the forward at N = 256).
+// dst[e, j] = src[j, e] for a row-major src [rows, d]: dst is [d, ld], its
+// columns rows..ld zero. Transposed in 8 x 8 tiles, in registers for float32.
 template <typename T>
-void pack_transposed(const T* x, T* panels, const Layout& L) {
+void pack_transposed(const T* src, int64_t rows, int64_t d, T* dst, int64_t ld) {
   constexpr int64_t kTile = 8;
-  at::parallel_for(0, L.bh * L.nkb, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t h = t / L.nkb, kb = t % L.nkb;
-      const KeyBlock blk = key_block<T>(L, kb);
-      const T* src = x + (h * L.n + blk.j0) * L.d;
-      T* dst = panels + t * L.panel;
-      for (int64_t j = 0; j < blk.nk; j += kTile) {
-        const int rows = static_cast<int>(std::min(kTile, blk.nk - j));
-        for (int64_t e = 0; e < L.d; e += kTile) {
-          const int cols = static_cast<int>(std::min(kTile, L.d - e));
-          if (rows == kTile && cols == kTile)
-            at::vec::transpose_mxn<T, kTile, kTile>(src + j * L.d + e, L.d, dst + e * blk.ld + j, blk.ld);
-          else
-            at::vec::transpose_mxn<T>(src + j * L.d + e, L.d, dst + e * blk.ld + j, blk.ld, rows, cols);
-        }
-      }
-      for (int64_t e = 0; blk.ld > blk.nk && e < L.d; ++e)
-        std::fill(dst + e * blk.ld + blk.nk, dst + (e + 1) * blk.ld, T(0));
+  for (int64_t j = 0; j < rows; j += kTile) {
+    const int tr = static_cast<int>(std::min(kTile, rows - j));
+    for (int64_t e = 0; e < d; e += kTile) {
+      const int tc = static_cast<int>(std::min(kTile, d - e));
+      if (tr == kTile && tc == kTile)
+        at::vec::transpose_mxn<T, kTile, kTile>(src + j * d + e, d, dst + e * ld + j, ld);
+      else
+        at::vec::transpose_mxn<T>(src + j * d + e, d, dst + e * ld + j, ld, tr, tc);
     }
-  });
+  }
+  for (int64_t e = 0; ld > rows && e < d; ++e) std::fill(dst + e * ld + rows, dst + (e + 1) * ld, T(0));
 }
 
+// dst = scale * src (dst may be src)
 template <typename T>
-void scaled_copy(const T* src, T* dst, int64_t count, T scale) {
-  at::vec::map([scale](Vectorized<T> x) { return x * Vectorized<T>(scale); }, dst, src, count);
+void scale_into(T* dst, const T* src, int64_t count, T scale) {
+  at::vec::map([scale](Vectorized<T> v) { return v * Vectorized<T>(scale); }, dst, src, count);
 }
 
+// ATen's 20-ulp exp for float32 (1e-6 relative, below the rounding of the
+// float32 logits it is applied to), Sleef's 1-ulp exp for float64; both give
+// exp(-inf) = 0.
 template <typename T>
 Vectorized<T> vexp(const Vectorized<T>& x) {
   return x.exp_u20();
@@ -197,58 +197,62 @@ Vectorized<T> vexp(const Vectorized<T>& x) {
 // Forward
 // ---------------------------------------------------------------------------
 
+// One task per (head, query block). Scores are computed transposed,
+// S^T = K_j (scale Q_i)^T with keys as rows, so that the softmax statistics
+// of the queries (running max m, sum l, rescale factor alpha) are vectors
+// updated column-wise, and only the small query block is ever transposed.
 template <typename T>
-void attention_fwd_kernel(const T* q, const T* k_panels, const T* v, T* out,
-                          T* lse, const Layout& L, T scale) {
+void attention_fwd_kernel(const T* q, const T* k, const T* v, T* out, T* lse, int64_t bh,
+                          int64_t n, int64_t d, T scale) {
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
-  const int64_t n = L.n, d = L.d;
-  const int64_t nqb = div_up(n, kBlockQ);
-  at::parallel_for(0, L.bh * nqb, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> qs(kBlockQ * d), s(kBlockQ * kBlockK), acc(kBlockQ * d), m(kBlockQ), l(kBlockQ);
+  constexpr int64_t ldS = kBlockQ;
+  const int64_t nqb = div_up(n, kBlockQ), nkb = div_up(n, kFwdBlockK);
+  at::parallel_for(0, bh * nqb, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> qt(d * kBlockQ), st(kFwdBlockK * ldS), acc(kBlockQ * d);
+    std::vector<T> m(kBlockQ), l(kBlockQ), alpha(kBlockQ), colsum(kBlockQ);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t h = task / nqb, i0 = (task % nqb) * kBlockQ;
-      const int64_t mq = std::min(kBlockQ, n - i0);
-      scaled_copy<T>(q + (h * n + i0) * d, qs.data(), mq * d, scale);
+      const int64_t h = task / nqb;
+      const Block qb = block<T>(task % nqb, kBlockQ, n);
+      pack_transposed<T>(q + (h * n + qb.i0) * d, qb.count, d, qt.data(), qb.ld);
+      scale_into<T>(qt.data(), qt.data(), d * qb.ld, scale);
       std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
-      std::fill(l.begin(), l.end(), T(0));
-      for (int64_t kb = 0; kb < L.nkb; ++kb) {
-        const KeyBlock blk = key_block<T>(L, kb);
-        gemm<T>(mq, blk.ld, d, qs.data(), d, 1, k_panels + (h * L.nkb + kb) * L.panel, blk.ld,
-                s.data(), kBlockK, false);
-        for (int64_t r = 0; r < mq; ++r) {
-          T* sr = s.data() + r * kBlockK;
-          // Padded keys score -inf, so they get probability exp(-inf) = 0.
-          std::fill(sr + blk.nk, sr + blk.ld, -std::numeric_limits<T>::infinity());
-          Vec vmax(-std::numeric_limits<T>::infinity());
-          for (int64_t j = 0; j < blk.ld; j += W) vmax = at::vec::maximum(vmax, Vec::loadu(sr + j));
-          const T m_new = std::max(m[r], at::vec::vec_reduce_all<T>(
-                                             [](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, vmax));
-          const Vec vm(m_new);
-          Vec vsum(T(0));
-          for (int64_t j = 0; j < blk.ld; j += W) {
-            const Vec p = vexp<T>(Vec::loadu(sr + j) - vm);
-            p.store(sr + j);
-            vsum = vsum + p;
-          }
-          // The first block starts from m = -inf, l = 0: alpha = 0, and acc is
-          // written, not rescaled, by its P V product below.
-          const T alpha = std::exp(m[r] - m_new);
-          l[r] = l[r] * alpha + at::vec::vec_reduce_all<T>([](Vec& x, Vec& y) { return x + y; }, vsum);
-          m[r] = m_new;
-          if (kb > 0 && alpha != T(1)) {
-            T* ar = acc.data() + r * d;
-            at::vec::map([alpha](Vec x) { return x * Vec(alpha); }, ar, ar, d);
+      for (int64_t kb = 0; kb < nkb; ++kb) {
+        const Block kbk = block<T>(kb, kFwdBlockK, n);
+        // S^T and m_new = max(m_old, column maxima of S^T)
+        std::copy(m.begin(), m.begin() + qb.ld, alpha.begin());  // m_old, for now
+        gemm<T>({k + (h * n + kbk.i0) * d, d, 1, qt.data(), qb.ld, st.data(), ldS, false, m.data()},
+                kbk.count, qb.ld, d);
+        // P^T = exp(S^T - m_new) and its column sums, summed apart from l so
+        // that no float chain runs longer than one block.
+        std::fill(colsum.begin(), colsum.begin() + qb.ld, T(0));
+        for (int64_t j = 0; j < kbk.count; ++j) {
+          T* row = &st[j * ldS];
+          for (int64_t c = 0; c < qb.ld; c += W) {
+            const Vec p = vexp<T>(Vec::loadu(row + c) - Vec::loadu(&m[c]));
+            p.store(row + c);
+            (Vec::loadu(&colsum[c]) + p).store(&colsum[c]);
           }
         }
-        gemm<T>(mq, d, blk.nk, s.data(), kBlockK, 1, v + (h * n + blk.j0) * d, d, acc.data(), d,
-                kb > 0);
+        // alpha = exp(m_old - m_new); l = alpha l + column sums.
+        for (int64_t c = 0; c < qb.ld; c += W) {
+          const Vec a = vexp<T>(Vec::loadu(&alpha[c]) - Vec::loadu(&m[c]));
+          a.store(&alpha[c]);
+          const Vec sum = Vec::loadu(&colsum[c]);
+          (kb == 0 ? sum : at::vec::fmadd(Vec::loadu(&l[c]), a, sum)).store(&l[c]);
+        }
+        // acc = alpha acc + P V_j; the first block writes acc.
+        if (kb > 0) {
+          for (int64_t r = 0; r < qb.count; ++r)
+            if (alpha[r] != T(1)) scale_into<T>(&acc[r * d], &acc[r * d], d, alpha[r]);
+        }
+        gemm<T>({st.data(), 1, ldS, v + (h * n + kbk.i0) * d, d, acc.data(), d, kb > 0, nullptr},
+                qb.count, d, kbk.count);
       }
-      for (int64_t r = 0; r < mq; ++r) {
+      for (int64_t r = 0; r < qb.count; ++r) {
         const T inv = T(1) / l[r];
-        at::vec::map([inv](Vec x) { return x * Vec(inv); }, out + (h * n + i0 + r) * d,
-                     acc.data() + r * d, d);
-        lse[h * n + i0 + r] = m[r] + std::log(l[r]);
+        at::vec::map([inv](Vec x) { return x * Vec(inv); }, out + (h * n + qb.i0 + r) * d, &acc[r * d], d);
+        lse[h * n + qb.i0 + r] = m[r] + std::log(l[r]);
       }
     }
   });
@@ -270,65 +274,66 @@ int64_t key_groups(int64_t bh, int64_t nkb) {
   return g;
 }
 
+// One task per (head, group of key blocks); for each of its key blocks it
+// streams every query block (FlashAttention-2, Algorithm 2).
 template <typename T>
-void attention_bwd_kernel(const T* dout, const T* q, const T* k, const T* v,
-                          const T* out, const T* lse, const T* k_panels,
-                          const T* v_panels, T* dq_groups, T* dk, T* dv,
-                          const Layout& L, int64_t groups, T scale) {
+void attention_bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const T* out,
+                          const T* lse, T* dq_groups, T* dk, T* dv, int64_t bh, int64_t n,
+                          int64_t d, int64_t groups, T scale) {
   using Vec = Vectorized<T>;
   constexpr int64_t W = Vec::size();
-  const int64_t n = L.n, d = L.d;
-  const int64_t nqb = div_up(n, kBlockQ);
+  constexpr int64_t ldP = kBwdBlockK;
+  const int64_t nqb = div_up(n, kBlockQ), nkb = div_up(n, kBwdBlockK);
 
   // delta_i = sum_e dO_ie O_ie = sum_j P_ij dP_ij, the row term of the
   // softmax backward dS = P * (dP - delta).
-  std::vector<T> delta(L.bh * n);
-  at::parallel_for(0, L.bh * n, 64, [&](int64_t begin, int64_t end) {
+  std::vector<T> delta(bh * n);
+  at::parallel_for(0, bh * n, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
-      delta[r] = at::vec::map2_reduce_all<T>(
-          [](Vec x, Vec y) { return x * y; }, [](Vec x, Vec y) { return x + y; },
-          dout + r * d, out + r * d, d);
+      delta[r] = at::vec::map2_reduce_all<T>([](Vec x, Vec y) { return x * y; },
+                                             [](Vec x, Vec y) { return x + y; }, dout + r * d,
+                                             out + r * d, d);
   });
 
-  at::parallel_for(0, L.bh * groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> qs(kBlockQ * d), p(kBlockQ * kBlockK), ds(kBlockQ * kBlockK);
+  at::parallel_for(0, bh * groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> kt(d * kBwdBlockK), vt(d * kBwdBlockK), qs(kBlockQ * d), p(kBlockQ * ldP), ds(kBlockQ * ldP);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t h = task / groups, g = task % groups;
-      T* dq = dq_groups + (g * L.bh + h) * n * d;
-      for (int64_t kb = g * L.nkb / groups; kb < (g + 1) * L.nkb / groups; ++kb) {
-        const KeyBlock blk = key_block<T>(L, kb);
-        const T* kt = k_panels + (h * L.nkb + kb) * L.panel;
-        const T* vt = v_panels + (h * L.nkb + kb) * L.panel;
-        const int64_t row0 = (h * n + blk.j0) * d;
-        for (int64_t qb = 0; qb < nqb; ++qb) {
-          const int64_t i0 = qb * kBlockQ, mq = std::min(kBlockQ, n - i0);
-          const T* qi = q + (h * n + i0) * d;
-          const T* doi = dout + (h * n + i0) * d;
-          const T* lse_i = lse + h * n + i0;
-          const T* delta_i = delta.data() + h * n + i0;
-          const bool first = qb == 0;
-          // P = exp(scale q k^T - lse); padded key columns are never read.
-          scaled_copy<T>(qi, qs.data(), mq * d, scale);
-          gemm<T>(mq, blk.ld, d, qs.data(), d, 1, kt, blk.ld, p.data(), kBlockK, false);
-          for (int64_t r = 0; r < mq; ++r) {
-            T* pr = p.data() + r * kBlockK;
+      T* dq = dq_groups + (g * bh + h) * n * d;
+      for (int64_t kb = g * nkb / groups; kb < (g + 1) * nkb / groups; ++kb) {
+        const Block kbk = block<T>(kb, kBwdBlockK, n);
+        const int64_t row0 = (h * n + kbk.i0) * d;
+        pack_transposed<T>(k + row0, kbk.count, d, kt.data(), kbk.ld);
+        pack_transposed<T>(v + row0, kbk.count, d, vt.data(), kbk.ld);
+        for (int64_t i = 0; i < nqb; ++i) {
+          const Block qb = block<T>(i, kBlockQ, n);
+          const T* qi = q + (h * n + qb.i0) * d;
+          const T* doi = dout + (h * n + qb.i0) * d;
+          const T* lse_i = lse + h * n + qb.i0;
+          const T* delta_i = delta.data() + h * n + qb.i0;
+          const bool first = i == 0;
+          // P = exp(scale Q_i K_j^T - lse); padded key columns are never read.
+          scale_into<T>(qs.data(), qi, qb.count * d, scale);
+          gemm<T>({qs.data(), d, 1, kt.data(), kbk.ld, p.data(), ldP, false, nullptr}, qb.count, kbk.ld, d);
+          for (int64_t r = 0; r < qb.count; ++r) {
+            T* pr = &p[r * ldP];
             const Vec vl(lse_i[r]);
-            for (int64_t j = 0; j < blk.ld; j += W) vexp<T>(Vec::loadu(pr + j) - vl).store(pr + j);
+            for (int64_t j = 0; j < kbk.ld; j += W) vexp<T>(Vec::loadu(pr + j) - vl).store(pr + j);
           }
           // dV_j += P^T dO_i
-          gemm<T>(blk.nk, d, mq, p.data(), 1, kBlockK, doi, d, dv + row0, d, !first);
+          gemm<T>({p.data(), 1, ldP, doi, d, dv + row0, d, !first, nullptr}, kbk.count, d, qb.count);
           // scale dS = scale P * (dO_i V_j^T - delta)
-          gemm<T>(mq, blk.ld, d, doi, d, 1, vt, blk.ld, ds.data(), kBlockK, false);
-          for (int64_t r = 0; r < mq; ++r) {
-            T* dsr = ds.data() + r * kBlockK;
-            const T* pr = p.data() + r * kBlockK;
+          gemm<T>({doi, d, 1, vt.data(), kbk.ld, ds.data(), ldP, false, nullptr}, qb.count, kbk.ld, d);
+          for (int64_t r = 0; r < qb.count; ++r) {
+            T* dsr = &ds[r * ldP];
+            const T* pr = &p[r * ldP];
             const Vec vd(delta_i[r]), vs(scale);
-            for (int64_t j = 0; j < blk.ld; j += W)
+            for (int64_t j = 0; j < kbk.ld; j += W)
               (vs * Vec::loadu(pr + j) * (Vec::loadu(dsr + j) - vd)).store(dsr + j);
           }
           // dK_j += scale dS^T Q_i;  dQ_i += scale dS K_j
-          gemm<T>(blk.nk, d, mq, ds.data(), 1, kBlockK, qi, d, dk + row0, d, !first);
-          gemm<T>(mq, d, blk.nk, ds.data(), kBlockK, 1, k + row0, d, dq + i0 * d, d, true);
+          gemm<T>({ds.data(), 1, ldP, qi, d, dk + row0, d, !first, nullptr}, kbk.count, d, qb.count);
+          gemm<T>({ds.data(), ldP, 1, k + row0, d, dq + qb.i0 * d, d, true, nullptr}, qb.count, d, kbk.count);
         }
       }
     }
@@ -371,13 +376,6 @@ at::Tensor as_compute(const at::Tensor& t, at::ScalarType dtype) {
   return MCVD_CONTIG(t.to(dtype));
 }
 
-template <typename T>
-at::Tensor packed_panels(const at::Tensor& x, const Layout& L) {
-  at::Tensor panels = at::empty({L.bh * L.nkb * L.panel}, x.options());
-  pack_transposed<T>(x.data_ptr<T>(), panels.data_ptr<T>(), L);
-  return panels;
-}
-
 std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
                                                      const at::Tensor& v_in, double scale) {
   check_qkv(q_in, k_in, v_in);
@@ -389,11 +387,9 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q_in, con
   at::Tensor lse = at::empty({b, heads, n}, q.options());
   if (q.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(dtype, "attention_fwd_cpu", [&] {
-      const Layout L = make_layout(b * heads, n, d);
-      const at::Tensor k_panels = packed_panels<scalar_t>(k, L);
-      attention_fwd_kernel<scalar_t>(q.data_ptr<scalar_t>(), k_panels.data_ptr<scalar_t>(),
-                                     v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-                                     lse.data_ptr<scalar_t>(), L, static_cast<scalar_t>(scale));
+      attention_fwd_kernel<scalar_t>(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+                                     out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), b * heads, n, d,
+                                     static_cast<scalar_t>(scale));
     });
   } else if (d == 0) {
     // No features: every logit is 0, so each row's lse is log(N).
@@ -426,16 +422,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
     dv.zero_();
   } else {
     AT_DISPATCH_FLOATING_TYPES(dtype, "attention_bwd_cpu", [&] {
-      const Layout L = make_layout(b * heads, n, d);
-      const int64_t groups = key_groups(L.bh, L.nkb);
-      const at::Tensor k_panels = packed_panels<scalar_t>(k, L);
-      const at::Tensor v_panels = packed_panels<scalar_t>(v, L);
+      const int64_t groups = key_groups(b * heads, div_up(n, kBwdBlockK));
       at::Tensor dq_groups = at::zeros({groups, b, heads, n, d}, q.options());
-      attention_bwd_kernel<scalar_t>(
-          dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
-          v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
-          k_panels.data_ptr<scalar_t>(), v_panels.data_ptr<scalar_t>(), dq_groups.data_ptr<scalar_t>(),
-          dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), L, groups, static_cast<scalar_t>(scale));
+      attention_bwd_kernel<scalar_t>(dout.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
+                                     v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
+                                     dq_groups.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(),
+                                     dv.data_ptr<scalar_t>(), b * heads, n, d, groups,
+                                     static_cast<scalar_t>(scale));
       dq = groups == 1 ? dq_groups[0] : dq_groups.sum(0);
     });
   }

@@ -59,9 +59,9 @@ def assert_within_eager_error():
 
 # ------------------------------------------------------------------ helpers
 
-# [B, heads, N, D]: one position, two, N = 113 and 193 (no power-of-two block
-# divides them), 256; head dims 1, 7 and 59 leave vector tails, 32 and 64 are
-# aligned.
+# [B, heads, N, D]: one position, two, N = 113, 193 and 256, which no block
+# size of the kernels divides (193 ends in a one-key block); head dims 1, 7
+# and 59 leave vector tails, 32 and 64 are aligned.
 SHAPES = [
     (1, 1, 1, 1),
     (2, 3, 1, 7),
@@ -136,7 +136,7 @@ def slacks(q, k, v, scale, dtype, grad_out=None) -> dict[str, float]:
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_forward_float64_matches_reference(backend_device, shape):
-    backend, device = backend_device
+    backend, _ = backend_device
     if backend != "cpu":
         pytest.skip("float64 is a CPU kernel dtype")
     q, k, v = make_qkv(shape)
@@ -262,7 +262,7 @@ def test_zero_positions():
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_backward_float64_matches_reference_autograd(backend_device, shape):
-    backend, device = backend_device
+    backend, _ = backend_device
     if backend != "cpu":
         pytest.skip("float64 is a CPU kernel dtype")
     q, k, v = make_qkv(shape)
@@ -308,7 +308,7 @@ def test_backward_does_not_depend_on_the_thread_count(threads):
 
 @pytest.mark.parametrize("shape", [(1, 2, 5, 3), (2, 1, 7, 1)], ids=str)
 def test_gradcheck(backend_device, shape):
-    backend, device = backend_device
+    backend, _ = backend_device
     if backend != "cpu":
         pytest.skip("gradcheck needs float64, a CPU kernel dtype")
     q, k, v = leaves(*make_qkv(shape))
@@ -364,19 +364,20 @@ SHAPE = (2, 3, 5, 4)
 BAD = [
     # (case, change to the good arguments, Python error type, message); the
     # C++ kernel raises RuntimeError with the same message.
-    ("q rank", dict(q=torch.randn(2, 3, 5)), ValueError, r"q: expected a 4-d tensor \[B, heads, N, D\], got shape \[2, 3, 5\]"),
-    ("q dtype", dict(q=torch.ones(SHAPE, dtype=torch.int64)), TypeError,
+    ("q rank", {"q": torch.randn(2, 3, 5)}, ValueError,
+     r"q: expected a 4-d tensor \[B, heads, N, D\], got shape \[2, 3, 5\]"),
+    ("q dtype", {"q": torch.ones(SHAPE, dtype=torch.int64)}, TypeError,
      r"q: expected a floating dtype \(float32, float64, bfloat16, float16\), got \S+"),
-    ("k shape", dict(k=torch.randn(2, 3, 6, 4)), ValueError, r"k: expected shape \[2, 3, 5, 4\], got \[2, 3, 6, 4\]"),
-    ("v shape", dict(v=torch.randn(2, 3, 5, 5)), ValueError, r"v: expected shape \[2, 3, 5, 4\], got \[2, 3, 5, 5\]"),
-    ("k dtype", dict(k=torch.randn(SHAPE, dtype=torch.float64)), TypeError,
+    ("k shape", {"k": torch.randn(2, 3, 6, 4)}, ValueError, r"k: expected shape \[2, 3, 5, 4\], got \[2, 3, 6, 4\]"),
+    ("v shape", {"v": torch.randn(2, 3, 5, 5)}, ValueError, r"v: expected shape \[2, 3, 5, 4\], got \[2, 3, 5, 5\]"),
+    ("k dtype", {"k": torch.randn(SHAPE, dtype=torch.float64)}, TypeError,
      r"k: expected dtype \S+ \(the dtype of q\), got \S+"),
-    ("v dtype", dict(v=torch.randn(SHAPE).half()), TypeError, r"v: expected dtype \S+ \(the dtype of q\), got \S+"),
+    ("v dtype", {"v": torch.randn(SHAPE).half()}, TypeError, r"v: expected dtype \S+ \(the dtype of q\), got \S+"),
 ]
 
 
 def good_args():
-    return dict(q=torch.randn(SHAPE), k=torch.randn(SHAPE), v=torch.randn(SHAPE))
+    return {"q": torch.randn(SHAPE), "k": torch.randn(SHAPE), "v": torch.randn(SHAPE)}
 
 
 @pytest.mark.parametrize("case, change, py_error, message", BAD, ids=[c[0] for c in BAD])
@@ -412,8 +413,8 @@ def test_bad_backward_input_through_the_cpu_kernel():
         bwd(g, q, k, v, out.double(), lse, 0.5)
     with pytest.raises(RuntimeError, match=r"v: expected shape \[2, 3, 5, 4\], got \[2, 3, 4, 4\]"):
         bwd(g, q, k, v[:, :, :4], out, lse, 0.5)
-    with pytest.raises(RuntimeError, match=r"lse: expected dtype torch.float32 \(float64 for float64 q, else float32\), "
-                                           r"got torch.float64"):
+    lse_dtype = r"lse: expected dtype torch.float32 \(float64 for float64 q, else float32\), got torch.float64"
+    with pytest.raises(RuntimeError, match=lse_dtype):
         bwd(g, q, k, v, out, lse.double(), 0.5)
     with pytest.raises(RuntimeError, match=r"lse: expected shape \[2, 3, 5\], got \[2, 3, 4\]"):
         bwd(g, q, k, v, out, lse[..., :4], 0.5)

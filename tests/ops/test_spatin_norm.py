@@ -7,16 +7,19 @@ import torch
 
 from mcvd.ops import available_backends, spatin_norm, spatin_norm_ref
 
-# (shape, num_groups): minimal, aligned and odd sizes; H * W of 35, 221 and 15
-# leave vector tails, [1, 3, 1, 1] has one element per channel.
+# (shape, num_groups): minimal, aligned and odd sizes. H * W of 35, 15, 221
+# and 1517 leave vector tails; 1517 also spans two of the kernel's
+# 1024-element blocks per channel; [1, 3, 1, 1] has one element per channel.
 SHAPES = [
     ((1, 3, 1, 1), 1),
     ((2, 6, 5, 7), 3),
     ((2, 32, 3, 5), 32),
     ((3, 64, 17, 13), 32),
+    ((1, 4, 37, 41), 2),
     ((2, 128, 32, 32), 32),
 ]
-SMALL_SHAPES = SHAPES[:4]
+SMALL_SHAPES = SHAPES[:-1]
+LOW_PRECISION_SHAPES = [((2, 64, 17, 13), 32), ((1, 4, 37, 41), 2)]
 OPTIONALS = ("weight", "bias", "gamma", "beta", "scale", "shift")
 PAIRS = (("weight", "bias"), ("gamma", "beta"), ("scale", "shift"))
 # Every subset of the three pairs, then each member alone.
@@ -111,12 +114,14 @@ def test_statistics_are_the_group_mean_and_rstd(backend_device, dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize("present", [(), OPTIONALS], ids=["none", "all"])
-def test_forward_low_precision_within_eager_error(backend_device, assert_within_eager_error, dtype, present, silu):
+@pytest.mark.parametrize("shape, groups", LOW_PRECISION_SHAPES, ids=str)
+def test_forward_low_precision_within_eager_error(backend_device, assert_within_eager_error, shape, groups, dtype,
+                                                  present, silu):
     backend, device = backend_device
-    x, opt = make_inputs((2, 64, 17, 13), present, dtype=dtype, device=device)
-    y = spatin_norm(x, 32, **opt, eps=EPS, silu=silu, backend=backend)
-    eager = spatin_norm_ref(x, 32, **opt, eps=EPS, silu=silu)
-    ref = spatin_norm_ref(x.double(), 32, **as_float64(opt), eps=EPS, silu=silu)
+    x, opt = make_inputs(shape, present, dtype=dtype, device=device)
+    y = spatin_norm(x, groups, **opt, eps=EPS, silu=silu, backend=backend)
+    eager = spatin_norm_ref(x, groups, **opt, eps=EPS, silu=silu)
+    ref = spatin_norm_ref(x.double(), groups, **as_float64(opt), eps=EPS, silu=silu)
     assert_within_eager_error(y, ref, eager, factor=2, atol=1e-3)
 
 
@@ -164,15 +169,17 @@ def test_backward_float64_matches_reference_autograd(backend_device, shape, grou
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("present", [(), OPTIONALS], ids=["none", "all"])
-def test_backward_low_precision_within_eager_error(backend_device, assert_within_eager_error, dtype, present):
+@pytest.mark.parametrize("shape, groups", LOW_PRECISION_SHAPES, ids=str)
+def test_backward_low_precision_within_eager_error(backend_device, assert_within_eager_error, shape, groups, dtype,
+                                                   present):
     backend, device = backend_device
-    x, opt = make_inputs((2, 64, 17, 13), present, dtype=dtype, device=device)
+    x, opt = make_inputs(shape, present, dtype=dtype, device=device)
     grad_y = torch.randn(x.shape, device=device).to(dtype)
     x, opt = leaf(x), {k: leaf(v) for k, v in opt.items()}
-    got = grads_of(lambda x, **o: spatin_norm(x, 32, **o, eps=EPS, silu=True, backend=backend), x, opt, grad_y)
-    eager = grads_of(lambda x, **o: spatin_norm_ref(x, 32, **o, eps=EPS, silu=True), x, opt, grad_y)
+    got = grads_of(lambda x, **o: spatin_norm(x, groups, **o, eps=EPS, silu=True, backend=backend), x, opt, grad_y)
+    eager = grads_of(lambda x, **o: spatin_norm_ref(x, groups, **o, eps=EPS, silu=True), x, opt, grad_y)
     x64, opt64 = leaf(x.double()), {k: leaf(None if v is None else v.double()) for k, v in opt.items()}
-    ref = grads_of(lambda x, **o: spatin_norm_ref(x, 32, **o, eps=EPS, silu=True), x64, opt64, grad_y.double())
+    ref = grads_of(lambda x, **o: spatin_norm_ref(x, groups, **o, eps=EPS, silu=True), x64, opt64, grad_y.double())
     for g, e, r in zip(got, eager, ref):
         # The reductions (weight, bias, scale, shift) sum hundreds of terms:
         # the slack scales with the reference gradient's size.

@@ -134,6 +134,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--max-time", type=float, default=10.0, help="seconds per measurement at most")
+    p.add_argument("--providers", nargs="+", default=None, help="only these providers (and the reference)")
     p.add_argument("--csv", default=None)
     p.add_argument("--md", default=None, help="write the Markdown table here")
     args = p.parse_args(argv)
@@ -152,6 +153,8 @@ def main(argv=None) -> int:
                 for vname, spatial in variants:
                     for mode in modes:
                         for prov in providers(op, dev, dtype):
+                            if args.providers and prov not in args.providers and prov != "reference":
+                                continue
                             if op == "attention" and prov == "sdpa" and dev == "cpu" and dtype != torch.float32:
                                 continue
                             try:

@@ -1,0 +1,261 @@
+"""Video files in and out: grids of condition | prediction | truth as GIF and
+MP4, raw frames as .npz, and input clips decoded with PyAV.
+
+A grid shows one row per video and one panel (column) per `Panel`; each
+frame of a panel has a coloured border saying what it is (`KIND_COLOURS`):
+
+    given    a frame the model was given (past or future condition)
+    sampled  a frame the model sampled
+    real     a true frame the model did not see (the target)
+    held     the last given frame, held while the model predicts: what the
+             copy-last-frame baseline predicts
+
+A bar under the grid grows with time, in the colour of the prediction
+panel's frame. Every file is written to a temporary file beside its target
+and renamed (mcvd.train.checkpoint.atomic_write), so a reader never sees a
+partial file and an interrupted run leaves no broken one.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mcvd.data.video_folder import frames_to_clip
+from mcvd.train.checkpoint import atomic_write
+
+KIND_COLOURS = {
+    "given": (46, 160, 67),
+    "sampled": (214, 39, 40),
+    "real": (31, 119, 180),
+    "held": (127, 127, 127),
+}
+BACKGROUND = (24, 24, 24)
+TEXT = (230, 230, 230)
+MIN_CELL = 64     # frames are upscaled (nearest) to at least this many pixels a side
+BORDER, GAP, HEADER, BAR = 2, 4, 14, 4
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One column of a grid.
+
+    title: shown above the column.
+    frames: [rows, T, C, H, W] float in [-1, 1] (C = 1 or 3).
+    kinds: T entries of KIND_COLOURS's keys, what each frame is.
+    """
+
+    title: str
+    frames: torch.Tensor
+    kinds: tuple[str, ...]
+
+    def __post_init__(self):
+        f = self.frames
+        if not isinstance(f, torch.Tensor) or f.dim() != 5 or f.shape[2] not in (1, 3):
+            raise ValueError(f"frames: expected a tensor [rows, T, C, H, W] with C 1 or 3, got "
+                             f"{list(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__}")
+        if len(self.kinds) != f.shape[1] or any(k not in KIND_COLOURS for k in self.kinds):
+            raise ValueError(f"kinds: expected {f.shape[1]} entries from {tuple(KIND_COLOURS)}, got {self.kinds}")
+
+
+def task_panels(prediction: torch.Tensor, *, past: torch.Tensor | None = None, truth: torch.Tensor | None = None,
+                future: torch.Tensor | None = None) -> list[Panel]:
+    """The panels condition | prediction | truth of a video task, over the timeline past, target, future.
+
+    Args:
+        prediction: [R, n, C, H, W], the sampled frames (R rows).
+        past: [R, p, C, H, W] given frames before them, or None.
+        truth: [R, n, C, H, W] the true frames in their place, or None (no truth panel).
+        future: [R, f, C, H, W] given frames after them, or None.
+    The condition panel (present when past or future is given) holds the last
+    past frame (else the first future frame) through the n target frames.
+    """
+    R, n = prediction.shape[:2]
+    for name, x in (("past", past), ("truth", truth), ("future", future)):
+        if x is not None and (x.dim() != 5 or x.shape[0] != R or x.shape[2:] != prediction.shape[2:]):
+            raise ValueError(f"{name}: expected [{R}, T, {', '.join(map(str, prediction.shape[2:]))}] "
+                             f"(rows and frame shape of prediction), got {list(x.shape)}")
+    if truth is not None and truth.shape[1] != n:
+        raise ValueError(f"truth: expected {n} frames (as prediction), got {truth.shape[1]}")
+    before = [] if past is None else [past]
+    after = [] if future is None else [future]
+    p, f = sum(x.shape[1] for x in before), sum(x.shape[1] for x in after)
+
+    def panel(title, middle, kind):
+        frames = torch.cat([*before, middle, *after], dim=1)
+        return Panel(title, frames, ("given",) * p + (kind,) * n + ("given",) * f)
+
+    panels = []
+    if p or f:
+        held = past[:, -1:] if p else future[:, :1]
+        panels.append(panel("condition", held.expand(-1, n, -1, -1, -1), "held"))
+    panels.append(panel("prediction", prediction, "sampled"))
+    if truth is not None:
+        panels.append(panel("truth", truth, "real"))
+    return panels
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """[..., C, H, W] in [-1, 1] -> uint8 [..., H, W, 3] (greyscale repeated to RGB)."""
+    x = ((frames.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    if x.shape[-3] == 1:
+        x = x.expand(*x.shape[:-3], 3, *x.shape[-2:])
+    return x.movedim(-3, -1).numpy()
+
+
+def grid_frames(panels: Sequence[Panel], *, scale: int | None = None) -> list[np.ndarray]:
+    """The frames of a grid video: one uint8 RGB image [H, W, 3] per time step.
+
+    panels: columns with the same rows, T and frame size. scale: integer
+    upscaling of each frame (default: the least giving MIN_CELL pixels).
+    """
+    from PIL import Image, ImageDraw
+
+    if not panels:
+        raise ValueError("panels: expected at least one panel")
+    shape = panels[0].frames.shape
+    for pn in panels:
+        if pn.frames.shape[:2] != shape[:2] or pn.frames.shape[3:] != shape[3:]:
+            raise ValueError(f"panels: panel {pn.title!r} has frames {list(pn.frames.shape)}, expected rows, T "
+                             f"and frame size as {list(shape)}")
+    rows, T, _, H, W = shape
+    scale = scale or max(1, math.ceil(MIN_CELL / min(H, W)))
+    ch, cw = H * scale + 2 * BORDER, W * scale + 2 * BORDER
+    width = len(panels) * cw + (len(panels) + 1) * GAP
+    height = HEADER + rows * ch + (rows + 1) * GAP + BAR
+
+    base = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(base)
+    for j, pn in enumerate(panels):
+        draw.text((GAP + j * (cw + GAP) + 1, 1), pn.title, fill=TEXT)
+    base = np.asarray(base).copy()
+    pixels = [np.repeat(np.repeat(to_uint8(pn.frames), scale, axis=2), scale, axis=3) for pn in panels]
+    timeline = panels[1].kinds if len(panels) > 1 else panels[0].kinds  # the prediction panel's, when present
+
+    out = []
+    for t in range(T):
+        img = base.copy()
+        for j, pn in enumerate(panels):
+            x0 = GAP + j * (cw + GAP)
+            for r in range(rows):
+                y0 = HEADER + GAP + r * (ch + GAP)
+                img[y0:y0 + ch, x0:x0 + cw] = KIND_COLOURS[pn.kinds[t]]
+                img[y0 + BORDER:y0 + ch - BORDER, x0 + BORDER:x0 + cw - BORDER] = pixels[j][r, t]
+        # The bar also makes consecutive images differ, so GIF writers never merge frames.
+        img[height - BAR:, :round(width * (t + 1) / T)] = KIND_COLOURS[timeline[t]]
+        out.append(img)
+    return out
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"path: {path} exists; pass overwrite=True (--force) to replace it")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"path: no such folder: {path.parent}")
+
+
+def _check_images(frames: Sequence[np.ndarray]) -> None:
+    if not frames or any(f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3 or f.shape != frames[0].shape
+                         for f in frames):
+        raise ValueError("frames: expected a non-empty list of uint8 RGB images [H, W, 3] of one size")
+
+
+def write_gif(path: str | os.PathLike, frames: Sequence[np.ndarray], *, fps: float = 4.0,
+              overwrite: bool = False) -> Path:
+    """Write uint8 RGB images [H, W, 3] as a looping GIF (Pillow), atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    _check_target(path, overwrite)
+    _check_images(frames)
+    images = [Image.fromarray(f) for f in frames]
+
+    def write(fh):
+        images[0].save(fh, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps),
+                       loop=0)
+    atomic_write(path, write)
+    return path
+
+
+def _av():
+    try:
+        import av
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError("MP4 files and video input need PyAV: pip install av") from err
+    return av
+
+
+def write_mp4(path: str | os.PathLike, frames: Sequence[np.ndarray], *, fps: float = 4.0,
+              overwrite: bool = False) -> Path:
+    """Write uint8 RGB images [H, W, 3] as an H.264 MP4 (PyAV; MPEG-4 Part 2 if
+    this FFmpeg lacks libx264), atomically. Odd sizes are padded by one pixel
+    (4:2:0 chroma needs even sizes)."""
+    av = _av()
+    path = Path(path)
+    _check_target(path, overwrite)
+    _check_images(frames)
+    h, w = frames[0].shape[:2]
+    pad = ((0, h % 2), (0, w % 2), (0, 0))
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+    def write(fh):
+        with av.open(fh, mode="w", format="mp4") as container:
+            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
+            stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
+            if codec == "libx264":
+                stream.options = {"crf": "18"}  # near-lossless: the frames are small
+            for f in frames:
+                frame = av.VideoFrame.from_ndarray(np.pad(f, pad), format="rgb24")
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+    atomic_write(path, write)
+    return path
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray | torch.Tensor], *,
+              overwrite: bool = False) -> Path:
+    """Write arrays (tensors become float32 / their dtype as NumPy) to a compressed .npz, atomically."""
+    path = Path(path)
+    _check_target(path, overwrite)
+    plain = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in arrays.items()}
+    atomic_write(path, lambda fh: np.savez_compressed(fh, **plain))
+    return path
+
+
+def read_video(path: str | os.PathLike, *, start: int = 0, max_frames: int | None = None) -> list[np.ndarray]:
+    """Decode frames start, start + 1, ... (at most max_frames) of a video file's
+    first video stream (PyAV): uint8 RGB images [H, W, 3]. Raises ValueError
+    naming the file if it is not a readable video."""
+    av = _av()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input: no such file: {path}")
+    out = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"input: {path} has no video stream")
+            for i, frame in enumerate(container.decode(video=0)):
+                if max_frames is not None and len(out) >= max_frames:
+                    break
+                if i >= start:
+                    out.append(frame.to_ndarray(format="rgb24"))
+    except av.FFmpegError as err:
+        raise ValueError(f"input: cannot decode {path} as a video ({type(err).__name__}: {err})") from err
+    return out
+
+
+def load_clip(path: str | os.PathLike, image_size: int, channels: int, *, start: int = 0,
+              max_frames: int | None = None) -> torch.Tensor:
+    """A video file as a clip float32 [T, channels, image_size, image_size] in [-1, 1]
+    (short side resized, centre crop, as mcvd.data.VideoFolder); T may be 0."""
+    frames = read_video(path, start=start, max_frames=max_frames)
+    if not frames:
+        return torch.zeros((0, channels, image_size, image_size))
+    return frames_to_clip(frames, image_size, channels)

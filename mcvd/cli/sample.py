@@ -1,10 +1,238 @@
-"""`mcvd sample` (not yet implemented)."""
+"""`mcvd sample`: predict, generate or interpolate frames with a trained model.
+
+    mcvd sample --checkpoint CKPT (--input VIDEO [--start S] | --data smmnist [--index I ...])
+                --task predict|generate|interpolate [--frames N] [--method ddim|ddpm|dpm++]
+                [--steps S] [--samples n] [--seed S] --out DIR [--force]
+
+CKPT: a training checkpoint (EMA weights; --no-ema for the raw ones) or a
+model file. The condition frames come from a video file (--input, decoded
+with PyAV, resized and centre-cropped to the model's frames, from frame
+--start on) or from clips of the built-in Stochastic Moving MNIST test split
+(--data smmnist, seed 0, with the checkpoint's digit settings). With p past,
+f future and k current frames of the model:
+
+    predict      the first p frames -> the next N (default k; more than k by
+                 block-autoregressive rollout); the N frames after them, when
+                 the input has them, are the truth
+    interpolate  p past + f future frames -> the k frames between them (N = k),
+                 which are the truth
+    generate     no input -> --samples videos of N frames
+
+Writes to --out: sample.gif and sample.mp4 (a grid, one row per clip and
+sample: condition | prediction | truth) and frames.npz (float32 in [-1, 1]:
+past [B, p, C, H, W], prediction [samples, B, N, C, H, W], truth
+[B, N, C, H, W] and future [B, f, C, H, W] when present). Existing files are
+kept unless --force is given; each file is written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "predict, generate or interpolate video frames with a trained model (GIF, MP4, .npz)"
+TASKS = ("predict", "interpolate", "generate")
+OUTPUTS = ("sample.gif", "sample.mp4", "frames.npz")
 
 
-def add_parser(sub):
-    p = sub.add_parser("sample", help="(not yet implemented)")
+def add_parser(sub) -> None:
+    p = sub.add_parser("sample", help=HELP, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint or model file")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--input", type=Path, default=None, help="video file holding the condition frames")
+    source.add_argument("--data", choices=("smmnist",), default=None,
+                        help="clips of the Stochastic Moving MNIST test split")
+    p.add_argument("--index", type=int, nargs="+", default=None, help="--data: clip numbers (default: 0)")
+    p.add_argument("--start", type=int, default=None, help="--input: first frame used (default: 0)")
+    p.add_argument("--task", choices=TASKS, default="predict")
+    p.add_argument("--frames", type=int, default=None, help="N, frames to sample (default: the model's k)")
+    p.add_argument("--method", choices=("ddim", "ddpm", "dpm++"), default="ddim", help="sampler")
+    p.add_argument("--steps", type=int, default=100, help="sampler steps (network calls per block)")
+    p.add_argument("--samples", type=int, default=1, help="samples per clip (generate: videos)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    p.add_argument("--device", default="auto", help="'auto' (CUDA when there is one), 'cpu', 'cuda', 'cuda:1', ...")
+    p.add_argument("--out", type=Path, required=True, help="folder for sample.gif, sample.mp4, frames.npz")
+    p.add_argument("--fps", type=float, default=4.0, help="frames per second of the GIF and MP4")
+    p.add_argument("--no-ema", action="store_true", help="the raw weights of a training checkpoint, not the EMA")
+    p.add_argument("--force", action="store_true", help="replace sample.gif, sample.mp4, frames.npz in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
 
-def run(args) -> int:
-    raise SystemExit("mcvd sample: not yet implemented")
+class UsageError(ValueError):
+    """A bad command line, reported as `mcvd sample: error: ...`."""
+
+
+def resolve_device(name: str):
+    """torch.device of a --device value: "auto" is CUDA when torch sees one, else the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UsageError(f"--device: {err}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device: CUDA requested but torch sees no CUDA device")
+    return device
+
+
+def smmnist_test_clips(checkpoint: Path, cfg, frames: int):
+    """The Stochastic Moving MNIST test clips (seed 0) of `frames` frames, drawn
+    like the checkpoint's training clips (its data section's num_digits and
+    digit_size; for a model file, 2 digits of half the frame size, the paper's
+    proportions)."""
+    from mcvd.data import StochasticMovingMNIST
+    from mcvd.nn.model_file import read_model_file
+
+    if cfg.channels != 1:
+        raise UsageError(f"--data: smmnist clips are greyscale; the model takes {cfg.channels} channels")
+    data = read_model_file(checkpoint).get("run_config", {}).get("data", {})
+    if data.get("dataset") == "smmnist":
+        digits, digit_size = data["num_digits"], data["digit_size"]
+    else:
+        digits, digit_size = 2, cfg.image_size // 2
+    return StochasticMovingMNIST(frames, split="test", seed=0, image_size=cfg.image_size, num_digits=digits,
+                                 digit_size=digit_size)
+
+
+def _check_args(args) -> None:
+    for name in ("steps", "samples", "frames"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name}: expected >= 1, got {value}")
+    if args.fps <= 0:
+        raise UsageError(f"--fps: expected > 0, got {args.fps}")
+    if args.index is not None and args.data is None:
+        raise UsageError("--index: selects clips of --data smmnist; it does not apply to --input")
+    if args.start is not None and args.input is None:
+        raise UsageError("--start: selects the first frame of --input; it does not apply to --data")
+    if args.start is not None and args.start < 0:
+        raise UsageError(f"--start: expected >= 0, got {args.start}")
+    if args.index is not None and any(i < 0 for i in args.index):
+        raise UsageError(f"--index: expected clip numbers >= 0, got {args.index}")
+    given = args.input is not None or args.data is not None
+    if args.task == "generate" and given:
+        raise UsageError("--input/--data: the task 'generate' samples without condition frames; drop them")
+    if args.task != "generate" and not given:
+        raise UsageError(f"--input or --data: the task {args.task!r} needs condition frames: a video file "
+                         f"(--input VIDEO) or --data smmnist")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out: {args.out} exists and is not a folder")
+    existing = [name for name in OUTPUTS if (args.out / name).exists()]
+    if existing and not args.force:
+        raise UsageError(f"--out: {args.out} already holds {', '.join(existing)}; choose another folder or pass "
+                         f"--force to replace them")
+
+
+def _frame_counts(task: str, cfg, frames: int | None) -> tuple[int, int, int]:
+    """(p, n, f): past frames used, frames sampled, future frames used, for the task and the model."""
+    p, k, f = cfg.num_frames_cond, cfg.num_frames, cfg.num_frames_future
+    n = k if frames is None else frames
+    if task == "predict" and p == 0:
+        raise UsageError("--task: 'predict' needs a model with past frames (num_frames_cond > 0)")
+    if task == "interpolate":
+        if f == 0:
+            raise UsageError("--task: 'interpolate' needs a model with future frames (num_frames_future > 0)")
+        if n != k:
+            raise UsageError(f"--frames: interpolation fills exactly the model's k={k} frames, got {n}")
+    if task == "generate":
+        if n > k and p == 0:
+            raise UsageError(f"--frames: a model without past frames generates at most k={k} frames, got {n}")
+        return 0, n, 0
+    return p, n, (f if task == "interpolate" else 0)
+
+
+def _condition_clips(args, cfg, p: int, n: int, f: int):
+    """(clips [B, <= p+n+f, C, H, W] on the CPU, a description of where they come from)."""
+    import torch
+
+    from mcvd.video import load_clip
+
+    need = p + n + f
+    if args.input is not None:
+        start = args.start or 0
+        clip = load_clip(args.input, cfg.image_size, cfg.channels, start=start, max_frames=need)
+        T = clip.shape[0]
+        if args.task == "interpolate" and T < need:
+            raise UsageError(f"--input: {args.input} has {T} frames from frame {start}; interpolation needs "
+                             f"{need} ({p} past, {n} between, {f} future)")
+        if T < p:
+            raise UsageError(f"--input: {args.input} has {T} frames from frame {start}; the model needs {p} "
+                             f"condition frames")
+        return clip[None], f"{args.input} from frame {start}"
+    indices = args.index or [0]
+    clips = smmnist_test_clips(args.checkpoint, cfg, need)
+    bad = [i for i in indices if i >= len(clips)]
+    if bad:
+        raise UsageError(f"--index: the smmnist test split has clips 0..{len(clips) - 1}, got {bad}")
+    return torch.stack([clips[i] for i in indices]), f"smmnist test clips {indices}"
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from mcvd.cli.eval import load_for_eval
+    from mcvd.diffusion import predict
+    from mcvd.metrics.psnr_ssim import psnr, ssim
+    from mcvd.video import grid_frames, task_panels, write_gif, write_mp4, write_npz
+
+    try:
+        _check_args(args)
+        device = resolve_device(args.device)
+        if not args.checkpoint.is_file():
+            raise UsageError(f"--checkpoint: no such file: {args.checkpoint}")
+        model, cfg, weights = load_for_eval(args.checkpoint, not args.no_ema, device)
+        p, n, f = _frame_counts(args.task, cfg, args.frames)
+        if args.task == "generate":
+            clips, source = None, "no condition (generation)"
+        else:
+            clips, source = _condition_clips(args, cfg, p, n, f)
+    except (UsageError, FileNotFoundError, ValueError, ImportError) as err:
+        print(f"mcvd sample: error: {err}", file=sys.stderr)
+        return 1
+
+    past = future = truth = None
+    if clips is not None:
+        clips = clips.to(device)
+        past = clips[:, :p] if p else None
+        future = clips[:, p + n:p + n + f] if f else None
+        truth = clips[:, p:p + n] if clips.shape[1] >= p + n else None
+    torch.manual_seed(args.seed)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    generating = clips is None
+    video = predict(model, past, n, future=future, samples=1 if generating else args.samples,
+                    batch_size=args.samples if generating else None, device=device, method=args.method,
+                    steps=args.steps, generator=generator, progress=not args.no_progress)
+    # Always [samples, B, N, C, H, W]: generation draws `samples` videos of one "clip".
+    video = video[:, None] if generating else video.reshape(args.samples, -1, *video.shape[-4:])
+    samples, B = video.shape[:2]
+
+    def rows(x):  # [B, T, ...] -> [B * samples, T, ...], clip-major, as the prediction rows
+        return None if x is None else x.repeat_interleave(samples, dim=0)
+    panels = task_panels(video.transpose(0, 1).flatten(0, 1), past=rows(past), truth=rows(truth),
+                         future=rows(future))
+    frames = grid_frames(panels)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {"prediction": video.float(), "task": np.array(args.task), "method": np.array(args.method),
+              "steps": np.array(args.steps), "seed": np.array(args.seed)}
+    arrays.update({name: x.float() for name, x in (("past", past), ("truth", truth), ("future", future))
+                   if x is not None})
+    written = [write_gif(out / OUTPUTS[0], frames, fps=args.fps, overwrite=args.force),
+               write_mp4(out / OUTPUTS[1], frames, fps=args.fps, overwrite=args.force),
+               write_npz(out / OUTPUTS[2], arrays, overwrite=args.force)]
+
+    print(f"mcvd sample: {args.task}, {samples} sample(s) of {B} clip(s) ({source}), {n} frames, "
+          f"{args.method} {args.steps} steps, {weights} weights, {device}")
+    if truth is None and args.task == "predict":
+        print(f"mcvd sample: the input ends before {p + n} frames, so there is no truth to compare with")
+    if truth is not None:
+        scores = f"PSNR {psnr(video, truth).mean():.2f} dB"
+        if min(truth.shape[-2:]) >= 11:  # SSIM's 11 x 11 window
+            scores += f", SSIM {ssim(video, truth).mean():.4f}"
+        print(f"mcvd sample: prediction vs truth, mean over clips and samples: {scores}")
+    print(f"mcvd sample: wrote {', '.join(map(str, written))}")
+    return 0

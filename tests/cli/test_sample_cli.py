@@ -1,0 +1,160 @@
+"""`mcvd sample`: every task end to end on a tiny checkpoint, output files, overwriting, errors."""
+import re
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import DIGIT, SIZE, F, K, P, encode_video, moving_square
+from PIL import Image
+
+from mcvd.cli import main
+from mcvd.data import StochasticMovingMNIST
+from mcvd.metrics.psnr_ssim import psnr
+from mcvd.video import BAR, BORDER, GAP, HEADER, load_clip, read_video
+
+FAST = ["--steps", "2", "--no-progress"]
+
+
+def sample(checkpoint, out, *args):
+    return main(["sample", "--checkpoint", str(checkpoint), "--out", str(out), *FAST, *args])
+
+
+def gif_frames(path) -> tuple[int, tuple[int, int]]:
+    with Image.open(path) as gif:
+        return gif.n_frames, gif.size
+
+
+def test_predict_smmnist_clips(checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert sample(checkpoint, out, "--data", "smmnist", "--index", "3", "0", "--frames", "3", "--samples", "2") == 0
+    text = capsys.readouterr().out
+    assert "predict, 2 sample(s) of 2 clip(s)" in text and "PSNR" in text and "SSIM" in text
+    assert sorted(p.name for p in out.iterdir()) == ["frames.npz", "sample.gif", "sample.mp4"]
+    # The clips are the test split's (seed 0) drawn with the checkpoint's digit size.
+    clips = StochasticMovingMNIST(P + 3, split="test", seed=0, image_size=SIZE, digit_size=DIGIT)
+    expected = torch.stack([clips[3], clips[0]])
+    with np.load(out / "frames.npz") as z:
+        assert sorted(z.files) == ["method", "past", "prediction", "seed", "steps", "task", "truth"]
+        assert z["prediction"].shape == (2, 2, 3, 1, SIZE, SIZE) and z["prediction"].dtype == np.float32
+        np.testing.assert_array_equal(z["past"], expected[:, :P].numpy())
+        np.testing.assert_array_equal(z["truth"], expected[:, P:].numpy())
+        assert np.abs(z["prediction"]).max() <= 1.0 and str(z["task"]) == "predict"
+        # The printed PSNR is the mean over clips and samples of each prediction's clip PSNR.
+        value = psnr(torch.from_numpy(z["prediction"]), torch.from_numpy(z["truth"])).mean()
+    assert f"PSNR {value:.2f} dB" in text
+    # One image per frame of the timeline; rows: 2 clips x 2 samples; columns condition | prediction | truth.
+    cell = SIZE * 4 + 2 * BORDER  # 16 x 16 frames are shown 4x
+    assert gif_frames(out / "sample.gif") == (P + 3, (3 * cell + 4 * GAP, HEADER + 4 * cell + 5 * GAP + BAR))
+    assert len(read_video(out / "sample.mp4")) == P + 3
+
+
+def test_same_seed_same_samples(checkpoint, tmp_path):
+    for name in ("a", "b"):
+        assert sample(checkpoint, tmp_path / name, "--data", "smmnist", "--method", "ddpm", "--seed", "3") == 0
+    with np.load(tmp_path / "a" / "frames.npz") as a, np.load(tmp_path / "b" / "frames.npz") as b:
+        np.testing.assert_array_equal(a["prediction"], b["prediction"])
+
+
+def test_interpolate_fills_the_k_frames_between_past_and_future(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    assert sample(checkpoint, out, "--data", "smmnist", "--task", "interpolate", "--method", "dpm++") == 0
+    clip = StochasticMovingMNIST(P + K + F, split="test", seed=0, image_size=SIZE, digit_size=DIGIT)[0]
+    with np.load(out / "frames.npz") as z:
+        assert z["prediction"].shape == (1, 1, K, 1, SIZE, SIZE)
+        np.testing.assert_array_equal(z["future"][0], clip[P + K:].numpy())
+        np.testing.assert_array_equal(z["truth"][0], clip[P:P + K].numpy())
+    assert gif_frames(out / "sample.gif")[0] == P + K + F
+
+
+def test_generate_without_input(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    assert sample(checkpoint, out, "--task", "generate", "--frames", "2", "--samples", "3") == 0
+    with np.load(out / "frames.npz") as z:
+        assert z["prediction"].shape == (3, 1, 2, 1, SIZE, SIZE)
+        assert "past" not in z.files and "truth" not in z.files
+    assert gif_frames(out / "sample.gif")[0] == 2
+
+
+def test_predict_from_a_video_file(checkpoint, tmp_path, capsys):
+    video = tmp_path / "square.mp4"
+    encode_video(video, moving_square(8))
+    out = tmp_path / "out"
+    assert sample(checkpoint, out, "--input", str(video), "--start", "1", "--frames", "4") == 0
+    clip = load_clip(video, SIZE, 1, start=1, max_frames=P + 4)
+    with np.load(out / "frames.npz") as z:
+        np.testing.assert_allclose(z["past"][0], clip[:P].numpy())
+        np.testing.assert_allclose(z["truth"][0], clip[P:].numpy())
+    assert f"{video} from frame 1" in capsys.readouterr().out
+
+
+def test_a_video_shorter_than_the_truth_predicts_without_it(checkpoint, tmp_path, capsys):
+    video = tmp_path / "short.mp4"
+    encode_video(video, moving_square(P + 1))
+    out = tmp_path / "out"
+    assert sample(checkpoint, out, "--input", str(video), "--frames", "2") == 0
+    assert "no truth to compare with" in capsys.readouterr().out
+    with np.load(out / "frames.npz") as z:
+        assert "truth" not in z.files and z["prediction"].shape == (1, 1, 2, 1, SIZE, SIZE)
+
+
+def test_never_overwrites_without_force(checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sample.gif").write_bytes(b"keep me")
+    (out / "notes.txt").write_text("mine")
+    assert sample(checkpoint, out, "--data", "smmnist") == 1
+    err = capsys.readouterr().err
+    assert "mcvd sample: error: --out:" in err and "already holds sample.gif" in err and "--force" in err
+    assert (out / "sample.gif").read_bytes() == b"keep me" and sorted(p.name for p in out.iterdir()) == [
+        "notes.txt", "sample.gif"]
+    assert sample(checkpoint, out, "--data", "smmnist", "--force") == 0
+    assert gif_frames(out / "sample.gif")[0] == P + K and (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "smmnist", "--frames", "0"], "--frames: expected >= 1, got 0"),
+    (["--data", "smmnist", "--steps", "0"], "--steps: expected >= 1, got 0"),
+    (["--task", "generate", "--data", "smmnist"], "the task 'generate' samples without condition frames"),
+    ([], "--input or --data: the task 'predict' needs condition frames"),
+    (["--data", "smmnist", "--task", "interpolate", "--frames", "3"],
+     "--frames: interpolation fills exactly the model's k=2 frames, got 3"),
+    (["--data", "smmnist", "--index", "256"], r"--index: the smmnist test split has clips 0..255, got \[256\]"),
+    (["--data", "smmnist", "--index", "-1"], r"--index: expected clip numbers >= 0"),
+    (["--data", "smmnist", "--start", "2"], "--start: selects the first frame of --input"),
+    (["--data", "smmnist", "--fps", "0"], "--fps: expected > 0"),
+])
+def test_bad_arguments_fail_with_a_message(checkpoint, tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    assert sample(checkpoint, out, *args) == 1
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_missing_or_foreign_checkpoint(tmp_path, capsys):
+    assert sample(tmp_path / "none.pt", tmp_path / "out", "--data", "smmnist") == 1
+    assert "--checkpoint: no such file: " in capsys.readouterr().err
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, other)
+    assert sample(other, tmp_path / "out", "--data", "smmnist") == 1
+    assert "is not an mcvd model file" in capsys.readouterr().err
+
+
+def test_input_errors(checkpoint, tmp_path, capsys):
+    short = tmp_path / "short.mp4"
+    encode_video(short, moving_square(1))
+    assert sample(checkpoint, tmp_path / "out", "--input", str(short)) == 1
+    assert f"has 1 frames from frame 0; the model needs {P} condition frames" in capsys.readouterr().err
+    assert sample(checkpoint, tmp_path / "out", "--input", str(short), "--task", "interpolate") == 1
+    assert f"interpolation needs {P + K + F}" in capsys.readouterr().err
+    assert sample(checkpoint, tmp_path / "out", "--input", str(tmp_path / "none.mp4")) == 1
+    assert "input: no such file" in capsys.readouterr().err
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("hello")
+    assert sample(checkpoint, tmp_path / "out", "--input", str(not_video)) == 1
+    assert "cannot decode" in capsys.readouterr().err
+
+
+def test_input_and_data_are_exclusive(checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        sample(checkpoint, tmp_path / "out", "--input", "a.mp4", "--data", "smmnist")
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

@@ -209,7 +209,7 @@ def _meta(q: torch.Tensor) -> dict:
     f64 = q.dtype == torch.float64
     # 32-bit and 64-bit products stay exact; 16-bit ones run on tensor cores anyway.
     prec = "ieee" if q.dtype in (torch.float32, torch.float64) else "tf32"
-    return dict(DP=max(16, triton.next_power_of_2(q.shape[-1])), F64=f64, PREC=prec)
+    return {"DP": max(16, triton.next_power_of_2(q.shape[-1])), "F64": f64, "PREC": prec}
 
 
 def _stat_dtype(q: torch.Tensor) -> torch.dtype:

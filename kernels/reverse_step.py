@@ -7,7 +7,6 @@ Each program works inside one sample, so its five coefficients are scalar loads
 from the [5, B] table; the arithmetic runs in the table's dtype (float32, or
 float64 for float64 x_t). The clip bounds travel as float32 kernel arguments.
 """
-from typing import Optional
 
 import torch
 import triton
@@ -56,8 +55,8 @@ def _reverse_step_kernel(
 
 
 @triton_op("mcvd::reverse_step_triton", mutates_args=())
-def fwd(x_t: torch.Tensor, eps: torch.Tensor, noise: Optional[torch.Tensor], coef: torch.Tensor,
-        clip_lo: Optional[float], clip_hi: Optional[float]) -> tuple[torch.Tensor, torch.Tensor]:
+def fwd(x_t: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | None, coef: torch.Tensor,
+        clip_lo: float | None, clip_hi: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     """x_t, eps, noise: [B, ...] one float dtype (noise may be None); coef: [5, B]
     float32 or float64 on x_t's device. Returns (x_prev, x0), shaped like x_t."""
     B = x_t.shape[0]

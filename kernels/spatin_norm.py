@@ -27,7 +27,6 @@ stores are compiled out. Arithmetic runs in float32 (float64 for float64 x);
 eps travels as a float32 kernel argument.
 """
 import functools
-from typing import Optional
 
 import torch
 import triton
@@ -185,7 +184,7 @@ def _fwd_apply_kernel(
     row = pid // NCH
     start = (pid % NCH) * CHUNK
     end = tl.minimum(start + CHUNK, HW)
-    grp, mean, rstd, w, bias, scale, shift = _row_params(MEAN, RSTD, W, BIAS, SCALE, SHIFT, row, C, CG, HAS_W,
+    _grp, mean, rstd, w, bias, scale, shift = _row_params(MEAN, RSTD, W, BIAS, SCALE, SHIFT, row, C, CG, HAS_W,
                                                          HAS_B, HAS_SCALE, HAS_SHIFT, F64)
     base = row.to(tl.int64) * HW
     for off in range(start, end, BLOCK):
@@ -194,7 +193,7 @@ def _fwd_apply_kernel(
         x = tl.load(X + idx, mask=mask, other=0).to(mean.dtype)
         gamma = _load_or(GAMMA, idx, mask, 0.0, HAS_GAMMA, F64)
         beta = _load_or(BETA, idx, mask, 0.0, HAS_BETA, F64)
-        xhat, h1, h2, h3 = _chain(x, mean, rstd, w, bias, gamma, beta, scale, shift)
+        _xhat, _h1, _h2, h3 = _chain(x, mean, rstd, w, bias, gamma, beta, scale, shift)
         if SILU:
             h3 = h3 * tl.sigmoid(h3)
         tl.store(Y + idx, h3.to(Y.dtype.element_ty), mask=mask)
@@ -218,7 +217,7 @@ def _bwd_reduce_kernel(
     row = pid // NCH
     start = (pid % NCH) * CHUNK
     end = tl.minimum(start + CHUNK, HW)
-    grp, mean, rstd, w, bias, scale, shift = _row_params(MEAN, RSTD, W, BIAS, SCALE, SHIFT, row, C, CG, HAS_W,
+    _grp, mean, rstd, w, bias, scale, shift = _row_params(MEAN, RSTD, W, BIAS, SCALE, SHIFT, row, C, CG, HAS_W,
                                                          HAS_B, HAS_SCALE, HAS_SHIFT, F64)
     base = row.to(tl.int64) * HW
     s_dh3 = tl.zeros([BLOCK], mean.dtype)
@@ -233,8 +232,8 @@ def _bwd_reduce_kernel(
         dy = tl.load(DY + idx, mask=mask, other=0).to(mean.dtype)
         gamma = _load_or(GAMMA, idx, mask, 0.0, HAS_GAMMA, F64)
         beta = _load_or(BETA, idx, mask, 0.0, HAS_BETA, F64)
-        xhat, h1, h2, h3 = _chain(x, mean, rstd, w, bias, gamma, beta, scale, shift)
-        dh3, dh2, dh1 = _dchain(dy, h3, gamma, scale, SILU)
+        xhat, _h1, h2, h3 = _chain(x, mean, rstd, w, bias, gamma, beta, scale, shift)
+        dh3, _dh2, dh1 = _dchain(dy, h3, gamma, scale, SILU)
         s_dh3 += dh3
         s_dh3h2 += dh3 * h2
         s_dh1 += dh1
@@ -355,8 +354,8 @@ def _bwd_apply_kernel(
         dy = tl.load(DY + idx, mask=mask, other=0).to(mean.dtype)
         gamma = _load_or(GAMMA, idx, mask, 0.0, HAS_GAMMA, F64)
         beta = _load_or(BETA, idx, mask, 0.0, HAS_BETA, F64)
-        xhat, h1, h2, h3 = _chain(x, mean, rstd, w, bias, gamma, beta, scale, shift)
-        dh3, dh2, dh1 = _dchain(dy, h3, gamma, scale, SILU)
+        xhat, h1, _h2, h3 = _chain(x, mean, rstd, w, bias, gamma, beta, scale, shift)
+        _dh3, dh2, dh1 = _dchain(dy, h3, gamma, scale, SILU)
         if HAS_GAMMA:
             tl.store(DGAMMA + idx, (dh2 * h1).to(DGAMMA.dtype.element_ty), mask=mask)
         if HAS_BETA:
@@ -393,8 +392,8 @@ def _warps(block: int) -> int:
 
 
 def _flags(weight, bias, gamma, beta, scale, shift) -> dict:
-    return dict(HAS_W=weight is not None, HAS_B=bias is not None, HAS_GAMMA=gamma is not None,
-                HAS_BETA=beta is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None)
+    return {"HAS_W": weight is not None, "HAS_B": bias is not None, "HAS_GAMMA": gamma is not None,
+            "HAS_BETA": beta is not None, "HAS_SCALE": scale is not None, "HAS_SHIFT": shift is not None}
 
 
 def _contiguous(*ts):
@@ -402,9 +401,9 @@ def _contiguous(*ts):
 
 
 @triton_op("mcvd::spatin_norm_fwd_triton", mutates_args=())
-def fwd(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-        gamma: Optional[torch.Tensor], beta: Optional[torch.Tensor], scale: Optional[torch.Tensor],
-        shift: Optional[torch.Tensor], eps: float, silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fwd(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+        gamma: torch.Tensor | None, beta: torch.Tensor | None, scale: torch.Tensor | None,
+        shift: torch.Tensor | None, eps: float, silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x: [B, C, H, W]; weight, bias: [C]; gamma, beta: [B, C, H, W]; scale, shift:
     [B, C] (each optional, x's dtype). Returns y: [B, C, H, W] and mean, rstd:
     [B, num_groups] float32 (float64 for float64 x)."""
@@ -437,8 +436,8 @@ def fwd(x: torch.Tensor, num_groups: int, weight: Optional[torch.Tensor], bias: 
 
 @triton_op("mcvd::spatin_norm_bwd_triton", mutates_args=())
 def bwd(grad_y: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, num_groups: int,
-        weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], gamma: Optional[torch.Tensor],
-        beta: Optional[torch.Tensor], scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+        weight: torch.Tensor | None, bias: torch.Tensor | None, gamma: torch.Tensor | None,
+        beta: torch.Tensor | None, scale: torch.Tensor | None, shift: torch.Tensor | None,
         silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                              torch.Tensor]:
     """Gradients (dx, dweight, dbias, dgamma, dbeta, dscale, dshift), each shaped

@@ -42,7 +42,7 @@ def test_kernels_under_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
            "-k", "not test_kernels_under_interpreter and not never_import_triton"]
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
     report = run.stdout[-8000:] + run.stderr[-2000:]
     assert run.returncode == 0, report
     assert " passed" in run.stdout and " skipped" not in run.stdout, report
@@ -90,7 +90,8 @@ SPATIN_CASES = [  # (optionals given, silu): none, all, and each one alone or in
 
 
 def _spatin_inputs(B, C, H, W, given, dtype, loc=0.0):
-    shapes = dict(weight=(C,), bias=(C,), gamma=(B, C, H, W), beta=(B, C, H, W), scale=(B, C), shift=(B, C))
+    shapes = {"weight": (C,), "bias": (C,), "gamma": (B, C, H, W), "beta": (B, C, H, W), "scale": (B, C),
+              "shift": (B, C)}
     x = torch.randn(B, C, H, W, dtype=torch.float64) * 2 + loc
     opt = {n: (torch.randn(shapes[n], dtype=torch.float64) * 0.5 if n in given else None) for n in SPATIN_OPT}
     return x.to(dtype), {n: None if t is None else t.to(dtype) for n, t in opt.items()}
@@ -261,8 +262,8 @@ def test_attention_low_precision(dtype):
 def _coefs(B, dtype=torch.float64):
     """Per-sample coefficients of a DDPM-like step, with b well away from 0."""
     a, b = torch.rand(B, dtype=dtype) * 0.5 + 0.2, torch.rand(B, dtype=dtype) * 0.5 + 0.5
-    return dict(a=a, b=b, c_x0=torch.rand(B, dtype=dtype), c_xt=torch.rand(B, dtype=dtype),
-                sigma=torch.rand(B, dtype=dtype) * 0.1)
+    return {"a": a, "b": b, "c_x0": torch.rand(B, dtype=dtype), "c_xt": torch.rand(B, dtype=dtype),
+            "sigma": torch.rand(B, dtype=dtype) * 0.1}
 
 
 @interpreted
@@ -317,7 +318,7 @@ def test_reverse_step_low_precision(dtype):
 @interpreted
 def test_reverse_step_clip_keeps_nan():
     x_t = torch.tensor([[0.5, float("nan"), 3.0]])
-    x_prev, x0 = mcvd.ops.reverse_step(x_t, torch.zeros_like(x_t), None, a=0.5, b=1.0, c_x0=1.0, c_xt=0.0,
+    _x_prev, x0 = mcvd.ops.reverse_step(x_t, torch.zeros_like(x_t), None, a=0.5, b=1.0, c_x0=1.0, c_xt=0.0,
                                        sigma=0.0, clip=(-1.0, 1.0), backend="triton")
     assert x0[0, 0] == 0.5 and x0[0, 1].isnan() and x0[0, 2] == 1.0
 

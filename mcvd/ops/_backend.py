@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
 
 import torch
 
@@ -97,4 +98,6 @@ def resolve(op: str, device: torch.device, backend: str | None) -> str:
 
 def triton_module(op: str):
     """The kernels/<op>.py module (imported on first use: importing triton is slow)."""
-    return importlib.import_module(f"mcvd.kernels.{op}")
+    name = f"mcvd.kernels.{op}"
+    # torch.compile refuses to trace import_module; a loaded module is a plain lookup.
+    return sys.modules.get(name) or importlib.import_module(name)

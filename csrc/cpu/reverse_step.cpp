@@ -66,8 +66,8 @@ void step_range(const scalar_t* x_t, const scalar_t* eps, const scalar_t* noise,
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t alo = static_cast<acc_t>(lo), ahi = static_cast<acc_t>(hi);
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    step_block<kNoise, kClip>(x_t + begin, eps + begin, kNoise ? noise + begin : nullptr, x_prev + begin,
-                              x0 + begin, end - begin, k, alo, ahi);
+    step_block<kNoise, kClip>(x_t + begin, eps + begin, kNoise ? noise + begin : nullptr, x_prev + begin, x0 + begin,
+                              end - begin, k, alo, ahi);
   } else {
     alignas(64) acc_t in[3][kBlock];
     alignas(64) acc_t out[2][kBlock];
@@ -101,8 +101,7 @@ std::tuple<at::Tensor, at::Tensor> reverse_step_cpu(const at::Tensor& x_t_in, co
   check_same_device(coef_in, "coef", x_t_in, "x_t");
   TORCH_CHECK(coef_in.scalar_type() == at::kFloat || coef_in.scalar_type() == at::kDouble,
               "coef: expected dtype torch.float32 or torch.float64, got ", dtype_str(coef_in.scalar_type()));
-  TORCH_CHECK(clip_lo.has_value() == clip_hi.has_value(),
-              "clip_lo, clip_hi: expected both or neither to be given");
+  TORCH_CHECK(clip_lo.has_value() == clip_hi.has_value(), "clip_lo, clip_hi: expected both or neither to be given");
   const bool clip = clip_lo.has_value();
   TORCH_CHECK(!clip || *clip_lo <= *clip_hi, "clip_lo: expected clip_lo <= clip_hi, got clip_lo=", *clip_lo,
               ", clip_hi=", *clip_hi);

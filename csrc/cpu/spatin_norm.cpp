@@ -213,8 +213,8 @@ double value_or(const scalar_t* p, int64_t i, double fallback) {
 }
 
 template <typename scalar_t, typename stat_t>
-void fwd_kernel(const scalar_t* x, Optionals<scalar_t> opt, scalar_t* y, stat_t* mean_out, stat_t* rstd_out,
-                int64_t B, int64_t C, int64_t HW, int64_t G, double eps, bool silu) {
+void fwd_kernel(const scalar_t* x, Optionals<scalar_t> opt, scalar_t* y, stat_t* mean_out, stat_t* rstd_out, int64_t B,
+                int64_t C, int64_t HW, int64_t G, double eps, bool silu) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t Cg = C / G, group_numel = Cg * HW;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, group_numel));
@@ -243,8 +243,8 @@ void fwd_kernel(const scalar_t* x, Optionals<scalar_t> opt, scalar_t* y, stat_t*
           for (int64_t i = 0; i < HW; i += kBlock) {
             const int64_t len = std::min(kBlock, HW - i), at = row + i;
             fwd_row<kGamma, kBeta, kSilu>(sx.load(x + at, len), sg.load(offset(opt.gamma, at), len),
-                                                   sb.load(offset(opt.beta, at), len), sy.out(y + at), len, P, Q,
-                                                   static_cast<acc_t>(R), static_cast<acc_t>(S));
+                                          sb.load(offset(opt.beta, at), len), sy.out(y + at), len, P, Q,
+                                          static_cast<acc_t>(R), static_cast<acc_t>(S));
             sy.store(y + at, len);
           }
         }
@@ -266,8 +266,8 @@ struct RowSums {
 // (scale), sum dh1 (bias) and sum dh1 * xhat (weight). Constants: xhat =
 // x * r + mr, h1 = xhat * w + bb, S = 1 + scale, R = shift.
 template <bool kGamma, bool kBeta, bool kSilu, typename T>
-void bwd_row(const T* dy, const T* x, const T* gamma, const T* beta, T* dgamma, T* dbeta, T* dh1_out, int64_t n,
-             T r, T mr, T w, T bb, T S, T R, RowSums<T>& row_sums) {
+void bwd_row(const T* dy, const T* x, const T* gamma, const T* beta, T* dgamma, T* dbeta, T* dh1_out, int64_t n, T r,
+             T mr, T w, T bb, T S, T R, RowSums<T>& row_sums) {
   using V = Vec<T>;
   constexpr int64_t W = V::size();
   const V vr(r), vmr(mr), vw(w), vbb(bb), vS(S), vR(R), one(1);
@@ -331,8 +331,7 @@ struct Grads {
 
 template <typename scalar_t, typename stat_t>
 void bwd_kernel(const scalar_t* dy, const scalar_t* x, const stat_t* mean_in, const stat_t* rstd_in,
-                Optionals<scalar_t> opt, Grads<scalar_t> out, int64_t B, int64_t C, int64_t HW, int64_t G,
-                bool silu) {
+                Optionals<scalar_t> opt, Grads<scalar_t> out, int64_t B, int64_t C, int64_t HW, int64_t G, bool silu) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t Cg = C / G, group_numel = Cg * HW;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, group_numel));
@@ -393,9 +392,7 @@ void bwd_kernel(const scalar_t* dy, const scalar_t* x, const stat_t* mean_in, co
 
 using OptTensor = c10::optional<at::Tensor>;
 
-at::ScalarType stat_dtype(const at::Tensor& x) {
-  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
+at::ScalarType stat_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 void check_inputs(const at::Tensor& x, int64_t num_groups, const OptTensor& weight, const OptTensor& bias,
                   const OptTensor& gamma, const OptTensor& beta, const OptTensor& scale, const OptTensor& shift) {
@@ -412,14 +409,12 @@ void check_inputs(const at::Tensor& x, int64_t num_groups, const OptTensor& weig
   check_optional(shift, "shift", x, "x", {B, C});
 }
 
-at::Tensor contig_or_undefined(const OptTensor& t) {
-  return t.has_value() ? MCVD_CONTIG(*t) : at::Tensor();
-}
+at::Tensor contig_or_undefined(const OptTensor& t) { return t.has_value() ? MCVD_CONTIG(*t) : at::Tensor(); }
 
 struct ContigOptionals {
   at::Tensor weight, bias, gamma, beta, scale, shift;
-  ContigOptionals(const OptTensor& w, const OptTensor& b, const OptTensor& g, const OptTensor& be,
-                  const OptTensor& s, const OptTensor& sh)
+  ContigOptionals(const OptTensor& w, const OptTensor& b, const OptTensor& g, const OptTensor& be, const OptTensor& s,
+                  const OptTensor& sh)
       : weight(contig_or_undefined(w)),
         bias(contig_or_undefined(b)),
         gamma(contig_or_undefined(g)),
@@ -455,8 +450,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatin_norm_fwd_cpu(const at::Ten
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> spatin_norm_bwd_cpu(
     const at::Tensor& grad_y_in, const at::Tensor& x_in, const at::Tensor& mean_in, const at::Tensor& rstd_in,
-    int64_t num_groups, const OptTensor& weight, const OptTensor& bias, const OptTensor& gamma,
-    const OptTensor& beta, const OptTensor& scale, const OptTensor& shift, bool silu) {
+    int64_t num_groups, const OptTensor& weight, const OptTensor& bias, const OptTensor& gamma, const OptTensor& beta,
+    const OptTensor& scale, const OptTensor& shift, bool silu) {
   check_inputs(x_in, num_groups, weight, bias, gamma, beta, scale, shift);
   const int64_t B = x_in.size(0), C = x_in.size(1), HW = x_in.size(2) * x_in.size(3);
   check_like(grad_y_in, "grad_y", x_in, "x", x_in.sizes());
@@ -478,8 +473,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor dbias_bc = at::empty_like(dweight_bc);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "spatin_norm_bwd", [&] {
     using stat_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    const Grads<scalar_t> grads{grad_x.data_ptr<scalar_t>(),     data_or_null<scalar_t>(grad_gamma),
-                                data_or_null<scalar_t>(grad_beta), data_or_null<scalar_t>(grad_scale),
+    const Grads<scalar_t> grads{grad_x.data_ptr<scalar_t>(),        data_or_null<scalar_t>(grad_gamma),
+                                data_or_null<scalar_t>(grad_beta),  data_or_null<scalar_t>(grad_scale),
                                 data_or_null<scalar_t>(grad_shift), dweight_bc.data_ptr<double>(),
                                 dbias_bc.data_ptr<double>()};
     bwd_kernel<scalar_t, stat_t>(grad_y.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),

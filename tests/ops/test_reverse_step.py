@@ -219,7 +219,6 @@ def test_compile_fullgraph_of_the_op():
         torch.testing.assert_close(g.double(), w, **F32_TOL)
 
 
-@pytest.mark.xfail(strict=True, reason="mcvd.ops._backend.resolve is not traceable by dynamo (_C.build_info)")
 def test_compile_fullgraph_of_the_public_function():
     x_t, eps, noise = make((2, 3, 5, 7), dtype=torch.float32)
     f = torch.compile(lambda x, e, n: reverse_step(x, e, n, a=0.3, b=0.9, c_x0=0.5, c_xt=0.4, sigma=0.1,

@@ -261,7 +261,6 @@ def test_compile_fullgraph_of_the_op():
     torch.testing.assert_close(gx.double(), gref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="mcvd.ops._backend.resolve is not traceable by dynamo (_C.build_info)")
 def test_compile_fullgraph_of_the_public_function():
     x, opt = make_inputs((2, 4, 3, 5), ("gamma", "scale"), dtype=torch.float32)
     f = torch.compile(lambda x, g, s: spatin_norm(x, 2, gamma=g, scale=s, silu=True, backend="cpu"), fullgraph=True)

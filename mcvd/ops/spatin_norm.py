@@ -82,8 +82,16 @@ def spatin_norm(x: torch.Tensor, num_groups: int, *, weight: torch.Tensor | None
         silu: apply SiLU last.
         backend: None (auto), "reference", "cpu", "cuda" or "triton".
     Returns:
-        y: [B, C, H, W], x's dtype. Every optional tensor shares x's dtype and device.
+        y: [B, C, H, W], x's dtype. Every optional tensor shares x's dtype and device;
+        under autocast, all are first cast to the autocast dtype.
     """
+    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+        # Under autocast the convolutions hand over low-precision activations
+        # while the norm's parameters stay float32; the kernels take one dtype
+        # (and accumulate the statistics in float32 whatever it is).
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight, bias, gamma, beta, scale, shift = (
+            None if t is None else t.to(dtype) for t in (x, weight, bias, gamma, beta, scale, shift))
     _check(x, num_groups, weight, bias, gamma, beta, scale, shift)
     name = _backend.resolve("spatin_norm", x.device, backend)
     if name == "reference":

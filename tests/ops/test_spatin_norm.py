@@ -339,3 +339,15 @@ def test_device_mismatch_is_rejected():
         spatin_norm(x, 3, gamma=torch.randn(B, C, H, W))
     with pytest.raises(RuntimeError, match=message):
         torch.ops.mcvd.spatin_norm_fwd(x, 3, None, None, torch.randn(B, C, H, W))
+
+
+def test_autocast_runs_in_the_autocast_dtype():
+    # Under autocast a conv hands over bfloat16 activations while the norm's
+    # parameters stay float32: the op casts them all to the autocast dtype.
+    x = torch.randn(2, 8, 5, 5)
+    w, b = torch.randn(8), torch.randn(8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = spatin_norm(x.bfloat16(), 4, weight=w, bias=b, silu=True)
+    assert y.dtype == torch.bfloat16
+    ref = spatin_norm_ref(x.double(), 4, weight=w.bfloat16().double(), bias=b.bfloat16().double(), silu=True)
+    assert (y.double() - ref).abs().max() < 0.05

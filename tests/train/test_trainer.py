@@ -163,14 +163,6 @@ def test_load_checkpoint_gives_ema_or_raw_weights(tmp_path, tiny_run):
 
 def test_bf16_autocast_runs_on_the_cpu(tmp_path, tiny_run):
     run = tiny_run(training={"steps": 1, "precision": "bf16"})
-    x = torch.zeros(1, 2, 1, 8, 8)
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            MCVD(run.model)(x, torch.zeros(1, dtype=torch.long), x)
-    except TypeError as err:
-        if "expected dtype torch.bfloat16" not in str(err):
-            raise
-        pytest.xfail(f"the network does not run under autocast yet: {err}")
     result = train(run, tmp_path, progress=False)
     assert len(result.losses) == 1 and result.losses[0] > 0
 

@@ -1,0 +1,148 @@
+"""`mcvd demo`: a tiny run end to end, its numbers against independent ones, overwriting, errors."""
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mcvd.cli import main
+from mcvd.cli.demo import OUTPUTS, SIZES, compare, verdict
+from mcvd.data import StochasticMovingMNIST
+from mcvd.train import load_checkpoint, read_checkpoint
+
+TINY = SIZES["tiny"]
+P = TINY.model["num_frames_cond"]
+
+
+def demo(out, *args):
+    return main(["demo", "--out", str(out), "--size", "tiny", "--device", "cpu", "--no-progress", *args])
+
+
+def baseline_psnr(clips: int, pred: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Per-clip and per-frame PSNR of copy-last-frame and of the empty frame on the demo's held-out clips,
+    in NumPy float64: frames mapped to [0, 1], a clip's PSNR from the MSE over all its predicted frames."""
+    data = StochasticMovingMNIST(P + pred, split="test", seed=0, length=clips, image_size=TINY.model["image_size"],
+                                 digit_size=TINY.digit_size)
+    out = {}
+    for name in ("copy last frame", "empty frame"):
+        per_clip, per_frame = [], []
+        for i in range(clips):
+            x = (data[i].numpy().astype(np.float64) + 1) / 2
+            guess = x[P - 1] if name == "copy last frame" else np.zeros_like(x[P - 1])
+            mse = ((x[P:] - guess) ** 2).mean(axis=(1, 2, 3))
+            per_clip.append(10 * np.log10(1 / mse.mean()))
+            per_frame.append(10 * np.log10(1 / mse))
+        out[name] = per_clip, np.mean(per_frame, axis=0).tolist()
+    return out
+
+
+def test_tiny_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert demo(out, "--train-steps", "3", "--clips", "5", "--pred-frames", "4", "--seed", "1") == 0
+    text = capsys.readouterr().out
+    assert "trained 3 steps" in text and "scored 5 held-out clips" in text
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)  # no temporary training folder left
+
+    # The checkpoint is the trained run's: 3 steps of the tiny model, loadable by mcvd sample / eval.
+    ckpt = read_checkpoint(out / "checkpoint.pt")
+    assert ckpt["step"] == 3 and ckpt["run_config"]["training"]["seed"] == 1
+    _, cfg = load_checkpoint(out / "checkpoint.pt")
+    assert cfg.image_size == TINY.model["image_size"] and cfg.ngf == TINY.model["ngf"]
+    assert (out / "train_metrics.csv").read_text().splitlines()[0] == "step,loss,lr,grad_norm,it_per_s"
+    assert len((out / "train_metrics.csv").read_text().splitlines()) == 1 + 3
+
+    with Image.open(out / "demo.gif") as gif:
+        assert gif.n_frames == P + 4
+    with Image.open(out / "metrics.png") as png:
+        assert png.format == "PNG" and png.size[0] > png.size[1]
+
+    # The baselines' scores equal an independent computation on the same held-out clips.
+    m = json.loads((out / "metrics.json").read_text())
+    assert list(m["scores"]) == ["MCVD", "copy last frame", "empty frame"]
+    expected = baseline_psnr(5, 4)
+    for name, (per_clip, per_frame) in expected.items():
+        assert m["scores"][name]["psnr_per_clip"] == pytest.approx(per_clip, rel=1e-9)
+        assert m["scores"][name]["psnr_per_frame"] == pytest.approx(per_frame, rel=1e-9)
+    per_clip, per_frame = expected["copy last frame"]
+    assert m["comparison"]["psnr"]["baseline"]["mean"] == pytest.approx(np.mean(per_clip), rel=1e-9)
+    assert m["frames"] == [P + 1, P + 2, P + 3, P + 4]
+    model_scores = m["scores"]["MCVD"]
+    assert len(model_scores["psnr_per_frame"]) == 4 and len(model_scores["ssim_per_clip"]) == 5
+    diffs = [a - b for a, b in zip(model_scores["psnr_per_clip"], per_clip)]
+    assert m["comparison"]["psnr"]["difference"]["mean"] == pytest.approx(np.mean(diffs), rel=1e-9)
+    assert m["training"]["steps"] == 3 and m["training"]["budget_seconds"] is None
+
+    # The report shows the same numbers and how to repeat the run.
+    report = (out / "report.md").read_text()
+    assert f"| copy last frame | {np.mean(per_clip):.2f} ± " in report
+    assert f"| empty frame | {np.mean(expected['empty frame'][0]):.2f} ± " in report
+    row = (f"| {P + 1} | {model_scores['psnr_per_frame'][0]:.2f} / {model_scores['ssim_per_frame'][0]:.3f} "
+           f"| {per_frame[0]:.2f} / ")
+    assert row in report
+    assert m["verdict"] in report and "3 steps of batch 4 (12 clips)" in report
+    assert "mcvd demo --out " in report and "--train-steps 3" in report and "--seed 1" in report
+
+
+def test_time_budget_sets_the_steps_and_force_keeps_other_files(tmp_path, capsys):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert demo(out, "--minutes", "0.01", "--clips", "2") == 1
+    err = capsys.readouterr().err
+    assert "mcvd demo: error: --out:" in err and "is not empty" in err and "--force" in err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+    assert demo(out, "--minutes", "0.01", "--clips", "2", "--force") == 0
+    text = capsys.readouterr().out
+    found = re.search(r"one training step takes .* s with \d+ threads? on cpu: (\d+) steps fit in 1 s", text)
+    assert found and int(found.group(1)) >= 1
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["training"]["budget_seconds"] == pytest.approx(0.6) and m["training"]["steps"] == int(found.group(1))
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUTS, "notes.txt"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--minutes", "0"], "--minutes: expected a number > 0, got 0.0"),
+    (["--train-steps", "0"], "--train-steps: expected >= 1, got 0"),
+    (["--clips", "0"], "--clips: expected >= 1, got 0"),
+    (["--seed", "-1"], "--seed: expected >= 0, got -1"),
+    (["--set", "training.bogus=1"], "training: unknown key 'bogus'"),
+    (["--set", "model.num_frames_cond=0"], "keep data.dataset smmnist and model.num_frames_cond >= 1"),
+])
+def test_bad_arguments_fail_before_training(tmp_path, capsys, args, message):
+    out = tmp_path / "demo"
+    assert demo(out, *args) == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_minutes_and_train_steps_are_exclusive(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        demo(tmp_path / "demo", "--minutes", "1", "--train-steps", "2")
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def comparison(psnr_model, psnr_base, ssim_model, ssim_base):
+    return compare({"psnr_per_clip": psnr_model, "ssim_per_clip": ssim_model},
+                   {"psnr_per_clip": psnr_base, "ssim_per_clip": ssim_base})
+
+
+def test_compare_pairs_clips():
+    c = comparison([20.0, 22.0, 24.0], [19.0, 20.0, 21.0], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
+    d = c["psnr"]["difference"]
+    # differences 1, 2, 3: mean 2, sample std 1, 95% half-width 1.959964 / sqrt(3)
+    assert d["mean"] == pytest.approx(2.0) and d["conf95"] == pytest.approx(1.959963984540054 / 3 ** 0.5)
+    assert c["psnr"]["model"]["mean"] == pytest.approx(22.0) and c["psnr"]["baseline"]["mean"] == pytest.approx(20.0)
+    assert c["ssim"]["difference"]["mean"] == 0.0
+
+
+def test_verdict_says_win_loss_or_tie_by_the_interval():
+    win = verdict(comparison([20.0, 22.0, 24.0], [19.0, 20.0, 21.0], [0.6, 0.7, 0.8], [0.5, 0.6, 0.7]), "cpu")
+    assert win.startswith("On PSNR the model beats copy-last-frame (+2 dB") and "on SSIM the model beats" in win
+    assert "train longer" not in win
+    mixed = verdict(comparison([20.0, 22.0, 24.0], [19.0, 20.0, 21.0], [0.5, 0.5, 0.5], [0.6, 0.7, 0.8]), "cpu")
+    assert "on SSIM the model is worse than" in mixed and "train longer, with a GPU" in mixed
+    tie = verdict(comparison([20.0, 18.0, 22.0], [20.0, 20.0, 20.0], [0.5, 0.5, 0.5], [0.6, 0.7, 0.8]), "cuda")
+    assert tie.startswith("On PSNR the model is not distinguishable from") and "more time (--minutes)" in tie

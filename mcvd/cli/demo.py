@@ -53,6 +53,9 @@ from pathlib import Path
 HELP = "train a small MCVD on Stochastic Moving MNIST and compare its predictions with copy-last-frame"
 OUTPUTS = ("demo.gif", "metrics.png", "report.md", "metrics.json", "checkpoint.pt", "train_metrics.csv")
 CALIBRATION_STEPS = 5
+# Run config values that the demo's own options set.
+OWN_FLAGS = {"training.steps": "--train-steps or --minutes", "training.device": "--device",
+             "training.seed": "--seed"}
 
 
 @dataclass(frozen=True)
@@ -114,10 +117,12 @@ def add_parser(sub) -> None:
                    help="override one run config value (as mcvd train), e.g. --set model.ngf=32; repeatable")
     p.add_argument("--clips", type=int, default=None, help="held-out clips to score (default: the size's)")
     p.add_argument("--pred-frames", type=int, default=None, help="frames predicted per clip (default: the size's)")
-    p.add_argument("--method", choices=("ddim", "ddpm", "dpm++"), default=None, help="sampler (default: the size's, ddpm)")
+    p.add_argument("--method", choices=("ddim", "ddpm", "dpm++"), default=None,
+                   help="sampler (default: the size's, ddpm)")
     p.add_argument("--sample-steps", type=int, default=None, help="sampler steps per block (default: the size's)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's; 1 can be faster on a busy machine)")
+                   help="CPU threads for torch (default: with --minutes, the faster of torch's count and 1, "
+                        "measured; with --train-steps, torch's count)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing the demo's files")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
@@ -136,6 +141,10 @@ def _check_args(args) -> None:
         raise UsageError(f"--minutes: expected a number > 0, got {args.minutes}")
     if args.seed < 0:
         raise UsageError(f"--seed: expected >= 0, got {args.seed}")
+    for item in args.overrides:
+        key = item.partition("=")[0].strip()
+        if key in OWN_FLAGS:
+            raise UsageError(f"--set {item}: the demo sets {key} from {OWN_FLAGS[key]}; use that instead")
     out = args.out
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: {out} exists and is not a folder")

@@ -110,6 +110,7 @@ def test_time_budget_sets_the_steps_and_force_keeps_other_files(tmp_path, capsys
     (["--seed", "-1"], "--seed: expected >= 0, got -1"),
     (["--set", "training.bogus=1"], "training: unknown key 'bogus'"),
     (["--set", "model.num_frames_cond=0"], "keep data.dataset smmnist and model.num_frames_cond >= 1"),
+    (["--set", "training.steps=5"], "the demo sets training.steps from --train-steps or --minutes"),
 ])
 def test_bad_arguments_fail_before_training(tmp_path, capsys, args, message):
     out = tmp_path / "demo"

@@ -68,3 +68,9 @@ def assert_within_eager_error():
             f"max error {err:.3g} > {factor} x eager {out.dtype} error {eager_err:.3g} + {atol:g}")
 
     return check
+
+
+@pytest.fixture(params=mcvd.ops.available_backends("cpu"))
+def backend(request) -> str:
+    """Every op backend this install runs on CPU tensors ("reference", "cpu", ...)."""
+    return request.param

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from mcvd.train import RunConfig
 
@@ -16,11 +15,6 @@ def _tiny_run(model=None, data=None, training=None) -> RunConfig:
         "training": {"batch_size": 4, "steps": 4, "lr": 1e-3, "warmup": 2, "ckpt_every": 2, "log_every": 1,
                      **(training or {})},
     })
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
 
 
 @pytest.fixture

@@ -9,12 +9,6 @@ from mcvd.nn import ModelConfig
 from mcvd.train import EMA, StepRandomness, draw_step_randomness, mcvd_loss, split_clip
 from mcvd.train.sampler import StepBatchSampler
 
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 CFG = ModelConfig(image_size=8, channels=2, num_frames=3, num_frames_cond=2, num_frames_future=1, ngf=4,
                   ch_mult=(1,), attn_resolutions=(), num_res_blocks=1, num_timesteps=50)
 

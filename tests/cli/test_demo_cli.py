@@ -80,7 +80,7 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     row = (f"| {P + 1} | {model_scores['psnr_per_frame'][0]:.2f} / {model_scores['ssim_per_frame'][0]:.3f} "
            f"| {per_frame[0]:.2f} / ")
     assert row in report
-    assert m["verdict"] in report and "3 steps of batch 4 (12 clips)" in report
+    assert m["verdict"] in report and TINY.expectation in report and "3 steps of batch 4 (12 clips)" in report
     assert "mcvd demo --out " in report and "--train-steps 3" in report and "--seed 1" in report
 
 

@@ -6,9 +6,8 @@ from mcvd.train import RunConfig, train
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
-    """Seed the RNG; restore torch's thread count, which `mcvd demo` sets for its process."""
-    torch.manual_seed(0)
+def _restore_threads():
+    """Restore torch's thread count, which `mcvd demo` sets for its process."""
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)

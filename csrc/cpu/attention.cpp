@@ -262,11 +262,12 @@ void attention_fwd_kernel(const T* q, const T* k, const T* v, T* out, T* lse, in
 // Backward
 // ---------------------------------------------------------------------------
 
-// Key blocks per head handled by separate tasks. Each task owns the dK, dV
-// rows of its key blocks and adds its share of dQ into a buffer of its own
-// group, so no two threads write the same memory; the groups' dQ buffers are
-// summed at the end. More groups than one per head only when there are fewer
-// heads than needed to keep every thread busy.
+// Groups of key blocks per head handled by separate tasks. Each task owns the
+// dK, dV rows of its key blocks and adds its share of dQ into a buffer of its
+// own group, so no two threads write the same memory; the groups' dQ buffers
+// are summed at the end. A head is split only while the tasks cannot be
+// shared evenly among the threads (and at most into 4 tasks per thread),
+// since every group costs a dQ buffer.
 int64_t key_groups(int64_t bh, int64_t nkb) {
   const int64_t threads = at::get_num_threads();
   int64_t g = 1;

@@ -25,7 +25,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Row, environment, markdown_table, measure, write_csv  # noqa: E402
+from harness import Row, environment, measure, write_outputs  # noqa: E402
 
 import mcvd  # noqa: E402
 from mcvd.diffusion import Schedule  # noqa: E402
@@ -143,11 +143,7 @@ def main(argv=None) -> int:
             speedup = base_ms[r.op, r.mode, r.shape] / r.median_ms
             target = f" (CPU target {TARGETS[r.mode]}x)" if device == "cpu" else ""
             print(f"speed-up {r.op} {r.mode} {r.shape}: {speedup:.2f}x{target}")
-    if args.csv:
-        write_csv(rows, args.csv)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(f"{environment(device)}\n\n{markdown_table(rows, 'reference')}\n")
+    write_outputs(rows, device, args.csv, args.md)
     return 0
 
 

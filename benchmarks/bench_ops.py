@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
-from harness import Row, copy_bandwidth_gbs, environment, markdown_table, measure, write_csv  # noqa: E402
+from harness import Row, copy_bandwidth_gbs, environment, markdown_table, measure, write_outputs  # noqa: E402
 
 import mcvd  # noqa: E402
 from mcvd.ops import attention, attention_ref, reverse_step, spatin_norm, spatin_norm_ref  # noqa: E402
@@ -176,16 +176,10 @@ def main(argv=None) -> int:
                             rows.append(r)
                             print(f"{label:24s} {mode:8s} {r.shape:22s} {prov:13s} {med:10.3f} ms  {extra}",
                                   flush=True)
-    env = environment(dev)
-    header = f"{env}" + (f"; measured device copy: {bw:.0f} GB/s" if bw else "")
-    table = markdown_table(rows, "reference")
-    print(header)
-    print(table)
-    if args.csv:
-        write_csv(rows, args.csv)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(header + "\n\n" + table + "\n")
+    note = f"; measured device copy: {bw:.0f} GB/s" if bw else ""
+    print(environment(dev) + note)
+    print(markdown_table(rows, "reference"))
+    write_outputs(rows, dev, args.csv, args.md, note)
     return 0
 
 

@@ -25,7 +25,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Row, environment, markdown_table, measure, write_csv  # noqa: E402
+from harness import Row, environment, measure, write_outputs  # noqa: E402
 
 import mcvd  # noqa: E402
 
@@ -109,11 +109,7 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"{row.mode:10s} {row.provider:12s} {row.shape}: median {row.median_ms:10.2f} ms  "
                   f"p20-p80 {row.p20_ms:.2f}-{row.p80_ms:.2f} ms  ({row.extra})")
-    if args.csv:
-        write_csv(rows, args.csv)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(f"{environment(device)}\n\n{markdown_table(rows, 'reference')}\n")
+    write_outputs(rows, device, args.csv, args.md)
     return 0
 
 

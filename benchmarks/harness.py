@@ -131,3 +131,12 @@ def markdown_table(rows: list[Row], baseline: str) -> str:
         out.append(f"| {r.op} | {r.mode} | {r.shape} | {r.provider} | {r.median_ms:.3f} | "
                    f"{r.p20_ms:.3f}-{r.p80_ms:.3f} | {ratio} | {r.extra} |")
     return "\n".join(out)
+
+
+def write_outputs(rows: list[Row], device: str, csv_path: str | None, md_path: str | None, note: str = "") -> None:
+    """The CSV rows and the Markdown table (headed by the environment) every benchmark writes."""
+    if csv_path:
+        write_csv(rows, csv_path)
+    if md_path:
+        with open(md_path, "w") as f:
+            f.write(f"{environment(device)}{note}\n\n{markdown_table(rows, 'reference')}\n")

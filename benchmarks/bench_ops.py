@@ -36,11 +36,11 @@ def shape_str(shape) -> str:
     return "x".join(map(str, shape))
 
 
-def providers(op: str, device: str, dtype: torch.dtype) -> list[str]:
+def providers(op: str, device: str, dtype: torch.dtype, compile_ref: bool) -> list[str]:
     out = ["reference"]
     avail = mcvd.ops.available_backends(device)
     out += [b for b in ("cpu", "cuda", "triton") if b in avail]
-    if device == "cuda":
+    if device == "cuda" and compile_ref:
         out.append("compiled-ref")
     if op == "attention":
         out.append("sdpa")
@@ -131,6 +131,9 @@ def main(argv=None) -> int:
     p.add_argument("--ops", nargs="+", default=["spatin_norm", "attention", "reverse_step"])
     p.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"])
     p.add_argument("--large", action="store_true", help="add the batch-64 shapes")
+    p.add_argument("--compile-all", action="store_true",
+                   help="time torch.compile of the reference at every shape (default: the batch-64 shapes only, "
+                        "since each shape and mode costs a compilation)")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--max-time", type=float, default=10.0, help="seconds per measurement at most")
@@ -152,7 +155,8 @@ def main(argv=None) -> int:
             for shape in shapes:
                 for vname, spatial in variants:
                     for mode in modes:
-                        for prov in providers(op, dev, dtype):
+                        compile_ref = args.compile_all or shape in LARGE[op]
+                        for prov in providers(op, dev, dtype, compile_ref):
                             if args.providers and prov not in args.providers and prov != "reference":
                                 continue
                             if op == "attention" and prov == "sdpa" and dev == "cpu" and dtype != torch.float32:

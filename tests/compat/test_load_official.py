@@ -1,5 +1,6 @@
 """load_official against checkpoints and outputs produced by the paper's public code."""
 import functools
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,9 @@ import yaml
 import mcvd
 from mcvd import ModelConfig, load_official
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "official"
+# MCVD_OFFICIAL_FIXTURES points elsewhere (a GPU machine with a copy of them).
+FIXTURES = Path(os.environ.get("MCVD_OFFICIAL_FIXTURES")
+                or Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "official")
 NAMES = ["concat_small", "spatin_small"]
 
 pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"fixtures not found at {FIXTURES}")
@@ -41,6 +44,26 @@ def test_same_function_as_the_reference(name, use_ema, backend):
     expected = d["out_ema" if use_ema else "out_raw"]
     # float32 network, ~30 layers; both sides round differently (op order, fused norms).
     assert rel_err(out, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_function_on_a_gpu(name, backend_device):
+    """The fused GPU backends compute the reference's function (float32, TF32 off)."""
+    backend, device = backend_device
+    if device != "cuda":
+        pytest.skip("the CPU backends are covered above")
+    model, cfg = load_official(FIXTURES / name / "checkpoint.pt")  # a fresh copy: loaded() stays on the CPU
+    model = model.to(device).set_backend(backend)
+    d = {k: v.to(device) if torch.is_tensor(v) else v for k, v in io(name).items()}
+    t = cfg.num_timesteps - 1 - d["t_official"]
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            out = model(d["x"], t, d["cond"])
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    assert rel_err(out.cpu(), d["out_ema"].cpu()) <= 1e-5
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -305,9 +305,10 @@ def test_compile_fullgraph_of_the_op():
         assert _max_error(o, r) <= tol[name], name
 
 
-def test_compile_fullgraph_of_the_public_function():
-    q, k, v = make_qkv((2, 2, 19, 8), dtype=torch.float32)
-    f = torch.compile(lambda q, k, v: attention(q, k, v, backend="cpu"), fullgraph=True)
+def test_compile_fullgraph_of_the_public_function(backend_device):
+    backend, device = backend_device
+    q, k, v = make_qkv((2, 2, 19, 8), dtype=torch.float32, device=device)
+    f = torch.compile(lambda q, k, v: attention(q, k, v, backend=backend), fullgraph=True)
     torch.testing.assert_close(f(q, k, v), attention_ref(q, k, v))
 
 

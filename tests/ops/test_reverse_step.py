@@ -219,10 +219,11 @@ def test_compile_fullgraph_of_the_op():
         torch.testing.assert_close(g.double(), w, **F32_TOL)
 
 
-def test_compile_fullgraph_of_the_public_function():
-    x_t, eps, noise = make((2, 3, 5, 7), dtype=torch.float32)
+def test_compile_fullgraph_of_the_public_function(backend_device):
+    backend, device = backend_device
+    x_t, eps, noise = make((2, 3, 5, 7), dtype=torch.float32, device=device)
     f = torch.compile(lambda x, e, n: reverse_step(x, e, n, a=0.3, b=0.9, c_x0=0.5, c_xt=0.4, sigma=0.1,
-                                                   clip=(-1.0, 1.0), backend="cpu"), fullgraph=True)
+                                                   clip=(-1.0, 1.0), backend=backend), fullgraph=True)
     got = f(x_t, eps, noise)
     want = reverse_step(x_t, eps, noise, a=0.3, b=0.9, c_x0=0.5, c_xt=0.4, sigma=0.1, clip=(-1.0, 1.0),
                         backend="reference")

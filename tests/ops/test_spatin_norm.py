@@ -261,9 +261,11 @@ def test_compile_fullgraph_of_the_op():
     torch.testing.assert_close(gx.double(), gref, rtol=1e-4, atol=1e-4)
 
 
-def test_compile_fullgraph_of_the_public_function():
-    x, opt = make_inputs((2, 4, 3, 5), ("gamma", "scale"), dtype=torch.float32)
-    f = torch.compile(lambda x, g, s: spatin_norm(x, 2, gamma=g, scale=s, silu=True, backend="cpu"), fullgraph=True)
+def test_compile_fullgraph_of_the_public_function(backend_device):
+    backend, device = backend_device
+    x, opt = make_inputs((2, 4, 3, 5), ("gamma", "scale"), dtype=torch.float32, device=device)
+    f = torch.compile(lambda x, g, s: spatin_norm(x, 2, gamma=g, scale=s, silu=True, backend=backend),
+                      fullgraph=True)
     y = f(x, opt["gamma"], opt["scale"])
     torch.testing.assert_close(y, spatin_norm_ref(x, 2, gamma=opt["gamma"], scale=opt["scale"], silu=True))
 

@@ -134,6 +134,7 @@ def main(argv=None) -> int:
     p.add_argument("--compile-all", action="store_true",
                    help="time torch.compile of the reference at every shape (default: the batch-64 shapes only, "
                         "since each shape and mode costs a compilation)")
+    p.add_argument("--shape", default=None, help="one shape for every op instead of the built-in ones, e.g. 64x128x64x64")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--max-time", type=float, default=10.0, help="seconds per measurement at most")
@@ -150,12 +151,14 @@ def main(argv=None) -> int:
             shapes = {"spatin_norm": SPATIN_SHAPES, "attention": ATTN_SHAPES, "reverse_step": STEP_SHAPES}[op]
             if args.large:
                 shapes = shapes + LARGE[op]
+            if args.shape:
+                shapes = [tuple(int(n) for n in args.shape.split("x"))]
             variants = [("spatin", True), ("groupnorm", False)] if op == "spatin_norm" else [("", None)]
             modes = ["fwd"] if op == "reverse_step" else args.modes
             for shape in shapes:
                 for vname, spatial in variants:
                     for mode in modes:
-                        compile_ref = args.compile_all or shape in LARGE[op]
+                        compile_ref = args.compile_all or shape in LARGE[op] or args.shape is not None
                         for prov in providers(op, dev, dtype, compile_ref):
                             if args.providers and prov not in args.providers and prov != "reference":
                                 continue

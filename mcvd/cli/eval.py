@@ -6,7 +6,8 @@
 CKPT: a training checkpoint (its EMA weights; --no-ema for the raw ones) or a
 model file (mcvd convert-official, mcvd.nn.save_model). --data smmnist is
 the built-in Stochastic Moving MNIST test split (mcvd.data, its test digits,
-seed 0: the same clips in every run); a folder is read with
+seed 0: the same clips in every run; digit count and size as in the
+checkpoint's training run, else 2 digits of half the frame); a folder is read with
 mcvd.data.VideoFolder as consecutive, non-overlapping clips. The first N
 clips are evaluated (default: all). --seed seeds the sampler, so a run is
 reproducible. Writes metrics.json, metrics.md and per_frame.png to --out
@@ -59,14 +60,15 @@ def load_for_eval(path: Path, use_ema: bool, device):
     return model, model.config, "model file"
 
 
-def eval_clips(data: str, frames: int, config):
-    """The evaluation clips: the SMMNIST test split, or non-overlapping clips of a video folder."""
-    from mcvd.data import StochasticMovingMNIST, VideoFolder
+def eval_clips(data: str, frames: int, config, checkpoint: Path):
+    """The evaluation clips: the SMMNIST test split drawn like the checkpoint's
+    training clips, or non-overlapping clips of a video folder."""
+    from mcvd.data import VideoFolder
+
+    from .sample import smmnist_test_clips
 
     if data == "smmnist":
-        if config.channels != 1:
-            raise ValueError(f"--data: smmnist clips are greyscale; the model takes {config.channels} channels")
-        return StochasticMovingMNIST(frames, split="test", seed=0, image_size=config.image_size)
+        return smmnist_test_clips(checkpoint, config, frames)
     return VideoFolder(data, frames, config.image_size, channels=config.channels, clip_step=frames)
 
 
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         model, cfg, weights = load_for_eval(args.checkpoint, not args.no_ema, device)
         task = Task.of(args.task, cfg, cond=args.cond, pred=args.pred)
-        clips = eval_clips(args.data, task.clip_frames, cfg)
+        clips = eval_clips(args.data, task.clip_frames, cfg, args.checkpoint)
     except (FileNotFoundError, ValueError, ImportError) as e:
         return fail(str(e))
     out = args.out or Path("mcvd_eval") / (f"{args.checkpoint.stem}_{task.name}_p{task.cond}_n{task.pred}"

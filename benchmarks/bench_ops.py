@@ -6,7 +6,7 @@
 Providers: "reference" (eager `<op>_ref`, the baseline), every compiled mcvd
 backend for the device, "compiled-ref" (torch.compile of the reference, CUDA
 only), and "sdpa" for attention (PyTorch's scaled_dot_product_attention;
-on CUDA with bf16/fp16 the flash backend). Throughput is reported against the
+on CUDA with bf16/fp16 forced to its flash backend, else its own choice). Throughput is reported against the
 physical limit: for the memory-bound ops, the fewest bytes that must move (each
 input read once, each output written once) over the time, against a measured
 device copy; for attention, FLOPs over time (forward 4 B H N^2 D, backward 2.5x).
@@ -88,6 +88,13 @@ def bench_attention(shape, provider, mode, device, dtype, args):
         f = partial(torch.compile(attention_ref), q, k, v)
     elif provider == "sdpa":
         f = partial(F.scaled_dot_product_attention, q, k, v)
+        if device == "cuda" and dtype in (torch.float16, torch.bfloat16):
+            # the flash backend itself (PyTorch may otherwise pick cuDNN's attention)
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            def f(q=q, k=k, v=v):
+                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                    return F.scaled_dot_product_attention(q, k, v)
     else:
         f = partial(attention, q, k, v, backend=provider)
     g = torch.randn_like(q)

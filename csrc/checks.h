@@ -1,6 +1,7 @@
-// Argument checks shared by every op. Each message names the argument and
-// what was expected; mcvd/ops/_checks.py raises the same messages for the
-// reference backend, and the tests assert them.
+// Argument checks shared by every op (each op's own sequence of them is in
+// op_checks.h). Each message names the argument and what was expected;
+// mcvd/ops/_checks.py raises the same messages for the reference backend,
+// and the tests assert them.
 #pragma once
 
 #include <ATen/ATen.h>

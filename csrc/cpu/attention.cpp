@@ -25,10 +25,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <string>
 #include <vector>
 
 #include "checks.h"
+#include "op_checks.h"
 
 namespace mcvd {
 namespace {
@@ -345,29 +345,6 @@ void attention_bwd_kernel(const T* dout, const T* q, const T* k, const T* v, con
 // Op wrappers
 // ---------------------------------------------------------------------------
 
-// In the order of mcvd/ops/_checks.py check_like: device, dtype, shape.
-void check_like_q(const at::Tensor& t, const char* name, const at::Tensor& q) {
-  check_same_device(t, name, q, "q");
-  check_same_dtype(t, name, q, "q");
-  check_shape(t, name, q.sizes());
-}
-
-void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  check_rank(q, "q", 4, "[B, heads, N, D]");
-  check_float(q, "q");
-  check_like_q(k, "k", q);
-  check_like_q(v, "v", q);
-}
-
-void check_scale(double scale) {
-  TORCH_CHECK(std::isfinite(scale), "scale: expected a finite float, got ", scale);
-}
-
-// Dtypes as Python prints them, like the messages of mcvd/ops/_checks.py.
-std::string py_dtype(at::ScalarType t) {
-  return "torch." + std::string(c10::getDtypeNames(t).first);
-}
-
 // float32 and float64 run as they are; half types run in float32.
 at::ScalarType compute_dtype(const at::Tensor& q) {
   return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -379,8 +356,7 @@ at::Tensor as_compute(const at::Tensor& t, at::ScalarType dtype) {
 
 std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
                                                      const at::Tensor& v_in, double scale) {
-  check_qkv(q_in, k_in, v_in);
-  check_scale(scale);
+  check_attention_args(q_in, k_in, v_in, scale);
   const auto dtype = compute_dtype(q_in);
   const at::Tensor q = as_compute(q_in, dtype), k = as_compute(k_in, dtype), v = as_compute(v_in, dtype);
   const int64_t b = q.size(0), heads = q.size(1), n = q.size(2), d = q.size(3);
@@ -402,16 +378,9 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q_in, con
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
     const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in,
     const at::Tensor& v_in, const at::Tensor& out_in, const at::Tensor& lse_in, double scale) {
-  check_qkv(q_in, k_in, v_in);
-  check_like_q(grad_out_in, "grad_out", q_in);
-  check_like_q(out_in, "out", q_in);
-  const auto dtype = compute_dtype(q_in);
-  check_same_device(lse_in, "lse", q_in, "q");
-  TORCH_CHECK(lse_in.scalar_type() == dtype, "lse: expected dtype ", py_dtype(dtype),
-              " (float64 for float64 q, else float32), got ", py_dtype(lse_in.scalar_type()));
-  check_shape(lse_in, "lse", q_in.sizes().slice(0, 3));
-  check_scale(scale);
+  check_attention_bwd_args(grad_out_in, q_in, k_in, v_in, out_in, lse_in, scale);
 
+  const auto dtype = compute_dtype(q_in);
   const at::Tensor q = as_compute(q_in, dtype), k = as_compute(k_in, dtype), v = as_compute(v_in, dtype);
   const at::Tensor dout = as_compute(grad_out_in, dtype), out = as_compute(out_in, dtype);
   const at::Tensor lse = MCVD_CONTIG(lse_in);

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "op_checks.h"
 
 namespace mcvd {
 namespace {
@@ -392,23 +393,6 @@ void bwd_kernel(const scalar_t* dy, const scalar_t* x, const stat_t* mean_in, co
 
 using OptTensor = c10::optional<at::Tensor>;
 
-at::ScalarType stat_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
-void check_inputs(const at::Tensor& x, int64_t num_groups, const OptTensor& weight, const OptTensor& bias,
-                  const OptTensor& gamma, const OptTensor& beta, const OptTensor& scale, const OptTensor& shift) {
-  check_rank(x, "x", 4, "[B, C, H, W]");
-  check_float(x, "x");
-  const int64_t B = x.size(0), C = x.size(1);
-  TORCH_CHECK(num_groups > 0 && C % num_groups == 0, "num_groups: expected a positive divisor of the ", C,
-              " channels of x, got ", num_groups);
-  check_optional(weight, "weight", x, "x", {C});
-  check_optional(bias, "bias", x, "x", {C});
-  check_optional(gamma, "gamma", x, "x", x.sizes());
-  check_optional(beta, "beta", x, "x", x.sizes());
-  check_optional(scale, "scale", x, "x", {B, C});
-  check_optional(shift, "shift", x, "x", {B, C});
-}
-
 at::Tensor contig_or_undefined(const OptTensor& t) { return t.has_value() ? MCVD_CONTIG(*t) : at::Tensor(); }
 
 struct ContigOptionals {
@@ -433,7 +417,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatin_norm_fwd_cpu(const at::Ten
                                                                    const OptTensor& gamma, const OptTensor& beta,
                                                                    const OptTensor& scale, const OptTensor& shift,
                                                                    double eps, bool silu) {
-  check_inputs(x_in, num_groups, weight, bias, gamma, beta, scale, shift);
+  check_spatin_norm_args(x_in, num_groups, weight, bias, gamma, beta, scale, shift);
   const at::Tensor x = MCVD_CONTIG(x_in);
   const ContigOptionals opt(weight, bias, gamma, beta, scale, shift);
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
@@ -452,14 +436,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& grad_y_in, const at::Tensor& x_in, const at::Tensor& mean_in, const at::Tensor& rstd_in,
     int64_t num_groups, const OptTensor& weight, const OptTensor& bias, const OptTensor& gamma, const OptTensor& beta,
     const OptTensor& scale, const OptTensor& shift, bool silu) {
-  check_inputs(x_in, num_groups, weight, bias, gamma, beta, scale, shift);
+  check_spatin_norm_bwd_args(grad_y_in, x_in, mean_in, rstd_in, num_groups, weight, bias, gamma, beta, scale, shift);
   const int64_t B = x_in.size(0), C = x_in.size(1), HW = x_in.size(2) * x_in.size(3);
-  check_like(grad_y_in, "grad_y", x_in, "x", x_in.sizes());
-  for (const auto& [t, name] : {std::pair(&mean_in, "mean"), std::pair(&rstd_in, "rstd")}) {
-    check_same_device(*t, name, x_in, "x");
-    check_dtype(*t, name, stat_dtype(x_in));
-    check_shape(*t, name, {B, num_groups});
-  }
   const at::Tensor x = MCVD_CONTIG(x_in), grad_y = MCVD_CONTIG(grad_y_in);
   const at::Tensor mean = MCVD_CONTIG(mean_in), rstd = MCVD_CONTIG(rstd_in);
   const ContigOptionals opt(weight, bias, gamma, beta, scale, shift);

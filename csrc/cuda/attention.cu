@@ -13,30 +13,23 @@
 
 #include "attention.cuh"
 #include "checks.h"
+#include "op_checks.h"
 
 namespace mcvd {
 namespace {
 
-// The checks and messages of the CPU kernels (csrc/cpu/attention.cpp), in the
-// same order; q's device is checked after k's and v's name any mismatch.
-void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  check_rank(q, "q", 4, "[B, heads, N, D]");
-  check_float(q, "q");
-  check_like(k, "k", q, "q", q.sizes());
-  check_like(v, "v", q, "q", q.sizes());
+// The checks of this device, after the shared ones (csrc/op_checks.h), so
+// that the other inputs' device checks name a mismatch before q's is checked.
+void check_cuda_q(const at::Tensor& q) {
   check_cuda(q, "q");
   TORCH_CHECK(cuda::attn_sizes_ok(q.size(0) * q.size(1), q.size(2)),
               "q: expected B * heads * ceil(N / 32) below 2^31 (the CUDA grid), got shape ", shape_str(q.sizes()));
 }
 
-void check_scale(double scale) { TORCH_CHECK(std::isfinite(scale), "scale: expected a finite float, got ", scale); }
-
-at::ScalarType stat_dtype(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
 std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
                                                       const at::Tensor& v_in, double scale) {
-  check_qkv(q_in, k_in, v_in);
-  check_scale(scale);
+  check_attention_args(q_in, k_in, v_in, scale);
+  check_cuda_q(q_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor q = MCVD_CONTIG(q_in), k = MCVD_CONTIG(k_in), v = MCVD_CONTIG(v_in);
   const int64_t bh = q.size(0) * q.size(1), n = q.size(2), d = q.size(3);
@@ -64,14 +57,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(const at::Tens
                                                                   const at::Tensor& k_in, const at::Tensor& v_in,
                                                                   const at::Tensor& out_in, const at::Tensor& lse_in,
                                                                   double scale) {
-  check_qkv(q_in, k_in, v_in);
-  check_like(grad_out, "grad_out", q_in, "q", q_in.sizes());
-  check_like(out_in, "out", q_in, "q", q_in.sizes());
-  check_same_device(lse_in, "lse", q_in, "q");
-  TORCH_CHECK(lse_in.scalar_type() == stat_dtype(q_in), "lse: expected dtype ", dtype_str(stat_dtype(q_in)),
-              " (float64 for float64 q, else float32), got ", dtype_str(lse_in.scalar_type()));
-  check_shape(lse_in, "lse", q_in.sizes().slice(0, 3));
-  check_scale(scale);
+  check_attention_bwd_args(grad_out, q_in, k_in, v_in, out_in, lse_in, scale);
+  check_cuda_q(q_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
   const at::Tensor q = MCVD_CONTIG(q_in), k = MCVD_CONTIG(k_in), v = MCVD_CONTIG(v_in);
   const at::Tensor dout = MCVD_CONTIG(grad_out), out = MCVD_CONTIG(out_in), lse = MCVD_CONTIG(lse_in);

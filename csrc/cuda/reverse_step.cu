@@ -13,6 +13,7 @@
 #include <tuple>
 
 #include "checks.h"
+#include "op_checks.h"
 #include "reverse_step.cuh"
 
 namespace mcvd {
@@ -22,23 +23,12 @@ std::tuple<at::Tensor, at::Tensor> reverse_step_cuda(const at::Tensor& x_t_in, c
                                                      const c10::optional<at::Tensor>& noise_in,
                                                      const at::Tensor& coef_in, c10::optional<double> clip_lo,
                                                      c10::optional<double> clip_hi) {
-  // The checks and messages of the CPU kernel (csrc/cpu/reverse_step.cpp), in
-  // the same order; x_t's device is checked last.
-  TORCH_CHECK(x_t_in.dim() >= 1, "x_t: expected a tensor with a batch dimension [B, ...], got a 0-d tensor");
-  check_float(x_t_in, "x_t");
-  check_like(eps_in, "eps", x_t_in, "x_t", x_t_in.sizes());
-  check_optional(noise_in, "noise", x_t_in, "x_t", x_t_in.sizes());
-  const int64_t batch = x_t_in.size(0);
-  check_rank(coef_in, "coef", 2, "[5, B] (a, b, c_x0, c_xt, sigma)");
-  check_shape(coef_in, "coef", {5, batch});
-  check_same_device(coef_in, "coef", x_t_in, "x_t");
-  TORCH_CHECK(coef_in.scalar_type() == at::kFloat || coef_in.scalar_type() == at::kDouble,
-              "coef: expected dtype torch.float32 or torch.float64, got ", dtype_str(coef_in.scalar_type()));
-  TORCH_CHECK(clip_lo.has_value() == clip_hi.has_value(), "clip_lo, clip_hi: expected both or neither to be given");
-  const bool clip = clip_lo.has_value();
-  TORCH_CHECK(!clip || *clip_lo <= *clip_hi, "clip_lo: expected clip_lo <= clip_hi, got clip_lo=", *clip_lo,
-              ", clip_hi=", *clip_hi);
+  // The shared checks (csrc/op_checks.h), then x_t's device: last, as the
+  // other inputs' device checks name a mismatch first.
+  check_reverse_step_args(x_t_in, eps_in, noise_in, coef_in, clip_lo, clip_hi);
   check_cuda(x_t_in, "x_t");
+  const int64_t batch = x_t_in.size(0);
+  const bool clip = clip_lo.has_value();
 
   const c10::cuda::CUDAGuard guard(x_t_in.device());
   const at::Tensor x_t = MCVD_CONTIG(x_t_in), eps = MCVD_CONTIG(eps_in);

@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "checks.h"
+#include "op_checks.h"
 #include "spatin_norm.cuh"
 
 namespace mcvd {
@@ -19,25 +20,10 @@ namespace {
 
 using OptTensor = c10::optional<at::Tensor>;
 
-// weight, bias, gamma, beta, scale, shift
-constexpr std::array<const char*, 6> kOptNames = {"weight", "bias", "gamma", "beta", "scale", "shift"};
-
-// The checks and messages of the CPU kernels (csrc/cpu/spatin_norm.cpp), in
-// the same order; x's device is checked last, as the optional inputs' device
-// checks name the mismatch first.
-std::array<OptTensor, 6> check_inputs(const at::Tensor& x, int64_t num_groups, std::array<OptTensor, 6> opt) {
-  check_rank(x, "x", 4, "[B, C, H, W]");
-  check_float(x, "x");
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK(num_groups > 0 && C % num_groups == 0, "num_groups: expected a positive divisor of the ", C,
-              " channels of x, got ", num_groups);
-  const std::array<std::vector<int64_t>, 6> shapes = {
-      std::vector<int64_t>{C}, {C}, {B, C, H, W}, {B, C, H, W}, {B, C}, {B, C}};
-  for (size_t i = 0; i < opt.size(); ++i) {
-    check_optional(opt[i], kOptNames[i], x, "x", shapes[i]);
-    if (opt[i]) opt[i] = MCVD_CONTIG(*opt[i]);
-  }
-  check_cuda(x, "x");
+// The optional inputs (weight, bias, gamma, beta, scale, shift), contiguous.
+std::array<OptTensor, 6> contig_optionals(std::array<OptTensor, 6> opt) {
+  for (auto& t : opt)
+    if (t) t = MCVD_CONTIG(*t);
   return opt;
 }
 
@@ -60,12 +46,14 @@ cuda::SpatinInputs<cuda::cuda_type_t<S>> inputs_of(const at::Tensor& x, int64_t 
           silu};
 }
 
-at::ScalarType stat_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spatin_norm_fwd_cuda(
     const at::Tensor& x_in, int64_t num_groups, const OptTensor& weight, const OptTensor& bias, const OptTensor& gamma,
     const OptTensor& beta, const OptTensor& scale, const OptTensor& shift, double eps, bool silu) {
-  const auto opt = check_inputs(x_in, num_groups, {weight, bias, gamma, beta, scale, shift});
+  // The shared checks (csrc/op_checks.h), then x's device: last, as the
+  // optional inputs' device checks name a mismatch first.
+  check_spatin_norm_args(x_in, num_groups, weight, bias, gamma, beta, scale, shift);
+  check_cuda(x_in, "x");
+  const auto opt = contig_optionals({weight, bias, gamma, beta, scale, shift});
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = MCVD_CONTIG(x_in);
   at::Tensor y = at::empty_like(x);
@@ -86,24 +74,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatin_norm_fwd_cuda(
   return {y, mean, rstd};
 }
 
-// mean and rstd come from the forward: [B, G] on x's device, in the
-// statistics dtype.
-at::Tensor check_stat(const at::Tensor& t, const char* name, const at::Tensor& x, int64_t groups) {
-  check_same_device(t, name, x, "x");
-  check_dtype(t, name, stat_dtype(x));
-  check_shape(t, name, {x.size(0), groups});
-  return MCVD_CONTIG(t);
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> spatin_norm_bwd_cuda(
     const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& mean_in, const at::Tensor& rstd_in,
     int64_t num_groups, const OptTensor& weight, const OptTensor& bias, const OptTensor& gamma, const OptTensor& beta,
     const OptTensor& scale, const OptTensor& shift, bool silu) {
-  const auto opt = check_inputs(x_in, num_groups, {weight, bias, gamma, beta, scale, shift});
-  check_like(grad_y, "grad_y", x_in, "x", x_in.sizes());
+  // As in the forward: the shared checks, then x's device.
+  check_spatin_norm_bwd_args(grad_y, x_in, mean_in, rstd_in, num_groups, weight, bias, gamma, beta, scale, shift);
+  check_cuda(x_in, "x");
+  const auto opt = contig_optionals({weight, bias, gamma, beta, scale, shift});
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor mean = check_stat(mean_in, "mean", x_in, num_groups);
-  const at::Tensor rstd = check_stat(rstd_in, "rstd", x_in, num_groups);
+  const at::Tensor mean = MCVD_CONTIG(mean_in), rstd = MCVD_CONTIG(rstd_in);
   const at::Tensor x = MCVD_CONTIG(x_in), dy = MCVD_CONTIG(grad_y);
 
   // An absent input's gradient is an empty [0] tensor.

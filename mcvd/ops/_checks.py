@@ -1,5 +1,6 @@
 """Python argument checks: the same messages as csrc/checks.h, so that every
-backend, the reference included, rejects bad input the same way."""
+backend, the reference included, rejects bad input the same way. The op
+modules call them in the order of the per-op checks in csrc/op_checks.h."""
 from __future__ import annotations
 
 import torch

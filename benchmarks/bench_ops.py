@@ -36,6 +36,17 @@ def shape_str(shape) -> str:
     return "x".join(map(str, shape))
 
 
+def shape_arg(text: str) -> tuple[int, ...]:
+    """--shape: positive sizes joined by "x"."""
+    try:
+        shape = tuple(int(n) for n in text.split("x"))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes joined by 'x' (e.g. 8x128x32x32), got {text!r}")
+    return shape
+
+
 def providers(op: str, device: str, dtype: torch.dtype, compile_ref: bool) -> list[str]:
     out = ["reference"]
     avail = mcvd.ops.available_backends(device)
@@ -86,15 +97,15 @@ def bench_attention(shape, provider, mode, device, dtype, args):
         f = partial(attention_ref, q, k, v)
     elif provider == "compiled-ref":
         f = partial(torch.compile(attention_ref), q, k, v)
+    elif provider == "sdpa" and device == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        # the flash backend itself (PyTorch may otherwise pick cuDNN's attention)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        def f():
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return F.scaled_dot_product_attention(q, k, v)
     elif provider == "sdpa":
         f = partial(F.scaled_dot_product_attention, q, k, v)
-        if device == "cuda" and dtype in (torch.float16, torch.bfloat16):
-            # the flash backend itself (PyTorch may otherwise pick cuDNN's attention)
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            def f(q=q, k=k, v=v):
-                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                    return F.scaled_dot_product_attention(q, k, v)
     else:
         f = partial(attention, q, k, v, backend=provider)
     g = torch.randn_like(q)
@@ -141,7 +152,8 @@ def main(argv=None) -> int:
     p.add_argument("--compile-all", action="store_true",
                    help="time torch.compile of the reference at every shape (default: the batch-64 shapes only, "
                         "since each shape and mode costs a compilation)")
-    p.add_argument("--shape", default=None, help="one shape for every op instead of the built-in ones, e.g. 64x128x64x64")
+    p.add_argument("--shape", type=shape_arg, default=None,
+                   help="one shape for every op instead of the built-in ones, e.g. 64x128x64x64")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--max-time", type=float, default=10.0, help="seconds per measurement at most")
@@ -159,7 +171,7 @@ def main(argv=None) -> int:
             if args.large:
                 shapes = shapes + LARGE[op]
             if args.shape:
-                shapes = [tuple(int(n) for n in args.shape.split("x"))]
+                shapes = [args.shape]
             variants = [("spatin", True), ("groupnorm", False)] if op == "spatin_norm" else [("", None)]
             modes = ["fwd"] if op == "reverse_step" else args.modes
             for shape in shapes:

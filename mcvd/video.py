@@ -12,7 +12,7 @@ frame of a panel has a coloured border saying what it is (`KIND_COLOURS`):
 
 A bar under the grid grows with time, in the colour of the prediction
 panel's frame. Every file is written to a temporary file beside its target
-and renamed (mcvd.train.checkpoint.atomic_write), so a reader never sees a
+and renamed (mcvd.fileio.atomic_write), so a reader never sees a
 partial file and an interrupted run leaves no broken one.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from mcvd.data.video_folder import frames_to_clip
-from mcvd.train.checkpoint import atomic_write
+from mcvd.fileio import atomic_write
 
 KIND_COLOURS = {
     "given": (46, 160, 67),

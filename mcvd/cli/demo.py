@@ -287,7 +287,7 @@ def plot(path: Path, frames: list[int], scores: dict[str, dict], log: list[dict]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mcvd.train.checkpoint import atomic_write
+    from mcvd.fileio import atomic_write
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     styles = {"MCVD": {"marker": "o"}, "copy last frame": {"marker": "s", "linestyle": "--"},
@@ -416,8 +416,8 @@ def run(args: argparse.Namespace) -> int:
 
     from mcvd.cli.sample import resolve_device
     from mcvd.data import StochasticMovingMNIST
+    from mcvd.fileio import atomic_write
     from mcvd.train import TrainingDiverged, load_checkpoint
-    from mcvd.train.checkpoint import atomic_write
     from mcvd.video import grid_frames, task_panels, write_gif
 
     def fail(message: str) -> int:

@@ -21,6 +21,7 @@ import torch
 
 from mcvd.nn.blocks import AttnBlock, ResBlock
 from mcvd.nn.config import ModelConfig
+from mcvd.nn.model_file import load_weights_only
 from mcvd.nn.network import MCVD
 
 from .official_config import read_official_config
@@ -159,13 +160,7 @@ def convert_state_dict(reference_state: dict[str, torch.Tensor], model: MCVD,
 
 def read_official_checkpoint(path: str | os.PathLike, use_ema: bool = True) -> dict[str, torch.Tensor]:
     """The reference network's state (raw or EMA weights), keys without "module."."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: no such file: {path}")
-    try:
-        states = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"checkpoint: {path} is not a readable torch checkpoint ({type(e).__name__}: {e})") from e
+    states = load_weights_only(path, "checkpoint", "torch checkpoint")
     if isinstance(states, dict) and states.get("format") == "mcvd":
         raise ValueError(f"checkpoint: {path} is an mcvd model file; load it with mcvd.nn.load_model")
     if not isinstance(states, (list, tuple)) or len(states) < 4 or not isinstance(states[0], dict):

@@ -1,7 +1,7 @@
 """Writing an evaluation's results: metrics.json, metrics.md and per_frame.png.
 
 Every file is written to a temporary file beside its target and renamed
-(mcvd.train.checkpoint.atomic_write), and existing results are only replaced
+(mcvd.fileio.atomic_write), and existing results are only replaced
 when asked to.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-from mcvd.train.checkpoint import atomic_write
+from mcvd.fileio import atomic_write
 
 FILES = ("metrics.json", "metrics.md", "per_frame.png")
 LABELS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}

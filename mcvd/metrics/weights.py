@@ -13,11 +13,12 @@ import hashlib
 import importlib.util
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from mcvd.fileio import atomic_write
 
 
 class WeightsError(RuntimeError):
@@ -139,13 +140,6 @@ def cached_weights(name: str, package: str, relpath: str) -> dict[str, torch.Ten
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        st.save_file(tensors, tmp, metadata={"source": f"{package}/{relpath}", "source_sha256": digest})
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    data = st.save(tensors, metadata={"source": f"{package}/{relpath}", "source_sha256": digest})
+    atomic_write(target, lambda fh: fh.write(data))
     return tensors

@@ -9,10 +9,11 @@ checkpoint adds "ema", "optimizer", ...); `load_model` reads only these.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from mcvd.fileio import atomic_write, load_weights_only
 
 from .config import ModelConfig
 from .network import MCVD
@@ -32,28 +33,13 @@ def save_model(path: str | os.PathLike, model: MCVD, *, overwrite: bool = False)
         raise FileExistsError(f"path: {path} exists; pass overwrite=True to replace it")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "model_config": model.config.to_dict(), "model": state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())  # a crash after os.replace must not leave a truncated file
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: torch.save(payload, fh))
     return path
 
 
 def read_model_file(path: str | os.PathLike) -> dict:
     """torch.load a model file (weights_only) and check its format and version."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"path: no such file: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"path: {path} is not a readable torch file ({type(e).__name__}: {e})") from e
+    payload = load_weights_only(path, "path")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"path: {path} is not an mcvd model file (expected a dict with format={FORMAT!r}); "
                          f"for the reference code's checkpoints use mcvd.load_official")

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import os
 import random
-import stat
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,36 +27,6 @@ from mcvd.nn import MCVD, ModelConfig
 from mcvd.nn.model_file import FORMAT, VERSION, read_model_file
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def _file_mode(path: Path) -> int:
-    """The permissions a write of `path` should leave: the existing file's, else
-    what open() would give a new file under the process's umask."""
-    try:
-        return stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        mask = os.umask(0)
-        os.umask(mask)
-        return 0o666 & ~mask
-
-
-def atomic_write(path: Path, write) -> None:
-    """Create or replace `path` with what `write(binary file)` writes, all or nothing.
-
-    The data goes to a temporary file beside `path` (mkstemp: mode 0600, which
-    is then set to what a plain write would have given) and replaces `path`
-    in one rename after an fsync."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _file_mode(path))
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def capture_rng() -> dict:

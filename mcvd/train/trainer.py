@@ -38,10 +38,11 @@ from tqdm import tqdm
 
 from mcvd.data import StochasticMovingMNIST, VideoFolder
 from mcvd.diffusion import Schedule
+from mcvd.fileio import atomic_write
 from mcvd.nn import MCVD
 
 from . import distributed as D
-from .checkpoint import CHECKPOINT_NAME, atomic_write, capture_rng, read_checkpoint, restore_rng, training_payload
+from .checkpoint import CHECKPOINT_NAME, capture_rng, read_checkpoint, restore_rng, training_payload
 from .config import RunConfig
 from .ema import EMA
 from .objective import draw_step_randomness, mcvd_loss

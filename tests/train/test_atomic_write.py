@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from mcvd.train.checkpoint import atomic_write
+from mcvd.fileio import atomic_write
 
 
 def mode(path):

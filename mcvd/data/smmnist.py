@@ -87,6 +87,19 @@ class StochasticMovingMNIST(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def _bounce(self, rng, pos: int, speed: int, other: int, limit: int) -> tuple[int, int, int]:
+        """One axis at a wall: (pos, speed, the other axis's speed). Deterministic
+        clips reflect; stochastic ones draw a new speed away from the wall and a
+        new speed on the other axis, as the reference does."""
+        if 0 <= pos < limit:
+            return pos, speed, other
+        low = pos < 0
+        pos = 0 if low else limit - 1
+        if self.deterministic:
+            return pos, -speed, other
+        speed = rng.integers(1, MAX_SPEED + 1) if low else rng.integers(-MAX_SPEED, 0)
+        return pos, speed, rng.integers(-MAX_SPEED, MAX_SPEED + 1)
+
     def __getitem__(self, index: int) -> torch.Tensor:
         if not 0 <= index < self.length:
             raise IndexError(f"index: expected 0 <= index < {self.length}, got {index}")
@@ -100,22 +113,8 @@ class StochasticMovingMNIST(Dataset):
             dx, dy = rng.integers(-MAX_SPEED, MAX_SPEED + 1), rng.integers(-MAX_SPEED, MAX_SPEED + 1)
             for t in range(self.num_frames):
                 # Vertical then horizontal bounce, in the reference's order (it fixes the RNG draws).
-                if sy < 0 or sy >= limit:
-                    low = sy < 0
-                    sy = 0 if low else limit - 1
-                    if self.deterministic:
-                        dy = -dy
-                    else:
-                        dy = rng.integers(1, MAX_SPEED + 1) if low else rng.integers(-MAX_SPEED, 0)
-                        dx = rng.integers(-MAX_SPEED, MAX_SPEED + 1)
-                if sx < 0 or sx >= limit:
-                    low = sx < 0
-                    sx = 0 if low else limit - 1
-                    if self.deterministic:
-                        dx = -dx
-                    else:
-                        dx = rng.integers(1, MAX_SPEED + 1) if low else rng.integers(-MAX_SPEED, 0)
-                        dy = rng.integers(-MAX_SPEED, MAX_SPEED + 1)
+                sy, dy, dx = self._bounce(rng, sy, dy, dx, limit)
+                sx, dx, dy = self._bounce(rng, sx, dx, dy, limit)
                 video[t, sy:sy + ds, sx:sx + ds] += digit
                 sy, sx = sy + dy, sx + dx
         np.minimum(video, 1.0, out=video)

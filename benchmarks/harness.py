@@ -2,11 +2,15 @@
 
 Rows are (op, provider, mode, shape, device, median_ms, p20_ms, p80_ms, extra);
 CUDA work is timed with CUDA events, CPU work with perf_counter. Every
-benchmark compares against a baseline measured in the same run.
+benchmark compares against a baseline measured in the same run. `measure`
+times whole calls as a caller sees them (latency, host cost included);
+`measure_device` times the GPU work of a call alone, with a cold L2, and its
+host cost separately (what kernel benchmarks and bandwidth figures need).
 """
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import platform
 import statistics
@@ -68,6 +72,64 @@ def measure(fn, *, device: str, warmup: int = 3, reps: int = 20, min_time_s: flo
     return statistics.median(samples), _quantile(samples, 0.2), _quantile(samples, 0.8), samples
 
 
+# Bytes zeroed before each timed GPU call: more than the L2 of an H100 / H200
+# (50 MB), so every call reads its inputs from DRAM as it would in a network.
+L2_FLUSH_BYTES = 256 << 20
+
+
+@functools.cache
+def _sleep_cycles_per_ms() -> float:
+    """Clock cycles of torch.cuda._sleep (a GPU spin kernel) per millisecond."""
+    cycles = 10_000_000
+    torch.cuda._sleep(cycles // 10)  # load the kernel
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    torch.cuda._sleep(cycles)
+    e1.record()
+    e1.synchronize()
+    return cycles / e0.elapsed_time(e1)
+
+
+def measure_device(fn, *, warmup: int = 3, reps: int = 20, max_time_s: float = 20.0):
+    """GPU milliseconds of one call of `fn()`: (median, p20, p80, samples, host_ms).
+
+    The events of each rep bracket only the call's kernels: a spin kernel
+    (torch.cuda._sleep), sized to twice the call's host time, keeps the GPU
+    busy while the host enqueues an L2 flush, the start event, the call and
+    the end event, so the call's kernels then run back to back and the Python,
+    dispatch and launch cost of the call is not in the sample. That cost is
+    measured on its own as host_ms (median wall time of the call's enqueue).
+    This is the time a call takes inside a CUDA graph or behind a busy queue;
+    `measure` gives the latency of one isolated call instead.
+    """
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+    for _ in range(max(warmup, 1)):  # the first call may compile or autotune
+        fn()
+    torch.cuda.synchronize()
+    hosts = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        fn()
+        hosts.append((time.perf_counter() - t0) * 1e3)
+        torch.cuda.synchronize()
+    host_ms = statistics.median(hosts)
+    sleep = int(_sleep_cycles_per_ms() * max(0.05, 2 * host_ms + 0.05))
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < reps:
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(sleep)
+        flush.zero_()
+        e0.record()
+        fn()
+        e1.record()
+        e1.synchronize()
+        samples.append(e0.elapsed_time(e1))
+        if len(samples) >= 3 and time.perf_counter() - start > max_time_s:
+            break
+    return statistics.median(samples), _quantile(samples, 0.2), _quantile(samples, 0.8), samples, host_ms
+
+
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name()
@@ -103,7 +165,7 @@ def copy_bandwidth_gbs(device: str, nbytes: int = 2 << 30) -> float:
     n = nbytes // 4
     a = torch.empty(n, dtype=torch.float32, device=device)
     b = torch.empty_like(a)
-    med, *_ = measure(lambda: b.copy_(a), device=device, reps=10)
+    med, *_ = measure_device(lambda: b.copy_(a), reps=10)
     return 2 * a.numel() * 4 / (med * 1e-3) / 1e9
 
 

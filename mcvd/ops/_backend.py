@@ -40,11 +40,32 @@ def _compiled_backends() -> tuple[str, ...]:
 COMPILED = _compiled_backends()
 
 
-def _triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
+# Triton reads TRITON_INTERPRET once, when it is first imported.
+TRITON_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
+
+
+_avail: dict[str | None, tuple[str, ...]] = {}
+
+
+def _available(dev: str | None) -> tuple[str, ...]:
+    # A plain dict, not functools.cache, which torch.compile warns about.
+    if dev not in _avail:
+        _avail[dev] = _find_available(dev)
+    return _avail[dev]
+
+
+def _find_available(dev: str | None) -> tuple[str, ...]:
+    out = ["reference"]
+    if "cpu" in COMPILED and dev in (None, "cpu"):
+        out.append("cpu")
+    cuda_ok = torch.cuda.is_available()
+    if "cuda" in COMPILED and cuda_ok and dev in (None, "cuda"):
+        out.append("cuda")
+    if TRITON_IMPORTABLE:
+        if (dev in (None, "cuda") and cuda_ok) or (dev in (None, "cpu") and TRITON_INTERPRETED):
+            out.append("triton")
+    return tuple(out)
 
 
 def available_backends(device: torch.device | str | None = None) -> list[str]:
@@ -53,49 +74,45 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
     "triton" needs the triton package and a CUDA device, or TRITON_INTERPRET=1
     (then it runs, slowly, on CPU tensors).
     """
-    dev = None if device is None else torch.device(device).type
-    out = ["reference"]
-    if "cpu" in COMPILED and dev in (None, "cpu"):
-        out.append("cpu")
-    cuda_ok = torch.cuda.is_available()
-    if "cuda" in COMPILED and cuda_ok and dev in (None, "cuda"):
-        out.append("cuda")
-    if TRITON_IMPORTABLE:
-        if (dev in (None, "cuda") and cuda_ok) or (dev in (None, "cpu") and _triton_interpreted()):
-            out.append("triton")
-    return out
+    return list(_available(None if device is None else torch.device(device).type))
 
 
-_logged: set[tuple[str, str]] = set()
+# (op, device type, requested backend) -> the backend that runs it. Resolved
+# once per key: every op call passes here, so its cost is per-call overhead.
+_resolved: dict[tuple[str, str, str | None], str] = {}
 
 
 def resolve(op: str, device: torch.device, backend: str | None) -> str:
     """The backend that runs `op` on `device`: explicit, MCVD_BACKEND, or auto."""
     if backend is None:
         backend = os.environ.get("MCVD_BACKEND") or None
+    key = (op, device.type, backend)
+    name = _resolved.get(key)
+    if name is None:
+        name = _choose(op, device.type, backend)
+        # Under torch.compile this runs at trace time, where logging would
+        # break the graph: the first eager call logs and remembers instead.
+        if not torch.compiler.is_compiling():
+            _resolved[key] = name
+            if backend is None:
+                log.info("mcvd.ops.%s on %s: auto backend %r (available: %s)", op, device.type, name,
+                         available_backends(device.type))
+    return name
+
+
+def _choose(op: str, dev: str, backend: str | None) -> str:
+    avail = _available(dev)
     if backend is not None:
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")
-        avail = available_backends(device)
         if backend not in avail:
             raise RuntimeError(
-                f"backend: {backend!r} is not available for {op} on {device.type} tensors; "
-                f"available here: {avail}"
+                f"backend: {backend!r} is not available for {op} on {dev} tensors; available here: {list(avail)}"
             )
         return backend
-    avail = available_backends(device)
-    if device.type == "cuda":
-        choice = next((b for b in AUTO_CUDA[op] if b in avail), "reference")
-    elif device.type == "cpu" and "cpu" in avail:
-        choice = "cpu"
-    else:
-        choice = "reference"
-    key = (op, device.type)
-    # Under torch.compile this runs at trace time; logging would break the graph.
-    if key not in _logged and not torch.compiler.is_compiling():
-        _logged.add(key)
-        log.info("mcvd.ops.%s on %s: auto backend %r (available: %s)", op, device.type, choice, avail)
-    return choice
+    if dev == "cuda":
+        return next((b for b in AUTO_CUDA[op] if b in avail), "reference")
+    return "cpu" if dev == "cpu" and "cpu" in avail else "reference"
 
 
 def triton_module(op: str):

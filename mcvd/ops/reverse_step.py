@@ -25,7 +25,11 @@ def _coef_table(x_t, coefs) -> torch.Tensor:
     B = x_t.shape[0]
     dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
     if all(not isinstance(c, torch.Tensor) for c in coefs):
-        return torch.tensor([[float(c)] * B for c in coefs], dtype=dtype).to(x_t.device)
+        table = torch.tensor([[float(c)] * B for c in coefs], dtype=dtype)
+        if x_t.device.type != "cuda":
+            return table.to(x_t.device)
+        # From pinned memory the copy is asynchronous: no wait for the GPU.
+        return table.pin_memory().to(x_t.device, non_blocking=True)
     rows = []
     for name, c in zip(_COEFS, coefs):
         if isinstance(c, torch.Tensor):
@@ -36,10 +40,10 @@ def _coef_table(x_t, coefs) -> torch.Tensor:
             if c.shape != (B,):
                 raise ValueError(f"{name}: expected a float or a tensor of shape [{B}], got shape "
                                  f"[{', '.join(map(str, c.shape))}]")
-            rows.append(c.to(dtype))
+            rows.append(c)
         else:
             rows.append(torch.full((B,), float(c), dtype=dtype, device=x_t.device))
-    return torch.stack(rows)
+    return torch.stack(rows).to(dtype)  # stack promotes mixed dtypes; one cast after
 
 
 def _check(x_t, eps, noise, clip) -> None:

@@ -46,7 +46,7 @@ def test_env_var_sets_the_default(monkeypatch):
 
 def test_auto_choice_is_logged_once(monkeypatch, caplog):
     monkeypatch.delenv("MCVD_BACKEND", raising=False)
-    monkeypatch.setattr(_backend, "_logged", set())
+    monkeypatch.setattr(_backend, "_resolved", {})
     with caplog.at_level(logging.INFO, logger="mcvd.ops"):
         assert _backend.resolve("reverse_step", torch.device("cpu"), None) == "cpu"
         _backend.resolve("reverse_step", torch.device("cpu"), None)

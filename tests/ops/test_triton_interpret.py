@@ -195,11 +195,12 @@ def test_spatin_norm_statistics_survive_a_large_mean():
 
 # --- attention -----------------------------------------------------------------
 
-ATTN_SHAPES = [  # (B, heads, N, D): one position, odd N and D, several blocks of 16, aligned D
-    (1, 1, 1, 7),
+ATTN_SHAPES = [  # (B, heads, N, D): one position, odd N and D, several blocks of 16, aligned D,
+    (1, 1, 1, 7),  # and N a multiple of the blocks with D a power of two (the kernels without masks)
     (2, 2, 13, 7),
     (1, 2, 37, 32),
     (1, 1, 18, 64),
+    (2, 1, 32, 16),
 ]
 
 

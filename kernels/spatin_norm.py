@@ -5,7 +5,11 @@ into NCH chunks of CHUNK elements, and one program handles one (row, chunk),
 so the grid fills the GPU even at batch 1 with few channels (a split
 reduction: partial results per chunk, then a small combine).
 
-Forward, three launches:
+Forward, one launch when a group fits in one program's registers (CG x HW,
+each padded to a power of two, at most _MAX_FUSED elements) and the groups fill the GPU (B * G programs, at least one
+per multiprocessor): _fused_fwd_kernel loads the group once, takes its mean
+and variance in two passes over the registers (exact, no cancellation) and
+applies the chain, so x is read once. Otherwise three launches:
   1. _stats_kernel      Welford (count, mean, M2) of every (row, chunk);
   2. _combine_kernel    per (batch, group): Chan's merge of its partials, then
                         mean and rstd = 1 / sqrt(var + eps) (biased variance);
@@ -39,6 +43,9 @@ from mcvd.ops.spatin_norm import make_backward, setup_context
 # partial results that one step of a combine loop holds.
 _MAX_BLOCK = 1024
 _MAX_TILE = 1024
+# Largest group (C / G * H * W elements) that the one-launch forward holds in
+# registers; a float32 group of 16384 is 64 KB over 16 warps.
+_MAX_FUSED = 16384
 # Programs a launch aims for under TRITON_INTERPRET=1, where each one is a slow
 # Python loop step: rows are not split there unless a test lowers this.
 _INTERPRET_PROGRAMS = 1
@@ -70,6 +77,15 @@ def _load_or(ptr, offs, mask, value, HAS: tl.constexpr, F64: tl.constexpr):
     out = value
     if HAS:
         out = tl.load(ptr + offs, mask=mask, other=0).to(tl.float64 if F64 else tl.float32)
+    return out
+
+
+@triton.jit
+def _column_or(ptr, idx, mask, value, HAS: tl.constexpr, F64: tl.constexpr):
+    """ptr[idx] as a [len(idx), 1] column in the accumulation dtype, or `value`."""
+    out = value
+    if HAS:
+        out = tl.load(ptr + idx, mask=mask, other=0).to(tl.float64 if F64 else tl.float32)[:, None]
     return out
 
 
@@ -197,6 +213,46 @@ def _fwd_apply_kernel(
         if SILU:
             h3 = h3 * tl.sigmoid(h3)
         tl.store(Y + idx, h3.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _fused_fwd_kernel(
+    X,             # [B*G, CG, HW] input groups (a group's channels are contiguous)
+    Y,             # [B*G, CG, HW] out
+    MEAN, RSTD,    # [B*G] out: group statistics
+    W, BIAS,       # [C] per-channel affine
+    GAMMA, BETA,   # [B*G, CG, HW] SPATIN maps
+    SCALE, SHIFT,  # [B*C] time-embedding modulation
+    C, CG, HW, eps,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr, F64: tl.constexpr,
+    CBLOCK: tl.constexpr, HBLOCK: tl.constexpr,
+):
+    grp = tl.program_id(0)
+    acc_ty = tl.float64 if F64 else tl.float32
+    cc = tl.arange(0, CBLOCK)
+    cmask = cc < CG
+    mask = cmask[:, None] & (tl.arange(0, HBLOCK) < HW)[None, :]
+    idx = grp.to(tl.int64) * CG * HW + cc[:, None] * HW + tl.arange(0, HBLOCK)[None, :]
+    x = tl.load(X + idx, mask=mask, other=0).to(acc_ty)
+    n = CG * HW
+    mean = tl.sum(tl.sum(x, 1), 0) / n
+    dev = tl.where(mask, x - mean, 0)
+    rstd = 1 / tl.sqrt(tl.sum(tl.sum(dev * dev, 1), 0) / n + eps)
+    tl.store(MEAN + grp, mean.to(MEAN.dtype.element_ty))
+    tl.store(RSTD + grp, rstd.to(RSTD.dtype.element_ty))
+    # Per-channel parameters as [CBLOCK, 1] columns: one load per channel.
+    row = grp * CG + cc  # b * C + c
+    w = _column_or(W, row % C, cmask, 1.0, HAS_W, F64)
+    bias = _column_or(BIAS, row % C, cmask, 0.0, HAS_B, F64)
+    scale = _column_or(SCALE, row, cmask, 0.0, HAS_SCALE, F64)
+    shift = _column_or(SHIFT, row, cmask, 0.0, HAS_SHIFT, F64)
+    gamma = _load_or(GAMMA, idx, mask, 0.0, HAS_GAMMA, F64)
+    beta = _load_or(BETA, idx, mask, 0.0, HAS_BETA, F64)
+    _xhat, _h1, _h2, h3 = _chain(x, mean, rstd, w, bias, gamma, beta, scale, shift)
+    if SILU:
+        h3 = h3 * tl.sigmoid(h3)
+    tl.store(Y + idx, h3.to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -377,6 +433,18 @@ def _target_programs(device: torch.device) -> int:
     return _INTERPRET_PROGRAMS
 
 
+def _fused_blocks(cg: int, hw: int) -> tuple[int, int]:
+    """(CBLOCK, HBLOCK) of the one-launch forward: a group's CG x HW, padded to powers of two."""
+    return triton.next_power_of_2(cg), triton.next_power_of_2(hw)
+
+
+def _fused(groups: int, cg: int, hw: int, device: torch.device) -> bool:
+    """Whether the one-launch forward serves B * G = groups of CG x HW elements:
+    the padded group fits _MAX_FUSED, and there is a group per multiprocessor."""
+    cblock, hblock = _fused_blocks(cg, hw)
+    return hw > 0 and cblock * hblock <= _MAX_FUSED and groups >= _target_programs(device) // 4
+
+
 def _plan(rows: int, hw: int, device: torch.device) -> tuple[int, int, int]:
     """(BLOCK, CHUNK, NCH): split each row into chunks until the grid holds
     about _target_programs programs, never below one block per chunk."""
@@ -419,6 +487,14 @@ def fwd(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: tor
     rstd = torch.empty_like(mean)
     if y.numel() == 0:
         return y, mean.fill_(float("nan")), rstd.fill_(float("nan"))
+    opt = [x if t is None else t for t in (weight, bias, gamma, beta, scale, shift)]
+    flags = _flags(weight, bias, gamma, beta, scale, shift)
+    if _fused(B * num_groups, cg, hw, x.device):
+        cblock, hblock = _fused_blocks(cg, hw)
+        wrap_triton(_fused_fwd_kernel)[(B * num_groups,)](x, y, mean, rstd, *opt, C, cg, hw, eps, **flags, SILU=silu,
+                                                          F64=f64, CBLOCK=cblock, HBLOCK=hblock,
+                                                          num_warps=max(1, min(16, cblock * hblock // 512)))
+        return y, mean, rstd
     block, chunk, nch = _plan(rows, hw, x.device)
     npart = rows * nch
     part = torch.empty((3, npart), dtype=stat_dtype, device=x.device)
@@ -427,9 +503,7 @@ def fwd(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: tor
     p = cg * nch
     wrap_triton(_combine_kernel)[(B * num_groups,)](part, mean, rstd, p, npart, eps, F64=f64,
                                                     PBLOCK=min(triton.next_power_of_2(p), _MAX_TILE))
-    opt = [x if t is None else t for t in (weight, bias, gamma, beta, scale, shift)]
-    wrap_triton(_fwd_apply_kernel)[(npart,)](x, y, mean, rstd, *opt, C, cg, hw, chunk, nch,
-                                            **_flags(weight, bias, gamma, beta, scale, shift), SILU=silu,
+    wrap_triton(_fwd_apply_kernel)[(npart,)](x, y, mean, rstd, *opt, C, cg, hw, chunk, nch, **flags, SILU=silu,
                                             F64=f64, BLOCK=block, num_warps=_warps(block))
     return y, mean, rstd
 

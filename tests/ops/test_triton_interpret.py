@@ -112,9 +112,20 @@ def _group_stats(x, num_groups, eps):
     return xg.mean(-1), (xg.var(-1, unbiased=False) + eps).rsqrt()
 
 
+@pytest.fixture(params=["fused", "split"])
+def spatin_path(request, monkeypatch):
+    """The forward as one launch (the group in registers) or as the split
+    reduction (_MAX_FUSED = 0 turns the one-launch forward off)."""
+    if request.param == "split":
+        from mcvd.kernels import spatin_norm as sn
+
+        monkeypatch.setattr(sn, "_MAX_FUSED", 0)
+    return request.param
+
+
 @interpreted
 @pytest.mark.parametrize("given, silu", SPATIN_CASES)
-def test_spatin_norm_float64(given, silu):
+def test_spatin_norm_float64(given, silu, spatin_path):
     from mcvd.kernels import spatin_norm as sn
 
     B, C, H, W, G, eps = 2, 6, 5, 3, 3, 1e-5
@@ -153,6 +164,7 @@ def test_spatin_norm_split_rows(monkeypatch, max_block, programs, plan):
     monkeypatch.setattr(sn, "_INTERPRET_PROGRAMS", programs)
     B, C, H, W, G, eps = 3, 3, 7, 9, 1, 1e-6
     assert sn._plan(B * C, H * W, torch.device("cpu")) == plan
+    assert not sn._fused(B * G, C, H * W, torch.device("cpu"))  # 3 groups, fewer than the programs wanted
     x, opt = _spatin_inputs(B, C, H, W, SPATIN_OPT, torch.float64, loc=-3.0)
     g = torch.randn(B, C, H, W, dtype=torch.float64)
     inputs = [x, *opt.values()]
@@ -165,7 +177,7 @@ def test_spatin_norm_split_rows(monkeypatch, max_block, programs, plan):
 
 @interpreted
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_spatin_norm_low_precision(dtype):
+def test_spatin_norm_low_precision(dtype, spatin_path):
     B, C, H, W, G, eps = 2, 8, 6, 5, 4, 1e-6
     x, opt = _spatin_inputs(B, C, H, W, SPATIN_OPT, dtype)
     g = torch.randn(B, C, H, W, dtype=dtype)
@@ -180,10 +192,11 @@ def test_spatin_norm_low_precision(dtype):
 
 
 @interpreted
-def test_spatin_norm_statistics_survive_a_large_mean():
+def test_spatin_norm_statistics_survive_a_large_mean(spatin_path):
     """float32 x = 1000 + N(0, 1): a one-pass sum / sum-of-squares variance
-    loses about 1e6 * 2^-24 ~ 6e-2 of var to cancellation; Welford keeps rstd
-    within float32 rounding of the float64 value."""
+    loses about 1e6 * 2^-24 ~ 6e-2 of var to cancellation; Welford (split) and
+    two passes over the registers (fused) keep rstd within float32 rounding of
+    the float64 value."""
     from mcvd.kernels import spatin_norm as sn
 
     x = (1000 + torch.randn(2, 4, 8, 8, dtype=torch.float64)).float()

@@ -46,19 +46,27 @@ struct SpatinRow {
   A mean, rstd, w, bias, s1, shift;  // s1 = 1 + scale
 };
 
+// The constants of row = b * C + c, given its group's mean and rstd.
 template <typename T, typename A = acc_t<T>>
-__device__ __forceinline__ SpatinRow<A> spatin_row(const SpatinInputs<T>& in, const A* mean, const A* rstd,
-                                                   int64_t row) {
+__device__ __forceinline__ SpatinRow<A> make_spatin_row(const SpatinInputs<T>& in, A mean, A rstd, int64_t row) {
   const int64_t c = row % in.channels;
-  const int64_t bg = (row / in.channels) * in.groups + c / (in.channels / in.groups);
   SpatinRow<A> r;
-  r.mean = mean[bg];
-  r.rstd = rstd[bg];
+  r.mean = mean;
+  r.rstd = rstd;
   r.w = in.weight ? to_acc<A>(in.weight[c]) : A(1);
   r.bias = in.bias ? to_acc<A>(in.bias[c]) : A(0);
   r.s1 = in.scale ? A(1) + to_acc<A>(in.scale[row]) : A(1);
   r.shift = in.shift ? to_acc<A>(in.shift[row]) : A(0);
   return r;
+}
+
+// The same, reading the group statistics from the [B * G] arrays.
+template <typename T, typename A = acc_t<T>>
+__device__ __forceinline__ SpatinRow<A> spatin_row(const SpatinInputs<T>& in, const A* mean, const A* rstd,
+                                                   int64_t row) {
+  const int64_t c = row % in.channels;
+  const int64_t bg = (row / in.channels) * in.groups + c / (in.channels / in.groups);
+  return make_spatin_row(in, mean[bg], rstd[bg], row);
 }
 
 template <typename A>
@@ -194,6 +202,78 @@ __global__ void __launch_bounds__(kRowThreads)
       yv.v[j] = from_acc<T>(in.silu ? h3 * sigmoid(h3) : h3);
     }
     store_vec<T, W>(y + i, yv);
+  }
+}
+
+// One block per (batch, group) holding the whole group in registers: NV
+// vectors of W elements per thread (the group's CG * HW elements are
+// contiguous). Mean, then variance as the mean of squared deviations from it
+// (two passes over the registers: exact, no cancellation), then the chain.
+// x is read once and the forward is one launch. Needs HW % W == 0 (a vector
+// never straddles two channels) and CG * HW <= kRowThreads * NV * W.
+template <typename T, int W, int NV>
+__global__ void __launch_bounds__(kRowThreads)
+    spatin_fused_fwd_kernel(SpatinInputs<T> in, T* __restrict__ y, acc_t<T>* __restrict__ mean,
+                            acc_t<T>* __restrict__ rstd, acc_t<T> eps) {
+  using A = acc_t<T>;
+  __shared__ Sums<A, 1> scratch[kRowThreads / 32];
+  __shared__ A stats[2];  // mean, rstd, for every thread
+  const int64_t grp = blockIdx.x;
+  const int64_t cpg = in.channels / in.groups, len = cpg * in.hw;
+  const int64_t base = grp * len;
+  A v[NV][W];
+  Sums<A, 1> acc = Sums<A, 1>::zero();
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    const int64_t i = (static_cast<int64_t>(j) * kRowThreads + threadIdx.x) * W;
+    if (i < len) {
+      const Vec<T, W> xv = load_vec<T, W>(in.x + base + i);
+#pragma unroll
+      for (int e = 0; e < W; ++e) {
+        v[j][e] = to_acc<A>(xv.v[e]);
+        acc.v[0] += v[j][e];
+      }
+    }
+  }
+  acc = row_reduce(acc, kRowThreads, scratch);
+  if (threadIdx.x == 0) stats[0] = acc.v[0] / static_cast<A>(len);
+  __syncthreads();
+  const A m = stats[0];
+  acc = Sums<A, 1>::zero();
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    if ((static_cast<int64_t>(j) * kRowThreads + threadIdx.x) * W < len) {
+#pragma unroll
+      for (int e = 0; e < W; ++e) acc.v[0] += (v[j][e] - m) * (v[j][e] - m);
+    }
+  }
+  // row_reduce synchronises before thread 0 writes stats[1]: every thread
+  // has read stats[0] by then.
+  acc = row_reduce(acc, kRowThreads, scratch);
+  if (threadIdx.x == 0) {
+    const A r = acc_rsqrt(acc.v[0] / static_cast<A>(len) + eps);
+    stats[1] = r;
+    mean[grp] = m;
+    rstd[grp] = r;
+  }
+  __syncthreads();
+  const A rs = stats[1];
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    const int64_t i = (static_cast<int64_t>(j) * kRowThreads + threadIdx.x) * W;
+    if (i < len) {
+      const SpatinRow<A> r = make_spatin_row(in, m, rs, grp * cpg + i / in.hw);
+      A g[W], be[W];
+      load_opt<T, W>(in.gamma, base + i, g);
+      load_opt<T, W>(in.beta, base + i, be);
+      Vec<T, W> yv;
+#pragma unroll
+      for (int e = 0; e < W; ++e) {
+        const A h3 = spatin_chain(r, v[j][e], g[e], be[e]).h3;
+        yv.v[e] = from_acc<T>(in.silu ? h3 * sigmoid(h3) : h3);
+      }
+      store_vec<T, W>(y + base + i, yv);
+    }
   }
 }
 
@@ -413,16 +493,47 @@ cudaError_t spatin_norm_fwd_run(const SpatinInputs<T>& in, T* y, acc_t<T>* mean,
   return cudaGetLastError();
 }
 
+// Most vectors per thread of the one-launch forward: 16 float4 or 8 half /
+// bfloat16 octets (64 float accumulators), 16 double2 (32 doubles).
+template <typename T>
+constexpr int fused_max_vectors() {
+  return 64 / vec16<T>() < 16 ? 64 / vec16<T>() : 16;
+}
+
+// Launch spatin_fused_fwd_kernel with the fewest vectors per thread that hold
+// a group of len elements (NV runs over powers of two up to the maximum).
+template <typename T, int NV>
+cudaError_t spatin_fused_fwd_launch(const SpatinInputs<T>& in, T* y, acc_t<T>* mean, acc_t<T>* rstd, double eps,
+                                    int64_t len, cudaStream_t stream) {
+  constexpr int W = vec16<T>();
+  if constexpr (NV < fused_max_vectors<T>()) {
+    if (len > static_cast<int64_t>(kRowThreads) * NV * W)
+      return spatin_fused_fwd_launch<T, 2 * NV>(in, y, mean, rstd, eps, len, stream);
+  }
+  spatin_fused_fwd_kernel<T, W, NV><<<static_cast<unsigned>(in.batch * in.groups), kRowThreads, 0, stream>>>(
+      in, y, mean, rstd, acc_t<T>(eps));
+  return cudaGetLastError();
+}
+
 // Forward on `stream`: y [B, C, HW]; mean, rstd [B, G] in acc_t<T>;
-// workspace of spatin_norm_fwd_workspace bytes.
+// workspace of spatin_norm_fwd_workspace bytes. One launch when a group fits
+// spatin_fused_fwd_kernel's registers (16-byte path) and there are at least
+// fused_min_groups groups (-1: one per multiprocessor, so that the grid fills
+// the GPU); otherwise the split reduction (stats, combine, apply).
 template <typename T>
 cudaError_t spatin_norm_fwd(const SpatinInputs<T>& in, T* y, acc_t<T>* mean, acc_t<T>* rstd, double eps,
-                            void* workspace, cudaStream_t stream) {
+                            void* workspace, cudaStream_t stream, int64_t fused_min_groups = -1) {
   if (in.batch * in.channels * in.hw == 0) return cudaSuccess;
   int sms = 0;
   cudaError_t err = sm_count(&sms);
   if (err != cudaSuccess) return err;
-  if (spatin_vectorizable(in, {y})) return spatin_norm_fwd_run<T, vec16<T>()>(in, y, mean, rstd, eps, workspace, sms, stream);
+  const bool vec = spatin_vectorizable(in, {y});
+  const int64_t len = (in.channels / in.groups) * in.hw;
+  const int64_t min_groups = fused_min_groups < 0 ? sms : fused_min_groups;
+  if (vec && len <= static_cast<int64_t>(kRowThreads) * fused_max_vectors<T>() * vec16<T>() &&
+      in.batch * in.groups >= min_groups && in.batch * in.groups <= 0x7fffffff)
+    return spatin_fused_fwd_launch<T, 1>(in, y, mean, rstd, eps, len, stream);
+  if (vec) return spatin_norm_fwd_run<T, vec16<T>()>(in, y, mean, rstd, eps, workspace, sms, stream);
   return spatin_norm_fwd_run<T, 1>(in, y, mean, rstd, eps, workspace, sms, stream);
 }
 

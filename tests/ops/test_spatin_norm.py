@@ -10,12 +10,15 @@ from mcvd.ops import available_backends, spatin_norm, spatin_norm_ref
 # (shape, num_groups): minimal, aligned and odd sizes. H * W of 35, 15, 221
 # and 1517 leave vector tails; 1517 also spans two of the kernel's
 # 1024-element blocks per channel; [1, 3, 1, 1] has one element per channel.
+# [24, 64, 8, 8] with 32 groups has more groups than a GPU has
+# multiprocessors, so the GPU backends take their one-launch forward there.
 SHAPES = [
     ((1, 3, 1, 1), 1),
     ((2, 6, 5, 7), 3),
     ((2, 32, 3, 5), 32),
     ((3, 64, 17, 13), 32),
     ((1, 4, 37, 41), 2),
+    ((24, 64, 8, 8), 32),
     ((2, 128, 32, 32), 32),
 ]
 SMALL_SHAPES = SHAPES[:-1]

@@ -1,6 +1,6 @@
 // Driver of the spatin_norm kernels: forward and backward for float32,
 // float64, float16 and bfloat16 on odd and aligned shapes, split and unsplit
-// reductions, and combinations of the optional inputs, against a float64 host
+// reductions, the one-launch forward, and combinations of the optional inputs, against a float64 host
 // reference whose gradient is itself checked by central differences.
 // Usage: test_spatin_norm [--quick]   (exit code 0 = every check passed)
 #include "../spatin_norm.cuh"
@@ -193,7 +193,13 @@ void run_case(Report& rep, const Shape& s, unsigned mask, bool silu) {
   size_t bytes = 0;
   HARNESS_CUDA(mcvd::cuda::spatin_norm_fwd_workspace<T>(s.B, s.C, s.H * s.W, s.G, &bytes));
   Buffer<unsigned char> ws_f(bytes);
-  HARNESS_CUDA(mcvd::cuda::spatin_norm_fwd<T>(in, y.ptr, mean.ptr, rstd.ptr, p.eps, ws_f.ptr, 0));
+  // Both forward paths: the split reduction (never one launch), then the
+  // one-launch kernel wherever the group fits it (at any number of groups).
+  HARNESS_CUDA(mcvd::cuda::spatin_norm_fwd<T>(in, y.ptr, mean.ptr, rstd.ptr, p.eps, ws_f.ptr, 0, INT64_MAX));
+  Buffer<T> y1(p.x.size());
+  Buffer<A> mean1(s.B * s.G), rstd1(s.B * s.G);
+  y1.poison();
+  HARNESS_CUDA(mcvd::cuda::spatin_norm_fwd<T>(in, y1.ptr, mean1.ptr, rstd1.ptr, p.eps, ws_f.ptr, 0, 1));
   HARNESS_CUDA(mcvd::cuda::spatin_norm_bwd_workspace<T>(s.B, s.C, s.H * s.W, s.G, &bytes));
   Buffer<unsigned char> ws_b(bytes);
   const mcvd::cuda::SpatinGrads<T> out = {dx.ptr,           ptr(dopt[kWeight]), ptr(dopt[kBias]), ptr(dopt[kGamma]),
@@ -208,6 +214,9 @@ void run_case(Report& rep, const Shape& s, unsigned mask, bool silu) {
   rep.compare(std::string(tag) + " y", y.download(), f.y, tol);
   rep.compare(std::string(tag) + " mean", mean.download(), f.mean, Host<A>::tol());
   rep.compare(std::string(tag) + " rstd", rstd.download(), f.rstd, Host<A>::tol());
+  rep.compare(std::string(tag) + " y (one-launch forward)", y1.download(), f.y, tol);
+  rep.compare(std::string(tag) + " mean (one-launch forward)", mean1.download(), f.mean, Host<A>::tol());
+  rep.compare(std::string(tag) + " rstd (one-launch forward)", rstd1.download(), f.rstd, Host<A>::tol());
   rep.compare(std::string(tag) + " dx", dx.download(), g.dx, tol);
   for (int i = 0; i < kNumOpt; ++i) {
     if (!dopt[i]) continue;

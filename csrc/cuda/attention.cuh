@@ -478,33 +478,88 @@ __device__ __forceinline__ void mma_load(T* dst, const T* src, int n, int r0) {
   }
 }
 
-// grid.x: query tiles of 64 x BH. lse: [BH, n] float, natural log.
+// Asynchronous 16-byte copies global -> shared (sm_80+), which leave the
+// registers free and overlap the copy of the next tile with the math on this
+// one. A copy with valid = false writes 16 zero bytes and reads nothing (its
+// source address is not dereferenced, but stays inside the matrix anyway).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
+#else
+  __trap();  // the launchers never pick this path below sm_80
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+// Wait until at most N committed groups of this thread are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// mma_load with cp.async: issued, not waited for (commit and wait after).
+template <int R, int D, typename T>
+__device__ __forceinline__ void mma_load_async(T* dst, const T* src, int n, int r0) {
+  constexpr int kPerRow = D / 8;
+  for (int idx = threadIdx.x; idx < R * kPerRow; idx += blockDim.x) {
+    const int r = idx / kPerRow, c = (idx % kPerRow) * 8;
+    const bool valid = r0 + r < n;
+    cp_async16(dst + r * (D + 8) + c, src + (valid ? static_cast<int64_t>(r0 + r) * D + c : 0), valid);
+  }
+}
+
+// grid.x: query tiles of 64 x BH. lse: [BH, n] float, natural log. K and V
+// tiles are double-buffered: the copy of tile j + 1 runs during the products
+// of tile j (the FlashAttention-2 pipeline).
 template <typename T, int D, int BN>
 __global__ void __launch_bounds__(kMmaThreads, 1)
     attn_fwd_mma_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                         T* __restrict__ out, float* __restrict__ lse, int n, int tiles, float scale_log2) {
   constexpr int LD = D + 8;
   T* qs = reinterpret_cast<T*>(attn_smem);  // [64][LD]
-  T* ks = qs + kMmaRows * LD;               // [BN][LD]
-  T* vs = ks + BN * LD;                     // [BN][LD]
+  T* kv = qs + kMmaRows * LD;               // buffer b: K at kv + 2 b BN LD, V after it, each [BN][LD]
   const int q0 = (blockIdx.x % tiles) * kMmaRows;
   const int64_t bh = blockIdx.x / tiles, base = bh * n * D;
   q += base, k += base, v += base, out += base;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
 
-  mma_load<kMmaRows, D>(qs, q, n, q0);
-  __syncthreads();
+  // Q and the first K, V tile in one group.
+  mma_load_async<kMmaRows, D>(qs, q, n, q0);
+  mma_load_async<BN, D>(kv, k, n, 0);
+  mma_load_async<BN, D>(kv + BN * LD, v, n, 0);
+  cp_async_commit();
   uint32_t qf[D / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) frag_a<LD>(qf[kk], qs, warp * 16, kk * 16, lane);
 
   float o[D / 8][4] = {};
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows g and g + 8, log2 units
-  for (int k0 = 0; k0 < n; k0 += BN) {
-    __syncthreads();  // the previous tile's K and V are no longer read
-    mma_load<BN, D>(ks, k, n, k0);
-    mma_load<BN, D>(vs, v, n, k0);
-    __syncthreads();
+  for (int k0 = 0, buf = 0; k0 < n; k0 += BN, buf ^= 1) {
+    if (k0 + BN < n) {
+      // The other buffer was last read in the previous iteration, which
+      // ended with a barrier.
+      T* next = kv + (buf ^ 1) * 2 * BN * LD;
+      mma_load_async<BN, D>(next, k, n, k0 + BN);
+      mma_load_async<BN, D>(next + BN * LD, v, n, k0 + BN);
+      cp_async_commit();
+      cp_async_wait<1>();  // this tile's group has landed, the next one may still fly
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // every thread's copies of this tile are visible
+    const T* ks = kv + buf * 2 * BN * LD;
+    const T* vs = ks + BN * LD;
+    if (k0 == 0) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) frag_a<LD>(qf[kk], qs, warp * 16, kk * 16, lane);
+    }
     float s[BN / 8][4] = {};
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
@@ -559,6 +614,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
         mma16816<T>(o[dn + 1], a, b[2], b[3]);
       }
     }
+    __syncthreads();  // this buffer is refilled two tiles on
   }
   l0 += __shfl_xor_sync(kFullMask, l0, 1);
   l0 += __shfl_xor_sync(kFullMask, l0, 2);
@@ -776,7 +832,7 @@ struct MmaTiles {
 };
 
 template <typename T, int D>
-constexpr size_t mma_fwd_smem() { return sizeof(T) * (kMmaRows + 2 * MmaTiles<D>::fwd_keys) * (D + 8); }
+constexpr size_t mma_fwd_smem() { return sizeof(T) * (kMmaRows + 4 * MmaTiles<D>::fwd_keys) * (D + 8); }
 template <typename T, int D>
 constexpr size_t mma_dkdv_smem() {
   return sizeof(T) * (2 * kMmaRows + 2 * MmaTiles<D>::dkdv_queries) * (D + 8) +

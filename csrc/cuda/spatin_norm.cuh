@@ -20,6 +20,8 @@
 // fixed order: results are deterministic, with no atomics.
 #pragma once
 
+#include <algorithm>
+
 #include "common.cuh"
 
 namespace mcvd {
@@ -279,6 +281,51 @@ __global__ void __launch_bounds__(kRowThreads)
 
 // ---- backward -----------------------------------------------------------------
 
+// Adds the W elements at i (one row, constants r) to the row sums
+// (dh3, dh3 * h2, dh1, dh1 * xhat).
+template <typename T, int W, typename A = acc_t<T>>
+__device__ __forceinline__ void spatin_bwd_sums_vec(const SpatinInputs<T>& in, const T* dy, const SpatinRow<A>& r,
+                                                    int64_t i, Sums<A, 4>& acc) {
+  const Vec<T, W> xv = load_vec<T, W>(in.x + i);
+  const Vec<T, W> dv = load_vec<T, W>(dy + i);
+  A g[W], be[W];
+  load_opt<T, W>(in.gamma, i, g);
+  load_opt<T, W>(in.beta, i, be);
+#pragma unroll
+  for (int j = 0; j < W; ++j) {
+    const SpatinChain<A> e = spatin_chain(r, to_acc<A>(xv.v[j]), g[j], be[j]);
+    const SpatinGrad<A> d = spatin_grad(r, e, to_acc<A>(dv.v[j]), g[j], in.silu);
+    acc.v[0] += d.dh3;
+    acc.v[1] += d.dh3 * e.h2;
+    acc.v[2] += d.dh1;
+    acc.v[3] += d.dh1 * e.xhat;
+  }
+}
+
+// dx, dgamma, dbeta of the W elements at i (one row, constants r; gm: the
+// group means of dh1 * w and dh1 * w * xhat).
+template <typename T, int W, typename A = acc_t<T>>
+__device__ __forceinline__ void spatin_bwd_apply_vec(const SpatinInputs<T>& in, const T* dy, const SpatinRow<A>& r,
+                                                     const Sums<A, 2>& gm, int64_t i, T* dx, T* dgamma, T* dbeta) {
+  const Vec<T, W> xv = load_vec<T, W>(in.x + i);
+  const Vec<T, W> dv = load_vec<T, W>(dy + i);
+  A g[W], be[W];
+  load_opt<T, W>(in.gamma, i, g);
+  load_opt<T, W>(in.beta, i, be);
+  Vec<T, W> dxv, dgv, dbv;
+#pragma unroll
+  for (int j = 0; j < W; ++j) {
+    const SpatinChain<A> e = spatin_chain(r, to_acc<A>(xv.v[j]), g[j], be[j]);
+    const SpatinGrad<A> d = spatin_grad(r, e, to_acc<A>(dv.v[j]), g[j], in.silu);
+    dxv.v[j] = from_acc<T>(r.rstd * (d.dh1 * r.w - gm.v[0] - e.xhat * gm.v[1]));
+    dgv.v[j] = from_acc<T>(d.dh2 * e.h1);
+    dbv.v[j] = from_acc<T>(d.dh2);
+  }
+  store_vec<T, W>(dx + i, dxv);
+  if (dgamma) store_vec<T, W>(dgamma + i, dgv);
+  if (dbeta) store_vec<T, W>(dbeta + i, dbv);
+}
+
 // Partial row sums (dh3, dh3 * h2, dh1, dh1 * xhat). Virtual row
 // v = row * splits + s covers positions [s * chunk, min(HW, (s + 1) * chunk)).
 template <typename T, int W>
@@ -297,23 +344,8 @@ __global__ void __launch_bounds__(kRowThreads)
     const SpatinRow<A> r = spatin_row(in, mean, rstd, row);
     const int64_t begin = (v % splits) * chunk;
     const int64_t end = begin + chunk < in.hw ? begin + chunk : in.hw;
-    for (int64_t p = begin + static_cast<int64_t>(lane) * W; p < end; p += static_cast<int64_t>(tpr) * W) {
-      const int64_t i = row * in.hw + p;
-      const Vec<T, W> xv = load_vec<T, W>(in.x + i);
-      const Vec<T, W> dv = load_vec<T, W>(dy + i);
-      A g[W], be[W];
-      load_opt<T, W>(in.gamma, i, g);
-      load_opt<T, W>(in.beta, i, be);
-#pragma unroll
-      for (int j = 0; j < W; ++j) {
-        const SpatinChain<A> e = spatin_chain(r, to_acc<A>(xv.v[j]), g[j], be[j]);
-        const SpatinGrad<A> d = spatin_grad(r, e, to_acc<A>(dv.v[j]), g[j], in.silu);
-        acc.v[0] += d.dh3;
-        acc.v[1] += d.dh3 * e.h2;
-        acc.v[2] += d.dh1;
-        acc.v[3] += d.dh1 * e.xhat;
-      }
-    }
+    for (int64_t p = begin + static_cast<int64_t>(lane) * W; p < end; p += static_cast<int64_t>(tpr) * W)
+      spatin_bwd_sums_vec<T, W>(in, dy, r, row * in.hw + p, acc);
   }
   acc = row_reduce(acc, tpr, scratch);
   if (lane == 0 && v < vrows) part[v] = acc;
@@ -393,25 +425,67 @@ __global__ void __launch_bounds__(kRowThreads)
   const Sums<A, 2> gm = group_means[(row / in.channels) * in.groups + c / (in.channels / in.groups)];
   const int64_t step = static_cast<int64_t>(gridDim.y) * tpr * W;
   for (int64_t i = row * in.hw + (static_cast<int64_t>(blockIdx.y) * tpr + threadIdx.x % tpr) * W;
-       i < (row + 1) * in.hw; i += step) {
-    const Vec<T, W> xv = load_vec<T, W>(in.x + i);
-    const Vec<T, W> dv = load_vec<T, W>(dy + i);
-    A g[W], be[W];
-    load_opt<T, W>(in.gamma, i, g);
-    load_opt<T, W>(in.beta, i, be);
-    Vec<T, W> dxv, dgv, dbv;
-#pragma unroll
-    for (int j = 0; j < W; ++j) {
-      const SpatinChain<A> e = spatin_chain(r, to_acc<A>(xv.v[j]), g[j], be[j]);
-      const SpatinGrad<A> d = spatin_grad(r, e, to_acc<A>(dv.v[j]), g[j], in.silu);
-      dxv.v[j] = from_acc<T>(r.rstd * (d.dh1 * r.w - gm.v[0] - e.xhat * gm.v[1]));
-      dgv.v[j] = from_acc<T>(d.dh2 * e.h1);
-      dbv.v[j] = from_acc<T>(d.dh2);
+       i < (row + 1) * in.hw; i += step)
+    spatin_bwd_apply_vec<T, W>(in, dy, r, gm, i, dx, dgamma, dbeta);
+}
+
+// The whole backward of one (batch, group) in one block, for when the groups
+// alone fill the GPU: pass 1 takes every channel's row sums (rows_per_block
+// channels at a time, threads_per_row threads each) and writes dshift, dscale
+// and the row sums for dweight / dbias (when row_sums is not null), then the
+// group means; pass 2 writes dx, dgamma, dbeta over the group's contiguous
+// span. The second pass re-reads the group soon after the first, mostly from
+// L2. Channel sums and the group total are added in a fixed order.
+template <typename T, int W>
+__global__ void __launch_bounds__(kRowThreads)
+    spatin_fused_bwd_kernel(SpatinInputs<T> in, const T* __restrict__ dy, const acc_t<T>* __restrict__ mean,
+                            const acc_t<T>* __restrict__ rstd, T* __restrict__ dscale, T* __restrict__ dshift,
+                            Sums<acc_t<T>, 2>* __restrict__ row_sums, T* __restrict__ dx, T* __restrict__ dgamma,
+                            T* __restrict__ dbeta, int tpr) {
+  using A = acc_t<T>;
+  __shared__ Sums<A, 4> scratch[kRowThreads / 32];
+  __shared__ Sums<A, 2> chan[kRowThreads];  // w-weighted (dh1, dh1 * xhat) sums of this step's channels
+  __shared__ Sums<A, 2> group_mean;
+  const int64_t grp = blockIdx.x;
+  const int64_t cpg = in.channels / in.groups;
+  const int rpb = kRowThreads / tpr, lane = threadIdx.x % tpr, sub = threadIdx.x / tpr;
+  Sums<A, 2> group = Sums<A, 2>::zero();  // thread 0's running total
+  for (int64_t c0 = 0; c0 < cpg; c0 += rpb) {
+    const int64_t cc = c0 + sub, row = grp * cpg + cc;  // row = b * C + c
+    Sums<A, 4> acc = Sums<A, 4>::zero();
+    SpatinRow<A> r{};
+    if (cc < cpg) {
+      r = spatin_row(in, mean, rstd, row);
+      for (int64_t p = static_cast<int64_t>(lane) * W; p < in.hw; p += static_cast<int64_t>(tpr) * W)
+        spatin_bwd_sums_vec<T, W>(in, dy, r, row * in.hw + p, acc);
     }
-    store_vec<T, W>(dx + i, dxv);
-    if (dgamma) store_vec<T, W>(dgamma + i, dgv);
-    if (dbeta) store_vec<T, W>(dbeta + i, dbv);
+    acc = row_reduce(acc, tpr, scratch);
+    if (lane == 0) {
+      Sums<A, 2> weighted = Sums<A, 2>::zero();
+      if (cc < cpg) {
+        if (dshift) dshift[row] = from_acc<T>(acc.v[0]);
+        if (dscale) dscale[row] = from_acc<T>(acc.v[1]);
+        if (row_sums) row_sums[row] = {{acc.v[2], acc.v[3]}};
+        weighted = {{r.w * acc.v[2], r.w * acc.v[3]}};
+      }
+      chan[sub] = weighted;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0)
+      for (int k = 0; k < rpb; ++k) group = group.merge(chan[k]);
+    __syncthreads();  // chan is rewritten by the next step
   }
+  if (threadIdx.x == 0) {
+    const A count = static_cast<A>(cpg * in.hw);
+    group_mean = {{group.v[0] / count, group.v[1] / count}};
+  }
+  __syncthreads();
+  const Sums<A, 2> gm = group_mean;
+  const A m = mean[grp], rs = rstd[grp];
+  const int64_t base = grp * cpg * in.hw, len = cpg * in.hw;
+  for (int64_t i = static_cast<int64_t>(threadIdx.x) * W; i < len; i += static_cast<int64_t>(kRowThreads) * W)
+    spatin_bwd_apply_vec<T, W>(in, dy, make_spatin_row(in, m, rs, grp * cpg + i / in.hw), gm, base + i, dx, dgamma,
+                               dbeta);
 }
 
 // ---- launch plans -------------------------------------------------------------
@@ -576,7 +650,7 @@ cudaError_t spatin_norm_bwd_workspace(int64_t batch, int64_t channels, int64_t h
 
 template <typename T, int W>
 cudaError_t spatin_norm_bwd_run(const SpatinInputs<T>& in, const T* dy, const acc_t<T>* mean, const acc_t<T>* rstd,
-                                const SpatinGrads<T>& out, void* workspace, int sms, cudaStream_t stream) {
+                                const SpatinGrads<T>& out, void* workspace, int sms, bool fused, cudaStream_t stream) {
   using A = acc_t<T>;
   const int64_t rows = in.batch * in.channels;
   const SplitPlan plan = split_plan(rows, in.hw, W, sms);
@@ -588,12 +662,28 @@ cudaError_t spatin_norm_bwd_run(const SpatinInputs<T>& in, const T* dy, const ac
   auto* row_sums = reinterpret_cast<Sums<A, 2>*>(ws + l.row_sums);
   auto* group_means = reinterpret_cast<Sums<A, 2>*>(ws + l.group_means);
   const bool per_channel = out.dweight != nullptr || out.dbias != nullptr;
+  cudaError_t err = cudaSuccess;
+
+  if (fused) {
+    // Threads per channel: the block spread over up to 8 channels at a time
+    // (a warp or more each), and fewer threads for rows of fewer vectors.
+    const int64_t cpg = in.channels / in.groups;
+    const int spread = kRowThreads / next_pow2(cpg < 8 ? cpg : 8);
+    const int tpr = std::min(row_layout(ceil_div(in.hw, W)).threads_per_row, spread);
+    spatin_fused_bwd_kernel<T, W><<<static_cast<unsigned>(in.batch * in.groups), kRowThreads, 0, stream>>>(
+        in, dy, mean, rstd, out.dscale, out.dshift, per_channel ? row_sums : nullptr, out.dx, out.dgamma, out.dbeta,
+        tpr);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if (!per_channel) return cudaSuccess;
+    spatin_bwd_channel_kernel<T><<<static_cast<unsigned>(ceil_div(in.channels, 128)), 128, 0, stream>>>(
+        row_sums, out.dweight, out.dbias, in.batch, in.channels);
+    return cudaGetLastError();
+  }
 
   spatin_bwd_partial_kernel<T, W>
       <<<static_cast<unsigned>(ceil_div(rows * plan.splits, plan.layout.rows_per_block)), kRowThreads, 0, stream>>>(
           in, dy, mean, rstd, part, plan.splits, plan.chunk, plan.layout.threads_per_row);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
   spatin_bwd_group_kernel<T><<<static_cast<unsigned>(in.batch * in.groups), kGroupThreads, 0, stream>>>(
       in, part, plan.splits, out.dscale, out.dshift, per_channel ? row_sums : nullptr, group_means);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
@@ -609,17 +699,23 @@ cudaError_t spatin_norm_bwd_run(const SpatinInputs<T>& in, const T* dy, const ac
   return cudaGetLastError();
 }
 
-// Backward on `stream`; workspace of spatin_norm_bwd_workspace bytes.
+// Backward on `stream`; workspace of spatin_norm_bwd_workspace bytes. One
+// block per group (spatin_fused_bwd_kernel, plus the per-channel sums of
+// dweight / dbias) when there are at least fused_min_groups groups (-1: one
+// per multiprocessor); otherwise the split reduction.
 template <typename T>
 cudaError_t spatin_norm_bwd(const SpatinInputs<T>& in, const T* dy, const acc_t<T>* mean, const acc_t<T>* rstd,
-                            const SpatinGrads<T>& out, void* workspace, cudaStream_t stream) {
+                            const SpatinGrads<T>& out, void* workspace, cudaStream_t stream,
+                            int64_t fused_min_groups = -1) {
   if (in.batch * in.channels * in.hw == 0) return cudaSuccess;
   int sms = 0;
   cudaError_t err = sm_count(&sms);
   if (err != cudaSuccess) return err;
+  const int64_t groups = in.batch * in.groups;
+  const bool fused = groups >= (fused_min_groups < 0 ? sms : fused_min_groups) && groups <= 0x7fffffff;
   if (spatin_vectorizable(in, {dy, out.dx, out.dgamma, out.dbeta}))
-    return spatin_norm_bwd_run<T, vec16<T>()>(in, dy, mean, rstd, out, workspace, sms, stream);
-  return spatin_norm_bwd_run<T, 1>(in, dy, mean, rstd, out, workspace, sms, stream);
+    return spatin_norm_bwd_run<T, vec16<T>()>(in, dy, mean, rstd, out, workspace, sms, fused, stream);
+  return spatin_norm_bwd_run<T, 1>(in, dy, mean, rstd, out, workspace, sms, fused, stream);
 }
 
 }  // namespace cuda

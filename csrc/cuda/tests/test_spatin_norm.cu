@@ -1,6 +1,6 @@
 // Driver of the spatin_norm kernels: forward and backward for float32,
 // float64, float16 and bfloat16 on odd and aligned shapes, split and unsplit
-// reductions, the one-launch forward, and combinations of the optional inputs, against a float64 host
+// reductions, the one-launch forward and one-block-per-group backward, and combinations of the optional inputs, against a float64 host
 // reference whose gradient is itself checked by central differences.
 // Usage: test_spatin_norm [--quick]   (exit code 0 = every check passed)
 #include "../spatin_norm.cuh"
@@ -204,7 +204,19 @@ void run_case(Report& rep, const Shape& s, unsigned mask, bool silu) {
   Buffer<unsigned char> ws_b(bytes);
   const mcvd::cuda::SpatinGrads<T> out = {dx.ptr,           ptr(dopt[kWeight]), ptr(dopt[kBias]), ptr(dopt[kGamma]),
                                           ptr(dopt[kBeta]), ptr(dopt[kScale]),  ptr(dopt[kShift])};
-  HARNESS_CUDA(mcvd::cuda::spatin_norm_bwd<T>(in, dy.ptr, mean.ptr, rstd.ptr, out, ws_b.ptr, 0));
+  HARNESS_CUDA(mcvd::cuda::spatin_norm_bwd<T>(in, dy.ptr, mean.ptr, rstd.ptr, out, ws_b.ptr, 0, INT64_MAX));
+  // The one-block-per-group backward, into a second set of gradients.
+  Buffer<T> dx1(p.x.size());
+  std::vector<Buffer<T>*> dopt1(kNumOpt, nullptr);
+  for (int i = 0; i < kNumOpt; ++i)
+    if (!p.opt[i].empty()) dopt1[i] = new Buffer<T>(p.opt[i].size());
+  dx1.poison();
+  for (Buffer<T>* b : dopt1)
+    if (b) b->poison();
+  const mcvd::cuda::SpatinGrads<T> out1 = {dx1.ptr,           ptr(dopt1[kWeight]), ptr(dopt1[kBias]),
+                                           ptr(dopt1[kGamma]), ptr(dopt1[kBeta]),   ptr(dopt1[kScale]),
+                                           ptr(dopt1[kShift])};
+  HARNESS_CUDA(mcvd::cuda::spatin_norm_bwd<T>(in, dy.ptr, mean.ptr, rstd.ptr, out1, ws_b.ptr, 0, 1));
   HARNESS_CUDA(cudaDeviceSynchronize());
 
   char tag[160];
@@ -218,11 +230,15 @@ void run_case(Report& rep, const Shape& s, unsigned mask, bool silu) {
   rep.compare(std::string(tag) + " mean (one-launch forward)", mean1.download(), f.mean, Host<A>::tol());
   rep.compare(std::string(tag) + " rstd (one-launch forward)", rstd1.download(), f.rstd, Host<A>::tol());
   rep.compare(std::string(tag) + " dx", dx.download(), g.dx, tol);
+  rep.compare(std::string(tag) + " dx (one block per group)", dx1.download(), g.dx, tol);
   for (int i = 0; i < kNumOpt; ++i) {
     if (!dopt[i]) continue;
     rep.compare(std::string(tag) + " d" + kOptNames[i], dopt[i]->download(), g.dopt[i], tol);
+    rep.compare(std::string(tag) + " d" + kOptNames[i] + " (one block per group)", dopt1[i]->download(), g.dopt[i],
+                tol);
     delete opt[i];
     delete dopt[i];
+    delete dopt1[i];
   }
 }
 

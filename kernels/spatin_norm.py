@@ -17,7 +17,9 @@ applies the chain, so x is read once. Otherwise three launches:
                         h2 = h1 * (1 + gamma) + beta, h3 = h2 * (1 + scale) + shift,
                         y = silu(h3) or h3.
 Backward (dh3 = dy * silu'(h3), dh2 = dh3 * (1 + scale), dh1 = dh2 * (1 + gamma),
-dxhat = dh1 * w), four launches:
+dxhat = dh1 * w): when a group fits _MAX_FUSED_BWD and the groups fill the GPU,
+_fused_bwd_kernel does all of it for one group (then _bwd_wsum_kernel for
+dweight / dbias); otherwise four launches:
   1. _bwd_reduce_kernel   per (row, chunk): sums of dh3, dh3 * h2, dh1, dh1 * xhat;
   2. _bwd_finalize_kernel per (batch, group): dshift = sum dh3 and dscale =
                           sum dh3 * h2 per row, the row sums of dh1 and
@@ -44,8 +46,11 @@ from mcvd.ops.spatin_norm import make_backward, setup_context
 _MAX_BLOCK = 1024
 _MAX_TILE = 1024
 # Largest group (C / G * H * W elements) that the one-launch forward holds in
-# registers; a float32 group of 16384 is 64 KB over 16 warps.
+# registers (a float32 group of 16384 is 64 KB over 16 warps), and that the
+# one-program-per-group backward holds (x, dy, gamma, beta and the chain's
+# intermediates at once: 8 elements per thread over 32 warps).
 _MAX_FUSED = 16384
+_MAX_FUSED_BWD = 8192
 # Programs a launch aims for under TRITON_INTERPRET=1, where each one is a slow
 # Python loop step: rows are not split there unless a test lowers this.
 _INTERPRET_PROGRAMS = 1
@@ -256,6 +261,66 @@ def _fused_fwd_kernel(
 
 
 @triton.jit
+def _fused_bwd_kernel(
+    DY,            # [B*G, CG, HW] gradient of y
+    X,             # [B*G, CG, HW] input groups
+    MEAN, RSTD,    # [B*G] group statistics
+    W, BIAS,       # [C]
+    GAMMA, BETA,   # [B*G, CG, HW]
+    SCALE, SHIFT,  # [B*C]
+    DSCALE,        # [B*C] out: sum dh3 * h2 per row
+    DSHIFT,        # [B*C] out: sum dh3 per row
+    RSUM,          # [2, B*C] out: sums of dh1 and dh1 * xhat per row (for dweight, dbias)
+    DX,            # [B*G, CG, HW] out
+    DGAMMA, DBETA, # [B*G, CG, HW] out
+    C, CG, HW, NROWS,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_GAMMA: tl.constexpr, HAS_BETA: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr, F64: tl.constexpr,
+    CBLOCK: tl.constexpr, HBLOCK: tl.constexpr,
+):
+    grp = tl.program_id(0)
+    acc_ty = tl.float64 if F64 else tl.float32
+    cc = tl.arange(0, CBLOCK)
+    cmask = cc < CG
+    mask = cmask[:, None] & (tl.arange(0, HBLOCK) < HW)[None, :]
+    idx = grp.to(tl.int64) * CG * HW + cc[:, None] * HW + tl.arange(0, HBLOCK)[None, :]
+    x = tl.load(X + idx, mask=mask, other=0).to(acc_ty)
+    # dy = 0 off the group, so every sum below gets 0 there.
+    dy = tl.load(DY + idx, mask=mask, other=0).to(acc_ty)
+    mean = tl.load(MEAN + grp)
+    rstd = tl.load(RSTD + grp)
+    row = grp * CG + cc  # b * C + c
+    w = _column_or(W, row % C, cmask, 1.0, HAS_W, F64)
+    bias = _column_or(BIAS, row % C, cmask, 0.0, HAS_B, F64)
+    scale = _column_or(SCALE, row, cmask, 0.0, HAS_SCALE, F64)
+    shift = _column_or(SHIFT, row, cmask, 0.0, HAS_SHIFT, F64)
+    gamma = _load_or(GAMMA, idx, mask, 0.0, HAS_GAMMA, F64)
+    beta = _load_or(BETA, idx, mask, 0.0, HAS_BETA, F64)
+    xhat, h1, h2, h3 = _chain(x, mean, rstd, w, bias, gamma, beta, scale, shift)
+    dh3, dh2, dh1 = _dchain(dy, h3, gamma, scale, SILU)
+    if HAS_SHIFT:
+        tl.store(DSHIFT + row, tl.sum(dh3, 1).to(DSHIFT.dtype.element_ty), mask=cmask)
+    if HAS_SCALE:
+        tl.store(DSCALE + row, tl.sum(dh3 * h2, 1).to(DSCALE.dtype.element_ty), mask=cmask)
+    s_dh1 = tl.sum(dh1, 1)
+    s_dh1x = tl.sum(dh1 * xhat, 1)
+    if HAS_W or HAS_B:
+        tl.store(RSUM + row, s_dh1, mask=cmask)
+        tl.store(RSUM + NROWS + row, s_dh1x, mask=cmask)
+    # The group means of dxhat = dh1 * w and dxhat * xhat.
+    n = CG * HW
+    w_row = _load_or(W, row % C, cmask, 1.0, HAS_W, F64)
+    m_dx = tl.sum(s_dh1 * w_row, 0) / n
+    m_dxx = tl.sum(s_dh1x * w_row, 0) / n
+    if HAS_GAMMA:
+        tl.store(DGAMMA + idx, (dh2 * h1).to(DGAMMA.dtype.element_ty), mask=mask)
+    if HAS_BETA:
+        tl.store(DBETA + idx, dh2.to(DBETA.dtype.element_ty), mask=mask)
+    dx = rstd * (dh1 * w - m_dx - xhat * m_dxx)
+    tl.store(DX + idx, dx.to(DX.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _bwd_reduce_kernel(
     DY,            # [B*C, HW] gradient of y
     X,             # [B*C, HW] input rows
@@ -438,11 +503,13 @@ def _fused_blocks(cg: int, hw: int) -> tuple[int, int]:
     return triton.next_power_of_2(cg), triton.next_power_of_2(hw)
 
 
-def _fused(groups: int, cg: int, hw: int, device: torch.device) -> bool:
-    """Whether the one-launch forward serves B * G = groups of CG x HW elements:
-    the padded group fits _MAX_FUSED, and there is a group per multiprocessor."""
+def _fused(groups: int, cg: int, hw: int, device: torch.device, most: int | None = None) -> bool:
+    """Whether one program per group serves B * G = groups of CG x HW elements:
+    the padded group fits `most` (default _MAX_FUSED), and there is a group
+    per multiprocessor."""
     cblock, hblock = _fused_blocks(cg, hw)
-    return hw > 0 and cblock * hblock <= _MAX_FUSED and groups >= _target_programs(device) // 4
+    most = _MAX_FUSED if most is None else most
+    return hw > 0 and cblock * hblock <= most and groups >= _target_programs(device) // 4
 
 
 def _plan(rows: int, hw: int, device: torch.device) -> tuple[int, int, int]:
@@ -508,6 +575,17 @@ def fwd(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: tor
     return y, mean, rstd
 
 
+def _weight_sums(rsum, dweight, dbias, B, C, flags, f64, x) -> None:
+    """dweight, dbias (when the inputs were given) from the per-row sums in rsum."""
+    if not (flags["HAS_W"] or flags["HAS_B"]):
+        return
+    cblock = min(triton.next_power_of_2(C), max(1, _MAX_TILE // 4))
+    wrap_triton(_bwd_wsum_kernel)[(triton.cdiv(C, cblock),)](
+        rsum, dweight if flags["HAS_W"] else x, dbias if flags["HAS_B"] else x, B, C, B * C,
+        HAS_W=flags["HAS_W"], HAS_B=flags["HAS_B"], F64=f64,
+        BBLOCK=max(1, min(triton.next_power_of_2(B), _MAX_TILE // cblock)), CBLOCK=cblock)
+
+
 @triton_op("mcvd::spatin_norm_bwd_triton", mutates_args=())
 def bwd(grad_y: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, num_groups: int,
         weight: torch.Tensor | None, bias: torch.Tensor | None, gamma: torch.Tensor | None,
@@ -531,12 +609,20 @@ def bwd(grad_y: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.T
         return tuple(g.zero_() for g in grads)
     flags = _flags(weight, bias, gamma, beta, scale, shift)
     opt = [x if t is None else t for t in (weight, bias, gamma, beta, scale, shift)]
+    rsum = torch.empty((2, rows), dtype=acc_dtype, device=x.device)
+    if _fused(B * num_groups, cg, hw, x.device, _MAX_FUSED_BWD):
+        cblock, hblock = _fused_blocks(cg, hw)
+        wrap_triton(_fused_bwd_kernel)[(B * num_groups,)](
+            grad_y, x, mean, rstd, *opt, dscale if scale is not None else x, dshift if shift is not None else x,
+            rsum, dx, dgamma if gamma is not None else x, dbeta if beta is not None else x, C, cg, hw, rows, **flags,
+            SILU=silu, F64=f64, CBLOCK=cblock, HBLOCK=hblock, num_warps=max(1, min(32, cblock * hblock // 256)))
+        _weight_sums(rsum, dweight, dbias, B, C, flags, f64, x)
+        return dx, dweight, dbias, dgamma, dbeta, dscale, dshift
     block, chunk, nch = _plan(rows, hw, x.device)
     npart = rows * nch
     part = torch.empty((4, npart), dtype=acc_dtype, device=x.device)
     wrap_triton(_bwd_reduce_kernel)[(npart,)](grad_y, x, mean, rstd, *opt, part, C, cg, hw, chunk, nch, npart,
                                              **flags, SILU=silu, F64=f64, BLOCK=block, num_warps=_warps(block))
-    rsum = torch.empty((2, rows), dtype=acc_dtype, device=x.device)
     gmean = torch.empty((2, B * num_groups), dtype=acc_dtype, device=x.device)
     cblock = min(triton.next_power_of_2(cg), _MAX_TILE)
     hblock = max(1, min(triton.next_power_of_2(nch), _MAX_TILE // cblock))
@@ -544,12 +630,7 @@ def bwd(grad_y: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.T
         part, opt[0], dscale if scale is not None else x, dshift if shift is not None else x, rsum, gmean,
         C, cg, hw, nch, npart, rows, B * num_groups, HAS_W=flags["HAS_W"], HAS_SCALE=flags["HAS_SCALE"],
         HAS_SHIFT=flags["HAS_SHIFT"], F64=f64, CBLOCK=cblock, HBLOCK=hblock)
-    if weight is not None or bias is not None:
-        cblock = min(triton.next_power_of_2(C), max(1, _MAX_TILE // 4))
-        wrap_triton(_bwd_wsum_kernel)[(triton.cdiv(C, cblock),)](
-            rsum, dweight if weight is not None else x, dbias if bias is not None else x, B, C, rows,
-            HAS_W=flags["HAS_W"], HAS_B=flags["HAS_B"], F64=f64,
-            BBLOCK=max(1, min(triton.next_power_of_2(B), _MAX_TILE // cblock)), CBLOCK=cblock)
+    _weight_sums(rsum, dweight, dbias, B, C, flags, f64, x)
     wrap_triton(_bwd_apply_kernel)[(npart,)](
         grad_y, x, mean, rstd, *opt, gmean, dx, dgamma if gamma is not None else x, dbeta if beta is not None else x,
         C, cg, hw, chunk, nch, B * num_groups, **flags, SILU=silu, F64=f64, BLOCK=block, num_warps=_warps(block))

@@ -114,12 +114,13 @@ def _group_stats(x, num_groups, eps):
 
 @pytest.fixture(params=["fused", "split"])
 def spatin_path(request, monkeypatch):
-    """The forward as one launch (the group in registers) or as the split
-    reduction (_MAX_FUSED = 0 turns the one-launch forward off)."""
+    """Forward and backward as one program per group (the group in registers)
+    or as the split reductions (limits of 0 turn the one-program paths off)."""
     if request.param == "split":
         from mcvd.kernels import spatin_norm as sn
 
         monkeypatch.setattr(sn, "_MAX_FUSED", 0)
+        monkeypatch.setattr(sn, "_MAX_FUSED_BWD", 0)
     return request.param
 
 

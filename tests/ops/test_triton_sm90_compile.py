@@ -41,6 +41,7 @@ KERNELS = {
     "spatin_norm._combine_kernel": {"PBLOCK": 64},
     "spatin_norm._fwd_apply_kernel": {"BLOCK": 1024},
     "spatin_norm._fused_fwd_kernel": {"CBLOCK": 4, "HBLOCK": 1024},
+    "spatin_norm._fused_bwd_kernel": {"CBLOCK": 4, "HBLOCK": 1024},
     "spatin_norm._bwd_reduce_kernel": {"BLOCK": 1024},
     "spatin_norm._bwd_finalize_kernel": {"CBLOCK": 4, "HBLOCK": 64},
     "spatin_norm._bwd_wsum_kernel": {"BBLOCK": 4, "CBLOCK": 64},

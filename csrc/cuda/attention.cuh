@@ -492,6 +492,17 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
 #endif
 }
 
+// The same for one 4-byte word (through L1: .cg takes 16-byte copies only).
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(addr), "l"(src), "r"(valid ? 4 : 0)
+               : "memory");
+#else
+  __trap();
+#endif
+}
+
 __device__ __forceinline__ void cp_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::: "memory");
@@ -639,7 +650,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
 }
 
 // dK, dV of 64 keys (16 per warp; the warp's fragment rows are keys, columns
-// queries), streaming query tiles of BQ.
+// queries), streaming query tiles of BQ, double-buffered as in the forward.
 template <typename T, int D, int BQ>
 __global__ void __launch_bounds__(kMmaThreads, 1)
     attn_bwd_dkdv_mma_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
@@ -647,12 +658,12 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
                              const float* __restrict__ dsum, T* __restrict__ dk, T* __restrict__ dv, int n, int tiles,
                              float scale, float scale_log2) {
   constexpr int LD = D + 8;
+  // Buffer b of the streamed query tiles: Q [BQ][LD], dO [BQ][LD], then lse
+  // and Dsum [BQ] floats; kBuf elements of T apart.
+  constexpr int kBuf = 2 * BQ * LD + 2 * BQ * static_cast<int>(sizeof(float) / sizeof(T));
   T* ks = reinterpret_cast<T*>(attn_smem);  // [64][LD]
   T* vs = ks + kMmaRows * LD;               // [64][LD]
-  T* qs = vs + kMmaRows * LD;               // [BQ][LD]
-  T* os = qs + BQ * LD;                     // [BQ][LD] dO
-  float* lse_s = reinterpret_cast<float*>(os + BQ * LD);  // [BQ], log2 units
-  float* dsum_s = lse_s + BQ;                             // [BQ]
+  T* bufs = vs + kMmaRows * LD;
   const int k0 = (blockIdx.x % tiles) * kMmaRows;
   const int64_t bh = blockIdx.x / tiles, base = bh * n * D;
   q += base, k += base, v += base, dout += base, dk += base, dv += base;
@@ -660,18 +671,36 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const bool key0_ok = k0 + warp * 16 + g < n, key1_ok = k0 + warp * 16 + g + 8 < n;
 
-  mma_load<kMmaRows, D>(ks, k, n, k0);
-  mma_load<kMmaRows, D>(vs, v, n, k0);
-  float dk_acc[D / 8][4] = {}, dv_acc[D / 8][4] = {};
-  for (int q0 = 0; q0 < n; q0 += BQ) {
-    __syncthreads();  // the previous query tile is no longer read
-    mma_load<BQ, D>(qs, q, n, q0);
-    mma_load<BQ, D>(os, dout, n, q0);
+  // Query tile q0 into buffer b: Q, dO, lse, Dsum (zeros past n).
+  auto load_tile = [&](T* buf, int q0) {
+    mma_load_async<BQ, D>(buf, q, n, q0);
+    mma_load_async<BQ, D>(buf + BQ * LD, dout, n, q0);
+    float* stats = reinterpret_cast<float*>(buf + 2 * BQ * LD);
     for (int i = threadIdx.x; i < BQ; i += blockDim.x) {
-      lse_s[i] = q0 + i < n ? lse[q0 + i] * kLog2e : 0.f;
-      dsum_s[i] = q0 + i < n ? dsum[q0 + i] : 0.f;
+      const bool valid = q0 + i < n;
+      cp_async4(stats + i, lse + (valid ? q0 + i : 0), valid);
+      cp_async4(stats + BQ + i, dsum + (valid ? q0 + i : 0), valid);
     }
-    __syncthreads();
+  };
+  // K, V and the first query tile in one group.
+  mma_load_async<kMmaRows, D>(ks, k, n, k0);
+  mma_load_async<kMmaRows, D>(vs, v, n, k0);
+  load_tile(bufs, 0);
+  cp_async_commit();
+  float dk_acc[D / 8][4] = {}, dv_acc[D / 8][4] = {};
+  for (int q0 = 0, buf = 0; q0 < n; q0 += BQ, buf ^= 1) {
+    if (q0 + BQ < n) {
+      load_tile(bufs + (buf ^ 1) * kBuf, q0 + BQ);  // last read an iteration ago, before its final barrier
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // every thread's copies of this tile are visible
+    const T* qs = bufs + buf * kBuf;
+    const T* os = qs + BQ * LD;  // dO
+    const float* lse_s = reinterpret_cast<const float*>(os + BQ * LD);  // natural log
+    const float* dsum_s = lse_s + BQ;
     float st[BQ / 8][4] = {}, dpt[BQ / 8][4] = {};  // S^T, dP^T
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
@@ -696,8 +725,9 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
       for (int e = 0; e < 2; ++e) {
         const int qq = nb * 8 + 2 * t + e;
         const bool q_ok = q0 + qq < n;
-        const float p0 = q_ok && key0_ok ? exp2f(st[nb][e] * scale_log2 - lse_s[qq]) : 0.f;
-        const float p1 = q_ok && key1_ok ? exp2f(st[nb][2 + e] * scale_log2 - lse_s[qq]) : 0.f;
+        const float lse2 = lse_s[qq] * kLog2e;
+        const float p0 = q_ok && key0_ok ? exp2f(st[nb][e] * scale_log2 - lse2) : 0.f;
+        const float p1 = q_ok && key1_ok ? exp2f(st[nb][2 + e] * scale_log2 - lse2) : 0.f;
         dpt[nb][e] = p0 * (dpt[nb][e] - dsum_s[qq]);
         dpt[nb][2 + e] = p1 * (dpt[nb][2 + e] - dsum_s[qq]);
         st[nb][e] = p0;
@@ -720,6 +750,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
         mma16816<T>(dk_acc[dn + 1], sa, b[2], b[3]);
       }
     }
+    __syncthreads();  // this buffer is refilled two tiles on
   }
   const int row0 = k0 + warp * 16 + g, row1 = row0 + 8;
 #pragma unroll
@@ -738,7 +769,8 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
   }
 }
 
-// dQ of 64 queries (16 per warp), streaming key tiles of BK.
+// dQ of 64 queries (16 per warp), streaming key tiles of BK, double-buffered
+// as in the forward.
 template <typename T, int D, int BK>
 __global__ void __launch_bounds__(kMmaThreads, 1)
     attn_bwd_dq_mma_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
@@ -747,8 +779,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
   constexpr int LD = D + 8;
   T* qs = reinterpret_cast<T*>(attn_smem);  // [64][LD]
   T* os = qs + kMmaRows * LD;               // [64][LD] dO
-  T* ks = os + kMmaRows * LD;               // [BK][LD]
-  T* vs = ks + BK * LD;                     // [BK][LD]
+  T* kv = os + kMmaRows * LD;               // buffer b: K at kv + 2 b BK LD, V after it, each [BK][LD]
   const int q0 = (blockIdx.x % tiles) * kMmaRows;
   const int64_t bh = blockIdx.x / tiles, base = bh * n * D;
   q += base, k += base, v += base, dout += base, dq += base;
@@ -759,14 +790,26 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
   const float lse0 = row0_ok ? lse[row0] * kLog2e : 0.f, lse1 = row1_ok ? lse[row1] * kLog2e : 0.f;
   const float dsum0 = row0_ok ? dsum[row0] : 0.f, dsum1 = row1_ok ? dsum[row1] : 0.f;
 
-  mma_load<kMmaRows, D>(qs, q, n, q0);
-  mma_load<kMmaRows, D>(os, dout, n, q0);
+  // Q, dO and the first K, V tile in one group.
+  mma_load_async<kMmaRows, D>(qs, q, n, q0);
+  mma_load_async<kMmaRows, D>(os, dout, n, q0);
+  mma_load_async<BK, D>(kv, k, n, 0);
+  mma_load_async<BK, D>(kv + BK * LD, v, n, 0);
+  cp_async_commit();
   float dq_acc[D / 8][4] = {};
-  for (int k0 = 0; k0 < n; k0 += BK) {
-    __syncthreads();  // the previous key tile is no longer read
-    mma_load<BK, D>(ks, k, n, k0);
-    mma_load<BK, D>(vs, v, n, k0);
-    __syncthreads();
+  for (int k0 = 0, buf = 0; k0 < n; k0 += BK, buf ^= 1) {
+    if (k0 + BK < n) {
+      T* next = kv + (buf ^ 1) * 2 * BK * LD;  // last read an iteration ago, before its final barrier
+      mma_load_async<BK, D>(next, k, n, k0 + BK);
+      mma_load_async<BK, D>(next + BK * LD, v, n, k0 + BK);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // every thread's copies of this tile are visible
+    const T* ks = kv + buf * 2 * BK * LD;
+    const T* vs = ks + BK * LD;
     float s[BK / 8][4] = {}, dp[BK / 8][4] = {};
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
@@ -808,6 +851,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
         mma16816<T>(dq_acc[dn + 1], a, b[2], b[3]);
       }
     }
+    __syncthreads();  // this buffer is refilled two tiles on
   }
 #pragma unroll
   for (int dn = 0; dn < D / 8; ++dn) {
@@ -833,13 +877,15 @@ struct MmaTiles {
 
 template <typename T, int D>
 constexpr size_t mma_fwd_smem() { return sizeof(T) * (kMmaRows + 4 * MmaTiles<D>::fwd_keys) * (D + 8); }
+// Shared memory of the tensor-core kernels: the resident 64-row tiles and two
+// buffers of the streamed ones.
 template <typename T, int D>
 constexpr size_t mma_dkdv_smem() {
-  return sizeof(T) * (2 * kMmaRows + 2 * MmaTiles<D>::dkdv_queries) * (D + 8) +
-         sizeof(float) * 2 * MmaTiles<D>::dkdv_queries;
+  return sizeof(T) * (2 * kMmaRows + 4 * MmaTiles<D>::dkdv_queries) * (D + 8) +
+         sizeof(float) * 4 * MmaTiles<D>::dkdv_queries;
 }
 template <typename T, int D>
-constexpr size_t mma_dq_smem() { return sizeof(T) * (2 * kMmaRows + 2 * MmaTiles<D>::dq_keys) * (D + 8); }
+constexpr size_t mma_dq_smem() { return sizeof(T) * (2 * kMmaRows + 4 * MmaTiles<D>::dq_keys) * (D + 8); }
 
 // ---- launchers -----------------------------------------------------------------
 

@@ -16,7 +16,8 @@ keys), so every output block has one writer and no atomics are needed.
 
 Head dims that are not a power of two (or below 16, the smallest tl.dot) are
 padded to DP with masked loads; any N is masked. Masks are compiled out where
-the sizes allow (EVEN_N: N a multiple of both blocks; EVEN_D: D = DP), and the
+the sizes allow (EVEN_N: N a multiple of every block size the autotuner may
+pick; EVEN_D: D = DP), and the
 head dim is read with unit stride (the launcher copies q, k, v whose last dim
 is strided), so that tiles load as 16-byte vectors and the loads pipeline
 into shared memory. q, k, v may otherwise have any strides; out, lse and the
@@ -54,8 +55,11 @@ _FWD_CONFIGS = _configs([(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (64
                          (32, 32, 4, 1)])
 _BWD_CONFIGS = _configs([(64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (64, 32, 4, 3), (32, 32, 4, 2),
                          (16, 32, 4, 1)])
-# EVEN_N: N is a multiple of both blocks, so no row or key needs a mask.
-_EVEN_N = {"EVEN_N": lambda a: a["N"] % a["BLOCK_M"] == 0 and a["N"] % a["BLOCK_N"] == 0}
+# The largest block of any configuration (all are powers of two): when N is a
+# multiple of it, no row or key of any configuration needs a mask (EVEN_N).
+# Set by the launcher rather than by @triton.heuristics, which torch.compile
+# accepts under @triton.autotune only from torch 2.7.
+_EVEN_BLOCK = max(max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in _FWD_CONFIGS + _BWD_CONFIGS)
 
 
 @triton.jit
@@ -90,7 +94,6 @@ def _store_tile(base, offs_r, offs_d, N, D, value, MASK_R: tl.constexpr, MASK_D:
 
 
 @triton.autotune(configs=_FWD_CONFIGS, key=["N", "DP"])
-@triton.heuristics(_EVEN_N)
 @triton.jit
 def _fwd_kernel(
     Q, K, V,  # [B, H, N, D], unit stride in D
@@ -98,8 +101,8 @@ def _fwd_kernel(
     LSE,      # [B, H, N] out: log-sum-exp of the scaled logits of each row
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
     H, N, D, scale_hi, scale_lo,
-    DP: tl.constexpr, EVEN_D: tl.constexpr, F64: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
+    DP: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, F64: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_m = tl.cdiv(N, BLOCK_M)
@@ -166,7 +169,6 @@ def _probs(q, k, lse, rows, cols, N, scale, PREC: tl.constexpr, EVEN_N: tl.const
 
 
 @triton.autotune(configs=_BWD_CONFIGS, key=["N", "DP"])
-@triton.heuristics(_EVEN_N)
 @triton.jit
 def _bwd_dkdv_kernel(
     Q, K, V,   # [B, H, N, D], unit stride in D
@@ -176,8 +178,8 @@ def _bwd_dkdv_kernel(
     DK, DV,    # [B, H, N, D] out, contiguous
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
     H, N, D, scale_hi, scale_lo,
-    DP: tl.constexpr, EVEN_D: tl.constexpr, F64: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
+    DP: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, F64: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -210,7 +212,6 @@ def _bwd_dkdv_kernel(
 
 
 @triton.autotune(configs=_BWD_CONFIGS, key=["N", "DP"])
-@triton.heuristics(_EVEN_N)
 @triton.jit
 def _bwd_dq_kernel(
     Q, K, V,   # [B, H, N, D], unit stride in D
@@ -220,8 +221,8 @@ def _bwd_dq_kernel(
     DQ,        # [B, H, N, D] out, contiguous
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
     H, N, D, scale_hi, scale_lo,
-    DP: tl.constexpr, EVEN_D: tl.constexpr, F64: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
+    DP: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, F64: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_m = tl.cdiv(N, BLOCK_M)
@@ -258,7 +259,8 @@ def _meta(q: torch.Tensor) -> dict:
     # 32-bit and 64-bit products stay exact; 16-bit ones run on tensor cores anyway.
     prec = "ieee" if q.dtype in (torch.float32, torch.float64) else "tf32"
     dp = max(16, triton.next_power_of_2(q.shape[-1]))
-    return {"DP": dp, "EVEN_D": dp == q.shape[-1], "F64": f64, "PREC": prec}
+    return {"DP": dp, "EVEN_D": dp == q.shape[-1], "EVEN_N": q.shape[-2] % _EVEN_BLOCK == 0, "F64": f64,
+            "PREC": prec}
 
 
 def _unit_last(*ts: torch.Tensor) -> list[torch.Tensor]:

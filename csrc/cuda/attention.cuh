@@ -865,14 +865,16 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
   }
 }
 
-// Tile shapes of the tensor-core kernels per head dim (registers: the
-// accumulators of D = 128 leave room for 32-wide streamed tiles only in the
-// dK/dV kernel, which holds two of them).
+// Tile shapes of the tensor-core kernels per head dim. At D = 128 the
+// streamed tiles are 32 rows: the dK/dV kernel's two accumulators leave room
+// for no more registers, and two buffers of 64-row K and V tiles would need
+// 87-104 KB of shared memory, over the 99 KB per block of sm_86 / sm_89 /
+// sm_120 and leaving one block per SM on sm_80.
 template <int D>
 struct MmaTiles {
-  static constexpr int fwd_keys = 64;
+  static constexpr int fwd_keys = D >= 128 ? 32 : 64;
   static constexpr int dkdv_queries = D >= 128 ? 32 : 64;
-  static constexpr int dq_keys = 64;
+  static constexpr int dq_keys = D >= 128 ? 32 : 64;
 };
 
 template <typename T, int D>

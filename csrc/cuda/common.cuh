@@ -211,8 +211,10 @@ inline RowLayout row_layout(int64_t units_per_row) {
 }
 
 // Reduce `v` over the threads_per_row threads of each row of the block. Every
-// thread of the block must call it (it synchronises); the result is valid in
-// the row's first thread. `scratch` holds kRowThreads / 32 values.
+// thread of the block must call it (for rows of more than 32 threads it
+// synchronises; for rows of a warp or less it does not, so a caller that
+// needs a barrier sets its own); the result is valid in the row's first
+// thread. `scratch` holds kRowThreads / 32 values.
 template <typename V>
 __device__ __forceinline__ V row_reduce(V v, int threads_per_row, V* scratch) {
   const int width = threads_per_row < 32 ? threads_per_row : 32;

@@ -430,12 +430,16 @@ __global__ void __launch_bounds__(kRowThreads)
 }
 
 // The whole backward of one (batch, group) in one block, for when the groups
-// alone fill the GPU: pass 1 takes every channel's row sums (rows_per_block
-// channels at a time, threads_per_row threads each) and writes dshift, dscale
-// and the row sums for dweight / dbias (when row_sums is not null), then the
-// group means; pass 2 writes dx, dgamma, dbeta over the group's contiguous
-// span. The second pass re-reads the group soon after the first, mostly from
-// L2. Channel sums and the group total are added in a fixed order.
+// alone fill the GPU and are small (kFusedBwdMax): pass 1 takes every
+// channel's row sums (rows_per_block channels at a time, threads_per_row
+// threads each) and writes dshift, dscale and the row sums for dweight / dbias
+// (when row_sums is not null), then the group means; pass 2 writes dx, dgamma,
+// dbeta over the group's contiguous span. It saves the split path's launches;
+// the second pass re-reads the group soon after the first, from L2 as far as
+// the resident groups fit it. Channel sums and the group total are added in a
+// fixed order.
+constexpr int64_t kFusedBwdMax = 8192;  // elements per group
+
 template <typename T, int W>
 __global__ void __launch_bounds__(kRowThreads)
     spatin_fused_bwd_kernel(SpatinInputs<T> in, const T* __restrict__ dy, const acc_t<T>* __restrict__ mean,
@@ -701,8 +705,9 @@ cudaError_t spatin_norm_bwd_run(const SpatinInputs<T>& in, const T* dy, const ac
 
 // Backward on `stream`; workspace of spatin_norm_bwd_workspace bytes. One
 // block per group (spatin_fused_bwd_kernel, plus the per-channel sums of
-// dweight / dbias) when there are at least fused_min_groups groups (-1: one
-// per multiprocessor); otherwise the split reduction.
+// dweight / dbias) when a group has at most kFusedBwdMax elements and there
+// are at least fused_min_groups groups (-1: one per multiprocessor);
+// otherwise the split reduction.
 template <typename T>
 cudaError_t spatin_norm_bwd(const SpatinInputs<T>& in, const T* dy, const acc_t<T>* mean, const acc_t<T>* rstd,
                             const SpatinGrads<T>& out, void* workspace, cudaStream_t stream,
@@ -712,7 +717,8 @@ cudaError_t spatin_norm_bwd(const SpatinInputs<T>& in, const T* dy, const acc_t<
   cudaError_t err = sm_count(&sms);
   if (err != cudaSuccess) return err;
   const int64_t groups = in.batch * in.groups;
-  const bool fused = groups >= (fused_min_groups < 0 ? sms : fused_min_groups) && groups <= 0x7fffffff;
+  const bool fused = (in.channels / in.groups) * in.hw <= kFusedBwdMax &&
+                     groups >= (fused_min_groups < 0 ? sms : fused_min_groups) && groups <= 0x7fffffff;
   if (spatin_vectorizable(in, {dy, out.dx, out.dgamma, out.dbeta}))
     return spatin_norm_bwd_run<T, vec16<T>()>(in, dy, mean, rstd, out, workspace, sms, fused, stream);
   return spatin_norm_bwd_run<T, 1>(in, dy, mean, rstd, out, workspace, sms, fused, stream);

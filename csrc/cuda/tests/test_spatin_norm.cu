@@ -246,8 +246,13 @@ template <typename T>
 void run_dtype(Report& rep, bool quick) {
   // Odd sizes (scalar path), aligned sizes (16-byte path), one channel per
   // group, batch 1 with long groups (split reductions), H*W of 169.
-  const Shape shapes[] = {{1, 3, 1, 1, 1},  {2, 6, 5, 7, 3},      {2, 32, 8, 8, 32},
-                          {3, 8, 13, 13, 2}, {1, 64, 32, 32, 16}, {1, 4, 128, 128, 1}};
+  // Then for the one-launch forward and one-block backward: groups of 16384
+  // (float NV = 16, half NV = 8) and 8192 (double NV = 16) elements, one
+  // channel per group with rows of 320 vectors (a whole block per channel),
+  // 16 channels of 4 vectors per group (many channels per step).
+  const Shape shapes[] = {{1, 3, 1, 1, 1},   {2, 6, 5, 7, 3},      {2, 32, 8, 8, 32},  {3, 8, 13, 13, 2},
+                          {1, 64, 32, 32, 16}, {1, 4, 128, 128, 1}, {2, 4, 64, 64, 1}, {1, 2, 64, 64, 1},
+                          {2, 2, 32, 40, 2},   {2, 64, 4, 4, 4}};
   const unsigned all = (1u << kNumOpt) - 1;
   const unsigned masks[] = {0u,
                             all,
@@ -256,7 +261,7 @@ void run_dtype(Report& rep, bool quick) {
                             (1u << kScale) | (1u << kShift),
                             (1u << kWeight) | (1u << kGamma) | (1u << kShift),
                             (1u << kBias) | (1u << kBeta) | (1u << kScale)};
-  const int n_shapes = quick ? 4 : 6, n_masks = quick ? 3 : 7;
+  const int n_shapes = quick ? 4 : 10, n_masks = quick ? 3 : 7;
   for (int si = 0; si < n_shapes; ++si)
     for (int mi = 0; mi < n_masks; ++mi) run_case<T>(rep, shapes[si], masks[mi], (si + mi) % 2 == 1);
 }

@@ -221,6 +221,28 @@ def _fwd_apply_kernel(
 
 
 @triton.jit
+def _group_tile(grp, CG, HW, CBLOCK: tl.constexpr, HBLOCK: tl.constexpr):
+    """Group grp of the [B*G, CG, HW] layout as a [CBLOCK, HBLOCK] tile:
+    (channel offsets cc, their mask, the element mask, element indices)."""
+    cc = tl.arange(0, CBLOCK)
+    cmask = cc < CG
+    mask = cmask[:, None] & (tl.arange(0, HBLOCK) < HW)[None, :]
+    idx = grp.to(tl.int64) * CG * HW + cc[:, None] * HW + tl.arange(0, HBLOCK)[None, :]
+    return cc, cmask, mask, idx
+
+
+@triton.jit
+def _row_columns(W, BIAS, SCALE, SHIFT, row, C, cmask, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                 HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, F64: tl.constexpr):
+    """w, bias, scale, shift of the rows b * C + c as [len(row), 1] columns: one load per channel."""
+    w = _column_or(W, row % C, cmask, 1.0, HAS_W, F64)
+    bias = _column_or(BIAS, row % C, cmask, 0.0, HAS_B, F64)
+    scale = _column_or(SCALE, row, cmask, 0.0, HAS_SCALE, F64)
+    shift = _column_or(SHIFT, row, cmask, 0.0, HAS_SHIFT, F64)
+    return w, bias, scale, shift
+
+
+@triton.jit
 def _fused_fwd_kernel(
     X,             # [B*G, CG, HW] input groups (a group's channels are contiguous)
     Y,             # [B*G, CG, HW] out
@@ -235,10 +257,7 @@ def _fused_fwd_kernel(
 ):
     grp = tl.program_id(0)
     acc_ty = tl.float64 if F64 else tl.float32
-    cc = tl.arange(0, CBLOCK)
-    cmask = cc < CG
-    mask = cmask[:, None] & (tl.arange(0, HBLOCK) < HW)[None, :]
-    idx = grp.to(tl.int64) * CG * HW + cc[:, None] * HW + tl.arange(0, HBLOCK)[None, :]
+    cc, cmask, mask, idx = _group_tile(grp, CG, HW, CBLOCK, HBLOCK)
     x = tl.load(X + idx, mask=mask, other=0).to(acc_ty)
     n = CG * HW
     mean = tl.sum(tl.sum(x, 1), 0) / n
@@ -246,12 +265,9 @@ def _fused_fwd_kernel(
     rstd = 1 / tl.sqrt(tl.sum(tl.sum(dev * dev, 1), 0) / n + eps)
     tl.store(MEAN + grp, mean.to(MEAN.dtype.element_ty))
     tl.store(RSTD + grp, rstd.to(RSTD.dtype.element_ty))
-    # Per-channel parameters as [CBLOCK, 1] columns: one load per channel.
     row = grp * CG + cc  # b * C + c
-    w = _column_or(W, row % C, cmask, 1.0, HAS_W, F64)
-    bias = _column_or(BIAS, row % C, cmask, 0.0, HAS_B, F64)
-    scale = _column_or(SCALE, row, cmask, 0.0, HAS_SCALE, F64)
-    shift = _column_or(SHIFT, row, cmask, 0.0, HAS_SHIFT, F64)
+    w, bias, scale, shift = _row_columns(W, BIAS, SCALE, SHIFT, row, C, cmask, HAS_W, HAS_B, HAS_SCALE, HAS_SHIFT,
+                                         F64)
     gamma = _load_or(GAMMA, idx, mask, 0.0, HAS_GAMMA, F64)
     beta = _load_or(BETA, idx, mask, 0.0, HAS_BETA, F64)
     _xhat, _h1, _h2, h3 = _chain(x, mean, rstd, w, bias, gamma, beta, scale, shift)
@@ -280,20 +296,15 @@ def _fused_bwd_kernel(
 ):
     grp = tl.program_id(0)
     acc_ty = tl.float64 if F64 else tl.float32
-    cc = tl.arange(0, CBLOCK)
-    cmask = cc < CG
-    mask = cmask[:, None] & (tl.arange(0, HBLOCK) < HW)[None, :]
-    idx = grp.to(tl.int64) * CG * HW + cc[:, None] * HW + tl.arange(0, HBLOCK)[None, :]
+    cc, cmask, mask, idx = _group_tile(grp, CG, HW, CBLOCK, HBLOCK)
     x = tl.load(X + idx, mask=mask, other=0).to(acc_ty)
     # dy = 0 off the group, so every sum below gets 0 there.
     dy = tl.load(DY + idx, mask=mask, other=0).to(acc_ty)
     mean = tl.load(MEAN + grp)
     rstd = tl.load(RSTD + grp)
     row = grp * CG + cc  # b * C + c
-    w = _column_or(W, row % C, cmask, 1.0, HAS_W, F64)
-    bias = _column_or(BIAS, row % C, cmask, 0.0, HAS_B, F64)
-    scale = _column_or(SCALE, row, cmask, 0.0, HAS_SCALE, F64)
-    shift = _column_or(SHIFT, row, cmask, 0.0, HAS_SHIFT, F64)
+    w, bias, scale, shift = _row_columns(W, BIAS, SCALE, SHIFT, row, C, cmask, HAS_W, HAS_B, HAS_SCALE, HAS_SHIFT,
+                                         F64)
     gamma = _load_or(GAMMA, idx, mask, 0.0, HAS_GAMMA, F64)
     beta = _load_or(BETA, idx, mask, 0.0, HAS_BETA, F64)
     xhat, h1, h2, h3 = _chain(x, mean, rstd, w, bias, gamma, beta, scale, shift)

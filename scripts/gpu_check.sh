@@ -90,6 +90,13 @@ fi
 stage "op benchmarks"
 timeout $(budget ${BENCH_TIMEOUT:-240} 60) $PY benchmarks/bench_ops.py --device cuda --dtype float32 bfloat16 --large --reps 30 \
     --max-time 2 --md "$OUTDIR/ops.md" --csv "$OUTDIR/ops.csv" 2>&1 | grep -v "^|" | tail -80
+# Two larger shapes for the bandwidth targets (their rows join ops.csv; the
+# table goes to this log).
+for xl in "spatin_norm 64x128x64x64" "reverse_step 64x3x256x256"; do
+    set -- $xl
+    timeout $(budget 90 60) $PY benchmarks/bench_ops.py --device cuda --dtype float32 bfloat16 --ops $1 --shape $2 \
+        --reps 30 --max-time 2 --csv "$OUTDIR/ops.csv" 2>&1 | grep "^|" | tail -40
+done
 
 for extra in ${BENCHES:-bench_e2e bench_sampling}; do
     if [ -f benchmarks/$extra.py ]; then

@@ -10,8 +10,9 @@ from mcvd.ops import available_backends, spatin_norm, spatin_norm_ref
 # (shape, num_groups): minimal, aligned and odd sizes. H * W of 35, 15, 221
 # and 1517 leave vector tails; 1517 also spans two of the kernel's
 # 1024-element blocks per channel; [1, 3, 1, 1] has one element per channel.
-# [24, 64, 8, 8] with 32 groups has more groups than a GPU has
-# multiprocessors, so the GPU backends take their one-launch forward there.
+# [24, 64, 8, 8] and [8, 128, 32, 32] with 32 groups have more groups than a
+# GPU has multiprocessors, so the GPU backends take their one-program-per-group
+# paths there (groups of 128 and 4096 elements).
 SHAPES = [
     ((1, 3, 1, 1), 1),
     ((2, 6, 5, 7), 3),
@@ -19,6 +20,7 @@ SHAPES = [
     ((3, 64, 17, 13), 32),
     ((1, 4, 37, 41), 2),
     ((24, 64, 8, 8), 32),
+    ((8, 128, 32, 32), 32),
     ((2, 128, 32, 32), 32),
 ]
 SMALL_SHAPES = SHAPES[:-1]

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 
 // torch's 16-bit float types, declared (not included) so that this header
@@ -114,8 +115,21 @@ constexpr int vec16() { return 16 / static_cast<int>(sizeof(T)); }
 
 template <typename T, int W>
 __device__ __forceinline__ Vec<T, W> load_vec(const T* p) { return *reinterpret_cast<const Vec<T, W>*>(p); }
+// A 16-byte vector is stored with one st.global.v4: nvcc splits a plain
+// struct store into 4-byte (or, for 16-bit types, 2 x 2-byte) stores in some
+// kernels (seen in the PTX of spatin_apply_kernel). p must point to global
+// memory, 16-byte aligned.
 template <typename T, int W>
-__device__ __forceinline__ void store_vec(T* p, const Vec<T, W>& v) { *reinterpret_cast<Vec<T, W>*>(p) = v; }
+__device__ __forceinline__ void store_vec(T* p, const Vec<T, W>& v) {
+  if constexpr (sizeof(Vec<T, W>) == 16) {
+    uint32_t w[4];
+    memcpy(w, &v, sizeof(w));
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3])
+                 : "memory");
+  } else {
+    *reinterpret_cast<Vec<T, W>*>(p) = v;
+  }
+}
 
 inline bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 

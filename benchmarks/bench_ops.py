@@ -34,7 +34,8 @@ from harness import (  # noqa: E402
     markdown_table,
     measure,
     measure_device,
-    write_outputs,  # noqa: E402
+    write_csv,
+    write_outputs,
 )
 
 import mcvd  # noqa: E402
@@ -226,12 +227,14 @@ def main(argv=None) -> int:
                             label = f"{op}[{vname}]" if vname else op
                             r = Row(label, prov, mode, f"{shape_str(shape)} {dname}", dev, med, p20, p80, extra)
                             rows.append(r)
+                            if args.csv:  # row by row: a run cut short keeps what it measured
+                                write_csv([r], args.csv)
                             print(f"{label:24s} {mode:8s} {r.shape:22s} {prov:13s} {med:10.3f} ms  {extra}",
                                   flush=True)
     note = f"; measured device copy: {bw:.0f} GB/s" if bw else ""
     print(environment(dev) + note)
     print(markdown_table(rows, "reference"))
-    write_outputs(rows, dev, args.csv, args.md, note)
+    write_outputs(rows, dev, None, args.md, note)
     return 0
 
 

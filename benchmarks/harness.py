@@ -90,7 +90,7 @@ def _sleep_cycles_per_ms() -> float:
     return cycles / e0.elapsed_time(e1)
 
 
-def measure_device(fn, *, warmup: int = 3, reps: int = 20, max_time_s: float = 20.0):
+def measure_device(fn, *, device: str = "cuda", warmup: int = 3, reps: int = 20, max_time_s: float = 20.0):
     """GPU milliseconds of one call of `fn()`: (median, p20, p80, samples, host_ms).
 
     The events of each rep bracket only the call's kernels: a spin kernel
@@ -99,10 +99,13 @@ def measure_device(fn, *, warmup: int = 3, reps: int = 20, max_time_s: float = 2
     the end event, so the call's kernels then run back to back and the Python,
     dispatch and launch cost of the call is not in the sample. That cost is
     measured on its own as host_ms (median wall time of the call's enqueue).
-    This is the time a call takes inside a CUDA graph or behind a busy queue;
-    `measure` gives the latency of one isolated call instead.
+    A rep whose start event had already passed when the host finished
+    enqueuing (the spin too short: the GPU waited for the host) is measured
+    again with twice the spin. This is the time a call takes inside a CUDA
+    graph or behind a busy queue; `measure` gives the latency of one isolated
+    call instead.
     """
-    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device)
     for _ in range(max(warmup, 1)):  # the first call may compile or autotune
         fn()
     torch.cuda.synchronize()
@@ -116,14 +119,19 @@ def measure_device(fn, *, warmup: int = 3, reps: int = 20, max_time_s: float = 2
     sleep = int(_sleep_cycles_per_ms() * max(0.05, 2 * host_ms + 0.05))
     samples: list[float] = []
     start = time.perf_counter()
+    retries = 0
     while len(samples) < reps:
         e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda._sleep(sleep)
         flush.zero_()
         e0.record()
         fn()
+        waited = e0.query()  # the GPU reached the start before the host was done
         e1.record()
         e1.synchronize()
+        if waited and retries < 5:
+            sleep, retries = 2 * sleep, retries + 1
+            continue
         samples.append(e0.elapsed_time(e1))
         if len(samples) >= 3 and time.perf_counter() - start > max_time_s:
             break
@@ -165,7 +173,7 @@ def copy_bandwidth_gbs(device: str, nbytes: int = 2 << 30) -> float:
     n = nbytes // 4
     a = torch.empty(n, dtype=torch.float32, device=device)
     b = torch.empty_like(a)
-    med, *_ = measure_device(lambda: b.copy_(a), reps=10)
+    med, *_ = measure_device(lambda: b.copy_(a), device=device, reps=10)
     return 2 * a.numel() * 4 / (med * 1e-3) / 1e9
 
 

@@ -93,7 +93,7 @@ def _store_tile(base, offs_r, offs_d, N, D, value, MASK_R: tl.constexpr, MASK_D:
         tl.store(ptr, value)
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["N", "DP"])
+@triton.autotune(configs=_FWD_CONFIGS, key=["N", "DP", "EVEN_D"])
 @triton.jit
 def _fwd_kernel(
     Q, K, V,  # [B, H, N, D], unit stride in D
@@ -168,7 +168,7 @@ def _probs(q, k, lse, rows, cols, N, scale, PREC: tl.constexpr, EVEN_N: tl.const
     return p
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["N", "DP"])
+@triton.autotune(configs=_BWD_CONFIGS, key=["N", "DP", "EVEN_D"])
 @triton.jit
 def _bwd_dkdv_kernel(
     Q, K, V,   # [B, H, N, D], unit stride in D
@@ -211,7 +211,7 @@ def _bwd_dkdv_kernel(
     _store_tile(DV + bh * N * D, cols, offs_d, N, D, dv, not EVEN_N, not EVEN_D)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["N", "DP"])
+@triton.autotune(configs=_BWD_CONFIGS, key=["N", "DP", "EVEN_D"])
 @triton.jit
 def _bwd_dq_kernel(
     Q, K, V,   # [B, H, N, D], unit stride in D

@@ -28,9 +28,11 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.ve
 # processes) while the package builds and the tests run.
 TMP=$(mktemp -d)
 if [ "${SKIP_DRIVERS:-0}" != 1 ]; then
+    rm -f build/cuda/test_*  # a failed build must not leave an older driver to run
     ( timeout 150 cmake -S . -B build/cuda -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null &&
         timeout 400 cmake --build build/cuda -j8 ) >"$TMP/cmake.log" 2>&1 &
     DRIVERS_PID=$!
+    trap 'kill $DRIVERS_PID 2>/dev/null' EXIT
 fi
 
 stage build
@@ -76,7 +78,7 @@ if [ "${SKIP_DRIVERS:-0}" != 1 ]; then
         timeout 120 "$exe" >"$TMP/driver.log" 2>&1
         rc=$?  # before any command substitution resets $?
         echo "$(basename "$exe"): exit $rc $(tail -1 "$TMP/driver.log")"
-        grep -m 20 -i "fail" "$TMP/driver.log"
+        grep -m 20 "^FAIL" "$TMP/driver.log"
         if [ "${SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer >/dev/null; then
             for tool in memcheck racecheck; do
                 timeout 90 compute-sanitizer --tool $tool --error-exitcode 3 "$exe" --quick >"$TMP/sanitizer.log" 2>&1
@@ -95,7 +97,7 @@ timeout $(budget ${BENCH_TIMEOUT:-240} 60) $PY benchmarks/bench_ops.py --device 
 for xl in "spatin_norm 64x128x64x64" "reverse_step 64x3x256x256"; do
     set -- $xl
     timeout $(budget 90 60) $PY benchmarks/bench_ops.py --device cuda --dtype float32 bfloat16 --ops $1 --shape $2 \
-        --reps 30 --max-time 2 --csv "$OUTDIR/ops.csv" 2>&1 | grep "^|" | tail -40
+        --reps 30 --max-time 2 --csv "$OUTDIR/ops.csv" 2>&1 | grep -E "^\||^FAILED|Error" | tail -40
 done
 
 for extra in ${BENCHES:-bench_e2e bench_sampling}; do

@@ -40,19 +40,7 @@ def _compiled_backends() -> tuple[str, ...]:
 COMPILED = _compiled_backends()
 
 
-# Triton reads TRITON_INTERPRET once, when it is first imported.
-TRITON_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
-
-
-_avail: dict[str | None, tuple[str, ...]] = {}
-
-
-def _available(dev: str | None) -> tuple[str, ...]:
-    # A plain dict, not functools.cache, which torch.compile warns about.
-    if dev not in _avail:
-        _avail[dev] = _find_available(dev)
-    return _avail[dev]
 
 
 def _find_available(dev: str | None) -> tuple[str, ...]:
@@ -63,7 +51,10 @@ def _find_available(dev: str | None) -> tuple[str, ...]:
     if "cuda" in COMPILED and cuda_ok and dev in (None, "cuda"):
         out.append("cuda")
     if TRITON_IMPORTABLE:
-        if (dev in (None, "cuda") and cuda_ok) or (dev in (None, "cpu") and TRITON_INTERPRETED):
+        # TRITON_INTERPRET applies to the kernels defined after it is set,
+        # i.e. when mcvd.kernels is first imported: set it before the first call.
+        interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+        if (dev in (None, "cuda") and cuda_ok) or (dev in (None, "cpu") and interpreted):
             out.append("triton")
     return tuple(out)
 
@@ -74,11 +65,12 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
     "triton" needs the triton package and a CUDA device, or TRITON_INTERPRET=1
     (then it runs, slowly, on CPU tensors).
     """
-    return list(_available(None if device is None else torch.device(device).type))
+    return list(_find_available(None if device is None else torch.device(device).type))
 
 
 # (op, device type, requested backend) -> the backend that runs it. Resolved
-# once per key: every op call passes here, so its cost is per-call overhead.
+# once per key in eager mode: every op call passes here, so its cost is
+# per-call overhead.
 _resolved: dict[tuple[str, str, str | None], str] = {}
 
 
@@ -86,22 +78,23 @@ def resolve(op: str, device: torch.device, backend: str | None) -> str:
     """The backend that runs `op` on `device`: explicit, MCVD_BACKEND, or auto."""
     if backend is None:
         backend = os.environ.get("MCVD_BACKEND") or None
+    if torch.compiler.is_compiling():
+        # At trace time: no cache read or write, which dynamo would guard on
+        # (a recompile at the next call), and no logging, which breaks graphs.
+        return _choose(op, device.type, backend)
     key = (op, device.type, backend)
     name = _resolved.get(key)
     if name is None:
         name = _choose(op, device.type, backend)
-        # Under torch.compile this runs at trace time, where logging would
-        # break the graph: the first eager call logs and remembers instead.
-        if not torch.compiler.is_compiling():
-            _resolved[key] = name
-            if backend is None:
-                log.info("mcvd.ops.%s on %s: auto backend %r (available: %s)", op, device.type, name,
-                         available_backends(device.type))
+        _resolved[key] = name
+        if backend is None:
+            log.info("mcvd.ops.%s on %s: auto backend %r (available: %s)", op, device.type, name,
+                     available_backends(device.type))
     return name
 
 
 def _choose(op: str, dev: str, backend: str | None) -> str:
-    avail = _available(dev)
+    avail = _find_available(dev)
     if backend is not None:
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")

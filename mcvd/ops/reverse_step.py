@@ -24,12 +24,10 @@ def _coef_table(x_t, coefs) -> torch.Tensor:
     float64 for float64 x_t else float32."""
     B = x_t.shape[0]
     dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
-    if all(not isinstance(c, torch.Tensor) for c in coefs):
-        table = torch.tensor([[float(c)] * B for c in coefs], dtype=dtype)
-        if x_t.device.type != "cuda":
-            return table.to(x_t.device)
-        # From pinned memory the copy is asynchronous: no wait for the GPU.
-        return table.pin_memory().to(x_t.device, non_blocking=True)
+    if x_t.device.type == "cpu" and all(not isinstance(c, torch.Tensor) for c in coefs):
+        return torch.tensor([[float(c)] * B for c in coefs], dtype=dtype)
+    # On a GPU, float rows are filled on the device: a copy from host memory
+    # would wait for the GPU, and could not be captured in a CUDA graph.
     rows = []
     for name, c in zip(_COEFS, coefs):
         if isinstance(c, torch.Tensor):

@@ -115,13 +115,23 @@ def _group_stats(x, num_groups, eps):
 @pytest.fixture(params=["fused", "split"])
 def spatin_path(request, monkeypatch):
     """Forward and backward as one program per group (the group in registers)
-    or as the split reductions (limits of 0 turn the one-program paths off)."""
-    if request.param == "split":
-        from mcvd.kernels import spatin_norm as sn
+    or as the split reductions (limits of 0 turn the one-program paths off).
+    Every dispatch decision of the test must have taken the requested path."""
+    from mcvd.kernels import spatin_norm as sn
 
+    if request.param == "split":
         monkeypatch.setattr(sn, "_MAX_FUSED", 0)
         monkeypatch.setattr(sn, "_MAX_FUSED_BWD", 0)
-    return request.param
+    decisions = []
+    real = sn._fused
+
+    def spy(*args, **kwargs):
+        decisions.append(real(*args, **kwargs))
+        return decisions[-1]
+
+    monkeypatch.setattr(sn, "_fused", spy)
+    yield request.param
+    assert decisions and all(d == (request.param == "fused") for d in decisions), decisions
 
 
 @interpreted

@@ -465,19 +465,6 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4],
   a[3] = pack2<T>(c1[2], c1[3]);
 }
 
-// Rows [r0, r0 + R) of a row-major [n, D] matrix into shared [R][D + 8], zero
-// rows past n; 16-byte accesses (D is a multiple of 8, the source aligned).
-template <int R, int D, typename T>
-__device__ __forceinline__ void mma_load(T* dst, const T* src, int n, int r0) {
-  constexpr int kPerRow = D / 8;
-  for (int idx = threadIdx.x; idx < R * kPerRow; idx += blockDim.x) {
-    const int r = idx / kPerRow, c = (idx % kPerRow) * 8;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (r0 + r < n) val = *reinterpret_cast<const uint4*>(src + static_cast<int64_t>(r0 + r) * D + c);
-    *reinterpret_cast<uint4*>(dst + r * (D + 8) + c) = val;
-  }
-}
-
 // Asynchronous 16-byte copies global -> shared (sm_80+), which leave the
 // registers free and overlap the copy of the next tile with the math on this
 // one. A copy with valid = false writes 16 zero bytes and reads nothing (its
@@ -517,7 +504,9 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
-// mma_load with cp.async: issued, not waited for (commit and wait after).
+// Rows [r0, r0 + R) of a row-major [n, D] matrix into shared [R][D + 8], zero
+// rows past n, with 16-byte cp.async copies (D is a multiple of 8, the source
+// aligned): issued, not waited for.
 template <int R, int D, typename T>
 __device__ __forceinline__ void mma_load_async(T* dst, const T* src, int n, int r0) {
   constexpr int kPerRow = D / 8;
@@ -526,6 +515,30 @@ __device__ __forceinline__ void mma_load_async(T* dst, const T* src, int n, int 
     const bool valid = r0 + r < n;
     cp_async16(dst + r * (D + 8) + c, src + (valid ? static_cast<int64_t>(r0 + r) * D + c : 0), valid);
   }
+}
+
+// K and V rows [r0, r0 + R) into a buffer [2][R][D + 8] (K, then V).
+template <int R, int D, typename T>
+__device__ __forceinline__ void kv_load_async(T* buf, const T* k, const T* v, int n, int r0) {
+  mma_load_async<R, D>(buf, k, n, r0);
+  mma_load_async<R, D>(buf + R * (D + 8), v, n, r0);
+}
+
+// One step of the double-buffered pipeline of the tensor-core kernels: when
+// there is a next tile, issue its copies (issue_next, into the buffer the
+// previous iteration finished reading before its closing barrier) and wait
+// for all but that group; on the last tile wait for everything. Then a
+// barrier makes every thread's copies of the current tile visible.
+template <typename F>
+__device__ __forceinline__ void pipeline_step(bool has_next, F issue_next) {
+  if (has_next) {
+    issue_next();
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
 }
 
 // grid.x: query tiles of 64 x BH. lse: [BH, n] float, natural log. K and V
@@ -545,26 +558,14 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
 
   // Q and the first K, V tile in one group.
   mma_load_async<kMmaRows, D>(qs, q, n, q0);
-  mma_load_async<BN, D>(kv, k, n, 0);
-  mma_load_async<BN, D>(kv + BN * LD, v, n, 0);
+  kv_load_async<BN, D>(kv, k, v, n, 0);
   cp_async_commit();
   uint32_t qf[D / 16][4];
 
   float o[D / 8][4] = {};
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows g and g + 8, log2 units
   for (int k0 = 0, buf = 0; k0 < n; k0 += BN, buf ^= 1) {
-    if (k0 + BN < n) {
-      // The other buffer was last read in the previous iteration, which
-      // ended with a barrier.
-      T* next = kv + (buf ^ 1) * 2 * BN * LD;
-      mma_load_async<BN, D>(next, k, n, k0 + BN);
-      mma_load_async<BN, D>(next + BN * LD, v, n, k0 + BN);
-      cp_async_commit();
-      cp_async_wait<1>();  // this tile's group has landed, the next one may still fly
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();  // every thread's copies of this tile are visible
+    pipeline_step(k0 + BN < n, [&] { kv_load_async<BN, D>(kv + (buf ^ 1) * 2 * BN * LD, k, v, n, k0 + BN); });
     const T* ks = kv + buf * 2 * BN * LD;
     const T* vs = ks + BN * LD;
     if (k0 == 0) {
@@ -689,14 +690,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
   cp_async_commit();
   float dk_acc[D / 8][4] = {}, dv_acc[D / 8][4] = {};
   for (int q0 = 0, buf = 0; q0 < n; q0 += BQ, buf ^= 1) {
-    if (q0 + BQ < n) {
-      load_tile(bufs + (buf ^ 1) * kBuf, q0 + BQ);  // last read an iteration ago, before its final barrier
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();  // every thread's copies of this tile are visible
+    pipeline_step(q0 + BQ < n, [&] { load_tile(bufs + (buf ^ 1) * kBuf, q0 + BQ); });
     const T* qs = bufs + buf * kBuf;
     const T* os = qs + BQ * LD;  // dO
     const float* lse_s = reinterpret_cast<const float*>(os + BQ * LD);  // natural log
@@ -793,21 +787,11 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
   // Q, dO and the first K, V tile in one group.
   mma_load_async<kMmaRows, D>(qs, q, n, q0);
   mma_load_async<kMmaRows, D>(os, dout, n, q0);
-  mma_load_async<BK, D>(kv, k, n, 0);
-  mma_load_async<BK, D>(kv + BK * LD, v, n, 0);
+  kv_load_async<BK, D>(kv, k, v, n, 0);
   cp_async_commit();
   float dq_acc[D / 8][4] = {};
   for (int k0 = 0, buf = 0; k0 < n; k0 += BK, buf ^= 1) {
-    if (k0 + BK < n) {
-      T* next = kv + (buf ^ 1) * 2 * BK * LD;  // last read an iteration ago, before its final barrier
-      mma_load_async<BK, D>(next, k, n, k0 + BK);
-      mma_load_async<BK, D>(next + BK * LD, v, n, k0 + BK);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();  // every thread's copies of this tile are visible
+    pipeline_step(k0 + BK < n, [&] { kv_load_async<BK, D>(kv + (buf ^ 1) * 2 * BK * LD, k, v, n, k0 + BK); });
     const T* ks = kv + buf * 2 * BK * LD;
     const T* vs = ks + BK * LD;
     float s[BK / 8][4] = {}, dp[BK / 8][4] = {};
@@ -877,10 +861,10 @@ struct MmaTiles {
   static constexpr int dq_keys = D >= 128 ? 32 : 64;
 };
 
-template <typename T, int D>
-constexpr size_t mma_fwd_smem() { return sizeof(T) * (kMmaRows + 4 * MmaTiles<D>::fwd_keys) * (D + 8); }
 // Shared memory of the tensor-core kernels: the resident 64-row tiles and two
 // buffers of the streamed ones.
+template <typename T, int D>
+constexpr size_t mma_fwd_smem() { return sizeof(T) * (kMmaRows + 4 * MmaTiles<D>::fwd_keys) * (D + 8); }
 template <typename T, int D>
 constexpr size_t mma_dkdv_smem() {
   return sizeof(T) * (2 * kMmaRows + 4 * MmaTiles<D>::dkdv_queries) * (D + 8) +

@@ -73,19 +73,14 @@ def providers(op: str, device: str, dtype: torch.dtype, compile_ref: bool) -> li
     return out
 
 
-# Host milliseconds per call of the last GPU measurement (reported in the notes).
-_HOST_MS: list[float] = []
-
-
 def _timed(fn, device, args):
-    """Median, p20, p80 ms: on a GPU the device time of a call (measure_device),
-    whose host cost goes to _HOST_MS; on a CPU the wall time."""
+    """(median, p20, p80, host) ms: on a GPU the device time of a call
+    (measure_device) and its host cost; on a CPU the wall time, host None."""
     if device == "cuda":
         med, p20, p80, _s, host = measure_device(fn, warmup=args.warmup, reps=args.reps, max_time_s=args.max_time)
-        _HOST_MS[:] = [host]
-        return med, p20, p80
+        return med, p20, p80, host
     med, p20, p80, _s = measure(fn, device=device, warmup=args.warmup, reps=args.reps, max_time_s=args.max_time)
-    return med, p20, p80
+    return med, p20, p80, None
 
 
 def bench_spatin(shape, provider, mode, device, dtype, args, spatial: bool):
@@ -106,13 +101,13 @@ def bench_spatin(shape, provider, mode, device, dtype, args, spatial: bool):
         f = partial(spatin_norm, x, 32, silu=True, backend=provider, **kw)
     g = torch.randn_like(x)
     run = f if not need else (lambda: f().backward(g))
-    med, p20, p80 = _timed(run, device, args)
+    med, p20, p80, host = _timed(run, device, args)
     elt = x.element_size()
     n = x.numel()
     # fewest bytes: x (+ gamma, beta) read, y written; backward also reads dy and writes dx (+ dgamma, dbeta)
     fwd_bytes = n * elt * (2 + (2 if spatial else 0))
     nbytes = fwd_bytes if not need else fwd_bytes + n * elt * (3 + (2 if spatial else 0))
-    return med, p20, p80, nbytes / (med * 1e-3) / 1e9
+    return med, p20, p80, host, nbytes / (med * 1e-3) / 1e9
 
 
 def bench_attention(shape, provider, mode, device, dtype, args):
@@ -135,10 +130,10 @@ def bench_attention(shape, provider, mode, device, dtype, args):
         f = partial(attention, q, k, v, backend=provider)
     g = torch.randn_like(q)
     run = f if not need else (lambda: f().backward(g))
-    med, p20, p80 = _timed(run, device, args)
+    med, p20, p80, host = _timed(run, device, args)
     B, Hh, N, D = shape
     flops = 4 * B * Hh * N * N * D * (3.5 if need else 1.0)
-    return med, p20, p80, flops / (med * 1e-3) / 1e12
+    return med, p20, p80, host, flops / (med * 1e-3) / 1e12
 
 
 def bench_step(shape, provider, mode, device, dtype, args):
@@ -162,9 +157,9 @@ def bench_step(shape, provider, mode, device, dtype, args):
         f = partial(cg, x, e, z, *(coefs[k] for k in ("a", "b", "c_x0", "c_xt", "sigma")))
     else:
         f = partial(reverse_step, x, e, z, clip=(-1.0, 1.0), backend=provider, **coefs)
-    med, p20, p80 = _timed(f, device, args)
+    med, p20, p80, host = _timed(f, device, args)
     nbytes = 5 * x.numel() * x.element_size()
-    return med, p20, p80, nbytes / (med * 1e-3) / 1e9
+    return med, p20, p80, host, nbytes / (med * 1e-3) / 1e9
 
 
 def main(argv=None) -> int:
@@ -208,13 +203,10 @@ def main(argv=None) -> int:
                                 continue
                             if op == "attention" and prov == "sdpa" and dev == "cpu" and dtype != torch.float32:
                                 continue
+                            bench = {"spatin_norm": partial(bench_spatin, spatial=spatial),
+                                     "attention": bench_attention, "reverse_step": bench_step}[op]
                             try:
-                                if op == "spatin_norm":
-                                    med, p20, p80, thr = bench_spatin(shape, prov, mode, dev, dtype, args, spatial)
-                                elif op == "attention":
-                                    med, p20, p80, thr = bench_attention(shape, prov, mode, dev, dtype, args)
-                                else:
-                                    med, p20, p80, thr = bench_step(shape, prov, mode, dev, dtype, args)
+                                med, p20, p80, host, thr = bench(shape, prov, mode, dev, dtype, args)
                             except Exception as exc:  # report and go on: one failing provider must not hide the rest
                                 print(f"FAILED {op} {prov} {mode} {shape} {dname}: {exc!r}", flush=True)
                                 continue
@@ -222,8 +214,8 @@ def main(argv=None) -> int:
                             extra = f"{thr:.2f} {unit}"
                             if bw and unit == "GB/s":
                                 extra += f" ({100 * thr / bw:.0f}% of copy)"
-                            if dev == "cuda":
-                                extra += f"; host {1e3 * _HOST_MS[0]:.0f} us/call"
+                            if host is not None:
+                                extra += f"; host {1e3 * host:.0f} us/call"
                             label = f"{op}[{vname}]" if vname else op
                             r = Row(label, prov, mode, f"{shape_str(shape)} {dname}", dev, med, p20, p80, extra)
                             rows.append(r)

@@ -17,17 +17,17 @@ keys), so every output block has one writer and no atomics are needed.
 Head dims that are not a power of two (or below 16, the smallest tl.dot) are
 padded to DP with masked loads; any N is masked. Masks are compiled out where
 the sizes allow (EVEN_N: N a multiple of every block size the autotuner may
-pick; EVEN_D: D = DP), and the
-head dim is read with unit stride (the launcher copies q, k, v whose last dim
-is strided), so that tiles load as 16-byte vectors and the loads pipeline
-into shared memory. q, k, v may otherwise have any strides; out, lse and the
-gradients are contiguous. The forward works in base 2 (exp2 of logits scaled
-by scale * log2(e)), one multiply per logit fewer than exp. Products accumulate in float32
-(float64 for float64 input), float32 products run in IEEE precision rather
-than TF32. scale arrives as two float32 numbers whose sum is the float64
-scale (_split_scale), converted to the accumulation dtype in the kernel. On a GPU the
-block sizes are autotuned per (N, DP, dtype); under TRITON_INTERPRET=1 one
-small configuration runs.
+pick; EVEN_D: D = DP), and the head dim is read with unit stride (the
+launcher copies q, k, v whose last dim is strided), so that tiles load as
+16-byte vectors and the loads pipeline into shared memory. q, k, v may
+otherwise have any strides; out, lse and the gradients are contiguous. The
+forward works in base 2 (exp2 of logits scaled by scale * log2(e)), one
+multiply per logit fewer than exp. Products accumulate in float32 (float64
+for float64 input), float32 products run in IEEE precision rather than TF32.
+scale arrives as two float32 numbers whose sum is the float64 scale
+(_split_scale), converted to the accumulation dtype in the kernel. On a GPU
+the block sizes are autotuned per (N, DP, EVEN_D, dtype); under
+TRITON_INTERPRET=1 one small configuration runs.
 """
 import math
 import os

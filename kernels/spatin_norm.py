@@ -6,10 +6,11 @@ so the grid fills the GPU even at batch 1 with few channels (a split
 reduction: partial results per chunk, then a small combine).
 
 Forward, one launch when a group fits in one program's registers (CG x HW,
-each padded to a power of two, at most _MAX_FUSED elements) and the groups fill the GPU (B * G programs, at least one
-per multiprocessor): _fused_fwd_kernel loads the group once, takes its mean
-and variance in two passes over the registers (exact, no cancellation) and
-applies the chain, so x is read once. Otherwise three launches:
+each padded to a power of two, at most _MAX_FUSED elements) and the groups
+fill the GPU (B * G programs, at least one per multiprocessor):
+_fused_fwd_kernel loads the group once, takes its mean and variance in two
+passes over the registers (exact, no cancellation) and applies the chain, so
+x is read once. Otherwise three launches:
   1. _stats_kernel      Welford (count, mean, M2) of every (row, chunk);
   2. _combine_kernel    per (batch, group): Chan's merge of its partials, then
                         mean and rstd = 1 / sqrt(var + eps) (biased variance);
@@ -318,11 +319,10 @@ def _fused_bwd_kernel(
     if HAS_W or HAS_B:
         tl.store(RSUM + row, s_dh1, mask=cmask)
         tl.store(RSUM + NROWS + row, s_dh1x, mask=cmask)
-    # The group means of dxhat = dh1 * w and dxhat * xhat.
+    # The group means of dxhat = dh1 * w and dxhat * xhat (w: 1 or a column).
     n = CG * HW
-    w_row = _load_or(W, row % C, cmask, 1.0, HAS_W, F64)
-    m_dx = tl.sum(s_dh1 * w_row, 0) / n
-    m_dxx = tl.sum(s_dh1x * w_row, 0) / n
+    m_dx = tl.sum(tl.sum(s_dh1[:, None] * w, 1), 0) / n
+    m_dxx = tl.sum(tl.sum(s_dh1x[:, None] * w, 1), 0) / n
     if HAS_GAMMA:
         tl.store(DGAMMA + idx, (dh2 * h1).to(DGAMMA.dtype.element_ty), mask=mask)
     if HAS_BETA:
@@ -510,16 +510,15 @@ def _target_programs(device: torch.device) -> int:
 
 
 def _fused_blocks(cg: int, hw: int) -> tuple[int, int]:
-    """(CBLOCK, HBLOCK) of the one-launch forward: a group's CG x HW, padded to powers of two."""
+    """(CBLOCK, HBLOCK) of the one-program-per-group kernels: a group's CG x HW, padded to powers of two."""
     return triton.next_power_of_2(cg), triton.next_power_of_2(hw)
 
 
-def _fused(groups: int, cg: int, hw: int, device: torch.device, most: int | None = None) -> bool:
+def _fused(groups: int, cg: int, hw: int, device: torch.device, most: int) -> bool:
     """Whether one program per group serves B * G = groups of CG x HW elements:
-    the padded group fits `most` (default _MAX_FUSED), and there is a group
-    per multiprocessor."""
+    the padded group fits `most` elements, and there is a group per
+    multiprocessor."""
     cblock, hblock = _fused_blocks(cg, hw)
-    most = _MAX_FUSED if most is None else most
     return hw > 0 and cblock * hblock <= most and groups >= _target_programs(device) // 4
 
 
@@ -567,7 +566,7 @@ def fwd(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: tor
         return y, mean.fill_(float("nan")), rstd.fill_(float("nan"))
     opt = [x if t is None else t for t in (weight, bias, gamma, beta, scale, shift)]
     flags = _flags(weight, bias, gamma, beta, scale, shift)
-    if _fused(B * num_groups, cg, hw, x.device):
+    if _fused(B * num_groups, cg, hw, x.device, _MAX_FUSED):
         cblock, hblock = _fused_blocks(cg, hw)
         wrap_triton(_fused_fwd_kernel)[(B * num_groups,)](x, y, mean, rstd, *opt, C, cg, hw, eps, **flags, SILU=silu,
                                                           F64=f64, CBLOCK=cblock, HBLOCK=hblock,

@@ -5,8 +5,8 @@
 # stage has its own time limit so that one failure does not hide the others.
 # Environment: TOTAL_S, BUILD_TIMEOUT, TEST_TIMEOUT, BENCH_TIMEOUT, E2E_TIMEOUT
 # (seconds), SKIP_DRIVERS=1, SKIP_SANITIZER=1, BENCHES (default "bench_e2e
-# bench_sampling"),
-# MCVD_OFFICIAL_FIXTURES (a copy of the reference-code fixtures for tests/compat).
+# bench_sampling"), MCVD_OFFICIAL_FIXTURES (a copy of the reference-code
+# fixtures for tests/compat).
 #   scripts/gpu_check.sh OUTDIR
 set -u
 OUTDIR=${1:?usage: scripts/gpu_check.sh OUTDIR}

@@ -43,7 +43,14 @@ COMPILED = _compiled_backends()
 TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
 
 
-def _find_available(dev: str | None) -> tuple[str, ...]:
+def available_backends(device: torch.device | str | None = None) -> list[str]:
+    """Backends this install can run on `device` (every device if None).
+
+    "triton" needs the triton package and a CUDA device, or TRITON_INTERPRET=1
+    (then it runs, slowly, on CPU tensors; it applies to the kernels defined
+    after it is set, i.e. when mcvd.kernels is first imported).
+    """
+    dev = None if device is None else torch.device(device).type
     out = ["reference"]
     if "cpu" in COMPILED and dev in (None, "cpu"):
         out.append("cpu")
@@ -51,21 +58,10 @@ def _find_available(dev: str | None) -> tuple[str, ...]:
     if "cuda" in COMPILED and cuda_ok and dev in (None, "cuda"):
         out.append("cuda")
     if TRITON_IMPORTABLE:
-        # TRITON_INTERPRET applies to the kernels defined after it is set,
-        # i.e. when mcvd.kernels is first imported: set it before the first call.
         interpreted = os.environ.get("TRITON_INTERPRET") == "1"
         if (dev in (None, "cuda") and cuda_ok) or (dev in (None, "cpu") and interpreted):
             out.append("triton")
-    return tuple(out)
-
-
-def available_backends(device: torch.device | str | None = None) -> list[str]:
-    """Backends this install can run on `device` (every device if None).
-
-    "triton" needs the triton package and a CUDA device, or TRITON_INTERPRET=1
-    (then it runs, slowly, on CPU tensors).
-    """
-    return list(_find_available(None if device is None else torch.device(device).type))
+    return out
 
 
 # (op, device type, requested backend) -> the backend that runs it. Resolved
@@ -89,18 +85,18 @@ def resolve(op: str, device: torch.device, backend: str | None) -> str:
         _resolved[key] = name
         if backend is None:
             log.info("mcvd.ops.%s on %s: auto backend %r (available: %s)", op, device.type, name,
-                     available_backends(device.type))
+                     available_backends(device))
     return name
 
 
 def _choose(op: str, dev: str, backend: str | None) -> str:
-    avail = _find_available(dev)
+    avail = available_backends(dev)
     if backend is not None:
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")
         if backend not in avail:
             raise RuntimeError(
-                f"backend: {backend!r} is not available for {op} on {dev} tensors; available here: {list(avail)}"
+                f"backend: {backend!r} is not available for {op} on {dev} tensors; available here: {avail}"
             )
         return backend
     if dev == "cuda":

@@ -175,7 +175,8 @@ def test_spatin_norm_split_rows(monkeypatch, max_block, programs, plan):
     monkeypatch.setattr(sn, "_INTERPRET_PROGRAMS", programs)
     B, C, H, W, G, eps = 3, 3, 7, 9, 1, 1e-6
     assert sn._plan(B * C, H * W, torch.device("cpu")) == plan
-    assert not sn._fused(B * G, C, H * W, torch.device("cpu"))  # 3 groups, fewer than the programs wanted
+    # 3 groups, fewer than the programs wanted: the split path.
+    assert not sn._fused(B * G, C, H * W, torch.device("cpu"), sn._MAX_FUSED)
     x, opt = _spatin_inputs(B, C, H, W, SPATIN_OPT, torch.float64, loc=-3.0)
     g = torch.randn(B, C, H, W, dtype=torch.float64)
     inputs = [x, *opt.values()]

@@ -391,6 +391,19 @@ void bwd_kernel(const scalar_t* dy, const scalar_t* x, const stat_t* mean_in, co
 
 // ---------------------------------------------------------------- op entry points
 
+// The [C] gradient of weight or bias: the [B, C] per-sample partials summed
+// over the batch (in place, in double) and cast. A loop rather than
+// sum(0).to(dtype): at the network's small shapes those two ATen calls cost
+// more than the backward kernel.
+at::Tensor batch_sum(at::Tensor& partials, at::ScalarType dtype) {
+  const int64_t B = partials.size(0), C = partials.size(1);
+  double* p = partials.data_ptr<double>();
+  for (int64_t b = 1; b < B; ++b) {
+    for (int64_t c = 0; c < C; ++c) p[c] += p[b * C + c];
+  }
+  return partials[0].to(dtype, /*non_blocking=*/false, /*copy=*/true);  // a copy also for double: no view of scratch
+}
+
 using OptTensor = c10::optional<at::Tensor>;
 
 at::Tensor contig_or_undefined(const OptTensor& t) { return t.has_value() ? MCVD_CONTIG(*t) : at::Tensor(); }
@@ -459,8 +472,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                  mean.const_data_ptr<stat_t>(), rstd.const_data_ptr<stat_t>(), opt.ptrs<scalar_t>(),
                                  grads, B, C, HW, num_groups, silu);
   });
-  at::Tensor grad_weight = opt.weight.defined() ? dweight_bc.sum(0).to(x.scalar_type()) : absent();
-  at::Tensor grad_bias = opt.bias.defined() ? dbias_bc.sum(0).to(x.scalar_type()) : absent();
+  at::Tensor grad_weight = opt.weight.defined() ? batch_sum(dweight_bc, x.scalar_type()) : absent();
+  at::Tensor grad_bias = opt.bias.defined() ? batch_sum(dbias_bc, x.scalar_type()) : absent();
   return {grad_x, grad_weight, grad_bias, grad_gamma, grad_beta, grad_scale, grad_shift};
 }
 

@@ -71,7 +71,10 @@ def _bwd_fake(grad_out, q, k, v, out, lse, scale):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
+# The autograd of the C++ forward op is registered in C++ (csrc/autograd.cpp);
+# the Triton op's with these two functions (kernels/attention.py).
 def setup_context(ctx, inputs, output):
+    """Saves what csrc/autograd.cpp's Attention saves."""
     q, k, v, scale = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse)
@@ -80,7 +83,8 @@ def setup_context(ctx, inputs, output):
 
 
 def make_backward(bwd_op):
-    """Autograd formula shared by the C++ and Triton forward ops."""
+    """Autograd formula of the Triton forward op (that of the C++ op is
+    csrc/autograd.cpp's Attention)."""
 
     def backward(ctx, grad_out, _grad_lse):
         q, k, v, out, lse = ctx.saved_tensors
@@ -89,6 +93,3 @@ def make_backward(bwd_op):
 
     return backward
 
-
-torch.library.register_autograd("mcvd::attention_fwd", make_backward(torch.ops.mcvd.attention_bwd),
-                                setup_context=setup_context)

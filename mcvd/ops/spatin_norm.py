@@ -102,7 +102,9 @@ def spatin_norm(x: torch.Tensor, num_groups: int, *, weight: torch.Tensor | None
     return y
 
 
-# --- torch.library registration of the C++ op (fake + autograd) --------------
+# --- torch.library registration: fake implementations of the C++ ops; the
+# autograd of the C++ forward op is registered in C++ (csrc/autograd.cpp), the
+# Triton op's with these two functions (kernels/spatin_norm.py) ----------------
 
 def _stat_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -125,6 +127,7 @@ def _bwd_fake(grad_y, x, mean, rstd, num_groups, weight=None, bias=None, gamma=N
 
 
 def setup_context(ctx, inputs, output):
+    """Saves what csrc/autograd.cpp's SpatinNorm saves."""
     x, num_groups, *opt, eps, silu = inputs
     _, mean, rstd = output
     ctx.save_for_backward(x, mean, rstd, *opt)
@@ -134,8 +137,9 @@ def setup_context(ctx, inputs, output):
 
 
 def make_backward(bwd_op):
-    """Autograd formula shared by the C++ and Triton forward ops: `bwd_op` has
-    the schema of mcvd::spatin_norm_bwd."""
+    """Autograd formula of the Triton forward op (that of the C++ op is
+    csrc/autograd.cpp's SpatinNorm): `bwd_op` has the schema of
+    mcvd::spatin_norm_bwd."""
 
     def backward(ctx, grad_y, _grad_mean, _grad_rstd):
         x, mean, rstd, *saved = ctx.saved_tensors
@@ -147,6 +151,3 @@ def make_backward(bwd_op):
 
     return backward
 
-
-torch.library.register_autograd("mcvd::spatin_norm_fwd", make_backward(torch.ops.mcvd.spatin_norm_bwd),
-                                setup_context=setup_context)

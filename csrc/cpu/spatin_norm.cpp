@@ -397,6 +397,7 @@ void bwd_kernel(const scalar_t* dy, const scalar_t* x, const stat_t* mean_in, co
 // more than the backward kernel.
 at::Tensor batch_sum(at::Tensor& partials, at::ScalarType dtype) {
   const int64_t B = partials.size(0), C = partials.size(1);
+  if (B == 0) return at::zeros({C}, partials.options().dtype(dtype));
   double* p = partials.data_ptr<double>();
   for (int64_t b = 1; b < B; ++b) {
     for (int64_t c = 0; c < C; ++c) p[c] += p[b * C + c];

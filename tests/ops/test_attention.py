@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mcvd
-from mcvd.ops import attention, attention_ref
+from mcvd.ops import _backend, attention, attention_ref
 
 
 def _max_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -285,6 +285,28 @@ def test_opcheck_backward(backend_device):
     q, k, v = make_qkv((2, 3, 17, 8), dtype=torch.float32, device=device)
     out, lse = torch.ops.mcvd.attention_fwd(q, k, v, 0.3)
     torch.library.opcheck(torch.ops.mcvd.attention_bwd.default, (torch.randn_like(q), q, k, v, out, lse, 0.3))
+
+
+def test_lse_does_not_require_grad(backend_device):
+    backend, device = backend_device
+    q, k, v = leaves(*make_qkv((1, 2, 9, 8), device=device))
+    fwd = _backend.triton_module("attention").fwd if backend == "triton" else torch.ops.mcvd.attention_fwd
+    out, lse = fwd(q, k, v, 0.5)
+    assert out.requires_grad and not lse.requires_grad
+
+
+def test_compiled_autograd_of_an_eager_forward(backend_device):
+    """The backward graph traced by compiled autograd (the forward ran eagerly,
+    so the op's own autograd node is traced, not AOTAutograd's)."""
+    backend, device = backend_device
+    q, k, v = leaves(*make_qkv((1, 2, 9, 8), device=device))
+    loss = attention(q, k, v, scale=0.5, backend=backend).square().sum()
+    with torch._dynamo.config.patch(compiled_autograd=True):
+        torch.compile(lambda loss: loss.backward(), backend="eager")(loss)
+    rq, rk, rv = leaves(q, k, v)
+    attention_ref(rq, rk, rv, scale=0.5).square().sum().backward()
+    for ours, ref in ((q, rq), (k, rk), (v, rv)):
+        torch.testing.assert_close(ours.grad, ref.grad, rtol=1e-10, atol=1e-10)
 
 
 def test_compile_fullgraph_of_the_op():

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from mcvd.ops import available_backends, spatin_norm, spatin_norm_ref
+from mcvd.ops import _backend, available_backends, spatin_norm, spatin_norm_ref
 
 # (shape, num_groups): minimal, aligned and odd sizes. H * W of 35, 15, 221
 # and 1517 leave vector tails; 1517 also spans two of the kernel's
@@ -246,6 +246,45 @@ def test_absent_optionals_get_empty_gradients():
     grads = torch.ops.mcvd.spatin_norm_bwd(torch.ones_like(x), x, mean, rstd, 2, *opt.values(), False)
     for name, g in zip(OPTIONALS, grads[1:]):
         assert g.shape == (opt[name].shape if opt[name] is not None else (0,)), name
+
+
+def test_empty_batch_backward(backend_device):
+    """B = 0: every gradient is empty, and those of weight and bias are zeros of [C]."""
+    backend, device = backend_device
+    x, opt = make_inputs((0, 4, 3, 2), ("weight", "bias", "scale"), device=device)
+    x, opt = leaf(x), {k: leaf(v) for k, v in opt.items()}
+    y = spatin_norm(x, 2, **opt, silu=True, backend=backend)
+    gx, gw, gb, gs = torch.autograd.grad(y.sum(), [x, opt["weight"], opt["bias"], opt["scale"]])
+    assert gx.shape == x.shape and gs.shape == (0, 4)
+    assert torch.equal(gw.cpu(), torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(gb.cpu(), torch.zeros(4, dtype=torch.float64))
+
+
+def test_statistics_do_not_require_grad(backend_device):
+    backend, device = backend_device
+    x, opt = make_inputs((2, 4, 3, 2), ("weight", "gamma"), device=device)
+    x, opt = leaf(x), {k: leaf(v) for k, v in opt.items()}
+    fwd = _backend.triton_module("spatin_norm").fwd if backend == "triton" else torch.ops.mcvd.spatin_norm_fwd
+    y, mean, rstd = fwd(x, 2, *opt.values(), EPS, True)
+    assert y.requires_grad and not mean.requires_grad and not rstd.requires_grad
+
+
+def test_compiled_autograd_of_an_eager_forward(backend_device):
+    """The backward graph traced by compiled autograd (the forward ran eagerly,
+    so the op's own autograd node is traced, not AOTAutograd's)."""
+    backend, device = backend_device
+    x, opt = make_inputs((2, 4, 3, 5), ("weight", "bias", "gamma", "scale"), device=device)
+    x, opt = leaf(x), {k: leaf(v) for k, v in opt.items()}
+    inputs = [x, *(v for v in opt.values() if v is not None)]
+    loss = spatin_norm(x, 2, **opt, eps=EPS, silu=True, backend=backend).square().sum()
+    with torch._dynamo.config.patch(compiled_autograd=True):
+        torch.compile(lambda loss: loss.backward(), backend="eager")(loss)
+    got = [t.grad for t in inputs]
+    ref_inputs = [leaf(t) for t in inputs]
+    ref_opt = dict(zip([k for k, v in opt.items() if v is not None], ref_inputs[1:]))
+    spatin_norm_ref(ref_inputs[0], 2, **ref_opt, eps=EPS, silu=True).square().sum().backward()
+    for g, r in zip(got, ref_inputs):
+        torch.testing.assert_close(g, r.grad, rtol=1e-10, atol=1e-10)
 
 
 def test_compile_fullgraph_of_the_op():

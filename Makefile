@@ -23,10 +23,12 @@ bench: $(VENV)/.built
 	$(PY) benchmarks/bench_ops.py --device cpu --md benchmarks/results/cpu_ops.md
 
 # Every CUDA kernel compiles with nvcc (sm_80 and sm_90) through the torch-free
+# headers, and the torch launchers csrc/cuda/*.cu against the installed torch's
 # headers, also on machines without a GPU or a CUDA torch.
-cuda-check:
+cuda-check: $(VENV)/.deps
 	@if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then \
-		PATH="$$PATH:/usr/local/cuda/bin" cmake -S . -B build/cuda -DCMAKE_BUILD_TYPE=Release >/dev/null && \
+		PATH="$$PATH:/usr/local/cuda/bin" cmake -S . -B build/cuda -DCMAKE_BUILD_TYPE=Release \
+			-DMCVD_CHECK_LAUNCHERS=ON -DPython3_EXECUTABLE="$(abspath $(PY))" >/dev/null && \
 		PATH="$$PATH:/usr/local/cuda/bin" cmake --build build/cuda -j2; \
 	else echo "cuda-check: nvcc not found, CUDA kernels not compiled"; fi
 

@@ -9,6 +9,7 @@
 // schema; so does reverse_step, whose backward is a few elementwise PyTorch
 // ops shared with its Triton op and which the samplers call without grad.
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -137,4 +138,10 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_autograd(const at::Tensor& q, c
 TORCH_LIBRARY_IMPL(mcvd, Autograd, m) {
   m.impl("spatin_norm_fwd", &mcvd::spatin_norm_fwd_autograd);
   m.impl("attention_fwd", &mcvd::attention_fwd_autograd);
+  // The backward formulas are first-order: a backward through a backward op
+  // (a double backward, after create_graph=True) raises "derivative for ...
+  // is not implemented" instead of the default fallback's warning and missing
+  // gradient.
+  m.impl("spatin_norm_bwd", torch::autograd::autogradNotImplementedFallback());
+  m.impl("attention_bwd", torch::autograd::autogradNotImplementedFallback());
 }

@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from mcvd.ops import _backend
 from mcvd.ops.attention import make_backward, setup_context
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -342,3 +343,4 @@ def bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 
 
 torch.library.register_autograd("mcvd::attention_fwd_triton", make_backward(bwd), setup_context=setup_context)
+_backend.first_order_only("mcvd::attention_bwd_triton")

@@ -40,6 +40,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from mcvd.ops import _backend
 from mcvd.ops.spatin_norm import make_backward, setup_context
 
 # Largest block of a row that one loop step holds, and largest tile of
@@ -648,3 +649,4 @@ def bwd(grad_y: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.T
 
 
 torch.library.register_autograd("mcvd::spatin_norm_fwd_triton", make_backward(bwd), setup_context=setup_context)
+_backend.first_order_only("mcvd::spatin_norm_bwd_triton")

@@ -104,6 +104,20 @@ def _choose(op: str, dev: str, backend: str | None) -> str:
     return "cpu" if dev == "cpu" and "cpu" in avail else "reference"
 
 
+def first_order_only(op: str) -> None:
+    """Register the autograd of the Triton backward op `op` ("mcvd::...") as one
+    that raises when a backward runs through it (a double backward), as the C++
+    backward ops do (csrc/autograd.cpp): the ops' backward formulas are
+    first-order, and an op without autograd would drop that gradient with only
+    a warning."""
+
+    def backward(ctx, *grads):
+        raise RuntimeError(f"derivative for {op} is not implemented: the mcvd ops support first-order "
+                           "gradients only (no double backward)")
+
+    torch.library.register_autograd(op, backward)
+
+
 def triton_module(op: str):
     """The kernels/<op>.py module (imported on first use: importing triton is slow)."""
     name = f"mcvd.kernels.{op}"

@@ -295,6 +295,16 @@ def test_lse_does_not_require_grad(backend_device):
     assert out.requires_grad and not lse.requires_grad
 
 
+def test_double_backward_raises(backend_device):
+    """The backward formula is first-order: a gradient of the gradient raises
+    instead of silently missing the path through the backward op."""
+    backend, device = backend_device
+    q, k, v = leaves(*make_qkv((1, 2, 9, 8), device=device))
+    (dq,) = torch.autograd.grad(attention(q, k, v, backend=backend).square().sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="derivative for mcvd::attention_bwd"):
+        dq.square().sum().backward()
+
+
 def test_compiled_autograd_of_an_eager_forward(backend_device):
     """The backward graph traced by compiled autograd (the forward ran eagerly,
     so the op's own autograd node is traced, not AOTAutograd's)."""

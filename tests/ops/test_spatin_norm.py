@@ -269,6 +269,18 @@ def test_statistics_do_not_require_grad(backend_device):
     assert y.requires_grad and not mean.requires_grad and not rstd.requires_grad
 
 
+def test_double_backward_raises(backend_device):
+    """The backward formula is first-order: a gradient of the gradient raises
+    instead of silently missing the path through the backward op."""
+    backend, device = backend_device
+    x, opt = make_inputs((2, 4, 3, 2), ("weight",), device=device)
+    x = leaf(x)
+    (gx,) = torch.autograd.grad(spatin_norm(x, 2, **opt, silu=True, backend=backend).square().sum(), x,
+                                create_graph=True)
+    with pytest.raises(RuntimeError, match="derivative for mcvd::spatin_norm_bwd"):
+        gx.square().sum().backward()
+
+
 def test_compiled_autograd_of_an_eager_forward(backend_device):
     """The backward graph traced by compiled autograd (the forward ran eagerly,
     so the op's own autograd node is traced, not AOTAutograd's)."""

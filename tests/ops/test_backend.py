@@ -16,6 +16,20 @@ def test_build_info_names_the_cpu_backend():
     assert isinstance(info["cuda_archs"], str)
 
 
+def test_this_build_has_the_cpp_autograd_kernels():
+    for op in ("mcvd::spatin_norm_fwd", "mcvd::attention_fwd"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "Autograd"), op
+
+
+def test_a_build_without_the_autograd_kernels_is_refused(monkeypatch):
+    """An extension built from older sources (autograd still in Python) would
+    leave the ops without gradients; importing mcvd.ops names the fix."""
+    monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", lambda op, key: False)
+    with pytest.raises(ImportError, match=r"mcvd._C has no autograd kernel for mcvd::spatin_norm_fwd: .*rebuild it: "
+                                          r"pip install --no-build-isolation --no-deps -e \."):
+        mcvd.ops._check_build()
+
+
 def test_available_backends_on_cpu():
     avail = mcvd.ops.available_backends("cpu")
     assert avail[:2] == ["reference", "cpu"]

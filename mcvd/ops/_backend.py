@@ -4,7 +4,7 @@ Backends: "reference" (pure PyTorch, `<op>_ref`), "cpu" (C++ kernels in
 mcvd._C), "cuda" (CUDA kernels in mcvd._C), "triton" (kernels/ via
 torch.library.triton_op). `backend=None` takes `MCVD_BACKEND` if set, else the
 fastest compiled backend for the tensors' device (AUTO below, as measured by
-benchmarks/), and logs the choice once per op and device.
+benchmarks/), and logs the choice once per op, device and dtype.
 """
 from __future__ import annotations
 
@@ -19,14 +19,23 @@ log = logging.getLogger("mcvd.ops")
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
-# Auto choice per op on a CUDA device, fastest first, as measured on an H200
-# (benchmarks/results/h200.md): CUDA wins spatin_norm and reverse_step at every
-# measured shape, and attention at the network's shapes (Triton only at batch
-# 64, N = 1024). A backend missing from this install is passed over.
-AUTO_CUDA = {
+# Auto choice on a CUDA device, fastest first, as measured on an H100
+# (benchmarks/results/h100.md, device time and host time per call). Keyed by op,
+# or by (op, dtype) where a dtype needs another order. CUDA and Triton are
+# within a few microseconds of each other on the device for spatin_norm and
+# reverse_step, and Triton attention is 1.2-1.7x faster on the device in
+# bf16/fp16, but a Triton call costs 100-300 us of host time against CUDA's
+# 25-60 us, which dominates at the network's shapes; hence CUDA first. The
+# float32 kernels of attention run IEEE float32 products without tensor cores
+# and are 1.4-8x slower than the einsum reference (cuBLAS) at every measured
+# shape, so float32 attention takes the reference, at the price of holding the
+# N x N logits in memory (the reference code's own attention does the same).
+# A backend missing from this install is passed over.
+AUTO_CUDA: dict[str | tuple[str, torch.dtype], tuple[str, ...]] = {
     "spatin_norm": ("cuda", "triton"),
     "attention": ("cuda", "triton"),
     "reverse_step": ("cuda", "triton"),
+    ("attention", torch.float32): ("reference",),
 }
 
 
@@ -64,32 +73,34 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
     return out
 
 
-# (op, device type, requested backend) -> the backend that runs it. Resolved
-# once per key in eager mode: every op call passes here, so its cost is
-# per-call overhead.
-_resolved: dict[tuple[str, str, str | None], str] = {}
+# (op, device type, dtype, requested backend) -> the backend that runs it.
+# Resolved once per key in eager mode: every op call passes here, so its cost
+# is per-call overhead.
+_resolved: dict[tuple[str, str, torch.dtype | None, str | None], str] = {}
 
 
-def resolve(op: str, device: torch.device, backend: str | None) -> str:
-    """The backend that runs `op` on `device`: explicit, MCVD_BACKEND, or auto."""
+def resolve(op: str, device: torch.device, backend: str | None, dtype: torch.dtype | None = None) -> str:
+    """The backend that runs `op` on `device` for `dtype` inputs: explicit,
+    MCVD_BACKEND, or auto."""
     if backend is None:
         backend = os.environ.get("MCVD_BACKEND") or None
     if torch.compiler.is_compiling():
         # At trace time: no cache read or write, which dynamo would guard on
         # (a recompile at the next call), and no logging, which breaks graphs.
-        return _choose(op, device.type, backend)
-    key = (op, device.type, backend)
+        return _choose(op, device.type, backend, dtype)
+    key = (op, device.type, dtype, backend)
     name = _resolved.get(key)
     if name is None:
-        name = _choose(op, device.type, backend)
+        name = _choose(op, device.type, backend, dtype)
         _resolved[key] = name
         if backend is None:
-            log.info("mcvd.ops.%s on %s: auto backend %r (available: %s)", op, device.type, name,
+            where = device.type if dtype is None else f"{device.type} {str(dtype).removeprefix('torch.')}"
+            log.info("mcvd.ops.%s on %s: auto backend %r (available: %s)", op, where, name,
                      available_backends(device))
     return name
 
 
-def _choose(op: str, dev: str, backend: str | None) -> str:
+def _choose(op: str, dev: str, backend: str | None, dtype: torch.dtype | None = None) -> str:
     avail = available_backends(dev)
     if backend is not None:
         if backend not in BACKENDS:
@@ -100,7 +111,8 @@ def _choose(op: str, dev: str, backend: str | None) -> str:
             )
         return backend
     if dev == "cuda":
-        return next((b for b in AUTO_CUDA[op] if b in avail), "reference")
+        order = AUTO_CUDA.get((op, dtype)) or AUTO_CUDA[op]
+        return next((b for b in order if b in avail), "reference")
     return "cpu" if dev == "cpu" and "cpu" in avail else "reference"
 
 

@@ -49,7 +49,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
     """
     _check(q, k, v)
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
-    name = _backend.resolve("attention", q.device, backend)
+    name = _backend.resolve("attention", q.device, backend, q.dtype)
     if name == "reference":
         return attention_ref(q, k, v, scale=scale)
     op = torch.ops.mcvd.attention_fwd if name in ("cpu", "cuda") else _backend.triton_module("attention").fwd

@@ -94,7 +94,7 @@ def reverse_step(x_t: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | Non
 
 def reverse_step_coef(x_t, eps, noise, coef, clip_lo=None, clip_hi=None, *, backend=None):
     """reverse_step over a prepared [5, B] coefficient table (no checks beyond the kernel's)."""
-    name = _backend.resolve("reverse_step", x_t.device, backend)
+    name = _backend.resolve("reverse_step", x_t.device, backend, x_t.dtype)
     if name == "reference":
         return reverse_step_ref(x_t, eps, noise, coef, clip_lo, clip_hi)
     op = torch.ops.mcvd.reverse_step if name in ("cpu", "cuda") else _backend.triton_module("reverse_step").fwd

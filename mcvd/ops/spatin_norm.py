@@ -93,7 +93,7 @@ def spatin_norm(x: torch.Tensor, num_groups: int, *, weight: torch.Tensor | None
         x, weight, bias, gamma, beta, scale, shift = (
             None if t is None else t.to(dtype) for t in (x, weight, bias, gamma, beta, scale, shift))
     _check(x, num_groups, weight, bias, gamma, beta, scale, shift)
-    name = _backend.resolve("spatin_norm", x.device, backend)
+    name = _backend.resolve("spatin_norm", x.device, backend, x.dtype)
     if name == "reference":
         return spatin_norm_ref(x, num_groups, weight=weight, bias=bias, gamma=gamma, beta=beta, scale=scale,
                                shift=shift, eps=eps, silu=silu)

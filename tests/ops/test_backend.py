@@ -62,11 +62,44 @@ def test_auto_choice_is_logged_once(monkeypatch, caplog):
     monkeypatch.delenv("MCVD_BACKEND", raising=False)
     monkeypatch.setattr(_backend, "_resolved", {})
     with caplog.at_level(logging.INFO, logger="mcvd.ops"):
-        assert _backend.resolve("reverse_step", torch.device("cpu"), None) == "cpu"
-        _backend.resolve("reverse_step", torch.device("cpu"), None)
+        assert _backend.resolve("reverse_step", torch.device("cpu"), None, torch.float32) == "cpu"
+        _backend.resolve("reverse_step", torch.device("cpu"), None, torch.float32)
     lines = [r.getMessage() for r in caplog.records if "reverse_step" in r.getMessage()]
-    assert lines == ["mcvd.ops.reverse_step on cpu: auto backend 'cpu' (available: " +
+    assert lines == ["mcvd.ops.reverse_step on cpu float32: auto backend 'cpu' (available: " +
                      str(mcvd.ops.available_backends("cpu")) + ")"]
+
+
+def test_auto_table_names_known_ops_and_backends():
+    for key, order in _backend.AUTO_CUDA.items():
+        op = key if isinstance(key, str) else key[0]
+        assert op in ("spatin_norm", "attention", "reverse_step"), key
+        assert order and set(order) <= set(_backend.BACKENDS), key
+
+
+def test_auto_choice_on_cuda_follows_the_dtype(monkeypatch):
+    """A (op, dtype) entry overrides the op's order on CUDA; other dtypes and
+    ops keep the op's order, and a backend missing from the install is passed over."""
+    monkeypatch.delenv("MCVD_BACKEND", raising=False)
+    monkeypatch.setattr(_backend, "AUTO_CUDA", {"attention": ("cuda", "triton"),
+                                                ("attention", torch.float32): ("triton", "cuda"),
+                                                "spatin_norm": ("triton", "cuda")})
+    monkeypatch.setattr(_backend, "available_backends", lambda dev=None: ["reference", "cuda", "triton"])
+    assert _backend._choose("attention", "cuda", None, torch.float32) == "triton"
+    assert _backend._choose("attention", "cuda", None, torch.bfloat16) == "cuda"
+    assert _backend._choose("attention", "cuda", None) == "cuda"
+    assert _backend._choose("spatin_norm", "cuda", None, torch.float32) == "triton"
+    monkeypatch.setattr(_backend, "available_backends", lambda dev=None: ["reference", "cuda"])
+    assert _backend._choose("attention", "cuda", None, torch.float32) == "cuda"
+    assert _backend._choose("spatin_norm", "cuda", None, torch.float32) == "cuda"
+
+
+def test_cached_choice_is_per_dtype(monkeypatch):
+    monkeypatch.delenv("MCVD_BACKEND", raising=False)
+    monkeypatch.setattr(_backend, "_resolved", {})
+    monkeypatch.setattr(_backend, "_choose", lambda op, dev, backend, dtype=None: str(dtype))
+    cpu = torch.device("cpu")
+    assert _backend.resolve("attention", cpu, None, torch.float32) == "torch.float32"
+    assert _backend.resolve("attention", cpu, None, torch.bfloat16) == "torch.bfloat16"
 
 
 def test_importing_mcvd_does_not_import_triton():

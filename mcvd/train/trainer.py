@@ -128,8 +128,14 @@ def _check_resume_config(saved: dict, run: RunConfig, path: Path) -> None:
             log.warning("resuming %s with a changed %s section: %s", path, section, ", ".join(changed))
 
 
-def train(run: RunConfig, workdir, *, progress: bool = True) -> TrainResult:
+def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float | None = None) -> TrainResult:
     """Train (or resume training) an MCVD network in `workdir` until run.training.steps.
+
+    time_limit: seconds of training (from the first step of this call) after
+    which the run stops early, at the end of the step that crossed it, and
+    writes its checkpoint there; every process stops at the same step. Nothing
+    in a step depends on run.training.steps, so a run stopped at step N holds
+    the weights of a run of N steps, and resuming continues it.
 
     Started by torchrun, every process calls this; the global batch
     run.training.batch_size is split evenly over processes and accumulation steps.
@@ -142,13 +148,16 @@ def train(run: RunConfig, workdir, *, progress: bool = True) -> TrainResult:
     env = D.setup(device.type)
     try:
         return _train(run, Path(workdir), device if device.type == "cpu" else torch.device("cuda", env.local_rank),
-                      env, progress)
+                      env, progress, time_limit)
     finally:
         D.teardown(env)
 
 
-def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, progress: bool) -> TrainResult:
+def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, progress: bool,
+           time_limit: float | None) -> TrainResult:
     tc = run.training
+    if time_limit is not None and not (time_limit >= 0):
+        raise ValueError(f"time_limit: expected seconds >= 0 or None, got {time_limit}")
     B, world, accum = tc.batch_size, env.world_size, tc.grad_accum
     if B % (world * accum):
         raise ValueError(f"training.batch_size: {B} does not split into {world} processes x {accum} "
@@ -221,6 +230,7 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     bar = tqdm(total=tc.steps, initial=step, disable=not (progress and env.is_main), desc="train", unit="step",
                dynamic_ncols=True)
     batches = iter(loader)
+    started = time.perf_counter()
     try:
         while step < tc.steps:
             clips = next(batches).to(device, non_blocking=True)
@@ -259,11 +269,19 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
             interval["grad_norm"] += grad_norm
             interval["n"] += 1
             bar.update(1)
-            if step % tc.log_every == 0 or step == tc.steps:
+            # One decision for all processes (any one past the limit stops them all), so that
+            # none waits on a collective the others have left.
+            stop = time_limit is not None and step < tc.steps and D.all_mean(
+                torch.tensor(float(time.perf_counter() - started >= time_limit), device=device), env).item() > 0
+            if step % tc.log_every == 0 or step == tc.steps or stop:
                 _log_interval(workdir, env, bar, step, lr, interval)
-            if step % tc.ckpt_every == 0 or step == tc.steps:
+            if step % tc.ckpt_every == 0 or step == tc.steps or stop:
                 _save(ckpt_path, env, run, model, ema, optimizer, scaler, generator, step, sampler, len(dataset))
                 last_ckpt = step
+            if stop:
+                log.info("training stopped at step %d of %d: the time limit of %.0f s is spent", step, tc.steps,
+                         time_limit)
+                break
     finally:
         bar.close()
     return TrainResult(step, losses, ckpt_path, model)

@@ -57,6 +57,28 @@ def test_a_finished_run_resumes_to_nothing(tmp_path, tiny_run):
     assert again.step == 2 and again.losses == []
 
 
+def test_time_limit_stops_early_with_the_weights_of_the_shorter_run(tmp_path, tiny_run):
+    run = tiny_run(training={"steps": 4})
+    stopped = train(run, tmp_path / "stopped", progress=False, time_limit=0)
+    short = train(tiny_run(training={"steps": 1}), tmp_path / "short", progress=False)
+    assert stopped.step == 1 and stopped.losses == short.losses
+    a, b = read_checkpoint(stopped.checkpoint), read_checkpoint(short.checkpoint)
+    assert a["step"] == 1
+    assert_same_state(a["model"], b["model"])
+    assert_same_state(a["ema"], b["ema"])
+    with open(tmp_path / "stopped" / "metrics.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1]
+
+    resumed = train(run, tmp_path / "stopped", progress=False)
+    straight = train(run, tmp_path / "straight", progress=False)
+    assert resumed.step == 4 and stopped.losses + resumed.losses == straight.losses
+
+
+def test_time_limit_must_be_seconds(tmp_path, tiny_run):
+    with pytest.raises(ValueError, match=r"time_limit: expected seconds >= 0 or None, got -1"):
+        train(tiny_run(training={"steps": 1}), tmp_path, progress=False, time_limit=-1)
+
+
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, tiny_run, monkeypatch):
     run = tiny_run(training={"steps": 5, "ckpt_every": 2})
     clean = train(tiny_run(training={"steps": 2}), tmp_path / "clean", progress=False)

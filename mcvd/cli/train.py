@@ -1,4 +1,4 @@
-"""`mcvd train --config CONFIG.yml --workdir DIR [--set section.key=value ...] [--dry-run]`
+"""`mcvd train --config CONFIG.yml --workdir DIR [--set section.key=value ...] [--minutes M] [--dry-run]`
 
 The config file has the sections `model`, `data` and `training` (schema:
 mcvd.train.config; example: configs/smmnist_small.yml). A workdir holding a
@@ -6,6 +6,8 @@ checkpoint.pt is resumed; a new run needs a missing or empty workdir.
 Multi-GPU: `torchrun --nproc_per_node N -m mcvd train ...`; several nodes:
 `torchrun --nnodes M --nproc_per_node N --rdzv_backend c10d --rdzv_endpoint HOST:PORT -m mcvd train ...`
 with the workdir on a shared file system. training.batch_size is the global batch.
+--minutes stops this call after that much training time, at the end of a step,
+with a checkpoint there; running the same command again resumes the run.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ def add_parser(sub):
     p.add_argument("--workdir", required=True, help="run folder: config.yml, metrics.csv, checkpoint.pt")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value (YAML syntax), e.g. --set training.lr=1e-4; repeatable")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="stop after this much training time, checkpointed (the same command resumes)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and the model size, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -31,6 +35,9 @@ def run(args) -> int:
     from mcvd.nn import MCVD
     from mcvd.train import TrainingDiverged, load_run_config, train
 
+    if args.minutes is not None and not args.minutes > 0:
+        print(f"mcvd train: --minutes: expected a number > 0, got {args.minutes}", file=sys.stderr)
+        return 2
     try:
         cfg = load_run_config(args.config, args.overrides)
     except (ValueError, TypeError, FileNotFoundError) as err:
@@ -42,12 +49,14 @@ def run(args) -> int:
         print(f"# model parameters: {params:,}")
         return 0
     try:
-        result = train(cfg, args.workdir, progress=not args.no_progress)
+        result = train(cfg, args.workdir, progress=not args.no_progress,
+                       time_limit=None if args.minutes is None else 60 * args.minutes)
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         print(f"mcvd train: {err}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:
         print(f"mcvd train: {err}", file=sys.stderr)
         return 1
-    print(f"mcvd train: step {result.step}, checkpoint {result.checkpoint}")
+    stopped = "" if result.step >= cfg.training.steps else f" of {cfg.training.steps} (time limit; run again to resume)"
+    print(f"mcvd train: step {result.step}{stopped}, checkpoint {result.checkpoint}")
     return 0

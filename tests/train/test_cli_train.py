@@ -59,6 +59,23 @@ def test_train_then_resume(config, tmp_path, capsys):
     assert "the model section differs from the checkpoint's" in capsys.readouterr().err
 
 
+def test_minutes_stops_early_and_the_same_command_resumes(config, tmp_path, capsys):
+    work = tmp_path / "work"
+    command = ["train", "--config", str(config), "--workdir", str(work), "--no-progress"]
+    assert main([*command, "--minutes", "1e-9"]) == 0
+    assert "step 1 of 2 (time limit; run again to resume), checkpoint" in capsys.readouterr().out
+    assert main(command) == 0
+    assert "step 2, checkpoint" in capsys.readouterr().out
+    assert len((work / "metrics.csv").read_text().splitlines()) == 1 + 2
+
+
+@pytest.mark.parametrize("minutes", ["0", "-1", "nan"])
+def test_minutes_must_be_positive(config, tmp_path, capsys, minutes):
+    assert main(["train", "--config", str(config), "--workdir", str(tmp_path / "w"), "--minutes", minutes]) == 2
+    assert "mcvd train: --minutes: expected a number > 0, got" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
 def test_refuses_a_folder_with_other_files(config, tmp_path, capsys):
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "keep.txt").write_text("x")

@@ -133,7 +133,8 @@ def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float |
 
     time_limit: seconds of training (from the first step of this call) after
     which the run stops early, at the end of the step that crossed it, and
-    writes its checkpoint there; every process stops at the same step. Nothing
+    writes its checkpoint there; every process stops at the same step (each
+    must be given a time limit, or none). Nothing
     in a step depends on run.training.steps, so a run stopped at step N holds
     the weights of a run of N steps, and resuming continues it.
 

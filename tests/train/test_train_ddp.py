@@ -1,6 +1,7 @@
 """DDP on the CPU (gloo, 2 processes): identical weights on both ranks, the single-process run's losses."""
 import os
 import socket
+import time
 
 import torch
 import torch.multiprocessing as mp
@@ -49,3 +50,26 @@ def test_two_processes_match_one(tmp_path):
         torch.testing.assert_close(r0["model"][k], ref[k], rtol=1e-4, atol=1e-6, msg=k)
     ckpt = read_checkpoint(tmp_path / "ddp" / "checkpoint.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]["per_rank"]) == 2 and ckpt["step"] == 3
+
+
+def _rank_limited(rank: int, world: int, port: int, workdir: str, out: str):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    # Only rank 1 is past its limit after the first step (clocks differ between processes): rank 0
+    # must stop with it.
+    result = train(RunConfig.from_dict(RUN), workdir, progress=False, time_limit=0 if rank == 1 else 1e9)
+    torch.save({"step": result.step}, os.path.join(out, f"limited{rank}.pt"))
+
+
+def test_a_time_limit_stops_every_process_at_the_same_step(tmp_path):
+    ctx = mp.spawn(_rank_limited, args=(2, _free_port(), str(tmp_path / "ddp"), str(tmp_path)), nprocs=2,
+                   join=False)
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            raise AssertionError("the processes did not stop together: one waits on a collective")
+    assert [torch.load(tmp_path / f"limited{r}.pt")["step"] for r in range(2)] == [1, 1]
+    assert read_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["step"] == 1

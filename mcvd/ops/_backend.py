@@ -20,16 +20,14 @@ log = logging.getLogger("mcvd.ops")
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
 # Auto choice on a CUDA device, fastest first, as measured on an H100
-# (benchmarks/results/h100.md, device time and host time per call). Keyed by op,
-# or by (op, dtype) where a dtype needs another order. CUDA and Triton are
-# within a few microseconds of each other on the device for spatin_norm and
-# reverse_step, and Triton attention is 1.2-1.7x faster on the device in
-# bf16/fp16, but a Triton call costs 100-300 us of host time against CUDA's
-# 25-60 us, which dominates at the network's shapes; hence CUDA first. The
-# float32 kernels of attention run IEEE float32 products without tensor cores
-# and are 1.4-8x slower than the einsum reference (cuBLAS) at every measured
-# shape, so float32 attention takes the reference, at the price of holding the
-# N x N logits in memory (the reference code's own attention does the same).
+# (benchmarks/results/h100.md: device time and host time per call). Keyed by
+# op, or by (op, dtype) where a dtype needs another order. CUDA first: its
+# device time is within a few microseconds of Triton's for spatin_norm,
+# reverse_step and bf16 attention at the network's shapes, and a Triton call
+# costs 2-12x the host time. float32 attention takes the einsum reference
+# (cuBLAS): the fused float32 kernels keep IEEE float32 products off the tensor
+# cores and take 1.4-8x its device time at every measured shape; the reference
+# holds the N x N logits in memory, as the reference code's attention does.
 # A backend missing from this install is passed over.
 AUTO_CUDA: dict[str | tuple[str, torch.dtype], tuple[str, ...]] = {
     "spatin_norm": ("cuda", "triton"),

@@ -43,7 +43,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
     Args:
         q, k, v: [B, heads, N, D], one float dtype and device.
         scale: logit scale, default D ** -0.5.
-        backend: None (auto), "reference", "cpu", "cuda" or "triton".
+        backend: None (auto), "reference", "cpu", "cuda" or "triton". Auto on a
+            GPU gives float32 inputs to the reference (faster there than the
+            fused float32 kernels; it holds the N x N logits), whose einsums
+            follow autocast where it is on; the fused ops compute in q's dtype.
     Returns:
         out: [B, heads, N, D], q's dtype.
     """

@@ -93,6 +93,29 @@ def test_auto_choice_on_cuda_follows_the_dtype(monkeypatch):
     assert _backend._choose("spatin_norm", "cuda", None, torch.float32) == "cuda"
 
 
+def test_float32_attention_on_cuda_takes_the_reference(monkeypatch):
+    """The measured choice (benchmarks/results/h100.md): the fused float32 attention kernels
+    take 1.4-8x the reference's device time; every other op and dtype runs CUDA first."""
+    monkeypatch.setattr(_backend, "available_backends", lambda dev=None: ["reference", "cuda", "triton"])
+    assert _backend._choose("attention", "cuda", None, torch.float32) == "reference"
+    for dtype in (torch.bfloat16, torch.float16):
+        assert _backend._choose("attention", "cuda", None, dtype) == "cuda"
+    for op in ("spatin_norm", "reverse_step"):
+        assert _backend._choose(op, "cuda", None, torch.float32) == "cuda"
+
+
+def test_each_op_resolves_with_its_input_dtype(monkeypatch):
+    seen = []
+    resolve = _backend.resolve
+    monkeypatch.setattr(_backend, "resolve", lambda op, device, backend, dtype=None: (
+        seen.append((op, dtype)), resolve(op, device, backend, dtype))[1])
+    x = torch.randn(2, 4, 3, 3, dtype=torch.bfloat16)
+    mcvd.ops.spatin_norm(x, 2, backend="reference")
+    mcvd.ops.attention(*torch.randn(3, 1, 2, 5, 4, dtype=torch.float64), backend="reference")
+    mcvd.ops.reverse_step(x, x, None, a=1.0, b=1.0, c_x0=1.0, c_xt=0.0, sigma=0.0, backend="reference")
+    assert seen == [("spatin_norm", torch.bfloat16), ("attention", torch.float64), ("reverse_step", torch.bfloat16)]
+
+
 def test_cached_choice_is_per_dtype(monkeypatch):
     monkeypatch.delenv("MCVD_BACKEND", raising=False)
     monkeypatch.setattr(_backend, "_resolved", {})

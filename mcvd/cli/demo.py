@@ -321,8 +321,12 @@ def plot(path: Path, frames: list[int], scores: dict[str, dict], log: list[dict]
 def reproduce_command(args, size: DemoSize, training) -> str:
     """The `mcvd demo` command that repeats this run step for step (--train-steps, not a time budget;
     the EMA rate is spelled out where the budget's calibration set it)."""
+    import torch
+
     steps = training.steps
-    parts = ["mcvd demo", f"--out {args.out}", f"--train-steps {steps}", f"--device {args.device}", f"--seed {args.seed}"]
+    # The thread count too: a CPU run's sums, and so its weights, depend on it.
+    parts = ["mcvd demo", f"--out {args.out}", f"--train-steps {steps}", f"--device {args.device}", f"--seed {args.seed}",
+             f"--threads {torch.get_num_threads()}"]
     for name in ("size", "clips", "pred_frames", "method", "sample_steps"):
         value = getattr(args, name)
         if value is not None:
@@ -425,6 +429,10 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path) -> tup
         start = time.perf_counter()
         result = train(run_cfg, workdir, progress=not args.no_progress, time_limit=budget)
         seconds = time.perf_counter() - start
+        if budget is not None and result.step == run_cfg.training.steps:
+            print(f"mcvd demo: training ended at its cap of {result.step} steps (a quarter over the calibrated "
+                  f"count) after {seconds:.0f} s of the {budget:.0f} s budget: this machine ran faster than "
+                  f"its calibration")
         log = read_train_log(Path(workdir) / "metrics.csv")
         for name, target in (("checkpoint.pt", "checkpoint.pt"), ("metrics.csv", "train_metrics.csv")):
             shutil.move(Path(workdir) / name, out / target)  # a rename: same folder tree

@@ -280,6 +280,8 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
                 _save(ckpt_path, env, run, model, ema, optimizer, scaler, generator, step, sampler, len(dataset))
                 last_ckpt = step
             if stop:
+                bar.total = step  # the bar ends full, at the step the limit ended
+                bar.refresh()
                 log.info("training stopped at step %d of %d: the time limit of %.0f s is spent", step, tc.steps,
                          time_limit)
                 break

@@ -400,7 +400,8 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path) -> tup
     (a machine slower than its calibration would otherwise overrun it)."""
     import torch
 
-    from mcvd.train import train
+    from mcvd.fileio import atomic_write
+    from mcvd.train import read_checkpoint, train
 
     steps, budget = args.train_steps, None
     if steps is None:
@@ -434,9 +435,15 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path) -> tup
                   f"count) after {seconds:.0f} s of the {budget:.0f} s budget: this machine ran faster than "
                   f"its calibration")
         log = read_train_log(Path(workdir) / "metrics.csv")
+        done = dataclasses.replace(run_cfg.training, steps=result.step, ckpt_every=result.step)
+        if done != run_cfg.training:
+            # The time limit ended the run: its checkpoint records the steps done, not the cap, so
+            # that `mcvd train` resuming it does not train on to the cap.
+            ckpt = read_checkpoint(result.checkpoint)
+            ckpt["run_config"]["training"].update(steps=done.steps, ckpt_every=done.ckpt_every)
+            atomic_write(result.checkpoint, lambda fh: torch.save(ckpt, fh))
         for name, target in (("checkpoint.pt", "checkpoint.pt"), ("metrics.csv", "train_metrics.csv")):
             shutil.move(Path(workdir) / name, out / target)  # a rename: same folder tree
-    done = dataclasses.replace(run_cfg.training, steps=result.step, ckpt_every=result.step)
     return dataclasses.replace(run_cfg, training=done), seconds, budget, log
 
 

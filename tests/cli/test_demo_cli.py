@@ -105,7 +105,8 @@ def test_time_budget_sets_the_steps_and_force_keeps_other_files(tmp_path, capsys
     # written agrees on the steps done.
     estimate, steps = int(found.group(1)), m["training"]["steps"]
     assert m["training"]["budget_seconds"] == pytest.approx(0.6) and 1 <= steps <= estimate + estimate // 4 + 1
-    assert read_checkpoint(out / "checkpoint.pt")["step"] == steps
+    ckpt = read_checkpoint(out / "checkpoint.pt")
+    assert ckpt["step"] == ckpt["run_config"]["training"]["steps"] == steps  # not the cap
     assert (out / "train_metrics.csv").read_text().splitlines()[-1].startswith(f"{steps},")
     assert f"--train-steps {steps} " in m["command"]
     assert (out / "notes.txt").read_text() == "mine"

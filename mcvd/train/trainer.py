@@ -270,10 +270,7 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
             interval["grad_norm"] += grad_norm
             interval["n"] += 1
             bar.update(1)
-            # One decision for all processes (any one past the limit stops them all), so that
-            # none waits on a collective the others have left.
-            stop = time_limit is not None and step < tc.steps and D.all_mean(
-                torch.tensor(float(time.perf_counter() - started >= time_limit), device=device), env).item() > 0
+            stop = time_limit is not None and step < tc.steps and _time_is_up(started, time_limit, device, env)
             if step % tc.log_every == 0 or step == tc.steps or stop:
                 _log_interval(workdir, env, bar, step, lr, interval)
             if step % tc.ckpt_every == 0 or step == tc.steps or stop:
@@ -288,6 +285,17 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     finally:
         bar.close()
     return TrainResult(step, losses, ckpt_path, model)
+
+
+def _time_is_up(started: float, time_limit: float, device: torch.device, env: D.DistEnv) -> bool:
+    """Whether `time_limit` seconds have passed since `started`. With several
+    processes, one decision for all (any one past the limit stops them all), so
+    that none waits on a collective the others have left; a single process
+    decides on the host, with no device tensor or sync per step."""
+    up = time.perf_counter() - started >= time_limit
+    if not env.enabled:
+        return up
+    return D.all_mean(torch.tensor(float(up), device=device), env).item() > 0
 
 
 def _diverged(what: str, value: float, step: int, ckpt_path: Path, last_ckpt: int | None) -> str:

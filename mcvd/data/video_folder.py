@@ -9,13 +9,21 @@ so a `DataLoader(shuffle=True)` draws clips uniformly over the data set.
 Frames are resized so that their short side equals `image_size` (bilinear,
 antialiased), centre-cropped to `image_size` x `image_size`, converted to
 `channels` (3: RGB; 1: luma Y = 0.299 R + 0.587 G + 0.114 B, as PIL's "L")
-and scaled to [-1, 1].
+and scaled to [-1, 1] from their own format's range: 0..255 for 8-bit
+frames (video files, and images of PIL modes 1, L, P, RGB, RGBA, LA, CMYK,
+YCbCr), 0..65535 for 16-bit greyscale images (modes I;16, I;16B, and I,
+which older Pillow gives 16-bit PNGs). Images with an alpha channel or a
+transparent colour are read when every pixel is opaque; transparent pixels
+have no colour to read, and other modes (32-bit float F, ...) no known range,
+so such frames are refused (below). All frames of a frame folder must have
+the size of its first frame.
 
 Unreadable videos never stop an epoch: a file that PyAV cannot open, or a
 video shorter than one clip, is left out at construction with a warning
-naming it; a file that fails while decoding (truncated or corrupt data) is
-reported with a warning, left out from then on, and its item is served by
-the next readable video.
+naming it; a video that fails while being read (truncated or corrupt data;
+in a frame folder, a frame of another size, with transparent pixels or of
+a refused mode) is reported with a warning naming the file and the problem,
+left out from then on, and its item is served by the next readable video.
 
 Recipes for the paper's data sets (p + k + f frames per clip):
 
@@ -108,18 +116,64 @@ def _decode_video(path: Path, indices: list[int]) -> list[np.ndarray]:
     return out
 
 
-def _read_frames(files: list[Path]) -> list[np.ndarray]:
+# PIL modes read through PIL's conversion to 8-bit RGB (exact for these), and
+# the 16-bit greyscale modes read as they are.
+MODES_8BIT = ("1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "LA", "La", "PA", "CMYK", "YCbCr")
+MODES_16BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def frame_array(img: Image.Image, path: str | os.PathLike) -> np.ndarray:
+    """One image as RGB [H, W, 3]: uint8 for the 8-bit modes, uint16 for the 16-bit
+    greyscale ones, so that each keeps its own range. Raises ValueError naming
+    `path` for a mode of no known range, transparent pixels, or 32-bit integer
+    levels outside 0..65535."""
+    mode = img.mode
+    if mode in MODES_16BIT:
+        a = np.asarray(img)
+        if mode == "I":  # int32: how older Pillow reads 16-bit greyscale PNGs, levels 0..65535
+            lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+            if lo < 0 or hi > 65535:
+                raise ValueError(f"{path}: a 32-bit integer frame (mode I) with values {lo}..{hi}, "
+                                 "expected 16-bit levels 0..65535")
+        return np.repeat(a.astype(np.uint16)[..., None], 3, axis=-1)
+    if mode not in MODES_8BIT:
+        raise ValueError(f"{path}: frames of mode {mode} are not read (expected 8-bit modes {', '.join(MODES_8BIT)} "
+                         f"or 16-bit greyscale {', '.join(MODES_16BIT)})")
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        clear = int(np.count_nonzero(np.asarray(rgba.getchannel("A")) < 255))
+        if clear:
+            raise ValueError(f"{path}: a frame with transparent pixels ({clear} of {img.width * img.height}, "
+                             f"mode {mode}); expected opaque frames (flatten them onto a background first)")
+        return np.asarray(rgba.convert("RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+def _read_frames(files: list[Path], first: Path) -> list[np.ndarray]:
+    """RGB frames (frame_array) of `files`, each checked to have the size of `first`,
+    the first frame of their folder."""
+    with Image.open(first) as img:
+        size = img.size
     out = []
     for f in files:
         with Image.open(f) as img:
-            out.append(np.asarray(img.convert("RGB")))
+            if img.size != size:
+                raise ValueError(f"{f}: a frame of {img.width}x{img.height} pixels, expected "
+                                 f"{size[0]}x{size[1]} as the folder's first frame {first.name}")
+            out.append(frame_array(img, f))
     return out
 
 
 def frames_to_clip(frames: list[np.ndarray], image_size: int, channels: int) -> torch.Tensor:
-    """RGB uint8 frames [H, W, 3] -> float32 [T, channels, image_size, image_size] in [-1, 1]:
-    short side resized to image_size, centre crop."""
-    clip = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+    """RGB frames [H, W, 3], uint8 (levels 0..255) or uint16 (0..65535), each scaled
+    by its own dtype's range -> float32 [T, channels, image_size, image_size] in
+    [-1, 1]: short side resized to image_size, centre crop."""
+    for f in frames:
+        if f.dtype not in (np.uint8, np.uint16) or f.ndim != 3 or f.shape[-1] != 3:
+            raise TypeError(f"frames: expected uint8 or uint16 RGB frames [H, W, 3], got {f.dtype} {list(f.shape)}")
+    # Divided in float32 by the top level (255 or 65535): 8-bit frames give the values they always gave.
+    clip = torch.from_numpy(np.stack([f.astype(np.float32) / np.iinfo(f.dtype).max for f in frames]))
+    clip = clip.permute(0, 3, 1, 2)
     h, w = clip.shape[-2:]
     scale = image_size / min(h, w)
     size = (max(image_size, round(h * scale)), max(image_size, round(w * scale)))
@@ -197,7 +251,7 @@ class VideoFolder(Dataset):
     def _load(self, video: int, start: int) -> torch.Tensor:
         path, frames = self.videos[video]
         indices = list(range(start, start + self.span, self.frame_stride))
-        rgb = _read_frames([frames[i] for i in indices]) if frames is not None else _decode_video(path, indices)
+        rgb = _read_frames([frames[i] for i in indices], frames[0]) if frames is not None else _decode_video(path, indices)
         return frames_to_clip(rgb, self.image_size, self.channels)
 
     def __getitem__(self, index: int) -> torch.Tensor:

@@ -59,7 +59,7 @@ def bench_block(model, method, steps, timed_steps, provider, device, args) -> Ro
     cfg = model.config
     past = torch.rand(args.batch, cfg.num_frames_cond, cfg.channels, cfg.image_size, cfg.image_size,
                       device=device) * 2 - 1
-    stream = mcvd.StreamingPredictor(model, method=method, steps=timed_steps, cuda_graph=graph,
+    stream = mcvd.StreamingPredictor(model, mcvd.SamplerConfig(method=method, steps=timed_steps), cuda_graph=graph,
                                      generator=torch.Generator(device).manual_seed(0))
     stream.push(past)
     with backend_env(backend):

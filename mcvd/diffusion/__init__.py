@@ -1,5 +1,6 @@
 """Noise schedules, schedulers, the sampling loop and the video tasks."""
-from .sampling import METHODS, denoise, make_scheduler, sample
+from .sampler_config import METHODS, SamplerConfig, default_schedule, make_scheduler
+from .sampling import denoise, sample
 from .schedule import Schedule, cosine_betas, linear_betas
 from .schedulers import SPACINGS, DDIMScheduler, DDPMScheduler, DPMSolverScheduler, Scheduler, spaced_timesteps
 from .streaming import StreamingPredictor
@@ -11,10 +12,12 @@ __all__ = [
     "DDIMScheduler",
     "DDPMScheduler",
     "DPMSolverScheduler",
+    "SamplerConfig",
     "Schedule",
     "Scheduler",
     "StreamingPredictor",
     "cosine_betas",
+    "default_schedule",
     "denoise",
     "linear_betas",
     "make_scheduler",

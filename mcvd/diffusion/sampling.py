@@ -11,35 +11,17 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from .sampler_config import SamplerConfig, resolve_sampler
 from .schedule import Schedule
-from .schedulers import SPACINGS, DDIMScheduler, DDPMScheduler, DPMSolverScheduler, Scheduler
+from .schedulers import Scheduler
 
-METHODS = ("ddpm", "ddim", "dpm++")
-
-
-def make_scheduler(method: str, *, schedule: Schedule | None = None, eta: float = 0.0, clip_x0: bool = True,
-                   backend: str | None = None) -> Scheduler:
-    """The scheduler of a method name: "ddpm", "ddim" (takes eta) or "dpm++" (DPM-Solver++ 2M)."""
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-    if method != "ddim" and eta != 0:
-        raise ValueError(f"eta: only method='ddim' takes eta, got eta={eta!r} with method={method!r}")
-    if method == "ddim":
-        return DDIMScheduler(schedule, eta=eta, clip_x0=clip_x0, backend=backend)
-    cls = DDPMScheduler if method == "ddpm" else DPMSolverScheduler
-    return cls(schedule, clip_x0=clip_x0, backend=backend)
+# The keyword defaults of `sample`: DDPM over every timestep.
+SAMPLE_DEFAULTS = SamplerConfig(method="ddpm", steps=None)
 
 
 def canonical_device(device: torch.device | str) -> torch.device:
     """The device with its index ("cuda" -> "cuda:0", the current one), as tensors report it."""
     return torch.empty(0, device=device).device
-
-
-def default_schedule(model) -> Schedule:
-    """The paper's linear schedule over the model's T (`model.config.num_timesteps`
-    for an MCVD network), else over T = 1000."""
-    T = getattr(getattr(model, "config", None), "num_timesteps", 1000)
-    return Schedule.linear(T)
 
 
 def denoise(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], scheduler: Scheduler, x_T: torch.Tensor,
@@ -62,10 +44,10 @@ def denoise(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedu
     return x
 
 
-def sample(eps_model: Callable, shape, *, method: str = "ddpm", steps: int | None = None,
-           cond: torch.Tensor | None = None, cond_mask: torch.Tensor | None = None, clip_x0: bool = True,
-           eta: float = 0.0, generator: torch.Generator | None = None, progress: bool = False, callback=None,
-           device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+def sample(eps_model: Callable, shape, *, sampler: SamplerConfig | None = None, method: str = "ddpm",
+           steps: int | None = None, cond: torch.Tensor | None = None, cond_mask: torch.Tensor | None = None,
+           clip_x0: bool = True, eta: float = 0.0, generator: torch.Generator | None = None, progress: bool = False,
+           callback=None, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
            x_T: torch.Tensor | None = None, schedule: Schedule | None = None, spacing: str = "trailing",
            backend: str | None = None) -> torch.Tensor:
     """Draw samples x_0 of `shape` by reverse diffusion, without autograd.
@@ -75,27 +57,29 @@ def sample(eps_model: Callable, shape, *, method: str = "ddpm", steps: int | Non
             t a LongTensor [B] (DDPM convention, larger is noisier); called as
             eps_model(x_t, t, cond, cond_mask=cond_mask) when cond_mask is given.
         shape: [B, ...] of the samples (e.g. [B, k, C, H, W] for MCVD).
-        method: "ddpm" (ancestral), "ddim" or "dpm++" (DPM-Solver++ 2M).
-        steps: number of network calls; None: every timestep of the schedule.
+        sampler: the sampler's options as one `mcvd.SamplerConfig` (its
+            guidance must be None); or None, and the keywords below build it.
+        method, steps, clip_x0, eta, schedule, spacing, backend: the sampler's
+            options as keywords (see `mcvd.SamplerConfig`), defaults DDPM over
+            every timestep (steps=None) of `default_schedule(eps_model)`; with
+            `sampler` given, none may differ from its default.
         cond, cond_mask: handed to eps_model unchanged (cond on the sampling device).
-        clip_x0: clamp the predicted x0 to [-1, 1] at every step.
-        eta: DDIM's eta (method "ddim" only).
         generator: source of x_T and of the step noise, on the sampling
             device; the same seed gives the same samples.
         progress: show a tqdm bar. callback: callback(i, t, x, pred_x0) after each step.
         device, dtype: of the samples (default: x_T's, else cond's device and float32).
         x_T: the starting noise [shape] instead of a draw from generator.
-        schedule: the forward process (default: `default_schedule(eps_model)`).
-        spacing: timestep spacing, see `spaced_timesteps` ("trailing" is the reference code's).
-        backend: reverse_step backend (None: auto).
     Returns:
         x_0, a tensor of `shape` and dtype on the sampling device.
     """
+    sampler = resolve_sampler(sampler, SAMPLE_DEFAULTS, method=method, steps=steps, eta=eta, clip_x0=clip_x0,
+                              schedule=schedule, spacing=spacing, backend=backend)
+    if sampler.guidance is not None:
+        raise ValueError(f"sampler: mcvd.sample takes no guidance (its eps_model has no unconditional call), "
+                         f"got guidance={sampler.guidance!r}; use mcvd.predict to guide an MCVD model")
     shape = tuple(int(s) for s in shape)
     if len(shape) < 1 or any(s < 1 for s in shape):
         raise ValueError(f"shape: expected [B, ...] with positive sizes, got {list(shape)}")
-    if spacing not in SPACINGS:
-        raise ValueError(f"spacing: expected one of {SPACINGS}, got {spacing!r}")
     if x_T is not None:
         if tuple(x_T.shape) != shape:
             raise ValueError(f"x_T: expected shape {list(shape)}, got {list(x_T.shape)}")
@@ -116,14 +100,12 @@ def sample(eps_model: Callable, shape, *, method: str = "ddpm", steps: int | Non
         raise ValueError(f"generator: expected a generator on {device.type} (the sampling device), "
                          f"got one on {generator.device}")
 
-    scheduler = make_scheduler(method, schedule=schedule if schedule is not None else default_schedule(eps_model),
-                               eta=eta, clip_x0=clip_x0, backend=backend)
-    scheduler.set_timesteps(scheduler.num_train_timesteps if steps is None else steps, spacing=spacing,
-                            device=device)
+    scheduler = sampler.make_scheduler(eps_model, device=device)
+
     def eps_fn(x, t):
         return eps_model(x, t, cond) if cond_mask is None else eps_model(x, t, cond, cond_mask=cond_mask)
     with torch.no_grad():
         if x_T is None:
             x_T = torch.randn(shape, generator=generator, device=device, dtype=dtype)
         return denoise(eps_fn, scheduler, x_T, generator=generator, callback=callback, progress=progress,
-                       desc=method)
+                       desc=sampler.method)

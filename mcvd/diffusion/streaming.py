@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from .schedule import Schedule
+from .sampler_config import SamplerConfig
 from .tasks import BlockSampler, FrameSpec
+
+# Low latency by default: 10 DPM-Solver++ steps per prediction.
+STREAMING_DEFAULT = SamplerConfig(method="dpm++", steps=10)
 
 
 class StreamingPredictor:
@@ -18,29 +21,29 @@ class StreamingPredictor:
 
     Example::
 
-        stream = mcvd.StreamingPredictor(model, method="dpm++", steps=10, cuda_graph=True)
+        stream = mcvd.StreamingPredictor(model, mcvd.SamplerConfig(method="dpm++", steps=10), cuda_graph=True)
         for frame in camera:            # [B, C, H, W] in [-1, 1]
             nxt = stream(frame)         # [B, k, C, H, W], None until p frames were seen
 
     Args:
         model: MCVD network with num_frames_cond = p >= 1 (future slots, if
             any, are masked).
-        method, steps, eta, clip_x0, guidance, schedule, spacing, backend:
-            see `mcvd.predict`.
+        sampler: the sampler's options (`mcvd.SamplerConfig`; default
+            10 DPM-Solver++ steps).
         cuda_graph: capture the denoising loop in a CUDA graph (CUDA only).
         generator: source of the random draws, on the frames' device.
     """
 
-    def __init__(self, model, *, method: str = "dpm++", steps: int = 10, eta: float = 0.0, clip_x0: bool = True,
-                 guidance: float | None = None, cuda_graph: bool = False, generator: torch.Generator | None = None,
-                 schedule: Schedule | None = None, spacing: str = "trailing", backend: str | None = None):
+    def __init__(self, model, sampler: SamplerConfig = STREAMING_DEFAULT, *, cuda_graph: bool = False,
+                 generator: torch.Generator | None = None):
         self.model = model
         self.spec = FrameSpec.of(model)
         if self.spec.p < 1:
             raise ValueError("model: streaming prediction needs past frames (num_frames_cond >= 1), got 0")
-        self._options = dict(method=method, steps=steps, eta=eta, clip_x0=clip_x0, guidance=guidance,
-                             generator=generator, cuda_graph=cuda_graph, schedule=schedule, spacing=spacing,
-                             backend=backend)
+        if not isinstance(sampler, SamplerConfig):
+            raise TypeError(f"sampler: expected an mcvd.SamplerConfig, got {type(sampler).__name__}")
+        self.sampler = sampler
+        self._options = dict(generator=generator, cuda_graph=cuda_graph)
         self._block: BlockSampler | None = None
         self._window: torch.Tensor | None = None
 
@@ -79,7 +82,7 @@ class StreamingPredictor:
                                f"have {have}")
         w = self._window
         if self._block is None or (self._block.device, self._block.dtype) != (w.device, w.dtype):
-            self._block = BlockSampler(self.model, device=w.device, dtype=w.dtype, **self._options)
+            self._block = BlockSampler(self.model, self.sampler, device=w.device, dtype=w.dtype, **self._options)
         B = w.shape[0]
         future = torch.zeros((B, self.spec.f, *self.spec.frame_shape()), device=w.device, dtype=w.dtype)
         mask = torch.zeros((B, 2), dtype=torch.bool, device=w.device)

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from .cuda_graph import CUDAGraphRunner
-from .sampling import canonical_device, default_schedule, denoise, make_scheduler
+from .sampler_config import SamplerConfig, resolve_sampler
+from .sampling import canonical_device, denoise
 from .schedule import Schedule
 
 
@@ -73,32 +74,30 @@ class BlockSampler:
 
     Args:
         model: the MCVD network, model(x_t, t, cond, cond_mask=...) -> eps.
-        method, steps, eta, clip_x0, schedule, spacing, backend: see `mcvd.sample`.
-        guidance: None, or the classifier-free guidance weight w; the
-            unconditional eps is the model's with everything masked.
+        sampler: the sampler's options (`mcvd.SamplerConfig`); with a
+            guidance weight w, the unconditional eps is the model's with
+            everything masked.
         generator: source of x_T and step noise, on `device`.
         cuda_graph: capture the loop once per batch shape and replay it.
         device, dtype: of the frames.
+        progress: show a tqdm bar per block.
     """
 
-    def __init__(self, model, *, method: str, steps: int, eta: float, clip_x0: bool, guidance: float | None,
-                 generator: torch.Generator | None, cuda_graph: bool, device: torch.device, dtype: torch.dtype,
-                 schedule: Schedule | None, spacing: str, backend: str | None, progress: bool = False):
+    def __init__(self, model, sampler: SamplerConfig, *, generator: torch.Generator | None = None,
+                 cuda_graph: bool = False, device: torch.device, dtype: torch.dtype, progress: bool = False):
         self.model = model
         self.spec = FrameSpec.of(model)
-        if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float))):
-            raise TypeError(f"guidance: expected None or a float weight, got {guidance!r}")
+        if not isinstance(sampler, SamplerConfig):
+            raise TypeError(f"sampler: expected an mcvd.SamplerConfig, got {type(sampler).__name__}")
         if cuda_graph and device.type != "cuda":
             raise ValueError(f"cuda_graph: needs a CUDA device, got {device}")
         if generator is not None and generator.device.type != device.type:
             raise ValueError(f"generator: expected a generator on {device.type} (the frames' device), "
                              f"got one on {generator.device}")
-        self.guidance = None if guidance is None else float(guidance)
+        self.sampler, self.guidance = sampler, sampler.guidance
         self.generator, self.cuda_graph, self.device, self.dtype = generator, cuda_graph, device, dtype
         self.progress = progress
-        self.scheduler = make_scheduler(method, schedule=default_schedule(model) if schedule is None else schedule,
-                                        eta=eta, clip_x0=clip_x0, backend=backend)
-        self.scheduler.set_timesteps(steps, spacing=spacing, device=device)
+        self.scheduler = sampler.make_scheduler(model, device=device)
         self._graphs: dict = {}
 
     def __call__(self, cond: torch.Tensor | None, cond_mask: torch.Tensor | None, batch: int) -> torch.Tensor:
@@ -143,11 +142,11 @@ def _model_device(model) -> torch.device:
 
 
 def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.Tensor | None = None,
-            method: str = "ddim", steps: int = 100, samples: int = 1, guidance: float | None = None,
-            eta: float = 0.0, clip_x0: bool = True, generator: torch.Generator | None = None, progress: bool = False,
-            batch_size: int | None = None, device: torch.device | str | None = None,
-            dtype: torch.dtype | None = None, cuda_graph: bool = False, schedule: Schedule | None = None,
-            spacing: str = "trailing", backend: str | None = None) -> torch.Tensor:
+            sampler: SamplerConfig | None = None, method: str = "ddim", steps: int | None = 100, samples: int = 1,
+            guidance: float | None = None, eta: float = 0.0, clip_x0: bool = True,
+            generator: torch.Generator | None = None, progress: bool = False, batch_size: int | None = None,
+            device: torch.device | str | None = None, dtype: torch.dtype | None = None, cuda_graph: bool = False,
+            schedule: Schedule | None = None, spacing: str = "trailing", backend: str | None = None) -> torch.Tensor:
     """Sample `num_frames` frames with an MCVD model, without autograd.
 
     The task follows from what is given:
@@ -169,10 +168,14 @@ def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.
         past: [B, T, C, H, W] with T >= p (the last p frames are used), or None.
         num_frames: frames to return, >= 1.
         future: [B, T, C, H, W] with T >= f (the first f frames are used), or None.
-        method, steps, eta, clip_x0, spacing, schedule, backend: see `mcvd.sample`
-            (default: 100 DDIM steps; "dpm++" with ~10 steps for low latency).
+        sampler: the sampler's options as one `mcvd.SamplerConfig`; or None,
+            and the keywords below build it.
+        method, steps, guidance, eta, clip_x0, schedule, spacing, backend: the
+            sampler's options as keywords (see `mcvd.SamplerConfig`; default:
+            100 DDIM steps, no guidance; "dpm++" with ~10 steps for low
+            latency); with `sampler` given, none may differ from its default.
+            guidance is the classifier-free guidance weight w (None: plain conditional).
         samples: independent samples per input video.
-        guidance: classifier-free guidance weight w (None: plain conditional).
         generator: source of every random draw, on the frames' device.
         batch_size: number of videos when past and future are both None.
         device, dtype: of the videos when past and future are None
@@ -182,6 +185,8 @@ def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.
         [B, num_frames, C, H, W] if samples == 1, else [samples, B, num_frames, C, H, W];
         the dtype and device of past / future.
     """
+    sampler = resolve_sampler(sampler, SamplerConfig(), method=method, steps=steps, eta=eta, clip_x0=clip_x0,
+                              schedule=schedule, spacing=spacing, backend=backend, guidance=guidance)
     spec = FrameSpec.of(model)
     for name, v, low in (("num_frames", num_frames, 1), ("samples", samples, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -220,15 +225,14 @@ def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected an int >= 1 when past and future are both None "
                              f"(generation), got {batch_size!r}")
-        if guidance is not None:
+        if sampler.guidance is not None:
             raise ValueError("guidance: needs past or future frames to guide on; got neither")
         B = batch_size
         device = _model_device(model) if device is None else canonical_device(device)
         dtype = torch.float32 if dtype is None else dtype
 
-    block = BlockSampler(model, method=method, steps=steps, eta=eta, clip_x0=clip_x0, guidance=guidance,
-                         generator=generator, cuda_graph=cuda_graph, device=device, dtype=dtype,
-                         schedule=schedule, spacing=spacing, backend=backend, progress=progress)
+    block = BlockSampler(model, sampler, generator=generator, cuda_graph=cuda_graph, device=device, dtype=dtype,
+                         progress=progress)
     n = samples * B
 
     def frames(x, count):  # given frames repeated per sample (sample-major), or zeros

@@ -175,7 +175,14 @@ def test_denoise_runs_a_prepared_scheduler():
     (dict(device="meta", generator=torch.Generator()), ValueError,
      r"generator: expected a generator on meta \(the sampling device\), got one on cpu"),
     (dict(spacing="leading"), ValueError, r"spacing: expected one of \('trailing'"),
-    (dict(steps=0), ValueError, r"steps: expected an int in 1\.\.1000"),
+    (dict(steps=0), ValueError, r"steps: expected an int >= 1 or None \(every timestep\), got 0"),
+    (dict(steps=1001), ValueError, r"steps: expected an int in 1\.\.1000"),
+    (dict(sampler=mcvd.SamplerConfig(method="dpm++", steps=3)), ValueError,
+     r"sampler: given together with method='ddim', steps=2; pass the sampler options either"),
+    (dict(method="ddpm", steps=None, sampler=mcvd.SamplerConfig(guidance=1.5)), ValueError,
+     r"sampler: mcvd.sample takes no guidance"),
+    (dict(method="ddpm", steps=None, sampler=dict(method="ddim")), TypeError,
+     r"sampler: expected an mcvd.SamplerConfig or None, got dict"),
 ])
 def test_bad_arguments_are_named(kwargs, error, message):
     kwargs = {"method": "ddim", "steps": 2, **kwargs}

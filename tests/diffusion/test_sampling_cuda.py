@@ -100,7 +100,7 @@ def test_streaming_with_cuda_graph_equals_eager(cuda):
     frames = torch.rand(2, 5, 1, 16, 16, device=cuda) * 2 - 1
 
     def stream(graph):
-        s = mcvd.StreamingPredictor(model, method="dpm++", steps=5, cuda_graph=graph,
+        s = mcvd.StreamingPredictor(model, mcvd.SamplerConfig(method="dpm++", steps=5), cuda_graph=graph,
                                     generator=torch.Generator(cuda).manual_seed(2))
         return [s(frames[:, i]) for i in range(5)]
     eager, graphed = stream(False), stream(True)

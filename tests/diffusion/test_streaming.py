@@ -8,6 +8,10 @@ import mcvd
 C, SIZE = 2, 5
 
 
+def dpm(steps):
+    return mcvd.SamplerConfig(method="dpm++", steps=steps)
+
+
 def frames(labels):
     """[B, T] labels -> [B, T, C, H, W]."""
     return labelled_video(torch.as_tensor(labels, dtype=torch.float64), C, SIZE)
@@ -15,7 +19,7 @@ def frames(labels):
 
 def test_predicts_after_p_frames_from_the_newest_ones():
     k, p = 3, 2
-    stream = mcvd.StreamingPredictor(OracleModel(toy_config(k=k, p=p, channels=C, size=SIZE)), steps=3)
+    stream = mcvd.StreamingPredictor(OracleModel(toy_config(k=k, p=p, channels=C, size=SIZE)), dpm(3))
     observed = [0.10, 0.12, 0.30, 0.31]
     outputs = [stream(frames([[v]])[:, 0]) for v in observed]  # one [B, C, H, W] frame per call
     assert outputs[0] is None and stream.ready
@@ -27,7 +31,7 @@ def test_predicts_after_p_frames_from_the_newest_ones():
 
 def test_predictions_are_not_fed_back():
     model = OracleModel(toy_config(k=2, p=2, channels=C, size=SIZE))
-    stream = mcvd.StreamingPredictor(model, steps=2)
+    stream = mcvd.StreamingPredictor(model, dpm(2))
     stream.push(frames([[0.1, 0.2]]))
     first = stream.predict_next()
     torch.testing.assert_close(stream.predict_next(), first, rtol=0, atol=1e-6)
@@ -37,14 +41,15 @@ def test_predictions_are_not_fed_back():
 def test_matches_predict_with_the_same_seed():
     model = ZeroEpsModel(toy_config(k=2, p=3, channels=C, size=SIZE))
     past = torch.rand(2, 3, C, SIZE, SIZE) * 2 - 1
-    stream = mcvd.StreamingPredictor(model, method="ddpm", steps=4, generator=torch.Generator().manual_seed(5))
+    stream = mcvd.StreamingPredictor(model, mcvd.SamplerConfig(method="ddpm", steps=4),
+                                     generator=torch.Generator().manual_seed(5))
     stream.push(past)
     expected = mcvd.predict(model, past, 2, method="ddpm", steps=4, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(stream.predict_next(), expected, rtol=0, atol=0)
 
 
 def test_reset_starts_a_new_stream():
-    stream = mcvd.StreamingPredictor(OracleModel(toy_config(k=2, p=2, channels=C, size=SIZE)), steps=2)
+    stream = mcvd.StreamingPredictor(OracleModel(toy_config(k=2, p=2, channels=C, size=SIZE)), dpm(2))
     stream.push(frames([[0.1, 0.2]]))
     stream.reset()
     assert stream.window is None and not stream.ready
@@ -54,7 +59,7 @@ def test_reset_starts_a_new_stream():
 
 def test_errors_name_the_problem():
     model = OracleModel(toy_config(k=2, p=2, channels=C, size=SIZE))
-    stream = mcvd.StreamingPredictor(model, steps=2)
+    stream = mcvd.StreamingPredictor(model, dpm(2))
     with pytest.raises(RuntimeError, match=r"push at least p=2 frames \(num_frames_cond\) before predicting; have 0"):
         stream.predict_next()
     stream.push(frames([[0.1]]))
@@ -71,3 +76,13 @@ def test_errors_name_the_problem():
         bad = mcvd.StreamingPredictor(model, cuda_graph=True)
         bad.push(frames([[0.1, 0.2]]))
         bad.predict_next()
+    with pytest.raises(TypeError, match=r"sampler: expected an mcvd.SamplerConfig, got dict"):
+        mcvd.StreamingPredictor(model, dict(method="ddim", steps=2))
+
+
+def test_default_sampler_is_ten_dpm_steps():
+    stream = mcvd.StreamingPredictor(OracleModel(toy_config(k=2, p=2, channels=C, size=SIZE)))
+    assert stream.sampler == mcvd.SamplerConfig(method="dpm++", steps=10)
+    stream.push(frames([[0.1, 0.2]]))
+    stream.predict_next()
+    assert stream._block.scheduler.num_inference_steps == 10

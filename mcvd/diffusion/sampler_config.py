@@ -1,0 +1,158 @@
+"""One sampler configuration: the options every sampling entry point shares.
+
+`SamplerConfig` holds the eight options of a reverse-diffusion sampler,
+checked once when it is built; `mcvd.sample`, `mcvd.predict`,
+`StreamingPredictor` and `mcvd.metrics.protocol.evaluate` take it as
+`sampler=`, and `make_scheduler` turns it into a scheduler with its
+timesteps set. `sample` and `predict` also take the options as keywords
+(`resolve_sampler` builds the configuration from them).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+
+from mcvd.ops._backend import BACKENDS
+
+from .schedule import Schedule
+from .schedulers import SPACINGS, DDIMScheduler, DDPMScheduler, DPMSolverScheduler, Scheduler, spaced_timesteps
+
+METHODS = ("ddpm", "ddim", "dpm++")
+
+
+def _is_real(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float))
+
+
+@dataclass(frozen=True, eq=False)
+class SamplerConfig:
+    """How to sample: the scheduler, its steps and the guidance weight. Frozen.
+
+    Args:
+        method: "ddpm" (ancestral), "ddim" or "dpm++" (DPM-Solver++ 2M; ~10
+            steps for low latency).
+        steps: network calls per block of frames, an int >= 1 (at most the
+            schedule's num_timesteps); None: every timestep of the schedule.
+        eta: DDIM's eta >= 0 (method "ddim" only; 0 is deterministic).
+        clip_x0: clamp the predicted x0 to [-1, 1] at every step.
+        schedule: the forward process (None: the paper's linear schedule over
+            the model's num_timesteps, see `default_schedule`).
+        spacing: timestep spacing, one of SPACINGS (see `spaced_timesteps`;
+            "trailing" is the reference code's).
+        backend: reverse_step backend, one of mcvd.ops' backends (None: auto).
+        guidance: None, or the classifier-free guidance weight w of the video
+            tasks (eps = eps_uncond + w (eps_cond - eps_uncond)); `mcvd.sample`
+            refuses it (its eps_model has no unconditional call).
+
+    The defaults are `mcvd.predict`'s: 100 DDIM steps, trailing spacing.
+    """
+
+    method: str = "ddim"
+    steps: int | None = 100
+    eta: float = 0.0
+    clip_x0: bool = True
+    schedule: Schedule | None = None
+    spacing: str = "trailing"
+    backend: str | None = None
+    guidance: float | None = None
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method: expected one of {METHODS}, got {self.method!r}")
+        steps = self.steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"steps: expected an int >= 1 or None (every timestep), got {steps!r}")
+        if not _is_real(self.eta) or not 0 <= self.eta < math.inf:
+            raise ValueError(f"eta: expected a float >= 0, got {self.eta!r}")
+        if self.method != "ddim" and self.eta != 0:
+            raise ValueError(f"eta: only method='ddim' takes eta, got eta={self.eta!r} with method={self.method!r}")
+        if not isinstance(self.clip_x0, bool):
+            raise TypeError(f"clip_x0: expected a bool, got {self.clip_x0!r}")
+        if self.schedule is not None and not isinstance(self.schedule, Schedule):
+            raise TypeError(f"schedule: expected an mcvd.diffusion.Schedule or None, "
+                            f"got {type(self.schedule).__name__}")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"spacing: expected one of {SPACINGS}, got {self.spacing!r}")
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {BACKENDS} or None, got {self.backend!r}")
+        g = self.guidance
+        if g is not None and not _is_real(g):
+            raise TypeError(f"guidance: expected None or a float weight, got {g!r}")
+        if g is not None and not math.isfinite(g):
+            raise ValueError(f"guidance: expected a finite weight, got {g!r}")
+        if self.schedule is not None and steps is not None:
+            spaced_timesteps(self.schedule.num_timesteps, steps, self.spacing)  # steps <= T, spacing possible
+        object.__setattr__(self, "eta", float(self.eta))
+        if g is not None:
+            object.__setattr__(self, "guidance", float(g))
+
+    def _key(self) -> tuple:
+        # A Schedule holds a tensor, so it compares (and hashes) by its betas' values.
+        s = self.schedule
+        return tuple(getattr(self, f.name) for f in fields(self) if f.name != "schedule") + (
+            None if s is None else tuple(s.betas.tolist()),)
+
+    def __eq__(self, other):
+        return self._key() == other._key() if isinstance(other, SamplerConfig) else NotImplemented
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def make_scheduler(self, model=None, *, device: torch.device | str | None = None) -> Scheduler:
+        """The scheduler of this configuration with its timesteps set on `device`
+        (default CPU); `model` gives the schedule when .schedule is None
+        (`default_schedule(model)`)."""
+        schedule = default_schedule(model) if self.schedule is None else self.schedule
+        scheduler = _new_scheduler(self.method, schedule, self.eta, self.clip_x0, self.backend)
+        steps = scheduler.num_train_timesteps if self.steps is None else self.steps
+        return scheduler.set_timesteps(steps, spacing=self.spacing, device=device)
+
+
+def _new_scheduler(method: str, schedule: Schedule | None, eta: float, clip_x0: bool,
+                   backend: str | None) -> Scheduler:
+    if method == "ddim":
+        return DDIMScheduler(schedule, eta=eta, clip_x0=clip_x0, backend=backend)
+    cls = DDPMScheduler if method == "ddpm" else DPMSolverScheduler
+    return cls(schedule, clip_x0=clip_x0, backend=backend)
+
+
+def make_scheduler(method: str, *, schedule: Schedule | None = None, eta: float = 0.0, clip_x0: bool = True,
+                   backend: str | None = None) -> Scheduler:
+    """The scheduler of a method name: "ddpm", "ddim" (takes eta) or "dpm++"
+    (DPM-Solver++ 2M), before set_timesteps; schedule None: `Schedule.linear()`."""
+    SamplerConfig(method=method, eta=eta, clip_x0=clip_x0, schedule=schedule, backend=backend, steps=None)
+    return _new_scheduler(method, schedule, eta, clip_x0, backend)
+
+
+def default_schedule(model) -> Schedule:
+    """The paper's linear schedule over the model's T (`model.config.num_timesteps`
+    for an MCVD network), else over T = 1000."""
+    T = getattr(getattr(model, "config", None), "num_timesteps", 1000)
+    return Schedule.linear(T)
+
+
+def resolve_sampler(sampler: SamplerConfig | None, defaults: SamplerConfig, **options) -> SamplerConfig:
+    """The configuration of a call that takes `sampler=` and the options as keywords.
+
+    sampler: the caller's SamplerConfig, or None to build one from `options`.
+    defaults: the configuration of the keywords' defaults in the caller's signature.
+    options: the keyword values (names of SamplerConfig fields). With `sampler`
+        given, a keyword that differs from its default is refused: the
+        configuration would silently override it.
+    """
+    if sampler is None:
+        return SamplerConfig(**options)
+    if not isinstance(sampler, SamplerConfig):
+        raise TypeError(f"sampler: expected an mcvd.SamplerConfig or None, got {type(sampler).__name__}")
+    changed = []
+    for name, value in options.items():
+        default = getattr(defaults, name)
+        same = value is default if name == "schedule" or value is None or default is None else value == default
+        if not same:
+            changed.append(f"{name}={value!r}")
+    if changed:
+        raise ValueError(f"sampler: given together with {', '.join(changed)}; pass the sampler options either "
+                         f"as sampler=SamplerConfig(...) or as keywords, not both")
+    return sampler

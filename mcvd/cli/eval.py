@@ -75,6 +75,7 @@ def eval_clips(data: str, frames: int, config, checkpoint: Path):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from mcvd.diffusion import SamplerConfig
     from mcvd.metrics.protocol import Task, evaluate
     from mcvd.metrics.report import existing_results, write_report
     from mcvd.metrics.weights import WeightsError
@@ -115,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         result = evaluate(model, clips, task, samples=args.samples, num_clips=args.num_clips,
-                          batch_size=args.batch_size, method=args.method, steps=args.steps, generator=generator,
-                          compute_fvd=not args.no_fvd, progress=not args.no_progress)
+                          batch_size=args.batch_size, sampler=SamplerConfig(method=args.method, steps=args.steps),
+                          generator=generator, compute_fvd=not args.no_fvd, progress=not args.no_progress)
     except (ValueError, WeightsError, ImportError) as e:
         return fail(str(e))
     seconds = time.perf_counter() - start

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from mcvd.diffusion import predict
+from mcvd.diffusion import SamplerConfig, predict
 from mcvd.metrics.fvd import fvd_protocol, i3d_features, require_scipy
 from mcvd.metrics.i3d import I3D, MIN_FRAMES
 from mcvd.metrics.lpips import LPIPS, lpips
@@ -111,7 +111,7 @@ def choose_best(clip: torch.Tensor, frames: torch.Tensor, higher_is_better: bool
 
 
 def evaluate(model, clips, task: Task, *, samples: int, num_clips: int | None = None, batch_size: int = 8,
-             method: str = "ddim", steps: int = 100, generator: torch.Generator | None = None,
+             sampler: SamplerConfig = SamplerConfig(), generator: torch.Generator | None = None,
              compute_fvd: bool = True, lpips_model: LPIPS | None = None, i3d_model: I3D | None = None,
              progress: bool = False) -> dict:
     """Run the protocol on the first `num_clips` clips of `clips`.
@@ -120,7 +120,8 @@ def evaluate(model, clips, task: Task, *, samples: int, num_clips: int | None = 
     clips: a data set of [T, C, H, W] clips in [-1, 1] with T >= task.clip_frames.
     samples: k, samples per clip. batch_size: clips per sampling call (each
         call draws k * batch_size videos).
-    method, steps, generator: the sampler's (see mcvd.predict).
+    sampler: the sampler's options (mcvd.SamplerConfig; default 100 DDIM steps).
+    generator: source of the sampler's random draws (see mcvd.predict).
     compute_fvd: False skips FVD (and the I3D network).
     lpips_model, i3d_model: metric networks to use (default: built on the
         model's device).
@@ -130,6 +131,8 @@ def evaluate(model, clips, task: Task, *, samples: int, num_clips: int | None = 
     """
     if samples < 1:
         raise ValueError(f"samples: expected >= 1, got {samples}")
+    if not isinstance(sampler, SamplerConfig):
+        raise TypeError(f"sampler: expected an mcvd.SamplerConfig, got {type(sampler).__name__}")
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
     total = len(clips) if num_clips is None else num_clips
@@ -162,11 +165,11 @@ def evaluate(model, clips, task: Task, *, samples: int, num_clips: int | None = 
         p, n = task.cond, task.pred
         past, target, future = clip[:, :p], clip[:, p:p + n], clip[:, p + n:]
         if task.name == "generate":
-            video = predict(model, None, p + n, samples=samples, batch_size=end - start, method=method, steps=steps,
+            video = predict(model, None, p + n, samples=samples, batch_size=end - start, sampler=sampler,
                             generator=generator, device=device)
         else:
-            video = predict(model, past, n, future=future if task.future else None, samples=samples, method=method,
-                            steps=steps, generator=generator)
+            video = predict(model, past, n, future=future if task.future else None, samples=samples,
+                            sampler=sampler, generator=generator)
         video = video.reshape(samples, end - start, *video.shape[-4:])  # samples == 1 drops the samples axis
         if task.scored:
             for name, value in score_samples(video, target, lpips_model).items():

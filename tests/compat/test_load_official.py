@@ -9,6 +9,7 @@ import yaml
 
 import mcvd
 from mcvd import ModelConfig, load_official
+from mcvd.compat import read_official_config
 
 # MCVD_OFFICIAL_FIXTURES points elsewhere (a GPU machine with a copy of them).
 FIXTURES = Path(os.environ.get("MCVD_OFFICIAL_FIXTURES")
@@ -90,12 +91,12 @@ def test_parameter_count_equals_the_reference(name, params):
     assert abs(ours - params) < 0.005e6  # the fixtures' README
 
 
-def test_config_from_official_yaml():
-    cfg = ModelConfig.from_official_yaml(FIXTURES / "spatin_small" / "config.yml")
+def test_read_official_config():
+    cfg = read_official_config(FIXTURES / "spatin_small" / "config.yml")
     assert cfg == ModelConfig(image_size=32, channels=1, num_frames=2, num_frames_cond=2, num_frames_future=1,
                               ngf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), n_head_channels=16,
                               dropout=0.1, conditioning="spatin", spade_dim=32, cond_emb=False, num_timesteps=1000)
-    assert ModelConfig.from_official_yaml(FIXTURES / "concat_small" / "config.yml").conditioning == "concat"
+    assert read_official_config(FIXTURES / "concat_small" / "config.yml").conditioning == "concat"
 
 
 def test_top_level_exports():

@@ -5,9 +5,10 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from mcvd import _C, ops
 from mcvd.compat import load_official
 from mcvd.diffusion import SamplerConfig, StreamingPredictor, predict, sample
+from mcvd.loader import load
 from mcvd.nn import MCVD, ModelConfig
 
 __version__ = _C.build_info()["version"]
 
-__all__ = ["ops", "__version__", "MCVD", "ModelConfig", "load_official", "sample", "predict", "StreamingPredictor",
-           "SamplerConfig"]
+__all__ = ["ops", "__version__", "MCVD", "ModelConfig", "load", "load_official", "sample", "predict",
+           "StreamingPredictor", "SamplerConfig"]

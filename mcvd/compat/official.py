@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from mcvd.fileio import load_weights_only
 from mcvd.nn.blocks import AttnBlock, ResBlock
 from mcvd.nn.config import ModelConfig
-from mcvd.nn.model_file import load_weights_only
 from mcvd.nn.network import MCVD
 
 from .official_config import read_official_config
@@ -160,9 +160,13 @@ def convert_state_dict(reference_state: dict[str, torch.Tensor], model: MCVD,
 
 def read_official_checkpoint(path: str | os.PathLike, use_ema: bool = True) -> dict[str, torch.Tensor]:
     """The reference network's state (raw or EMA weights), keys without "module."."""
-    states = load_weights_only(path, "checkpoint", "torch checkpoint")
+    return official_state(load_weights_only(path, "checkpoint", "torch checkpoint"), path, use_ema)
+
+
+def official_state(states, path: str | os.PathLike, use_ema: bool = True) -> dict[str, torch.Tensor]:
+    """`read_official_checkpoint` of the object already read from `path` (named in errors)."""
     if isinstance(states, dict) and states.get("format") == "mcvd":
-        raise ValueError(f"checkpoint: {path} is an mcvd model file; load it with mcvd.nn.load_model")
+        raise ValueError(f"checkpoint: {path} is an mcvd model file; load it with mcvd.load")
     if not isinstance(states, (list, tuple)) or len(states) < 4 or not isinstance(states[0], dict):
         raise ValueError(f"checkpoint: {path} is not a checkpoint of the reference code (expected a list "
                          f"[model_state, optimizer_state, epoch, step, ema_shadow], got {type(states).__name__})")
@@ -199,9 +203,16 @@ def load_official(checkpoint: str | os.PathLike, config_path: str | os.PathLike 
         `model(x, T - 1 - s, cond)` equal to the reference `net(x, s, cond)`,
         and its ModelConfig.
     """
+    states = load_weights_only(checkpoint, "checkpoint", "torch checkpoint")
+    return official_model(states, checkpoint, config_path, use_ema)
+
+
+def official_model(states, checkpoint: str | os.PathLike, config_path: str | os.PathLike | None = None,
+                   use_ema: bool = True) -> tuple[MCVD, ModelConfig]:
+    """`load_official` of the object already read from `checkpoint`."""
     checkpoint = Path(checkpoint)
     config_path = Path(config_path) if config_path is not None else checkpoint.parent / "config.yml"
-    state = read_official_checkpoint(checkpoint, use_ema)
+    state = official_state(states, checkpoint, use_ema)
     cfg = read_official_config(config_path)
     model = MCVD(cfg)
     model.load_state_dict(convert_state_dict(state, model, source=f"checkpoint {checkpoint}"))

@@ -4,7 +4,9 @@
 
 written atomically (a temporary file beside the target, then os.replace) and
 read with torch.load(weights_only=True). Other files may add keys (a training
-checkpoint adds "ema", "optimizer", ...); `load_model` reads only these.
+checkpoint of mcvd.train adds "ema", "optimizer", ...). `load_model` reads
+model files only; `mcvd.load` reads any of them (a training checkpoint's EMA
+weights by default) and the reference code's checkpoints.
 """
 from __future__ import annotations
 
@@ -39,10 +41,14 @@ def save_model(path: str | os.PathLike, model: MCVD, *, overwrite: bool = False)
 
 def read_model_file(path: str | os.PathLike) -> dict:
     """torch.load a model file (weights_only) and check its format and version."""
-    payload = load_weights_only(path, "path")
+    return check_model_file(load_weights_only(path, "path"), path)
+
+
+def check_model_file(payload, path: str | os.PathLike) -> dict:
+    """`payload`, read from `path`, if it is a model file of this format and version; else ValueError naming `path`."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"path: {path} is not an mcvd model file (expected a dict with format={FORMAT!r}); "
-                         f"for the reference code's checkpoints use mcvd.load_official")
+                         f"for the reference code's checkpoints use mcvd.load or mcvd.load_official")
     if payload.get("version") != VERSION:
         raise ValueError(f"path: {path} has mcvd format version {payload.get('version')!r}; this mcvd reads "
                          f"version {VERSION}")
@@ -52,9 +58,21 @@ def read_model_file(path: str | os.PathLike) -> dict:
     return payload
 
 
-def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> MCVD:
-    """Read a model written by `save_model`: an MCVD in eval mode on `map_location`."""
-    payload = read_model_file(path)
+def build_model(payload: dict, weights: str = "model") -> MCVD:
+    """The MCVD of a checked model file's config with the state dict `payload[weights]`, in eval mode on the CPU."""
     model = MCVD(ModelConfig.from_dict(payload["model_config"]))
-    model.load_state_dict(payload["model"])
-    return model.eval().to(map_location)
+    model.load_state_dict(payload[weights])
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> MCVD:
+    """Read a model written by `save_model`: an MCVD in eval mode on `map_location`.
+
+    A training checkpoint holds two sets of weights, so it is refused here
+    (ValueError): `mcvd.load` reads it, with its EMA weights by default.
+    """
+    payload = read_model_file(path)
+    if "ema" in payload:
+        raise ValueError(f"path: {path} is a training checkpoint, with raw and EMA weights; load it with "
+                         f"mcvd.load(path) (EMA weights) or mcvd.load(path, use_ema=False) (raw weights)")
+    return build_model(payload).to(map_location)

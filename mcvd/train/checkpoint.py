@@ -1,7 +1,7 @@
 """Training checkpoints: this package's model file plus the training state.
 
     {"format": "mcvd", "version": 1,
-     "model_config": ModelConfig.to_dict(), "model": state_dict,   # the model file (mcvd.nn.load_model)
+     "model_config": ModelConfig.to_dict(), "model": state_dict,   # the model file (mcvd.nn.model_file)
      "ema": state_dict,                                             # EMA weights, same keys
      "run_config": RunConfig.to_dict(),
      "step": int, "data_position": {"epoch", "batch", "num_clips"},
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mcvd.nn import MCVD, ModelConfig
-from mcvd.nn.model_file import FORMAT, VERSION, read_model_file
+from mcvd.nn.model_file import FORMAT, VERSION, build_model, read_model_file
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -63,7 +63,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     for key in ("ema", "run_config", "step", "optimizer", "rng", "data_position"):
         if key not in payload:
             raise ValueError(f"path: {path} is a model file, not a training checkpoint (no {key!r}); "
-                             f"read it with mcvd.nn.load_model")
+                             f"read it with mcvd.load or mcvd.nn.load_model")
     return payload
 
 
@@ -73,11 +73,14 @@ def load_checkpoint(path: str | os.PathLike, use_ema: bool = True, *,
 
     use_ema: the EMA weights (what the paper samples with) or the raw weights.
     """
-    payload = read_model_file(path)
+    model = checkpoint_model(read_model_file(path), path, use_ema)
+    return model.to(map_location), model.config
+
+
+def checkpoint_model(payload: dict, path: str | os.PathLike, use_ema: bool = True) -> MCVD:
+    """The network of a training checkpoint's contents (read from `path`), EMA or raw weights, in eval mode on
+    the CPU."""
     key = "ema" if use_ema else "model"
     if key not in payload:
         raise ValueError(f"path: {path} holds no EMA weights; pass use_ema=False for its raw weights")
-    cfg = ModelConfig.from_dict(payload["model_config"])
-    model = MCVD(cfg)
-    model.load_state_dict(payload[key])
-    return model.eval().to(map_location), cfg
+    return build_model(payload, key)

@@ -179,11 +179,11 @@ def test_not_a_reference_checkpoint(tmp_path):
         load_official(path)
 
 
-def test_mcvd_model_file_is_pointed_to_load_model(tmp_path):
+def test_mcvd_model_file_is_pointed_to_mcvd_load(tmp_path):
     model, _ = loaded("concat_small")
     mcvd.nn.save_model(tmp_path / "checkpoint.pt", model)
     (tmp_path / "config.yml").write_text((FIXTURES / "concat_small" / "config.yml").read_text())
-    with pytest.raises(ValueError, match=r"is an mcvd model file; load it with mcvd.nn.load_model"):
+    with pytest.raises(ValueError, match=r"is an mcvd model file; load it with mcvd.load"):
         load_official(tmp_path / "checkpoint.pt")
 
 

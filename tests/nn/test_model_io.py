@@ -1,4 +1,4 @@
-"""mcvd.nn.save_model / load_model: round trip, no silent overwrite, clear errors."""
+"""mcvd.nn.save_model / load_model: round trip, no silent overwrite, clear errors, no training checkpoints."""
 import os
 
 import pytest
@@ -44,7 +44,8 @@ def test_bad_files_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"path: .*junk.pt is not a readable torch file"):
         load_model(tmp_path / "junk.pt")
     torch.save({"model": {}}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match=r"path: .*other.pt is not an mcvd model file .*mcvd.load_official"):
+    with pytest.raises(ValueError, match=r"path: .*other.pt is not an mcvd model file .*use mcvd.load or "
+                                         r"mcvd.load_official"):
         load_model(tmp_path / "other.pt")
     torch.save({"format": "mcvd", "version": 7}, tmp_path / "future.pt")
     with pytest.raises(ValueError, match=r"path: .*future.pt has mcvd format version 7; this mcvd reads version 1"):
@@ -57,3 +58,15 @@ def test_bad_files_are_named(tmp_path):
 def test_save_model_needs_an_mcvd_model(tmp_path):
     with pytest.raises(TypeError, match="model: expected a mcvd.MCVD, got Linear"):
         save_model(tmp_path / "m.pt", torch.nn.Linear(2, 2))
+
+
+def test_a_training_checkpoint_is_refused_not_read_as_its_raw_weights(tmp_path):
+    """Its raw and EMA weights differ; load_model would have to pick one: it points to mcvd.load instead."""
+    model = MCVD(CFG)
+    path = save_model(tmp_path / "m.pt", model)
+    payload = torch.load(path, weights_only=True)
+    payload["ema"] = {k: v + 1 for k, v in payload["model"].items()}
+    torch.save(payload, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"checkpoint.pt is a training checkpoint, with raw and EMA weights; load it "
+                                         r"with mcvd.load\(path\) \(EMA weights\) or mcvd.load\(path, use_ema=False\)"):
+        load_model(tmp_path / "checkpoint.pt")

@@ -1,0 +1,116 @@
+"""mcvd.load: every kind of model file, EMA or raw weights, clear errors."""
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import mcvd
+from mcvd import MCVD, ModelConfig
+from mcvd.loader import MODEL_FILE, REFERENCE_CHECKPOINT, TRAINING_CHECKPOINT, read
+from mcvd.nn import load_model, save_model
+from mcvd.train import RunConfig, read_checkpoint, train
+
+FIXTURES = Path(os.environ.get("MCVD_OFFICIAL_FIXTURES")
+                or Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official")
+needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"fixtures not found at {FIXTURES}")
+
+CFG = ModelConfig(image_size=8, channels=1, num_frames=1, num_frames_cond=1, ngf=4, ch_mult=(1,),
+                  num_res_blocks=1, attn_resolutions=(), n_head_channels=-1, dropout=0.0)
+
+
+def same_state(model, state) -> bool:
+    ours = model.state_dict()
+    return ours.keys() == state.keys() and all(torch.equal(ours[k], state[k]) for k in ours)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A training checkpoint of `mcvd train` (3 steps, EMA rate 0.5: EMA and raw weights differ)."""
+    run = RunConfig.from_dict({"model": CFG.to_dict(), "data": {"digit_size": 4, "length": 16},
+                               "training": {"batch_size": 2, "steps": 3, "warmup": 1, "lr": 1e-2, "ema_rate": 0.5,
+                                            "ckpt_every": 3, "log_every": 1, "device": "cpu"}})
+    return train(run, tmp_path_factory.mktemp("run"), progress=False).checkpoint
+
+
+def test_a_training_checkpoint_gives_its_ema_weights_by_default(checkpoint):
+    ckpt = read_checkpoint(checkpoint)
+    assert not all(torch.equal(ckpt["ema"][k], v) for k, v in ckpt["model"].items())  # so the test can fail
+    model, cfg = mcvd.load(checkpoint)
+    assert cfg == CFG and model.config == CFG and not model.training
+    assert same_state(model, ckpt["ema"]) and not same_state(model, ckpt["model"])
+    raw, _ = mcvd.load(checkpoint, use_ema=False)
+    assert same_state(raw, ckpt["model"]) and not same_state(raw, ckpt["ema"])
+    assert read(checkpoint).kind == TRAINING_CHECKPOINT
+    assert read(checkpoint).run_config == ckpt["run_config"]
+
+
+def test_a_model_file_loads_as_saved(tmp_path):
+    model = MCVD(CFG)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    path = save_model(tmp_path / "model.pt", model)
+    loaded, cfg = mcvd.load(path)
+    assert cfg == CFG and same_state(loaded, model.state_dict()) and not loaded.training
+    assert read(path).kind == MODEL_FILE and read(path).run_config == {}
+    with pytest.raises(ValueError, match=r"use_ema=False: .*model.pt is a model file with a single set of weights"):
+        mcvd.load(path, use_ema=False)
+    assert same_state(load_model(path), loaded.state_dict())  # the same as the model file's own reader
+
+
+@needs_fixtures
+@pytest.mark.parametrize("name", ["concat_small", "spatin_small"])
+@pytest.mark.parametrize("use_ema", [True, False], ids=["ema", "raw"])
+def test_a_reference_checkpoint_loads_as_load_official_does(name, use_ema):
+    path = FIXTURES / name / "checkpoint.pt"
+    model, cfg = mcvd.load(path, use_ema=use_ema)
+    expected, expected_cfg = mcvd.load_official(path, use_ema=use_ema)
+    assert cfg == expected_cfg and same_state(model, expected.state_dict()) and not model.training
+    assert read(path).kind == REFERENCE_CHECKPOINT and read(path).run_config == {}
+    io = torch.load(FIXTURES / name / "io.pt", weights_only=True)
+    with torch.no_grad():
+        out = model(io["x"], cfg.num_timesteps - 1 - io["t_official"], io["cond"])
+    want = io["out_ema" if use_ema else "out_raw"]
+    assert ((out.double() - want.double()).norm() / want.double().norm()).item() <= 1e-5  # as tests/compat
+
+
+@needs_fixtures
+def test_a_reference_checkpoint_needs_its_config_beside_it(tmp_path):
+    shutil.copy(FIXTURES / "concat_small" / "checkpoint.pt", tmp_path / "checkpoint.pt")
+    with pytest.raises(FileNotFoundError, match=r"config: no such file: .*config.yml"):
+        mcvd.load(tmp_path / "checkpoint.pt")
+
+
+def test_map_location(checkpoint):
+    model, _ = mcvd.load(checkpoint, map_location="cpu")
+    assert next(model.parameters()).device == torch.device("cpu")
+    model, _ = mcvd.load(checkpoint, map_location=torch.device("meta"))
+    assert next(model.parameters()).device == torch.device("meta")
+
+
+def test_missing_corrupt_and_foreign_files_are_named(tmp_path, checkpoint):
+    with pytest.raises(FileNotFoundError, match=r"path: no such file: .*nothing.pt"):
+        mcvd.load(tmp_path / "nothing.pt")
+    data = Path(checkpoint).read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"path: .*truncated.pt is not a readable torch file"):
+        mcvd.load(tmp_path / "truncated.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"path: .*junk.pt is not a readable torch file"):
+        mcvd.load(tmp_path / "junk.pt")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"path: .*other.pt is not an mcvd model file, training checkpoint or "
+                                         r"reference-code checkpoint .*got dict"):
+        mcvd.load(tmp_path / "other.pt")
+    torch.save({"format": "mcvd", "version": 7}, tmp_path / "future.pt")
+    with pytest.raises(ValueError, match=r"future.pt has mcvd format version 7"):
+        mcvd.load(tmp_path / "future.pt")
+    torch.save([{"w": torch.zeros(1)}], tmp_path / "short_list.pt")
+    with pytest.raises(ValueError, match=r"short_list.pt is not a checkpoint of the reference code"):
+        mcvd.load(tmp_path / "short_list.pt")
+
+
+def test_top_level_export():
+    assert mcvd.load is mcvd.loader.load and "load" in mcvd.__all__

@@ -3,7 +3,7 @@
     {"format": "mcvd", "version": 1,
      "model_config": ModelConfig.to_dict(), "model": state_dict,   # the model file (mcvd.nn.model_file)
      "ema": state_dict,                                             # EMA weights, same keys
-     "run_config": RunConfig.to_dict(),
+     "run_config": RunConfig.to_dict(),                             # as run: see train(time_limit_ends_run=)
      "step": int, "data_position": {"epoch", "batch", "num_clips"},
      "optimizer": Adam state, "scaler": GradScaler state or None,
      "rng": {"generator": state of the objective's generator (shared by all processes),

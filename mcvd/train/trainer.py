@@ -24,6 +24,8 @@ except for dropout, whose masks each process draws from its own RNG.
 from __future__ import annotations
 
 import contextlib
+import csv
+import dataclasses
 import logging
 import math
 import time
@@ -65,6 +67,13 @@ class TrainResult:
     losses: list[float]      # loss of every step this call ran (global batch mean)
     checkpoint: Path
     model: MCVD              # this process's network with its final (raw, not EMA) weights
+    run: RunConfig           # the run config the checkpoint records (see train's time_limit_ends_run)
+
+
+def read_metrics(path) -> list[dict[str, float]]:
+    """The rows of a run's metrics.csv (METRICS_FIELDS), as floats."""
+    with open(path, newline="") as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
 def learning_rate(step: int, cfg) -> float:
@@ -128,7 +137,8 @@ def _check_resume_config(saved: dict, run: RunConfig, path: Path) -> None:
             log.warning("resuming %s with a changed %s section: %s", path, section, ", ".join(changed))
 
 
-def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float | None = None) -> TrainResult:
+def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float | None = None,
+          time_limit_ends_run: bool = False) -> TrainResult:
     """Train (or resume training) an MCVD network in `workdir` until run.training.steps.
 
     time_limit: seconds of training (from the first step of this call) after
@@ -137,6 +147,12 @@ def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float |
     must be given a time limit, or none). Nothing
     in a step depends on run.training.steps, so a run stopped at step N holds
     the weights of a run of N steps, and resuming continues it.
+
+    time_limit_ends_run: the time limit is the run's budget, not a pause: a run
+    it stops at step N is a run of N steps, and its checkpoint's run config
+    (and TrainResult.run) record training.steps = N (ckpt_every at most N), so
+    resuming it trains no further. Otherwise they keep run.training.steps, and
+    a later call resumes towards it.
 
     Started by torchrun, every process calls this; the global batch
     run.training.batch_size is split evenly over processes and accumulation steps.
@@ -149,13 +165,13 @@ def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float |
     env = D.setup(device.type)
     try:
         return _train(run, Path(workdir), device if device.type == "cpu" else torch.device("cuda", env.local_rank),
-                      env, progress, time_limit)
+                      env, progress, time_limit, time_limit_ends_run)
     finally:
         D.teardown(env)
 
 
 def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, progress: bool,
-           time_limit: float | None) -> TrainResult:
+           time_limit: float | None, time_limit_ends_run: bool) -> TrainResult:
     tc = run.training
     if time_limit is not None and not (time_limit >= 0):
         raise ValueError(f"time_limit: expected seconds >= 0 or None, got {time_limit}")
@@ -271,6 +287,9 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
             interval["n"] += 1
             bar.update(1)
             stop = time_limit is not None and step < tc.steps and _time_is_up(started, time_limit, device, env)
+            if stop and time_limit_ends_run:
+                run = dataclasses.replace(run, training=dataclasses.replace(
+                    tc, steps=step, ckpt_every=min(tc.ckpt_every, step)))
             if step % tc.log_every == 0 or step == tc.steps or stop:
                 _log_interval(workdir, env, bar, step, lr, interval)
             if step % tc.ckpt_every == 0 or step == tc.steps or stop:
@@ -284,7 +303,7 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
                 break
     finally:
         bar.close()
-    return TrainResult(step, losses, ckpt_path, model)
+    return TrainResult(step, losses, ckpt_path, model, run)
 
 
 def _time_is_up(started: float, time_limit: float, device: torch.device, env: D.DistEnv) -> bool:

@@ -28,6 +28,9 @@ scale arrives as two float32 numbers whose sum is the float64 scale
 (_split_scale), converted to the accumulation dtype in the kernel. On a GPU
 the block sizes are autotuned per (N, DP, EVEN_D, dtype); under
 TRITON_INTERPRET=1 one small configuration runs.
+
+The autograd of these Triton ops is registered by mcvd/ops/attention.py,
+which imports this module; this module imports nothing from mcvd.
 """
 import math
 import os
@@ -38,8 +41,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from mcvd.ops import _backend
-from mcvd.ops.attention import make_backward, setup_context
+from ._dtypes import stat_dtype
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -256,7 +258,7 @@ def _bwd_dq_kernel(
 
 def _meta(q: torch.Tensor) -> dict:
     """Compile-time arguments shared by every kernel of one call."""
-    f64 = q.dtype == torch.float64
+    f64 = stat_dtype(q.dtype) == torch.float64  # the kernels' accumulation dtype
     # 32-bit and 64-bit products stay exact; 16-bit ones run on tensor cores anyway.
     prec = "ieee" if q.dtype in (torch.float32, torch.float64) else "tf32"
     dp = max(16, triton.next_power_of_2(q.shape[-1]))
@@ -290,17 +292,13 @@ def _split_scale(scale: float) -> tuple[float, float]:
     return hi, f32(scale - hi)
 
 
-def _stat_dtype(q: torch.Tensor) -> torch.dtype:
-    return torch.float64 if q.dtype == torch.float64 else torch.float32
-
-
 @triton_op("mcvd::attention_fwd_triton", mutates_args=())
 def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """q, k, v: [B, heads, N, D], one float dtype. Returns out: [B, heads, N, D]
     (q's dtype, contiguous) and lse: [B, heads, N] float32 (float64 for float64 q)."""
     B, H, N, D = q.shape
     out = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, H, N), dtype=_stat_dtype(q), device=q.device)
+    lse = torch.empty((B, H, N), dtype=stat_dtype(q.dtype), device=q.device)
     if lse.numel() == 0:
         return out, lse
     q, k, v = _unit_last(q, k, v)
@@ -340,7 +338,3 @@ def bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     wrap_triton(_bwd_dkdv_kernel)[grid_n](q, k, v, grad_out, lse, delta, dk, dv, *strides, H, N, D, *scales, **meta)
     wrap_triton(_bwd_dq_kernel)[grid_m](q, k, v, grad_out, lse, delta, dq, *strides, H, N, D, *scales, **meta)
     return dq, dk, dv
-
-
-torch.library.register_autograd("mcvd::attention_fwd_triton", make_backward(bwd), setup_context=setup_context)
-_backend.first_order_only("mcvd::attention_bwd_triton")

@@ -6,15 +6,15 @@
 Each program works inside one sample, so its five coefficients are scalar loads
 from the [5, B] table; the arithmetic runs in the table's dtype (float32, or
 float64 for float64 x_t). The clip bounds travel as float32 kernel arguments.
+
+The autograd of this Triton op is registered by mcvd/ops/reverse_step.py,
+which imports this module; this module imports nothing from mcvd.
 """
 
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
-
-from mcvd.ops._checks import check_shape
-from mcvd.ops.reverse_step import backward, setup_context
 
 _BLOCK = 1024
 
@@ -60,7 +60,8 @@ def fwd(x_t: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | None, coef: 
     """x_t, eps, noise: [B, ...] one float dtype (noise may be None); coef: [5, B]
     float32 or float64 on x_t's device. Returns (x_prev, x0), shaped like x_t."""
     B = x_t.shape[0]
-    check_shape(coef, "coef", (5, B))
+    if tuple(coef.shape) != (5, B):
+        raise ValueError(f"coef: expected shape [5, {B}], got [{', '.join(str(int(n)) for n in coef.shape)}]")
     if (clip_lo is None) != (clip_hi is None):
         raise ValueError(f"clip_lo, clip_hi: expected both or neither, got {clip_lo!r}, {clip_hi!r}")
     x_t, eps, coef = x_t.contiguous(), eps.contiguous(), coef.contiguous()
@@ -75,6 +76,3 @@ def fwd(x_t: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | None, coef: 
             clip_lo if clip else 0.0, clip_hi if clip else 0.0,
             HAS_NOISE=noise is not None, CLIP=clip, BLOCK=_BLOCK, num_warps=4)
     return x_prev, x0
-
-
-torch.library.register_autograd("mcvd::reverse_step_triton", backward, setup_context=setup_context)

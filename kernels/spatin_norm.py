@@ -32,6 +32,9 @@ dweight / dbias); otherwise four launches:
 Absent optionals act as their identity (w = 1, the rest 0); their loads and
 stores are compiled out. Arithmetic runs in float32 (float64 for float64 x);
 eps travels as a float32 kernel argument.
+
+The autograd of these Triton ops is registered by mcvd/ops/spatin_norm.py,
+which imports this module; this module imports nothing from mcvd.
 """
 import functools
 
@@ -40,8 +43,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from mcvd.ops import _backend
-from mcvd.ops.spatin_norm import make_backward, setup_context
+from ._dtypes import stat_dtype
 
 # Largest block of a row that one loop step holds, and largest tile of
 # partial results that one step of a combine loop holds.
@@ -558,10 +560,10 @@ def fwd(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: tor
     # dynamic-shape trace specializes them here.
     B, C, H, W = (int(n) for n in x.shape)
     hw, rows, cg = H * W, B * C, C // num_groups
-    f64 = x.dtype == torch.float64
-    stat_dtype = torch.float64 if f64 else torch.float32
+    acc_dtype = stat_dtype(x.dtype)
+    f64 = acc_dtype == torch.float64
     y = torch.empty_like(x)
-    mean = torch.empty((B, num_groups), dtype=stat_dtype, device=x.device)
+    mean = torch.empty((B, num_groups), dtype=acc_dtype, device=x.device)
     rstd = torch.empty_like(mean)
     if y.numel() == 0:
         return y, mean.fill_(float("nan")), rstd.fill_(float("nan"))
@@ -575,7 +577,7 @@ def fwd(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: tor
         return y, mean, rstd
     block, chunk, nch = _plan(rows, hw, x.device)
     npart = rows * nch
-    part = torch.empty((3, npart), dtype=stat_dtype, device=x.device)
+    part = torch.empty((3, npart), dtype=acc_dtype, device=x.device)
     wrap_triton(_stats_kernel)[(npart,)](x, part, hw, chunk, nch, npart, F64=f64, BLOCK=block,
                                         num_warps=_warps(block))
     p = cg * nch
@@ -611,7 +613,7 @@ def bwd(grad_y: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.T
     # dynamic-shape trace specializes them here.
     B, C, H, W = (int(n) for n in x.shape)
     hw, rows, cg = H * W, B * C, C // num_groups
-    f64 = x.dtype == torch.float64
+    f64 = stat_dtype(x.dtype) == torch.float64
     acc_dtype = mean.dtype
     grads = [torch.empty_like(x)] + [x.new_empty((0,)) if t is None else torch.empty_like(t)
                                      for t in (weight, bias, gamma, beta, scale, shift)]
@@ -646,7 +648,3 @@ def bwd(grad_y: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.T
         grad_y, x, mean, rstd, *opt, gmean, dx, dgamma if gamma is not None else x, dbeta if beta is not None else x,
         C, cg, hw, chunk, nch, B * num_groups, **flags, SILU=silu, F64=f64, BLOCK=block, num_warps=_warps(block))
     return dx, dweight, dbias, dgamma, dbeta, dscale, dshift
-
-
-torch.library.register_autograd("mcvd::spatin_norm_fwd_triton", make_backward(bwd), setup_context=setup_context)
-_backend.first_order_only("mcvd::spatin_norm_bwd_triton")

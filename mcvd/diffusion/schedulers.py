@@ -33,7 +33,7 @@ import math
 
 import torch
 
-from mcvd.ops.reverse_step import reverse_step_coef
+from mcvd.ops.reverse_step import reverse_step_coef, stat_dtype
 
 from .schedule import Schedule
 
@@ -228,7 +228,7 @@ class Scheduler:
     def _coef_rows(self, i: int, sample: torch.Tensor) -> torch.Tensor:
         """[5, B] coefficients of step i for sample's batch and dtype; the
         [steps, 5, B] table is built on the device once per batch size."""
-        dtype = torch.float64 if sample.dtype == torch.float64 else torch.float32
+        dtype = stat_dtype(sample.dtype)
         batch = sample.shape[0]
         key = (dtype, batch)
         if key not in self._per_batch:

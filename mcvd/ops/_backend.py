@@ -2,16 +2,16 @@
 
 Backends: "reference" (pure PyTorch, `<op>_ref`), "cpu" (C++ kernels in
 mcvd._C), "cuda" (CUDA kernels in mcvd._C), "triton" (kernels/ via
-torch.library.triton_op). `backend=None` takes `MCVD_BACKEND` if set, else the
-fastest compiled backend for the tensors' device (AUTO below, as measured by
-benchmarks/), and logs the choice once per op, device and dtype.
+torch.library.triton_op, loaded by mcvd.ops._triton). `backend=None` takes
+`MCVD_BACKEND` if set, else the fastest compiled backend for the tensors'
+device (AUTO below, as measured by benchmarks/), and logs the choice once per
+op, device and dtype.
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
 import os
-import sys
 
 import torch
 
@@ -55,7 +55,8 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
 
     "triton" needs the triton package and a CUDA device, or TRITON_INTERPRET=1
     (then it runs, slowly, on CPU tensors; it applies to the kernels defined
-    after it is set, i.e. when mcvd.kernels is first imported).
+    after it is set, i.e. when mcvd.ops._triton first imports a kernels/<op>.py
+    module).
     """
     dev = None if device is None else torch.device(device).type
     out = ["reference"]
@@ -112,24 +113,3 @@ def _choose(op: str, dev: str, backend: str | None, dtype: torch.dtype | None = 
         order = AUTO_CUDA.get((op, dtype)) or AUTO_CUDA[op]
         return next((b for b in order if b in avail), "reference")
     return "cpu" if dev == "cpu" and "cpu" in avail else "reference"
-
-
-def first_order_only(op: str) -> None:
-    """Register the autograd of the Triton backward op `op` ("mcvd::...") as one
-    that raises when a backward runs through it (a double backward), as the C++
-    backward ops do (csrc/autograd.cpp): the ops' backward formulas are
-    first-order, and an op without autograd would drop that gradient with only
-    a warning."""
-
-    def backward(ctx, *grads):
-        raise RuntimeError(f"derivative for {op} is not implemented: the mcvd ops support first-order "
-                           "gradients only (no double backward)")
-
-    torch.library.register_autograd(op, backward)
-
-
-def triton_module(op: str):
-    """The kernels/<op>.py module (imported on first use: importing triton is slow)."""
-    name = f"mcvd.kernels.{op}"
-    # torch.compile refuses to trace import_module; a loaded module is a plain lookup.
-    return sys.modules.get(name) or importlib.import_module(name)

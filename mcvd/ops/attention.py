@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend
+from mcvd.kernels._dtypes import stat_dtype
+
+from . import _backend, _triton
 from ._checks import check_float, check_like, check_rank
 
 
@@ -55,18 +57,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
     name = _backend.resolve("attention", q.device, backend, q.dtype)
     if name == "reference":
         return attention_ref(q, k, v, scale=scale)
-    op = torch.ops.mcvd.attention_fwd if name in ("cpu", "cuda") else _backend.triton_module("attention").fwd
+    op = torch.ops.mcvd.attention_fwd if name in ("cpu", "cuda") else triton_kernels().fwd
     out, _ = op(q, k, v, scale)
     return out
 
 
-def _stat_dtype(q):
-    return torch.float64 if q.dtype == torch.float64 else torch.float32
+# --- torch.library registrations. The C++ ops' autograd is registered in C++
+# (csrc/autograd.cpp's Attention; see mcvd/ops/__init__.py for why), their
+# fake implementations here; the Triton ops' autograd here, when they load.
 
 
 @torch.library.register_fake("mcvd::attention_fwd")
 def _fwd_fake(q, k, v, scale):
-    return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=_stat_dtype(q))
+    return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=stat_dtype(q.dtype))
 
 
 @torch.library.register_fake("mcvd::attention_bwd")
@@ -74,9 +77,20 @@ def _bwd_fake(grad_out, q, k, v, out, lse, scale):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-# The autograd of the C++ forward op is registered in C++ (csrc/autograd.cpp);
-# the Triton op's with these two functions (kernels/attention.py).
-def setup_context(ctx, inputs, output):
+def triton_kernels():
+    """kernels/attention.py, its Triton ops registered below (imported on first use)."""
+    return _triton.load("attention", _register_triton)
+
+
+def _register_triton(kernels) -> None:
+    """Autograd of mcvd::attention_fwd_triton (backward: mcvd::attention_bwd_triton,
+    the schema of mcvd::attention_bwd), and the first-order guard on the backward."""
+    torch.library.register_autograd("mcvd::attention_fwd_triton", _make_backward(kernels.bwd),
+                                    setup_context=_setup_context)
+    _triton.first_order_only("mcvd::attention_bwd_triton")
+
+
+def _setup_context(ctx, inputs, output):
     """Saves what csrc/autograd.cpp's Attention saves."""
     q, k, v, scale = inputs
     out, lse = output
@@ -85,9 +99,8 @@ def setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
 
 
-def make_backward(bwd_op):
-    """Autograd formula of the Triton forward op (that of the C++ op is
-    csrc/autograd.cpp's Attention)."""
+def _make_backward(bwd_op):
+    """The formula of csrc/autograd.cpp's Attention, over `bwd_op`."""
 
     def backward(ctx, grad_out, _grad_lse):
         q, k, v, out, lse = ctx.saved_tensors
@@ -95,4 +108,3 @@ def make_backward(bwd_op):
         return dq, dk, dv, None
 
     return backward
-

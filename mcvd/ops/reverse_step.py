@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend
+from mcvd.kernels._dtypes import stat_dtype
+
+from . import _backend, _triton
 from ._checks import check_float, check_like
 
 _COEFS = ("a", "b", "c_x0", "c_xt", "sigma")
 
 
 def _coef_table(x_t, coefs) -> torch.Tensor:
-    """[5, B] table of the coefficients (floats or [B] tensors), x_t's device,
-    float64 for float64 x_t else float32."""
+    """[5, B] table of the coefficients (floats or [B] tensors) on x_t's device,
+    of x_t's statistics dtype (float64 for float64 x_t, else float32)."""
     B = x_t.shape[0]
-    dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
+    dtype = stat_dtype(x_t.dtype)
     if x_t.device.type == "cpu" and all(not isinstance(c, torch.Tensor) for c in coefs):
         return torch.tensor([[float(c)] * B for c in coefs], dtype=dtype)
     # On a GPU, float rows are filled on the device: a copy from host memory
@@ -93,12 +95,18 @@ def reverse_step(x_t: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | Non
 
 
 def reverse_step_coef(x_t, eps, noise, coef, clip_lo=None, clip_hi=None, *, backend=None):
-    """reverse_step over a prepared [5, B] coefficient table (no checks beyond the kernel's)."""
+    """reverse_step over a prepared [5, B] coefficient table of x_t's statistics
+    dtype (the samplers build theirs once per sampling run; no checks beyond
+    the kernel's)."""
     name = _backend.resolve("reverse_step", x_t.device, backend, x_t.dtype)
     if name == "reference":
         return reverse_step_ref(x_t, eps, noise, coef, clip_lo, clip_hi)
-    op = torch.ops.mcvd.reverse_step if name in ("cpu", "cuda") else _backend.triton_module("reverse_step").fwd
+    op = torch.ops.mcvd.reverse_step if name in ("cpu", "cuda") else triton_kernels().fwd
     return op(x_t, eps, noise, coef, clip_lo, clip_hi)
+
+
+# --- torch.library registrations: fake, and one autograd formula for the C++
+# op (CPU and CUDA) and the Triton op alike (see mcvd/ops/__init__.py).
 
 
 @torch.library.register_fake("mcvd::reverse_step")
@@ -106,7 +114,7 @@ def _fake(x_t, eps, noise, coef, clip_lo=None, clip_hi=None):
     return torch.empty_like(x_t), torch.empty_like(x_t)
 
 
-def setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output):
     x_t, eps, noise, coef, clip_lo, clip_hi = inputs
     _, x0 = output
     # The clamp passes gradient only where x0 lies inside [lo, hi].
@@ -115,8 +123,9 @@ def setup_context(ctx, inputs, output):
     ctx.has_noise = noise is not None
 
 
-def backward(ctx, g_prev, g_x0):
-    """Elementwise, so plain PyTorch: d x_prev / d (x_t, eps, noise)."""
+def _backward(ctx, g_prev, g_x0):
+    """Elementwise, so plain PyTorch: d x_prev / d (x_t, eps, noise). Made of
+    differentiable ops, so a double backward through it is exact too."""
     coef, inside = ctx.saved_tensors
     shape = (-1,) + (1,) * (g_prev.dim() - 1)
     a, b, c_x0, c_xt, sigma = (c.view(shape).to(g_prev.dtype) for c in coef)
@@ -129,4 +138,14 @@ def backward(ctx, g_prev, g_x0):
     return g_xt, g_eps, g_noise, None, None, None
 
 
-torch.library.register_autograd("mcvd::reverse_step", backward, setup_context=setup_context)
+torch.library.register_autograd("mcvd::reverse_step", _backward, setup_context=_setup_context)
+
+
+def triton_kernels():
+    """kernels/reverse_step.py, its Triton op registered below (imported on first use)."""
+    return _triton.load("reverse_step", _register_triton)
+
+
+def _register_triton(kernels) -> None:
+    """Autograd of mcvd::reverse_step_triton: the formula of mcvd::reverse_step."""
+    torch.library.register_autograd("mcvd::reverse_step_triton", _backward, setup_context=_setup_context)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _backend
+from mcvd.kernels._dtypes import stat_dtype
+
+from . import _backend, _triton
 from ._checks import check_float, check_like, check_rank
 
 _ARGS = ("weight", "bias", "gamma", "beta", "scale", "shift")
@@ -97,23 +99,20 @@ def spatin_norm(x: torch.Tensor, num_groups: int, *, weight: torch.Tensor | None
     if name == "reference":
         return spatin_norm_ref(x, num_groups, weight=weight, bias=bias, gamma=gamma, beta=beta, scale=scale,
                                shift=shift, eps=eps, silu=silu)
-    op = torch.ops.mcvd.spatin_norm_fwd if name in ("cpu", "cuda") else _backend.triton_module("spatin_norm").fwd
+    op = torch.ops.mcvd.spatin_norm_fwd if name in ("cpu", "cuda") else triton_kernels().fwd
     y, _, _ = op(x, num_groups, weight, bias, gamma, beta, scale, shift, float(eps), bool(silu))
     return y
 
 
-# --- torch.library registration: fake implementations of the C++ ops; the
-# autograd of the C++ forward op is registered in C++ (csrc/autograd.cpp), the
-# Triton op's with these two functions (kernels/spatin_norm.py) ----------------
-
-def _stat_dtype(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+# --- torch.library registrations. The C++ ops' autograd is registered in C++
+# (csrc/autograd.cpp's SpatinNorm; see mcvd/ops/__init__.py for why), their
+# fake implementations here; the Triton ops' autograd here, when they load.
 
 
 @torch.library.register_fake("mcvd::spatin_norm_fwd")
 def _fwd_fake(x, num_groups, weight=None, bias=None, gamma=None, beta=None, scale=None, shift=None, eps=1e-6,
               silu=False):
-    stats = x.new_empty((x.shape[0], num_groups), dtype=_stat_dtype(x))
+    stats = x.new_empty((x.shape[0], num_groups), dtype=stat_dtype(x.dtype))
     return torch.empty_like(x), stats, torch.empty_like(stats)
 
 
@@ -126,7 +125,20 @@ def _bwd_fake(grad_y, x, mean, rstd, num_groups, weight=None, bias=None, gamma=N
     return tuple(grads)
 
 
-def setup_context(ctx, inputs, output):
+def triton_kernels():
+    """kernels/spatin_norm.py, its Triton ops registered below (imported on first use)."""
+    return _triton.load("spatin_norm", _register_triton)
+
+
+def _register_triton(kernels) -> None:
+    """Autograd of mcvd::spatin_norm_fwd_triton (backward: mcvd::spatin_norm_bwd_triton,
+    the schema of mcvd::spatin_norm_bwd), and the first-order guard on the backward."""
+    torch.library.register_autograd("mcvd::spatin_norm_fwd_triton", _make_backward(kernels.bwd),
+                                    setup_context=_setup_context)
+    _triton.first_order_only("mcvd::spatin_norm_bwd_triton")
+
+
+def _setup_context(ctx, inputs, output):
     """Saves what csrc/autograd.cpp's SpatinNorm saves."""
     x, num_groups, *opt, eps, silu = inputs
     _, mean, rstd = output
@@ -136,10 +148,8 @@ def setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(mean, rstd)
 
 
-def make_backward(bwd_op):
-    """Autograd formula of the Triton forward op (that of the C++ op is
-    csrc/autograd.cpp's SpatinNorm): `bwd_op` has the schema of
-    mcvd::spatin_norm_bwd."""
+def _make_backward(bwd_op):
+    """The formula of csrc/autograd.cpp's SpatinNorm, over `bwd_op`."""
 
     def backward(ctx, grad_y, _grad_mean, _grad_rstd):
         x, mean, rstd, *saved = ctx.saved_tensors
@@ -150,4 +160,3 @@ def make_backward(bwd_op):
         return (gx, None, *gopt, None, None)
 
     return backward
-

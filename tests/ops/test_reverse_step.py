@@ -190,6 +190,16 @@ def test_gradients_match_reference_autograd(backend_device):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
 
 
+def test_double_backward(backend_device):
+    """The backward is made of differentiable PyTorch ops, so a double backward
+    is exact (and needs no first-order guard, unlike spatin_norm and attention)."""
+    backend, device = backend_device
+    x_t, eps, noise = (t.requires_grad_() for t in make((2, 3, 4), device=device))
+    coefs = random_coefs(2, per_sample=True, device=device)
+    assert torch.autograd.gradgradcheck(
+        lambda x, e, n: reverse_step(x, e, n, **coefs, clip=(-1.5, 1.5), backend=backend), (x_t, eps, noise))
+
+
 # ------------------------------------------------------------------ torch.library
 
 

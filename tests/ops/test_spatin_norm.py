@@ -5,7 +5,8 @@ import itertools
 import pytest
 import torch
 
-from mcvd.ops import _backend, available_backends, spatin_norm, spatin_norm_ref
+from mcvd.ops import available_backends, spatin_norm, spatin_norm_ref
+from mcvd.ops.spatin_norm import triton_kernels
 
 # (shape, num_groups): minimal, aligned and odd sizes. H * W of 35, 15, 221
 # and 1517 leave vector tails; 1517 also spans two of the kernel's
@@ -264,7 +265,7 @@ def test_statistics_do_not_require_grad(backend_device):
     backend, device = backend_device
     x, opt = make_inputs((2, 4, 3, 2), ("weight", "gamma"), device=device)
     x, opt = leaf(x), {k: leaf(v) for k, v in opt.items()}
-    fwd = _backend.triton_module("spatin_norm").fwd if backend == "triton" else torch.ops.mcvd.spatin_norm_fwd
+    fwd = triton_kernels().fwd if backend == "triton" else torch.ops.mcvd.spatin_norm_fwd
     y, mean, rstd = fwd(x, 2, *opt.values(), EPS, True)
     assert y.requires_grad and not mean.requires_grad and not rstd.requires_grad
 

@@ -364,13 +364,15 @@ def test_reverse_step_rejects_bad_coefficient_tables():
 
 @interpreted
 def test_opcheck():
-    """Schemas and autograd registration of the three Triton ops. The fake-tensor
-    and AOT checks need a GPU: under the interpreter wrap_triton hands back the
-    bare kernel, which would then run on fake tensors."""
-    from mcvd.kernels import attention as at
-    from mcvd.kernels import reverse_step as rs
-    from mcvd.kernels import spatin_norm as sn
+    """Schemas and autograd registration of the three Triton ops (made by
+    mcvd/ops/<op>.py when it loads the kernels). The fake-tensor and AOT checks
+    need a GPU: under the interpreter wrap_triton hands back the bare kernel,
+    which would then run on fake tensors."""
+    from mcvd.ops.attention import triton_kernels as attention_kernels
+    from mcvd.ops.reverse_step import triton_kernels as reverse_step_kernels
+    from mcvd.ops.spatin_norm import triton_kernels as spatin_norm_kernels
 
+    at, rs, sn = attention_kernels(), reverse_step_kernels(), spatin_norm_kernels()
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, dtype=torch.float64, requires_grad=True)
     s = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
@@ -381,6 +383,26 @@ def test_opcheck():
     coef = torch.rand(5, 2, dtype=torch.float64) + 0.5
     xt, e = (torch.randn(2, 6, dtype=torch.float64, requires_grad=True) for _ in range(2))
     torch.library.opcheck(rs.fwd, (xt, e, None, coef, -1.0, 1.0), test_utils=utils)
+
+
+@interpreted
+def test_double_backward():
+    """Through the spatin_norm and attention Triton backward ops a double backward
+    raises (first-order formulas), as through the C++ ones; through reverse_step
+    it is exact."""
+    x = torch.randn(2, 4, 3, 2, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(mcvd.ops.spatin_norm(x, 2, silu=True, backend="triton").square().sum(), x,
+                                create_graph=True)
+    with pytest.raises(RuntimeError, match="derivative for mcvd::spatin_norm_bwd_triton is not implemented"):
+        gx.square().sum().backward()
+    q = torch.randn(1, 2, 5, 8, dtype=torch.float64, requires_grad=True)
+    (dq,) = torch.autograd.grad(mcvd.ops.attention(q, q, q, backend="triton").square().sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="derivative for mcvd::attention_bwd_triton is not implemented"):
+        dq.square().sum().backward()
+    leaves = [torch.randn(2, 3, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    coefs = _coefs(2)
+    assert torch.autograd.gradgradcheck(
+        lambda *t: mcvd.ops.reverse_step(*t, **coefs, clip=(-1.5, 1.5), backend="triton"), leaves)
 
 
 @pytest.mark.skipif(INTERPRETED, reason="checks a process without the interpreter")

@@ -1,5 +1,6 @@
 """The `mcvd` command. One module per subcommand, each with
-`add_parser(subparsers)` and `run(args) -> int`."""
+`add_parser(subparsers)` and `run(args) -> int`; what they share is in
+`_common` (exit codes: 2 for a bad command line in every command)."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line `argv` (default: sys.argv[1:]); returns the exit code, argparse's errors included."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # argparse has printed a usage error (code 2, as _common.EXIT_USAGE) or the help
+        return int(done.code or 0)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     return int(args.run(args) or 0)
 

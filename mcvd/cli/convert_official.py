@@ -3,16 +3,18 @@
     mcvd convert-official logs/checkpoint.pt --out smmnist.pt [--config config.yml] [--no-ema] [--force]
 
 The output is this package's model file (mcvd.nn.save_model), loadable with
-mcvd.nn.load_model. An existing output is kept unless --force is given.
+mcvd.load or mcvd.nn.load_model. An existing output is kept unless --force is
+given. (mcvd sample and mcvd eval also read the reference checkpoint itself.)
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from mcvd.compat import load_official
 from mcvd.nn import save_model
+
+from ._common import EXIT_USAGE, error
 
 
 def add_parser(sub) -> None:
@@ -27,9 +29,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    def fail(message: str) -> int:
-        print(f"mcvd convert-official: error: {message}", file=sys.stderr)
-        return 1
+    def fail(message) -> int:
+        return error("convert-official", message, EXIT_USAGE)
 
     if args.out.exists() and not args.force:
         return fail(f"--out: {args.out} exists; pass --force to overwrite it")
@@ -38,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         model, cfg = load_official(args.checkpoint, args.config, use_ema=not args.no_ema)
         save_model(args.out, model, overwrite=args.force)
-    except (FileNotFoundError, ValueError) as e:
-        return fail(str(e))
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        return fail(e)
     params = sum(p.numel() for p in model.parameters())
     weights = "raw" if args.no_ema else "EMA"
     print(f"wrote {args.out}: {cfg.conditioning} MCVD, {params / 1e6:.2f}M parameters ({weights} weights), "

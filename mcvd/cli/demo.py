@@ -41,14 +41,15 @@ import argparse
 import csv
 import dataclasses
 import json
-import math
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, error, nonnegative_int, positive_float, positive_int,
+                      resolve_device)
 
 HELP = "train a small MCVD on Stochastic Moving MNIST and compare its predictions with copy-last-frame"
 OUTPUTS = ("demo.gif", "metrics.png", "report.md", "metrics.json", "checkpoint.pt", "train_metrics.csv")
@@ -116,20 +117,22 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help=HELP, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, default=None, help="training time (default: the size's)")
-    budget.add_argument("--train-steps", type=int, default=None, help="train exactly this many steps instead")
+    budget.add_argument("--minutes", type=positive_float, default=None, help="training time (default: the size's)")
+    budget.add_argument("--train-steps", type=positive_int, default=None, help="train exactly this many steps instead")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train and sample")
-    p.add_argument("--seed", type=int, default=0, help="seeds the weights, the data order and the sampler")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seeds the weights, the data order and the sampler")
     p.add_argument("--size", choices=tuple(SIZES), default=None,
                    help="model and budget: cpu (default without CUDA), gpu (default with CUDA), tiny (tests)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one run config value (as mcvd train), e.g. --set model.ngf=32; repeatable")
-    p.add_argument("--clips", type=int, default=None, help="held-out clips to score (default: the size's)")
-    p.add_argument("--pred-frames", type=int, default=None, help="frames predicted per clip (default: the size's)")
+    p.add_argument("--clips", type=positive_int, default=None, help="held-out clips to score (default: the size's)")
+    p.add_argument("--pred-frames", type=positive_int, default=None,
+                   help="frames predicted per clip (default: the size's)")
     p.add_argument("--method", choices=("ddim", "ddpm", "dpm++"), default=None,
                    help="sampler (default: the size's, ddpm)")
-    p.add_argument("--sample-steps", type=int, default=None, help="sampler steps per block (default: the size's)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--sample-steps", type=positive_int, default=None,
+                   help="sampler steps per block (default: the size's)")
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (default: with --minutes, the faster of torch's count and 1, "
                         "measured; with --train-steps, torch's count)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing the demo's files")
@@ -137,19 +140,7 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-class UsageError(ValueError):
-    """A bad command line, reported as `mcvd demo: error: ...`."""
-
-
 def _check_args(args) -> None:
-    for name in ("train_steps", "clips", "pred_frames", "sample_steps", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')}: expected >= 1, got {value}")
-    if args.minutes is not None and not (math.isfinite(args.minutes) and args.minutes > 0):
-        raise UsageError(f"--minutes: expected a number > 0, got {args.minutes}")
-    if args.seed < 0:
-        raise UsageError(f"--seed: expected >= 0, got {args.seed}")
     for item in args.overrides:
         key = item.partition("=")[0].strip()
         if key in OWN_FLAGS:
@@ -450,15 +441,11 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path) -> tup
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from mcvd.cli.sample import resolve_device
     from mcvd.data import StochasticMovingMNIST
     from mcvd.fileio import atomic_write
-    from mcvd.train import TrainingDiverged, load_checkpoint
+    from mcvd.loader import load
+    from mcvd.train import TrainingDiverged
     from mcvd.video import grid_frames, task_panels, write_gif
-
-    def fail(message: str) -> int:
-        print(f"mcvd demo: error: {message}", file=sys.stderr)
-        return 1
 
     try:
         _check_args(args)
@@ -470,8 +457,8 @@ def run(args: argparse.Namespace) -> int:
         if run_cfg.data.dataset != "smmnist" or run_cfg.model.num_frames_cond < 1:
             raise UsageError("--set: the demo trains video prediction on smmnist: keep data.dataset smmnist and "
                              "model.num_frames_cond >= 1")
-    except (UsageError, ValueError, TypeError) as err:
-        return fail(str(err))
+    except (ValueError, TypeError) as err:  # UsageError included
+        return error("demo", err, EXIT_USAGE)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     out = args.out
@@ -479,10 +466,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_cfg, train_seconds, budget, log = train_within_budget(run_cfg, size, args, device, out)
     except TrainingDiverged as err:
-        return fail(f"training diverged: {err}")
+        return error("demo", f"training diverged: {err}", EXIT_FAILURE)
 
     cfg = run_cfg.model
-    model, _ = load_checkpoint(out / "checkpoint.pt", map_location=device)
+    model, _ = load(out / "checkpoint.pt", map_location=device)  # the EMA weights
     p, n = cfg.num_frames_cond, args.pred_frames or size.pred_frames
     method, sample_steps = args.method or size.method, args.sample_steps or size.sample_steps
     clips = StochasticMovingMNIST(p + n, split="test", seed=0, length=args.clips or size.clips,

@@ -4,12 +4,13 @@
                 --task predict|generate|interpolate [--frames N] [--method ddim|ddpm|dpm++]
                 [--steps S] [--samples n] [--seed S] --out DIR [--force]
 
-CKPT: a training checkpoint (EMA weights; --no-ema for the raw ones) or a
-model file. The condition frames come from a video file (--input, decoded
-with PyAV, resized and centre-cropped to the model's frames, from frame
---start on) or from clips of the built-in Stochastic Moving MNIST test split
-(--data smmnist, seed 0, with the checkpoint's digit settings). With p past,
-f future and k current frames of the model:
+CKPT: any model file that mcvd.load reads: a training checkpoint (EMA
+weights; --no-ema for the raw ones), a model file or a reference-code
+checkpoint (config.yml beside it). The condition frames come from a video
+file (--input, decoded with PyAV, resized and centre-cropped to the model's
+frames, from frame --start on) or from clips of the built-in Stochastic
+Moving MNIST test split (--data smmnist, seed 0, with the checkpoint's digit
+settings). With p past, f future and k current frames of the model:
 
     predict      the first p frames -> the next N (default k; more than k by
                  block-autoregressive rollout); the N frames after them, when
@@ -27,8 +28,10 @@ kept unless --force is given; each file is written atomically.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, error, load_checkpoint_arg, nonnegative_int,
+                      positive_float, positive_int, resolve_device, smmnist_test_clips)
 
 HELP = "predict, generate or interpolate video frames with a trained model (GIF, MP4, .npz)"
 TASKS = ("predict", "interpolate", "generate")
@@ -37,81 +40,34 @@ OUTPUTS = ("sample.gif", "sample.mp4", "frames.npz")
 
 def add_parser(sub) -> None:
     p = sub.add_parser("sample", help=HELP, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint or model file")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="training checkpoint, model file or reference checkpoint")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--input", type=Path, default=None, help="video file holding the condition frames")
     source.add_argument("--data", choices=("smmnist",), default=None,
                         help="clips of the Stochastic Moving MNIST test split")
-    p.add_argument("--index", type=int, nargs="+", default=None, help="--data: clip numbers (default: 0)")
-    p.add_argument("--start", type=int, default=None, help="--input: first frame used (default: 0)")
+    p.add_argument("--index", type=nonnegative_int, nargs="+", default=None, help="--data: clip numbers (default: 0)")
+    p.add_argument("--start", type=nonnegative_int, default=None, help="--input: first frame used (default: 0)")
     p.add_argument("--task", choices=TASKS, default="predict")
-    p.add_argument("--frames", type=int, default=None, help="N, frames to sample (default: the model's k)")
+    p.add_argument("--frames", type=positive_int, default=None, help="N, frames to sample (default: the model's k)")
     p.add_argument("--method", choices=("ddim", "ddpm", "dpm++"), default="ddim", help="sampler")
-    p.add_argument("--steps", type=int, default=100, help="sampler steps (network calls per block)")
-    p.add_argument("--samples", type=int, default=1, help="samples per clip (generate: videos)")
+    p.add_argument("--steps", type=positive_int, default=100, help="sampler steps (network calls per block)")
+    p.add_argument("--samples", type=positive_int, default=1, help="samples per clip (generate: videos)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     p.add_argument("--device", default="auto", help="'auto' (CUDA when there is one), 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument("--out", type=Path, required=True, help="folder for sample.gif, sample.mp4, frames.npz")
-    p.add_argument("--fps", type=float, default=4.0, help="frames per second of the GIF and MP4")
-    p.add_argument("--no-ema", action="store_true", help="the raw weights of a training checkpoint, not the EMA")
+    p.add_argument("--fps", type=positive_float, default=4.0, help="frames per second of the GIF and MP4")
+    p.add_argument("--no-ema", action="store_true", help="the raw weights of a checkpoint, not the EMA")
     p.add_argument("--force", action="store_true", help="replace sample.gif, sample.mp4, frames.npz in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
 
-class UsageError(ValueError):
-    """A bad command line, reported as `mcvd sample: error: ...`."""
-
-
-def resolve_device(name: str):
-    """torch.device of a --device value: "auto" is CUDA when torch sees one, else the CPU."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UsageError(f"--device: {err}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device: CUDA requested but torch sees no CUDA device")
-    return device
-
-
-def smmnist_test_clips(checkpoint: Path, cfg, frames: int):
-    """The Stochastic Moving MNIST test clips (seed 0) of `frames` frames, drawn
-    like the checkpoint's training clips (its data section's num_digits and
-    digit_size; for a model file, 2 digits of half the frame size, the paper's
-    proportions)."""
-    from mcvd.data import StochasticMovingMNIST
-    from mcvd.nn.model_file import read_model_file
-
-    if cfg.channels != 1:
-        raise UsageError(f"--data: smmnist clips are greyscale; the model takes {cfg.channels} channels")
-    data = read_model_file(checkpoint).get("run_config", {}).get("data", {})
-    if data.get("dataset") == "smmnist":
-        digits, digit_size = data["num_digits"], data["digit_size"]
-    else:
-        digits, digit_size = 2, cfg.image_size // 2
-    return StochasticMovingMNIST(frames, split="test", seed=0, image_size=cfg.image_size, num_digits=digits,
-                                 digit_size=digit_size)
-
-
 def _check_args(args) -> None:
-    for name in ("steps", "samples", "frames"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name}: expected >= 1, got {value}")
-    if args.fps <= 0:
-        raise UsageError(f"--fps: expected > 0, got {args.fps}")
     if args.index is not None and args.data is None:
         raise UsageError("--index: selects clips of --data smmnist; it does not apply to --input")
     if args.start is not None and args.input is None:
         raise UsageError("--start: selects the first frame of --input; it does not apply to --data")
-    if args.start is not None and args.start < 0:
-        raise UsageError(f"--start: expected >= 0, got {args.start}")
-    if args.index is not None and any(i < 0 for i in args.index):
-        raise UsageError(f"--index: expected clip numbers >= 0, got {args.index}")
     given = args.input is not None or args.data is not None
     if args.task == "generate" and given:
         raise UsageError("--input/--data: the task 'generate' samples without condition frames; drop them")
@@ -144,7 +100,7 @@ def _frame_counts(task: str, cfg, frames: int | None) -> tuple[int, int, int]:
     return p, n, (f if task == "interpolate" else 0)
 
 
-def _condition_clips(args, cfg, p: int, n: int, f: int):
+def _condition_clips(args, cfg, run_config: dict, p: int, n: int, f: int):
     """(clips [B, <= p+n+f, C, H, W] on the CPU, a description of where they come from)."""
     import torch
 
@@ -163,7 +119,7 @@ def _condition_clips(args, cfg, p: int, n: int, f: int):
                              f"condition frames")
         return clip[None], f"{args.input} from frame {start}"
     indices = args.index or [0]
-    clips = smmnist_test_clips(args.checkpoint, cfg, need)
+    clips = smmnist_test_clips(cfg, need, run_config)
     bad = [i for i in indices if i >= len(clips)]
     if bad:
         raise UsageError(f"--index: the smmnist test split has clips 0..{len(clips) - 1}, got {bad}")
@@ -174,7 +130,6 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from mcvd.cli.eval import load_for_eval
     from mcvd.diffusion import predict
     from mcvd.metrics.psnr_ssim import psnr, ssim
     from mcvd.video import grid_frames, task_panels, write_gif, write_mp4, write_npz
@@ -182,17 +137,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         _check_args(args)
         device = resolve_device(args.device)
-        if not args.checkpoint.is_file():
-            raise UsageError(f"--checkpoint: no such file: {args.checkpoint}")
-        model, cfg, weights = load_for_eval(args.checkpoint, not args.no_ema, device)
+        model, cfg, weights, run_config = load_checkpoint_arg(args.checkpoint, args.no_ema, device)
         p, n, f = _frame_counts(args.task, cfg, args.frames)
         if args.task == "generate":
             clips, source = None, "no condition (generation)"
         else:
-            clips, source = _condition_clips(args, cfg, p, n, f)
-    except (UsageError, FileNotFoundError, ValueError, ImportError) as err:
-        print(f"mcvd sample: error: {err}", file=sys.stderr)
-        return 1
+            clips, source = _condition_clips(args, cfg, run_config, p, n, f)
+    except (FileNotFoundError, ValueError) as err:  # UsageError included
+        return error("sample", err, EXIT_USAGE)
+    except ImportError as err:
+        return error("sample", err, EXIT_FAILURE)
 
     past = future = truth = None
     if clips is not None:

@@ -11,9 +11,9 @@ with a checkpoint there; running the same command again resumes the run.
 """
 from __future__ import annotations
 
-import sys
-
 import yaml
+
+from ._common import EXIT_FAILURE, EXIT_USAGE, error, positive_float
 
 HELP = "train an MCVD network (resumes a workdir that holds a checkpoint)"
 
@@ -24,7 +24,7 @@ def add_parser(sub):
     p.add_argument("--workdir", required=True, help="run folder: config.yml, metrics.csv, checkpoint.pt")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value (YAML syntax), e.g. --set training.lr=1e-4; repeatable")
-    p.add_argument("--minutes", type=float, default=None,
+    p.add_argument("--minutes", type=positive_float, default=None,
                    help="stop after this much training time, checkpointed (the same command resumes)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and the model size, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -35,14 +35,10 @@ def run(args) -> int:
     from mcvd.nn import MCVD
     from mcvd.train import TrainingDiverged, load_run_config, train
 
-    if args.minutes is not None and not args.minutes > 0:
-        print(f"mcvd train: --minutes: expected a number > 0, got {args.minutes}", file=sys.stderr)
-        return 2
     try:
         cfg = load_run_config(args.config, args.overrides)
     except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"mcvd train: {err}", file=sys.stderr)
-        return 2
+        return error("train", err, EXIT_USAGE)
     if args.dry_run:
         params = sum(p.numel() for p in MCVD(cfg.model).parameters())
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
@@ -52,11 +48,9 @@ def run(args) -> int:
         result = train(cfg, args.workdir, progress=not args.no_progress,
                        time_limit=None if args.minutes is None else 60 * args.minutes)
     except (ValueError, FileExistsError, FileNotFoundError) as err:
-        print(f"mcvd train: {err}", file=sys.stderr)
-        return 2
+        return error("train", err, EXIT_USAGE)
     except TrainingDiverged as err:
-        print(f"mcvd train: {err}", file=sys.stderr)
-        return 1
+        return error("train", err, EXIT_FAILURE)
     stopped = "" if result.step >= cfg.training.steps else f" of {cfg.training.steps} (time limit; run again to resume)"
     print(f"mcvd train: step {result.step}{stopped}, checkpoint {result.checkpoint}")
     return 0

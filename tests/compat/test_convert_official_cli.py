@@ -1,6 +1,8 @@
-"""`mcvd convert-official`: converts, never overwrites without --force, fails with a message."""
+"""`mcvd convert-official`: converts, never overwrites without --force, fails with a message; the
+other commands read a reference checkpoint directly (through mcvd.load)."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,7 +34,7 @@ def test_converts_ema_or_raw_weights(tmp_path, capsys, flags, use_ema):
 def test_keeps_an_existing_output_without_force(tmp_path, capsys):
     out = tmp_path / "model.pt"
     out.write_bytes(b"keep me")
-    assert main(["convert-official", str(CKPT), "--out", str(out)]) == 1
+    assert main(["convert-official", str(CKPT), "--out", str(out)]) == 2
     assert "--out: " in capsys.readouterr().err and out.read_bytes() == b"keep me"
     assert main(["convert-official", str(CKPT), "--out", str(out), "--force"]) == 0
     assert load_model(out).config.conditioning == "spatin"
@@ -48,11 +50,24 @@ def test_explicit_config(tmp_path):
 
 def test_errors_exit_nonzero_with_a_message(tmp_path, capsys):
     out = tmp_path / "model.pt"
-    assert main(["convert-official", str(tmp_path / "none.pt"), "--out", str(out)]) == 1
+    assert main(["convert-official", str(tmp_path / "none.pt"), "--out", str(out)]) == 2
     assert "checkpoint: no such file" in capsys.readouterr().err
-    assert main(["convert-official", str(CKPT), "--out", str(tmp_path / "no" / "dir.pt")]) == 1
+    assert main(["convert-official", str(CKPT), "--out", str(tmp_path / "no" / "dir.pt")]) == 2
     assert "--out: no such folder" in capsys.readouterr().err
     wrong = FIXTURES / "concat_small" / "config.yml"
-    assert main(["convert-official", str(CKPT), "--config", str(wrong), "--out", str(out)]) == 1
+    assert main(["convert-official", str(CKPT), "--config", str(wrong), "--out", str(out)]) == 2
     assert "does not match the network" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-ema"]], ids=["ema", "raw"])
+def test_sample_reads_a_reference_checkpoint_as_its_conversion(tmp_path, capsys, flags):
+    """mcvd sample on the reference checkpoint samples what it samples from the converted model file."""
+    converted = tmp_path / "model.pt"
+    assert main(["convert-official", str(CKPT), "--out", str(converted), *flags]) == 0
+    common = ["sample", "--task", "generate", "--steps", "2", "--seed", "4", "--no-progress"]
+    assert main([*common, "--checkpoint", str(CKPT), "--out", str(tmp_path / "direct"), *flags]) == 0
+    assert f"{'raw' if flags else 'EMA'} weights" in capsys.readouterr().out
+    assert main([*common, "--checkpoint", str(converted), "--out", str(tmp_path / "converted")]) == 0
+    with np.load(tmp_path / "direct" / "frames.npz") as a, np.load(tmp_path / "converted" / "frames.npz") as b:
+        np.testing.assert_array_equal(a["prediction"], b["prediction"])

@@ -11,7 +11,7 @@ from PIL import Image
 
 from mcvd import MCVD, ModelConfig
 from mcvd.cli import main
-from mcvd.cli.eval import load_for_eval
+from mcvd.cli._common import load_checkpoint_arg
 from mcvd.nn import save_model
 from mcvd.nn.model_file import FORMAT, VERSION
 
@@ -72,7 +72,7 @@ def test_existing_results_are_kept_unless_forced(model_file, tmp_path, capsys):
     out.mkdir()
     (out / "metrics.md").write_text("earlier results")
     args = ["--checkpoint", model_file, "--data", "smmnist", "--pred", 3, "--num-clips", 2, "--no-fvd", "--out", out]
-    assert run_eval(*args) == 1
+    assert run_eval(*args) == 2
     assert "--out: " in capsys.readouterr().err and (out / "metrics.md").read_text() == "earlier results"
     assert run_eval(*args, "--force") == 0
     assert (out / "metrics.md").read_text().startswith("# MCVD evaluation")
@@ -103,10 +103,10 @@ def test_training_checkpoint_uses_ema_weights_unless_told(tmp_path):
     ema = {k: v + 1 if v.is_floating_point() else v for k, v in ema.items()}
     path = tmp_path / "checkpoint.pt"
     torch.save({"format": FORMAT, "version": VERSION, "model_config": TINY.to_dict(), "model": raw, "ema": ema}, path)
-    model, cfg, which = load_for_eval(path, True, "cpu")
+    model, cfg, which, _ = load_checkpoint_arg(path, False, "cpu")
     assert which == "EMA" and cfg == TINY
     torch.testing.assert_close(model.state_dict(), ema)
-    model, _, which = load_for_eval(path, False, "cpu")
+    model, _, which, _ = load_checkpoint_arg(path, True, "cpu")
     assert which == "raw"
     torch.testing.assert_close(model.state_dict(), raw)
 
@@ -121,11 +121,11 @@ def test_bad_arguments_fail_with_a_message(model_file, tmp_path, capsys):
         (["--no-ema"], "is a model file with a single set of weights"),
     ]
     for extra, message in cases:
-        assert run_eval(*base, *extra) == 1
+        assert run_eval(*base, *extra) == 2
         assert message in capsys.readouterr().err
-    assert run_eval("--checkpoint", tmp_path / "none.pt", "--data", "smmnist") == 1
+    assert run_eval("--checkpoint", tmp_path / "none.pt", "--data", "smmnist") == 2
     assert "no such file" in capsys.readouterr().err
-    assert run_eval("--checkpoint", model_file, "--data", tmp_path / "no_videos") == 1
+    assert run_eval("--checkpoint", model_file, "--data", tmp_path / "no_videos") == 2
     assert "is not a folder" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
@@ -149,9 +149,9 @@ def test_smmnist_clips_are_drawn_like_the_checkpoints_training_data(tmp_path, mo
     run_config = {"data": {"dataset": "smmnist", "num_digits": 1, "digit_size": 8}}
     torch.save({"format": FORMAT, "version": VERSION, "model_config": small.to_dict(), "model": state,
                 "ema": state, "run_config": run_config}, path)
-    clips = eval_clips("smmnist", 5, small, path)
+    clips = eval_clips("smmnist", 5, small, load_checkpoint_arg(path, False, "cpu")[3])
     assert (clips.num_digits, clips.digit_size, clips.image_size) == (1, 8, 16)
     assert clips[0].shape[-2:] == (16, 16)
     # a model file has no run config: two digits of half the frame (the paper's proportions)
-    clips = eval_clips("smmnist", 5, TINY, model_file)
+    clips = eval_clips("smmnist", 5, TINY, load_checkpoint_arg(model_file, False, "cpu")[3])
     assert (clips.num_digits, clips.digit_size) == (2, 32)

@@ -32,9 +32,9 @@ def test_dry_run_prints_the_resolved_config_and_model_size(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--set", "training.bogus=1"], "mcvd train: training: unknown key 'bogus'"),
-    (["--set", "training.steps=1.5"], "mcvd train: training.steps: expected an int, got 1.5"),
-    (["--set", "steps=3"], "mcvd train: --set: expected section.key=value, got 'steps=3'"),
+    (["--set", "training.bogus=1"], "mcvd train: error: training: unknown key 'bogus'"),
+    (["--set", "training.steps=1.5"], "mcvd train: error: training.steps: expected an int, got 1.5"),
+    (["--set", "steps=3"], "mcvd train: error: --set: expected section.key=value, got 'steps=3'"),
 ])
 def test_bad_overrides_exit_2_naming_the_key(config, tmp_path, capsys, args, match):
     assert main(["train", "--config", str(config), "--workdir", str(tmp_path / "w"), "--dry-run", *args]) == 2
@@ -43,7 +43,7 @@ def test_bad_overrides_exit_2_naming_the_key(config, tmp_path, capsys, args, mat
 
 def test_missing_config_file(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "none.yml"), "--workdir", str(tmp_path / "w")]) == 2
-    assert "mcvd train: config: no such file" in capsys.readouterr().err
+    assert "mcvd train: error: config: no such file" in capsys.readouterr().err
 
 
 def test_train_then_resume(config, tmp_path, capsys):
@@ -72,7 +72,7 @@ def test_minutes_stops_early_and_the_same_command_resumes(config, tmp_path, caps
 @pytest.mark.parametrize("minutes", ["0", "-1", "nan"])
 def test_minutes_must_be_positive(config, tmp_path, capsys, minutes):
     assert main(["train", "--config", str(config), "--workdir", str(tmp_path / "w"), "--minutes", minutes]) == 2
-    assert "mcvd train: --minutes: expected a number > 0, got" in capsys.readouterr().err
+    assert "mcvd train: error: argument --minutes: expected a number > 0, got" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
 
 

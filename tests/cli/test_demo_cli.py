@@ -9,10 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
+import mcvd
 from mcvd.cli import main
-from mcvd.cli.demo import OUTPUTS, SIZES, compare, demo_ema_rate, reproduce_command, verdict
+from mcvd.cli.demo import OUTPUTS
+from mcvd.cli.demo_config import SIZES, demo_ema_rate, reproduce_command
 from mcvd.data import StochasticMovingMNIST
+from mcvd.metrics.baselines import compare, verdict
 from mcvd.train import load_checkpoint, read_checkpoint
+
+skm = pytest.importorskip("skimage.metrics")
 
 TINY = SIZES["tiny"]
 P = TINY.model["num_frames_cond"]
@@ -22,22 +27,33 @@ def demo(out, *args):
     return main(["demo", "--out", str(out), "--size", "tiny", "--device", "cpu", "--no-progress", *args])
 
 
-def baseline_psnr(clips: int, pred: int) -> dict[str, tuple[list[float], list[float]]]:
-    """Per-clip and per-frame PSNR of copy-last-frame and of the empty frame on the demo's held-out clips,
-    in NumPy float64: frames mapped to [0, 1], a clip's PSNR from the MSE over all its predicted frames."""
+def held_out(clips: int, pred: int) -> np.ndarray:
+    """The demo's held-out clips [N, P + pred, 1, H, W] in [0, 1], float64."""
     data = StochasticMovingMNIST(P + pred, split="test", seed=0, length=clips, image_size=TINY.model["image_size"],
                                  digit_size=TINY.digit_size)
-    out = {}
-    for name in ("copy last frame", "empty frame"):
-        per_clip, per_frame = [], []
-        for i in range(clips):
-            x = (data[i].numpy().astype(np.float64) + 1) / 2
-            guess = x[P - 1] if name == "copy last frame" else np.zeros_like(x[P - 1])
-            mse = ((x[P:] - guess) ** 2).mean(axis=(1, 2, 3))
-            per_clip.append(10 * np.log10(1 / mse.mean()))
-            per_frame.append(10 * np.log10(1 / mse))
-        out[name] = per_clip, np.mean(per_frame, axis=0).tolist()
-    return out
+    return np.stack([(data[i].numpy().astype(np.float64) + 1) / 2 for i in range(clips)])
+
+
+def psnr_of(truth: np.ndarray, guess: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-clip and per-frame (mean over clips) PSNR of guesses [N, n, ...] in [0, 1], NumPy float64: a clip's
+    PSNR from the MSE over all its predicted frames."""
+    mse = ((truth - guess) ** 2).mean(axis=(2, 3, 4))
+    return (10 * np.log10(1 / mse.mean(1))).tolist(), (10 * np.log10(1 / mse)).mean(0).tolist()
+
+
+def ssim_of(truth: np.ndarray, guess: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-clip (mean over frames) and per-frame (mean over clips) SSIM by scikit-image, the paper's settings."""
+    kw = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)
+    s = np.array([[skm.structural_similarity(g[0], t[0], **kw) for g, t in zip(gc, tc)]
+                  for gc, tc in zip(guess, truth)])
+    return s.mean(1).tolist(), s.mean(0).tolist()
+
+
+def baseline_psnr(clips: int, pred: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Per-clip and per-frame PSNR of copy-last-frame and of the empty frame on the demo's held-out clips."""
+    x = held_out(clips, pred)
+    truth, last = x[:, P:], np.broadcast_to(x[:, P - 1:P], x[:, P:].shape)
+    return {"copy last frame": psnr_of(truth, last), "empty frame": psnr_of(truth, np.zeros_like(truth))}
 
 
 def test_tiny_demo_end_to_end(tmp_path, capsys):
@@ -85,6 +101,24 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     assert row in report
     assert m["verdict"] in report and TINY.expectation in report and "3 steps of batch 4 (12 clips)" in report
     assert "mcvd demo --out " in report and "--train-steps 3" in report and "--seed 1" in report
+
+    # SSIM too, by scikit-image; and the model's scores are those of the checkpoint's EMA weights, predicting
+    # with the demo's sampler and seed.
+    x = held_out(5, 4)
+    truth = x[:, P:]
+    for name, guess in (("copy last frame", np.broadcast_to(x[:, P - 1:P], truth.shape)),
+                        ("empty frame", np.zeros_like(truth))):
+        per_clip, per_frame = ssim_of(truth, guess)
+        assert m["scores"][name]["ssim_per_clip"] == pytest.approx(per_clip, rel=1e-9, abs=1e-12)
+        assert m["scores"][name]["ssim_per_frame"] == pytest.approx(per_frame, rel=1e-9, abs=1e-12)
+    model, _ = mcvd.load(out / "checkpoint.pt")
+    pred = mcvd.predict(model, torch.from_numpy(x[:, :P] * 2 - 1).float(), 4, method=TINY.method,
+                        steps=TINY.sample_steps, generator=torch.Generator().manual_seed(1))
+    guess = (pred.double().numpy() + 1) / 2
+    for metric, of in (("psnr", psnr_of), ("ssim", ssim_of)):
+        per_clip, per_frame = of(truth, guess)
+        assert model_scores[f"{metric}_per_clip"] == pytest.approx(per_clip, rel=1e-6, abs=1e-9)
+        assert model_scores[f"{metric}_per_frame"] == pytest.approx(per_frame, rel=1e-6, abs=1e-9)
 
 
 def test_time_budget_sets_the_steps_and_force_keeps_other_files(tmp_path, capsys):

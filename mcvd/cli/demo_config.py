@@ -1,0 +1,140 @@
+"""What a run of `mcvd demo` is: its sizes (tiny, cpu, gpu), the training run
+each one makes, the calibration that turns a time budget into steps, and the
+command that repeats a run step for step."""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+CALIBRATION_STEPS = 5
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """Everything the demo chooses for one size of machine.
+
+    model: mcvd.ModelConfig fields. digit_size: side of a digit (half the frame, the paper's proportion).
+    batch_size, lr, warmup, ema_rate, num_workers: training (mcvd.train.TrainConfig / DataConfig).
+    minutes: default training budget. clips: held-out clips scored. pred_frames: frames predicted per clip.
+    method, sample_steps: the sampler. gif_rows: clips shown in demo.gif.
+    expectation: what this size has been measured to reach, for the report.
+    """
+
+    model: dict
+    digit_size: int
+    batch_size: int
+    lr: float
+    warmup: int
+    ema_rate: float
+    num_workers: int
+    minutes: float
+    clips: int
+    pred_frames: int
+    method: str
+    sample_steps: int
+    gif_rows: int
+    expectation: str
+
+
+# DDPM (ancestral) sampling by default: after minutes of training the network's eps is still too coarse at
+# high noise, where x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) magnifies its errors, and DDIM carries those
+# errors to the end while DDPM's fresh noise washes them out (measured on the cpu size: 2 to 3 dB higher
+# PSNR than 25-step DDIM after 500 to 2500 training steps).
+SIZES = {
+    "tiny": DemoSize(model=dict(image_size=16, num_frames=2, num_frames_cond=2, ngf=8, ch_mult=(1, 2),
+                                num_res_blocks=1, attn_resolutions=(), n_head_channels=-1, dropout=0.0),
+                     digit_size=8, batch_size=4, lr=1e-3, warmup=1, ema_rate=0.9, num_workers=0, minutes=0.05,
+                     clips=4, pred_frames=3, method="ddim", sample_steps=2, gif_rows=2,
+                     expectation="The tiny size checks the pipeline; it is not meant to learn."),
+    "cpu": DemoSize(model=dict(image_size=32, num_frames=2, num_frames_cond=2, ngf=16, ch_mult=(1, 2, 2),
+                               num_res_blocks=1, attn_resolutions=(8,), n_head_channels=32, dropout=0.0),
+                    digit_size=16, batch_size=16, lr=1e-3, warmup=50, ema_rate=0.99, num_workers=0, minutes=5.0,
+                    clips=48, pred_frames=6, method="ddpm", sample_steps=50, gif_rows=6,
+                    expectation=("Measured for this size on a 2-core CPU (docs/demo.md): 5 minutes (~1,500 steps) "
+                                 "stay below copy-last-frame on both metrics; 16,000 steps (50 minutes) beat it on "
+                                 "PSNR; 32,000 steps (100 minutes) beat it on PSNR and match it on SSIM (ahead "
+                                 "on average, inside the 95% interval). A clear win on both takes longer, "
+                                 "or a GPU.")),
+    "gpu": DemoSize(model=dict(image_size=64, num_frames=2, num_frames_cond=2, ngf=32, ch_mult=(1, 2, 2, 2),
+                               num_res_blocks=2, attn_resolutions=(8, 16), n_head_channels=32, dropout=0.0),
+                    digit_size=32, batch_size=64, lr=5e-4, warmup=200, ema_rate=0.999, num_workers=4, minutes=10.0,
+                    clips=256, pred_frames=6, method="ddpm", sample_steps=100, gif_rows=8,
+                    expectation="This size has not been measured yet."),
+}
+
+
+def demo_ema_rate(size: DemoSize, steps: int) -> float:
+    """An EMA of rate r weighs the initial weights by r**steps: keep that below e**-5 on short runs."""
+    return max(0.0, min(size.ema_rate, 1 - 5 / steps))
+
+
+def run_config(size: DemoSize, *, device: str, seed: int, steps: int, overrides: list[str]):
+    """The training run (mcvd.train.RunConfig) of a demo size, with `--set` overrides applied."""
+    from mcvd.nn import ModelConfig
+    from mcvd.train import DataConfig, RunConfig, TrainConfig
+
+    ema_rate = demo_ema_rate(size, steps)
+    run = RunConfig(model=ModelConfig(**size.model),
+                    data=DataConfig(dataset="smmnist", digit_size=size.digit_size, num_workers=size.num_workers),
+                    training=TrainConfig(batch_size=size.batch_size, steps=steps, lr=size.lr, warmup=size.warmup,
+                                         ema_rate=ema_rate, device=device, seed=seed, ckpt_every=steps,
+                                         log_every=max(1, steps // 100)))
+    return run.with_overrides(overrides) if overrides else run
+
+
+def seconds_per_step(run, parent: Path) -> float:
+    """Median time of one training step of `run`, from a throwaway run of
+    CALIBRATION_STEPS steps in a folder inside `parent` (the first step, with
+    its one-time setup, left out)."""
+    from mcvd.train import train
+    from mcvd.train.trainer import METRICS_NAME, read_metrics
+
+    t = run.training
+    calib = dataclasses.replace(run, training=dataclasses.replace(t, steps=CALIBRATION_STEPS,
+                                                                  ckpt_every=CALIBRATION_STEPS, log_every=1))
+    with tempfile.TemporaryDirectory(prefix=".calibration-", dir=parent) as workdir:
+        train(calib, workdir, progress=False)
+        rates = [row["it_per_s"] for row in read_metrics(Path(workdir) / METRICS_NAME)[1:]]
+    return statistics.median(1 / r for r in rates)
+
+
+def calibrate(run, budget: float, parent: Path, try_one_thread: bool) -> tuple[int, dict[int, float]]:
+    """The training steps of `run` that fit in `budget` seconds, measured with
+    torch's thread count and, if `try_one_thread`, with one thread; torch keeps
+    the faster count. Returns (steps, seconds per step by thread count)."""
+    import torch
+
+    threads = [torch.get_num_threads()]
+    if try_one_thread and threads[0] > 1:
+        # On a busy machine, threads that wait on each other can train many times slower than one.
+        threads.append(1)
+    timings = {}
+    for n in threads:
+        torch.set_num_threads(n)
+        timings[n] = seconds_per_step(run, parent)
+    best = min(timings, key=timings.get)
+    torch.set_num_threads(best)
+    return max(1, int(budget / timings[best])), timings
+
+
+def reproduce_command(args, size: DemoSize, training) -> str:
+    """The `mcvd demo` command that repeats this run step for step (--train-steps, not a time budget;
+    the EMA rate is spelled out where the budget's calibration set it)."""
+    import torch
+
+    steps = training.steps
+    # The thread count too: a CPU run's sums, and so its weights, depend on it.
+    parts = ["mcvd demo", f"--out {args.out}", f"--train-steps {steps}", f"--device {args.device}",
+             f"--seed {args.seed}", f"--threads {torch.get_num_threads()}"]
+    for name in ("size", "clips", "pred_frames", "method", "sample_steps"):
+        value = getattr(args, name)
+        if value is not None:
+            parts.append(f"--{name.replace('_', '-')} {value}")
+    parts += [f"--set {item}" for item in args.overrides]
+    if training.ema_rate != demo_ema_rate(size, steps) and not any(
+            item.startswith("training.ema_rate=") for item in args.overrides):
+        parts.append(f"--set training.ema_rate={training.ema_rate!r}")
+    return " ".join(parts) + " --force"

@@ -1,0 +1,116 @@
+"""The report of `mcvd demo`: metrics.png, report.md and metrics.json.
+
+Inputs: `info` (the run's facts: verdict, expectation, device, threads,
+parameters, training, evaluation, run_config, out, command), the comparison
+with copy-last-frame (mcvd.metrics.baselines.compare), the frame numbers and
+the scores of the model and the baselines (mcvd.metrics.baselines). Every
+file is written atomically (mcvd.fileio.atomic_write).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mcvd.fileio import atomic_write
+from mcvd.metrics.stats import summary
+
+FILES = ("metrics.png", "report.md", "metrics.json")
+
+
+def fmt_summary(s: dict, digits: int) -> str:
+    """`mean ± 95% half-width` of a mcvd.metrics.stats.summary, the half-width left out when there is none."""
+    half = s["conf95"]
+    return f"{s['mean']:.{digits}f}" + ("" if half is None else f" ± {half:.{digits}f}")
+
+
+def plot(path: Path, frames: list[int], scores: dict[str, dict], log: list[dict], pixels: int) -> None:
+    """metrics.png: PSNR and SSIM per frame of the model and the baselines, and the training loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    styles = {"MCVD": {"marker": "o"}, "copy last frame": {"marker": "s", "linestyle": "--"},
+              "empty frame": {"marker": "^", "linestyle": ":", "color": "grey"}}
+    for ax, metric, label in ((axes[0], "psnr", "PSNR (dB) ↑"), (axes[1], "ssim", "SSIM ↑")):
+        for name, s in scores.items():
+            ax.plot(frames, s[f"{metric}_per_frame"], label=name, **styles[name])
+        ax.set_xlabel("frame (after the past frames)")
+        ax.set_title(f"{label}, held-out clips")
+        ax.set_xticks(frames)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    # The objective sums 1/2 (eps - eps_theta)^2 over pixels: 2 * loss / pixels is the per-pixel MSE
+    # (1 for a network that predicts zero noise).
+    axes[2].plot([r["step"] for r in log], [2 * r["loss"] / pixels for r in log])
+    axes[2].set_xlabel("training step")
+    axes[2].set_title("noise-prediction MSE per pixel")
+    axes[2].set_yscale("log")
+    axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
+    finally:
+        plt.close(fig)
+
+
+def markdown(info: dict, comparison: dict, frames: list[int], scores: dict[str, dict]) -> str:
+    """report.md: the verdict, the figures, the scores and the run's settings."""
+    tr, ev = info["training"], info["evaluation"]
+    lines = [
+        "# MCVD demo: video prediction on Stochastic Moving MNIST", "",
+        info["verdict"], "", info["expectation"], "",
+        "![condition | prediction | truth](demo.gif)", "",
+        "![per-frame PSNR and SSIM, training loss](metrics.png)", "",
+        (f"## {ev['clips']} held-out clips (test digits): {ev['past_frames']} past frames -> "
+         f"{ev['pred_frames']} predicted"), "",
+        (f"One sample per clip ({ev['method']}, {ev['sample_steps']} steps per block of {ev['block_frames']} frames, "
+         "block-autoregressive). Scores per clip (PSNR from the clip's MSE, SSIM the mean over frames; "
+         "the paper's protocol), mean ± 95% interval over clips."), "",
+        "| | PSNR (dB) ↑ | SSIM ↑ |", "|---|---|---|",
+    ]
+    for name, s in scores.items():
+        lines.append(f"| {name} | {fmt_summary(summary(s['psnr_per_clip']), 2)} "
+                     f"| {fmt_summary(summary(s['ssim_per_clip']), 4)} |")
+    lines += [
+        (f"| MCVD - copy last frame (paired) | {fmt_summary(comparison['psnr']['difference'], 2)} "
+         f"| {fmt_summary(comparison['ssim']['difference'], 4)} |"), "",
+        "Per frame (mean over clips), PSNR (dB) / SSIM:", "",
+        "| frame | " + " | ".join(scores) + " |", "|---" * (len(scores) + 1) + "|",
+    ]
+    for j, fr in enumerate(frames):
+        cells = [f"{s['psnr_per_frame'][j]:.2f} / {s['ssim_per_frame'][j]:.3f}" for s in scores.values()]
+        lines.append(f"| {fr} | " + " | ".join(cells) + " |")
+    budget = "" if tr["budget_seconds"] is None else f" (budget {tr['budget_seconds']:.0f} s)"
+    lines += [
+        "", "## Training", "",
+        f"- device: {info['device']}, {info['threads']} torch CPU thread(s)",
+        (f"- {tr['steps']} steps of batch {tr['batch_size']} ({tr['steps'] * tr['batch_size']} clips) in "
+         f"{tr['seconds']:.0f} s{budget}"),
+        (f"- loss (1/2 ||eps - eps_theta||^2 summed over pixels, batch mean): first logged {tr['first_loss']:.4g}, "
+         f"last logged {tr['last_loss']:.4g}"),
+        f"- model: {info['parameters']:,} parameters",
+        f"- sampling and scoring: {ev['seconds']:.0f} s", "",
+        "## Run config", "", "```json", json.dumps(info["run_config"], indent=2), "```", "",
+        "## Reproduce", "", "```", info["command"],
+        (f"mcvd sample --checkpoint {info['out']}/checkpoint.pt --data smmnist --index 0 1 2 "
+         f"--frames {ev['pred_frames']} --method {ev['method']} --steps {ev['sample_steps']} "
+         f"--out {info['out']}/sample"),
+        "```", "",
+    ]
+    return "\n".join(lines)
+
+
+def write_demo_report(out: Path, info: dict, comparison: dict, frames: list[int], scores: dict[str, dict],
+                      log: list[dict], pixels: int) -> list[Path]:
+    """Write FILES into the folder `out`, replacing them; returns their paths.
+
+    log: the training log's rows (mcvd.train.trainer.read_metrics); pixels: values
+    per training clip's current frames, k * C * H * W (the loss is summed over them)."""
+    plot(out / "metrics.png", frames, scores, log, pixels)
+    page = markdown(info, comparison, frames, scores)
+    atomic_write(out / "report.md", lambda fh: fh.write(page.encode()))
+    text = json.dumps({**info, "comparison": comparison, "frames": frames, "scores": scores}, indent=2) + "\n"
+    atomic_write(out / "metrics.json", lambda fh: fh.write(text.encode()))
+    return [out / name for name in FILES]

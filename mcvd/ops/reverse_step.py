@@ -58,8 +58,24 @@ def _check(x_t, eps, noise, clip) -> None:
         raise ValueError(f"clip: expected None or (lo, hi) with lo <= hi, got {clip!r}")
 
 
-def reverse_step_ref(x_t, eps, noise, coef, clip_lo=None, clip_hi=None):
-    """Reference over the [5, B] coefficient table (see _coef_table)."""
+def _clip_bounds(clip) -> tuple[float | None, float | None]:
+    return (None, None) if clip is None else (float(clip[0]), float(clip[1]))
+
+
+def reverse_step_ref(x_t, eps, noise, *, a, b, c_x0, c_xt, sigma, clip=None, upcast=False):
+    """Pure-PyTorch reference, with the arguments of reverse_step. Computes in
+    x_t's dtype (the coefficients rounded to it); `upcast=True` computes in
+    float32 (float64 stays) and casts the results back, as the kernels and
+    reverse_step(backend="reference") do."""
+    coef = _coef_table(x_t, (a, b, c_x0, c_xt, sigma))
+    if not upcast:
+        coef = coef.to(x_t.dtype)
+    return _table_ref(x_t, eps, noise, coef, *_clip_bounds(clip))
+
+
+def _table_ref(x_t, eps, noise, coef, clip_lo=None, clip_hi=None):
+    """The update over a [5, B] coefficient table (see _coef_table), in the
+    wider of x_t's and the table's dtypes."""
     a, b, c_x0, c_xt, sigma = (c.view(-1, *([1] * (x_t.dim() - 1))) for c in coef)
     x0 = (x_t - a * eps) / b
     if clip_lo is not None:
@@ -89,9 +105,7 @@ def reverse_step(x_t: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | Non
     coefs = (a, b, c_x0, c_xt, sigma)
     if noise is None and not isinstance(sigma, torch.Tensor) and sigma != 0:
         raise ValueError("noise: expected a tensor shaped like x_t when sigma is not 0, got None")
-    coef = _coef_table(x_t, coefs)
-    lo, hi = (None, None) if clip is None else (float(clip[0]), float(clip[1]))
-    return reverse_step_coef(x_t, eps, noise, coef, lo, hi, backend=backend)
+    return reverse_step_coef(x_t, eps, noise, _coef_table(x_t, coefs), *_clip_bounds(clip), backend=backend)
 
 
 def reverse_step_coef(x_t, eps, noise, coef, clip_lo=None, clip_hi=None, *, backend=None):
@@ -100,7 +114,7 @@ def reverse_step_coef(x_t, eps, noise, coef, clip_lo=None, clip_hi=None, *, back
     the kernel's)."""
     name = _backend.resolve("reverse_step", x_t.device, backend, x_t.dtype)
     if name == "reference":
-        return reverse_step_ref(x_t, eps, noise, coef, clip_lo, clip_hi)
+        return _table_ref(x_t, eps, noise, coef, clip_lo, clip_hi)
     op = torch.ops.mcvd.reverse_step if name in ("cpu", "cuda") else triton_kernels().fwd
     return op(x_t, eps, noise, coef, clip_lo, clip_hi)
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from mcvd.ops import available_backends, reverse_step, reverse_step_ref
-from mcvd.ops.reverse_step import _coef_table
 
 # Minimal, odd and video-like shapes; [7, 3, 61, 67] is large enough that the
 # threads split it in the middle of a sample.
@@ -24,10 +23,9 @@ def random_coefs(B, per_sample, dtype=torch.float64, device="cpu"):
 
 def reference(x_t, eps, noise, coefs, clip):
     """reverse_step_ref in float64 on the float64 copies of the inputs."""
-    x64 = x_t.double().cpu()
-    table = _coef_table(x64, [c.double().cpu() if isinstance(c, torch.Tensor) else c for c in coefs.values()])
-    lo, hi = (None, None) if clip is None else clip
-    return reverse_step_ref(x64, eps.double().cpu(), None if noise is None else noise.double().cpu(), table, lo, hi)
+    coefs64 = {n: c.double().cpu() if isinstance(c, torch.Tensor) else c for n, c in coefs.items()}
+    return reverse_step_ref(x_t.double().cpu(), eps.double().cpu(), None if noise is None else noise.double().cpu(),
+                            **coefs64, clip=clip)
 
 
 def make(shape, dtype=torch.float64, device="cpu", with_noise=True):
@@ -78,9 +76,8 @@ def test_low_precision_within_eager_error(backend_device, assert_within_eager_er
     backend, device = backend_device
     x_t, eps, noise = make((3, 5, 17, 13), dtype=dtype, device=device)
     coefs = random_coefs(3, per_sample=True, dtype=dtype, device=device)
-    lo, hi = (None, None) if clip is None else clip
     got = reverse_step(x_t, eps, noise, **coefs, clip=clip, backend=backend)
-    eager = reverse_step_ref(x_t, eps, noise, _coef_table(x_t, list(coefs.values())).to(dtype), lo, hi)
+    eager = reverse_step_ref(x_t, eps, noise, **coefs, clip=clip)
     want = reference(x_t, eps, noise, coefs, clip)
     for g, e, w in zip(got, eager, want):
         assert_within_eager_error(g.cpu(), w, e.cpu(), factor=2, atol=1e-3)
@@ -184,7 +181,7 @@ def test_gradients_match_reference_autograd(backend_device):
     g_prev, g_x0 = torch.randn_like(x_t), torch.randn_like(x_t)
     outs = reverse_step(x_t, eps, noise, **coefs, clip=(-1.0, 1.0), backend=backend)
     got = torch.autograd.grad(outs, (x_t, eps, noise), (g_prev, g_x0))
-    ref_outs = reverse_step_ref(x_t, eps, noise, _coef_table(x_t, list(coefs.values())), -1.0, 1.0)
+    ref_outs = reverse_step_ref(x_t, eps, noise, **coefs, clip=(-1.0, 1.0))
     want = torch.autograd.grad(ref_outs, (x_t, eps, noise), (g_prev, g_x0))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
@@ -198,6 +195,23 @@ def test_double_backward(backend_device):
     coefs = random_coefs(2, per_sample=True, device=device)
     assert torch.autograd.gradgradcheck(
         lambda x, e, n: reverse_step(x, e, n, **coefs, clip=(-1.5, 1.5), backend=backend), (x_t, eps, noise))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_reference_upcast(dtype):
+    """upcast=True computes in float32, as backend="reference" does (bit for
+    bit); the default computes in x_t's dtype, the coefficients rounded to it."""
+    x_t, eps, noise = make((3, 5, 7), dtype=dtype)
+    coefs = random_coefs(3, per_sample=True, dtype=torch.float32)  # one rounding to dtype on either path
+    up = reverse_step_ref(x_t, eps, noise, **coefs, clip=(-1.0, 1.0), upcast=True)
+    for got, want in zip(up, reverse_step(x_t, eps, noise, **coefs, clip=(-1.0, 1.0), backend="reference")):
+        assert got.dtype == dtype and torch.equal(got, want)
+    low = {n: c.to(dtype) for n, c in coefs.items()}
+    a, b, c_x0, c_xt, sigma = (low[n].view(-1, 1, 1) for n in COEF_NAMES)
+    x0 = ((x_t - a * eps) / b).clamp(-1.0, 1.0)
+    for got, want in zip(reverse_step_ref(x_t, eps, noise, **coefs, clip=(-1.0, 1.0)),
+                         (c_x0 * x0 + c_xt * x_t + sigma * noise, x0)):
+        assert got.dtype == dtype and torch.equal(got, want)
 
 
 # ------------------------------------------------------------------ torch.library
@@ -224,7 +238,8 @@ def test_compile_fullgraph_of_the_op():
         return torch.ops.mcvd.reverse_step(x_t, eps, noise, coef, -1.0, 1.0)
 
     got = f(x_t, eps, noise, coef)
-    want = reverse_step_ref(x_t.double(), eps.double(), noise.double(), coef.double(), -1.0, 1.0)
+    want = reverse_step_ref(x_t.double(), eps.double(), noise.double(), **dict(zip(COEF_NAMES, coef.double())),
+                            clip=(-1.0, 1.0))
     for g, w in zip(got, want):
         torch.testing.assert_close(g.double(), w, **F32_TOL)
 

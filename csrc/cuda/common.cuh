@@ -157,6 +157,10 @@ cudaError_t allow_smem(Kernel kernel, size_t bytes) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
 }
 
+// The dynamic shared memory of a launch (its size is the launcher's third
+// launch argument), carved up by each kernel that takes some.
+extern __shared__ __align__(16) unsigned char dyn_smem[];
+
 // ---- reductions -------------------------------------------------------------
 
 // Welford triple (count, mean, sum of squared deviations), merged with Chan's

@@ -7,9 +7,13 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
 #include <string>
 
 namespace mcvd {
+
+// A `Tensor?` argument of the schemas.
+using OptTensor = std::optional<at::Tensor>;
 
 inline std::string shape_str(at::IntArrayRef s) {
   std::string out = "[";
@@ -80,7 +84,7 @@ inline void check_like(const at::Tensor& t, const char* name,
 
 // An optional tensor that must match `ref` in dtype and device and have the
 // given shape.
-inline void check_optional(const c10::optional<at::Tensor>& t, const char* name,
+inline void check_optional(const OptTensor& t, const char* name,
                            const at::Tensor& ref, const char* ref_name,
                            at::IntArrayRef expected) {
   if (!t.has_value()) return;

@@ -12,6 +12,7 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <optional>
 
 #include "checks.h"
 
@@ -26,10 +27,9 @@ inline at::ScalarType stat_dtype(const at::Tensor& x) {
 
 // ---------------------------------------------------------------- spatin_norm
 
-inline void check_spatin_norm_args(const at::Tensor& x, int64_t num_groups, const c10::optional<at::Tensor>& weight,
-                                   const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& gamma,
-                                   const c10::optional<at::Tensor>& beta, const c10::optional<at::Tensor>& scale,
-                                   const c10::optional<at::Tensor>& shift) {
+inline void check_spatin_norm_args(const at::Tensor& x, int64_t num_groups, const OptTensor& weight,
+                                   const OptTensor& bias, const OptTensor& gamma, const OptTensor& beta,
+                                   const OptTensor& scale, const OptTensor& shift) {
   check_rank(x, "x", 4, "[B, C, H, W]");
   check_float(x, "x");
   const int64_t B = x.size(0), C = x.size(1);
@@ -46,10 +46,9 @@ inline void check_spatin_norm_args(const at::Tensor& x, int64_t num_groups, cons
 // The forward's checks, then grad_y like x, then mean and rstd as the
 // forward returns them: [B, G] on x's device, in the statistics dtype.
 inline void check_spatin_norm_bwd_args(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean,
-                                       const at::Tensor& rstd, int64_t num_groups,
-                                       const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
-                                       const c10::optional<at::Tensor>& gamma, const c10::optional<at::Tensor>& beta,
-                                       const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift) {
+                                       const at::Tensor& rstd, int64_t num_groups, const OptTensor& weight,
+                                       const OptTensor& bias, const OptTensor& gamma, const OptTensor& beta,
+                                       const OptTensor& scale, const OptTensor& shift) {
   check_spatin_norm_args(x, num_groups, weight, bias, gamma, beta, scale, shift);
   check_like(grad_y, "grad_y", x, "x", x.sizes());
   auto check_stat = [&](const at::Tensor& t, const char* name) {
@@ -95,9 +94,9 @@ inline void check_attention_bwd_args(const at::Tensor& grad_out, const at::Tenso
 
 // ---------------------------------------------------------------- reverse_step
 
-inline void check_reverse_step_args(const at::Tensor& x_t, const at::Tensor& eps,
-                                    const c10::optional<at::Tensor>& noise, const at::Tensor& coef,
-                                    c10::optional<double> clip_lo, c10::optional<double> clip_hi) {
+inline void check_reverse_step_args(const at::Tensor& x_t, const at::Tensor& eps, const OptTensor& noise,
+                                    const at::Tensor& coef, std::optional<double> clip_lo,
+                                    std::optional<double> clip_hi) {
   TORCH_CHECK(x_t.dim() >= 1, "x_t: expected a tensor with a batch dimension [B, ...], got a 0-d tensor");
   check_float(x_t, "x_t");
   check_like(eps, "eps", x_t, "x_t", x_t.sizes());

@@ -28,12 +28,11 @@
 #include <vector>
 
 #include "checks.h"
+#include "common.h"
 #include "op_checks.h"
 
 namespace mcvd {
 namespace {
-
-using at::vec::Vectorized;
 
 // Query rows per task and keys per streamed block (multiples of the GEMM's
 // 6 rows and 2 vectors). Measured on AVX2 with D = 64, N = 256..1024: the
@@ -73,22 +72,22 @@ struct Gemm {
 
 template <typename T, int MR, int NV, bool Partial>
 void gemm_tile(const Gemm<T>& g, int64_t i0, int64_t j0, int64_t K, int64_t tail) {
-  using Vec = Vectorized<T>;
-  constexpr int64_t W = Vec::size();
+  using V = Vec<T>;
+  constexpr int64_t W = V::size();
   const T* a = g.a + i0 * g.a_rs;
   const T* b = g.b + j0;
   const int64_t a_rs = g.a_rs, a_cs = g.a_cs, ldb = g.ldb;
-  Vec sum[MR][NV];
+  V sum[MR][NV];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NV; ++j) sum[i][j] = Vec(T(0));
+    for (int j = 0; j < NV; ++j) sum[i][j] = V(T(0));
   for (int64_t k = 0; k < K; ++k) {
     const T* bk = b + k * ldb;
-    Vec bv[NV];
+    V bv[NV];
     for (int j = 0; j < NV; ++j)
-      bv[j] = (Partial && j == NV - 1) ? Vec::loadu(bk + j * W, tail) : Vec::loadu(bk + j * W);
+      bv[j] = (Partial && j == NV - 1) ? V::loadu(bk + j * W, tail) : V::loadu(bk + j * W);
     const T* ak = a + k * a_cs;
     for (int i = 0; i < MR; ++i) {
-      const Vec ai(ak[i * a_rs]);
+      const V ai(ak[i * a_rs]);
       for (int j = 0; j < NV; ++j) sum[i][j] = at::vec::fmadd(ai, bv[j], sum[i][j]);
     }
   }
@@ -96,7 +95,7 @@ void gemm_tile(const Gemm<T>& g, int64_t i0, int64_t j0, int64_t K, int64_t tail
     T* ci = g.c + (i0 + i) * g.ldc + j0;
     for (int j = 0; j < NV; ++j) {
       const int64_t n = (Partial && j == NV - 1) ? tail : W;
-      if (g.accumulate) sum[i][j] = sum[i][j] + Vec::loadu(ci + j * W, n);
+      if (g.accumulate) sum[i][j] = sum[i][j] + V::loadu(ci + j * W, n);
       sum[i][j].store(ci + j * W, n);
     }
   }
@@ -104,7 +103,7 @@ void gemm_tile(const Gemm<T>& g, int64_t i0, int64_t j0, int64_t K, int64_t tail
     for (int j = 0; j < NV; ++j) {
       const int64_t n = (Partial && j == NV - 1) ? tail : W;
       T* cm = g.col_max + j0 + j * W;
-      Vec mx = Vec::loadu(cm, n);
+      V mx = V::loadu(cm, n);
       for (int i = 0; i < MR; ++i) mx = at::vec::maximum(mx, sum[i][j]);
       mx.store(cm, n);
     }
@@ -128,7 +127,7 @@ void gemm_panel(const Gemm<T>& g, int64_t M, int64_t j0, int64_t K, int64_t tail
 
 template <typename T>
 void gemm(const Gemm<T>& g, int64_t M, int64_t N, int64_t K) {
-  constexpr int64_t W = Vectorized<T>::size();
+  constexpr int64_t W = Vec<T>::size();
   // Column panels of two vectors, so that a panel of B (K x 2W) stays in L1
   // while every row tile of A passes over it.
   for (int64_t j = 0; j < N; j += 2 * W) {
@@ -156,7 +155,7 @@ struct Block {
 
 template <typename T>
 Block block(int64_t index, int64_t size, int64_t n) {
-  constexpr int64_t W = Vectorized<T>::size();
+  constexpr int64_t W = Vec<T>::size();
   const int64_t i0 = index * size, count = std::min(size, n - i0);
   return {i0, count, div_up(count, W) * W};
 }
@@ -182,14 +181,14 @@ void pack_transposed(const T* src, int64_t rows, int64_t d, T* dst, int64_t ld) 
 // dst = scale * src (dst may be src)
 template <typename T>
 void scale_into(T* dst, const T* src, int64_t count, T scale) {
-  at::vec::map([scale](Vectorized<T> v) { return v * Vectorized<T>(scale); }, dst, src, count);
+  at::vec::map([scale](Vec<T> v) { return v * Vec<T>(scale); }, dst, src, count);
 }
 
 // ATen's 20-ulp exp for float32 (1e-6 relative, below the rounding of the
 // float32 logits it is applied to), Sleef's 1-ulp exp for float64; both give
 // exp(-inf) = 0.
 template <typename T>
-Vectorized<T> vexp(const Vectorized<T>& x) {
+Vec<T> vexp(const Vec<T>& x) {
   return x.exp_u20();
 }
 
@@ -204,8 +203,8 @@ Vectorized<T> vexp(const Vectorized<T>& x) {
 template <typename T>
 void attention_fwd_kernel(const T* q, const T* k, const T* v, T* out, T* lse, int64_t bh,
                           int64_t n, int64_t d, T scale) {
-  using Vec = Vectorized<T>;
-  constexpr int64_t W = Vec::size();
+  using V = Vec<T>;
+  constexpr int64_t W = V::size();
   constexpr int64_t ldS = kBlockQ;
   const int64_t nqb = div_up(n, kBlockQ), nkb = div_up(n, kFwdBlockK);
   at::parallel_for(0, bh * nqb, 1, [&](int64_t begin, int64_t end) {
@@ -229,17 +228,17 @@ void attention_fwd_kernel(const T* q, const T* k, const T* v, T* out, T* lse, in
         for (int64_t j = 0; j < kbk.count; ++j) {
           T* row = &st[j * ldS];
           for (int64_t c = 0; c < qb.ld; c += W) {
-            const Vec p = vexp<T>(Vec::loadu(row + c) - Vec::loadu(&m[c]));
+            const V p = vexp<T>(V::loadu(row + c) - V::loadu(&m[c]));
             p.store(row + c);
-            (Vec::loadu(&colsum[c]) + p).store(&colsum[c]);
+            (V::loadu(&colsum[c]) + p).store(&colsum[c]);
           }
         }
         // alpha = exp(m_old - m_new); l = alpha l + column sums.
         for (int64_t c = 0; c < qb.ld; c += W) {
-          const Vec a = vexp<T>(Vec::loadu(&alpha[c]) - Vec::loadu(&m[c]));
+          const V a = vexp<T>(V::loadu(&alpha[c]) - V::loadu(&m[c]));
           a.store(&alpha[c]);
-          const Vec sum = Vec::loadu(&colsum[c]);
-          (kb == 0 ? sum : at::vec::fmadd(Vec::loadu(&l[c]), a, sum)).store(&l[c]);
+          const V sum = V::loadu(&colsum[c]);
+          (kb == 0 ? sum : at::vec::fmadd(V::loadu(&l[c]), a, sum)).store(&l[c]);
         }
         // acc = alpha acc + P V_j; the first block writes acc.
         if (kb > 0) {
@@ -251,7 +250,7 @@ void attention_fwd_kernel(const T* q, const T* k, const T* v, T* out, T* lse, in
       }
       for (int64_t r = 0; r < qb.count; ++r) {
         const T inv = T(1) / l[r];
-        at::vec::map([inv](Vec x) { return x * Vec(inv); }, out + (h * n + qb.i0 + r) * d, &acc[r * d], d);
+        at::vec::map([inv](V x) { return x * V(inv); }, out + (h * n + qb.i0 + r) * d, &acc[r * d], d);
         lse[h * n + qb.i0 + r] = m[r] + std::log(l[r]);
       }
     }
@@ -281,8 +280,8 @@ template <typename T>
 void attention_bwd_kernel(const T* dout, const T* q, const T* k, const T* v, const T* out,
                           const T* lse, T* dq_groups, T* dk, T* dv, int64_t bh, int64_t n,
                           int64_t d, int64_t groups, T scale) {
-  using Vec = Vectorized<T>;
-  constexpr int64_t W = Vec::size();
+  using V = Vec<T>;
+  constexpr int64_t W = V::size();
   constexpr int64_t ldP = kBwdBlockK;
   const int64_t nqb = div_up(n, kBlockQ), nkb = div_up(n, kBwdBlockK);
 
@@ -291,8 +290,8 @@ void attention_bwd_kernel(const T* dout, const T* q, const T* k, const T* v, con
   std::vector<T> delta(bh * n);
   at::parallel_for(0, bh * n, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
-      delta[r] = at::vec::map2_reduce_all<T>([](Vec x, Vec y) { return x * y; },
-                                             [](Vec x, Vec y) { return x + y; }, dout + r * d,
+      delta[r] = at::vec::map2_reduce_all<T>([](V x, V y) { return x * y; },
+                                             [](V x, V y) { return x + y; }, dout + r * d,
                                              out + r * d, d);
   });
 
@@ -318,8 +317,8 @@ void attention_bwd_kernel(const T* dout, const T* q, const T* k, const T* v, con
           gemm<T>({qs.data(), d, 1, kt.data(), kbk.ld, p.data(), ldP, false, nullptr}, qb.count, kbk.ld, d);
           for (int64_t r = 0; r < qb.count; ++r) {
             T* pr = &p[r * ldP];
-            const Vec vl(lse_i[r]);
-            for (int64_t j = 0; j < kbk.ld; j += W) vexp<T>(Vec::loadu(pr + j) - vl).store(pr + j);
+            const V vl(lse_i[r]);
+            for (int64_t j = 0; j < kbk.ld; j += W) vexp<T>(V::loadu(pr + j) - vl).store(pr + j);
           }
           // dV_j += P^T dO_i
           gemm<T>({p.data(), 1, ldP, doi, d, dv + row0, d, !first, nullptr}, kbk.count, d, qb.count);
@@ -328,9 +327,9 @@ void attention_bwd_kernel(const T* dout, const T* q, const T* k, const T* v, con
           for (int64_t r = 0; r < qb.count; ++r) {
             T* dsr = &ds[r * ldP];
             const T* pr = &p[r * ldP];
-            const Vec vd(delta_i[r]), vs(scale);
+            const V vd(delta_i[r]), vs(scale);
             for (int64_t j = 0; j < kbk.ld; j += W)
-              (vs * Vec::loadu(pr + j) * (Vec::loadu(dsr + j) - vd)).store(dsr + j);
+              (vs * V::loadu(pr + j) * (V::loadu(dsr + j) - vd)).store(dsr + j);
           }
           // dK_j += scale dS^T Q_i;  dQ_i += scale dS K_j
           gemm<T>({ds.data(), 1, ldP, qi, d, dk + row0, d, !first, nullptr}, kbk.count, d, qb.count);

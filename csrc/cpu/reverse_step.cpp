@@ -20,17 +20,11 @@
 #include <type_traits>
 
 #include "checks.h"
+#include "common.h"
 #include "op_checks.h"
 
 namespace mcvd {
 namespace {
-
-template <typename T>
-using Vec = at::vec::Vectorized<T>;
-
-// Elements per block: a block of each of the five streams stays in L1, and
-// float16/bfloat16 blocks are widened into stack buffers of this size.
-constexpr int64_t kBlock = 1024;
 
 template <typename T>
 struct Coefs {
@@ -84,14 +78,12 @@ void step_range(const scalar_t* x_t, const scalar_t* eps, const scalar_t* noise,
   }
 }
 
-using OptTensor = c10::optional<at::Tensor>;
-
 // A noise tensor with no noise adds nothing: the sigma row is then not read
 // (mcvd.ops.reverse_step refuses a float sigma != 0 without noise; a tensor
 // sigma is not inspected, which would cost the sampler a device sync).
 std::tuple<at::Tensor, at::Tensor> reverse_step_cpu(const at::Tensor& x_t_in, const at::Tensor& eps_in,
                                                     const OptTensor& noise_in, const at::Tensor& coef_in,
-                                                    c10::optional<double> clip_lo, c10::optional<double> clip_hi) {
+                                                    std::optional<double> clip_lo, std::optional<double> clip_hi) {
   check_reverse_step_args(x_t_in, eps_in, noise_in, coef_in, clip_lo, clip_hi);
   const int64_t B = x_t_in.size(0);
   const bool clip = clip_lo.has_value();

@@ -30,17 +30,11 @@
 #include <vector>
 
 #include "checks.h"
+#include "common.h"
 #include "op_checks.h"
 
 namespace mcvd {
 namespace {
-
-template <typename T>
-using Vec = at::vec::Vectorized<T>;
-
-// Elements per block: small enough that a block of every input stays in L1,
-// and a multiple of every vector width so only a row's last block has a tail.
-constexpr int64_t kBlock = 1024;
 
 template <typename T>
 double hsum(const Vec<T>& v) {
@@ -404,8 +398,6 @@ at::Tensor batch_sum(at::Tensor& partials, at::ScalarType dtype) {
   }
   return partials[0].to(dtype, /*non_blocking=*/false, /*copy=*/true);  // a copy also for double: no view of scratch
 }
-
-using OptTensor = c10::optional<at::Tensor>;
 
 at::Tensor contig_or_undefined(const OptTensor& t) { return t.has_value() ? MCVD_CONTIG(*t) : at::Tensor(); }
 

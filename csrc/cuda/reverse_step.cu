@@ -20,9 +20,8 @@ namespace mcvd {
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> reverse_step_cuda(const at::Tensor& x_t_in, const at::Tensor& eps_in,
-                                                     const c10::optional<at::Tensor>& noise_in,
-                                                     const at::Tensor& coef_in, c10::optional<double> clip_lo,
-                                                     c10::optional<double> clip_hi) {
+                                                     const OptTensor& noise_in, const at::Tensor& coef_in,
+                                                     std::optional<double> clip_lo, std::optional<double> clip_hi) {
   // The shared checks (csrc/op_checks.h), then x_t's device: last, as the
   // other inputs' device checks name a mismatch first.
   check_reverse_step_args(x_t_in, eps_in, noise_in, coef_in, clip_lo, clip_hi);
@@ -32,8 +31,7 @@ std::tuple<at::Tensor, at::Tensor> reverse_step_cuda(const at::Tensor& x_t_in, c
 
   const c10::cuda::CUDAGuard guard(x_t_in.device());
   const at::Tensor x_t = MCVD_CONTIG(x_t_in), eps = MCVD_CONTIG(eps_in);
-  const c10::optional<at::Tensor> noise =
-      noise_in.has_value() ? c10::optional<at::Tensor>(MCVD_CONTIG(*noise_in)) : c10::nullopt;
+  const OptTensor noise = noise_in.has_value() ? OptTensor(MCVD_CONTIG(*noise_in)) : std::nullopt;
   // Coefficients in the accumulation type: float64 for float64 data, else float32.
   const at::Tensor coef = MCVD_CONTIG(coef_in.to(x_t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
   at::Tensor x_prev = at::empty_like(x_t), x0 = at::empty_like(x_t);

@@ -18,8 +18,6 @@
 namespace mcvd {
 namespace {
 
-using OptTensor = c10::optional<at::Tensor>;
-
 // The optional inputs (weight, bias, gamma, beta, scale, shift), contiguous.
 std::array<OptTensor, 6> contig_optionals(std::array<OptTensor, 6> opt) {
   for (auto& t : opt)

@@ -1,0 +1,21 @@
+// What the CPU kernels (csrc/cpu/<op>.cpp) share.
+#pragma once
+
+#include <ATen/cpu/vec/vec.h>
+
+#include <cstdint>
+
+namespace mcvd {
+
+// ATen's SIMD vector of T: AVX2 or AVX-512 as setup.py's CPU_CAPABILITY
+// flags select, a plain array without them.
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+// Elements per block of the elementwise passes: small enough that a block of
+// every stream stays in L1 (float16 / bfloat16 blocks are widened into float
+// buffers of this size on the stack), and a multiple of every vector width,
+// so that only a row's last block has a tail.
+constexpr int64_t kBlock = 1024;
+
+}  // namespace mcvd

@@ -91,14 +91,6 @@ inline void check_optional(const OptTensor& t, const char* name,
   check_like(*t, name, ref, ref_name, expected);
 }
 
-}  // namespace mcvd
-
-// Kernels read raw pointers, so a strided view is copied rather than read
-// wrongly; the op wrappers call this on every tensor input.
-#define MCVD_CONTIG(t) ((t).contiguous())
-
-namespace mcvd {
-
 // The CUDA kernels read device memory of the tensor's own device.
 inline void check_cuda(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), name, ": expected a CUDA tensor, got device ", t.device());

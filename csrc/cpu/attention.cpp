@@ -350,7 +350,7 @@ at::ScalarType compute_dtype(const at::Tensor& q) {
 }
 
 at::Tensor as_compute(const at::Tensor& t, at::ScalarType dtype) {
-  return MCVD_CONTIG(t.to(dtype));
+  return t.to(dtype).contiguous();
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(const at::Tensor& q_in, const at::Tensor& k_in,
@@ -382,7 +382,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
   const auto dtype = compute_dtype(q_in);
   const at::Tensor q = as_compute(q_in, dtype), k = as_compute(k_in, dtype), v = as_compute(v_in, dtype);
   const at::Tensor dout = as_compute(grad_out_in, dtype), out = as_compute(out_in, dtype);
-  const at::Tensor lse = MCVD_CONTIG(lse_in);
+  const at::Tensor lse = lse_in.contiguous();
   const int64_t b = q.size(0), heads = q.size(1), n = q.size(2), d = q.size(3);
   at::Tensor dk = at::empty_like(k), dv = at::empty_like(v), dq;
   if (q.numel() == 0) {

@@ -1,4 +1,6 @@
-// What the CPU kernels (csrc/cpu/<op>.cpp) share.
+// What the CPU kernels (csrc/cpu/<op>.cpp) share. Their op wrappers take
+// every tensor input through .contiguous(): the kernels read raw pointers, so
+// a strided view is copied rather than read wrongly.
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>

@@ -88,8 +88,8 @@ std::tuple<at::Tensor, at::Tensor> reverse_step_cpu(const at::Tensor& x_t_in, co
   const int64_t B = x_t_in.size(0);
   const bool clip = clip_lo.has_value();
 
-  const at::Tensor x_t = MCVD_CONTIG(x_t_in), eps = MCVD_CONTIG(eps_in);
-  const at::Tensor noise = noise_in.has_value() ? MCVD_CONTIG(*noise_in) : at::Tensor();
+  const at::Tensor x_t = x_t_in.contiguous(), eps = eps_in.contiguous();
+  const at::Tensor noise = noise_in.has_value() ? noise_in->contiguous() : at::Tensor();
   const at::Tensor coef = coef_in.to(at::kDouble).contiguous();
   at::Tensor x_prev = at::empty_like(x_t), x0 = at::empty_like(x_t);
   const int64_t numel = x_t.numel();

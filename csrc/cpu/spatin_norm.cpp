@@ -399,7 +399,7 @@ at::Tensor batch_sum(at::Tensor& partials, at::ScalarType dtype) {
   return partials[0].to(dtype, /*non_blocking=*/false, /*copy=*/true);  // a copy also for double: no view of scratch
 }
 
-at::Tensor contig_or_undefined(const OptTensor& t) { return t.has_value() ? MCVD_CONTIG(*t) : at::Tensor(); }
+at::Tensor contig_or_undefined(const OptTensor& t) { return t.has_value() ? t->contiguous() : at::Tensor(); }
 
 struct ContigOptionals {
   at::Tensor weight, bias, gamma, beta, scale, shift;
@@ -424,7 +424,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatin_norm_fwd_cpu(const at::Ten
                                                                    const OptTensor& scale, const OptTensor& shift,
                                                                    double eps, bool silu) {
   check_spatin_norm_args(x_in, num_groups, weight, bias, gamma, beta, scale, shift);
-  const at::Tensor x = MCVD_CONTIG(x_in);
+  const at::Tensor x = x_in.contiguous();
   const ContigOptionals opt(weight, bias, gamma, beta, scale, shift);
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -444,8 +444,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const OptTensor& scale, const OptTensor& shift, bool silu) {
   check_spatin_norm_bwd_args(grad_y_in, x_in, mean_in, rstd_in, num_groups, weight, bias, gamma, beta, scale, shift);
   const int64_t B = x_in.size(0), C = x_in.size(1), HW = x_in.size(2) * x_in.size(3);
-  const at::Tensor x = MCVD_CONTIG(x_in), grad_y = MCVD_CONTIG(grad_y_in);
-  const at::Tensor mean = MCVD_CONTIG(mean_in), rstd = MCVD_CONTIG(rstd_in);
+  const at::Tensor x = x_in.contiguous(), grad_y = grad_y_in.contiguous();
+  const at::Tensor mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
   const ContigOptionals opt(weight, bias, gamma, beta, scale, shift);
   // Each absent gradient is its own empty tensor: outputs must not alias.
   auto absent = [&] { return at::empty({0}, x.options()); };

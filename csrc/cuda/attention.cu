@@ -31,7 +31,7 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q_in, co
   check_attention_args(q_in, k_in, v_in, scale);
   check_cuda_q(q_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
-  const at::Tensor q = MCVD_CONTIG(q_in), k = MCVD_CONTIG(k_in), v = MCVD_CONTIG(v_in);
+  const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
   const int64_t bh = q.size(0) * q.size(1), n = q.size(2), d = q.size(3);
   at::Tensor out = at::empty_like(q);
   at::Tensor lse = at::empty({q.size(0), q.size(1), n}, q.options().dtype(stat_dtype(q)));
@@ -60,8 +60,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(const at::Tens
   check_attention_bwd_args(grad_out, q_in, k_in, v_in, out_in, lse_in, scale);
   check_cuda_q(q_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
-  const at::Tensor q = MCVD_CONTIG(q_in), k = MCVD_CONTIG(k_in), v = MCVD_CONTIG(v_in);
-  const at::Tensor dout = MCVD_CONTIG(grad_out), out = MCVD_CONTIG(out_in), lse = MCVD_CONTIG(lse_in);
+  const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const at::Tensor dout = grad_out.contiguous(), out = out_in.contiguous(), lse = lse_in.contiguous();
   const int64_t bh = q.size(0) * q.size(1), n = q.size(2), d = q.size(3);
   at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
   if (q.numel() == 0) return {dq, dk, dv};

@@ -30,10 +30,10 @@ std::tuple<at::Tensor, at::Tensor> reverse_step_cuda(const at::Tensor& x_t_in, c
   const bool clip = clip_lo.has_value();
 
   const c10::cuda::CUDAGuard guard(x_t_in.device());
-  const at::Tensor x_t = MCVD_CONTIG(x_t_in), eps = MCVD_CONTIG(eps_in);
-  const OptTensor noise = noise_in.has_value() ? OptTensor(MCVD_CONTIG(*noise_in)) : std::nullopt;
+  const at::Tensor x_t = x_t_in.contiguous(), eps = eps_in.contiguous();
+  const OptTensor noise = noise_in.has_value() ? OptTensor(noise_in->contiguous()) : std::nullopt;
   // Coefficients in the accumulation type: float64 for float64 data, else float32.
-  const at::Tensor coef = MCVD_CONTIG(coef_in.to(x_t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+  const at::Tensor coef = coef_in.to(x_t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
   at::Tensor x_prev = at::empty_like(x_t), x0 = at::empty_like(x_t);
   const int64_t inner = batch == 0 ? 0 : x_t.numel() / batch;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

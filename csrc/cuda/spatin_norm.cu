@@ -21,7 +21,7 @@ namespace {
 // The optional inputs (weight, bias, gamma, beta, scale, shift), contiguous.
 std::array<OptTensor, 6> contig_optionals(std::array<OptTensor, 6> opt) {
   for (auto& t : opt)
-    if (t) t = MCVD_CONTIG(*t);
+    if (t) t = t->contiguous();
   return opt;
 }
 
@@ -53,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatin_norm_fwd_cuda(
   check_cuda(x_in, "x");
   const auto opt = contig_optionals({weight, bias, gamma, beta, scale, shift});
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = MCVD_CONTIG(x_in);
+  const at::Tensor x = x_in.contiguous();
   at::Tensor y = at::empty_like(x);
   at::Tensor mean = at::empty({x.size(0), num_groups}, x.options().dtype(stat_dtype(x)));
   at::Tensor rstd = at::empty_like(mean);
@@ -81,8 +81,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_cuda(x_in, "x");
   const auto opt = contig_optionals({weight, bias, gamma, beta, scale, shift});
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor mean = MCVD_CONTIG(mean_in), rstd = MCVD_CONTIG(rstd_in);
-  const at::Tensor x = MCVD_CONTIG(x_in), dy = MCVD_CONTIG(grad_y);
+  const at::Tensor mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
+  const at::Tensor x = x_in.contiguous(), dy = grad_y.contiguous();
 
   // An absent input's gradient is an empty [0] tensor.
   std::array<at::Tensor, 6> grads;

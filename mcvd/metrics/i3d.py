@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcvd.metrics._checks import check_video
 from mcvd.metrics.weights import WeightsError, cached_weights
 
 BN_EPS = 1e-3
@@ -149,6 +150,7 @@ class I3D(nn.Module):
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_video(x, "x", f"[B, 3, T >= {MIN_FRAMES}, 224, 224]")
         if x.dim() != 5 or x.shape[1] != 3 or x.shape[3:] != (224, 224) or x.shape[2] < MIN_FRAMES:
             raise ValueError(f"x: expected [B, 3, T >= {MIN_FRAMES}, 224, 224], got {list(x.shape)}")
         x = self.conv1(x)

@@ -12,6 +12,13 @@ The MCVD evaluation computes LPIPS with AlexNet on every frame resized to
 128 x 128 (its `Resize((128, 128))` with bilinear filtering); `lpips(...)`
 does the same by default. The reference code also rounds frames to 8 bits
 through PIL first; this module does not.
+
+Inputs must be floats in [-1, 1] (up to a rounding margin,
+mcvd.metrics._checks.range_margin); values outside it, NaN, integer dtypes,
+empty videos and frames too small for the network (AlexNet: 31 x 31, VGG:
+16 x 16) raise an error naming the argument. Frames in [0, 1] (not mapped
+to [-1, 1]) lie inside the range and cannot be told apart: they score wrong
+without an error.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcvd.metrics._checks import check_frames, check_video
 from mcvd.metrics.weights import WeightsError, cached_weights
 
 # The LPIPS scaling layer: x in [-1, 1] -> (x - shift) / scale, the ImageNet
@@ -44,6 +52,21 @@ NETS = {
 }
 
 
+def min_size(net: str) -> int:
+    """The smallest frame side the backbone `net` takes: every conv and max-pool
+    leaves at least one position (AlexNet 31, VGG16 16)."""
+    layers, _, (pool_k, pool_s), *_ = NETS[net]
+    for n in range(1, 1024):
+        m = n
+        for _, k, s, p, pool in layers:
+            if pool:
+                m = (m - pool_k) // pool_s + 1 if m >= pool_k else 0
+            m = (m + 2 * p - k) // s + 1 if m + 2 * p >= k else 0
+        if m >= 1:
+            return n
+    raise AssertionError(f"no frame size up to 1023 fits the {net} backbone")
+
+
 class LPIPS(nn.Module):
     """LPIPS distance with the pretrained v0.1 weights (eval mode, no gradients needed).
 
@@ -57,6 +80,7 @@ class LPIPS(nn.Module):
             raise ValueError(f"net: expected one of {sorted(NETS)}, got {net!r}")
         layers, self.taps, (self.pool_k, self.pool_s), file, prefix = NETS[net]
         self.net = net
+        self.min_size = min_size(net)
         self.pools = [pool for *_, pool in layers]
         in_ch = 3
         self.convs = nn.ModuleList()
@@ -101,8 +125,13 @@ class LPIPS(nn.Module):
         return taps
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        for name, v in (("x", x), ("y", y)):
+            check_video(v, name, "[N, 3, H, W]")
         if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"x, y: expected two tensors of the same shape [N, 3, H, W], got {list(x.shape)} and {list(y.shape)}")
+        if min(x.shape[-2:]) < self.min_size:
+            raise ValueError(f"x: expected images of at least {self.min_size}x{self.min_size} pixels "
+                             f"(LPIPS {self.net}), got {x.shape[-2]}x{x.shape[-1]}")
         # One pass over both batches; each tap splits back into (x, y) halves.
         pairs = (f.chunk(2) for f in self.features(torch.cat([x, y])))
         return sum(head((a - b).pow(2)).mean((1, 2, 3)) for head, (a, b) in zip(self.heads, pairs))
@@ -117,33 +146,51 @@ def lpips(pred: torch.Tensor, target: torch.Tensor, *, net: str = "alex", resize
           batch_size: int = 64, model: LPIPS | None = None) -> torch.Tensor:
     """Per-frame LPIPS distance between two videos (or image stacks).
 
-    pred, target: float [..., T, C, H, W] in [-1, 1], the same shape; C is 1
-        (repeated to RGB, as the reference code's PIL conversion does) or 3.
+    pred, target: float [..., T, C, H, W] in [-1, 1] (see the module docstring
+        for what is refused), the same shape; T, H, W >= 1; C is 1 (repeated to
+        RGB, as the reference code's PIL conversion does) or 3.
     net: "alex" (the paper) or "vgg"; ignored when `model` is given.
     resize: frames are resized to resize x resize (bilinear, antialiased) first;
-        128 as in the paper's evaluation, None keeps them as they are.
+        128 as in the paper's evaluation, None keeps them as they are. Either
+        way, at least the network's smallest size (`min_size(net)`).
     batch_size: frames per forward pass of the network.
     model: an LPIPS instance to use (on the device to compute on); by default
         one per (net, device) is built once and kept.
     Returns float32 [..., T] on pred's device: 0 for identical frames, larger is more different.
     """
+    for name, v in (("pred", pred), ("target", target)):
+        check_video(v, name, "[..., T, C, H, W]")
     if pred.shape != target.shape:
         raise ValueError(f"pred, target: expected the same shape, got {list(pred.shape)} and {list(target.shape)}")
     if pred.dim() < 4 or pred.shape[-3] not in (1, 3):
         raise ValueError(f"pred: expected [..., T, C, H, W] with C 1 or 3, got {list(pred.shape)}")
+    check_frames(pred, "pred")
     if resize is not None and resize < 1:
         raise ValueError(f"resize: expected a positive size or None, got {resize}")
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    if model is None and net not in NETS:
+        raise ValueError(f"net: expected one of {sorted(NETS)}, got {net!r}")
+    if model is None or isinstance(model, LPIPS):  # (a stand-in model may take any size)
+        backbone = net if model is None else model.net
+        smallest = min_size(backbone)
+        if resize is not None and resize < smallest:
+            raise ValueError(f"resize: expected at least {smallest} (LPIPS {backbone}), got {resize}")
+        if resize is None and min(pred.shape[-2:]) < smallest:
+            raise ValueError(f"pred: expected frames of at least {smallest}x{smallest} pixels (LPIPS {backbone}) "
+                             f"or a resize, got {pred.shape[-2]}x{pred.shape[-1]}")
+    lead = pred.shape[:-3]
+    if pred.numel() == 0:  # an empty batch: no frames to score
+        return pred.new_zeros(lead, dtype=torch.float32)
     if model is None:
         model = _model(net, pred.device)
     device = model.shift.device
-    lead = pred.shape[:-3]
     a, b = (v.reshape(-1, *v.shape[-3:]) for v in (pred, target))
     out = []
     with torch.no_grad():
         for i in range(0, a.shape[0], batch_size):
-            x, y = (v[i:i + batch_size].to(device, torch.float32) for v in (a, b))
+            # Clamped: values within the rounding margin of [-1, 1] (wider in half precision) stay in range.
+            x, y = (v[i:i + batch_size].to(device, torch.float32).clamp(-1, 1) for v in (a, b))
             if resize is not None:
                 x, y = (F.interpolate(v, size=(resize, resize), mode="bilinear", align_corners=False, antialias=True)
                         for v in (x, y))

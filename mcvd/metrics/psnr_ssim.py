@@ -1,8 +1,13 @@
 """PSNR and SSIM of predicted videos, with the MCVD paper's protocol.
 
-Videos are [..., T, C, H, W] in [-1, 1]. Both metrics first map them to
-[0, 1] by (x + 1) / 2 clamped to [0, 1] (the reference code's
-inverse_data_transform) and compute in float64.
+Videos are [..., T, C, H, W], floats in [-1, 1]. Both metrics first map them
+to [0, 1] by (x + 1) / 2 clamped to [0, 1] (the reference code's
+inverse_data_transform) and compute in float64. The clamp only absorbs float
+rounding: values further than a small margin outside [-1, 1]
+(mcvd.metrics._checks.range_margin: 1e-3 in float32), NaN, integer dtypes
+and empty videos raise an error naming the argument. Videos in [0, 1]
+(frames not mapped to [-1, 1]) lie inside the range and cannot be told
+apart: they score wrong without an error.
 
 PSNR, per clip: MSE over all its frames, channels and pixels (equal to the
 mean of the per-frame MSEs, which is how the reference code accumulates it),
@@ -24,6 +29,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mcvd.metrics._checks import check_frames, check_video
+
 _WIN, _SIGMA, _K1, _K2 = 11, 1.5, 0.01, 0.03
 
 
@@ -33,18 +40,18 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 def _check_pair(pred, target) -> None:
     for name, x in (("pred", pred), ("target", target)):
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"{name}: expected a float tensor [..., T, C, H, W], got "
-                            + (f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__))
-        if x.dim() < 4:
+        if isinstance(x, torch.Tensor) and x.dim() < 4:
             raise ValueError(f"{name}: expected a video [..., T, C, H, W], got shape {list(x.shape)}")
+        check_video(x, name, "[..., T, C, H, W]")
+        check_frames(x, name)
     if target.dim() > pred.dim() or pred.shape[pred.dim() - target.dim():] != target.shape:
         raise ValueError(f"target: expected the shape of pred {list(pred.shape)} or a trailing part of it "
                          f"(broadcast over samples), got {list(target.shape)}")
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, *, per_frame: bool = False) -> torch.Tensor:
-    """PSNR in dB of videos in [-1, 1] (data range mapped to [0, 1]).
+    """PSNR in dB of videos in [-1, 1] (data range mapped to [0, 1]; see the
+    module docstring for what is refused).
 
     Args:
         pred, target: [..., T, C, H, W]; target may leave out leading
@@ -73,7 +80,8 @@ def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor, *, per_frame: bool = False) -> torch.Tensor:
-    """SSIM of videos in [-1, 1] (data range mapped to [0, 1]).
+    """SSIM of videos in [-1, 1] (data range mapped to [0, 1]; see the module
+    docstring for what is refused).
 
     Args:
         pred, target: [..., T, C, H, W], H and W >= 11; target may leave

@@ -14,10 +14,15 @@ Z95 = statistics.NormalDist().inv_cdf(0.975)  # 1.959963984540054
 
 
 def summary(values) -> dict[str, float | None]:
-    """values: a non-empty sequence of floats -> {"mean", "std", "conf95"}; conf95 is None for a single value."""
+    """values: a non-empty sequence of finite floats -> {"mean", "std", "conf95"};
+    conf95 is None for a single value. NaN or infinite values (a PSNR of inf
+    for identical frames) raise: they have no mean and spread to report."""
     v = [float(x) for x in values]
     if not v:
         raise ValueError("values: expected at least one value")
+    for i, x in enumerate(v):
+        if not math.isfinite(x):
+            raise ValueError(f"values: expected finite numbers, got {x} at index {i}")
     n = len(v)
     mean = math.fsum(v) / n
     std = math.sqrt(math.fsum((x - mean) ** 2 for x in v) / n)

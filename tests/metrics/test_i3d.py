@@ -57,3 +57,7 @@ def test_input_shape_is_checked():
         model(torch.zeros(1, 3, 8, 224, 224))
     with pytest.raises(ValueError, match=r"got \[1, 1, 9, 224, 224\]"):
         model(torch.zeros(1, 1, 9, 224, 224))
+    with pytest.raises(ValueError, match=r"x: expected values in \[-1, 1\] .*got values in \[0, 255\]"):
+        model(torch.linspace(0, 255, 9 * 3).view(1, 3, 9, 1, 1).expand(1, 3, 9, 224, 224))
+    with pytest.raises(TypeError, match=r"x: expected floats in \[-1, 1\] .*got dtype torch.uint8"):
+        model(torch.zeros(1, 3, 9, 224, 224, dtype=torch.uint8))

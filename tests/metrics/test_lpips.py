@@ -138,3 +138,27 @@ def test_bad_arguments_are_named(alex):
         lpips(x, x, model=alex, resize=0)
     with pytest.raises(ValueError, match=r"batch_size: expected >= 1, got 0"):
         lpips(x, x, model=alex, batch_size=0)
+
+
+def test_inputs_outside_the_data_range_or_too_small_are_refused(alex):
+    # The video function's checks: tests/metrics/test_metric_inputs.py; these are the module's own.
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with pytest.raises(ValueError, match=r"y: expected values in \[-1, 1\] .*got values in \[0(\.\d+)?, 25\d"):
+        alex(x, (x + 1) * 127.5)
+    with pytest.raises(TypeError, match=r"x: expected floats in \[-1, 1\] \(shape \[N, 3, H, W\]\), "
+                                        r"got dtype torch.int64"):
+        alex(x.long(), x)
+    # AlexNet's strided conv and three max-pools leave nothing of a 30 x 30 image ("Output size is too small").
+    with pytest.raises(ValueError, match=r"x: expected images of at least 31x31 pixels \(LPIPS alex\), got 30x32"):
+        alex(x[:, :, :30], x[:, :, :30])
+    assert alex(x[:, :, :31, :31], x[:, :, :31, :31]).tolist() == [0.0, 0.0]
+    video = x.unflatten(0, (1, 2))
+    with pytest.raises(ValueError, match=r"pred: expected frames of at least 31x31 pixels \(LPIPS alex\) or a resize, "
+                                         r"got 16x16"):
+        lpips(video[..., :16, :16], video[..., :16, :16], model=alex, resize=None)
+    with pytest.raises(ValueError, match=r"resize: expected at least 16 \(LPIPS vgg\), got 8"):
+        lpips(video, video, net="vgg", resize=8)
+    assert lpips(video[:0], video[:0], model=alex).shape == (0, 2)  # an empty batch scores nothing
+    # One bfloat16 ULP above 1 (1.0078) is rounding, not a wrong range: accepted, and scored as 1.
+    ones = torch.ones(1, 1, 3, 32, 32, dtype=torch.bfloat16)
+    assert lpips(ones + torch.finfo(torch.bfloat16).eps, ones, model=alex).tolist() == [[0.0]]

@@ -40,9 +40,13 @@ def test_clip_psnr_comes_from_the_clip_mse_not_the_mean_frame_psnr():
 
 
 def test_values_are_clamped_to_the_data_range_first():
+    # Within the rounding margin beyond [-1, 1] (1e-3 in float32); further out is refused
+    # (tests/metrics/test_metric_inputs.py).
     target = torch.ones(1, 2, 1, 11, 11)
-    assert torch.isinf(psnr(1.5 * target, target)).all()
-    torch.testing.assert_close(ssim(1.5 * target, target), torch.ones(1, dtype=torch.float64))
+    assert torch.isinf(psnr((1 + 9e-4) * target, target)).all()
+    torch.testing.assert_close(ssim((1 + 9e-4) * target, target), torch.ones(1, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"pred: expected values in \[-1, 1\]"):
+        psnr(1.5 * target, target)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 3, 23, 17), (1, 2, 1, 11, 11), (4, 1, 64, 64)])
@@ -77,7 +81,8 @@ def test_bad_inputs_are_named():
         psnr(v, torch.zeros(1, 3, 1, 16, 16))
     with pytest.raises(ValueError, match=r"pred: expected a video \[\.\.\., T, C, H, W\], got shape \[16, 16\]"):
         ssim(torch.zeros(16, 16), torch.zeros(16, 16))
-    with pytest.raises(TypeError, match=r"target: expected a float tensor \[\.\.\., T, C, H, W\], got dtype torch.uint8"):
+    with pytest.raises(TypeError, match=r"target: expected floats in \[-1, 1\] \(shape \[\.\.\., T, C, H, W\]\), "
+                                        r"got dtype torch.uint8 \(8-bit levels map to \[-1, 1\] as x / 127.5 - 1\)"):
         psnr(v, v.to(torch.uint8))
     with pytest.raises(ValueError, match=r"pred: SSIM's 11x11 window needs frames of at least 11x11, got 10x16"):
         ssim(torch.zeros(1, 1, 1, 10, 16), torch.zeros(1, 1, 1, 10, 16))

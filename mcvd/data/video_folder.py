@@ -251,7 +251,10 @@ class VideoFolder(Dataset):
     def _load(self, video: int, start: int) -> torch.Tensor:
         path, frames = self.videos[video]
         indices = list(range(start, start + self.span, self.frame_stride))
-        rgb = _read_frames([frames[i] for i in indices], frames[0]) if frames is not None else _decode_video(path, indices)
+        if frames is None:
+            rgb = _decode_video(path, indices)
+        else:
+            rgb = _read_frames([frames[i] for i in indices], frames[0])
         return frames_to_clip(rgb, self.image_size, self.channels)
 
     def __getitem__(self, index: int) -> torch.Tensor:

@@ -118,7 +118,8 @@ def test_bilevel_frames(tmp_path):
 
 
 def test_a_frame_of_another_size_is_named_with_both_sizes(tmp_path):
-    frames = [np.zeros((H, W, 3), np.uint8)] * 3 + [np.zeros((H + 1, W, 3), np.uint8)] + [np.zeros((H, W, 3), np.uint8)] * 2
+    frame, odd = np.zeros((H, W, 3), np.uint8), np.zeros((H + 1, W, 3), np.uint8)
+    frames = [frame] * 3 + [odd] + [frame] * 2
     save_clip(tmp_path / "v", frames)
     ds = VideoFolder(tmp_path, 2, H)
     msg = r"3\.png: a frame of 16x9 pixels, expected 16x8 as the folder's first frame 0\.png"

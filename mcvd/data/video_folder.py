@@ -128,6 +128,12 @@ def frame_array(img: Image.Image, path: str | os.PathLike) -> np.ndarray:
     `path` for a mode of no known range, transparent pixels, or 32-bit integer
     levels outside 0..65535."""
     mode = img.mode
+
+    def refuse_transparent(clear: int) -> None:
+        if clear:
+            raise ValueError(f"{path}: a frame with transparent pixels ({clear} of {img.width * img.height}, "
+                             f"mode {mode}); expected opaque frames (flatten them onto a background first)")
+
     if mode in MODES_16BIT:
         a = np.asarray(img)
         if mode == "I":  # int32: how older Pillow reads 16-bit greyscale PNGs, levels 0..65535
@@ -135,16 +141,15 @@ def frame_array(img: Image.Image, path: str | os.PathLike) -> np.ndarray:
             if lo < 0 or hi > 65535:
                 raise ValueError(f"{path}: a 32-bit integer frame (mode I) with values {lo}..{hi}, "
                                  "expected 16-bit levels 0..65535")
+        if isinstance(img.info.get("transparency"), int):  # a PNG tRNS level: the pixels of that level are clear
+            refuse_transparent(int(np.count_nonzero(a == img.info["transparency"])))
         return np.repeat(a.astype(np.uint16)[..., None], 3, axis=-1)
     if mode not in MODES_8BIT:
         raise ValueError(f"{path}: frames of mode {mode} are not read (expected 8-bit modes {', '.join(MODES_8BIT)} "
                          f"or 16-bit greyscale {', '.join(MODES_16BIT)})")
     if mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info:
         rgba = img.convert("RGBA")
-        clear = int(np.count_nonzero(np.asarray(rgba.getchannel("A")) < 255))
-        if clear:
-            raise ValueError(f"{path}: a frame with transparent pixels ({clear} of {img.width * img.height}, "
-                             f"mode {mode}); expected opaque frames (flatten them onto a background first)")
+        refuse_transparent(int(np.count_nonzero(np.asarray(rgba.getchannel("A")) < 255)))
         return np.asarray(rgba.convert("RGB"))
     return np.asarray(img.convert("RGB"))
 

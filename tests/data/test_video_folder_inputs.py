@@ -143,3 +143,17 @@ def test_an_empty_folder_tree_is_refused(tmp_path):
     (tmp_path / "a" / "notes.txt").write_text("no frames here")
     with pytest.raises(ValueError, match=r"root: no readable video with at least 2 frames under"):
         VideoFolder(tmp_path, 2, H)
+
+
+def test_16bit_frames_with_a_transparent_level_are_refused_where_it_occurs(tmp_path):
+    folder = tmp_path / "v"
+    folder.mkdir()
+    g = gradient16()
+    Image.fromarray(g).save(folder / "0.png", transparency=int(g[0, 3]))  # the level of one column
+    Image.fromarray(g).save(folder / "1.png", transparency=1)  # a level no pixel has: all opaque
+    with Image.open(folder / "0.png") as img:
+        assert img.mode == "I;16" and "transparency" in img.info
+        with pytest.raises(ValueError, match=rf"0\.png: a frame with transparent pixels \({H} of {H * W}, mode I;16\)"):
+            vf.frame_array(img, folder / "0.png")
+    with Image.open(folder / "1.png") as img:
+        np.testing.assert_array_equal(vf.frame_array(img, "1.png")[..., 1], g)

@@ -166,9 +166,11 @@ def fvd_protocol(real_feats: torch.Tensor, fake_feats: torch.Tensor) -> dict[str
              FVDs of sample j of every clip against the N real clips
              (only when k > 1)}.
     """
-    if fake_feats.dim() != 3 or fake_feats.shape[0] != real_feats.shape[0]:
-        raise ValueError(f"fake_feats: expected [N, k, D] with N = {real_feats.shape[0]} real clips, "
-                         f"got {list(fake_feats.shape)}")
+    if real_feats.dim() != 2 or real_feats.shape[0] < 2:
+        raise ValueError(f"real_feats: expected [N >= 2, D] features of N real clips, got {list(real_feats.shape)}")
+    if fake_feats.dim() != 3 or fake_feats.shape[0] != real_feats.shape[0] or fake_feats.shape[1] < 1:
+        raise ValueError(f"fake_feats: expected [N, k, D] with N = {real_feats.shape[0]} real clips and k >= 1 "
+                         f"samples, got {list(fake_feats.shape)}")
     for name, f in (("real_feats", real_feats), ("fake_feats", fake_feats)):
         check_features(np.asarray(torch.as_tensor(f).cpu()), name)
     k = fake_feats.shape[1]

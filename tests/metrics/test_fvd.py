@@ -83,7 +83,8 @@ def test_fvd_protocol_all_samples_and_per_trajectory():
     assert out["fvd_traj_std"] == pytest.approx(statistics.pstdev(per))
     assert out["fvd_traj_conf95"] == pytest.approx(1.959963984540054 * statistics.stdev(per) / math.sqrt(k))
     assert set(fvd_protocol(real, fake[:, :1])) == {"fvd"}
-    with pytest.raises(ValueError, match=r"fake_feats: expected \[N, k, D\] with N = 6 real clips, got \[5, 3, 4\]"):
+    with pytest.raises(ValueError, match=r"fake_feats: expected \[N, k, D\] with N = 6 real clips and k >= 1 samples, "
+                                         r"got \[5, 3, 4\]"):
         fvd_protocol(real, fake[:5])
 
 

@@ -123,3 +123,12 @@ def test_summary_of_non_finite_values_is_refused(value):
     with pytest.raises(ValueError, match=rf"values: expected finite numbers, got {value} at index 1"):
         summary([1.0, value, 2.0])
     assert math.isfinite(summary(np.array([1.0, 2.0]))["conf95"])
+
+
+def test_fvd_protocol_names_its_arguments():
+    real, fake = torch.randn(6, 4), torch.randn(6, 2, 4)
+    with pytest.raises(ValueError, match=r"real_feats: expected \[N >= 2, D\] features of N real clips, got \[1, 4\]"):
+        fvd_protocol(real[:1], fake[:1])
+    with pytest.raises(ValueError, match=r"fake_feats: expected \[N, k, D\] with N = 6 real clips and k >= 1 samples, "
+                                         r"got \[6, 0, 4\]"):
+        fvd_protocol(real, fake[:, :0])

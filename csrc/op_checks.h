@@ -27,9 +27,10 @@ inline at::ScalarType stat_dtype(const at::Tensor& x) {
 
 // ---------------------------------------------------------------- spatin_norm
 
-inline void check_spatin_norm_args(const at::Tensor& x, int64_t num_groups, const OptTensor& weight,
-                                   const OptTensor& bias, const OptTensor& gamma, const OptTensor& beta,
-                                   const OptTensor& scale, const OptTensor& shift) {
+// x, num_groups and the optional tensors: what the forward and the backward share.
+inline void check_spatin_norm_tensors(const at::Tensor& x, int64_t num_groups, const OptTensor& weight,
+                                      const OptTensor& bias, const OptTensor& gamma, const OptTensor& beta,
+                                      const OptTensor& scale, const OptTensor& shift) {
   check_rank(x, "x", 4, "[B, C, H, W]");
   check_float(x, "x");
   const int64_t B = x.size(0), C = x.size(1);
@@ -43,13 +44,22 @@ inline void check_spatin_norm_args(const at::Tensor& x, int64_t num_groups, cons
   check_optional(shift, "shift", x, "x", {B, C});
 }
 
-// The forward's checks, then grad_y like x, then mean and rstd as the
-// forward returns them: [B, G] on x's device, in the statistics dtype.
+inline void check_spatin_norm_args(const at::Tensor& x, int64_t num_groups, const OptTensor& weight,
+                                   const OptTensor& bias, const OptTensor& gamma, const OptTensor& beta,
+                                   const OptTensor& scale, const OptTensor& shift, double eps) {
+  check_spatin_norm_tensors(x, num_groups, weight, bias, gamma, beta, scale, shift);
+  // A negative eps can make the variance term negative (NaN rstd); NaN or inf
+  // would give NaN or zeros everywhere.
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, "eps: expected a finite float >= 0, got ", eps);
+}
+
+// The forward's checks of the tensors, then grad_y like x, then mean and rstd
+// as the forward returns them: [B, G] on x's device, in the statistics dtype.
 inline void check_spatin_norm_bwd_args(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& mean,
                                        const at::Tensor& rstd, int64_t num_groups, const OptTensor& weight,
                                        const OptTensor& bias, const OptTensor& gamma, const OptTensor& beta,
                                        const OptTensor& scale, const OptTensor& shift) {
-  check_spatin_norm_args(x, num_groups, weight, bias, gamma, beta, scale, shift);
+  check_spatin_norm_tensors(x, num_groups, weight, bias, gamma, beta, scale, shift);
   check_like(grad_y, "grad_y", x, "x", x.sizes());
   auto check_stat = [&](const at::Tensor& t, const char* name) {
     check_same_device(t, name, x, "x");
@@ -65,6 +75,7 @@ inline void check_spatin_norm_bwd_args(const at::Tensor& grad_y, const at::Tenso
 inline void check_attention_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   check_rank(q, "q", 4, "[B, heads, N, D]");
   check_float(q, "q");
+  TORCH_CHECK(q.size(3) >= 1, "q: expected a head size D >= 1 in [B, heads, N, D], got shape ", shape_str(q.sizes()));
   check_like(k, "k", q, "q", q.sizes());
   check_like(v, "v", q, "q", q.sizes());
 }

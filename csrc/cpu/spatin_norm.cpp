@@ -423,7 +423,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatin_norm_fwd_cpu(const at::Ten
                                                                    const OptTensor& gamma, const OptTensor& beta,
                                                                    const OptTensor& scale, const OptTensor& shift,
                                                                    double eps, bool silu) {
-  check_spatin_norm_args(x_in, num_groups, weight, bias, gamma, beta, scale, shift);
+  check_spatin_norm_args(x_in, num_groups, weight, bias, gamma, beta, scale, shift, eps);
   const at::Tensor x = x_in.contiguous();
   const ContigOptionals opt(weight, bias, gamma, beta, scale, shift);
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);

@@ -49,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatin_norm_fwd_cuda(
     const OptTensor& beta, const OptTensor& scale, const OptTensor& shift, double eps, bool silu) {
   // The shared checks (csrc/op_checks.h), then x's device: last, as the
   // optional inputs' device checks name a mismatch first.
-  check_spatin_norm_args(x_in, num_groups, weight, bias, gamma, beta, scale, shift);
+  check_spatin_norm_args(x_in, num_groups, weight, bias, gamma, beta, scale, shift, eps);
   check_cuda(x_in, "x");
   const auto opt = contig_optionals({weight, bias, gamma, beta, scale, shift});
   const c10::cuda::CUDAGuard guard(x_in.device());

@@ -3,6 +3,9 @@ backend, the reference included, rejects bad input the same way. The op
 modules call them in the order of the per-op checks in csrc/op_checks.h."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -40,3 +43,29 @@ def check_like(t: torch.Tensor | None, name: str, ref: torch.Tensor, ref_name: s
     if t.dtype != ref.dtype:
         raise TypeError(f"{name}: expected dtype {ref.dtype} (the dtype of {ref_name}), got {t.dtype}")
     check_shape(t, name, expected)
+
+
+def describe(v) -> str:
+    """What a wrong argument was, for a message: its type, and its value when short."""
+    if v is None:
+        return "None"
+    if isinstance(v, torch.Tensor):
+        return type(v).__name__
+    text = repr(v)
+    return f"{type(v).__name__} {text}" if len(text) <= 40 else type(v).__name__
+
+
+def is_real(v) -> bool:
+    """A real number: a Python or NumPy int or float, not a bool (an int to
+    Python, but never meant as a number) and not a tensor (whose value a GPU
+    would have to be waited on to read)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def check_finite(v, name: str, expected: str = "a finite float") -> None:
+    """A real number, not NaN or infinite; `expected` phrases it in both messages."""
+    if not is_real(v):
+        raise TypeError(f"{name}: expected {expected}, got {describe(v)}")
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: expected {expected}, got {float(v):g}")
+

@@ -13,17 +13,25 @@ import torch
 from mcvd.kernels._dtypes import stat_dtype
 
 from . import _backend, _triton
-from ._checks import check_float, check_like, check_rank
+from ._checks import check_finite, check_float, check_like, check_rank, describe, is_real, shape_str
 
 
-def _check(q, k, v) -> None:
+def _check(q, k, v, scale) -> None:
+    """The checks of csrc/op_checks.h's check_attention_args, in its order;
+    then scale, which only this layer sees as None or of another type."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a tensor, got {type(t).__name__}")
     check_rank(q, "q", 4, "[B, heads, N, D]")
     check_float(q, "q")
+    if q.shape[-1] < 1:
+        raise ValueError(f"q: expected a head size D >= 1 in [B, heads, N, D], got shape {shape_str(q.shape)}")
     check_like(k, "k", q, "q", q.shape)
     check_like(v, "v", q, "q", q.shape)
+    if scale is not None:
+        if not is_real(scale):
+            raise TypeError(f"scale: expected a finite float or None, got {describe(scale)}")
+        check_finite(scale, "scale")
 
 
 def attention_ref(q, k, v, *, scale=None, upcast=False):
@@ -44,7 +52,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
 
     Args:
         q, k, v: [B, heads, N, D], one float dtype and device.
-        scale: logit scale, default D ** -0.5.
+        scale: logit scale, a finite float; default D ** -0.5.
         backend: None (auto), "reference", "cpu", "cuda" or "triton". Auto on a
             GPU gives float32 inputs to the reference (faster there than the
             fused float32 kernels; it holds the N x N logits), whose einsums
@@ -52,7 +60,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
     Returns:
         out: [B, heads, N, D], q's dtype.
     """
-    _check(q, k, v)
+    _check(q, k, v, scale)
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
     name = _backend.resolve("attention", q.device, backend, q.dtype)
     if name == "reference":

@@ -16,46 +16,72 @@ import torch
 from mcvd.kernels._dtypes import stat_dtype
 
 from . import _backend, _triton
-from ._checks import check_float, check_like
+from ._checks import check_finite, check_float, check_like, describe, is_real, shape_str
 
 _COEFS = ("a", "b", "c_x0", "c_xt", "sigma")
 
 
+def _check_coefs(x_t, coefs) -> None:
+    """Each coefficient a real number (finite; b nonzero) or a floating-point
+    tensor of shape [B] (or 0-d) on x_t's device. A tensor's values are not
+    read: on a GPU that would make the host wait for the device."""
+    B = x_t.shape[0]
+    for name, c in zip(_COEFS, coefs):
+        if isinstance(c, torch.Tensor):
+            if not c.is_floating_point():
+                raise TypeError(f"{name}: expected a float or a floating-point tensor of shape [{B}], "
+                                f"got a tensor of dtype {c.dtype}")
+            if c.device != x_t.device:
+                raise ValueError(f"{name}: expected device {x_t.device} (the device of x_t), got {c.device}")
+            if c.dim() != 0 and tuple(c.shape) != (B,):
+                raise ValueError(f"{name}: expected a float or a tensor of shape [{B}], got shape {shape_str(c.shape)}")
+        elif not is_real(c):
+            raise TypeError(f"{name}: expected a float or a tensor of shape [{B}], got {describe(c)}")
+        else:
+            check_finite(c, name)
+            if name == "b" and c == 0:
+                raise ValueError("b: expected a nonzero float (x0 = (x_t - a eps) / b), got 0")
+
+
 def _coef_table(x_t, coefs) -> torch.Tensor:
-    """[5, B] table of the coefficients (floats or [B] tensors) on x_t's device,
-    of x_t's statistics dtype (float64 for float64 x_t, else float32)."""
+    """[5, B] table of the coefficients (floats or [B] tensors, checked by
+    _check_coefs) on x_t's device, of x_t's statistics dtype (float64 for
+    float64 x_t, else float32)."""
     B = x_t.shape[0]
     dtype = stat_dtype(x_t.dtype)
     if x_t.device.type == "cpu" and all(not isinstance(c, torch.Tensor) for c in coefs):
         return torch.tensor([[float(c)] * B for c in coefs], dtype=dtype)
     # On a GPU, float rows are filled on the device: a copy from host memory
     # would wait for the GPU, and could not be captured in a CUDA graph.
-    rows = []
-    for name, c in zip(_COEFS, coefs):
-        if isinstance(c, torch.Tensor):
-            if c.device != x_t.device:
-                raise ValueError(f"{name}: expected device {x_t.device} (the device of x_t), got {c.device}")
-            if c.dim() == 0:
-                c = c.expand(B)
-            if c.shape != (B,):
-                raise ValueError(f"{name}: expected a float or a tensor of shape [{B}], got shape "
-                                 f"[{', '.join(map(str, c.shape))}]")
-            rows.append(c)
-        else:
-            rows.append(torch.full((B,), float(c), dtype=dtype, device=x_t.device))
+    rows = [c.expand(B) if isinstance(c, torch.Tensor) else torch.full((B,), float(c), dtype=dtype, device=x_t.device)
+            for c in coefs]
     return torch.stack(rows).to(dtype)  # stack promotes mixed dtypes; one cast after
 
 
-def _check(x_t, eps, noise, clip) -> None:
+def _check(x_t, eps, noise, coefs, clip) -> None:
+    """The checks of csrc/op_checks.h's check_reverse_step_args, in its order,
+    with the coefficients in the place of its table."""
     if not isinstance(x_t, torch.Tensor):
         raise TypeError(f"x_t: expected a tensor, got {type(x_t).__name__}")
     if x_t.dim() < 1:
         raise ValueError("x_t: expected a tensor with a batch dimension [B, ...], got a 0-d tensor")
     check_float(x_t, "x_t")
+    if not isinstance(eps, torch.Tensor):
+        raise TypeError(f"eps: expected a tensor, got {describe(eps)}")
     check_like(eps, "eps", x_t, "x_t", x_t.shape)
     check_like(noise, "noise", x_t, "x_t", x_t.shape)
-    if clip is not None and (len(clip) != 2 or not clip[0] <= clip[1]):
-        raise ValueError(f"clip: expected None or (lo, hi) with lo <= hi, got {clip!r}")
+    _check_coefs(x_t, coefs)
+    sigma = coefs[-1]
+    if noise is None and isinstance(sigma, torch.Tensor):
+        # Whether its values are all zero is not read (see _check_coefs).
+        raise ValueError("noise: expected a tensor shaped like x_t when sigma is a tensor (its values are not "
+                         "read); pass sigma=0.0 for a step without noise, got None")
+    if noise is None and sigma != 0:
+        raise ValueError("noise: expected a tensor shaped like x_t when sigma is not 0, got None")
+    if clip is not None:
+        pair = isinstance(clip, (tuple, list)) and len(clip) == 2 and all(is_real(v) for v in clip)
+        if not pair or not clip[0] <= clip[1]:
+            raise (ValueError if pair else TypeError)(f"clip: expected None or (lo, hi) with lo <= hi, got {clip!r}")
 
 
 def _clip_bounds(clip) -> tuple[float | None, float | None]:
@@ -67,7 +93,9 @@ def reverse_step_ref(x_t, eps, noise, *, a, b, c_x0, c_xt, sigma, clip=None, upc
     x_t's dtype (the coefficients rounded to it); `upcast=True` computes in
     float32 (float64 stays) and casts the results back, as the kernels and
     reverse_step(backend="reference") do."""
-    coef = _coef_table(x_t, (a, b, c_x0, c_xt, sigma))
+    coefs = (a, b, c_x0, c_xt, sigma)
+    _check_coefs(x_t, coefs)
+    coef = _coef_table(x_t, coefs)
     if not upcast:
         coef = coef.to(x_t.dtype)
     return _table_ref(x_t, eps, noise, coef, *_clip_bounds(clip))
@@ -92,19 +120,19 @@ def reverse_step(x_t: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | Non
 
     Args:
         x_t, eps, noise: [B, ...] of one float dtype and device; noise may be
-            None when sigma is 0.
-        a, b, c_x0, c_xt, sigma: floats, or [B] tensors on x_t's device (per
-            sample; the samplers pass device tensors so the loop never syncs).
-        clip: (lo, hi) clamp of the predicted x0, or None.
+            None only when sigma is the float 0 (a tensor sigma's values are
+            never read, so it always takes noise).
+        a, b, c_x0, c_xt, sigma: finite real numbers (not bools; b nonzero),
+            or floating-point [B] tensors on x_t's device (per sample; their
+            values are not read, so that a step on a GPU never syncs).
+        clip: (lo, hi) clamp of the predicted x0, real numbers with lo <= hi, or None.
         backend: None (auto), "reference", "cpu", "cuda" or "triton".
     Returns:
         (x_prev, x0), both shaped like x_t. Differentiable in x_t, eps and
         noise; the coefficients are constants.
     """
-    _check(x_t, eps, noise, clip)
     coefs = (a, b, c_x0, c_xt, sigma)
-    if noise is None and not isinstance(sigma, torch.Tensor) and sigma != 0:
-        raise ValueError("noise: expected a tensor shaped like x_t when sigma is not 0, got None")
+    _check(x_t, eps, noise, coefs, clip)
     return reverse_step_coef(x_t, eps, noise, _coef_table(x_t, coefs), *_clip_bounds(clip), backend=backend)
 
 

@@ -11,24 +11,32 @@ beta, scale and shift are each optional on their own).
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 
 from mcvd.kernels._dtypes import stat_dtype
 
 from . import _backend, _triton
-from ._checks import check_float, check_like, check_rank
+from ._checks import check_finite, check_float, check_like, check_rank, describe
 
 _ARGS = ("weight", "bias", "gamma", "beta", "scale", "shift")
 
 
-def _check(x, num_groups, weight, bias, gamma, beta, scale, shift) -> None:
+def _check(x, num_groups, weight, bias, gamma, beta, scale, shift, eps, silu) -> None:
+    """The checks of csrc/op_checks.h's check_spatin_norm_args, in its order,
+    with the types the kernel's schema fixes (num_groups an int, silu a bool)
+    checked here, where other types can arrive."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a tensor, got {type(x).__name__}")
     check_rank(x, "x", 4, "[B, C, H, W]")
     check_float(x, "x")
     B, C, H, W = x.shape
-    if not isinstance(num_groups, int) or num_groups <= 0 or C % num_groups != 0:
+    if not isinstance(num_groups, (numbers.Integral, torch.SymInt)) or isinstance(num_groups, bool):
+        raise TypeError(f"num_groups: expected an int (a positive divisor of the {C} channels of x), "
+                        f"got {type(num_groups).__name__}")
+    if num_groups <= 0 or C % num_groups != 0:
         raise ValueError(f"num_groups: expected a positive divisor of the {C} channels of x, got {num_groups}")
     for name, t, shape in (
         ("weight", weight, (C,)),
@@ -39,6 +47,11 @@ def _check(x, num_groups, weight, bias, gamma, beta, scale, shift) -> None:
         ("shift", shift, (B, C)),
     ):
         check_like(t, name, x, "x", shape)
+    check_finite(eps, "eps", "a finite float >= 0")
+    if eps < 0:
+        raise ValueError(f"eps: expected a finite float >= 0, got {float(eps):g}")
+    if not isinstance(silu, bool):
+        raise TypeError(f"silu: expected a bool, got {describe(silu)}")
 
 
 def spatin_norm_ref(x, num_groups, *, weight=None, bias=None, gamma=None, beta=None, scale=None, shift=None,
@@ -76,31 +89,33 @@ def spatin_norm(x: torch.Tensor, num_groups: int, *, weight: torch.Tensor | None
 
     Args:
         x: [B, C, H, W] float (float32, float64, bfloat16, float16).
-        num_groups: G, a divisor of C.
+        num_groups: G, an int dividing C.
         weight, bias: [C] per-channel affine, or None.
         gamma, beta: [B, C, H, W] SPATIN maps, or None.
         scale, shift: [B, C] time-embedding modulation, or None.
-        eps: added to the variance.
-        silu: apply SiLU last.
+        eps: added to the variance, a finite float >= 0.
+        silu: apply SiLU last (a bool).
         backend: None (auto), "reference", "cpu", "cuda" or "triton".
     Returns:
         y: [B, C, H, W], x's dtype. Every optional tensor shares x's dtype and device;
         under autocast, all are first cast to the autocast dtype.
     """
-    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+    # (Meta tensors have no autocast state to ask for.)
+    if isinstance(x, torch.Tensor) and x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):
         # Under autocast the convolutions hand over low-precision activations
         # while the norm's parameters stay float32; the kernels take one dtype
         # (and accumulate the statistics in float32 whatever it is).
         dtype = torch.get_autocast_dtype(x.device.type)
         x, weight, bias, gamma, beta, scale, shift = (
             None if t is None else t.to(dtype) for t in (x, weight, bias, gamma, beta, scale, shift))
-    _check(x, num_groups, weight, bias, gamma, beta, scale, shift)
+    _check(x, num_groups, weight, bias, gamma, beta, scale, shift, eps, silu)
+    num_groups, eps = int(num_groups), float(eps)
     name = _backend.resolve("spatin_norm", x.device, backend, x.dtype)
     if name == "reference":
         return spatin_norm_ref(x, num_groups, weight=weight, bias=bias, gamma=gamma, beta=beta, scale=scale,
                                shift=shift, eps=eps, silu=silu)
     op = torch.ops.mcvd.spatin_norm_fwd if name in ("cpu", "cuda") else triton_kernels().fwd
-    y, _, _ = op(x, num_groups, weight, bias, gamma, beta, scale, shift, float(eps), bool(silu))
+    y, _, _ = op(x, num_groups, weight, bias, gamma, beta, scale, shift, eps, silu)
     return y
 
 

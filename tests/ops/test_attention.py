@@ -358,6 +358,8 @@ BAD = [
     ("k dtype", {"k": torch.randn(SHAPE, dtype=torch.float64)}, TypeError,
      r"k: expected dtype \S+ \(the dtype of q\), got \S+"),
     ("v dtype", {"v": torch.randn(SHAPE).half()}, TypeError, r"v: expected dtype \S+ \(the dtype of q\), got \S+"),
+    ("head size 0", {"q": torch.randn(2, 3, 5, 0), "k": torch.randn(2, 3, 5, 0), "v": torch.randn(2, 3, 5, 0)},
+     ValueError, r"q: expected a head size D >= 1 in \[B, heads, N, D\], got shape \[2, 3, 5, 0\]"),
 ]
 
 
@@ -385,6 +387,20 @@ def test_bad_scale_through_the_cpu_kernel():
     for scale in (float("inf"), float("nan")):
         with pytest.raises(RuntimeError, match=r"scale: expected a finite float, got"):
             torch.ops.mcvd.attention_fwd(q, k, v, scale)
+
+
+@pytest.mark.parametrize("scale, error, message", [
+    ("a", TypeError, r"scale: expected a finite float or None, got str 'a'"),
+    (True, TypeError, r"scale: expected a finite float or None, got bool True"),
+    (torch.tensor(0.5), TypeError, r"scale: expected a finite float or None, got Tensor"),
+    # The kernel's message (test_bad_scale_through_the_cpu_kernel), on every backend.
+    (float("nan"), ValueError, r"scale: expected a finite float, got nan"),
+    (float("-inf"), ValueError, r"scale: expected a finite float, got -inf"),
+])
+def test_bad_scale_through_mcvd_ops(scale, error, message):
+    for backend in mcvd.ops.available_backends("cpu"):
+        with pytest.raises(error, match=message):
+            attention(**good_args(), scale=scale, backend=backend)
 
 
 def test_bad_backward_input_through_the_cpu_kernel():

@@ -133,3 +133,23 @@ def test_importing_mcvd_does_not_import_triton():
            "print('triton' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_meta_tensors_run_through_the_reference():
+    """Meta tensors (shapes without data) take the pure-PyTorch reference: every
+    op gives outputs of the right shape and dtype, after the same checks."""
+    meta = torch.device("meta")
+    x = torch.empty(2, 6, 4, 5, device=meta)
+    y = mcvd.ops.spatin_norm(x, 3, scale=torch.empty(2, 6, device=meta), silu=True)
+    assert (y.device, y.shape, y.dtype) == (meta, x.shape, x.dtype)
+    q = torch.empty(2, 3, 5, 4, device=meta, dtype=torch.float16)
+    out = mcvd.ops.attention(q, q, q)
+    assert (out.device, out.shape, out.dtype) == (meta, q.shape, q.dtype)
+    x_t = torch.empty(2, 3, 4, device=meta)
+    x_prev, x0 = mcvd.ops.reverse_step(x_t, x_t, x_t, a=0.5, b=0.8, c_x0=0.3, c_xt=0.6, sigma=0.1, clip=(-1, 1))
+    assert x_prev.device == x0.device == meta and x_prev.shape == x0.shape == x_t.shape
+    with pytest.raises(ValueError, match=r"num_groups: expected a positive divisor of the 6 channels of x, got 4"):
+        mcvd.ops.spatin_norm(x, 4)
+    with pytest.raises(RuntimeError, match=r"backend: 'cpu' is not available for attention on meta tensors; "
+                                           r"available here: \['reference'"):
+        mcvd.ops.attention(q, q, q, backend="cpu")

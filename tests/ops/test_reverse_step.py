@@ -96,13 +96,19 @@ def test_noncontiguous_inputs(backend_device):
         torch.testing.assert_close(g.cpu(), w, rtol=1e-12, atol=1e-12)
 
 
-def test_sigma_tensor_without_noise_adds_no_noise_term(backend_device):
-    """The kernel does not inspect a tensor sigma (that would sync the sampler):
-    without noise the sigma term is absent, whatever sigma holds."""
+def test_a_tensor_sigma_needs_noise(backend_device):
+    """A tensor sigma's values are never read (on a GPU that would make the host
+    wait, and the samplers run under CUDA graphs), so without noise it is
+    refused whatever it holds, zeros included; a float sigma of 0 takes None."""
     backend, device = backend_device
     x_t, eps, _ = make((2, 3, 4), device=device)
     coefs = random_coefs(2, per_sample=True, device=device)
-    x_prev, x0 = reverse_step(x_t, eps, None, **coefs, backend=backend)
+    for sigma in (coefs["sigma"], torch.zeros(2, dtype=torch.float64, device=device)):
+        with pytest.raises(ValueError, match=r"noise: expected a tensor shaped like x_t when sigma is a tensor "
+                                             r"\(its values are not read\); pass sigma=0.0 for a step without "
+                                             r"noise, got None"):
+            reverse_step(x_t, eps, None, **{**coefs, "sigma": sigma}, backend=backend)
+    x_prev, x0 = reverse_step(x_t, eps, None, **{**coefs, "sigma": 0.0}, backend=backend)
     torch.testing.assert_close(x_prev, coefs["c_x0"].view(-1, 1, 1) * x0 + coefs["c_xt"].view(-1, 1, 1) * x_t,
                                rtol=1e-12, atol=1e-12)
 
@@ -299,10 +305,6 @@ def test_bad_coefficients_and_clip():
     x_t, eps, noise = good_inputs().values()
     with pytest.raises(ValueError, match=r"noise: expected a tensor shaped like x_t when sigma is not 0, got None"):
         reverse_step(x_t, eps, None, **COEFS)
-    with pytest.raises(ValueError, match=r"b: expected a float or a tensor of shape \[2\], got shape \[3\]"):
-        reverse_step(x_t, eps, noise, **{**COEFS, "b": torch.ones(3)})
-    with pytest.raises(ValueError, match=r"clip: expected None or \(lo, hi\) with lo <= hi, got \(1.0, -1.0\)"):
-        reverse_step(x_t, eps, noise, **COEFS, clip=(1.0, -1.0))
     op = torch.ops.mcvd.reverse_step
     with pytest.raises(RuntimeError, match=r"coef: expected shape \[5, 2\], got \[4, 2\]"):
         op(x_t, eps, noise, torch.rand(4, 2))
@@ -314,6 +316,57 @@ def test_bad_coefficients_and_clip():
         op(x_t, eps, noise, torch.rand(5, 2), -1.0, None)
     with pytest.raises(RuntimeError, match=r"clip_lo: expected clip_lo <= clip_hi, got clip_lo=1, clip_hi=-1"):
         op(x_t, eps, noise, torch.rand(5, 2), 1.0, -1.0)
+
+
+# Arguments only the Python layer takes (the kernel takes a coefficient table):
+# coefficients that are no real number, bool included, a non-finite or
+# division-by-zero coefficient, and a clip that is not a pair of real numbers.
+BAD_ARGS = [
+    ("eps None", dict(eps=None), TypeError, r"eps: expected a tensor, got None"),
+    ("a str", dict(a="x"), TypeError, r"a: expected a float or a tensor of shape \[2\], got str 'x'"),
+    ("c_xt numeric str", dict(c_xt="0.5"), TypeError,
+     r"c_xt: expected a float or a tensor of shape \[2\], got str '0.5'"),
+    ("b None", dict(b=None), TypeError, r"b: expected a float or a tensor of shape \[2\], got None"),
+    ("c_x0 bool", dict(c_x0=True), TypeError, r"c_x0: expected a float or a tensor of shape \[2\], got bool True"),
+    ("sigma complex", dict(sigma=0.1j), TypeError,
+     r"sigma: expected a float or a tensor of shape \[2\], got complex 0.1j"),
+    ("a bool tensor", dict(a=torch.ones(2, dtype=torch.bool)), TypeError,
+     r"a: expected a float or a floating-point tensor of shape \[2\], got a tensor of dtype torch.bool"),
+    ("b int tensor", dict(b=torch.ones(2, dtype=torch.int64)), TypeError,
+     r"b: expected a float or a floating-point tensor of shape \[2\], got a tensor of dtype torch.int64"),
+    ("b shape", dict(b=torch.ones(3)), ValueError, r"b: expected a float or a tensor of shape \[2\], got shape \[3\]"),
+    ("sigma nan", dict(sigma=float("nan")), ValueError, r"sigma: expected a finite float, got nan"),
+    ("a inf", dict(a=float("inf")), ValueError, r"a: expected a finite float, got inf"),
+    ("b zero", dict(b=0.0), ValueError, r"b: expected a nonzero float \(x0 = \(x_t - a eps\) / b\), got 0"),
+    ("clip float", dict(clip=1.0), TypeError, r"clip: expected None or \(lo, hi\) with lo <= hi, got 1.0"),
+    ("clip str", dict(clip=("a", "b")), TypeError, r"clip: expected None or \(lo, hi\) with lo <= hi, got \('a', 'b'\)"),
+    ("clip bool", dict(clip=(False, True)), TypeError,
+     r"clip: expected None or \(lo, hi\) with lo <= hi, got \(False, True\)"),
+    ("clip three", dict(clip=(-1.0, 0.0, 1.0)), TypeError, r"clip: expected None or \(lo, hi\) with lo <= hi, got"),
+    ("clip order", dict(clip=(1.0, -1.0)), ValueError, r"clip: expected None or \(lo, hi\) with lo <= hi, got \(1.0, -1.0\)"),
+    ("clip nan", dict(clip=(float("nan"), 1.0)), ValueError,
+     r"clip: expected None or \(lo, hi\) with lo <= hi, got \(nan, 1.0\)"),
+]
+
+
+@pytest.mark.parametrize("case, change, py_error, message", BAD_ARGS, ids=[c[0] for c in BAD_ARGS])
+def test_bad_arguments_through_mcvd_ops(case, change, py_error, message):
+    args = {**good_inputs(), **COEFS, "clip": None, **change}
+    x_t, eps, noise = args.pop("x_t"), args.pop("eps"), args.pop("noise")
+    for backend in available_backends("cpu"):
+        with pytest.raises(py_error, match=message):
+            reverse_step(x_t, eps, noise, **args, backend=backend)
+
+
+def test_numbers_of_any_real_type_are_coefficients():
+    """ints and NumPy scalars are real numbers: the same step as the floats."""
+    np = pytest.importorskip("numpy")
+    x_t, eps, noise = good_inputs().values()
+    want = reverse_step(x_t, eps, noise, a=1.0, b=0.5, c_x0=0.25, c_xt=0.5, sigma=0.1, clip=(-2.0, 2.0))
+    got = reverse_step(x_t, eps, noise, a=1, b=np.float32(0.5), c_x0=np.float64(0.25), c_xt=0.5, sigma=0.1,
+                       clip=(np.int64(-2), 2))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
 
 
 @pytest.mark.gpu

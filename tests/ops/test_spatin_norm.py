@@ -349,6 +349,9 @@ BAD = [
      r"gamma: expected dtype torch.float32 \(the dtype of x\), got torch.float64"),
     ("weight dtype", dict(weight=torch.randn(C).half()), TypeError,
      r"weight: expected dtype torch.float32 \(the dtype of x\), got torch.float16"),
+    ("eps nan", dict(eps=float("nan")), ValueError, r"eps: expected a finite float >= 0, got nan"),
+    ("eps inf", dict(eps=float("inf")), ValueError, r"eps: expected a finite float >= 0, got inf"),
+    ("eps negative", dict(eps=-1.0), ValueError, r"eps: expected a finite float >= 0, got -1\b"),
 ]
 
 
@@ -369,7 +372,37 @@ def test_bad_input_through_mcvd_ops(case, change, py_error, message):
 def test_bad_input_through_the_cpu_kernel(case, change, py_error, message):
     a = {**good_args(), **change}
     with pytest.raises(RuntimeError, match=message):
-        torch.ops.mcvd.spatin_norm_fwd(a["x"], a["num_groups"], *(a[k] for k in OPTIONALS), EPS, False)
+        torch.ops.mcvd.spatin_norm_fwd(a["x"], a["num_groups"], *(a[k] for k in OPTIONALS), a.get("eps", EPS), False)
+
+
+# Arguments whose type the kernel's schema fixes (an int, a bool): only the
+# Python layer sees a tensor, a bool or a float group count, or a string.
+BAD_TYPES = [
+    ("groups tensor", dict(num_groups=torch.tensor(3)), TypeError,
+     r"num_groups: expected an int \(a positive divisor of the 6 channels of x\), got Tensor"),
+    ("groups bool", dict(num_groups=True), TypeError,
+     r"num_groups: expected an int \(a positive divisor of the 6 channels of x\), got bool"),
+    ("groups float", dict(num_groups=3.0), TypeError,
+     r"num_groups: expected an int \(a positive divisor of the 6 channels of x\), got float"),
+    ("eps str", dict(eps="a"), TypeError, r"eps: expected a finite float >= 0, got str 'a'"),
+    ("eps bool", dict(eps=True), TypeError, r"eps: expected a finite float >= 0, got bool True"),
+    ("silu str", dict(silu="no"), TypeError, r"silu: expected a bool, got str 'no'"),
+    ("silu int", dict(silu=1), TypeError, r"silu: expected a bool, got int 1"),
+]
+
+
+@pytest.mark.parametrize("case, change, py_error, message", BAD_TYPES, ids=[c[0] for c in BAD_TYPES])
+def test_bad_argument_types_through_mcvd_ops(case, change, py_error, message):
+    args = {**good_args(), **change}
+    for backend in available_backends("cpu"):
+        with pytest.raises(py_error, match=message):
+            spatin_norm(**args, backend=backend)
+
+
+def test_numpy_group_counts_and_eps_are_numbers():
+    np = pytest.importorskip("numpy")
+    x = torch.randn(B, C, H, W)
+    torch.testing.assert_close(spatin_norm(x, np.int64(3), eps=np.float32(1e-5)), spatin_norm(x, 3, eps=1e-5))
 
 
 def test_bad_backward_input_through_the_cpu_kernel():

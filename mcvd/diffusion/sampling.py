@@ -6,10 +6,13 @@ timestep, nothing that reads a device value); `sample` wraps it for any
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
+
+from mcvd.ops._checks import describe
 
 from .sampler_config import SamplerConfig, resolve_sampler
 from .schedule import Schedule
@@ -36,12 +39,30 @@ def denoise(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedu
     """
     t_batch = scheduler.batched_timesteps(x_T.shape[0])
     x = x_T
-    for i, t in enumerate(tqdm(scheduler.timesteps.tolist(), desc=desc, disable=not progress, leave=False)):
+    steps = scheduler.timesteps.tolist()
+    for i, t in enumerate(tqdm(steps, desc=desc, leave=False) if progress else steps):
         eps = eps_fn(x, t_batch[i])
         x, x0 = scheduler.step(eps, t, x, generator=generator)
         if callback is not None:
             callback(i, t, x, x0)
     return x
+
+
+def _check_shape(shape) -> tuple[int, ...]:
+    """The samples' shape as a tuple of ints, each >= 1. Only ints: int(2.5)
+    would silently sample 2."""
+    expected = "shape: expected a sequence of ints [B, ...] (a tuple, list or torch.Size), got "
+    is_int = lambda s: isinstance(s, numbers.Integral) and not isinstance(s, bool)  # noqa: E731
+    if is_int(shape):
+        raise TypeError(f"{expected}{describe(shape)} (for {shape} samples of one number, pass ({shape},))")
+    if not isinstance(shape, (tuple, list, torch.Size)):
+        raise TypeError(expected + describe(shape))
+    if not all(is_int(s) for s in shape):
+        raise TypeError(f"{expected}{shape!r}")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 1 or any(s < 1 for s in shape):
+        raise ValueError(f"shape: expected [B, ...] with positive sizes, got {list(shape)}")
+    return shape
 
 
 def sample(eps_model: Callable, shape, *, sampler: SamplerConfig | None = None, method: str = "ddpm",
@@ -56,7 +77,8 @@ def sample(eps_model: Callable, shape, *, sampler: SamplerConfig | None = None, 
         eps_model: any callable eps_model(x_t, t, cond) -> eps shaped like x_t,
             t a LongTensor [B] (DDPM convention, larger is noisier); called as
             eps_model(x_t, t, cond, cond_mask=cond_mask) when cond_mask is given.
-        shape: [B, ...] of the samples (e.g. [B, k, C, H, W] for MCVD).
+        shape: [B, ...] of the samples (e.g. [B, k, C, H, W] for MCVD), a
+            tuple, list or torch.Size of ints >= 1.
         sampler: the sampler's options as one `mcvd.SamplerConfig` (its
             guidance must be None); or None, and the keywords below build it.
         method, steps, clip_x0, eta, schedule, spacing, backend: the sampler's
@@ -77,9 +99,15 @@ def sample(eps_model: Callable, shape, *, sampler: SamplerConfig | None = None, 
     if sampler.guidance is not None:
         raise ValueError(f"sampler: mcvd.sample takes no guidance (its eps_model has no unconditional call), "
                          f"got guidance={sampler.guidance!r}; use mcvd.predict to guide an MCVD model")
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 1 or any(s < 1 for s in shape):
-        raise ValueError(f"shape: expected [B, ...] with positive sizes, got {list(shape)}")
+    shape = _check_shape(shape)
+    for name, v in (("x_T", x_T), ("cond", cond), ("cond_mask", cond_mask)):
+        if v is not None and not isinstance(v, torch.Tensor):
+            raise TypeError(f"{name}: expected a tensor or None, got {describe(v)}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback: expected a callable or None, got {describe(callback)}")
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        got = dtype if isinstance(dtype, torch.dtype) else describe(dtype)
+        raise TypeError(f"dtype: expected a floating torch.dtype or None, got {got}")
     if x_T is not None:
         if tuple(x_T.shape) != shape:
             raise ValueError(f"x_T: expected shape {list(shape)}, got {list(x_T.shape)}")
@@ -91,8 +119,6 @@ def sample(eps_model: Callable, shape, *, sampler: SamplerConfig | None = None, 
     else:
         device = canonical_device(device if device is not None else cond.device if cond is not None else "cpu")
         dtype = torch.float32 if dtype is None else dtype
-        if not dtype.is_floating_point:
-            raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
     for name, t in (("cond", cond), ("cond_mask", cond_mask)):
         if t is not None and t.device != device:
             raise ValueError(f"{name}: expected device {device} (the sampling device), got {t.device}")

@@ -30,9 +30,11 @@ Python timestep, and noise is drawn on the sample's device.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
+from mcvd.ops._checks import describe
 from mcvd.ops.reverse_step import reverse_step_coef, stat_dtype
 
 from .schedule import Schedule
@@ -152,7 +154,7 @@ class Scheduler:
 
         Args:
             model_output: eps predicted at (sample, t), shaped like sample.
-            t: an int of `.timesteps` (or a 0-d CPU tensor, as iterating
+            t: an int of `.timesteps` (or a 0-d integer CPU tensor, as iterating
                 `.timesteps` gives).
             sample: x_t [B, ...], float, on the device given to set_timesteps.
             generator: draws the step's noise z (on sample's device) when the
@@ -198,11 +200,17 @@ class Scheduler:
 
     def _step_index(self, t) -> int:
         self._check_ready()
+        expected = "t: expected an int or a 0-d integer CPU tensor (an element of .timesteps), got"
         if isinstance(t, torch.Tensor):
+            if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+                raise TypeError(f"{expected} a tensor of dtype {t.dtype}")
             if t.dim() != 0 or t.device.type != "cpu":
-                raise ValueError("t: expected an int or a 0-d CPU tensor (an element of .timesteps), got a tensor "
-                                 f"of shape {list(t.shape)} on {t.device} (reading a device tensor would sync)")
+                raise ValueError(f"{expected} a tensor of shape {list(t.shape)} on {t.device} (reading a device "
+                                 f"tensor would sync)")
             t = int(t)
+        elif isinstance(t, bool) or not isinstance(t, numbers.Integral):
+            # A bool is an int to Python (True == 1), and 999.0 == 999: neither is a timestep.
+            raise TypeError(f"{expected} {describe(t)}")
         if t not in self._index:
             raise ValueError(f"t: {t!r} is not one of this scheduler's timesteps "
                              f"({self.timesteps.numel()} steps from set_timesteps)")

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from mcvd.ops._checks import describe
+
 from .sampler_config import SamplerConfig
-from .tasks import BlockSampler, FrameSpec
+from .tasks import BlockSampler, FrameSpec, _model_device, check_frames
 
 # Low latency by default: 10 DPM-Solver++ steps per prediction.
 STREAMING_DEFAULT = SamplerConfig(method="dpm++", steps=10)
@@ -27,10 +29,13 @@ class StreamingPredictor:
 
     Args:
         model: MCVD network with num_frames_cond = p >= 1 (future slots, if
-            any, are masked).
+            any, are masked). Pushed frames must hold values in [-1, 1] and,
+            for an MCVD network, have its dtype and device (checked at every
+            push: on a GPU one read of two numbers per push).
         sampler: the sampler's options (`mcvd.SamplerConfig`; default
             10 DPM-Solver++ steps).
-        cuda_graph: capture the denoising loop in a CUDA graph (CUDA only).
+        cuda_graph: capture the denoising loop in a CUDA graph (a model on a
+            CUDA device: refused here for a model elsewhere).
         generator: source of the random draws, on the frames' device.
     """
 
@@ -42,6 +47,13 @@ class StreamingPredictor:
             raise ValueError("model: streaming prediction needs past frames (num_frames_cond >= 1), got 0")
         if not isinstance(sampler, SamplerConfig):
             raise TypeError(f"sampler: expected an mcvd.SamplerConfig, got {type(sampler).__name__}")
+        if not isinstance(cuda_graph, bool):
+            raise TypeError(f"cuda_graph: expected a bool, got {describe(cuda_graph)}")
+        # The model's device, where it has tensors to tell it, is known now; a
+        # model without any runs where the frames are (checked at the first prediction).
+        model_device = _model_device(model)
+        if cuda_graph and model_device is not None and model_device.type != "cuda":
+            raise ValueError(f"cuda_graph: needs a model on a CUDA device, got one on {model_device}")
         self.sampler = sampler
         self._options = dict(generator=generator, cuda_graph=cuda_graph)
         self._block: BlockSampler | None = None
@@ -66,6 +78,7 @@ class StreamingPredictor:
         if isinstance(frames, torch.Tensor) and frames.dim() == 4:
             frames = frames.unsqueeze(1)
         self.spec.check_video(frames, "frames", 1)
+        check_frames(frames, "frames", self.model)
         w = self._window
         if w is not None and (frames.shape[0], frames.device, frames.dtype) != (w.shape[0], w.device, w.dtype):
             raise ValueError(f"frames: expected batch {w.shape[0]}, {w.dtype} on {w.device} (as the frames "

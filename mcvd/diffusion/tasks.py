@@ -26,6 +26,11 @@ import math
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
+
+from mcvd.nn import MCVD
+from mcvd.nn.data_range import check_data_range
+from mcvd.ops._checks import describe
 
 from .cuda_graph import CUDAGraphRunner
 from .sampler_config import SamplerConfig, resolve_sampler
@@ -61,9 +66,11 @@ class FrameSpec:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"{name}: expected a float tensor [B, T, {C}, {S}, {S}], got "
                             + (f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__))
-        if x.dim() != 5 or tuple(x.shape[2:]) != self.frame_shape() or x.shape[0] < 1:
+        if x.dim() != 5 or tuple(x.shape[2:]) != self.frame_shape():
             raise ValueError(f"{name}: expected shape [B, T, {C}, {S}, {S}] (channels and image_size of "
                              f"model.config), got {list(x.shape)}")
+        if x.shape[0] < 1:
+            raise ValueError(f"{name}: expected at least one video (B >= 1), got shape {list(x.shape)}")
         if x.shape[1] < min_frames:
             raise ValueError(f"{name}: expected at least {min_frames} frames, got {x.shape[1]}")
 
@@ -80,11 +87,12 @@ class BlockSampler:
         generator: source of x_T and step noise, on `device`.
         cuda_graph: capture the loop once per batch shape and replay it.
         device, dtype: of the frames.
-        progress: show a tqdm bar per block.
+        bar: a progress bar (tqdm) that every denoising step advances by one,
+            or None; one bar over all the blocks of a video.
     """
 
     def __init__(self, model, sampler: SamplerConfig, *, generator: torch.Generator | None = None,
-                 cuda_graph: bool = False, device: torch.device, dtype: torch.dtype, progress: bool = False):
+                 cuda_graph: bool = False, device: torch.device, dtype: torch.dtype, bar=None):
         self.model = model
         self.spec = FrameSpec.of(model)
         if not isinstance(sampler, SamplerConfig):
@@ -96,7 +104,7 @@ class BlockSampler:
                              f"got one on {generator.device}")
         self.sampler, self.guidance = sampler, sampler.guidance
         self.generator, self.cuda_graph, self.device, self.dtype = generator, cuda_graph, device, dtype
-        self.progress = progress
+        self.bar = bar
         self.scheduler = sampler.make_scheduler(model, device=device)
         self._graphs: dict = {}
 
@@ -106,17 +114,20 @@ class BlockSampler:
         x_T = torch.randn((batch, self.spec.k, *self.spec.frame_shape()), generator=self.generator,
                           device=self.device, dtype=self.dtype)
         if not self.cuda_graph:
-            return self._denoise(x_T, cond, cond_mask)
+            return self._denoise(x_T, cond, cond_mask, self.bar)
         key = (batch, None if cond is None else tuple(cond.shape))
         if key not in self._graphs:
             gen = self.generator if self.scheduler.draws_noise else None
             self._graphs[key] = CUDAGraphRunner(self._denoise_quiet, x_T, cond, cond_mask, generator=gen)
-        return self._graphs[key](x_T, cond, cond_mask).clone()
+        out = self._graphs[key](x_T, cond, cond_mask).clone()
+        if self.bar is not None:  # a replay runs every step at once
+            self.bar.update(self.scheduler.num_inference_steps)
+        return out
 
     def _denoise_quiet(self, x_T, cond, cond_mask):
-        return self._denoise(x_T, cond, cond_mask, progress=False)
+        return self._denoise(x_T, cond, cond_mask, None)
 
-    def _denoise(self, x_T, cond, cond_mask, progress=None):
+    def _denoise(self, x_T, cond, cond_mask, bar):
         model, w = self.model, self.guidance
         if cond is not None and w is not None:
             # One batched call: the conditional half, then the fully masked half.
@@ -130,15 +141,38 @@ class BlockSampler:
                 return model(x, t, cond, cond_mask=cond_mask)
             eps_c, eps_u = model(torch.cat([x, x]), torch.cat([t, t]), cond2, cond_mask=mask2).chunk(2)
             return torch.lerp(eps_u, eps_c, w)
-        return denoise(eps_fn, self.scheduler, x_T, generator=self.generator,
-                       progress=self.progress if progress is None else progress, desc="block")
+        step = None if bar is None else (lambda *_: bar.update(1))
+        return denoise(eps_fn, self.scheduler, x_T, generator=self.generator, callback=step)
 
 
-def _model_device(model) -> torch.device:
-    """Where the model's parameters (or buffers) live; the CPU if it has none."""
+def _model_device(model) -> torch.device | None:
+    """Where the model's parameters (or buffers) live; None if it has none."""
     tensors = itertools.chain(model.parameters(), model.buffers()) if isinstance(model, torch.nn.Module) else ()
     first = next(iter(tensors), None)
-    return torch.device("cpu") if first is None else first.device
+    return None if first is None else first.device
+
+
+def _network_placement(model) -> tuple[torch.device | None, torch.dtype | None]:
+    """The device and dtype an MCVD network takes its inputs in (its
+    weights'); (None, None) for another model, which may convert its
+    inputs (a wrapper, a toy) and so tells neither."""
+    if not isinstance(model, MCVD):
+        return None, None
+    weight = model.conv_in.weight
+    return weight.device, weight.dtype
+
+
+def check_frames(x: torch.Tensor, name: str, model) -> None:
+    """Frames a caller hands to `model`: an MCVD network's dtype and device,
+    values in [-1, 1] (mcvd.nn.data_range). The range check reads two
+    numbers back: on a GPU one wait for the queued work per call of the
+    caller, never one per denoising step."""
+    device, dtype = _network_placement(model)
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (the model's), got {x.dtype}")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name}: expected device {device} (the model's), got {x.device}")
+    check_data_range(x, name)
 
 
 def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.Tensor | None = None,
@@ -146,28 +180,37 @@ def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.
             guidance: float | None = None, eta: float = 0.0, clip_x0: bool = True,
             generator: torch.Generator | None = None, progress: bool = False, batch_size: int | None = None,
             device: torch.device | str | None = None, dtype: torch.dtype | None = None, cuda_graph: bool = False,
-            schedule: Schedule | None = None, spacing: str = "trailing", backend: str | None = None) -> torch.Tensor:
+            return_context: bool = False, schedule: Schedule | None = None, spacing: str = "trailing",
+            backend: str | None = None) -> torch.Tensor:
     """Sample `num_frames` frames with an MCVD model, without autograd.
 
     The task follows from what is given:
         past only      prediction of the frames after `past`;
-        neither        unconditional generation (`batch_size` videos);
+        neither        unconditional generation (`batch_size` videos, default one);
         past + future  interpolation of the k frames between them;
         future only    the k frames before `future`.
     More than k frames come from block-autoregressive rollout (prediction and
     generation only): each block of k frames conditions the next through the
-    past window, which holds the newest p frames. In generation the first
-    block is unconditional and the later ones are predictions; as in the
-    reference code the window counts as given from the second block on,
-    even when k < p leaves some of it zeros. With future frames the model
-    fills exactly one block, so num_frames must equal k. Put the model in
-    eval mode first (dropout).
+    past window, which holds the newest p frames, clamped to [-1, 1] (the
+    data range the model conditions on; already so with clip_x0). In
+    generation the first block is unconditional and the later ones are
+    predictions; as in the reference code the window counts as given from
+    the second block on, even when k < p leaves some of it zeros. With future
+    frames the model fills exactly one block, so num_frames must equal k.
+    Put the model in eval mode first (dropout).
+
+    The frames used are checked once per call: an MCVD network's dtype and
+    device, values in [-1, 1] up to a rounding margin (frames in [0, 255] or scaled
+    otherwise are refused; [0, 1] frames cannot be told apart). On a GPU that
+    reads two numbers back per call, never per step.
 
     Args:
         model: MCVD network (its .config gives k, p, f, channels, image_size).
-        past: [B, T, C, H, W] with T >= p (the last p frames are used), or None.
-        num_frames: frames to return, >= 1.
-        future: [B, T, C, H, W] with T >= f (the first f frames are used), or None.
+        past: [B, T, C, H, W] frames in [-1, 1], T >= p (the last p frames are
+            used), or None.
+        num_frames: frames to sample, >= 1.
+        future: [B, T, C, H, W] frames in [-1, 1], T >= f (the first f frames
+            are used), or None.
         sampler: the sampler's options as one `mcvd.SamplerConfig`; or None,
             and the keywords below build it.
         method, steps, guidance, eta, clip_x0, schedule, spacing, backend: the
@@ -177,13 +220,21 @@ def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.
             guidance is the classifier-free guidance weight w (None: plain conditional).
         samples: independent samples per input video.
         generator: source of every random draw, on the frames' device.
-        batch_size: number of videos when past and future are both None.
+        progress: one tqdm bar over the denoising steps of every block.
+        batch_size: number of videos when past and future are both None
+            (None: one); with frames given, None or their batch.
         device, dtype: of the videos when past and future are None
-            (default: the model's device, float32).
+            (default: an MCVD network's device and dtype; for another model
+            the device of its tensors, else the CPU, and float32).
         cuda_graph: replay each block's denoising loop as a CUDA graph (CUDA only).
+        return_context: return the whole clip along time, the given past
+            frames (all T of them), the sampled frames, then the given future
+            frames, as `mcvd sample` writes it; the sampled frames are at
+            [..., T_past:T_past + num_frames, :, :, :].
     Returns:
-        [B, num_frames, C, H, W] if samples == 1, else [samples, B, num_frames, C, H, W];
-        the dtype and device of past / future.
+        [B, num_frames, C, H, W] if samples == 1, else [samples, B, num_frames, C, H, W]
+        (num_frames plus the given frames' count with return_context); the
+        dtype and device of past / future.
     """
     sampler = resolve_sampler(sampler, SamplerConfig(), method=method, steps=steps, eta=eta, clip_x0=clip_x0,
                               schedule=schedule, spacing=spacing, backend=backend, guidance=guidance)
@@ -191,16 +242,27 @@ def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.
     for name, v, low in (("num_frames", num_frames, 1), ("samples", samples, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size: expected an int >= 1 or None (generation: one video; else the batch of "
+                         f"the given frames), got {batch_size!r}")
+    for name, v in (("progress", progress), ("cuda_graph", cuda_graph), ("return_context", return_context)):
+        if not isinstance(v, bool):
+            raise TypeError(f"{name}: expected a bool, got {describe(v)}")
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype: expected a torch.dtype or None, got {describe(dtype)}")
+    context = (past, future)
     if past is not None:
         if spec.p == 0:
             raise ValueError("past: the model takes no past frames (num_frames_cond=0); pass past=None")
         spec.check_video(past, "past", spec.p)
         past = past[:, past.shape[1] - spec.p:]
+        check_frames(past, "past", model)
     if future is not None:
         if spec.f == 0:
             raise ValueError("future: the model takes no future frames (num_frames_future=0); pass future=None")
         spec.check_video(future, "future", spec.f)
         future = future[:, :spec.f]
+        check_frames(future, "future", model)
         if num_frames != spec.k:
             raise ValueError(f"num_frames: with future frames the model fills exactly k={spec.k} frames "
                              f"(num_frames of model.config), got {num_frames}")
@@ -222,35 +284,48 @@ def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.
             raise ValueError(f"dtype: {dtype} disagrees with the given frames' dtype {ref.dtype}")
         B, device, dtype = ref.shape[0], ref.device, ref.dtype
     else:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: expected an int >= 1 when past and future are both None "
-                             f"(generation), got {batch_size!r}")
         if sampler.guidance is not None:
             raise ValueError("guidance: needs past or future frames to guide on; got neither")
-        B = batch_size
-        device = _model_device(model) if device is None else canonical_device(device)
-        dtype = torch.float32 if dtype is None else dtype
+        B = 1 if batch_size is None else batch_size
+        net_device, net_dtype = _network_placement(model)
+        device = canonical_device(device) if device is not None else _model_device(model) or torch.device("cpu")
+        if net_device is not None and device != net_device:
+            raise ValueError(f"device: expected {net_device} (the model's), got {device}")
+        if dtype is not None and net_dtype is not None and dtype != net_dtype:
+            raise TypeError(f"dtype: expected {net_dtype} (the model's), got {dtype}")
+        dtype = dtype or net_dtype or torch.float32
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
 
-    block = BlockSampler(model, sampler, generator=generator, cuda_graph=cuda_graph, device=device, dtype=dtype,
-                         progress=progress)
+    block = BlockSampler(model, sampler, generator=generator, cuda_graph=cuda_graph, device=device, dtype=dtype)
     n = samples * B
 
     def frames(x, count):  # given frames repeated per sample (sample-major), or zeros
         if x is None:
             return torch.zeros((n, count, *spec.frame_shape()), device=device, dtype=dtype)
-        return x.repeat(samples, 1, 1, 1, 1)
+        return x.detach().repeat(samples, 1, 1, 1, 1)
 
     conditioned = spec.p + spec.f > 0
     window, fut = frames(past, spec.p), frames(future, spec.f)
     mask = torch.tensor([[past is not None, future is not None]], device=device).repeat(n, 1)
     rolled_mask = torch.tensor([[True, future is not None]], device=device).repeat(n, 1)
     num_blocks = math.ceil(num_frames / spec.k)
+    if progress:  # one bar over every block's steps
+        block.bar = tqdm(total=num_blocks * block.scheduler.num_inference_steps, desc=sampler.method, leave=False)
     blocks = []
-    with torch.no_grad():
-        for j in range(num_blocks):
-            new = block(torch.cat([window, fut], dim=1) if conditioned else None, mask if conditioned else None, n)
-            blocks.append(new)
-            if j + 1 < num_blocks:  # slide the newest frames into the past window
-                window, mask = torch.cat([window, new], dim=1)[:, -spec.p:], rolled_mask
+    try:
+        with torch.no_grad():
+            for j in range(num_blocks):
+                new = block(torch.cat([window, fut], dim=1) if conditioned else None, mask if conditioned else None,
+                            n)
+                blocks.append(new)
+                if j + 1 < num_blocks:  # slide the newest frames into the past window
+                    window, mask = torch.cat([window, new.clamp(-1, 1)], dim=1)[:, -spec.p:], rolled_mask
+    finally:
+        if block.bar is not None:
+            block.bar.close()
     video = torch.cat(blocks, dim=1)[:, :num_frames]
+    if return_context:
+        before, after = ([] if x is None else [x.detach().repeat(samples, 1, 1, 1, 1)] for x in context)
+        video = torch.cat([*before, video, *after], dim=1)
     return video if samples == 1 else video.reshape(samples, B, *video.shape[1:])

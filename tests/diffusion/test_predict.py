@@ -131,7 +131,14 @@ def test_fewer_frames_than_a_block():
     (toy_config(f=1), dict(future="ok", num_frames=4), ValueError,
      r"num_frames: with future frames the model fills exactly k=3 frames"),
     (toy_config(f=1), dict(future="batch3"), ValueError, r"future: expected batch 1, torch.float32 on cpu \(as past\)"),
-    (toy_config(), dict(past=None), ValueError, r"batch_size: expected an int >= 1 when past and future are both None"),
+    (toy_config(), dict(past=None, batch_size=0), ValueError,
+     r"batch_size: expected an int >= 1 or None \(generation: one video; else the batch of the given frames\), "
+     r"got 0"),
+    (toy_config(), dict(past=None, batch_size=True), ValueError, r"batch_size: expected an int >= 1 or None"),
+    (toy_config(), dict(num_frames=2.0), ValueError, r"num_frames: expected an int >= 1, got 2.0"),
+    (toy_config(), dict(return_context=1), TypeError, r"return_context: expected a bool, got int 1"),
+    (toy_config(), dict(cuda_graph="yes"), TypeError, r"cuda_graph: expected a bool, got str 'yes'"),
+    (toy_config(), dict(dtype="float32"), TypeError, r"dtype: expected a torch.dtype or None, got str 'float32'"),
     (toy_config(), dict(past=None, batch_size=2, guidance=2.0), ValueError,
      r"guidance: needs past or future frames to guide on"),
     (toy_config(), dict(batch_size=5), ValueError, r"batch_size: 5 disagrees with the batch of the given frames \(1\)"),
@@ -179,3 +186,128 @@ def test_tiny_mcvd_predicts_interpolates_and_generates(conditioning, f):
     if f:
         future = torch.rand(2, 1, 1, 8, 8) * 2 - 1
         assert run(0, num_frames=2, future=future, guidance=1.5).shape == (2, 2, 1, 8, 8)
+
+
+# --- input checks, defaults and options of the API ---------------------------
+
+
+@pytest.mark.parametrize("scale, shown", [
+    (lambda v: (v + 1) * 127.5, r"values in \[\d.*, \d\d\d.*\]"),  # 8-bit levels
+    (lambda v: v * 100, r"values in \[-?\d.*, \d\d.*\]"),
+    (lambda v: torch.full_like(v, float("nan")), r"\d+ NaN values"),
+], ids=["8-bit", "x100", "NaN"])
+def test_frames_outside_the_data_range_are_refused(scale, shown):
+    """Frames are floats in [-1, 1]; the user's past and future frames are
+    checked once per call (on a GPU that reads two numbers back, once)."""
+    model = OracleModel(toy_config(k=2, p=2, f=1, channels=C, size=SIZE))
+    past, future = past_video(1, 2, start=0.3), past_video(1, 1, start=0.5)
+    expected = r"expected frames in \[-1, 1\] \(up to 0.001 beyond, float rounding\), got " + shown
+    with pytest.raises(ValueError, match="past: " + expected):
+        mcvd.predict(model, scale(past), 2, steps=2)
+    with pytest.raises(ValueError, match="future: " + expected):
+        mcvd.predict(model, past, 2, future=scale(future), steps=2)
+
+
+def test_generation_makes_one_video_by_default():
+    model = OracleModel(toy_config(k=2, p=2, channels=C, size=SIZE))
+    video = mcvd.predict(model, None, num_frames=3, steps=2)
+    assert video.shape == (1, 3, C, SIZE, SIZE)
+
+
+def test_an_empty_batch_is_refused():
+    model = OracleModel(toy_config(k=2, p=2, f=1, channels=C, size=SIZE))
+    with pytest.raises(ValueError, match=r"past: expected at least one video \(B >= 1\), got shape \[0, 2, 2, 5, 5\]"):
+        mcvd.predict(model, past_video(1, 2)[:0], 2, steps=2)
+    with pytest.raises(ValueError, match=r"future: expected at least one video \(B >= 1\), got shape "
+                                         r"\[0, 1, 2, 5, 5\]"):
+        mcvd.predict(model, None, 2, future=past_video(1, 1)[:0], steps=2)
+
+
+def tiny_mcvd(f=0):
+    cfg = mcvd.ModelConfig(image_size=8, channels=1, num_frames=2, num_frames_cond=2, num_frames_future=f, ngf=8,
+                           ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), n_head_channels=8, dropout=0.0,
+                           num_timesteps=100)
+    return mcvd.MCVD(cfg).eval()
+
+
+def test_frames_must_have_the_networks_dtype_and_device():
+    """Named as the user's argument and the model's dtype, not as the network's internal x_t."""
+    model = tiny_mcvd(f=1)
+    past, future = torch.rand(1, 2, 1, 8, 8) * 2 - 1, torch.rand(1, 1, 1, 8, 8) * 2 - 1
+    with pytest.raises(TypeError, match=r"past: expected dtype torch.float32 \(the model's\), got torch.float16"):
+        mcvd.predict(model, past.half(), 2, steps=2)
+    with pytest.raises(TypeError, match=r"future: expected dtype torch.float32 \(the model's\), got torch.float64"):
+        mcvd.predict(model, None, 2, future=future.double(), steps=2)
+    with pytest.raises(TypeError, match=r"dtype: expected torch.float32 \(the model's\), got torch.float64"):
+        mcvd.predict(model, None, 2, dtype=torch.float64, steps=2)
+    with pytest.raises(ValueError, match=r"past: expected device cpu \(the model's\), got meta"):
+        mcvd.predict(model, past.to("meta"), 2, steps=2)
+    with pytest.raises(ValueError, match=r"device: expected cpu \(the model's\), got meta"):
+        mcvd.predict(model, None, 2, device="meta", steps=2)
+    assert mcvd.predict(model.double(), None, 2, steps=2).dtype == torch.float64  # generation: the model's dtype
+
+
+def test_return_context_gives_the_whole_clip():
+    """return_context=True: the given past, the sampled frames and the given
+    future along time, the clip `mcvd sample` writes."""
+    k, p, f = 3, 2, 1
+    model = OracleModel(toy_config(k=k, p=p, f=f, channels=C, size=SIZE))
+    past, future = past_video(2, 4), past_video(2, 2, start=0.5)
+
+    def run(*args, **kw):
+        return mcvd.predict(model, *args, method="ddim", steps=2, generator=torch.Generator().manual_seed(0), **kw)
+    middle = run(past, k, future=future)
+    clip = run(past, k, future=future, return_context=True)
+    torch.testing.assert_close(clip, torch.cat([past, middle, future], dim=1), rtol=0, atol=0)
+    predicted = run(past, 5)
+    torch.testing.assert_close(run(past, 5, return_context=True), torch.cat([past, predicted], dim=1), rtol=0, atol=0)
+    generated = run(None, 2, return_context=True)
+    torch.testing.assert_close(generated, run(None, 2), rtol=0, atol=0)
+    samples = run(past, k, future=future, samples=2, return_context=True)
+    assert samples.shape == (2, 2, 4 + k + 2, C, SIZE, SIZE)
+    torch.testing.assert_close(samples[:, :, :4], past.expand(2, -1, -1, -1, -1, -1), rtol=0, atol=0)
+    torch.testing.assert_close(samples[:, :, -2:], future.expand(2, -1, -1, -1, -1, -1), rtol=0, atol=0)
+
+
+def test_one_progress_bar_counts_every_blocks_steps(monkeypatch):
+    bars = []
+
+    class Bar:
+        def __init__(self, *args, total=None, disable=False, **kw):
+            self.total, self.n, self.disable = total, 0, disable
+            bars.append(self)
+
+        def update(self, n=1):
+            self.n += n
+
+        def close(self):
+            pass
+
+        def __iter__(self):  # a bar over an iterable counts it
+            raise AssertionError("the blocks' loops must not open bars of their own")
+
+    import mcvd.diffusion.sampling
+    import mcvd.diffusion.tasks
+    monkeypatch.setattr(mcvd.diffusion.tasks, "tqdm", Bar)
+    monkeypatch.setattr(mcvd.diffusion.sampling, "tqdm", Bar)
+    model = OracleModel(toy_config(k=2, p=2, channels=C, size=SIZE))
+    mcvd.predict(model, past_video(1, 2), 7, method="ddim", steps=3, progress=True)  # 4 blocks
+    assert [(b.total, b.n, b.disable) for b in bars] == [(12, 12, False)]
+
+
+def test_rolled_out_frames_condition_the_next_block_inside_the_data_range():
+    """Without clip_x0 a block's frames may leave [-1, 1]; as the past of the
+    next block they are clamped to it, the range the model conditions on.
+    The returned frames are the sampled ones."""
+    model = OracleModel(toy_config(k=2, p=2, channels=C, size=SIZE))
+    past = past_video(1, 2, start=0.985)  # labels 0.985, 0.995: the next frames pass 1
+    video = mcvd.predict(model, past, 4, method="ddim", steps=2, clip_x0=False)
+    torch.testing.assert_close(frame_labels(video)[0, :2], torch.tensor([1.005, 1.015]), rtol=0, atol=1e-5)
+    second = model.calls[2][1]  # the second block's condition frames
+    torch.testing.assert_close(frame_labels(second)[0], torch.tensor([1.0, 1.0]), rtol=0, atol=0)
+
+
+def test_tiny_mcvd_rolls_out_without_clipping():
+    model = tiny_mcvd()
+    video = mcvd.predict(model, torch.rand(1, 2, 1, 8, 8) * 2 - 1, 5, steps=3, clip_x0=False)
+    assert video.shape == (1, 5, 1, 8, 8) and torch.isfinite(video).all()

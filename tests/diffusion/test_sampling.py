@@ -170,7 +170,7 @@ def test_denoise_runs_a_prepared_scheduler():
     (dict(method="ddpm", eta=0.5), ValueError, r"eta: only method='ddim' takes eta"),
     (dict(x_T=torch.zeros(2, 4)), ValueError, r"x_T: expected shape \[2, 3\], got \[2, 4\]"),
     (dict(x_T=torch.zeros(2, 3), dtype=torch.float64), ValueError, r"dtype: torch.float64 disagrees with x_T's"),
-    (dict(dtype=torch.int32), TypeError, r"dtype: expected a floating dtype, got torch.int32"),
+    (dict(dtype=torch.int32), TypeError, r"dtype: expected a floating torch.dtype or None, got torch.int32"),
     (dict(device="meta", cond=torch.zeros(2)), ValueError, r"cond: expected device meta \(the sampling device\)"),
     (dict(device="meta", generator=torch.Generator()), ValueError,
      r"generator: expected a generator on meta \(the sampling device\), got one on cpu"),
@@ -193,3 +193,39 @@ def test_bad_arguments_are_named(kwargs, error, message):
 def test_bad_shape_is_named():
     with pytest.raises(ValueError, match=r"shape: expected \[B, \.\.\.\] with positive sizes, got \[2, 0\]"):
         mcvd.sample(eps_star, (2, 0))
+    with pytest.raises(ValueError, match=r"shape: expected \[B, \.\.\.\] with positive sizes, got \[\]"):
+        mcvd.sample(eps_star, ())
+    expected = r"shape: expected a sequence of ints \[B, \.\.\.\] \(a tuple, list or torch.Size\), got "
+    with pytest.raises(TypeError, match=expected + r"int 4 \(for 4 samples of one number, pass \(4,\)\)"):
+        mcvd.sample(eps_star, 4)
+    with pytest.raises(TypeError, match=expected + r"\(4.0, 2.5\)"):  # int(2.5) would sample 2
+        mcvd.sample(eps_star, (4.0, 2.5))
+    with pytest.raises(TypeError, match=expected + r"\(2, True\)"):
+        mcvd.sample(eps_star, (2, True))
+    with pytest.raises(TypeError, match=expected + r"str '23'"):
+        mcvd.sample(eps_star, "23")
+    assert mcvd.sample(eps_star, torch.Size([2, 3]), method="ddim", steps=2).shape == (2, 3)
+    np = pytest.importorskip("numpy")
+    assert mcvd.sample(eps_star, np.array([2, 3]).tolist(), method="ddim", steps=2).shape == (2, 3)
+    assert mcvd.sample(eps_star, (np.int64(2), 3), method="ddim", steps=2).shape == (2, 3)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(dtype="float32"), TypeError, r"dtype: expected a floating torch.dtype or None, got str 'float32'"),
+    (dict(x_T=[[0.0, 0.0, 0.0]] * 2), TypeError, r"x_T: expected a tensor or None, got list"),
+    (dict(cond=[1.0, 2.0]), TypeError, r"cond: expected a tensor or None, got list"),
+    (dict(callback=3), TypeError, r"callback: expected a callable or None, got int 3"),
+])
+def test_bad_argument_types_are_named(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        mcvd.sample(eps_star, (2, 3), method="ddim", steps=2, **kwargs)
+
+
+def test_a_scheduler_step_takes_an_integer_timestep():
+    """A bool is an int to Python (True == 1): refused, as are float tensors."""
+    sch = DDPMScheduler().set_timesteps(1000)
+    x = torch.zeros(2)
+    for t in (True, torch.tensor(1.0), torch.tensor(True)):
+        with pytest.raises(TypeError, match=r"t: expected an int or a 0-d integer CPU tensor \(an element of "
+                                            r"\.timesteps\), got"):
+            sch.step(x, t, x)

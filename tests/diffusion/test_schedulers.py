@@ -183,7 +183,7 @@ def test_step_errors_name_the_argument():
     sch.set_timesteps(10)
     with pytest.raises(ValueError, match=r"t: 998 is not one of this scheduler's timesteps \(10 steps"):
         sch.step(x, 998, x)
-    with pytest.raises(ValueError, match=r"t: expected an int or a 0-d CPU tensor .* shape \[2\]"):
+    with pytest.raises(ValueError, match=r"t: expected an int or a 0-d integer CPU tensor .* shape \[2\]"):
         sch.step(x, torch.tensor([999, 999]), x)
     with pytest.raises(ValueError, match=r"model_output: expected shape \[2, 3\], dtype torch.float32"):
         sch.step(torch.randn(2, 4), 999, x)

@@ -72,10 +72,14 @@ def test_errors_name_the_problem():
         stream.push(torch.zeros(1, 1, C, SIZE + 1, SIZE))
     with pytest.raises(ValueError, match=r"model: streaming prediction needs past frames \(num_frames_cond >= 1\)"):
         mcvd.StreamingPredictor(OracleModel(toy_config(p=0)))
-    with pytest.raises(ValueError, match=r"cuda_graph: needs a CUDA device, got cpu"):
-        bad = mcvd.StreamingPredictor(model, cuda_graph=True)
-        bad.push(frames([[0.1, 0.2]]))
-        bad.predict_next()
+    with pytest.raises(ValueError, match=r"frames: expected frames in \[-1, 1\] \(up to 0.001 beyond, float "
+                                         r"rounding\), got values in \[0, 255\]"):
+        stream.push(frames([[0.0, 255.0]]))
+    with pytest.raises(ValueError, match=r"frames: expected at least one video \(B >= 1\), got shape "
+                                         r"\[0, 1, 2, 5, 5\]"):
+        mcvd.StreamingPredictor(model).push(frames([[0.1]])[:0])
+    with pytest.raises(TypeError, match=r"cuda_graph: expected a bool, got str 'yes'"):
+        mcvd.StreamingPredictor(model, cuda_graph="yes")
     with pytest.raises(TypeError, match=r"sampler: expected an mcvd.SamplerConfig, got dict"):
         mcvd.StreamingPredictor(model, dict(method="ddim", steps=2))
 
@@ -86,3 +90,26 @@ def test_default_sampler_is_ten_dpm_steps():
     stream.push(frames([[0.1, 0.2]]))
     stream.predict_next()
     assert stream._block.scheduler.num_inference_steps == 10
+
+
+def test_cuda_graph_on_a_cpu_model_is_refused_when_built():
+    """The model's device is known at construction: no need to wait for the first prediction."""
+    model = OracleModel(toy_config(k=2, p=2, channels=C, size=SIZE))  # a CPU buffer
+    with pytest.raises(ValueError, match=r"cuda_graph: needs a model on a CUDA device, got one on cpu"):
+        mcvd.StreamingPredictor(model, cuda_graph=True)
+    # A model without tensors runs on any device: the frames' device decides, at the first prediction.
+    stream = mcvd.StreamingPredictor(ZeroEpsModel(toy_config(k=2, p=2, channels=C, size=SIZE)), cuda_graph=True)
+    stream.push(frames([[0.1, 0.2]]))
+    with pytest.raises(ValueError, match=r"cuda_graph: needs a CUDA device, got cpu"):
+        stream.predict_next()
+
+
+def test_frames_must_have_the_networks_dtype_and_device():
+    cfg = mcvd.ModelConfig(image_size=8, channels=1, num_frames=2, num_frames_cond=2, ngf=8, ch_mult=(1, 2),
+                           num_res_blocks=1, attn_resolutions=(4,), n_head_channels=8, dropout=0.0, num_timesteps=100)
+    stream = mcvd.StreamingPredictor(mcvd.MCVD(cfg).eval(), dpm(2))
+    clip = torch.rand(1, 2, 1, 8, 8) * 2 - 1
+    with pytest.raises(TypeError, match=r"frames: expected dtype torch.float32 \(the model's\), got torch.float64"):
+        stream.push(clip.double())
+    with pytest.raises(ValueError, match=r"frames: expected device cpu \(the model's\), got meta"):
+        stream.push(clip.to("meta"))

@@ -1,0 +1,63 @@
+"""The README's Python examples run as written.
+
+The ```python blocks are read from README.md when the test runs (not copied
+here), and each runs in a folder holding a tiny model as `checkpoint.pt`,
+after a preamble that defines what the examples use without defining it:
+the network's inputs (x_t, t, cond, mask) and mcvd.sample's eps_model and shape.
+"""
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import mcvd
+from mcvd.nn import save_model
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+TINY = mcvd.ModelConfig(image_size=8, channels=1, num_frames=2, num_frames_cond=2, num_frames_future=0, ngf=8,
+                        ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), n_head_channels=8, dropout=0.0,
+                        num_timesteps=100)
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def preamble(cfg: mcvd.ModelConfig) -> dict:
+    S, C = cfg.image_size, cfg.channels
+
+    def eps_model(x_t, t, cond):  # any eps_model(x_t, t, cond) -> eps: here the data N(0, 1)'s exact one
+        return x_t
+
+    return {
+        "x_t": torch.randn(1, cfg.num_frames, C, S, S),
+        "t": torch.randint(0, cfg.num_timesteps, (1,)),
+        "cond": torch.rand(1, cfg.num_cond_frames, C, S, S) * 2 - 1,
+        "mask": torch.ones(1, 2, dtype=torch.bool),
+        "eps_model": eps_model,
+        "shape": (2, 3),
+    }
+
+
+@pytest.fixture
+def one_thread():
+    """Thousands of calls of a tiny network, where a thread pool costs more than the work."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_readme_has_python_examples():
+    assert python_blocks(README.read_text()), "README.md has no ```python block"
+
+
+@pytest.mark.parametrize("index", range(len(python_blocks(README.read_text()))))
+def test_python_example_runs(index, tmp_path, monkeypatch, one_thread):
+    code = python_blocks(README.read_text())[index]
+    save_model(tmp_path / "checkpoint.pt", mcvd.MCVD(TINY).eval())
+    monkeypatch.chdir(tmp_path)
+    namespace = preamble(TINY)
+    exec(compile(code, f"README.md, python block {index + 1}", "exec"), namespace)  # noqa: S102

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .blocks import GROUPNORM_EPS, SPATIN_EPS, AttnBlock, Norm, ResBlock, conv2d, linear
 from .config import ModelConfig, level_channels, level_resolutions
+from .data_range import check_data_range
 from .layers import timestep_embedding
 
 
@@ -173,6 +174,13 @@ class MCVD(nn.Module):
             if lo < 0 or hi >= T:
                 raise ValueError(f"t: expected DDPM steps in [0, {T - 1}], got values in [{int(lo)}, {int(hi)}]")
 
+    def _check_cond_range(self, cond: torch.Tensor) -> None:
+        """The condition frames are data, in [-1, 1] (x_t is noisy data,
+        unbounded); checked after masking, where that reads no device value,
+        as t's range is."""
+        if cond.device.type == "cpu" and not torch.compiler.is_compiling():
+            check_data_range(cond, "cond")
+
     def _check_mask(self, cond_mask, B: int, x: torch.Tensor) -> None:
         if not isinstance(cond_mask, torch.Tensor) or cond_mask.dtype != torch.bool:
             raise TypeError(f"cond_mask: expected a bool tensor [B, 2] (past given, future given) or None, "
@@ -194,7 +202,8 @@ class MCVD(nn.Module):
                 [B, k*C, H, W], float, the model's dtype; H = W = image_size.
             t: int64 [B], DDPM steps in 0..T-1 (larger is noisier).
             cond: past then future frames, [B, p+f, C, H, W] or stacked
-                [B, (p+f)*C, H, W], x_t's dtype; None exactly when p + f == 0.
+                [B, (p+f)*C, H, W], x_t's dtype, in [-1, 1] (checked on the
+                CPU, masked frames excepted); None exactly when p + f == 0.
                 To mask a block, keep cond and set cond_mask.
             cond_mask: bool [B, 2] (column 0: past given, column 1: future
                 given) or None (all given). Frames of a masked block are
@@ -207,6 +216,8 @@ class MCVD(nn.Module):
         C, p, f = cfg.channels, cfg.num_frames_cond, cfg.num_frames_future
         x = self._stacked(x_t, "x_t", cfg.num_frames)
         B = x.shape[0]
+        if B < 1:
+            raise ValueError(f"x_t: expected at least one sample (B >= 1), got shape {list(x_t.shape)}")
         if x.dtype != self.conv_in.weight.dtype:
             raise TypeError(f"x_t: expected dtype {self.conv_in.weight.dtype} (the model's), got {x.dtype}")
         self._check_t(t, x)
@@ -227,6 +238,8 @@ class MCVD(nn.Module):
             if cond is not None:
                 given = torch.cat([cond_mask[:, :1].expand(B, p * C), cond_mask[:, 1:].expand(B, f * C)], dim=1)
                 cond = torch.where(given[:, :, None, None], cond, torch.zeros((), dtype=cond.dtype, device=cond.device))
+        if cond is not None:
+            self._check_cond_range(cond)
 
         emb = self._time_embedding(t, cond_mask, x.dtype)
 

@@ -29,7 +29,8 @@ def randomized(model: MCVD) -> MCVD:
 def inputs(cfg: ModelConfig, B: int = 3, dtype=torch.float32):
     S, C = cfg.image_size, cfg.channels
     x = torch.randn(B, cfg.num_frames, C, S, S, dtype=dtype)
-    cond = torch.randn(B, cfg.num_cond_frames, C, S, S, dtype=dtype) if cfg.num_cond_frames else None
+    # Condition frames are data, in [-1, 1]; x_t is noisy data, unbounded.
+    cond = torch.rand(B, cfg.num_cond_frames, C, S, S, dtype=dtype) * 2 - 1 if cfg.num_cond_frames else None
     t = torch.randint(0, cfg.num_timesteps, (B,))
     return x, t, cond
 
@@ -176,6 +177,47 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match=r"cond_mask: expected shape \[2, 2\] \(past given, future given\), "
                                          r"got \[2\]"):
         model(x, t, cond, torch.ones(2, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("scaled, shown", [
+    (lambda c: (c + 1) * 127.5, r"values in \[0, 255\]"),  # 8-bit levels
+    (lambda c: c * 100, r"values in \[-100, 100\]"),
+    (lambda c: c * (1 + 2e-3), r"values in \[-1.002, 1.002\]"),  # beyond the rounding margin
+    (lambda c: torch.where(c > 0.5, float("nan"), c), r"\d+ NaN values"),
+], ids=["8-bit", "x100", "margin", "NaN"])
+def test_condition_frames_outside_the_data_range_are_refused(scaled, shown):
+    """cond is data, in [-1, 1]; frames scaled otherwise are refused (on the
+    CPU: reading a GPU tensor's values would make the host wait). x_t is noisy
+    data, so it has no range to check."""
+    cfg = tiny(num_frames_cond=1, num_frames_future=1)
+    model = MCVD(cfg)
+    x, t, cond = inputs(cfg, B=2)
+    cond[0, 0, 0, 0, 0], cond[1, 1, 1, 1, 1] = -1.0, 1.0
+    with pytest.raises(ValueError, match=r"cond: expected frames in \[-1, 1\] \(up to 0.001 beyond, float rounding\), "
+                                         r"got " + shown):
+        model(x, t, scaled(cond))
+    with torch.no_grad():
+        model(x * 1000, t, cond * (1 + 5e-4))  # within the rounding margin
+
+
+def test_masked_condition_frames_are_not_range_checked():
+    """Masked frames are replaced by zeros before the check: whatever they hold is not used."""
+    cfg = tiny(num_frames_cond=1, num_frames_future=1)
+    model = randomized(MCVD(cfg))
+    x, t, cond = inputs(cfg, B=2)
+    mask = torch.tensor([[True, False], [False, True]])
+    junk = cond.clone()
+    junk[0, 1], junk[1, 0] = 255.0, float("nan")
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, junk, mask), model(x, t, cond, mask), rtol=0, atol=0)
+
+
+def test_an_empty_batch_is_refused():
+    model = MCVD(TINY)
+    x, t, cond = inputs(TINY, B=2)
+    with pytest.raises(ValueError, match=r"x_t: expected at least one sample \(B >= 1\), got shape "
+                                         r"\[0, 2, 2, 16, 16\]"):
+        model(x[:0], t[:0], cond[:0])
 
 
 def test_unconditional_model_rejects_cond():

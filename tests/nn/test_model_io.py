@@ -22,7 +22,7 @@ def test_round_trip(tmp_path):
     assert payload["format"] == "mcvd" and payload["version"] == 1 and payload["model_config"] == CFG.to_dict()
     loaded = load_model(path)
     assert loaded.config == CFG and not loaded.training
-    x, cond, t = torch.randn(2, 1, 1, 8, 8), torch.randn(2, 1, 1, 8, 8), torch.tensor([3, 700])
+    x, cond, t = torch.randn(2, 1, 1, 8, 8), torch.rand(2, 1, 1, 8, 8) * 2 - 1, torch.tensor([3, 700])
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, t, cond), model(x, t, cond), rtol=0, atol=0)
 

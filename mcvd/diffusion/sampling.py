@@ -105,6 +105,8 @@ def sample(eps_model: Callable, shape, *, sampler: SamplerConfig | None = None, 
             raise TypeError(f"{name}: expected a tensor or None, got {describe(v)}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback: expected a callable or None, got {describe(callback)}")
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress: expected a bool, got {describe(progress)}")
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         got = dtype if isinstance(dtype, torch.dtype) else describe(dtype)
         raise TypeError(f"dtype: expected a floating torch.dtype or None, got {got}")

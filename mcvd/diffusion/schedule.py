@@ -14,24 +14,36 @@ float64; the tensors handed to kernels are float32 copies on the data's device.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 
+from mcvd.ops._checks import describe, is_real
+
+
+def _check_num_timesteps(n) -> None:
+    # A bool is an int to Python: True would make a one-step schedule.
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"num_timesteps: expected an int >= 1, got {describe(n)}")
+    if n < 1:
+        raise ValueError(f"num_timesteps: expected an int >= 1, got {n}")
+
 
 def linear_betas(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """The paper's default: betas linear from 1e-4 to 0.02 over T = 1000, float64 [T]."""
-    if num_timesteps < 1:
-        raise ValueError(f"num_timesteps: expected >= 1, got {num_timesteps}")
-    if not 0 < beta_start <= beta_end < 1:
-        raise ValueError(f"beta_start, beta_end: expected 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
-    return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+    _check_num_timesteps(num_timesteps)
+    ends = f"beta_start, beta_end: expected floats with 0 < beta_start <= beta_end < 1, got {beta_start!r}, {beta_end!r}"
+    if not (is_real(beta_start) and is_real(beta_end)):
+        raise TypeError(ends)
+    if not 0 < beta_start <= beta_end < 1:  # NaN fails too
+        raise ValueError(ends)
+    return torch.linspace(float(beta_start), float(beta_end), int(num_timesteps), dtype=torch.float64)
 
 
 def cosine_betas(num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """Nichol & Dhariwal 2021, eq. 17: abar(t) = cos^2((t/T + s) / (1 + s) * pi/2), float64 [T]."""
-    if num_timesteps < 1:
-        raise ValueError(f"num_timesteps: expected >= 1, got {num_timesteps}")
+    _check_num_timesteps(num_timesteps)
     f = lambda i: math.cos((i / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
     betas = [min(1 - f(i + 1) / f(i), max_beta) for i in range(num_timesteps)]
     return torch.tensor(betas, dtype=torch.float64)
@@ -45,6 +57,9 @@ class Schedule:
 
     def __post_init__(self):
         b = self.betas
+        if not isinstance(b, torch.Tensor) or not b.is_floating_point():
+            got = f"dtype {b.dtype}" if isinstance(b, torch.Tensor) else type(b).__name__
+            raise TypeError(f"betas: expected a float tensor [T], got {got}")
         if b.dim() != 1 or b.numel() < 1:
             raise ValueError(f"betas: expected a 1-d tensor [T], got shape {list(b.shape)}")
         if not bool(((b > 0) & (b < 1)).all()):

@@ -97,7 +97,9 @@ class Scheduler:
         self.schedule = schedule
         self.betas = schedule.betas
         self.alphas_cumprod = schedule.alphas_cumprod
-        self.clip_x0 = bool(clip_x0)
+        if not isinstance(clip_x0, bool):
+            raise TypeError(f"clip_x0: expected a bool, got {describe(clip_x0)}")
+        self.clip_x0 = clip_x0
         self.backend = backend
         self.timesteps: torch.Tensor | None = None
         self.coefficients: torch.Tensor | None = None

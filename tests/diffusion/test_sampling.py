@@ -215,6 +215,7 @@ def test_bad_shape_is_named():
     (dict(x_T=[[0.0, 0.0, 0.0]] * 2), TypeError, r"x_T: expected a tensor or None, got list"),
     (dict(cond=[1.0, 2.0]), TypeError, r"cond: expected a tensor or None, got list"),
     (dict(callback=3), TypeError, r"callback: expected a callable or None, got int 3"),
+    (dict(progress="no"), TypeError, r"progress: expected a bool, got str 'no'"),
 ])
 def test_bad_argument_types_are_named(kwargs, error, message):
     with pytest.raises(error, match=message):

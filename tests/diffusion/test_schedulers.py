@@ -214,3 +214,28 @@ def test_bad_eta_is_rejected(eta, message):
 def test_schedule_must_be_a_schedule():
     with pytest.raises(TypeError, match=r"schedule: expected an mcvd.diffusion.Schedule, got Tensor"):
         DDPMScheduler(torch.linspace(1e-4, 0.02, 10))
+
+
+@pytest.mark.parametrize("call, error, message", [
+    # A bool is an int to Python: num_timesteps=True would be a 1-step schedule.
+    (lambda: Schedule.linear(True), TypeError, r"num_timesteps: expected an int >= 1, got bool True"),
+    (lambda: Schedule.linear(1000.0), TypeError, r"num_timesteps: expected an int >= 1, got float 1000.0"),
+    (lambda: Schedule.cosine("1000"), TypeError, r"num_timesteps: expected an int >= 1, got str '1000'"),
+    (lambda: Schedule.linear(0), ValueError, r"num_timesteps: expected an int >= 1, got 0"),
+    (lambda: Schedule.linear(beta_start="1e-4"), TypeError,
+     r"beta_start, beta_end: expected floats with 0 < beta_start <= beta_end < 1, got '1e-4', 0.02"),
+    (lambda: Schedule.linear(beta_end=float("nan")), ValueError,
+     r"beta_start, beta_end: expected floats with 0 < beta_start <= beta_end < 1, got 0.0001, nan"),
+    (lambda: Schedule([1e-4, 0.02]), TypeError, r"betas: expected a float tensor \[T\], got list"),
+    (lambda: Schedule(torch.tensor([True, True])), TypeError,
+     r"betas: expected a float tensor \[T\], got dtype torch.bool"),
+    (lambda: Schedule(torch.tensor([0.1, float("nan")])), ValueError, r"betas: expected every beta in \(0, 1\)"),
+])
+def test_bad_schedules_are_named(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_clip_x0_must_be_a_bool():
+    with pytest.raises(TypeError, match=r"clip_x0: expected a bool, got str 'no'"):  # "no" is truthy
+        DDPMScheduler(clip_x0="no")

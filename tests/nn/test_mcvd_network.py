@@ -232,3 +232,12 @@ def test_unconditional_model_rejects_cond():
 def test_config_must_be_a_model_config():
     with pytest.raises(TypeError, match=r"config: expected a mcvd.ModelConfig, got dict"):
         MCVD(TINY.to_dict())
+
+
+def test_meta_tensors_give_the_output_shape():
+    """On the meta device (shapes without data) every op takes its reference, as
+    the ops do for meta tensors; the range checks read no values there."""
+    model = MCVD(tiny(conditioning="spatin", num_frames_future=1)).to("meta")
+    x, t, cond = (v.to("meta") for v in inputs(model.config, B=2))
+    eps = model(x, t, cond, torch.ones(2, 2, dtype=torch.bool, device="meta"))
+    assert eps.device.type == "meta" and eps.shape == x.shape

@@ -3,15 +3,123 @@
 Every file the package writes (checkpoints, model files, reports, videos,
 converted metric weights) goes through atomic_write; every torch file it reads
 goes through load_weights_only (never a plain unpickle).
+
+atomic_write writes `.<name>.<8 random characters>.tmp` beside its target
+and renames it. A process killed mid-write leaves that file behind; the next
+write of the same target removes it (remove_stale_temporaries), recognising
+it by that name, by its age, and by the lock a live write holds on its file.
+A full disk or quota (ENOSPC, EDQUOT) raises NoSpaceError, naming the file.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import re
+import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 import torch
+
+NO_SPACE = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}
+# A temporary file younger than this may belong to a write that has created it but not locked it yet.
+STALE_AFTER_S = 10.0
+
+
+class NoSpaceError(OSError):
+    """A write that ran out of disk space (ENOSPC) or quota (EDQUOT); str() names the
+    file, what was written and what is free. .errno is the original error's."""
+
+    def __init__(self, code: int, message: str, filename):
+        super().__init__(code, message, str(filename))
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def no_space_error(err: OSError, path: Path, written: int | None, replaced: int | None) -> NoSpaceError:
+    """NoSpaceError for `err` (an ENOSPC or EDQUOT error) raised while writing `path`:
+    `written` bytes of it got out before the failure (None: unknown); `replaced`: the
+    size of the file it would have replaced (None: a new file)."""
+    parts = [f"{NO_SPACE[err.errno]} for {path}"]
+    if written is not None:
+        parts[0] += f": {written:,} bytes of it were written before the write failed"
+    if replaced is not None:
+        parts.append(f"the file it replaces has {replaced:,} bytes (about what is needed, beside it, until the "
+                     f"rename)")
+    try:
+        parts.append(f"{shutil.disk_usage(path.parent).free:,} bytes are free on the file system of {path.parent}")
+    except OSError:
+        pass
+    parts.append(f"{path} is unchanged" if replaced is not None else "nothing was written")
+    return NoSpaceError(err.errno, "; ".join(parts), path)
+
+
+def check_writable_folder(folder: str | os.PathLike, arg: str) -> None:
+    """Raise an error naming `arg` unless files can be created in `folder`, or, when
+    it does not exist yet, in the nearest existing folder above it (where it would
+    be created): NotADirectoryError if `folder` or that one is a file,
+    PermissionError (or the OSError met) if a file cannot be created there. Tried
+    with a temporary file, which also sees read-only file systems and permissions
+    that os.access does not (as for root)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{arg}: {folder} exists and is not a folder")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{arg}: cannot create {folder}: {existing} is a file, not a folder")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        raise type(err)(f"{arg}: cannot create files in {existing} ({err.strerror or err})") from None
+
+
+def temporary_name(path: str | os.PathLike) -> re.Pattern:
+    """The names atomic_write gives its temporary files for `path` (match with fullmatch)."""
+    # mkstemp(prefix=".<name>.", suffix=".tmp"): 8 characters of tempfile's alphabet in between.
+    return re.compile(rf"\.{re.escape(Path(path).name)}\.[a-z0-9_]{{8}}\.tmp")
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that interrupted atomic_write calls for `path`
+    left beside it; returns those removed.
+
+    Only regular files named as atomic_write names them for this target
+    (`.<name>.<8 characters>.tmp`) are candidates, and of those only files
+    older than STALE_AFTER_S that no live write holds: a write keeps its
+    temporary file locked (flock) until it is renamed."""
+    path = Path(path)
+    pattern, removed = temporary_name(path), []
+    try:
+        entries = list(os.scandir(path.parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not pattern.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            if time.time() - os.fstat(fd).st_mtime < STALE_AFTER_S:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a write in progress
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _file_mode(path: Path) -> int:
@@ -30,17 +138,29 @@ def atomic_write(path: Path, write) -> None:
 
     The data goes to a temporary file beside `path` (mkstemp: mode 0600, which
     is then set to what a plain write would have given) and replaces `path`
-    in one rename after an fsync."""
+    in one rename after an fsync. Temporary files that killed writes of `path`
+    left are removed first (remove_stale_temporaries). A full disk or quota
+    raises NoSpaceError naming `path`; `path` is then unchanged."""
+    path = Path(path)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fh = None
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held until the file is closed: this write is alive
         os.fchmod(fd, _file_mode(path))
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else None
+        if fh is None:
+            os.close(fd)
         os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno in NO_SPACE:
+            replaced = path.stat().st_size if path.is_file() else None
+            raise no_space_error(err, path, written, replaced) from err
         raise
 
 

@@ -44,3 +44,59 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         atomic_write(path, broken)
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.bin"]
+
+
+def stale(path, age=3600.0):
+    """A temporary file of an atomic_write of `path` that was killed, `age` seconds ago."""
+    import time
+
+    path.write_bytes(b"half")
+    os.utime(path, (time.time() - age,) * 2)
+    return path
+
+
+def test_the_next_write_removes_what_killed_writes_of_the_same_file_left(tmp_path):
+    import fcntl
+
+    target = tmp_path / "checkpoint.pt"
+    killed = [stale(tmp_path / ".checkpoint.pt.a1b2c3d4.tmp"), stale(tmp_path / ".checkpoint.pt.zz_9zz_9.tmp")]
+    others = [stale(tmp_path / ".metrics.csv.a1b2c3d4.tmp"),      # another target's
+              stale(tmp_path / ".checkpoint.pt.mine.tmp"),        # not our pattern
+              stale(tmp_path / "checkpoint.pt.a1b2c3d4.tmp"),     # not hidden
+              stale(tmp_path / ".checkpoint.pt.b1b2c3d4.tmp", age=0)]  # too recent: a write may be starting
+    live = stale(tmp_path / ".checkpoint.pt.l1v3l1v3.tmp")
+    with open(live, "rb") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # a write in progress holds its file locked
+        atomic_write(target, lambda out: out.write(b"new"))
+    assert target.read_bytes() == b"new"
+    assert not any(p.exists() for p in killed)
+    assert all(p.exists() for p in [*others, live])
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path):
+    import errno
+
+    from mcvd.fileio import NoSpaceError
+
+    path = tmp_path / "e.bin"
+    path.write_bytes(b"o" * 5000)
+
+    def filling(fh):
+        fh.write(b"x" * 1234)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(NoSpaceError) as info:
+        atomic_write(path, filling)
+    message = str(info.value)
+    assert info.value.errno == errno.ENOSPC
+    assert f"no space left on the device for {path}: 1,234 bytes of it were written" in message
+    assert "the file it replaces has 5,000 bytes" in message and "bytes are free" in message
+    assert f"{path} is unchanged" in message
+    assert path.read_bytes() == b"o" * 5000 and sorted(p.name for p in tmp_path.iterdir()) == ["e.bin"]
+
+    def over_quota(fh):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    with pytest.raises(NoSpaceError, match=r"disk quota exceeded for .*new.bin: 0 bytes of it were written"):
+        atomic_write(tmp_path / "new.bin", over_quota)
+    assert not (tmp_path / "new.bin").exists()

@@ -18,6 +18,7 @@ import torch
 log = logging.getLogger("mcvd.ops")
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
+ENV = "MCVD_BACKEND"  # the default backend of every op call that passes backend=None
 
 # Auto choice on a CUDA device, fastest first, as measured on an H100
 # (benchmarks/results/h100.md: device time and host time per call). Keyed by
@@ -81,16 +82,19 @@ _resolved: dict[tuple[str, str, torch.dtype | None, str | None], str] = {}
 def resolve(op: str, device: torch.device, backend: str | None, dtype: torch.dtype | None = None) -> str:
     """The backend that runs `op` on `device` for `dtype` inputs: explicit,
     MCVD_BACKEND, or auto."""
+    # Errors name where an explicit backend came from: the argument or the variable.
+    source = {}
     if backend is None:
-        backend = os.environ.get("MCVD_BACKEND") or None
+        backend = os.environ.get(ENV) or None
+        source = {"arg": ENV} if backend is not None else {}
     if torch.compiler.is_compiling():
         # At trace time: no cache read or write, which dynamo would guard on
         # (a recompile at the next call), and no logging, which breaks graphs.
-        return _choose(op, device.type, backend, dtype)
+        return _choose(op, device.type, backend, dtype, **source)
     key = (op, device.type, dtype, backend)
     name = _resolved.get(key)
     if name is None:
-        name = _choose(op, device.type, backend, dtype)
+        name = _choose(op, device.type, backend, dtype, **source)
         _resolved[key] = name
         if backend is None:
             where = device.type if dtype is None else f"{device.type} {str(dtype).removeprefix('torch.')}"
@@ -99,14 +103,29 @@ def resolve(op: str, device: torch.device, backend: str | None, dtype: torch.dty
     return name
 
 
-def _choose(op: str, dev: str, backend: str | None, dtype: torch.dtype | None = None) -> str:
+def check_env_backend(device: torch.device | str) -> str | None:
+    """MCVD_BACKEND checked for ops on `device`, as an op call would check it:
+    None when unset or empty, else the backend it names. Raises ValueError for a
+    name that is no backend and RuntimeError for one not available on the device,
+    naming the variable; commands call it before they start working."""
+    backend = os.environ.get(ENV) or None
+    if backend is not None:
+        _choose("the ops", torch.device(device).type, backend, arg=ENV)
+    return backend
+
+
+def _choose(op: str, dev: str, backend: str | None, dtype: torch.dtype | None = None, arg: str = "backend") -> str:
+    """`arg`: where an explicit `backend` came from, for the errors (the argument, or MCVD_BACKEND)."""
     avail = available_backends(dev)
     if backend is not None:
         if backend not in BACKENDS:
-            raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")
+            if arg == ENV:
+                raise ValueError(f"{ENV}: {backend!r} is not a backend: expected one of {BACKENDS} or the "
+                                 f"variable unset")
+            raise ValueError(f"{arg}: expected one of {BACKENDS} or None, got {backend!r}")
         if backend not in avail:
             raise RuntimeError(
-                f"backend: {backend!r} is not available for {op} on {dev} tensors; available here: {avail}"
+                f"{arg}: {backend!r} is not available for {op} on {dev} tensors; available here: {avail}"
             )
         return backend
     if dev == "cuda":

@@ -11,8 +11,14 @@ apart: they score wrong without an error.
 
 PSNR, per clip: MSE over all its frames, channels and pixels (equal to the
 mean of the per-frame MSEs, which is how the reference code accumulates it),
-then PSNR = 10 log10(1 / MSE). Averaging per-frame PSNRs instead would give
-a different, larger number; `per_frame=True` returns those for plots.
+then PSNR = min(10 log10(1 / MSE), PSNR_MAX). Averaging per-frame PSNRs
+instead would give a different, larger number; `per_frame=True` returns
+those for plots. PSNR_MAX = 100 dB (MSE <= 1e-10, as libvpx and x264 cap
+it): a perfectly predicted clip (MSE 0, PSNR infinite) scores 100 dB, so
+that means and confidence intervals over clips (mcvd.metrics.stats, which
+refuses infinities) stay defined. It is far above any prediction's PSNR (an
+error of one 8-bit level in every pixel is 48 dB), so the cap changes no
+score but those of (nearly) exact copies.
 
 SSIM, per frame: scikit-image's structural_similarity(gaussian_weights=True,
 sigma=1.5, use_sample_covariance=False, data_range=1): an 11x11 Gaussian
@@ -32,6 +38,7 @@ import torch.nn.functional as F
 from mcvd.metrics._checks import check_frames, check_video
 
 _WIN, _SIGMA, _K1, _K2 = 11, 1.5, 0.01, 0.03
+PSNR_MAX = 100.0  # dB
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -59,13 +66,13 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, *, per_frame: bool = False) -
         per_frame: False: one value per clip from the clip's MSE (the paper's
             protocol), shape [...]; True: one value per frame, [..., T].
     Returns:
-        float64 tensor; inf where the frames are equal.
+        float64 tensor, at most PSNR_MAX (100 dB, where the frames are equal).
     """
     _check_pair(pred, target)
     mse = (_unit(pred) - _unit(target)).square().mean(dim=(-3, -2, -1))
     if not per_frame:
         mse = mse.mean(dim=-1)
-    return 10 * torch.log10(1 / mse)
+    return (10 * torch.log10(1 / mse)).clamp(max=PSNR_MAX)
 
 
 def _gaussian_window(device) -> torch.Tensor:

@@ -15,8 +15,9 @@ Z95 = statistics.NormalDist().inv_cdf(0.975)  # 1.959963984540054
 
 def summary(values) -> dict[str, float | None]:
     """values: a non-empty sequence of finite floats -> {"mean", "std", "conf95"};
-    conf95 is None for a single value. NaN or infinite values (a PSNR of inf
-    for identical frames) raise: they have no mean and spread to report."""
+    conf95 is None for a single value. NaN or infinite values raise: they have
+    no mean and spread to report (mcvd.metrics.psnr_ssim.psnr caps identical
+    frames' PSNR at 100 dB for this reason)."""
     v = [float(x) for x in values]
     if not v:
         raise ValueError("values: expected at least one value")

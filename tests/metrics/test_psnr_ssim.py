@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from mcvd.metrics.psnr_ssim import best_of_samples, psnr, ssim
+from mcvd.metrics.psnr_ssim import PSNR_MAX, best_of_samples, psnr, ssim
 
 skm = pytest.importorskip("skimage.metrics")
 
@@ -43,7 +43,7 @@ def test_values_are_clamped_to_the_data_range_first():
     # Within the rounding margin beyond [-1, 1] (1e-3 in float32); further out is refused
     # (tests/metrics/test_metric_inputs.py).
     target = torch.ones(1, 2, 1, 11, 11)
-    assert torch.isinf(psnr((1 + 9e-4) * target, target)).all()
+    assert (psnr((1 + 9e-4) * target, target) == PSNR_MAX).all()
     torch.testing.assert_close(ssim((1 + 9e-4) * target, target), torch.ones(1, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"pred: expected values in \[-1, 1\]"):
         psnr(1.5 * target, target)
@@ -88,3 +88,20 @@ def test_bad_inputs_are_named():
         ssim(torch.zeros(1, 1, 1, 10, 16), torch.zeros(1, 1, 1, 10, 16))
     with pytest.raises(ValueError, match=r"scores: expected a tensor with a samples dimension"):
         best_of_samples(torch.tensor(1.0))
+
+
+def test_psnr_is_capped_at_100_db():
+    # Equal frames have MSE 0 and an infinite PSNR, which no mean or interval can take in (mcvd.metrics.stats):
+    # PSNR is capped at PSNR_MAX = 100 dB (MSE 1e-10), as libvpx and x264 cap it.
+    assert PSNR_MAX == 100.0
+    target = torch.rand(2, 3, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    target[1, 0, 0, 0, 0] = 0.0
+    pred = target.clone()
+    pred[1, 0, 0, 0, 0] = 1e-3  # 0.5e-3 in [0, 1]: MSE 1.3e-9 over the clip, 88.9 dB, under the cap
+    clip = psnr(pred, target)
+    assert clip[0] == 100.0 and clip[1] == pytest.approx(10 * np.log10(192 / 0.5e-3 ** 2), rel=1e-9)
+    frames = psnr(pred, target, per_frame=True)
+    assert frames[0].tolist() == [100.0] * 3 and frames[1, 1:].tolist() == [100.0] * 2
+    from mcvd.metrics.stats import summary
+
+    assert summary(clip.tolist())["mean"] == pytest.approx((100 + clip[1].item()) / 2)

@@ -11,9 +11,10 @@ frame of a panel has a coloured border saying what it is (`KIND_COLOURS`):
              copy-last-frame baseline predicts
 
 A bar under the grid grows with time, in the colour of the prediction
-panel's frame. Every file is written to a temporary file beside its target
-and renamed (mcvd.fileio.atomic_write), so a reader never sees a
-partial file and an interrupted run leaves no broken one.
+panel's frame. Input clips come from a video file or a folder of frames.
+Every file is written to a temporary file beside its target and renamed
+(mcvd.fileio.atomic_write), so a reader never sees a partial file and an
+interrupted run leaves no broken one.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mcvd.data.video_folder import frames_to_clip
+from mcvd.data.video_folder import IMAGE_EXTENSIONS, frame_files, frames_to_clip, read_frames
 from mcvd.fileio import atomic_write
 
 KIND_COLOURS = {
@@ -160,6 +161,17 @@ def _check_target(path: Path, overwrite: bool) -> None:
         raise FileNotFoundError(f"path: no such folder: {path.parent}")
 
 
+# GIF frame delays are whole centiseconds, at most 65535, and players show delays under 2 cs as 10 cs: a GIF
+# plays at the rate asked only from 0.01 to 50 frames per second. MP4 takes any rate in that range and more.
+FPS_RANGE = {"GIF": (0.01, 50.0), "MP4": (0.01, 1000.0)}
+
+
+def _check_fps(fps, kind: str) -> None:
+    low, high = FPS_RANGE[kind]
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not low <= fps <= high:
+        raise ValueError(f"fps: a {kind} plays {low:g} to {high:g} frames per second, got {fps!r}")
+
+
 def _check_images(frames: Sequence[np.ndarray]) -> None:
     if not frames or any(f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3 or f.shape != frames[0].shape
                          for f in frames):
@@ -168,10 +180,12 @@ def _check_images(frames: Sequence[np.ndarray]) -> None:
 
 def write_gif(path: str | os.PathLike, frames: Sequence[np.ndarray], *, fps: float = 4.0,
               overwrite: bool = False) -> Path:
-    """Write uint8 RGB images [H, W, 3] as a looping GIF (Pillow), atomically."""
+    """Write uint8 RGB images [H, W, 3] as a looping GIF (Pillow), atomically; fps
+    from 0.01 to 50 (FPS_RANGE: GIF frame delays are whole centiseconds)."""
     from PIL import Image
 
     path = Path(path)
+    _check_fps(fps, "GIF")
     _check_target(path, overwrite)
     _check_images(frames)
     images = [Image.fromarray(f) for f in frames]
@@ -198,6 +212,7 @@ def write_mp4(path: str | os.PathLike, frames: Sequence[np.ndarray], *, fps: flo
     (4:2:0 chroma needs even sizes)."""
     av = _av()
     path = Path(path)
+    _check_fps(fps, "MP4")
     _check_target(path, overwrite)
     _check_images(frames)
     h, w = frames[0].shape[:2]
@@ -251,11 +266,32 @@ def read_video(path: str | os.PathLike, *, start: int = 0, max_frames: int | Non
     return out
 
 
+def read_frame_folder(path: str | os.PathLike, *, start: int = 0, max_frames: int | None = None) -> list[np.ndarray]:
+    """Frames start, start + 1, ... (at most max_frames) of a folder of frames (its
+    image files in natural name order, as mcvd.data.VideoFolder reads a frame
+    folder): RGB images [H, W, 3], uint8, or uint16 for 16-bit greyscale. Raises
+    ValueError naming the folder if it holds no frames or a frame cannot be read."""
+    path = Path(path)
+    files = frame_files(path)
+    if not files:
+        raise ValueError(f"input: {path} holds no frames (files {', '.join(IMAGE_EXTENSIONS)}); expected a video "
+                         f"file or a folder of frames")
+    chosen = files[start:None if max_frames is None else start + max_frames]
+    try:
+        return read_frames(chosen, files[0]) if chosen else []
+    except OSError as err:  # PIL: not an image, truncated
+        raise ValueError(f"input: cannot read the frames of {path} ({type(err).__name__}: {err})") from err
+
+
 def load_clip(path: str | os.PathLike, image_size: int, channels: int, *, start: int = 0,
               max_frames: int | None = None) -> torch.Tensor:
-    """A video file as a clip float32 [T, channels, image_size, image_size] in [-1, 1]
-    (short side resized, centre crop, as mcvd.data.VideoFolder); T may be 0."""
-    frames = read_video(path, start=start, max_frames=max_frames)
+    """A video file or a folder of frames as a clip float32 [T, channels, image_size,
+    image_size] in [-1, 1] (short side resized, centre crop, as mcvd.data.VideoFolder);
+    T may be 0."""
+    if Path(path).is_dir():
+        frames = read_frame_folder(path, start=start, max_frames=max_frames)
+    else:
+        frames = read_video(path, start=start, max_frames=max_frames)
     if not frames:
         return torch.zeros((0, channels, image_size, image_size))
     return frames_to_clip(frames, image_size, channels)

@@ -1,6 +1,8 @@
 """The `mcvd` command. One module per subcommand, each with
 `add_parser(subparsers)` and `run(args) -> int`; what they share is in
-`_common` (exit codes: 2 for a bad command line in every command)."""
+`_common` (exit codes: 2 for a bad command line in every command). A disk
+or quota that fills while a command writes is reported here for all of them
+(exit code 1, naming the file)."""
 from __future__ import annotations
 
 import argparse
@@ -26,8 +28,15 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # argparse has printed a usage error (code 2, as _common.EXIT_USAGE) or the help
         return int(done.code or 0)
+    from mcvd.fileio import NoSpaceError
+
+    from ._common import EXIT_FAILURE, error
+
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except NoSpaceError as err:  # every file is written atomically: what was there before is intact
+        return error(args.command, err, EXIT_FAILURE)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """What the `mcvd` commands share: exit codes and the usage error, argparse
-types for numbers, the device, the model file and the SMMNIST test clips.
+types for numbers, the device, output folders, the model file and what it
+was trained for (sampler steps, guidance), and the SMMNIST test clips.
 
 Exit codes, the same in every command: 0 done; EXIT_USAGE (2, argparse's own
 code) when the command cannot start with what it was given (its options, and
@@ -57,19 +58,100 @@ def positive_float(text: str) -> float:
     return value
 
 
+def finite_float(text: str) -> float:
+    """argparse type: any finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def float_range(low: float, high: float):
+    """argparse type: a number from `low` to `high` (both included)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:  # NaN fails both comparisons
+            raise argparse.ArgumentTypeError(f"expected a number from {low:g} to {high:g}, got {text!r}")
+        return value
+    return parse
+
+
 def resolve_device(name: str):
-    """torch.device of a --device value: "auto" is CUDA when torch sees one, else the CPU."""
+    """torch.device of a --device value: "auto" is CUDA when torch sees one, else the CPU.
+    Also checks MCVD_BACKEND for that device, so that a bad value stops the command now."""
     import torch
 
+    from mcvd.ops._backend import check_env_backend
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except RuntimeError as err:
+            raise UsageError(f"--device: {err}") from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError("--device: CUDA requested but torch sees no CUDA device")
     try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UsageError(f"--device: {err}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device: CUDA requested but torch sees no CUDA device")
+        check_env_backend(device)
+    except (ValueError, RuntimeError) as err:
+        raise UsageError(str(err)) from err
     return device
+
+
+def check_output_folder(arg: str, folder: Path) -> None:
+    """UsageError naming `arg` unless files can be created in `folder`, or, when it
+    does not exist yet, where it would be created (mcvd.fileio.check_writable_folder)."""
+    from mcvd.fileio import check_writable_folder
+
+    try:
+        check_writable_folder(folder, arg)
+    except OSError as err:
+        raise UsageError(str(err)) from None
+
+
+def check_steps(arg: str, steps: int, cfg) -> None:
+    """UsageError naming `arg` unless 1 <= steps <= the model's num_timesteps."""
+    if steps > cfg.num_timesteps:
+        raise UsageError(f"{arg}: expected 1 to {cfg.num_timesteps} (the model's num_timesteps), got {steps}")
+
+
+def default_steps(steps: int | None, cfg) -> int:
+    """--steps: as given (checked), else 100 or every timestep of a model with fewer."""
+    if steps is None:
+        return min(100, cfg.num_timesteps)
+    check_steps("--steps", steps, cfg)
+    return steps
+
+
+def check_guidance(guidance: float | None, run_config: dict, cfg, command: str) -> None:
+    """--guidance needs a model trained with everything masked at times: its unconditional
+    eps, eps_uncond in eps_uncond + w (eps_cond - eps_uncond), is the model's with the past
+    and future frames masked. Refused (UsageError) when the file's run config says that
+    never happened in training; a warning when the file has no run config to tell."""
+    if guidance is None:
+        return
+    training = run_config.get("training", {})
+    if "prob_mask_cond" not in training:
+        print(f"mcvd {command}: warning: --guidance: this file holds no training config, so whether the model "
+              f"was trained with masked conditioning (training.prob_mask_cond > 0) is unknown; without it, "
+              f"guided samples are wrong", file=sys.stderr)
+        return
+    never = []
+    if training["prob_mask_cond"] == 0:
+        never.append("prob_mask_cond = 0: the past was never masked")
+    if cfg.num_frames_future > 0 and not training.get("prob_mask_sync") and training.get("prob_mask_future") == 0:
+        never.append("prob_mask_future = 0: the future was never masked")
+    if never:
+        raise UsageError(f"--guidance: needs a model trained with masked conditioning (training.prob_mask_cond > 0, "
+                         f"and prob_mask_future > 0 or prob_mask_sync for future frames), whose unconditional "
+                         f"prediction guidance uses; this one was trained with {' and '.join(never)}")
 
 
 def load_checkpoint_arg(path: Path, no_ema: bool, device):

@@ -3,8 +3,9 @@
     mcvd convert-official logs/checkpoint.pt --out smmnist.pt [--config config.yml] [--no-ema] [--force]
 
 The output is this package's model file (mcvd.nn.save_model), loadable with
-mcvd.load or mcvd.nn.load_model. An existing output is kept unless --force is
-given. (mcvd sample and mcvd eval also read the reference checkpoint itself.)
+mcvd.load or mcvd.nn.load_model. An existing output file is kept unless --force
+is given; a folder is never replaced, --force or not. (mcvd sample and mcvd
+eval also read the reference checkpoint itself.)
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from mcvd.compat import load_official
 from mcvd.nn import save_model
 
-from ._common import EXIT_USAGE, error
+from ._common import EXIT_USAGE, UsageError, check_output_folder, error
 
 
 def add_parser(sub) -> None:
@@ -24,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--config", type=Path, default=None, help="its config.yml (default: config.yml beside it)")
     p.add_argument("--out", type=Path, required=True, help="the model file to write")
     p.add_argument("--no-ema", action="store_true", help="convert the raw weights instead of the EMA weights")
-    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it is an existing file")
     p.set_defaults(run=run)
 
 
@@ -32,10 +33,16 @@ def run(args: argparse.Namespace) -> int:
     def fail(message) -> int:
         return error("convert-official", message, EXIT_USAGE)
 
+    if args.out.is_dir():
+        return fail(f"--out: {args.out} is a folder; expected the path of the model file to write")
     if args.out.exists() and not args.force:
         return fail(f"--out: {args.out} exists; pass --force to overwrite it")
     if not args.out.parent.is_dir():
         return fail(f"--out: no such folder: {args.out.parent}")
+    try:
+        check_output_folder("--out", args.out.parent)
+    except UsageError as e:
+        return fail(e)
     try:
         model, cfg = load_official(args.checkpoint, args.config, use_ema=not args.no_ema)
         save_model(args.out, model, overwrite=args.force)

@@ -34,7 +34,11 @@ parameters, 5 minutes), "gpu" (default with CUDA; 64 x 64, paper-proportioned
 digits, 10 minutes), "tiny" (seconds; for tests). --set overrides any value
 of the run config (mcvd train's schema). An existing non-empty --out is
 refused unless --force is given; --force replaces only the files above and
-leaves anything else in the folder alone.
+leaves anything else in the folder alone. The demo trains in a hidden folder
+inside --out (.train-XXXXXXXX); one that a killed demo left, holding nothing
+but its training files, is removed by the next demo there. --out must be
+writable and every option valid (--sample-steps at most the model's
+num_timesteps, MCVD_BACKEND) before training starts.
 """
 # This module runs the steps; the sizes, the calibration and the repeat command are in demo_config, the
 # scoring and the verdict in mcvd.metrics.baselines, the report in mcvd.metrics.demo_report.
@@ -43,13 +47,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, error, nonnegative_int, positive_float, positive_int,
-                      resolve_device)
-from .demo_config import SIZES, DemoSize, calibrate, reproduce_command, run_config
+from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, check_output_folder, check_steps, error,
+                      nonnegative_int, positive_float, positive_int, resolve_device)
+from .demo_config import (SIZES, DemoSize, calibrate, leftover_work_folders, remove_work_folder, reproduce_command,
+                          run_config, work_folder)
 
 HELP = "train a small MCVD on Stochastic Moving MNIST and compare its predictions with copy-last-frame"
 OUTPUTS = ("demo.gif", "metrics.png", "report.md", "metrics.json", "checkpoint.pt", "train_metrics.csv")
@@ -85,17 +89,19 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _check_args(args) -> None:
+def _check_args(args) -> list[Path]:
+    """Checks the options and --out; returns the training folders that killed demos left in --out."""
     for item in args.overrides:
         key = item.partition("=")[0].strip()
         if key in OWN_FLAGS:
             raise UsageError(f"--set {item}: the demo sets {key} from {OWN_FLAGS[key]}; use that instead")
     out = args.out
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out: {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not args.force:
+    check_output_folder("--out", out)
+    leftovers = leftover_work_folders(out)
+    if out.is_dir() and any(p not in leftovers for p in out.iterdir()) and not args.force:
         raise UsageError(f"--out: {out} is not empty; choose a new folder or pass --force to replace the demo's "
                          f"files in it ({', '.join(OUTPUTS)})")
+    return leftovers
 
 
 def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path) -> tuple:
@@ -122,7 +128,7 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path) -> tup
         longest = steps + steps // 4 + 1
         run_cfg = dataclasses.replace(run_cfg, training=dataclasses.replace(run_cfg.training, steps=longest,
                                                                              ckpt_every=longest))
-    with tempfile.TemporaryDirectory(prefix=".train-", dir=out) as workdir:
+    with work_folder(out, "train") as workdir:
         start = time.perf_counter()
         # The checkpoint records the steps done, not the cap: resuming it with `mcvd train` trains no further.
         result = train(run_cfg, workdir, progress=not args.no_progress, time_limit=budget, time_limit_ends_run=True)
@@ -148,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     from mcvd.video import grid_frames, task_panels, write_gif
 
     try:
-        _check_args(args)
+        leftovers = _check_args(args)
         device = resolve_device(args.device)
         size = SIZES[args.size or ("gpu" if device.type == "cuda" else "cpu")]
         # Checked before the long run: a bad --set fails now, not after training.
@@ -157,11 +163,18 @@ def run(args: argparse.Namespace) -> int:
         if run_cfg.data.dataset != "smmnist" or run_cfg.model.num_frames_cond < 1:
             raise UsageError("--set: the demo trains video prediction on smmnist: keep data.dataset smmnist and "
                              "model.num_frames_cond >= 1")
+        T = run_cfg.model.num_timesteps
+        if args.sample_steps is not None:
+            check_steps("--sample-steps", args.sample_steps, run_cfg.model)
+        sample_steps = args.sample_steps or min(size.sample_steps, T)
     except (ValueError, TypeError) as err:  # UsageError included
         return error("demo", err, EXIT_USAGE)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     out = args.out
+    for folder in leftovers:
+        if remove_work_folder(folder):
+            print(f"mcvd demo: removed {folder}, the training folder of an interrupted demo")
     out.mkdir(parents=True, exist_ok=True)
     try:
         run_cfg, train_seconds, budget, log = train_within_budget(run_cfg, size, args, device, out)
@@ -170,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
 
     model, cfg = load(out / "checkpoint.pt", map_location=device)  # the EMA weights
     p, n = cfg.num_frames_cond, args.pred_frames or size.pred_frames
-    method, sample_steps = args.method or size.method, args.sample_steps or size.sample_steps
+    method = args.method or size.method
     clips = StochasticMovingMNIST(p + n, split="test", seed=0, length=args.clips or size.clips,
                                   num_digits=run_cfg.data.num_digits, image_size=cfg.image_size,
                                   digit_size=run_cfg.data.digit_size)

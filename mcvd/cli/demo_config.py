@@ -1,15 +1,23 @@
 """What a run of `mcvd demo` is: its sizes (tiny, cpu, gpu), the training run
-each one makes, the calibration that turns a time budget into steps, and the
-command that repeats a run step for step."""
+each one makes, the calibration that turns a time budget into steps, the
+temporary folders those runs train in, and the command that repeats a run
+step for step."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import os
+import re
 import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 CALIBRATION_STEPS = 5
+# The demo trains in temporary folders inside --out: `.train-` or `.calibration-` and tempfile's 8 characters.
+WORK_FOLDER = re.compile(r"\.(train|calibration)-[a-z0-9_]{8}")
+RUN_FILES = ("config.yml", "metrics.csv", "checkpoint.pt")  # mcvd.train's files in a workdir
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,71 @@ def run_config(size: DemoSize, *, device: str, seed: int, steps: int, overrides:
     return run.with_overrides(overrides) if overrides else run
 
 
+@contextlib.contextmanager
+def work_folder(parent: Path, kind: str):
+    """A temporary folder `.<kind>-XXXXXXXX` in `parent` to train in, removed on
+    exit. It is locked (flock) while it exists, so that another demo never takes it
+    for the leftover of a killed one; a killed process's lock is gone with it."""
+    with tempfile.TemporaryDirectory(prefix=f".{kind}-", dir=parent) as path:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield path
+        finally:
+            os.close(fd)
+
+
+def _is_run_file(path: Path) -> bool:
+    from mcvd.fileio import temporary_name
+
+    return path.is_file() and not path.is_symlink() and (
+        path.name in RUN_FILES or any(temporary_name(name).fullmatch(path.name) for name in RUN_FILES))
+
+
+@contextlib.contextmanager
+def _unless_locked(folder: Path):
+    """Yields True holding `folder`'s lock, or False when a running demo holds it."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def leftover_work_folders(out: Path) -> list[Path]:
+    """The training folders of demos killed while training in `out`: named as
+    work_folder names them, holding nothing but a training run's files (RUN_FILES
+    and their temporary files) and locked by no running demo."""
+    found = []
+    if not out.is_dir():
+        return found
+    for folder in sorted(out.iterdir()):
+        if not WORK_FOLDER.fullmatch(folder.name) or folder.is_symlink() or not folder.is_dir():
+            continue
+        with _unless_locked(folder) as free:
+            if free and all(_is_run_file(f) for f in folder.iterdir()):
+                found.append(folder)
+    return found
+
+
+def remove_work_folder(folder: Path) -> bool:
+    """Delete a leftover training folder (leftover_work_folders), checking again, under
+    its lock, that it holds only a training run's files. Returns whether it did."""
+    with _unless_locked(folder) as free:
+        files = list(folder.iterdir()) if free else []
+        if not free or not all(_is_run_file(f) for f in files):
+            return False
+        for f in files:
+            f.unlink()
+        folder.rmdir()  # fails, deleting nothing more, if a file appeared meanwhile
+    return True
+
+
 def seconds_per_step(run, parent: Path) -> float:
     """Median time of one training step of `run`, from a throwaway run of
     CALIBRATION_STEPS steps in a folder inside `parent` (the first step, with
@@ -95,7 +168,7 @@ def seconds_per_step(run, parent: Path) -> float:
     t = run.training
     calib = dataclasses.replace(run, training=dataclasses.replace(t, steps=CALIBRATION_STEPS,
                                                                   ckpt_every=CALIBRATION_STEPS, log_every=1))
-    with tempfile.TemporaryDirectory(prefix=".calibration-", dir=parent) as workdir:
+    with work_folder(parent, "calibration") as workdir:
         train(calib, workdir, progress=False)
         rates = [row["it_per_s"] for row in read_metrics(Path(workdir) / METRICS_NAME)[1:]]
     return statistics.median(1 / r for r in rates)

@@ -1,7 +1,7 @@
 """`mcvd eval`: the paper's evaluation of a trained model (mcvd.metrics.protocol).
 
     mcvd eval --checkpoint CKPT --data smmnist|VIDEO_FOLDER --task predict|interpolate|generate
-              [--cond p] [--pred n] --samples k [--seed S] [--out DIR] [--num-clips N] [--force]
+              [--cond p] [--pred n] --samples k [--seed S] [--guidance W] [--out DIR] [--num-clips N] [--force]
 
 CKPT: any model file that mcvd.load reads: a training checkpoint (its EMA
 weights; --no-ema for the raw ones), a model file (mcvd convert-official,
@@ -13,7 +13,9 @@ mcvd.data.VideoFolder as consecutive, non-overlapping clips. The first N
 clips are evaluated (default: all). --seed seeds the sampler, so a run is
 reproducible. Writes metrics.json, metrics.md and per_frame.png to --out
 (default mcvd_eval/<checkpoint name>_<task>_p<p>_n<n>_k<k>); existing
-results there are kept unless --force is given.
+results there are kept unless --force is given. --out is checked before the
+evaluation starts. --guidance W samples with classifier-free guidance, which
+needs a model trained with masked conditioning (see mcvd sample --help).
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ import argparse
 import time
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, error, load_checkpoint_arg, positive_int, resolve_device,
-                      smmnist_test_clips)
+from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, check_guidance, check_output_folder, default_steps, error,
+                      finite_float, load_checkpoint_arg, positive_int, resolve_device, smmnist_test_clips)
 
 HELP = "evaluate a model with the paper's protocol (best-of-k PSNR, SSIM, LPIPS; FVD)"
 
@@ -42,7 +44,10 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=8,
                    help="clips per sampling call (k times as many videos)")
     p.add_argument("--method", choices=("ddpm", "ddim", "dpm++"), default="ddim", help="sampler")
-    p.add_argument("--steps", type=positive_int, default=100, help="sampler steps")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="sampler steps: 1 to the model's num_timesteps (default: 100, or all of a model with fewer)")
+    p.add_argument("--guidance", type=finite_float, default=None, metavar="W",
+                   help="classifier-free guidance weight; needs a model trained with training.prob_mask_cond > 0")
     p.add_argument("--device", default="auto", help="'auto' (CUDA when there is one), 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument("--no-ema", action="store_true", help="the raw weights of a checkpoint, not the EMA")
     p.add_argument("--no-fvd", action="store_true", help="skip FVD (and the I3D network)")
@@ -72,10 +77,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
         model, cfg, weights, run_config = load_checkpoint_arg(args.checkpoint, args.no_ema, device)
+        steps = default_steps(args.steps, cfg)
+        if args.guidance is not None and args.task == "generate":
+            raise UsageError("--guidance: guides on condition frames; the task 'generate' has none")
+        check_guidance(args.guidance, run_config, cfg, "eval")
         task = Task.of(args.task, cfg, cond=args.cond, pred=args.pred)
         clips = eval_clips(args.data, task.clip_frames, cfg, run_config)
         out = args.out or Path("mcvd_eval") / (f"{args.checkpoint.stem}_{task.name}_p{task.cond}_n{task.pred}"
                                                f"_k{args.samples}")
+        check_output_folder("--out", out)
         existing = existing_results(out)
         if existing and not args.force:  # checked before the long run, not after it
             raise UsageError(f"--out: {out} already holds results ({', '.join(p.name for p in existing)}); "
@@ -90,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         result = evaluate(model, clips, task, samples=args.samples, num_clips=args.num_clips,
-                          batch_size=args.batch_size, sampler=SamplerConfig(method=args.method, steps=args.steps),
+                          batch_size=args.batch_size,
+                          sampler=SamplerConfig(method=args.method, steps=steps, guidance=args.guidance),
                           generator=generator, compute_fvd=not args.no_fvd, progress=not args.no_progress)
     except (ValueError, WeightsError, ImportError) as e:
         return error("eval", e, EXIT_FAILURE)
@@ -99,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     run_info = {
         "checkpoint": str(args.checkpoint), "weights": weights, "data": args.data,
         "task": task.name, "cond": task.cond, "pred": task.pred, "future": task.future, "samples": args.samples,
-        "num_clips": num_clips, "seed": args.seed, "method": args.method, "steps": args.steps,
+        "num_clips": num_clips, "seed": args.seed, "method": args.method, "steps": steps, "guidance": args.guidance,
         "device": str(device), "seconds": round(seconds, 1),
     }
     paths = write_report(out, run_info, result, first_frame=task.cond + 1, overwrite=args.force)

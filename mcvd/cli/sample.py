@@ -1,16 +1,18 @@
 """`mcvd sample`: predict, generate or interpolate frames with a trained model.
 
-    mcvd sample --checkpoint CKPT (--input VIDEO [--start S] | --data smmnist [--index I ...])
+    mcvd sample --checkpoint CKPT (--input VIDEO|FRAMES [--start S] | --data smmnist [--index I ...])
                 --task predict|generate|interpolate [--frames N] [--method ddim|ddpm|dpm++]
-                [--steps S] [--samples n] [--seed S] --out DIR [--force]
+                [--steps S] [--guidance W] [--samples n] [--seed S] --out DIR [--force]
 
 CKPT: any model file that mcvd.load reads: a training checkpoint (EMA
 weights; --no-ema for the raw ones), a model file or a reference-code
 checkpoint (config.yml beside it). The condition frames come from a video
-file (--input, decoded with PyAV, resized and centre-cropped to the model's
-frames, from frame --start on) or from clips of the built-in Stochastic
-Moving MNIST test split (--data smmnist, seed 0, with the checkpoint's digit
-settings). With p past, f future and k current frames of the model:
+file or a folder of frames (--input: a video decoded with PyAV, or the
+folder's image files in natural name order as mcvd.data.VideoFolder reads
+them; resized and centre-cropped to the model's frames, from frame --start
+on) or from clips of the built-in Stochastic Moving MNIST test split (--data
+smmnist, seed 0, with the checkpoint's digit settings). With p past, f future
+and k current frames of the model:
 
     predict      the first p frames -> the next N (default k; more than k by
                  block-autoregressive rollout); the N frames after them, when
@@ -19,10 +21,18 @@ settings). With p past, f future and k current frames of the model:
                  which are the truth
     generate     no input -> --samples videos of N frames
 
+--guidance W samples with classifier-free guidance, eps = eps_uncond +
+W (eps_cond - eps_uncond), where eps_uncond is the model's with all
+condition frames masked: it needs a model trained with masked conditioning
+(training.prob_mask_cond > 0; and prob_mask_future > 0 or prob_mask_sync
+when the model has future frames). A checkpoint whose run config says
+otherwise is refused; a file without a run config gets a warning.
+
 Writes to --out: sample.gif and sample.mp4 (a grid, one row per clip and
 sample: condition | prediction | truth) and frames.npz (float32 in [-1, 1]:
 past [B, p, C, H, W], prediction [samples, B, N, C, H, W], truth
-[B, N, C, H, W] and future [B, f, C, H, W] when present). Existing files are
+[B, N, C, H, W] and future [B, f, C, H, W] when present; task, method,
+steps, seed and guidance as scalars). Existing files are
 kept unless --force is given; each file is written atomically.
 """
 from __future__ import annotations
@@ -30,8 +40,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, error, load_checkpoint_arg, nonnegative_int,
-                      positive_float, positive_int, resolve_device, smmnist_test_clips)
+from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, check_guidance, check_output_folder, default_steps,
+                      error, finite_float, float_range, load_checkpoint_arg, nonnegative_int, positive_int,
+                      resolve_device, smmnist_test_clips)
 
 HELP = "predict, generate or interpolate video frames with a trained model (GIF, MP4, .npz)"
 TASKS = ("predict", "interpolate", "generate")
@@ -43,7 +54,8 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", type=Path, required=True,
                    help="training checkpoint, model file or reference checkpoint")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--input", type=Path, default=None, help="video file holding the condition frames")
+    source.add_argument("--input", type=Path, default=None,
+                        help="video file or folder of frames holding the condition frames")
     source.add_argument("--data", choices=("smmnist",), default=None,
                         help="clips of the Stochastic Moving MNIST test split")
     p.add_argument("--index", type=nonnegative_int, nargs="+", default=None, help="--data: clip numbers (default: 0)")
@@ -51,12 +63,19 @@ def add_parser(sub) -> None:
     p.add_argument("--task", choices=TASKS, default="predict")
     p.add_argument("--frames", type=positive_int, default=None, help="N, frames to sample (default: the model's k)")
     p.add_argument("--method", choices=("ddim", "ddpm", "dpm++"), default="ddim", help="sampler")
-    p.add_argument("--steps", type=positive_int, default=100, help="sampler steps (network calls per block)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="sampler steps, network calls per block: 1 to the model's num_timesteps (default: 100, or "
+                        "all of a model with fewer)")
+    p.add_argument("--guidance", type=finite_float, default=None, metavar="W",
+                   help="classifier-free guidance weight (1 samples as without it, at twice the cost); needs a "
+                        "model trained with training.prob_mask_cond > 0")
     p.add_argument("--samples", type=positive_int, default=1, help="samples per clip (generate: videos)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     p.add_argument("--device", default="auto", help="'auto' (CUDA when there is one), 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument("--out", type=Path, required=True, help="folder for sample.gif, sample.mp4, frames.npz")
-    p.add_argument("--fps", type=positive_float, default=4.0, help="frames per second of the GIF and MP4")
+    p.add_argument("--fps", type=float_range(0.01, 50), default=4.0,
+                   help="frames per second of the GIF and MP4, 0.01 to 50 (GIF frame delays are whole "
+                        "centiseconds)")
     p.add_argument("--no-ema", action="store_true", help="the raw weights of a checkpoint, not the EMA")
     p.add_argument("--force", action="store_true", help="replace sample.gif, sample.mp4, frames.npz in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -72,10 +91,11 @@ def _check_args(args) -> None:
     if args.task == "generate" and given:
         raise UsageError("--input/--data: the task 'generate' samples without condition frames; drop them")
     if args.task != "generate" and not given:
-        raise UsageError(f"--input or --data: the task {args.task!r} needs condition frames: a video file "
-                         f"(--input VIDEO) or --data smmnist")
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out: {args.out} exists and is not a folder")
+        raise UsageError(f"--input or --data: the task {args.task!r} needs condition frames: a video file or a "
+                         f"folder of frames (--input) or --data smmnist")
+    if args.task == "generate" and args.guidance is not None:
+        raise UsageError("--guidance: guides on condition frames; the task 'generate' has none")
+    check_output_folder("--out", args.out)
     existing = [name for name in OUTPUTS if (args.out / name).exists()]
     if existing and not args.force:
         raise UsageError(f"--out: {args.out} already holds {', '.join(existing)}; choose another folder or pass "
@@ -138,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
         _check_args(args)
         device = resolve_device(args.device)
         model, cfg, weights, run_config = load_checkpoint_arg(args.checkpoint, args.no_ema, device)
+        steps = default_steps(args.steps, cfg)
+        check_guidance(args.guidance, run_config, cfg, "sample")
         p, n, f = _frame_counts(args.task, cfg, args.frames)
         if args.task == "generate":
             clips, source = None, "no condition (generation)"
@@ -159,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     generating = clips is None
     video = predict(model, past, n, future=future, samples=1 if generating else args.samples,
                     batch_size=args.samples if generating else None, device=device, method=args.method,
-                    steps=args.steps, generator=generator, progress=not args.no_progress)
+                    steps=steps, guidance=args.guidance, generator=generator, progress=not args.no_progress)
     # Always [samples, B, N, C, H, W]: generation draws `samples` videos of one "clip".
     video = video[:, None] if generating else video.reshape(args.samples, -1, *video.shape[-4:])
     samples, B = video.shape[:2]
@@ -172,15 +194,18 @@ def run(args: argparse.Namespace) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     arrays = {"prediction": video.float(), "task": np.array(args.task), "method": np.array(args.method),
-              "steps": np.array(args.steps), "seed": np.array(args.seed)}
+              "steps": np.array(steps), "seed": np.array(args.seed)}
+    if args.guidance is not None:
+        arrays["guidance"] = np.array(args.guidance)
     arrays.update({name: x.float() for name, x in (("past", past), ("truth", truth), ("future", future))
                    if x is not None})
     written = [write_gif(out / OUTPUTS[0], frames, fps=args.fps, overwrite=args.force),
                write_mp4(out / OUTPUTS[1], frames, fps=args.fps, overwrite=args.force),
                write_npz(out / OUTPUTS[2], arrays, overwrite=args.force)]
 
+    guided = "" if args.guidance is None else f", guidance {args.guidance:g}"
     print(f"mcvd sample: {args.task}, {samples} sample(s) of {B} clip(s) ({source}), {n} frames, "
-          f"{args.method} {args.steps} steps, {weights} weights, {device}")
+          f"{args.method} {steps} steps{guided}, {weights} weights, {device}")
     if truth is None and args.task == "predict":
         print(f"mcvd sample: the input ends before {p + n} frames, so there is no truth to compare with")
     if truth is not None:

@@ -2,18 +2,24 @@
 
 The config file has the sections `model`, `data` and `training` (schema:
 mcvd.train.config; example: configs/smmnist_small.yml). A workdir holding a
-checkpoint.pt is resumed; a new run needs a missing or empty workdir.
+checkpoint.pt is resumed; a new run needs a missing or empty workdir, or one
+left by a run stopped before its first checkpoint (only its config.yml and
+metrics.csv), which starts over. The workdir and MCVD_BACKEND are checked
+before anything is written.
 Multi-GPU: `torchrun --nproc_per_node N -m mcvd train ...`; several nodes:
 `torchrun --nnodes M --nproc_per_node N --rdzv_backend c10d --rdzv_endpoint HOST:PORT -m mcvd train ...`
-with the workdir on a shared file system. training.batch_size is the global batch.
+with the workdir on a shared file system. training.batch_size is the global batch;
+process 0 writes the workdir and prints the final line.
 --minutes stops this call after that much training time, at the end of a step,
 with a checkpoint there; running the same command again resumes the run.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 
-from ._common import EXIT_FAILURE, EXIT_USAGE, error, positive_float
+from ._common import EXIT_FAILURE, EXIT_USAGE, check_output_folder, error, positive_float
 
 HELP = "train an MCVD network (resumes a workdir that holds a checkpoint)"
 
@@ -45,12 +51,15 @@ def run(args) -> int:
         print(f"# model parameters: {params:,}")
         return 0
     try:
+        check_output_folder("--workdir", Path(args.workdir))
         result = train(cfg, args.workdir, progress=not args.no_progress,
                        time_limit=None if args.minutes is None else 60 * args.minutes)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
+    except (ValueError, FileExistsError, FileNotFoundError) as err:  # UsageError included
         return error("train", err, EXIT_USAGE)
     except TrainingDiverged as err:
         return error("train", err, EXIT_FAILURE)
-    stopped = "" if result.step >= cfg.training.steps else f" of {cfg.training.steps} (time limit; run again to resume)"
-    print(f"mcvd train: step {result.step}{stopped}, checkpoint {result.checkpoint}")
+    if result.rank == 0:  # one line per run, not per process
+        stopped = ("" if result.step >= cfg.training.steps
+                   else f" of {cfg.training.steps} (time limit; run again to resume)")
+        print(f"mcvd train: step {result.step}{stopped}, checkpoint {result.checkpoint}")
     return 0

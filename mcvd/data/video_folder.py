@@ -66,6 +66,14 @@ def _natural_key(path: Path):
     return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", path.name)]
 
 
+def frame_files(folder: str | os.PathLike) -> list[Path]:
+    """The frames of a frame folder: its image files (IMAGE_EXTENSIONS, not those of
+    subfolders) in natural name order."""
+    folder = Path(folder)
+    return sorted((p for p in folder.iterdir() if p.name.lower().endswith(IMAGE_EXTENSIONS) and p.is_file()),
+                  key=_natural_key)
+
+
 def _find_videos(root: Path) -> list[tuple[Path, list[Path] | None]]:
     """(path, frame files) per video: frame files None for a video file."""
     found = []
@@ -154,7 +162,7 @@ def frame_array(img: Image.Image, path: str | os.PathLike) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-def _read_frames(files: list[Path], first: Path) -> list[np.ndarray]:
+def read_frames(files: list[Path], first: Path) -> list[np.ndarray]:
     """RGB frames (frame_array) of `files`, each checked to have the size of `first`,
     the first frame of their folder."""
     with Image.open(first) as img:
@@ -259,7 +267,7 @@ class VideoFolder(Dataset):
         if frames is None:
             rgb = _decode_video(path, indices)
         else:
-            rgb = _read_frames([frames[i] for i in indices], frames[0])
+            rgb = read_frames([frames[i] for i in indices], frames[0])
         return frames_to_clip(rgb, self.image_size, self.channels)
 
     def __getitem__(self, index: int) -> torch.Tensor:

@@ -266,16 +266,39 @@ class RunConfig:
                 raise ValueError(f"--set {item}: unknown section {section!r} (known sections: {', '.join(SECTIONS)})")
             if section == "model" and key == "preset":
                 raise ValueError("--set model.preset: a preset can only be chosen in the config file")
-            d[section][key] = yaml.safe_load(text)
+            try:
+                d[section][key] = yaml.safe_load(text)
+            except yaml.YAMLError as err:
+                raise ValueError(f"--set {item}: the value is not valid YAML ({_yaml_problem(err)})") from None
         return RunConfig.from_dict(d)
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error as one line: the problem and where (1-based line and column)."""
+    def at(mark) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    text = f"{at(mark)}: {problem}" if mark is not None and problem else str(err).splitlines()[0]
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context:
+        text += f" ({context}{f' from {at(context_mark)}' if context_mark is not None else ''})"
+    return text
+
+
 def load_run_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML run config and apply `section.key=value` overrides."""
+    """Read a YAML run config and apply `section.key=value` overrides. A file that
+    is not valid YAML (or not UTF-8 text) raises ValueError naming it and, for
+    YAML, the line of the error."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config: no such file: {path}")
-    with open(path) as f:
-        d = yaml.safe_load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise ValueError(f"config: {path} is not valid YAML: {_yaml_problem(err)}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config: {path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
     cfg = RunConfig.from_dict(d if d is not None else {})
     return cfg.with_overrides(list(overrides)) if overrides else cfg

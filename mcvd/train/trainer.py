@@ -8,7 +8,13 @@ A run lives in a work folder:
     checkpoint.pt   the latest checkpoint (mcvd.train.checkpoint), replaced atomically
 
 A work folder that holds checkpoint.pt is resumed; a new run needs a missing
-or empty folder. Nothing else in the folder is ever deleted or overwritten.
+or empty folder, or one that holds only config.yml and metrics.csv: the files
+of a run stopped before its first checkpoint (killed, or diverged), which
+then starts over, replacing them. Temporary files that a killed checkpoint
+write left (mcvd.fileio) are removed. Nothing else in the folder is ever
+deleted or overwritten. The folder must be writable, checked before anything
+runs; a disk that fills raises mcvd.fileio.NoSpaceError, naming the file, and
+leaves the last checkpoint intact.
 With several nodes the folder must be on a file system that all of them see
 (process 0 writes, every process reads the checkpoint to resume).
 Rows of metrics.csv written after the last checkpoint of an interrupted run
@@ -40,8 +46,9 @@ from tqdm import tqdm
 
 from mcvd.data import StochasticMovingMNIST, VideoFolder
 from mcvd.diffusion import Schedule
-from mcvd.fileio import atomic_write
+from mcvd.fileio import NO_SPACE, NoSpaceError, atomic_write, check_writable_folder, remove_stale_temporaries
 from mcvd.nn import MCVD
+from mcvd.ops._backend import check_env_backend
 
 from . import distributed as D
 from .checkpoint import CHECKPOINT_NAME, capture_rng, read_checkpoint, restore_rng, training_payload
@@ -68,6 +75,7 @@ class TrainResult:
     checkpoint: Path
     model: MCVD              # this process's network with its final (raw, not EMA) weights
     run: RunConfig           # the run config the checkpoint records (see train's time_limit_ends_run)
+    rank: int = 0            # this process's rank (0: the one that writes, and reports)
 
 
 def read_metrics(path) -> list[dict[str, float]]:
@@ -97,7 +105,7 @@ def make_dataset(run: RunConfig) -> Dataset:
 
 def _device(cfg) -> torch.device:
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("training.device: 'cuda' requested but torch sees no CUDA device")
+        raise ValueError("training.device: 'cuda' requested but torch sees no CUDA device")
     dev = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
                        else "cpu")
     if cfg.precision == "fp16" and dev.type != "cuda":
@@ -106,14 +114,25 @@ def _device(cfg) -> torch.device:
 
 
 def _prepare_workdir(workdir: Path, run: RunConfig) -> bool:
-    """True to resume (checkpoint.pt present); else create the folder, config.yml and metrics.csv."""
-    if (workdir / CHECKPOINT_NAME).is_file():
-        return True
+    """True to resume (checkpoint.pt present); else create the folder, config.yml and metrics.csv
+    (replacing those of a run that stopped before its first checkpoint)."""
     if workdir.exists() and not workdir.is_dir():
         raise FileExistsError(f"workdir: {workdir} is a file; expected a folder")
-    if workdir.exists() and any(workdir.iterdir()):
-        raise FileExistsError(f"workdir: {workdir} exists and holds files but no {CHECKPOINT_NAME} to resume "
-                              f"from; choose a new or empty folder (existing files are never overwritten)")
+    check_writable_folder(workdir, "workdir")
+    for name in (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME):
+        for path in remove_stale_temporaries(workdir / name):
+            log.warning("removed %s, left by an interrupted write", path)
+    if (workdir / CHECKPOINT_NAME).is_file():
+        return True
+    if workdir.exists():
+        entries = list(workdir.iterdir())
+        ours = [p for p in entries if p.name in (CONFIG_NAME, METRICS_NAME) and p.is_file() and not p.is_symlink()]
+        if len(ours) < len(entries):
+            raise FileExistsError(f"workdir: {workdir} exists and holds files but no {CHECKPOINT_NAME} to resume "
+                                  f"from; choose a new or empty folder (existing files are never overwritten)")
+        if ours:
+            log.warning("workdir: %s holds the %s of a run stopped before its first checkpoint; starting the run "
+                        "over, replacing them", workdir, " and ".join(p.name for p in ours))
     workdir.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(run.to_dict(), sort_keys=False).encode()
     atomic_write(workdir / CONFIG_NAME, lambda fh: fh.write(text))
@@ -162,6 +181,10 @@ def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float |
     """
     tc = run.training
     device = _device(tc)
+    try:  # before the workdir is made: an op would refuse the variable at the first step
+        check_env_backend(device)
+    except RuntimeError as err:  # a backend this machine lacks: a setting to change, as an unknown name is
+        raise ValueError(str(err)) from None
     env = D.setup(device.type)
     try:
         return _train(run, Path(workdir), device if device.type == "cpu" else torch.device("cuda", env.local_rank),
@@ -293,7 +316,13 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
             if step % tc.log_every == 0 or step == tc.steps or stop:
                 _log_interval(workdir, env, bar, step, lr, interval)
             if step % tc.ckpt_every == 0 or step == tc.steps or stop:
-                _save(ckpt_path, env, run, model, ema, optimizer, scaler, generator, step, sampler, len(dataset))
+                try:
+                    _save(ckpt_path, env, run, model, ema, optimizer, scaler, generator, step, sampler,
+                          len(dataset))
+                except NoSpaceError as err:
+                    kept = (f"{ckpt_path} keeps step {last_ckpt}; free some space and run the same command to "
+                            f"resume" if last_ckpt is not None else "no checkpoint was written yet")
+                    raise NoSpaceError(err.errno, f"step {step}: {err} ({kept})", ckpt_path) from err
                 last_ckpt = step
             if stop:
                 bar.total = step  # the bar ends full, at the step the limit ended
@@ -303,7 +332,7 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
                 break
     finally:
         bar.close()
-    return TrainResult(step, losses, ckpt_path, model, run)
+    return TrainResult(step, losses, ckpt_path, model, run, env.rank)
 
 
 def _time_is_up(started: float, time_limit: float, device: torch.device, env: D.DistEnv) -> bool:
@@ -318,10 +347,12 @@ def _time_is_up(started: float, time_limit: float, device: torch.device, env: D.
 
 
 def _diverged(what: str, value: float, step: int, ckpt_path: Path, last_ckpt: int | None) -> str:
-    kept = (f"{ckpt_path} keeps step {last_ckpt}" if last_ckpt is not None
-            else "no checkpoint was written yet")
+    if last_ckpt is None:
+        kept, then = "no checkpoint was written yet", "then the same command starts the run over"
+    else:
+        kept, then = f"{ckpt_path} keeps step {last_ckpt}", "then resume"
     return (f"step {step}: the {what} is {value}; training stopped before applying this step ({kept}). "
-            f"Lower training.lr, raise training.warmup or set training.grad_clip, then resume.")
+            f"Lower training.lr, raise training.warmup or set training.grad_clip, {then}.")
 
 
 def _log_interval(workdir: Path, env: D.DistEnv, bar, step: int, lr: float, interval: dict) -> None:
@@ -329,8 +360,15 @@ def _log_interval(workdir: Path, env: D.DistEnv, bar, step: int, lr: float, inte
     n = interval["n"]
     loss, grad_norm, rate = interval["loss"] / n, interval["grad_norm"] / n, n / (now - interval["t0"])
     if env.is_main:
-        with open(workdir / METRICS_NAME, "a") as f:
-            f.write(f"{step},{loss:.6g},{lr:.6g},{grad_norm:.6g},{rate:.4g}\n")
+        path = workdir / METRICS_NAME
+        try:
+            with open(path, "a") as f:
+                f.write(f"{step},{loss:.6g},{lr:.6g},{grad_norm:.6g},{rate:.4g}\n")
+        except OSError as err:
+            if err.errno not in NO_SPACE:
+                raise
+            raise NoSpaceError(err.errno, f"step {step}: {NO_SPACE[err.errno]} for {path}, appending the step's "
+                                          f"row (its last row may be cut short)", path) from err
         bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2e}", refresh=False)
     interval.update(loss=0.0, grad_norm=0.0, n=0, t0=now)
 

@@ -217,3 +217,50 @@ def test_verdict_says_win_loss_or_tie_by_the_interval():
     assert "on SSIM the model is worse than" in mixed and "train longer, with a GPU" in mixed
     tie = verdict(comparison([20.0, 18.0, 22.0], [20.0, 20.0, 20.0], [0.5, 0.5, 0.5], [0.6, 0.7, 0.8]), "cuda")
     assert tie.startswith("On PSNR the model is not distinguishable from") and "more time (--minutes)" in tie
+
+
+def interrupted_training_folder(out, name=".train-k1ll3d_x"):
+    """What a demo killed while training leaves in --out: its temporary training folder."""
+    folder = out / name
+    folder.mkdir(parents=True)
+    for file in ("config.yml", "metrics.csv", "checkpoint.pt", ".checkpoint.pt.a1b2c3d4.tmp"):
+        (folder / file).write_bytes(b"left by a killed run")
+    return folder
+
+
+def test_the_training_folder_of_a_killed_demo_is_removed_by_the_next_run(tmp_path, capsys):
+    out = tmp_path / "demo"
+    left = interrupted_training_folder(out)
+    calibration = interrupted_training_folder(out, ".calibration-0abc_def")
+    assert demo(out, "--train-steps", "1", "--clips", "2") == 0
+    assert f"removed {left}" in capsys.readouterr().out
+    assert not left.exists() and not calibration.exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
+
+
+def test_a_hidden_folder_that_is_not_the_demos_own_is_kept(tmp_path, capsys):
+    import fcntl
+    import os
+
+    out = tmp_path / "demo"
+    foreign = interrupted_training_folder(out)
+    (foreign / "notes.txt").write_text("mine")
+    assert demo(out, "--train-steps", "1") == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert (foreign / "notes.txt").read_text() == "mine" and (foreign / "checkpoint.pt").exists()
+    (foreign / "notes.txt").unlink()
+    # A training folder that a running demo holds (its lock) is not a leftover either.
+    fd = os.open(foreign, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert demo(out, "--train-steps", "1") == 2
+        assert "is not empty" in capsys.readouterr().err and (foreign / "checkpoint.pt").exists()
+    finally:
+        os.close(fd)
+
+
+def test_sample_steps_beyond_the_models_timesteps_fail_before_training(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert demo(out, "--set", "model.num_timesteps=10", "--sample-steps", "20") == 2
+    assert "--sample-steps: expected 1 to 10 (the model's num_timesteps), got 20" in capsys.readouterr().err
+    assert not out.exists()

@@ -121,7 +121,7 @@ def test_never_overwrites_without_force(checkpoint, tmp_path, capsys):
     (["--data", "smmnist", "--index", "256"], r"--index: the smmnist test split has clips 0..255, got \[256\]"),
     (["--data", "smmnist", "--index", "-1"], r"--index: expected >= 0, got -1"),
     (["--data", "smmnist", "--start", "2"], "--start: selects the first frame of --input"),
-    (["--data", "smmnist", "--fps", "0"], "--fps: expected a number > 0, got 0.0"),
+    (["--data", "smmnist", "--fps", "0"], "--fps: expected a number from 0.01 to 50, got '0'"),
 ])
 def test_bad_arguments_fail_with_a_message(checkpoint, tmp_path, capsys, args, message):
     out = tmp_path / "out"
@@ -157,3 +157,91 @@ def test_input_errors(checkpoint, tmp_path, capsys):
 def test_input_and_data_are_exclusive(checkpoint, tmp_path, capsys):
     assert sample(checkpoint, tmp_path / "out", "--input", "a.mp4", "--data", "smmnist") == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fps", ["nan", "inf", "0.001", "1000"])
+def test_fps_outside_what_gif_and_mp4_can_show_is_refused(checkpoint, tmp_path, capsys, fps):
+    # GIF frame delays are whole centiseconds and players show delays under 2 cs slower: above 50 fps the
+    # GIF would play at another speed than asked.
+    assert sample(checkpoint, tmp_path / "out", "--data", "smmnist", "--fps", fps) == 2
+    assert "argument --fps: expected a number from 0.01 to 50" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_more_steps_than_the_models_timesteps_are_refused_before_sampling(checkpoint, tmp_path, capsys):
+    assert main(["sample", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), "--data", "smmnist",
+                 "--steps", "5000", "--no-progress"]) == 2
+    assert "--steps: expected 1 to 1000 (the model's num_timesteps), got 5000" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def guided_checkpoint(tmp_path_factory):
+    """The tiny model trained with masked conditioning (past and future), so that it has an unconditional eps."""
+    from cli_helpers import TINY_RUN
+
+    from mcvd.train import RunConfig, train
+
+    run = {**TINY_RUN, "training": {**TINY_RUN["training"], "prob_mask_cond": 0.5}}
+    return train(RunConfig.from_dict(run), tmp_path_factory.mktemp("guided"), progress=False).checkpoint
+
+
+def test_guidance_samples_the_guided_prediction(guided_checkpoint, tmp_path, capsys):
+    import mcvd
+
+    out = tmp_path / "out"
+    assert sample(guided_checkpoint, out, "--data", "smmnist", "--guidance", "2.5", "--seed", "1") == 0
+    assert "guidance 2.5" in capsys.readouterr().out
+    model, _ = mcvd.load(guided_checkpoint)
+    past = StochasticMovingMNIST(P + K, split="test", seed=0, image_size=SIZE, digit_size=DIGIT)[0][None, :P]
+    expected = mcvd.predict(model, past, K, steps=2, guidance=2.5, generator=torch.Generator().manual_seed(1))
+    unguided = mcvd.predict(model, past, K, steps=2, generator=torch.Generator().manual_seed(1))
+    with np.load(out / "frames.npz") as z:
+        np.testing.assert_array_equal(z["prediction"][0], expected.numpy())
+        assert float(z["guidance"]) == 2.5
+        assert not np.array_equal(z["prediction"][0], unguided.numpy())
+
+
+def test_guidance_is_refused_for_a_model_never_trained_unconditionally(checkpoint, tmp_path, capsys):
+    # The tiny checkpoint masks the future but never the past (prob_mask_cond 0): its "unconditional" eps,
+    # with everything masked, was never trained.
+    assert sample(checkpoint, tmp_path / "out", "--data", "smmnist", "--guidance", "2") == 2
+    err = capsys.readouterr().err
+    assert "--guidance: needs a model trained with masked conditioning" in err and "prob_mask_cond = 0" in err
+    assert sample(checkpoint, tmp_path / "out", "--task", "generate", "--guidance", "2") == 2
+    assert "--guidance: guides on condition frames; the task 'generate' has none" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_guidance_of_a_model_file_without_a_run_config_warns(guided_checkpoint, tmp_path, capsys):
+    import mcvd
+    from mcvd.nn import save_model
+
+    model, _ = mcvd.load(guided_checkpoint)
+    path = save_model(tmp_path / "model.pt", model)
+    assert sample(path, tmp_path / "out", "--data", "smmnist", "--guidance", "2") == 0
+    assert "warning: --guidance: " in capsys.readouterr().err
+
+
+def test_predict_from_a_folder_of_frames(checkpoint, tmp_path, capsys):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    square = moving_square(8)
+    for t, image in enumerate(square):  # natural order: 2.png before 10.png
+        Image.fromarray(image).save(frames / f"{t}.png")
+    (frames / "notes.txt").write_text("not a frame")
+    video = tmp_path / "square.mp4"
+    encode_video(video, square)
+    out = tmp_path / "out"
+    assert sample(checkpoint, out, "--input", str(frames), "--start", "1", "--frames", "4") == 0
+    assert f"{frames} from frame 1" in capsys.readouterr().out
+    from mcvd.data.video_folder import frames_to_clip
+
+    clip = frames_to_clip(list(square[1:1 + P + 4]), SIZE, 1)
+    with np.load(out / "frames.npz") as z:
+        np.testing.assert_array_equal(z["past"][0], clip[:P].numpy())
+        np.testing.assert_array_equal(z["truth"][0], clip[P:].numpy())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert sample(checkpoint, tmp_path / "out2", "--input", str(empty)) == 2
+    assert f"input: {empty} holds no frames" in capsys.readouterr().err

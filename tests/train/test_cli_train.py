@@ -81,3 +81,91 @@ def test_refuses_a_folder_with_other_files(config, tmp_path, capsys):
     (tmp_path / "work" / "keep.txt").write_text("x")
     assert main(["train", "--config", str(config), "--workdir", str(tmp_path / "work")]) == 2
     assert "holds files but no checkpoint.pt" in capsys.readouterr().err
+
+
+def test_invalid_yaml_names_the_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("model:\n  ngf: 8\ntraining: {steps: 2\n")
+    assert main(["train", "--config", str(bad), "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert f"mcvd train: error: config: {bad} is not valid YAML: line 4" in err
+    assert main(["train", "--config", str(bad), "--workdir", str(tmp_path / "w"), "--dry-run"]) == 2
+    assert not (tmp_path / "w").exists()
+
+
+def test_an_invalid_yaml_override_is_named(config, tmp_path, capsys):
+    assert main(["train", "--config", str(config), "--workdir", str(tmp_path / "w"), "--dry-run",
+                 "--set", "model.ch_mult=[1, 2"]) == 2
+    assert "mcvd train: error: --set model.ch_mult=[1, 2: the value is not valid YAML" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, message", [
+    ("junk", "MCVD_BACKEND: 'junk' is not a backend: expected one of ('reference', 'cpu', 'cuda', 'triton') or the "
+             "variable unset"),
+    ("cuda", "MCVD_BACKEND: 'cuda' is not available"),
+])
+def test_a_bad_backend_variable_fails_before_the_workdir_is_made(config, tmp_path, capsys, monkeypatch, value,
+                                                                  message):
+    monkeypatch.setenv("MCVD_BACKEND", value)
+    work = tmp_path / "work"
+    assert main(["train", "--config", str(config), "--workdir", str(work), "--no-progress",
+                 "--set", "training.device=cpu"]) == 2
+    assert message in capsys.readouterr().err
+    assert not work.exists()
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_over(config, tmp_path, capsys, monkeypatch):
+    import os
+
+    from mcvd.train import trainer as trainer_module
+    from mcvd.train.objective import mcvd_loss
+
+    work = tmp_path / "work"
+    command = ["train", "--config", str(config), "--workdir", str(work), "--no-progress"]
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module, "mcvd_loss", lambda *a: mcvd_loss(*a) * float("nan"))
+        assert main(command) == 1
+    err = capsys.readouterr().err
+    assert "no checkpoint was written yet" in err and "the same command starts the run over" in err
+    # As a write killed mid-way leaves it.
+    stale = work / ".checkpoint.pt.k1ll3d_x.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    os.utime(stale, (1e9, 1e9))
+    assert sorted(p.name for p in work.iterdir()) == [".checkpoint.pt.k1ll3d_x.tmp", "config.yml", "metrics.csv"]
+    assert main(command) == 0
+    assert "step 2, checkpoint" in capsys.readouterr().out
+    assert sorted(p.name for p in work.iterdir()) == ["checkpoint.pt", "config.yml", "metrics.csv"]
+    assert [row.split(",")[0] for row in (work / "metrics.csv").read_text().splitlines()] == ["step", "1", "2"]
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_which_file(config, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import torch
+
+    from mcvd.train import read_checkpoint
+
+    work = tmp_path / "work"
+    save, calls = torch.save, []
+
+    def filling(obj, fh, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            fh.write(b"x" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(obj, fh, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", filling)
+    assert main(["train", "--config", str(config), "--workdir", str(work), "--no-progress",
+                 "--set", "training.steps=4", "--set", "training.ckpt_every=2"]) == 1
+    err = capsys.readouterr().err
+    checkpoint = work / "checkpoint.pt"
+    assert f"mcvd train: error: step 4: no space left on the device for {checkpoint}" in err
+    assert "1,000 bytes of it were written" in err and f"{checkpoint} keeps step 2" in err
+    assert "Traceback" not in err
+    assert read_checkpoint(checkpoint)["step"] == 2
+    assert sorted(p.name for p in work.iterdir()) == ["checkpoint.pt", "config.yml", "metrics.csv"]
+    monkeypatch.setattr(torch, "save", save)
+    assert main(["train", "--config", str(config), "--workdir", str(work), "--no-progress",
+                 "--set", "training.steps=4", "--set", "training.ckpt_every=2"]) == 0  # resumes from step 2
+    assert read_checkpoint(checkpoint)["step"] == 4

@@ -73,3 +73,27 @@ def test_a_time_limit_stops_every_process_at_the_same_step(tmp_path):
             raise AssertionError("the processes did not stop together: one waits on a collective")
     assert [torch.load(tmp_path / f"limited{r}.pt")["step"] for r in range(2)] == [1, 1]
     assert read_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["step"] == 1
+
+
+def _rank_cli(rank: int, world: int, port: int, config: str, workdir: str, out: str):
+    import contextlib
+
+    from mcvd.cli import main
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    with open(os.path.join(out, f"stdout{rank}.txt"), "w") as fh, contextlib.redirect_stdout(fh):
+        code = main(["train", "--config", config, "--workdir", workdir, "--no-progress"])
+    assert code == 0
+
+
+def test_only_rank_0_prints_the_final_line(tmp_path):
+    import yaml
+
+    config = tmp_path / "run.yml"
+    config.write_text(yaml.safe_dump({**RUN, "training": {**RUN["training"], "steps": 1, "ckpt_every": 1}}))
+    mp.spawn(_rank_cli, args=(2, _free_port(), str(config), str(tmp_path / "ddp"), str(tmp_path)), nprocs=2,
+             join=True)
+    assert (tmp_path / "stdout0.txt").read_text().startswith("mcvd train: step 1, checkpoint ")
+    assert (tmp_path / "stdout1.txt").read_text() == ""

@@ -169,7 +169,7 @@ FPS_RANGE = {"GIF": (0.01, 50.0), "MP4": (0.01, 1000.0)}
 def _check_fps(fps, kind: str) -> None:
     low, high = FPS_RANGE[kind]
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not low <= fps <= high:
-        raise ValueError(f"fps: a {kind} plays {low:g} to {high:g} frames per second, got {fps!r}")
+        raise ValueError(f"fps: expected {low:g} to {high:g} frames per second for {kind}, got {fps!r}")
 
 
 def _check_images(frames: Sequence[np.ndarray]) -> None:

@@ -1,5 +1,6 @@
 """mcvd.video: grid layout, GIF / MP4 / .npz writers, video input."""
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -166,6 +167,18 @@ def test_writers_reject_bad_images_and_missing_folders(tmp_path, images):
         write_mp4(tmp_path / "a.mp4", [])
     with pytest.raises(FileNotFoundError, match="no such folder"):
         write_gif(tmp_path / "missing" / "a.gif", images)
+
+
+@pytest.mark.parametrize("writer, fps, message", [
+    (write_gif, 60, "fps: expected 0.01 to 50 frames per second for GIF, got 60"),  # delays under 2 cs play slower
+    (write_gif, float("nan"), "fps: expected 0.01 to 50 frames per second for GIF, got nan"),
+    (write_mp4, 0.0001, "fps: expected 0.01 to 1000 frames per second for MP4, got 0.0001"),
+    (write_mp4, True, "fps: expected 0.01 to 1000 frames per second for MP4, got True"),
+])
+def test_writers_refuse_a_rate_the_format_cannot_play(tmp_path, images, writer, fps, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        writer(tmp_path / "a.bin", images, fps=fps)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_read_video_start_and_max_frames(tmp_path):

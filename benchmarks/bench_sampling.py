@@ -1,35 +1,66 @@
-"""Latency of one predicted block (k frames) of the SMMNIST-size MCVD model.
+"""Latency of sampling with the SMMNIST-size MCVD model: one step, one predicted block (k frames).
 
     python benchmarks/bench_sampling.py --device cpu --csv benchmarks/results/cpu_sampling.csv
+    python benchmarks/bench_sampling.py --device cpu --conditioning spatin --threads 1 --rows step
     python benchmarks/bench_sampling.py --device cuda --csv benchmarks/results/h100_sampling.csv --md /tmp/s.md
 
-Workloads: 100 DDIM steps (the paper's fast setting) and 10 DPM-Solver++(2M)
-steps (low latency). Providers, all measured in the same run:
-"reference" (every op through its pure-PyTorch reference, the baseline),
-"fused" (the auto backend: C++ on the CPU, CUDA/Triton on a GPU) and
-"fused+graph" (fused, the denoising loop replayed as a CUDA graph; GPU only).
-Each timed call is StreamingPredictor.predict_next(): build the conditioning,
-draw x_T, run every step.
+Providers, all measured in the same run on the same weights:
+"reference" (every op through its pure-PyTorch reference, the network
+recomputing everything at every step: the reference code's way, the
+baseline), "fused" (the auto backend: C++ on the CPU, CUDA/Triton on a GPU;
+still no cache), "fused+cache" (fused, and what depends only on the condition
+frames computed once per block, `MCVD.condition`: what mcvd.predict and the
+streaming predictor do) and "fused+cache+graph" (the denoising loop replayed
+as a CUDA graph; GPU only).
 
-On a CPU a full block takes minutes, so only --cpu-steps steps are timed and
-the times are scaled by steps / timed steps (every step is one network call
-and one reverse_step, so the cost per step is constant); such rows say so.
+Rows:
+- step: one sampling step's network call as the sampler makes it (batch
+  --batch, past given, future masked), the providers timed round-robin so
+  that a shared machine's load falls on all alike; plus "condition", the
+  cache's cost, paid once per block.
+- block: StreamingPredictor.predict_next() for 100 DDIM steps (the paper's
+  fast setting) and 10 DPM-Solver++(2M) steps (low latency): build the
+  conditioning, draw x_T, run every step. On a CPU a full block takes
+  minutes, so only --cpu-steps steps are timed and the time is scaled to the
+  block's steps: condition + (timed - condition) * steps / timed steps (the
+  condition term only with the cache); such rows say so.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Row, environment, measure, write_outputs  # noqa: E402
+from harness import Row, environment, measure, measure_interleaved, write_outputs  # noqa: E402
 
 import mcvd  # noqa: E402
 
 WORKLOADS = [("ddim", 100), ("dpm++", 10)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Provider:
+    name: str
+    backend: str | None  # MCVD_BACKEND for its calls (None: auto)
+    cache: bool  # condition once per block (MCVD.condition)
+    graph: bool = False  # replay the denoising loop as a CUDA graph
+
+
+class Uncached(torch.nn.Module):
+    """The network without its `condition` method: the sampler then passes the
+    condition frames at every step, and the network recomputes what depends on them."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def forward(self, x, t, cond=None, cond_mask=None):
+        return self.model(x, t, cond, cond_mask)
 
 
 @contextlib.contextmanager
@@ -46,39 +77,99 @@ def backend_env(name: str | None):
             os.environ["MCVD_BACKEND"] = before
 
 
-def providers(device: str) -> list[tuple[str, str | None, bool]]:
-    """(name, MCVD_BACKEND value, cuda_graph)."""
-    out = [("reference", "reference", False), ("fused", None, False)]
+def providers(device: str) -> list[Provider]:
+    out = [Provider("reference", "reference", False), Provider("fused", None, False),
+           Provider("fused+cache", None, True)]
     if device.startswith("cuda"):
-        out.append(("fused+graph", None, True))
+        out.append(Provider("fused+cache+graph", None, True, graph=True))
     return out
 
 
-def bench_block(model, method, steps, timed_steps, provider, device, args) -> Row:
-    name, backend, graph = provider
+def conditioning_inputs(model, batch: int, device: str):
+    """Past frames given, future masked (as the streaming predictor conditions)."""
     cfg = model.config
-    past = torch.rand(args.batch, cfg.num_frames_cond, cfg.channels, cfg.image_size, cfg.image_size,
-                      device=device) * 2 - 1
-    stream = mcvd.StreamingPredictor(model, mcvd.SamplerConfig(method=method, steps=timed_steps), cuda_graph=graph,
+    S, C = cfg.image_size, cfg.channels
+    cond = torch.rand(batch, cfg.num_cond_frames, C, S, S, device=device) * 2 - 1
+    mask = torch.zeros(batch, 2, dtype=torch.bool, device=device)
+    mask[:, 0] = True
+    return cond, mask
+
+
+def shape_of(model, batch: int) -> str:
+    cfg = model.config
+    return f"B{batch}xk{cfg.num_frames}x{cfg.channels}x{cfg.image_size}x{cfg.image_size}"
+
+
+def bench_steps(model, provs: list[Provider], device: str, args) -> tuple[list[Row], float]:
+    """One sampling step's network call per provider, interleaved; and the
+    cache's build. Returns the rows and the condition() median (ms)."""
+    cfg = model.config
+    cond, mask = conditioning_inputs(model, args.batch, device)
+    x = torch.randn(args.batch, cfg.num_frames, cfg.channels, cfg.image_size, cfg.image_size, device=device)
+    t = torch.full((args.batch,), cfg.num_timesteps // 2, device=device)
+
+    def call(p: Provider):
+        cache = model.condition(cond, mask) if p.cache else None
+
+        def run():
+            with backend_env(p.backend), torch.no_grad():
+                return model(x, t, cache=cache) if p.cache else model(x, t, cond, cond_mask=mask)
+        return run
+
+    def condition():
+        with torch.no_grad():
+            model.condition(cond, mask)
+
+    fns = {p.name: call(p) for p in provs if not p.graph}
+    fns["condition"] = condition
+    results = measure_interleaved(fns, device=device, warmup=args.warmup, reps=args.reps, max_time_s=args.max_time)
+    base = results["fused"][0]
+    rows = []
+    for name, (med, p20, p80, _) in results.items():
+        if name == "condition":
+            extra = f"once per block; {med / results['fused+cache'][0]:.2f} cached steps"
+            rows.append(Row("condition", "fused+cache", "per_block", shape_of(model, args.batch),
+                            torch.device(device).type, med, p20, p80, extra))
+        else:
+            extra = f"{base / med:.2f}x vs fused without the cache; interleaved"
+            rows.append(Row("sampling_step", name, "eps_call", shape_of(model, args.batch),
+                            torch.device(device).type, med, p20, p80, extra))
+    return rows, results["condition"][0]
+
+
+def bench_block(model, method, steps, timed_steps, p: Provider, device, args, condition_ms: float) -> Row:
+    cond, _ = conditioning_inputs(model, args.batch, device)
+    past = cond[:, :model.config.num_frames_cond]
+    net = model if p.cache else Uncached(model)
+    stream = mcvd.StreamingPredictor(net, mcvd.SamplerConfig(method=method, steps=timed_steps), cuda_graph=p.graph,
                                      generator=torch.Generator(device).manual_seed(0))
     stream.push(past)
-    with backend_env(backend):
+    with backend_env(p.backend):
         med, p20, p80, _ = measure(stream.predict_next, device=device, warmup=args.warmup, reps=args.reps,
                                    max_time_s=args.max_time)
+    fixed = condition_ms if p.cache else 0.0
     scale = steps / timed_steps
-    extra = f"{med / timed_steps:.2f} ms/step"
+
+    def scaled(v):
+        return fixed + (v - fixed) * scale
+    extra = f"{(med - fixed) / timed_steps:.2f} ms/step"
+    if p.cache:
+        extra += f" + condition {fixed:.1f} ms/block"
     if timed_steps != steps:
-        extra += f"; timed {timed_steps} of {steps} steps, scaled x{scale:g}"
-    shape = f"B{args.batch}xk{cfg.num_frames}x{cfg.channels}x{cfg.image_size}x{cfg.image_size}"
-    return Row("sample_block", name, f"{method}x{steps}", shape, torch.device(device).type,
-               med * scale, p20 * scale, p80 * scale, extra)
+        extra += f"; timed {timed_steps} of {steps} steps, scaled"
+    return Row("sample_block", p.name, f"{method}x{steps}", shape_of(model, args.batch), torch.device(device).type,
+               scaled(med), scaled(p20), scaled(p80), extra)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--preset", default="smmnist", help="mcvd.ModelConfig preset (default: smmnist)")
+    ap.add_argument("--conditioning", choices=("preset", "concat", "spatin"), default="preset",
+                    help="the preset's conditioning (concat), or override it")
     ap.add_argument("--batch", type=int, default=1, help="videos per block (default 1: streaming latency)")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--rows", choices=("all", "step", "block"), default="all")
     ap.add_argument("--cpu-steps", type=int, default=3, help="steps timed per block on a CPU (then scaled)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--reps", type=int, default=10)
@@ -86,29 +177,47 @@ def main(argv=None) -> int:
     ap.add_argument("--csv", help="append rows to this CSV")
     ap.add_argument("--md", help="write a Markdown table here")
     args = ap.parse_args(argv)
-    if args.batch < 1 or args.cpu_steps < 1:
-        ap.error("--batch and --cpu-steps must be >= 1")
-    if not hasattr(mcvd, "MCVD"):
-        print("skipped: mcvd.MCVD (the network) is not in this build yet")
-        return 0
+    if args.batch < 1 or args.cpu_steps < 1 or (args.threads is not None and args.threads < 1):
+        ap.error("--batch, --cpu-steps and --threads must be >= 1")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = args.device
     torch.manual_seed(0)
-    model = mcvd.MCVD(mcvd.ModelConfig.preset(args.preset)).to(device).eval()
+    cfg = mcvd.ModelConfig.preset(args.preset)
+    if args.conditioning != "preset":
+        cfg = dataclasses.replace(cfg, conditioning=args.conditioning)
+    model = mcvd.MCVD(cfg).to(device).eval()
     print(environment(device))
-    print(f"model: preset {args.preset!r}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+    print(f"model: preset {args.preset!r}, {cfg.conditioning} conditioning, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+    provs = providers(device)
     rows = []
-    for method, steps in WORKLOADS:
-        timed = steps if device.startswith("cuda") else min(steps, args.cpu_steps)
-        for provider in providers(device):
-            try:
-                row = bench_block(model, method, steps, timed, provider, device, args)
-            except RuntimeError as e:  # a backend missing from this build: say so, keep the other rows
-                reason = str(e).splitlines()[0].split(". ")[0]
-                print(f"{method}x{steps} {provider[0]}: not measured: {reason}")
-                continue
-            rows.append(row)
-            print(f"{row.mode:10s} {row.provider:12s} {row.shape}: median {row.median_ms:10.2f} ms  "
-                  f"p20-p80 {row.p20_ms:.2f}-{row.p80_ms:.2f} ms  ({row.extra})")
+
+    def show(row):
+        rows.append(row)
+        print(f"{row.op:14s} {row.mode:10s} {row.provider:18s} {row.shape}: median {row.median_ms:10.2f} ms  "
+              f"p20-p80 {row.p20_ms:.2f}-{row.p80_ms:.2f} ms  ({row.extra})", flush=True)
+
+    if args.rows in ("all", "step"):
+        step_rows, condition_ms = bench_steps(model, provs, device, args)
+        for row in step_rows:
+            show(row)
+    else:  # the blocks' scaling needs the cache's cost only
+        cond, mask = conditioning_inputs(model, args.batch, device)
+        with torch.no_grad():
+            condition_ms = measure(lambda: model.condition(cond, mask), device=device, warmup=args.warmup,
+                                   reps=args.reps, max_time_s=args.max_time)[0]
+    if args.rows in ("all", "block"):
+        for method, steps in WORKLOADS:
+            timed = steps if device.startswith("cuda") else min(steps, args.cpu_steps)
+            for p in provs:
+                try:
+                    row = bench_block(model, method, steps, timed, p, device, args, condition_ms)
+                except RuntimeError as e:  # a backend missing from this build: say so, keep the other rows
+                    reason = str(e).splitlines()[0].split(". ")[0]
+                    print(f"{method}x{steps} {p.name}: not measured: {reason}")
+                    continue
+                show(row)
     write_outputs(rows, device, args.csv, args.md)
     return 0
 

@@ -210,3 +210,27 @@ def write_outputs(rows: list[Row], device: str, csv_path: str | None, md_path: s
     if md_path:
         with open(md_path, "w") as f:
             f.write(f"{environment(device)}{note}\n\n{markdown_table(rows, 'reference')}\n")
+
+
+def measure_interleaved(fns: dict, *, device: str, warmup: int = 1, reps: int = 10, max_time_s: float = 60.0):
+    """Milliseconds per call of each `fns[name]()`, measured round-robin (one
+    call of each per round) so that load that comes and goes on a shared
+    machine lands on every provider alike: {name: (median, p20, p80, samples)}.
+    Stops after max_time_s once every provider has 3 samples."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict = {name: [] for name in fns}
+    start = time.perf_counter()
+    for i in range(reps):
+        for name, fn in fns.items():
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+        if i + 1 >= 3 and time.perf_counter() - start > max_time_s:
+            break
+    return {name: (statistics.median(s), _quantile(s, 0.2), _quantile(s, 0.8), s) for name, s in samples.items()}

@@ -81,6 +81,10 @@ class BlockSampler:
 
     Args:
         model: the MCVD network, model(x_t, t, cond, cond_mask=...) -> eps.
+            A model with a `condition` method (mcvd.MCVD) is conditioned once
+            per block, `cache = model.condition(cond, cond_mask)`, and called
+            as model(x_t, t, cache=cache) at every step: the same eps without
+            recomputing what depends only on the condition frames.
         sampler: the sampler's options (`mcvd.SamplerConfig`); with a
             guidance weight w, the unconditional eps is the model's with
             everything masked.
@@ -106,6 +110,7 @@ class BlockSampler:
         self.generator, self.cuda_graph, self.device, self.dtype = generator, cuda_graph, device, dtype
         self.bar = bar
         self.scheduler = sampler.make_scheduler(model, device=device)
+        self._cached = callable(getattr(model, "condition", None))
         self._graphs: dict = {}
 
     def __call__(self, cond: torch.Tensor | None, cond_mask: torch.Tensor | None, batch: int) -> torch.Tensor:
@@ -129,17 +134,28 @@ class BlockSampler:
 
     def _denoise(self, x_T, cond, cond_mask, bar):
         model, w = self.model, self.guidance
-        if cond is not None and w is not None:
+        guided = cond is not None and w is not None
+        if guided:
             # One batched call: the conditional half, then the fully masked half.
-            cond2 = torch.cat([cond, cond])
-            mask2 = torch.cat([cond_mask, torch.zeros_like(cond_mask)])
+            cond = torch.cat([cond, cond])
+            cond_mask = torch.cat([cond_mask, torch.zeros_like(cond_mask)])
+        # What depends only on the condition frames, once per block. Under
+        # cuda_graph this runs inside the captured region: every replay
+        # recomputes it from the static cond buffer it was captured with, and
+        # the steps read it at fixed addresses (a cache built outside the
+        # graph would be a stale copy the replay never reads).
+        cache = model.condition(cond, cond_mask) if cond is not None and self._cached else None
 
         def eps_fn(x, t):
-            if cond is None:
-                return model(x, t, None)
-            if w is None:
-                return model(x, t, cond, cond_mask=cond_mask)
-            eps_c, eps_u = model(torch.cat([x, x]), torch.cat([t, t]), cond2, cond_mask=mask2).chunk(2)
+            if guided:
+                x, t = torch.cat([x, x]), torch.cat([t, t])
+            if cache is not None:
+                eps = model(x, t, cache=cache)
+            else:
+                eps = model(x, t, cond) if cond is None else model(x, t, cond, cond_mask=cond_mask)
+            if not guided:
+                return eps
+            eps_c, eps_u = eps.chunk(2)
             return torch.lerp(eps_u, eps_c, w)
         step = None if bar is None else (lambda *_: bar.update(1))
         return denoise(eps_fn, self.scheduler, x_T, generator=self.generator, callback=step)

@@ -6,7 +6,9 @@ through `mcvd.ops.attention`; `backend` (None = auto) is passed to both.
 
 Condition frames reach SPATIN layers as a *pyramid*: a dict mapping a spatial
 size H to the stacked condition frames resized (nearest) to H x H,
-[B, (p+f)*C, H, H], built once per forward pass.
+[B, (p+f)*C, H, H], built once per forward pass; or, when the network samples
+many steps with the same condition frames, as `SpatinMaps`: every SPATIN
+layer's gamma and beta, computed once (`MCVD.condition`).
 """
 from __future__ import annotations
 
@@ -81,6 +83,13 @@ class Spatin(nn.Module):
         return self.gamma_beta(a).chunk(2, dim=1)
 
 
+class SpatinMaps(dict):
+    """Precomputed SPATIN maps: each SPATIN `Norm` (the module itself is the
+    key) -> its (gamma, beta) [B, C, H, W]. Handed to the blocks in place of
+    the condition pyramid, it makes every SPATIN layer skip its convolutions;
+    the maps are those the layer would compute from the pyramid."""
+
+
 class Norm(nn.Module):
     """One fused `spatin_norm` call: GroupNorm -> [affine] -> [SPATIN] ->
     [scale/shift from the time embedding] -> [SiLU].
@@ -111,12 +120,13 @@ class Norm(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
                 cond: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """x: [B, C, H, W]; emb: [B, emb_dim] activated time embedding (if the
-        layer has `emb`); cond: condition pyramid (if the layer has SPATIN)."""
+        layer has `emb`); cond: condition pyramid or SpatinMaps (if the layer
+        has SPATIN)."""
         scale = shift = gamma = beta = None
         if self.emb is not None:
             scale, shift = self.emb(emb).chunk(2, dim=1)
         if self.spatin is not None:
-            gamma, beta = self.spatin(cond[x.shape[-1]])
+            gamma, beta = cond[self] if isinstance(cond, SpatinMaps) else self.spatin(cond[x.shape[-1]])
         return ops.spatin_norm(x, self.num_groups, weight=self.weight, bias=self.bias, gamma=gamma, beta=beta,
                                scale=scale, shift=shift, eps=self.eps, silu=self.silu, backend=self.backend)
 

@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import GROUPNORM_EPS, SPATIN_EPS, AttnBlock, Norm, ResBlock, conv2d, linear
+from .blocks import GROUPNORM_EPS, SPATIN_EPS, AttnBlock, Norm, ResBlock, SpatinMaps, conv2d, linear
+from .condition import ConditionCache, weights_version
 from .config import ModelConfig, level_channels, level_resolutions
 from .data_range import check_data_range
 from .layers import timestep_embedding
@@ -181,7 +182,7 @@ class MCVD(nn.Module):
         if cond.device.type == "cpu" and not torch.compiler.is_compiling():
             check_data_range(cond, "cond")
 
-    def _check_mask(self, cond_mask, B: int, x: torch.Tensor) -> None:
+    def _check_mask(self, cond_mask, B: int, x: torch.Tensor, name: str = "x_t") -> None:
         if not isinstance(cond_mask, torch.Tensor) or cond_mask.dtype != torch.bool:
             raise TypeError(f"cond_mask: expected a bool tensor [B, 2] (past given, future given) or None, "
                             f"got {getattr(cond_mask, 'dtype', type(cond_mask).__name__)}")
@@ -189,12 +190,12 @@ class MCVD(nn.Module):
             raise ValueError(f"cond_mask: expected shape [{B}, 2] (past given, future given), "
                              f"got {list(cond_mask.shape)}")
         if cond_mask.device != x.device:
-            raise ValueError(f"cond_mask: expected device {x.device} (the device of x_t), got {cond_mask.device}")
+            raise ValueError(f"cond_mask: expected device {x.device} (the device of {name}), got {cond_mask.device}")
 
     # --- forward --------------------------------------------------------
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
-                cond_mask: torch.Tensor | None = None) -> torch.Tensor:
+                cond_mask: torch.Tensor | None = None, *, cache: ConditionCache | None = None) -> torch.Tensor:
         """Predict the noise eps in x_t.
 
         Args:
@@ -209,11 +210,17 @@ class MCVD(nn.Module):
                 given) or None (all given). Frames of a masked block are
                 replaced by zeros; with cond_emb, column 0 also selects the
                 mask embedding.
+            cache: what `condition(cond, cond_mask)` computed from the
+                condition frames, in place of cond and cond_mask (both then
+                None): the same eps - bit for bit with SPATIN, up to float
+                summation order in conv_in with concat - without recomputing
+                it. Built by this network for x_t's batch size, dtype and
+                device, with the weights unchanged since.
         Returns:
             eps: shaped like x_t.
         """
         cfg = self.config
-        C, p, f = cfg.channels, cfg.num_frames_cond, cfg.num_frames_future
+        p, f = cfg.num_frames_cond, cfg.num_frames_future
         x = self._stacked(x_t, "x_t", cfg.num_frames)
         B = x.shape[0]
         if B < 1:
@@ -221,7 +228,12 @@ class MCVD(nn.Module):
         if x.dtype != self.conv_in.weight.dtype:
             raise TypeError(f"x_t: expected dtype {self.conv_in.weight.dtype} (the model's), got {x.dtype}")
         self._check_t(t, x)
-        if cfg.num_cond_frames == 0:
+        if cache is not None:
+            if cond is not None or cond_mask is not None:
+                raise ValueError("cond, cond_mask: expected None with cache= (the cache holds what the condition "
+                                 "frames contribute); pass either cond and cond_mask or cache")
+            self._check_cache(cache, x)
+        elif cfg.num_cond_frames == 0:
             if cond is not None:
                 raise ValueError("cond: this model has no condition frames (num_frames_cond + num_frames_future "
                                  "== 0); expected None")
@@ -236,23 +248,25 @@ class MCVD(nn.Module):
         if cond_mask is not None:
             self._check_mask(cond_mask, B, x)
             if cond is not None:
-                given = torch.cat([cond_mask[:, :1].expand(B, p * C), cond_mask[:, 1:].expand(B, f * C)], dim=1)
-                cond = torch.where(given[:, :, None, None], cond, torch.zeros((), dtype=cond.dtype, device=cond.device))
+                cond = self._masked(cond, cond_mask)
         if cond is not None:
             self._check_cond_range(cond)
 
-        emb = self._time_embedding(t, cond_mask, x.dtype)
+        if cache is not None:
+            emb = self._time_embedding(t, cache.mask_embed, x.dtype)
+            pyramid = cache.spatin
+            if cache.conv_in_cond is None:
+                h = self.conv_in(x)
+            else:
+                h = self._conv_in_part(x, 0) + cache.conv_in_cond
+        else:
+            emb = self._time_embedding(t, self._mask_embedding(cond_mask, t), x.dtype)
+            spatin = cfg.conditioning == "spatin"
+            if cond is not None and not spatin:
+                x = torch.cat([x, cond], dim=1)
+            pyramid = self._pyramid(cond) if spatin else None
+            h = self.conv_in(x)
 
-        spatin = cfg.conditioning == "spatin"
-        if cond is not None and not spatin:
-            x = torch.cat([x, cond], dim=1)
-        pyramid = None
-        if spatin:
-            sizes = {cfg.image_size // 2**i for i in range(len(cfg.ch_mult))}
-            pyramid = {s: cond if s == cfg.image_size else F.interpolate(cond, size=(s, s), mode="nearest")
-                       for s in sizes}
-
-        h = self.conv_in(x)
         skips = [h]
         for level in self.down:
             h = level(h, emb, pyramid, skips)
@@ -264,12 +278,146 @@ class MCVD(nn.Module):
         h = self.conv_out(self.norm_out(h, None, pyramid))
         return h.view(x_t.shape)
 
-    def _time_embedding(self, t: torch.Tensor, cond_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-        """SiLU of the time embedding (plus mask embedding), [B, emb_dim]: what
-        every block's scale/shift layer reads."""
+    def _time_embedding(self, t: torch.Tensor, mask_emb: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """SiLU of the time embedding (plus the mask embedding rows `mask_emb`
+        with cond_emb), [B, emb_dim]: what every block's scale/shift layer reads."""
         steps = self.config.num_timesteps - 1 - t
         temb = self.time_mlp(timestep_embedding(steps, self.config.ngf).to(dtype))
         if self.mask_embed is not None:
-            past_given = cond_mask[:, 0].long() if cond_mask is not None else torch.ones_like(t)
-            temb = torch.cat([temb, self.mask_embed(past_given)], dim=1)
+            temb = torch.cat([temb, mask_emb], dim=1)
         return F.silu(temb)
+
+    def _mask_embedding(self, cond_mask: torch.Tensor | None, t: torch.Tensor) -> torch.Tensor | None:
+        """cond_emb: the mask embedding rows [B, ngf // 2], indexed by "past
+        given" (all given when cond_mask is None); else None."""
+        if self.mask_embed is None:
+            return None
+        past_given = cond_mask[:, 0].long() if cond_mask is not None else torch.ones_like(t)
+        return self.mask_embed(past_given)
+
+    def _masked(self, cond: torch.Tensor, cond_mask: torch.Tensor) -> torch.Tensor:
+        """Stacked cond [B, (p+f)*C, H, W] with the frames of masked blocks zeroed."""
+        cfg = self.config
+        B, C, p, f = cond.shape[0], cfg.channels, cfg.num_frames_cond, cfg.num_frames_future
+        given = torch.cat([cond_mask[:, :1].expand(B, p * C), cond_mask[:, 1:].expand(B, f * C)], dim=1)
+        return torch.where(given[:, :, None, None], cond, torch.zeros((), dtype=cond.dtype, device=cond.device))
+
+    def _pyramid(self, cond: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The condition pyramid: each level's size s -> cond resized (nearest) to s x s."""
+        cfg = self.config
+        sizes = {cfg.image_size // 2**i for i in range(len(cfg.ch_mult))}
+        return {s: cond if s == cfg.image_size else F.interpolate(cond, size=(s, s), mode="nearest") for s in sizes}
+
+    # --- condition cache ------------------------------------------------
+
+    def _conv_in_part(self, v: torch.Tensor, start: int) -> torch.Tensor:
+        """conv_in restricted to input channels start.. of its weight: the noisy
+        frames' part with its bias (start 0, v = x), or the condition frames'
+        part without (start k*C, v = cond)."""
+        conv, kC = self.conv_in, self.config.num_frames * self.config.channels
+        weight = conv.weight[:, :kC] if start == 0 else conv.weight[:, start:]
+        bias = conv.bias if start == 0 else None
+        return F.conv2d(v, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def _spatin_layers(self) -> list[tuple[Norm, int]]:
+        """Every SPATIN norm layer with the size of the maps it normalises, in call order."""
+        res = level_resolutions(self.config)
+
+        def block(b: ResBlock, r: int) -> list[tuple[Norm, int]]:
+            out = {"up": 2 * r, "down": r // 2, None: r}[b.resample]  # norm1 runs after resampling
+            return [(b.norm0, r), (b.norm1, out)]
+
+        layers = []
+        for r, level in zip(res, self.down):
+            for b in [*level.blocks, *([level.downsample] if level.downsample is not None else [])]:
+                layers += block(b, r)
+        layers += block(self.mid[0], res[-1]) + block(self.mid[2], res[-1])
+        for r, level in zip(reversed(res), self.up):
+            for b in [*level.blocks, *([level.upsample] if level.upsample is not None else [])]:
+                layers += block(b, r)
+        layers.append((self.norm_out, self.config.image_size))
+        return [(norm, r) for norm, r in layers if norm.spatin is not None]
+
+    def _cached_params(self) -> list[torch.Tensor]:
+        """The weights a ConditionCache is computed from."""
+        leaves = self.__dict__.get("_cache_leaves")
+        if leaves is None:  # the layers, found once (weights may be replaced, modules are not)
+            leaves = [m for norm, _ in self._spatin_layers() for m in (norm.spatin.shared, norm.spatin.gamma_beta)]
+            leaves += [self.conv_in] if self.config.conditioning == "concat" else []
+            leaves += [self.mask_embed] if self.mask_embed is not None else []
+            self.__dict__["_cache_leaves"] = leaves
+        return [p for m in leaves for p in (m.weight, getattr(m, "bias", None)) if p is not None]
+
+    def _check_cache(self, cache: ConditionCache, x: torch.Tensor) -> None:
+        """Raise unless `cache` serves this network for the stacked noisy frames x."""
+        if not isinstance(cache, ConditionCache):
+            raise TypeError(f"cache: expected a ConditionCache from model.condition(), got {type(cache).__name__}")
+        if (x.shape[0], x.dtype, x.device) != (cache.batch, cache.dtype, cache.device):
+            raise ValueError(f"cache: built for batch {cache.batch}, {cache.dtype} on {cache.device}; x_t has "
+                             f"batch {x.shape[0]}, {x.dtype} on {x.device}. Build one for these frames with "
+                             f"model.condition(cond, cond_mask)")
+        # Host-side reads of identity and version counters: skipped while
+        # compiling (a compiled graph is specialised to its inputs anyway).
+        if not torch.compiler.is_compiling():
+            if cache.model is not self:
+                raise ValueError("cache: built by another network; build it with this network's condition()")
+            if weights_version(self._cached_params()) != cache.weights:
+                raise ValueError("cache: the network's weights changed since it was built; build it again with "
+                                 "model.condition(cond, cond_mask)")
+
+    def condition(self, cond: torch.Tensor, cond_mask: torch.Tensor | None = None) -> ConditionCache:
+        """Compute once what depends only on the condition frames, for
+        `forward(x_t, t, cache=...)` at every step of a sampling block.
+
+        SPATIN: every SPATIN layer's (gamma, beta), from the same convolutions
+        on the same pyramid as forward, so a cached forward equals the
+        uncached one bit for bit. Concat: conv(cond, W_c) of the split conv_in
+        (see `mcvd.nn.condition`); the cached forward adds conv(x, W_x) + b to
+        it, which sums the same products as the single convolution in
+        another order: each output differs from forward's by at most
+        2 * gamma_{n+1} * (|W| conv |[x, cond]| + |b|), gamma_n = n u / (1 - n u),
+        n = (k + p + f) * C * 9 products, u the unit roundoff of the dtype.
+        With cond_emb: the mask embedding rows. Memory: SPATIN keeps 2 C H W
+        values per layer and sample (64 MB per sample in float32 for the
+        SMMNIST preset), concat ngf H W per sample.
+
+        Args:
+            cond: past then future frames, [B, p+f, C, H, W] or stacked
+                [B, (p+f)*C, H, W], the model's dtype.
+            cond_mask: bool [B, 2] (past given, future given) or None (all
+                given), as in forward: masked frames are zeroed first.
+        Returns:
+            a ConditionCache, valid for this network (its weights unchanged)
+            and x_t of cond's batch size, dtype and device. Built with
+            autograd if it is enabled (the training loss never uses a cache).
+        """
+        cfg = self.config
+        if cfg.num_cond_frames == 0:
+            raise ValueError("cond: this model has no condition frames (num_frames_cond + num_frames_future == 0); "
+                             "there is nothing to cache, call it without cache=")
+        if cond is None:
+            raise ValueError(f"cond: expected the {cfg.num_frames_cond} past and {cfg.num_frames_future} future "
+                             f"frames; got None (to mask them, pass zeros or set cond_mask)")
+        cond = self._stacked(cond, "cond", cfg.num_cond_frames)
+        B = cond.shape[0]
+        if cond.dtype != self.conv_in.weight.dtype:
+            raise TypeError(f"cond: expected dtype {self.conv_in.weight.dtype} (the model's), got {cond.dtype}")
+        if cond_mask is not None:
+            self._check_mask(cond_mask, B, cond, "cond")
+            cond = self._masked(cond, cond_mask)
+        self._check_cond_range(cond)
+        ones = torch.ones(B, dtype=torch.long, device=cond.device)
+        mask_emb = self._mask_embedding(cond_mask, ones)
+        spatin = conv_in_cond = None
+        if cfg.conditioning == "spatin":
+            pyramid = self._pyramid(cond)
+            spatin = SpatinMaps()
+            for norm, r in self._spatin_layers():
+                gamma, beta = norm.spatin(pyramid[r])
+                # Contiguous once here instead of inside spatin_norm at every step (same values).
+                spatin[norm] = (gamma.contiguous(), beta.contiguous())
+        else:
+            conv_in_cond = self._conv_in_part(cond, cfg.num_frames * cfg.channels)
+        return ConditionCache(batch=B, dtype=cond.dtype, device=cond.device, spatin=spatin,
+                              conv_in_cond=conv_in_cond, mask_embed=mask_emb, model=self,
+                              weights=weights_version(self._cached_params()))

@@ -177,7 +177,11 @@ def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float |
     run.training.batch_size is split evenly over processes and accumulation steps.
     Raises TrainingDiverged (naming the step) if the loss or gradient norm turns
     NaN/Inf; the weights of that step are not applied and checkpoint.pt keeps
-    the last good state.
+    the last good state. Before the workdir is touched: ValueError for a
+    training.device or an MCVD_BACKEND this machine cannot run, an OSError
+    naming the workdir if files cannot be created in it. A full disk raises
+    mcvd.fileio.NoSpaceError naming the file and, for a checkpoint, the step
+    checkpoint.pt keeps.
     """
     tc = run.training
     device = _device(tc)

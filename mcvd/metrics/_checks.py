@@ -9,20 +9,10 @@ error. Values within range_margin of [-1, 1] are taken as float rounding
 and clamped by the metrics."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-DATA_RANGE = "[-1, 1]"
-
-
-def range_margin(dtype: torch.dtype) -> float:
-    """How far beyond [-1, 1] a value may lie and count as in the range, for
-    float rounding of values computed in the range: 1e-3, or 4 ULPs of 1 in
-    the dtype where that is more (float16 3.9e-3, bfloat16 0.031). Far below
-    what a wrong scaling gives (x 255, or [0, 255])."""
-    return max(1e-3, 4 * torch.finfo(dtype).eps)
+from mcvd.nn.data_range import DATA_RANGE, check_data_range
 
 
 def check_video(x, name: str, layout: str) -> None:
@@ -32,15 +22,7 @@ def check_video(x, name: str, layout: str) -> None:
     if not x.is_floating_point():
         hint = " (8-bit levels map to [-1, 1] as x / 127.5 - 1)" if x.dtype == torch.uint8 else ""
         raise TypeError(f"{name}: expected floats in {DATA_RANGE} (shape {layout}), got dtype {x.dtype}{hint}")
-    if x.numel() == 0:
-        return
-    lo, hi = (float(v) for v in torch.aminmax(x.detach()))  # one pass; NaN propagates to both
-    if math.isnan(lo) or math.isnan(hi):
-        raise ValueError(f"{name}: expected values in {DATA_RANGE} (floats), got {int(x.isnan().sum())} NaN values")
-    margin = range_margin(x.dtype)
-    if lo < -1 - margin or hi > 1 + margin:
-        raise ValueError(f"{name}: expected values in {DATA_RANGE} (up to {margin:.2g} beyond, float rounding), "
-                         f"got values in [{lo:.6g}, {hi:.6g}]")
+    check_data_range(x, name, what="values")
 
 
 def check_frames(x: torch.Tensor, name: str) -> None:

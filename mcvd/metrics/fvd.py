@@ -14,7 +14,7 @@ side rounded up, then centre-cropped to 224 x 224; grey frames are repeated
 to RGB; values stay in [-1, 1].
 
 Inputs must be floats in [-1, 1] (up to a rounding margin,
-mcvd.metrics._checks.range_margin); values outside it, NaN, integer dtypes,
+mcvd.nn.data_range.range_margin); values outside it, NaN, integer dtypes,
 fewer than 2 videos or fewer than I3D's 9 frames raise an error naming the
 argument, and so do NaN or infinite features. Videos in [0, 1] (not mapped
 to [-1, 1]) lie inside the range and cannot be told apart: they score wrong

@@ -14,7 +14,7 @@ does the same by default. The reference code also rounds frames to 8 bits
 through PIL first; this module does not.
 
 Inputs must be floats in [-1, 1] (up to a rounding margin,
-mcvd.metrics._checks.range_margin); values outside it, NaN, integer dtypes,
+mcvd.nn.data_range.range_margin); values outside it, NaN, integer dtypes,
 empty videos and frames too small for the network (AlexNet: 31 x 31, VGG:
 16 x 16) raise an error naming the argument. Frames in [0, 1] (not mapped
 to [-1, 1]) lie inside the range and cannot be told apart: they score wrong

@@ -4,7 +4,7 @@ Videos are [..., T, C, H, W], floats in [-1, 1]. Both metrics first map them
 to [0, 1] by (x + 1) / 2 clamped to [0, 1] (the reference code's
 inverse_data_transform) and compute in float64. The clamp only absorbs float
 rounding: values further than a small margin outside [-1, 1]
-(mcvd.metrics._checks.range_margin: 1e-3 in float32), NaN, integer dtypes
+(mcvd.nn.data_range.range_margin: 1e-3 in float32), NaN, integer dtypes
 and empty videos raise an error naming the argument. Videos in [0, 1]
 (frames not mapped to [-1, 1]) lie inside the range and cannot be told
 apart: they score wrong without an error.

@@ -23,15 +23,16 @@ def range_margin(dtype: torch.dtype) -> float:
     return max(1e-3, 4 * torch.finfo(dtype).eps)
 
 
-def check_data_range(x: torch.Tensor, name: str) -> None:
+def check_data_range(x: torch.Tensor, name: str, what: str = "frames") -> None:
     """`x`, a float tensor of frames, must hold values in [-1, 1] (up to
-    range_margin) and no NaN. Reads its values: one pass over them and one
-    read on the host, which on a GPU waits for the work queued before."""
+    range_margin) and no NaN; `what` names its contents in the message. Reads
+    its values: one pass over them and one read on the host, which on a GPU
+    waits for the work queued before."""
     if x.numel() == 0 or x.device.type == "meta":  # nothing to read
         return
     lo, hi = (float(v) for v in torch.aminmax(x.detach()))  # one pass; NaN propagates to both
     margin = range_margin(x.dtype)
-    expected = f"{name}: expected frames in {DATA_RANGE} (up to {margin:.2g} beyond, float rounding)"
+    expected = f"{name}: expected {what} in {DATA_RANGE} (up to {margin:.2g} beyond, float rounding)"
     if math.isnan(lo) or math.isnan(hi):
         raise ValueError(f"{expected}, got {int(x.isnan().sum())} NaN values")
     if lo < -1 - margin or hi > 1 + margin:

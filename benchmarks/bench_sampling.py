@@ -23,7 +23,8 @@ Rows:
   conditioning, draw x_T, run every step. On a CPU a full block takes
   minutes, so only --cpu-steps steps are timed and the time is scaled to the
   block's steps: condition + (timed - condition) * steps / timed steps (the
-  condition term only with the cache); such rows say so.
+  condition term only with the cache, timed in the same rounds); such rows
+  say so. Providers and the condition are timed round-robin.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Row, environment, measure, measure_interleaved, write_outputs  # noqa: E402
+from harness import Row, environment, measure_interleaved, write_outputs  # noqa: E402
 
 import mcvd  # noqa: E402
 
@@ -97,12 +98,11 @@ def conditioning_inputs(model, batch: int, device: str):
 
 def shape_of(model, batch: int) -> str:
     cfg = model.config
-    return f"B{batch}xk{cfg.num_frames}x{cfg.channels}x{cfg.image_size}x{cfg.image_size}"
+    return f"B{batch}xk{cfg.num_frames}x{cfg.channels}x{cfg.image_size}x{cfg.image_size}/{cfg.conditioning}"
 
 
-def bench_steps(model, provs: list[Provider], device: str, args) -> tuple[list[Row], float]:
-    """One sampling step's network call per provider, interleaved; and the
-    cache's build. Returns the rows and the condition() median (ms)."""
+def bench_steps(model, provs: list[Provider], device: str, args) -> list[Row]:
+    """One sampling step's network call per provider, and the cache's build, interleaved."""
     cfg = model.config
     cond, mask = conditioning_inputs(model, args.batch, device)
     x = torch.randn(args.batch, cfg.num_frames, cfg.channels, cfg.image_size, cfg.image_size, device=device)
@@ -134,31 +134,62 @@ def bench_steps(model, provs: list[Provider], device: str, args) -> tuple[list[R
             extra = f"{base / med:.2f}x vs fused without the cache; interleaved"
             rows.append(Row("sampling_step", name, "eps_call", shape_of(model, args.batch),
                             torch.device(device).type, med, p20, p80, extra))
-    return rows, results["condition"][0]
+    return rows
 
 
-def bench_block(model, method, steps, timed_steps, p: Provider, device, args, condition_ms: float) -> Row:
-    cond, _ = conditioning_inputs(model, args.batch, device)
+def bench_blocks(model, method, steps, timed_steps, provs: list[Provider], device, args) -> list[Row]:
+    """One block per provider, interleaved with the cache's build (on a CPU
+    only timed_steps of the block's steps, then scaled)."""
+    cond, mask = conditioning_inputs(model, args.batch, device)
     past = cond[:, :model.config.num_frames_cond]
-    net = model if p.cache else Uncached(model)
-    stream = mcvd.StreamingPredictor(net, mcvd.SamplerConfig(method=method, steps=timed_steps), cuda_graph=p.graph,
-                                     generator=torch.Generator(device).manual_seed(0))
-    stream.push(past)
-    with backend_env(p.backend):
-        med, p20, p80, _ = measure(stream.predict_next, device=device, warmup=args.warmup, reps=args.reps,
-                                   max_time_s=args.max_time)
-    fixed = condition_ms if p.cache else 0.0
-    scale = steps / timed_steps
 
-    def scaled(v):
-        return fixed + (v - fixed) * scale
-    extra = f"{(med - fixed) / timed_steps:.2f} ms/step"
-    if p.cache:
-        extra += f" + condition {fixed:.1f} ms/block"
-    if timed_steps != steps:
-        extra += f"; timed {timed_steps} of {steps} steps, scaled"
-    return Row("sample_block", p.name, f"{method}x{steps}", shape_of(model, args.batch), torch.device(device).type,
-               scaled(med), scaled(p20), scaled(p80), extra)
+    def block(p: Provider):
+        stream = mcvd.StreamingPredictor(model if p.cache else Uncached(model),
+                                         mcvd.SamplerConfig(method=method, steps=timed_steps), cuda_graph=p.graph,
+                                         generator=torch.Generator(device).manual_seed(0))
+        stream.push(past)
+
+        def run():
+            with backend_env(p.backend):
+                return stream.predict_next()
+        return run
+
+    def condition():
+        with torch.no_grad():
+            model.condition(cond, mask)
+
+    fns = {}
+    for p in provs:
+        fn = block(p)
+        try:
+            fn()  # a first call: captures the graph, and finds a backend missing from this build
+        except RuntimeError as e:
+            print(f"{method}x{steps} {p.name}: not measured: {str(e).splitlines()[0].split('. ')[0]}")
+            continue
+        fns[p.name] = fn
+    fns["condition"] = condition
+    results = measure_interleaved(fns, device=device, warmup=max(args.warmup - 1, 0), reps=args.reps,
+                                  max_time_s=args.max_time)
+    condition_ms = results.pop("condition")[0]
+    scale = steps / timed_steps
+    rows = []
+    for p in provs:
+        if p.name not in results:
+            continue
+        med, p20, p80, _ = results[p.name]
+        fixed = condition_ms if p.cache else 0.0
+
+        def scaled(v, fixed=fixed):
+            return fixed + (v - fixed) * scale
+        extra = f"{(med - fixed) / timed_steps:.2f} ms/step"
+        if p.cache:
+            extra += f" + condition {fixed:.1f} ms/block"
+        extra += "; interleaved"
+        if timed_steps != steps:
+            extra += f"; timed {timed_steps} of {steps} steps, scaled"
+        rows.append(Row("sample_block", p.name, f"{method}x{steps}", shape_of(model, args.batch),
+                        torch.device(device).type, scaled(med), scaled(p20), scaled(p80), extra))
+    return rows
 
 
 def main(argv=None) -> int:
@@ -199,24 +230,12 @@ def main(argv=None) -> int:
               f"p20-p80 {row.p20_ms:.2f}-{row.p80_ms:.2f} ms  ({row.extra})", flush=True)
 
     if args.rows in ("all", "step"):
-        step_rows, condition_ms = bench_steps(model, provs, device, args)
-        for row in step_rows:
+        for row in bench_steps(model, provs, device, args):
             show(row)
-    else:  # the blocks' scaling needs the cache's cost only
-        cond, mask = conditioning_inputs(model, args.batch, device)
-        with torch.no_grad():
-            condition_ms = measure(lambda: model.condition(cond, mask), device=device, warmup=args.warmup,
-                                   reps=args.reps, max_time_s=args.max_time)[0]
     if args.rows in ("all", "block"):
         for method, steps in WORKLOADS:
             timed = steps if device.startswith("cuda") else min(steps, args.cpu_steps)
-            for p in provs:
-                try:
-                    row = bench_block(model, method, steps, timed, p, device, args, condition_ms)
-                except RuntimeError as e:  # a backend missing from this build: say so, keep the other rows
-                    reason = str(e).splitlines()[0].split(". ")[0]
-                    print(f"{method}x{steps} {p.name}: not measured: {reason}")
-                    continue
+            for row in bench_blocks(model, method, steps, timed, provs, device, args):
                 show(row)
     write_outputs(rows, device, args.csv, args.md)
     return 0

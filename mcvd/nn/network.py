@@ -356,8 +356,9 @@ class MCVD(nn.Module):
             raise ValueError(f"cache: built for batch {cache.batch}, {cache.dtype} on {cache.device}; x_t has "
                              f"batch {x.shape[0]}, {x.dtype} on {x.device}. Build one for these frames with "
                              f"model.condition(cond, cond_mask)")
-        # Host-side reads of identity and version counters: skipped while
-        # compiling (a compiled graph is specialised to its inputs anyway).
+        # The network's identity and weight versions: read eagerly only (under
+        # torch.compile dynamo would guard on them and recompile for every new
+        # cache), so a compiled forward checks batch, dtype and device alone.
         if not torch.compiler.is_compiling():
             if cache.model is not self:
                 raise ValueError("cache: built by another network; build it with this network's condition()")

@@ -47,6 +47,9 @@ Why:
   PyTorch ops, so a double backward through it is exact.
 - Fake implementations (torch.compile): register_fake in mcvd/ops/<op>.py for
   the C++ ops; a triton_op is its own fake (its launcher runs on fake tensors).
+  Every kernel returns contiguous tensors whatever its inputs' strides (the
+  C++ ones read them through .contiguous()), and so do the fakes
+  (tests/ops/test_op_layouts.py: permuted, channels_last, expanded inputs).
 """
 import torch
 

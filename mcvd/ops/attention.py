@@ -75,14 +75,21 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
 # fake implementations here; the Triton ops' autograd here, when they load.
 
 
+# The kernels read their inputs through .contiguous() and return contiguous
+# tensors whatever the inputs' strides (AttnBlock passes q, k, v as permuted
+# views of one qkv buffer), so the fakes do too: a fake strided like q would
+# make inductor index the real output wrongly (or fail its stride assert).
+
+
 @torch.library.register_fake("mcvd::attention_fwd")
 def _fwd_fake(q, k, v, scale):
-    return torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=stat_dtype(q.dtype))
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    return out, q.new_empty(q.shape[:-1], dtype=stat_dtype(q.dtype))
 
 
 @torch.library.register_fake("mcvd::attention_bwd")
 def _bwd_fake(grad_out, q, k, v, out, lse, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
 
 
 def triton_kernels():

@@ -153,7 +153,9 @@ def reverse_step_coef(x_t, eps, noise, coef, clip_lo=None, clip_hi=None, *, back
 
 @torch.library.register_fake("mcvd::reverse_step")
 def _fake(x_t, eps, noise, coef, clip_lo=None, clip_hi=None):
-    return torch.empty_like(x_t), torch.empty_like(x_t)
+    # Contiguous whatever x_t's strides, as the kernels return them (they read x_t through .contiguous()).
+    return (torch.empty_like(x_t, memory_format=torch.contiguous_format),
+            torch.empty_like(x_t, memory_format=torch.contiguous_format))
 
 
 def _setup_context(ctx, inputs, output):

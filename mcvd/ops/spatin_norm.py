@@ -127,16 +127,19 @@ def spatin_norm(x: torch.Tensor, num_groups: int, *, weight: torch.Tensor | None
 @torch.library.register_fake("mcvd::spatin_norm_fwd")
 def _fwd_fake(x, num_groups, weight=None, bias=None, gamma=None, beta=None, scale=None, shift=None, eps=1e-6,
               silu=False):
+    # The kernels read every tensor through .contiguous() and return contiguous
+    # tensors, whatever the inputs' strides (channels_last, permuted, expanded).
     stats = x.new_empty((x.shape[0], num_groups), dtype=stat_dtype(x.dtype))
-    return torch.empty_like(x), stats, torch.empty_like(stats)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), stats, torch.empty_like(stats)
 
 
 @torch.library.register_fake("mcvd::spatin_norm_bwd")
 def _bwd_fake(grad_y, x, mean, rstd, num_groups, weight=None, bias=None, gamma=None, beta=None, scale=None,
               shift=None, silu=False):
-    grads = [torch.empty_like(x)]
+    grads = [torch.empty_like(x, memory_format=torch.contiguous_format)]
     for t in (weight, bias, gamma, beta, scale, shift):
-        grads.append(torch.empty_like(t) if t is not None else x.new_empty((0,)))
+        grads.append(torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None
+                     else x.new_empty((0,)))
     return tuple(grads)
 
 

@@ -177,7 +177,14 @@ class ResBlock(nn.Module):
         h = self.conv1(self.dropout(h))
         if self.skip is not None:
             x = self.skip(x)
-        return (x + h) / math.sqrt(2.0)
+        # x + h spelt x - (-1) * h: the same sum bit for bit, but not the `add`
+        # that inductor's oneDNN pass (CPU, freezing) fuses into conv1 as a write
+        # into x's buffer in place. torch 2.13 can lose the order of that write
+        # when it fuses a reader of the sum with a loop of another shape (such
+        # as the copy into a decoder level's torch.cat), and run the reader
+        # first: it then reads x without h (pytorch/pytorch#185509, fixed by
+        # #185873; here relative error 0.75 on a checkpoint's weights).
+        return torch.sub(x, h, alpha=-1) / math.sqrt(2.0)
 
 
 class AttnBlock(nn.Module):

@@ -9,9 +9,11 @@ frame of a panel has a coloured border saying what it is (`KIND_COLOURS`):
     real     a true frame the model did not see (the target)
     held     the last given frame, held while the model predicts: what the
              copy-last-frame baseline predicts
+    blank    no frame yet (a streamed video's prediction before p frames arrived)
 
 A bar under the grid grows with time, in the colour of the prediction
-panel's frame. Input clips come from a video file or a folder of frames.
+panel's frame. Input clips come from a video file or a folder of frames,
+whole (load_clip) or one frame at a time as they play (iter_clip).
 Every file is written to a temporary file beside its target and renamed
 (mcvd.fileio.atomic_write), so a reader never sees a partial file and an
 interrupted run leaves no broken one.
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mcvd.data.video_folder import IMAGE_EXTENSIONS, frame_files, frames_to_clip, read_frames
+from mcvd.data.video_folder import IMAGE_EXTENSIONS, count_video_frames, frame_files, frames_to_clip, read_frames
 from mcvd.fileio import atomic_write
 
 KIND_COLOURS = {
@@ -36,6 +38,7 @@ KIND_COLOURS = {
     "sampled": (214, 39, 40),
     "real": (31, 119, 180),
     "held": (127, 127, 127),
+    "blank": (64, 64, 64),
 }
 BACKGROUND = (24, 24, 24)
 TEXT = (230, 230, 230)
@@ -100,6 +103,30 @@ def task_panels(prediction: torch.Tensor, *, past: torch.Tensor | None = None, t
     if truth is not None:
         panels.append(panel("truth", truth, "real"))
     return panels
+
+
+def stream_panels(observed: torch.Tensor, predicted: torch.Tensor, shown: torch.Tensor) -> list[Panel]:
+    """The panels input | prediction of a streamed video (mcvd.diffusion.stream_video): at each
+    time t the observed frame t beside the prediction for t, made from the frames before t.
+
+    Args:
+        observed: [T, C, H, W], the frames as they arrived.
+        predicted: [T, C, H, W], the prediction for each time (read where `shown`).
+        shown: [T] bool, whether a prediction for t was made (False while the first p
+            frames arrive: a blank frame).
+    Input frames are "given" while no prediction is shown, then "real" (the
+    truth of the prediction beside them, which the model has not seen yet).
+    """
+    T = observed.shape[0]
+    if observed.dim() != 4 or predicted.shape != observed.shape or tuple(shown.shape) != (T,):
+        raise ValueError(f"observed, predicted, shown: expected [T, C, H, W], [T, C, H, W] and [T], got "
+                         f"{list(observed.shape)}, {list(predicted.shape)} and {list(shown.shape)}")
+    shown = shown.to(torch.bool).cpu()
+    blank = torch.full_like(predicted, -1.0)
+    prediction = torch.where(shown.view(T, 1, 1, 1).to(predicted.device), predicted, blank)
+    flags = shown.tolist()
+    return [Panel("input", observed[None], tuple("real" if s else "given" for s in flags)),
+            Panel("prediction", prediction[None], tuple("sampled" if s else "blank" for s in flags))]
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -247,23 +274,26 @@ def read_video(path: str | os.PathLike, *, start: int = 0, max_frames: int | Non
     """Decode frames start, start + 1, ... (at most max_frames) of a video file's
     first video stream (PyAV): uint8 RGB images [H, W, 3]. Raises ValueError
     naming the file if it is not a readable video."""
+    return list(_decode_video(Path(path), start, max_frames))
+
+
+def _decode_video(path: Path, start: int, max_frames: int | None) -> Iterator[np.ndarray]:
+    """read_video's frames, each decoded when asked for."""
     av = _av()
-    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"input: no such file: {path}")
-    out = []
+    stop = None if max_frames is None else start + max_frames
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise ValueError(f"input: {path} has no video stream")
             for i, frame in enumerate(container.decode(video=0)):
-                if max_frames is not None and len(out) >= max_frames:
+                if stop is not None and i >= stop:
                     break
                 if i >= start:
-                    out.append(frame.to_ndarray(format="rgb24"))
+                    yield frame.to_ndarray(format="rgb24")
     except av.FFmpegError as err:
         raise ValueError(f"input: cannot decode {path} as a video ({type(err).__name__}: {err})") from err
-    return out
 
 
 def read_frame_folder(path: str | os.PathLike, *, start: int = 0, max_frames: int | None = None) -> list[np.ndarray]:
@@ -272,15 +302,30 @@ def read_frame_folder(path: str | os.PathLike, *, start: int = 0, max_frames: in
     folder): RGB images [H, W, 3], uint8, or uint16 for 16-bit greyscale. Raises
     ValueError naming the folder if it holds no frames or a frame cannot be read."""
     path = Path(path)
-    files = frame_files(path)
-    if not files:
-        raise ValueError(f"input: {path} holds no frames (files {', '.join(IMAGE_EXTENSIONS)}); expected a video "
-                         f"file or a folder of frames")
+    files = _folder_frames(path)
     chosen = files[start:None if max_frames is None else start + max_frames]
     try:
         return read_frames(chosen, files[0]) if chosen else []
     except OSError as err:  # PIL: not an image, truncated
         raise ValueError(f"input: cannot read the frames of {path} ({type(err).__name__}: {err})") from err
+
+
+def _folder_frames(path: Path) -> list[Path]:
+    files = frame_files(path)
+    if not files:
+        raise ValueError(f"input: {path} holds no frames (files {', '.join(IMAGE_EXTENSIONS)}); expected a video "
+                         f"file or a folder of frames")
+    return files
+
+
+def _read_folder(path: Path, start: int, max_frames: int | None) -> Iterator[np.ndarray]:
+    """read_frame_folder's frames, each read when asked for."""
+    files = _folder_frames(path)
+    for f in files[start:None if max_frames is None else start + max_frames]:
+        try:
+            yield read_frames([f], files[0])[0]
+        except OSError as err:
+            raise ValueError(f"input: cannot read the frames of {path} ({type(err).__name__}: {err})") from err
 
 
 def load_clip(path: str | os.PathLike, image_size: int, channels: int, *, start: int = 0,
@@ -295,3 +340,46 @@ def load_clip(path: str | os.PathLike, image_size: int, channels: int, *, start:
     if not frames:
         return torch.zeros((0, channels, image_size, image_size))
     return frames_to_clip(frames, image_size, channels)
+
+
+def iter_clip(path: str | os.PathLike, image_size: int, channels: int, *, start: int = 0,
+              max_frames: int | None = None) -> Iterator[torch.Tensor]:
+    """The frames of a video file or a folder of frames one at a time, each decoded
+    when asked for, as a live source delivers them: float32 [channels, image_size,
+    image_size] in [-1, 1], converted as load_clip converts them. Errors as
+    read_video and read_frame_folder, raised when the frame is reached."""
+    path = Path(path)
+    rgb = _read_folder(path, start, max_frames) if path.is_dir() else _decode_video(path, start, max_frames)
+    for frame in rgb:
+        yield frames_to_clip([frame], image_size, channels)[0]
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """Frames of a folder of frames, or of a video file's first video stream (counted
+    by demuxing, without decoding). FileNotFoundError or ValueError naming the input
+    when it is missing, a folder without frames or not a readable video."""
+    path = Path(path)
+    if path.is_dir():
+        return len(_folder_frames(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"input: no such file or folder: {path}")
+    av = _av()
+    try:
+        return count_video_frames(path)
+    except (av.FFmpegError, ValueError) as err:
+        raise ValueError(f"input: cannot read {path} as a video ({type(err).__name__}: {err})") from err
+
+
+def frame_rate(path: str | os.PathLike) -> float | None:
+    """Frames per second of a video file's first video stream (its average rate), or
+    None: a folder of frames, or a file that does not say."""
+    path = Path(path)
+    if path.is_dir():
+        return None
+    av = _av()
+    try:
+        with av.open(str(path)) as container:
+            rate = container.streams.video[0].average_rate if container.streams.video else None
+    except av.FFmpegError as err:
+        raise ValueError(f"input: cannot read {path} as a video ({type(err).__name__}: {err})") from err
+    return float(rate) if rate else None

@@ -10,7 +10,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("demo", "train", "sample", "eval", "convert_official")
+COMMANDS = ("demo", "train", "sample", "eval", "stream", "convert_official")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -101,7 +101,7 @@ def _is_read_error(err: Exception) -> bool:
     return isinstance(err, (OSError, ValueError)) or type(err).__module__.split(".")[0] == "av"
 
 
-def _count_video_frames(path: Path) -> int:
+def count_video_frames(path: Path) -> int:
     """Frames of the first video stream, by demuxing (no decoding)."""
     with _av().open(str(path)) as container:
         if not container.streams.video:
@@ -232,7 +232,7 @@ class VideoFolder(Dataset):
         ends = []  # cumulative clip counts
         for path, frames in _find_videos(self.root):
             try:
-                count = len(frames) if frames is not None else _count_video_frames(path)
+                count = len(frames) if frames is not None else count_video_frames(path)
             except Exception as err:
                 if not _is_read_error(err):
                     raise

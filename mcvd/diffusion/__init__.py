@@ -4,6 +4,7 @@ from .sampling import denoise, sample
 from .schedule import Schedule, cosine_betas, linear_betas
 from .schedulers import SPACINGS, DDIMScheduler, DDPMScheduler, DPMSolverScheduler, Scheduler, spaced_timesteps
 from .streaming import StreamingPredictor
+from .stream_video import StreamRun, stream_video
 from .tasks import predict
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "SamplerConfig",
     "Schedule",
     "Scheduler",
+    "StreamRun",
     "StreamingPredictor",
     "cosine_betas",
     "default_schedule",
@@ -24,4 +26,5 @@ __all__ = [
     "predict",
     "sample",
     "spaced_timesteps",
+    "stream_video",
 ]

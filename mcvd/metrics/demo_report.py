@@ -1,7 +1,8 @@
 """The report of `mcvd demo`: metrics.png, report.md and metrics.json.
 
 Inputs: `info` (the run's facts: verdict, expectation, device, threads,
-parameters, training, evaluation, run_config, out, command), the comparison
+parameters, training, evaluation, run_config, out, command, and optionally
+stream: the streamed clip's StreamRun.summary() with method and steps), the comparison
 with copy-last-frame (mcvd.metrics.baselines.compare), the frame numbers and
 the scores of the model and the baselines (mcvd.metrics.baselines). Every
 file is written atomically (mcvd.fileio.atomic_write).
@@ -82,6 +83,7 @@ def markdown(info: dict, comparison: dict, frames: list[int], scores: dict[str, 
     for j, fr in enumerate(frames):
         cells = [f"{s['psnr_per_frame'][j]:.2f} / {s['ssim_per_frame'][j]:.3f}" for s in scores.values()]
         lines.append(f"| {fr} | " + " | ".join(cells) + " |")
+    lines += stream_section(info)
     budget = "" if tr["budget_seconds"] is None else f" (budget {tr['budget_seconds']:.0f} s)"
     lines += [
         "", "## Training", "",
@@ -100,6 +102,33 @@ def markdown(info: dict, comparison: dict, frames: list[int], scores: dict[str, 
         "```", "",
     ]
     return "\n".join(lines)
+
+
+def stream_section(info: dict) -> list[str]:
+    """The streamed clip's lines of report.md (none when the run streamed none)."""
+    st = info.get("stream")
+    if st is None:
+        return []
+    k, every = st["frames_per_prediction"], st["every"]
+    return [
+        "", "## Streaming", "",
+        "![input | prediction, as the clip plays](stream.gif)", "",
+        (f"A held-out clip of {st['frames_in']} frames pushed frame by frame through `mcvd.StreamingPredictor` "
+         f"({st['method']}, {st['steps']} steps): after the first {st['past_frames']} frames, a prediction of the "
+         f"next {k} frames every {every} frames, from the frames before them; stream.gif shows at each time the "
+         f"observed frame beside the prediction made for it. {st['predictions']} predictions on {info['device']} "
+         f"({info['threads']} torch CPU thread(s)):"), "",
+        ("| predicted frames / s | latency per prediction: median | p90 | max | per predicted frame (median / k) "
+         "| first prediction |"),
+        "|---|---|---|---|---|---|",
+        (f"| {st['predicted_fps']:.1f} | {st['latency_median'] * 1000:.0f} ms | {st['latency_p90'] * 1000:.0f} ms "
+         f"| {st['latency_max'] * 1000:.0f} ms | {st['latency_per_frame'] * 1000:.0f} ms "
+         f"| {st['first_latency'] * 1000:.0f} ms (builds the sampler; left out of the rest) |"), "",
+        ("Predicted frames per second: k frames per prediction over the mean latency, so a stall of the machine "
+         "counts in full; the median shows the typical prediction."), "",
+        (f"`mcvd stream --checkpoint {info['out']}/checkpoint.pt --input VIDEO` streams a video file or a folder of "
+         "frames the same way."),
+    ]
 
 
 def write_demo_report(out: Path, info: dict, comparison: dict, frames: list[int], scores: dict[str, dict],

@@ -11,7 +11,7 @@ from PIL import Image
 
 import mcvd
 from mcvd.cli import main
-from mcvd.cli.demo import OUTPUTS
+from mcvd.cli.demo import OUTPUTS, STREAM_FRAMES
 from mcvd.cli.demo_config import SIZES, demo_ema_rate, reproduce_command
 from mcvd.data import StochasticMovingMNIST
 from mcvd.metrics.baselines import compare, verdict
@@ -73,6 +73,17 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
 
     with Image.open(out / "demo.gif") as gif:
         assert gif.n_frames == P + 4
+    # The streamed clip: input | prediction at each of its frames, and its rate printed and reported.
+    with Image.open(out / "stream.gif") as gif:
+        assert gif.n_frames == STREAM_FRAMES
+    st = json.loads((out / "metrics.json").read_text())["stream"]
+    k = TINY.model["num_frames"]
+    assert (st["frames_in"], st["predictions"], st["method"], st["steps"]) == (
+        STREAM_FRAMES, (STREAM_FRAMES - P) // k + 1, "dpm++", 10)
+    assert re.search(rf"streamed a held-out clip of {STREAM_FRAMES} frames \(dpm\+\+ 10 steps, {k} frames predicted "
+                     rf"every {k}\): \d+\.\d predicted frames per second, latency per prediction median \d+ ms", text)
+    assert "## Streaming" in (out / "report.md").read_text() and f"| {st['predicted_fps']:.1f} |" in (
+        out / "report.md").read_text()
     with Image.open(out / "metrics.png") as png:
         assert png.format == "PNG" and png.size[0] > png.size[1]
 

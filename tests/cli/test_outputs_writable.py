@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import TINY_RUN
+from cli_helpers import TINY_RUN, encode_video, moving_square
 
 from mcvd.cli import main
 
@@ -43,6 +43,14 @@ def test_eval(checkpoint, unwritable, capsys):
     assert main(["eval", "--checkpoint", str(checkpoint), "--data", "smmnist", "--steps", "2", "--no-progress",
                  "--no-fvd", "--num-clips", "1", "--out", str(unwritable / "out")]) == 2
     assert f"mcvd eval: error: --out: cannot create files in {unwritable}" in capsys.readouterr().err
+
+
+def test_stream(checkpoint, unwritable, tmp_path, capsys):
+    video = tmp_path / "square.mp4"
+    encode_video(video, moving_square(4))
+    assert main(["stream", "--checkpoint", str(checkpoint), "--input", str(video), "--steps", "2", "--no-progress",
+                 "--out", str(unwritable / "out" / "side.mp4")]) == 2
+    assert f"mcvd stream: error: --out: cannot create files in {unwritable}" in capsys.readouterr().err
 
 
 def test_demo(unwritable, capsys):

@@ -14,7 +14,10 @@ from mcvd.video import (
     HEADER,
     KIND_COLOURS,
     Panel,
+    count_frames,
+    frame_rate,
     grid_frames,
+    iter_clip,
     load_clip,
     read_video,
     task_panels,
@@ -210,3 +213,29 @@ def test_read_video_errors(tmp_path):
     bad.write_text("not a video")
     with pytest.raises(ValueError, match="input: cannot decode .*bad.mp4 as a video"):
         read_video(bad)
+
+
+def test_iter_clip_reads_the_frames_of_load_clip_one_at_a_time(tmp_path):
+    video = tmp_path / "square.mp4"
+    encode_video(video, moving_square(6), fps=7)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t, f in enumerate(moving_square(5)):
+        Image.fromarray(f).save(folder / f"{t}.png")
+    for path, T, fps in ((video, 6, 7.0), (folder, 5, None)):
+        assert count_frames(path) == T and frame_rate(path) == fps
+        for channels in (1, 3):
+            frames = iter_clip(path, 16, channels, start=1, max_frames=3)
+            first = next(frames)  # decoded when asked for
+            assert first.shape == (channels, 16, 16)
+            # Converted frame by frame: the luma sum may differ from the whole clip's in the last bit.
+            torch.testing.assert_close(torch.stack([first, *frames]), load_clip(path, 16, channels, start=1,
+                                                                                max_frames=3), rtol=0, atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="input: no such file or folder"):
+        count_frames(tmp_path / "none.mp4")
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    with pytest.raises(ValueError, match="input: cannot read .*bad.mp4 as a video"):
+        count_frames(bad)
+    with pytest.raises(ValueError, match="input: cannot decode .*bad.mp4 as a video"):
+        next(iter_clip(bad, 16, 1))

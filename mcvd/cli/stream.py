@@ -1,0 +1,158 @@
+"""`mcvd stream`: run the streaming predictor over a video as it plays.
+
+    mcvd stream --checkpoint CKPT --input VIDEO|FRAMES [--out FILE.mp4|FILE.gif] [--method dpm++]
+                [--steps 10] [--every N] [--max-frames N] [--fps F] [--seed S] [--device D]
+                [--threads N] [--force]
+
+CKPT: any model file that mcvd.load reads. The frames of --input (a video
+file decoded with PyAV, or a folder of frames in natural name order) are read
+one at a time and converted to the model's frames as mcvd.data.VideoFolder
+converts them (short side resized, centre crop, RGB or luma). Each frame is
+pushed to mcvd.StreamingPredictor when it arrives; once p frames are in, a
+prediction of the next k frames is made every --every frames (default k),
+right after the newest frame is pushed, so the prediction shown for time t is
+made from frames before t only (mcvd.diffusion.stream_video).
+
+Every frame is processed as fast as the machine goes (none is dropped), and
+the output plays at the source's rate: the side-by-side video shows at each
+time t the observed frame t (input) beside the prediction for t (blank for
+the first p frames). It prints the frames in, the predictions made, the
+predicted frames per second, the latency per prediction (median and p90;
+the first, which builds the sampler, apart) and per predicted frame, and
+whether that keeps up with the source: 90% of the predictions ready before
+the next is due, --every frames later at the source's frame rate.
+
+Writes --out (default stream_out/<input name>.mp4; .gif for a GIF, at most
+50 fps), refused if it exists unless --force is given.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, check_output_folder, check_steps, error, float_range,
+                      load_checkpoint_arg, positive_int, resolve_device)
+
+HELP = "run the streaming predictor over a video as it plays: side-by-side video, frame rate, latency"
+FORMATS = (".mp4", ".gif")
+GIF_MAX_FPS = 50.0
+FOLDER_FPS = 10.0  # a folder of frames has no frame rate of its own
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("stream", help=HELP, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="training checkpoint, model file or reference checkpoint")
+    p.add_argument("--input", type=Path, required=True, help="video file or folder of frames")
+    p.add_argument("--out", type=Path, default=None,
+                   help="side-by-side video, .mp4 or .gif (default: stream_out/<input name>.mp4)")
+    p.add_argument("--method", choices=("dpm++", "ddim", "ddpm"), default="dpm++", help="sampler (default: dpm++)")
+    p.add_argument("--steps", type=positive_int, default=10,
+                   help="sampler steps per prediction, 1 to the model's num_timesteps (default: 10)")
+    p.add_argument("--every", type=positive_int, default=None,
+                   help="frames between predictions, 1 to the model's k (default: k, each predicted frame shown once)")
+    p.add_argument("--max-frames", type=positive_int, default=None, help="stop after this many input frames")
+    p.add_argument("--fps", type=float_range(0.01, 1000), default=None,
+                   help=f"the source's frame rate (default: the video's own; {FOLDER_FPS:g} for a folder of frames)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    p.add_argument("--device", default="auto", help="'auto' (CUDA when there is one), 'cpu', 'cuda', 'cuda:1', ...")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's)")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay each prediction's denoising loop as a CUDA graph (default: on a CUDA device)")
+    p.add_argument("--no-ema", action="store_true", help="the raw weights of a checkpoint, not the EMA")
+    p.add_argument("--force", action="store_true", help="replace --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def _output(args) -> Path:
+    """--out, checked: a new (or, with --force, existing) .mp4 or .gif file in a folder that takes files."""
+    if not args.input.exists():
+        raise UsageError(f"--input: no such file or folder: {args.input}")
+    out = args.out or Path("stream_out") / f"{args.input.stem if args.input.is_file() else args.input.name}.mp4"
+    if out.suffix.lower() not in FORMATS:
+        raise UsageError(f"--out: expected a file ending in {' or '.join(FORMATS)}, got {out}")
+    if out.is_dir():
+        raise UsageError(f"--out: {out} is a folder; expected a video file")
+    if out.exists() and not args.force:
+        raise UsageError(f"--out: {out} exists; choose another file or pass --force to replace it")
+    check_output_folder("--out", out.parent)
+    return out
+
+
+def fmt_seconds(s: float) -> str:
+    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from mcvd.diffusion import SamplerConfig, stream_video
+    from mcvd.video import count_frames, frame_rate, grid_frames, iter_clip, write_gif, write_mp4
+
+    try:
+        out = _output(args)
+        device = resolve_device(args.device)
+        cuda_graph = device.type == "cuda" if args.cuda_graph is None else args.cuda_graph
+        if cuda_graph and device.type != "cuda":
+            raise UsageError(f"--cuda-graph: needs a CUDA device, got {device}")
+        model, cfg, weights, _ = load_checkpoint_arg(args.checkpoint, args.no_ema, device)
+        p, k = cfg.num_frames_cond, cfg.num_frames
+        if p < 1:
+            raise UsageError("--checkpoint: streaming prediction needs a model with past frames (num_frames_cond "
+                             ">= 1), got 0")
+        if cfg.channels not in (1, 3):
+            raise UsageError(f"--checkpoint: video frames are read as RGB or luma; the model takes {cfg.channels} "
+                             f"channels")
+        check_steps("--steps", args.steps, cfg)
+        if args.every is not None and args.every > k:
+            raise UsageError(f"--every: expected 1 to the model's k={k} (frames per prediction), got {args.every}")
+        available = count_frames(args.input)
+        frames = available if args.max_frames is None else min(available, args.max_frames)
+        if frames < p + 1:
+            limit = "" if frames == available else f" of its {available} (--max-frames)"
+            raise UsageError(f"--input: {args.input}: {frames} frames{limit}; streaming needs at least p + 1 = "
+                             f"{p + 1} (the model's p = {p} past frames, then one frame to predict)")
+        source_fps = args.fps or frame_rate(args.input)
+        fps_source = "--fps" if args.fps else "the video's" if source_fps else "assumed"
+        source_fps = source_fps or FOLDER_FPS
+        sampler = SamplerConfig(method=args.method, steps=args.steps)
+    except (FileNotFoundError, ValueError) as err:  # UsageError included
+        return error("stream", err, EXIT_USAGE)
+    except ImportError as err:
+        return error("stream", err, EXIT_FAILURE)
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    try:
+        result = stream_video(model, iter_clip(args.input, cfg.image_size, cfg.channels, max_frames=args.max_frames),
+                              sampler=sampler, every=args.every, generator=generator, cuda_graph=cuda_graph,
+                              source_fps=source_fps, progress=not args.no_progress, total=frames)
+    except ValueError as err:  # a frame that cannot be decoded or read
+        return error("stream", err, EXIT_USAGE)
+    grid = grid_frames(result.panels())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    gif = out.suffix.lower() == ".gif"
+    out_fps = min(source_fps, GIF_MAX_FPS) if gif else source_fps
+    written = (write_gif if gif else write_mp4)(out, grid, fps=out_fps, overwrite=args.force)
+
+    s = result.summary()
+    every = "frame" if result.every == 1 else f"{result.every} frames"
+    threads = f", {torch.get_num_threads()} thread(s)" if device.type == "cpu" else ""
+    graph = ", CUDA graph" if cuda_graph else ""
+    first = (f"the first, building the sampler, {fmt_seconds(s['first_latency'])}, left out" if s["predictions"] > 1
+             else "a single prediction, which also built the sampler")
+    print(f"mcvd stream: {args.input}: {s['frames_in']} frames in at {source_fps:g} fps ({fps_source}); "
+          f"{s['predictions']} predictions of k={k} frames, one every {every} from frame {p}; "
+          f"{args.method} {args.steps} steps, {weights} weights, {device}{threads}{graph}")
+    print(f"mcvd stream: {s['predicted_fps']:.2f} predicted frames per second ({k} per prediction); latency per "
+          f"prediction median {fmt_seconds(s['latency_median'])}, p90 {fmt_seconds(s['latency_p90'])}, max "
+          f"{fmt_seconds(s['latency_max'])} ({first}), per predicted frame {fmt_seconds(s['latency_per_frame'])}; "
+          f"{s['frames_in'] / s['seconds']:.2f} input frames per second overall")
+    verdict = "keeps up with" if result.keeps_up else "does not keep up with"
+    print(f"mcvd stream: {verdict} the source's {source_fps:g} fps: a prediction is due every {every}, "
+          f"{fmt_seconds(result.budget)}; 90% took at most {fmt_seconds(s['latency_p90'])}")
+    print(f"mcvd stream: wrote {written} (input | prediction, {s['frames_in']} frames at {out_fps:g} fps)")
+    return 0

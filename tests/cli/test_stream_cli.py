@@ -1,0 +1,106 @@
+"""`mcvd stream`: a video file and a frame folder streamed through a tiny model, the side-by-side output, the
+printed rates, errors."""
+import re
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import SIZE, K, P, encode_video, moving_square
+from PIL import Image
+
+from mcvd.cli import main
+from mcvd.video import BAR, BORDER, GAP, HEADER, load_clip, read_video
+
+FAST = ["--steps", "2", "--threads", "1", "--no-progress"]
+CELL = SIZE * 4 + 2 * BORDER  # 16 x 16 frames are shown 4x
+SIDE_BY_SIDE = (2 * CELL + 3 * GAP, HEADER + CELL + 2 * GAP + BAR)  # input | prediction, one row
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("input") / "square.mp4"
+    encode_video(path, moving_square(9), fps=5)
+    return path
+
+
+def stream(checkpoint, *args):
+    return main(["stream", "--checkpoint", str(checkpoint), *FAST, *args])
+
+
+def test_a_video_file(checkpoint, video, tmp_path, capsys):
+    out = tmp_path / "side.mp4"
+    assert stream(checkpoint, "--input", str(video), "--out", str(out)) == 0
+    text = capsys.readouterr().out
+    # One prediction of K frames after frame P - 1, then one every K frames: after frames 1, 3, 5, 7.
+    assert f"9 frames in at 5 fps (the video's); 4 predictions of k={K} frames, one every {K} frames from frame {P}" \
+        in text
+    assert re.search(rf"\d+\.\d\d predicted frames per second \({K} per prediction\); latency per prediction median "
+                     r"\d+ ms, p90 \d+ ms, max \d+ ms", text)
+    assert re.search(r"keeps up with the source's 5 fps: a prediction is due every 2 frames, 400 ms", text)
+    frames = read_video(out)
+    assert len(frames) == 9 and frames[0].shape[:2] == SIDE_BY_SIDE[::-1]
+
+
+def test_a_frame_folder_to_gif_every_frame(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t, f in enumerate(moving_square(6)):
+        Image.fromarray(f).save(folder / f"{t}.png")
+    out = tmp_path / "side.gif"
+    assert stream(checkpoint, "--input", str(folder), "--out", str(out), "--every", "1", "--max-frames", "5") == 0
+    text = capsys.readouterr().out
+    assert "5 frames in at 10 fps (assumed); 4 predictions of k=2 frames, one every frame from frame 2" in text
+    with Image.open(out) as gif:
+        assert (gif.n_frames, gif.size) == (5, SIDE_BY_SIDE)
+
+
+def test_default_output_and_force(checkpoint, video, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert stream(checkpoint, "--input", str(video), "--max-frames", "3") == 0
+    assert "(a single prediction, which also built the sampler)" in capsys.readouterr().out
+    out = tmp_path / "stream_out" / "square.mp4"
+    assert len(read_video(out)) == 3
+    before = out.read_bytes()
+    assert stream(checkpoint, "--input", str(video)) == 2
+    assert f"mcvd stream: error: --out: {out.relative_to(tmp_path)} exists; choose another file or pass --force" \
+        in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert stream(checkpoint, "--input", str(video), "--force") == 0
+    assert len(read_video(out)) == 9
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input", "{tmp}/none.mp4"], "--input: no such file or folder: .*none.mp4"),
+    (["--input", "{short}"], rf"--input: .*short.mp4: {P} frames; streaming needs at least p \+ 1 = {P + 1}"),
+    (["--input", "{video}", "--max-frames", "1"],
+     r"--input: .*square.mp4: 1 frames of its 9 \(--max-frames\); streaming needs at least"),
+    (["--input", "{video}", "--out", "{tmp}/x.avi"], "--out: expected a file ending in .mp4 or .gif"),
+    (["--input", "{video}", "--every", "3"], f"--every: expected 1 to the model's k={K}"),
+    (["--input", "{video}", "--steps", "0"], "--steps: expected >= 1, got 0"),
+    (["--input", "{video}", "--device", "cpu", "--cuda-graph"], "--cuda-graph: needs a CUDA device, got cpu"),
+    (["--input", "{tmp}"], "input: .* holds no frames"),
+    (["--input", "{tmp}/notes.mp4"], "input: cannot read .*notes.mp4 as a video"),
+])
+def test_bad_input_fails_with_a_message(checkpoint, video, tmp_path, capsys, args, message):
+    short = tmp_path / "short.mp4"
+    encode_video(short, moving_square(P))
+    (tmp_path / "notes.mp4").write_text("not a video")
+    args = [a.format(tmp=tmp_path, short=short, video=video) for a in args]
+    out = tmp_path / "out" / "side.mp4"
+    assert stream(checkpoint, *args, *(["--out", str(out)] if "--out" not in args else [])) == 2
+    assert re.search(f"mcvd stream: error: (argument )?{message}", capsys.readouterr().err)
+    assert not out.parent.exists()
+
+
+def test_the_streamed_frames_are_the_video_s(checkpoint, video, tmp_path):
+    # The input column holds the video's frames as load_clip reads them (VideoFolder's conversion).
+    out = tmp_path / "side.gif"
+    assert stream(checkpoint, "--input", str(video), "--out", str(out), "--max-frames", "4") == 0
+    clip = load_clip(video, SIZE, 1, max_frames=4)
+    with Image.open(out) as gif:
+        gif.seek(3)
+        img = torch.from_numpy(np.array(gif.convert("RGB"))).float()
+    y0, x0 = HEADER + GAP + BORDER, GAP + BORDER
+    shown = img[y0:y0 + SIZE * 4:4, x0:x0 + SIZE * 4:4, 0]  # one pixel per upscaled frame pixel
+    expected = ((clip[3, 0] + 1) * 127.5).round()
+    assert (shown - expected).abs().max() <= 2  # GIF palette quantisation

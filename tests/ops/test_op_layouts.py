@@ -3,16 +3,18 @@ contiguous tensors, permuted views (AttnBlock's q, k, v are views of one
 [B, N, 3, heads, D] buffer), channels_last (convolutions under inductor's
 layout optimisation) and expanded ones (stride 0).
 
-The kernels read every input through .contiguous() and return contiguous
-tensors; each fake implementation must say exactly that, or torch.compile
-allocates and indexes the real outputs with the fake's strides (a permuted q
-once gave a permuted fake `out`). opcheck compares fake and real strides; the
+The kernels return contiguous tensors whatever the inputs' strides (the C++
+ones read every input through .contiguous()); each fake implementation must
+say exactly that, or torch.compile allocates and indexes the real outputs with
+the fake's strides (a permuted q once gave a permuted fake `out`). opcheck compares fake and real strides; the
 compiled graphs consume each op output with inductor's own code, which reads
 it through the fake's strides (and asserts them). Inputs are float64, and
 compiled and eager run the same kernels, so they agree to rounding.
 """
 import pytest
 import torch
+import torch._functorch.config
+import torch._inductor.config
 
 import mcvd
 from mcvd.ops import attention, reverse_step, spatin_norm

@@ -181,9 +181,11 @@ class ResBlock(nn.Module):
         # that inductor's oneDNN pass (CPU, freezing) fuses into conv1 as a write
         # into x's buffer in place. torch 2.13 can lose the order of that write
         # when it fuses a reader of the sum with a loop of another shape (such
-        # as the copy into a decoder level's torch.cat), and run the reader
-        # first: it then reads x without h (pytorch/pytorch#185509, fixed by
-        # #185873; here relative error 0.75 on a checkpoint's weights).
+        # as the copy into a decoder level's torch.cat): the scheduler's
+        # recompute_size_and_body re-applies the node's mutation renames only
+        # when it has fake dependencies, so the reader may run first and read x
+        # without h (relative error 0.75 on a checkpoint's weights;
+        # tests/nn/test_compile_freezing.py).
         return torch.sub(x, h, alpha=-1) / math.sqrt(2.0)
 
 

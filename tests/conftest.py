@@ -39,15 +39,26 @@ def _skip_gpu_tests_without_cuda(request):
         pytest.skip("needs a CUDA device")
 
 
-@pytest.fixture(params=backend_device_params())
-def backend_device(request) -> tuple[str, str]:
-    """(backend, device) of one compiled backend; skips when this install lacks it."""
-    backend, device = request.param
+def skip_unless_available(backend: str, device: str) -> tuple[str, str]:
+    """(backend, device), or a skip when there is no CUDA device or this install lacks the backend."""
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     if backend not in mcvd.ops.available_backends(device):
         pytest.skip(f"the {backend!r} backend is not in this install")
     return backend, device
+
+
+@pytest.fixture(params=backend_device_params())
+def backend_device(request) -> tuple[str, str]:
+    """(backend, device) of one compiled backend; skips when this install lacks it."""
+    return skip_unless_available(*request.param)
+
+
+@pytest.fixture(params=[pytest.param(("reference", "cpu"), id="reference"), *backend_device_params()])
+def any_backend(request) -> tuple[str, str]:
+    """(backend, device) of every backend, the reference included; skips those
+    this install lacks."""
+    return skip_unless_available(*request.param)
 
 
 def _max_error(out: torch.Tensor, ref: torch.Tensor) -> float:

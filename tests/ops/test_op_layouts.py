@@ -16,7 +16,6 @@ import torch
 import torch._functorch.config
 import torch._inductor.config
 
-import mcvd
 from mcvd.ops import attention, reverse_step, spatin_norm
 from mcvd.ops.attention import triton_kernels as attention_triton
 from mcvd.ops.reverse_step import triton_kernels as reverse_step_triton
@@ -34,23 +33,6 @@ def _compile_afresh():
     with torch._inductor.config.patch(fx_graph_cache=False), \
             torch._functorch.config.patch(enable_autograd_cache=False):
         yield
-
-
-@pytest.fixture(params=[
-    pytest.param(("reference", "cpu"), id="reference"),
-    pytest.param(("cpu", "cpu"), id="cpu"),
-    pytest.param(("cuda", "cuda"), id="cuda", marks=pytest.mark.gpu),
-    pytest.param(("triton", "cuda"), id="triton", marks=pytest.mark.gpu),
-])
-def any_backend(request) -> tuple[str, str]:
-    """(backend, device) of every backend, the reference included; skips those
-    this install lacks."""
-    backend, device = request.param
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    if backend not in mcvd.ops.available_backends(device):
-        pytest.skip(f"the {backend!r} backend is not in this install")
-    return backend, device
 
 
 def ops_of(name: str, backend: str):

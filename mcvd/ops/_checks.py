@@ -66,6 +66,10 @@ def check_finite(v, name: str, expected: str = "a finite float") -> None:
     """A real number, not NaN or infinite; `expected` phrases it in both messages."""
     if not is_real(v):
         raise TypeError(f"{name}: expected {expected}, got {describe(v)}")
-    if not math.isfinite(v):
+    # While dynamo traces, a float argument may be symbolic (after a
+    # recompile for another value it stops specializing floats), and reading
+    # its value would break the graph. Eager calls check it here; compiled
+    # calls of the C++ ops still check eps and scale (csrc/op_checks.h).
+    if not torch.compiler.is_compiling() and not math.isfinite(v):
         raise ValueError(f"{name}: expected {expected}, got {float(v):g}")
 

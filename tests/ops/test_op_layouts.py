@@ -244,3 +244,19 @@ def test_compile_reverse_step(any_backend):
                             backend=backend)
 
     compiled_matches_eager(op, *every_layout(reverse_step_inputs, device))
+
+
+def test_compiled_ops_take_float_arguments_that_change():
+    """After a recompile for another eps or scale, dynamo traces the float as a
+    symbol: the ops' argument checks must not read its value (a graph break,
+    an error under fullgraph)."""
+    torch._dynamo.reset()
+    x, q = torch.randn(2, 4, 3, 3), torch.randn(1, 2, 5, 4)
+
+    def f(x, eps, q, scale):
+        return spatin_norm(x, 2, eps=eps), attention(q, q, q, scale=scale)
+
+    compiled = torch.compile(f, fullgraph=True)
+    for eps, scale in ((1e-5, 0.5), (1e-6, 0.25), (1e-3, 0.125)):
+        for out, ref in zip(compiled(x, eps, q, scale), f(x, eps, q, scale)):
+            torch.testing.assert_close(out, ref)

@@ -1,7 +1,7 @@
 """Noise schedules, schedulers, the sampling loop and the video tasks."""
 from .sampler_config import METHODS, SamplerConfig, default_schedule, make_scheduler
 from .sampling import denoise, sample
-from .schedule import Schedule, cosine_betas, linear_betas
+from mcvd.schedule import Schedule, cosine_betas, linear_betas
 from .schedulers import SPACINGS, DDIMScheduler, DDPMScheduler, DPMSolverScheduler, Scheduler, spaced_timesteps
 from .streaming import StreamingPredictor
 from .stream_video import StreamRun, stream_video

@@ -16,7 +16,7 @@ import torch
 
 from mcvd.ops._backend import BACKENDS
 
-from .schedule import Schedule
+from mcvd.schedule import Schedule
 from .schedulers import SPACINGS, DDIMScheduler, DDPMScheduler, DPMSolverScheduler, Scheduler, spaced_timesteps
 
 METHODS = ("ddpm", "ddim", "dpm++")
@@ -127,10 +127,10 @@ def make_scheduler(method: str, *, schedule: Schedule | None = None, eta: float 
 
 
 def default_schedule(model) -> Schedule:
-    """The paper's linear schedule over the model's T (`model.config.num_timesteps`
-    for an MCVD network), else over T = 1000."""
-    T = getattr(getattr(model, "config", None), "num_timesteps", 1000)
-    return Schedule.linear(T)
+    """The model's own schedule: `model.config.schedule` over `model.config.num_timesteps`
+    for an MCVD network, else the paper's linear schedule over T = 1000."""
+    cfg = getattr(model, "config", None)
+    return Schedule.named(getattr(cfg, "schedule", "linear"), getattr(cfg, "num_timesteps", 1000))
 
 
 def resolve_sampler(sampler: SamplerConfig | None, defaults: SamplerConfig, **options) -> SamplerConfig:

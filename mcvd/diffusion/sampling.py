@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from mcvd.ops._checks import describe
 
 from .sampler_config import SamplerConfig, resolve_sampler
-from .schedule import Schedule
+from mcvd.schedule import Schedule
 from .schedulers import Scheduler
 
 # The keyword defaults of `sample`: DDPM over every timestep.

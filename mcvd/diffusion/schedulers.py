@@ -37,7 +37,7 @@ import torch
 from mcvd.ops._checks import describe
 from mcvd.ops.reverse_step import reverse_step_coef, stat_dtype
 
-from .schedule import Schedule
+from mcvd.schedule import Schedule
 
 SPACINGS = ("trailing", "uniform", "linspace", "quadratic")
 _CLIP = (-1.0, 1.0)

@@ -35,7 +35,7 @@ from mcvd.ops._checks import describe
 from .cuda_graph import CUDAGraphRunner
 from .sampler_config import SamplerConfig, resolve_sampler
 from .sampling import canonical_device, denoise
-from .schedule import Schedule
+from mcvd.schedule import Schedule
 
 
 @dataclass(frozen=True)

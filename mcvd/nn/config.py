@@ -6,6 +6,8 @@
 | num_frames_cond    | p, past frames that condition it                              |
 | num_frames_future  | f, future frames that condition it                            |
 | num_timesteps      | T, diffusion steps (DDPM t in 0..T-1)                         |
+| schedule           | the betas: "linear" (the paper's) or "cosine"                 |
+| prediction         | what the network outputs: "eps" (the paper's), "x0" or "v"    |
 | ngf                | base channel count; level i has ngf * ch_mult[i] channels     |
 | conditioning       | "concat" (frames stacked at the input) or "spatin" (SPATIN)   |
 | cond_emb           | add a learned embedding of the past mask to the time embedding |
@@ -18,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
+
+from mcvd.schedule import PREDICTIONS, SCHEDULES
 
 CONDITIONINGS = ("concat", "spatin")
 
@@ -51,6 +55,8 @@ class ModelConfig:
     spade_dim: int = 128
     cond_emb: bool = False
     num_timesteps: int = 1000
+    schedule: str = "linear"
+    prediction: str = "eps"
 
     def __post_init__(self):
         # Lists (from YAML or JSON) become tuples, so configs compare and hash.
@@ -101,6 +107,10 @@ class ModelConfig:
         if self.conditioning == "spatin" and self.num_cond_frames == 0:
             raise ValueError("conditioning: 'spatin' needs condition frames (num_frames_cond + num_frames_future "
                              "> 0); use 'concat' for an unconditional network")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction: expected one of {PREDICTIONS}, got {self.prediction!r}")
         if not isinstance(self.cond_emb, bool):
             raise TypeError(f"cond_emb: expected a bool, got {self.cond_emb!r}")
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mcvd.schedule import Schedule, eps_from_prediction
+
 from .blocks import GROUPNORM_EPS, SPATIN_EPS, AttnBlock, Norm, ResBlock, SpatinMaps, conv2d, linear
 from .condition import ConditionCache, weights_version
 from .config import ModelConfig, level_channels, level_resolutions
@@ -137,6 +139,12 @@ class MCVD(nn.Module):
         else:
             self.norm_out = Norm(ch, eps=SPATIN_EPS, spatin=spatin, backend=backend)
         self.conv_out = conv2d(ch, C * cfg.num_frames, 3, init_scale=0.0)
+        if cfg.prediction != "eps":
+            # sqrt(abar_t), sqrt(1 - abar_t) to turn an x0 or v prediction into eps: buffers, so they follow
+            # the model's device (and dtype); not in the state dict, which stays the reference code's.
+            a, s = Schedule.named(cfg.schedule, cfg.num_timesteps).signal_noise()
+            self.register_buffer("signal_scale", a, persistent=False)
+            self.register_buffer("noise_scale", s, persistent=False)
 
     def set_backend(self, backend: str | None) -> MCVD:
         """Run every spatin_norm and attention call on `backend` (None = auto)."""
@@ -195,7 +203,8 @@ class MCVD(nn.Module):
     # --- forward --------------------------------------------------------
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
-                cond_mask: torch.Tensor | None = None, *, cache: ConditionCache | None = None) -> torch.Tensor:
+                cond_mask: torch.Tensor | None = None, *, cache: ConditionCache | None = None,
+                raw: bool = False) -> torch.Tensor:
         """Predict the noise eps in x_t.
 
         Args:
@@ -216,8 +225,11 @@ class MCVD(nn.Module):
                 summation order in conv_in with concat - without recomputing
                 it. Built by this network for x_t's batch size, dtype and
                 device, with the weights unchanged since.
+            raw: return what the network predicts (`config.prediction`: eps,
+                x0 or v), as training compares it with its target, instead
+                of the eps it implies (mcvd.schedule.eps_from_prediction).
         Returns:
-            eps: shaped like x_t.
+            eps (or with raw=True the prediction): shaped like x_t.
         """
         cfg = self.config
         p, f = cfg.num_frames_cond, cfg.num_frames_future
@@ -275,8 +287,10 @@ class MCVD(nn.Module):
         h = self.mid[2](h, emb, pyramid)
         for level in self.up:
             h = level(h, emb, pyramid, skips)
-        h = self.conv_out(self.norm_out(h, None, pyramid))
-        return h.view(x_t.shape)
+        h = self.conv_out(self.norm_out(h, None, pyramid)).view(x_t.shape)
+        if raw or cfg.prediction == "eps":
+            return h
+        return eps_from_prediction(h, x_t, self.signal_scale[t], self.noise_scale[t], cfg.prediction)
 
     def _time_embedding(self, t: torch.Tensor, mask_emb: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         """SiLU of the time embedding (plus the mask embedding rows `mask_emb`

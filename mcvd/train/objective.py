@@ -5,6 +5,11 @@
 
 summed over the pixels of the k current frames and averaged over the batch,
 as the reference code's `anneal_dsm_score_estimation` (losses/dsm.py) does.
+A network that predicts x0 or v (`ModelConfig.prediction`) is compared with
+that target instead (mcvd.schedule.prediction_target), and min-SNR-gamma
+weighting (Hang et al. 2023) scales each sample's error by
+min(SNR_t, gamma) / SNR_t, / (SNR_t + 1) or / 1 for eps, v or x0, which makes
+it min(SNR_t, gamma) ||x0 - x0_hat||^2 for every prediction.
 
 | code       | symbol                                        |
 |------------|-----------------------------------------------|
@@ -29,6 +34,7 @@ import torch
 
 from mcvd.diffusion import Schedule
 from mcvd.nn import ModelConfig
+from mcvd.schedule import prediction_target
 
 
 @dataclass
@@ -71,16 +77,36 @@ def split_clip(clip: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torc
     return x0, torch.cat([clip[:, :p], clip[:, p + k:]], dim=1)
 
 
-def mcvd_loss(model, clip: torch.Tensor, rnd: StepRandomness, schedule: Schedule) -> torch.Tensor:
-    """Per-sample loss, float32 [B]: 1/2 ||eps - eps_theta(x_t, t, cond, cond_mask)||^2 over pixels.
+def min_snr_weight(abar_t: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
+    """min-SNR-gamma's weight of the squared error of a `prediction` network, float32 [B]."""
+    snr = abar_t / (1 - abar_t)
+    clipped = snr.clamp(max=gamma)
+    return {"eps": clipped / snr, "v": clipped / (snr + 1), "x0": clipped}[prediction].float()
 
-    model: callable (x_t, t, cond, cond_mask) -> eps, with a ModelConfig at `model.config`
-        (or `model.module.config` for a DistributedDataParallel wrapper).
+
+def mcvd_loss(model, clip: torch.Tensor, rnd: StepRandomness, schedule: Schedule, *, weighting: str = "none",
+              min_snr_gamma: float = 5.0) -> torch.Tensor:
+    """Per-sample loss, float32 [B]: 1/2 ||target - model(x_t, t, cond, cond_mask)||^2 over pixels,
+    with the target of the model's prediction (eps in the paper), weighted when weighting = "min_snr".
+
+    model: callable (x_t, t, cond, cond_mask, raw=True) -> its prediction, with a ModelConfig at
+        `model.config` (or `model.module.config` for a DistributedDataParallel wrapper).
     clip: [B, p+k+f, C, H, W] in [-1, 1]; rnd: the step's draws for these B clips.
     """
     cfg = model.module.config if hasattr(model, "module") else model.config
     clip = torch.where(rnd.flip[:, None, None, None, None], clip.flip(-1), clip)
     x0, cond = split_clip(clip, cfg)
     x_t = schedule.q_sample(x0, rnd.t, rnd.noise)
-    eps = model(x_t, rnd.t, cond, None if cond is None else rnd.cond_mask)
-    return 0.5 * (rnd.noise - eps.float()).square().flatten(1).sum(1)
+    out = model(x_t, rnd.t, cond, None if cond is None else rnd.cond_mask, raw=True)
+    if cfg.prediction == "eps":
+        target = rnd.noise
+    else:
+        a, s = (v.to(x0.device)[rnd.t] for v in schedule.signal_noise())
+        target = prediction_target(x0, rnd.noise, a, s, cfg.prediction)
+    loss = 0.5 * (target - out.float()).square().flatten(1).sum(1)
+    if weighting == "min_snr":
+        abar = schedule.alphas_cumprod.to(x0.device)[rnd.t]
+        loss = loss * min_snr_weight(abar, cfg.prediction, min_snr_gamma)
+    elif weighting != "none":
+        raise ValueError(f"weighting: expected 'none' or 'min_snr', got {weighting!r}")
+    return loss

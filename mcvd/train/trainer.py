@@ -263,7 +263,7 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     # resumed run would draw different dropout masks. The data sets do not use worker seeds.
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=run.data.num_workers,
                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(tc.seed))
-    schedule = Schedule.linear(run.model.num_timesteps)
+    schedule = Schedule.named(run.model.schedule, run.model.num_timesteps)
     autocast = torch.autocast(device.type, dtype=AUTOCAST.get(tc.precision), enabled=tc.precision != "fp32")
     params = [p for p in model.parameters() if p.requires_grad]
     mine = slice(env.rank * local, (env.rank + 1) * local)
@@ -292,7 +292,8 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
                 sync = contextlib.nullcontext() if not env.enabled or i == accum - 1 else net.no_sync()
                 with sync:
                     with autocast:
-                        loss = mcvd_loss(net, clips[rows], rnd[rows], schedule).mean() / accum
+                        loss = mcvd_loss(net, clips[rows], rnd[rows], schedule, weighting=tc.loss_weighting,
+                                         min_snr_gamma=tc.min_snr_gamma).mean() / accum
                     scaler.scale(loss).backward()
                 total += loss.detach()
             loss_value = D.all_mean(total, env).item()

@@ -123,7 +123,7 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_over(config, tmp_path,
     work = tmp_path / "work"
     command = ["train", "--config", str(config), "--workdir", str(work), "--no-progress"]
     with monkeypatch.context() as patch:
-        patch.setattr(trainer_module, "mcvd_loss", lambda *a: mcvd_loss(*a) * float("nan"))
+        patch.setattr(trainer_module, "mcvd_loss", lambda *a, **k: mcvd_loss(*a, **k) * float("nan"))
         assert main(command) == 1
     err = capsys.readouterr().err
     assert "no checkpoint was written yet" in err and "the same command starts the run over" in err

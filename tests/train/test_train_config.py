@@ -57,6 +57,8 @@ def test_numbers_are_coerced():
     (dict(batch_size=6, grad_accum=4), r"training.grad_accum: expected a divisor of batch_size 6, got 4"),
     (dict(prob_mask_sync=True), r"training.prob_mask_sync: needs prob_mask_future > 0"),
     (dict(precision="fp8"), r"training.precision: expected one of \('fp32', 'bf16', 'fp16'\), got 'fp8'"),
+    (dict(loss_weighting="snr"), r"training.loss_weighting: expected one of \('none', 'min_snr'\), got 'snr'"),
+    (dict(min_snr_gamma=0), r"training.min_snr_gamma: expected > 0.0, got 0"),
     (dict(device="tpu"), r"training.device: expected one of \('auto', 'cpu', 'cuda'\), got 'tpu'"),
     (dict(grad_clip=float("nan")), r"training.grad_clip: expected > 0.0, got nan"),
 ])

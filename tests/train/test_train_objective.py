@@ -71,7 +71,7 @@ class Recorder(nn.Module):
         self.config = config
         self.calls = []
 
-    def forward(self, x_t, t, cond=None, cond_mask=None):
+    def forward(self, x_t, t, cond=None, cond_mask=None, raw=False):
         self.calls.append((x_t, t, cond, cond_mask))
         return 0.5 * x_t
 
@@ -102,7 +102,7 @@ def test_loss_against_a_float64_computation():
 
 def test_a_zero_model_costs_half_the_noise_energy():
     class Zero(Recorder):
-        def forward(self, x_t, t, cond=None, cond_mask=None):
+        def forward(self, x_t, t, cond=None, cond_mask=None, raw=False):
             return torch.zeros_like(x_t)
 
     r = draw(3)
@@ -163,3 +163,46 @@ def test_sampler_visits_every_clip_once_per_epoch_and_resumes():
         StepBatchSampler(10, 4, seed=0, world_size=3)
     with pytest.raises(ValueError, match=r"num_clips: the data set has 3 clips, fewer than one batch of 4"):
         StepBatchSampler(3, 4, seed=0)
+
+
+def _x_t_and_abar(clip, r):
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, CFG.num_timesteps))[r.t.numpy()][:, None, None, None, None]
+    x0 = clip.double().numpy()[:, 2:5]
+    return x0, np.sqrt(abar) * x0 + np.sqrt(1 - abar) * r.noise.double().numpy(), abar
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_min_snr_loss_is_the_clipped_snr_times_the_x0_error(prediction):
+    """min-SNR-gamma: the same weighted x0 error, whatever the network predicts (Hang et al. 2023, eq. 5)."""
+    import dataclasses
+
+    B = 6
+    clip = torch.rand(B, 6, 2, 8, 8) * 2 - 1
+    r = draw(B)
+    model = Recorder(dataclasses.replace(CFG, prediction=prediction))  # predicts y = 0.5 x_t
+    loss = mcvd_loss(model, clip, r, Schedule.linear(CFG.num_timesteps), weighting="min_snr", min_snr_gamma=5.0)
+    x0, x_t, abar = _x_t_and_abar(clip, r)
+    a, s, y = np.sqrt(abar), np.sqrt(1 - abar), 0.5 * x_t
+    x0_hat = {"eps": (x_t - s * y) / a, "x0": y, "v": a * x_t - s * y}[prediction]
+    snr = (abar / (1 - abar)).reshape(B)
+    expected = 0.5 * np.minimum(snr, 5.0) * ((x0 - x0_hat) ** 2).reshape(B, -1).sum(1)
+    torch.testing.assert_close(loss.double(), torch.from_numpy(expected), rtol=2e-4, atol=0)
+
+
+def test_v_loss_compares_with_v():
+    import dataclasses
+
+    B = 4
+    clip = torch.rand(B, 6, 2, 8, 8) * 2 - 1
+    r = draw(B)
+    loss = mcvd_loss(Recorder(dataclasses.replace(CFG, prediction="v")), clip, r, Schedule.linear(CFG.num_timesteps))
+    x0, x_t, abar = _x_t_and_abar(clip, r)
+    v = np.sqrt(abar) * r.noise.double().numpy() - np.sqrt(1 - abar) * x0
+    expected = 0.5 * ((v - 0.5 * x_t) ** 2).reshape(B, -1).sum(1)
+    torch.testing.assert_close(loss.double(), torch.from_numpy(expected), rtol=1e-5, atol=0)
+
+
+def test_unknown_weighting_is_refused():
+    with pytest.raises(ValueError, match="weighting"):
+        mcvd_loss(Recorder(CFG), torch.zeros(2, 6, 2, 8, 8), draw(2), Schedule.linear(CFG.num_timesteps),
+                  weighting="snr")

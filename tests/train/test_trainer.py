@@ -85,9 +85,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, 
 
     calls = []
 
-    def poisoned(*args):
+    def poisoned(*args, **kwargs):
         calls.append(1)
-        loss = mcvd_loss(*args)
+        loss = mcvd_loss(*args, **kwargs)
         return loss * float("nan") if len(calls) == 3 else loss
 
     monkeypatch.setattr(trainer_module, "mcvd_loss", poisoned)
@@ -100,7 +100,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, 
 
 
 def test_nan_before_any_checkpoint_says_so(tmp_path, tiny_run, monkeypatch):
-    monkeypatch.setattr(trainer_module, "mcvd_loss", lambda *a: mcvd_loss(*a) * float("inf"))
+    monkeypatch.setattr(trainer_module, "mcvd_loss", lambda *a, **k: mcvd_loss(*a, **k) * float("inf"))
     with pytest.raises(TrainingDiverged, match=r"step 1: the loss is (inf|nan); .*no checkpoint was written yet"):
         train(tiny_run(), tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()

@@ -10,6 +10,20 @@ float64; the tensors handed to kernels are float32 copies on the data's device.
 | betas           | beta_t                |
 | alphas          | alpha_t = 1 - beta_t  |
 | alphas_cumprod  | abar_t                |
+
+What a network predicts (its parameterisation, `ModelConfig.prediction`),
+with a = sqrt(abar_t), s = sqrt(1 - abar_t), so that x_t = a x_0 + s eps:
+
+| prediction | target                   | eps from a prediction y |
+|------------|--------------------------|-------------------------|
+| "eps"      | eps (the paper's)        | y                       |
+| "x0"       | x_0                      | (x_t - a y) / s         |
+| "v"        | a eps - s x_0 (Salimans & Ho 2022) | s x_t + a y   |
+
+Every sampler works with eps: the network converts its prediction
+(`eps_from_prediction`) before returning, so a v- or x0-network samples with
+every scheduler unchanged. Training compares the prediction with its own
+target (`prediction_target`).
 """
 from __future__ import annotations
 
@@ -20,6 +34,10 @@ from dataclasses import dataclass
 import torch
 
 from mcvd.ops._checks import describe, is_real
+
+
+SCHEDULES = ("linear", "cosine")
+PREDICTIONS = ("eps", "x0", "v")
 
 
 def _check_num_timesteps(n) -> None:
@@ -74,6 +92,13 @@ class Schedule:
     def cosine(cls, num_timesteps: int = 1000) -> "Schedule":
         return cls(cosine_betas(num_timesteps))
 
+    @classmethod
+    def named(cls, name: str, num_timesteps: int = 1000) -> "Schedule":
+        """The schedule called `name` (one of SCHEDULES; `ModelConfig.schedule`) over T steps."""
+        if name not in SCHEDULES:
+            raise ValueError(f"schedule: expected one of {SCHEDULES}, got {name!r}")
+        return cls.linear(num_timesteps) if name == "linear" else cls.cosine(num_timesteps)
+
     @property
     def num_timesteps(self) -> int:
         return self.betas.numel()
@@ -86,6 +111,12 @@ class Schedule:
     def alphas_cumprod(self) -> torch.Tensor:
         return torch.cumprod(self.alphas, 0)
 
+    def signal_noise(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sqrt(abar_t), sqrt(1 - abar_t)), float32 [T] each on `device`, computed in float64."""
+        abar = self.alphas_cumprod
+        return (abar.sqrt().to(device=device, dtype=torch.float32),
+                (1 - abar).sqrt().to(device=device, dtype=torch.float32))
+
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x_0) with the given noise.
 
@@ -94,3 +125,40 @@ class Schedule:
         abar = self.alphas_cumprod.to(device=x0.device, dtype=torch.float32)[t]
         abar = abar.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+
+def _check_prediction(prediction: str) -> None:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction: expected one of {PREDICTIONS}, got {prediction!r}")
+
+
+def _rows(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def eps_from_prediction(y: torch.Tensor, x_t: torch.Tensor, a_t: torch.Tensor, s_t: torch.Tensor,
+                        prediction: str) -> torch.Tensor:
+    """The noise eps that a network's prediction `y` of kind `prediction` implies.
+
+    y, x_t: [B, ...]; a_t, s_t: [B], sqrt(abar) and sqrt(1 - abar) of each
+    sample's step (`Schedule.signal_noise`), on y's device. The arithmetic runs
+    in a_t's dtype when it is wider than y's; the result has y's dtype.
+    """
+    _check_prediction(prediction)
+    if prediction == "eps":
+        return y
+    dtype = torch.promote_types(y.dtype, a_t.dtype)
+    a, s, yw, xw = _rows(a_t, y).to(dtype), _rows(s_t, y).to(dtype), y.to(dtype), x_t.to(dtype)
+    eps = (xw - a * yw) / s if prediction == "x0" else s * xw + a * yw
+    return eps.to(y.dtype)
+
+
+def prediction_target(x0: torch.Tensor, noise: torch.Tensor, a_t: torch.Tensor, s_t: torch.Tensor,
+                      prediction: str) -> torch.Tensor:
+    """What a network of kind `prediction` is trained to output for x_t = a_t x0 + s_t noise."""
+    _check_prediction(prediction)
+    if prediction == "eps":
+        return noise
+    if prediction == "x0":
+        return x0
+    return _rows(a_t, x0).to(x0.dtype) * noise - _rows(s_t, x0).to(x0.dtype) * x0

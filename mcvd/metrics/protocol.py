@@ -15,6 +15,14 @@ and the report gives their mean, std and 95% interval over clips
 (mcvd.metrics.stats). The per-frame curves average, over clips, the
 per-frame values of the sample each clip kept for that metric.
 
+Beside best of k, from the same samples: one sample, what a single
+prediction scores. Per clip it is the mean of each metric over the clip's k
+samples (PSNR from each sample's clip MSE, as above): an estimate of the
+expected score of one draw, unbiased like sample 0 alone, with the sampling
+noise's variance divided by k (the draws are independent). Its per-frame
+curves average the k samples' per-frame values. For PSNR and SSIM best of
+k >= one sample per clip, for LPIPS <=; with k = 1 the two are the same.
+
 FVD (mcvd.metrics.fvd) is computed on whole clips with their condition
 frames: real = past + true frames (+ future), generated = past + sample
 (+ future), one real clip per test clip against all k samples; plus the
@@ -110,6 +118,35 @@ def choose_best(clip: torch.Tensor, frames: torch.Tensor, higher_is_better: bool
     return clip[best, cols], frames[best, cols]
 
 
+def one_sample(clip: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """clip [k, N] per-sample clip scores, frames [k, N, n] their per-frame scores ->
+    (mean over the k samples [N], per-frame mean over the k samples [N, n]):
+    the expected score of a single sample per clip."""
+    return clip.mean(0), frames.mean(0)
+
+
+def aggregate(clip_scores: dict[str, torch.Tensor], frame_scores: dict[str, torch.Tensor]) -> dict:
+    """Best of k and one sample from the scores of k samples per clip.
+
+    clip_scores: {"psnr", "ssim", "lpips": [k, N]} per-sample clip scores.
+    frame_scores: {"psnr", "ssim", "lpips": [k, N, n]} their per-frame scores.
+    Returns {"metrics", "per_frame", "per_clip"} of best of k (the paper's
+    protocol; choose_best) with "one_sample" holding the same three entries
+    for the mean over the k samples (one_sample).
+    """
+    best = {"metrics": {}, "per_frame": {}, "per_clip": {}}
+    single = {"metrics": {}, "per_frame": {}, "per_clip": {}}
+    for name, higher in HIGHER_IS_BETTER.items():
+        clip, frames = clip_scores[name], frame_scores[name]
+        for entry, (per_clip, curves) in ((best, choose_best(clip, frames, higher)),
+                                          (single, one_sample(clip, frames))):
+            entry["metrics"][name] = summary(per_clip.tolist())
+            entry["per_clip"][name] = per_clip.tolist()
+            curve = [summary(curves[:, j].tolist()) for j in range(curves.shape[1])]
+            entry["per_frame"][name] = {"mean": [c["mean"] for c in curve], "conf95": [c["conf95"] for c in curve]}
+    return {**best, "one_sample": single}
+
+
 def evaluate(model, clips, task: Task, *, samples: int, num_clips: int | None = None, batch_size: int = 8,
              sampler: SamplerConfig = SamplerConfig(), generator: torch.Generator | None = None,
              compute_fvd: bool = True, lpips_model: LPIPS | None = None, i3d_model: I3D | None = None,
@@ -127,7 +164,9 @@ def evaluate(model, clips, task: Task, *, samples: int, num_clips: int | None = 
         model's device).
     Returns a JSON-ready dict: "metrics" {name: {"mean", "std", "conf95"} or
     float}, "per_frame" {name: {"mean": [n], "conf95": [n]}}, "per_clip"
-    {name: [N]}, "notes" [str].
+    {name: [N]} of best of k; "one_sample" {"metrics", "per_frame",
+    "per_clip"}, the same for one sample (the mean over the k; {} when
+    generating: nothing is scored but FVD); "notes" [str].
     """
     if samples < 1:
         raise ValueError(f"samples: expected >= 1, got {samples}")
@@ -183,16 +222,12 @@ def evaluate(model, clips, task: Task, *, samples: int, num_clips: int | None = 
             feats = i3d_features(fake.flatten(0, 1), model=i3d_model)  # sample-major: [k * B, 400]
             fake_feats.append(feats.unflatten(0, (samples, end - start)).transpose(0, 1))
 
-    result = {"metrics": {}, "per_frame": {}, "per_clip": {}, "notes": notes}
+    result = {"metrics": {}, "per_frame": {}, "per_clip": {}, "one_sample": {}}
     if task.scored:
         scores = {name: torch.cat(v, dim=1) for name, v in collected.items()}  # [k, N, n] / [k, N]
         clip_scores = {"psnr": scores.pop("psnr_clip"), **{m: scores[m].mean(-1) for m in ("ssim", "lpips")}}
-        for name, higher in HIGHER_IS_BETTER.items():
-            best, frames = choose_best(clip_scores[name], scores[name], higher)
-            result["metrics"][name] = summary(best.tolist())
-            result["per_clip"][name] = best.tolist()
-            curve = [summary(frames[:, j].tolist()) for j in range(frames.shape[1])]
-            result["per_frame"][name] = {"mean": [c["mean"] for c in curve], "conf95": [c["conf95"] for c in curve]}
+        result.update(aggregate(clip_scores, scores))
+    result["notes"] = notes
     if compute_fvd:
         result["metrics"].update(fvd_protocol(torch.cat(real_feats), torch.cat(fake_feats)))
     return result

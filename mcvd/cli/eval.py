@@ -11,7 +11,11 @@ seed 0: the same clips in every run; digit count and size as in the
 checkpoint's training run, else 2 digits of half the frame); a folder is read with
 mcvd.data.VideoFolder as consecutive, non-overlapping clips. The first N
 clips are evaluated (default: all). --seed seeds the sampler, so a run is
-reproducible. Writes metrics.json, metrics.md and per_frame.png to --out
+reproducible. PSNR, SSIM and LPIPS are reported twice from the same k
+samples per clip: best of k (the paper's protocol: the best sample per clip
+and metric) and one sample (per clip the mean over its k samples: what a
+single prediction scores); with --samples 1 they are the same. Writes
+metrics.json ("one_sample" holds the second), metrics.md and per_frame.png to --out
 (default mcvd_eval/<checkpoint name>_<task>_p<p>_n<n>_k<k>); existing
 results there are kept unless --force is given. --out is checked before the
 evaluation starts. --guidance W samples with classifier-free guidance, which
@@ -26,7 +30,7 @@ from pathlib import Path
 from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, check_guidance, check_output_folder, default_steps, error,
                       finite_float, load_checkpoint_arg, positive_int, resolve_device, smmnist_test_clips)
 
-HELP = "evaluate a model with the paper's protocol (best-of-k PSNR, SSIM, LPIPS; FVD)"
+HELP = "evaluate a model with the paper's protocol (best-of-k and one-sample PSNR, SSIM, LPIPS; FVD)"
 
 
 def add_parser(sub) -> None:
@@ -37,7 +41,8 @@ def add_parser(sub) -> None:
     p.add_argument("--task", choices=("predict", "interpolate", "generate"), default="predict")
     p.add_argument("--cond", type=int, default=None, help="p, past frames (default: the model's num_frames_cond)")
     p.add_argument("--pred", type=int, default=None, help="n, frames to predict (default: the model's num_frames)")
-    p.add_argument("--samples", type=positive_int, default=1, help="k, samples per clip; the best per metric counts")
+    p.add_argument("--samples", type=positive_int, default=1,
+                   help="k, samples per clip: scored as the best of k per metric and as one sample (the mean over the k)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     p.add_argument("--out", type=Path, default=None, help="folder for the results")
     p.add_argument("--num-clips", type=positive_int, default=None, help="evaluate the first N clips (default: all)")

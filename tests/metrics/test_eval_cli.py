@@ -51,11 +51,13 @@ def test_smmnist_prediction_writes_reproducible_results(model_file, tmp_path, ca
               "--batch-size", 3, "--no-fvd"]
     assert run_eval(*common, "--seed", 5, "--out", tmp_path / "a") == 0
     printed = capsys.readouterr().out
-    assert "| PSNR (dB) ↑, best of 2 per clip |" in printed and "wrote" in printed
+    assert "| metric | best of 2 per clip | one sample (mean over the 2) |" in printed and "wrote" in printed
+    assert "| PSNR (dB) ↑ | " in printed
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["metrics.json", "metrics.md", "per_frame.png"]
     a = read(tmp_path / "a")
     assert a["run"]["task"] == "predict" and a["run"]["weights"] == "model file" and a["run"]["num_clips"] == 3
-    assert set(a["metrics"]) == {"psnr", "ssim", "lpips"}
+    assert set(a["metrics"]) == {"psnr", "ssim", "lpips"} == set(a["one_sample"]["metrics"])
+    assert len(a["one_sample"]["per_clip"]["psnr"]) == 3 and len(a["one_sample"]["per_frame"]["ssim"]["mean"]) == 4
     assert len(a["per_clip"]["psnr"]) == 3 and len(a["per_frame"]["lpips"]["mean"]) == 4
     assert Image.open(tmp_path / "a" / "per_frame.png").size[0] > 0
 

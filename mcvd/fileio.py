@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -162,6 +163,15 @@ def atomic_write(path: Path, write) -> None:
             replaced = path.stat().st_size if path.is_file() else None
             raise no_space_error(err, path, written, replaced) from err
         raise
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_weights_only(path: str | os.PathLike, arg: str, what: str = "torch file"):

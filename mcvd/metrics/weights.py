@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mcvd.fileio import atomic_write
+from mcvd.fileio import atomic_write, file_sha256
 
 
 class WeightsError(RuntimeError):
@@ -147,18 +147,10 @@ def content_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _installed_source_sha256(package: str, relpath: str) -> str | None:
     """SHA-256 of the installed source file; None when it is not installed or not readable."""
     try:
-        return _file_sha256(package_file(package, relpath))
+        return file_sha256(package_file(package, relpath))
     except (WeightsError, OSError):
         return None
 
@@ -189,7 +181,7 @@ def _convert(source_path: Path, source: str) -> tuple[dict[str, torch.Tensor], b
     """The source pickle's arrays as float32 tensors, and the safetensors bytes of the cache file."""
     arrays = load_array_pickle(source_path)
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}
-    metadata = {"source": source, "source_sha256": _file_sha256(source_path),
+    metadata = {"source": source, "source_sha256": file_sha256(source_path),
                 "content_sha256": content_sha256(tensors)}
     return tensors, _safetensors().save(tensors, metadata=metadata)
 

@@ -158,8 +158,9 @@ class TrainConfig:
     min_snr_gamma: gamma of "min_snr" (5 in the paper).
     device: "auto" (CUDA when present), "cpu" or "cuda".
     compile: torch.compile (inductor) the network for training, forward and backward; the first
-        step compiles (about a minute on a small CPU). Checkpoints are the same files; the losses
-        agree with an eager run's to float rounding, not bit for bit; resuming is exact.
+        step compiles (minutes on a 2-core CPU; inductor caches it on disk). Checkpoints are the
+        same files; the losses agree with an eager run's to float rounding, not bit for bit;
+        resuming is exact.
     seed: seeds the weights, the data order, the noise and the masks.
     ckpt_every: write the checkpoint every this many steps (and at the last step).
     log_every: one metrics row (means over the interval) every this many steps.

@@ -73,7 +73,8 @@ class TrainResult:
     step: int                # optimizer steps done by the run so far
     losses: list[float]      # loss of every step this call ran (global batch mean)
     checkpoint: Path
-    model: MCVD              # this process's network with its final (raw, not EMA) weights
+    model: MCVD              # this process's network with its final (raw, not EMA) weights; with
+                             # training.compile its calls stay compiled (another mode or shape recompiles)
     run: RunConfig           # the run config the checkpoint records (see train's time_limit_ends_run)
     rank: int = 0            # this process's rank (0: the one that writes, and reports)
 
@@ -160,7 +161,8 @@ def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float |
           time_limit_ends_run: bool = False) -> TrainResult:
     """Train (or resume training) an MCVD network in `workdir` until run.training.steps.
 
-    time_limit: seconds of training (from the first step of this call) after
+    time_limit: seconds of training (from the first step of this call, which
+    with training.compile includes compiling the network) after
     which the run stops early, at the end of the step that crossed it, and
     writes its checkpoint there; every process stops at the same step (each
     must be given a time limit, or none). Nothing

@@ -23,7 +23,8 @@ are written again on resume (the last row of a step is the resumed run's).
 Everything random is a function of the seed and the step: clips by
 StepBatchSampler, (t, eps, masks, flips) by one generator that every process
 advances over the whole global batch before keeping its slice. So a resumed
-run repeats the losses of an uninterrupted one bit for bit (on the CPU), and
+run repeats the losses of an uninterrupted one bit for bit (on the CPU; also
+with training.compile, dropout included), and
 N processes compute what one process computes on the same global batch,
 except for dropout, whose masks each process draws from its own RNG.
 """
@@ -349,9 +350,8 @@ def _compile(model: MCVD) -> None:
 
     In place (nn.Module.compile): the module keeps its class, parameters and
     state_dict keys (no `_orig_mod.` prefix), so checkpoints, the EMA and DDP
-    (which wraps it, and whose bucketed all-reduce dynamo's DDP optimizer then
-    splits the graph for) see the network itself; only its calls run compiled
-    code. dynamic=False: every call of a run has the same shapes (full global
+    (which wraps it as it wraps the eager one) see the network itself; only its
+    calls run compiled code. dynamic=False: every call of a run has the same shapes (full global
     batches only, micro-batches of equal size), so a run compiles once, at its
     first step, and a change of shape would recompile rather than trade speed
     for symbolic sizes. Compiling the loss around the network (flip, q_sample,

@@ -7,8 +7,9 @@ from mcvd.compat import load_official
 from mcvd.diffusion import SamplerConfig, StreamingPredictor, predict, sample
 from mcvd.loader import load
 from mcvd.nn import MCVD, ModelConfig
+from mcvd.nn.optimize import optimize
 
 __version__ = _C.build_info()["version"]
 
 __all__ = ["ops", "__version__", "MCVD", "ModelConfig", "load", "load_official", "sample", "predict",
-           "StreamingPredictor", "SamplerConfig"]
+           "StreamingPredictor", "SamplerConfig", "optimize"]

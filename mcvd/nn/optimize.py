@@ -1,0 +1,297 @@
+"""`mcvd.optimize`: the MCVD network's fastest exact inference path on a device.
+
+The CPU path is torch.compile (inductor) with freezing: the weights become
+constants of the compiled graph, every convolution is pre-packed for
+oneDNN (`mkldnn._convolution_pointwise`, with bias and the following
+pointwise op fused where the graph allows), and the fused C++ ops
+(spatin_norm, attention) run between them as opaque ops. At batch 1
+eager PyTorch's heuristics send many of this network's convolutions to
+`_slow_conv2d_forward` (im2col + GEMM): every 1x1 skip, the 3x3 ones at
+8 x 8, conv_out and the concat network's split conv_in in the SMMNIST
+preset; 39 of the 43 at the demo's cpu size. Frozen, all of them run on
+oneDNN. Only the FIR
+up-sampling (a transposed depthwise convolution, which oneDNN's pass does
+not pack) stays on ATen's own kernel. channels_last is not used on the
+CPU: the C++ ops read contiguous inputs and return contiguous outputs, so
+a channels_last activation would cost a copy at every norm layer.
+
+Freezing is switched on with `torch._inductor.config.patch(freezing=True)`
+around every call of the compiled network (torch 2.13 compiles at the
+first call, and at any recompile, e.g. for a new batch size; its
+`torch.compile(options={"freezing": True})` does not freeze).
+
+Measured: the forward with a condition cache (what a sampler calls at
+each step), float32, batch 1, torch.set_num_threads(1), medians of
+interleaved rounds on a shared 2-core AVX-512 CPU (docs/optimize.md):
+
+| network                          | eager    | optimized | speed-up |
+|----------------------------------|----------|-----------|----------|
+| SMMNIST preset, concat (64 x 64) | 529.8 ms | 448.5 ms  | 1.18x    |
+| SMMNIST preset, SPATIN (64 x 64) | 439.4 ms | 374.1 ms  | 1.17x    |
+| demo cpu size, concat (32 x 32)  | 31.4 ms  | 25.5 ms   | 1.23x    |
+
+The gain is what eager loses off oneDNN plus the fused element-wise work:
+the oneDNN convolutions themselves, most of the FLOPs, run the same
+kernels either way.
+
+On a CUDA GPU (written, not yet run on one): TF32 tensor-core matmuls
+and convolutions for float32 (flags set around each call only), bfloat16 or
+float16 weights for `dtype=`, and torch.compile's "max-autotune-no-cudagraphs"
+mode; CUDA graphs of the whole denoising loop are the sampler's
+(`mcvd.predict(..., cuda_graph=True)`), which replays the compiled kernels.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+import threading
+import time
+import types
+import weakref
+from contextlib import ExitStack, contextmanager
+
+import torch
+import torch.nn as nn
+
+from .condition import ConditionCache, weights_version
+from .config import ModelConfig
+from .network import MCVD
+
+# Relative error of the optimized network against eager in each dtype
+# (||out - eager|| / ||eager||), what tests/nn/test_optimize.py checks.
+# float32: only the summation order of the convolutions differs (oneDNN's
+# algorithms against ATen's), ~1e-6 measured over ~60 layers. bfloat16 and
+# float16: the network itself runs in that dtype (8 and 11 mantissa bits),
+# so the bound is the low-precision eager network's own error against
+# float32 (~2e-2 for bfloat16) with room for a different rounding order.
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 6e-2, torch.float16: 1e-2}
+DTYPES = tuple(TOLERANCE)
+
+_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(device, dtype): OptimizedMCVD}
+_lock = threading.Lock()
+
+
+def _all_versions(module: nn.Module) -> tuple[int, ...]:
+    return weights_version([*module.parameters(), *module.buffers()])
+
+
+def _own_code(fn):
+    """`fn` with a code object of its own. Dynamo keeps compiled graphs, and
+    its recompile limit, per code object: each optimized module gets its own
+    rather than one shared by every module, whose frozen weights differ (a
+    module made again after its model's weights changed included)."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+class OptimizedMCVD(nn.Module):
+    """An MCVD network compiled for inference on one device and dtype; made by
+    `mcvd.optimize`. Same call signature as `mcvd.MCVD`: `forward(x_t, t,
+    cond=None, cond_mask=None, *, cache=None)` and `condition(cond,
+    cond_mask)`, and `.config`; no autograd.
+
+    Inputs are taken in their own dtype (the model's, usually float32) and
+    computed in `dtype`: eps comes back in x_t's dtype.
+
+    Attributes:
+        network: the MCVD network it runs (the model itself, or a copy on
+            `device` in `dtype` when they differ from the model's).
+        device, dtype: where and in what it computes.
+    """
+
+    def __init__(self, model: MCVD, network: MCVD, device: torch.device, dtype: torch.dtype):
+        super().__init__()
+        self.network = network
+        self.device, self.dtype = device, dtype
+        # Not submodules: the source model (a converted copy may stand in for it), the compiled wrapper.
+        self.__dict__["_source"] = weakref.ref(model)
+        self.__dict__["_versions"] = (_all_versions(model), _all_versions(network))
+        self.__dict__["_compiled"] = self._compile()
+        self.__dict__["_compiled_shapes"] = set()
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.network.config
+
+    def extra_repr(self) -> str:
+        return f"device={self.device}, dtype={self.dtype}"
+
+    # --- compilation ----------------------------------------------------
+
+    def _compile(self):
+        network = self.network
+
+        def run(x_t, t, cond, cond_mask, cache):
+            return network(x_t, t, cond, cond_mask, cache=cache)
+
+        run = _own_code(run)
+        if self.device.type == "cuda":
+            return torch.compile(run, mode="max-autotune-no-cudagraphs")
+        return torch.compile(run)
+
+    @contextmanager
+    def _settings(self):
+        """Freezing on for any compilation this call triggers; on a GPU, TF32
+        for float32 matmuls and convolutions, for this call only."""
+        import torch._inductor.config as inductor_config
+
+        with ExitStack() as stack:
+            stack.enter_context(torch.no_grad())
+            stack.enter_context(inductor_config.patch(freezing=True))
+            if self.device.type == "cuda":
+                stack.enter_context(_tf32())
+            yield
+
+    def _check_weights(self) -> None:
+        source = self._source()  # None once a model that runs as a copy is gone: the copy's weights still count
+        versions = (self._versions[0] if source is None else _all_versions(source), _all_versions(self.network))
+        if versions != self._versions:
+            raise RuntimeError("model: its weights changed since mcvd.optimize compiled it (the compiled network "
+                               "holds them as constants); call mcvd.optimize(model) again")
+
+    def _stacked(self, v: torch.Tensor) -> torch.Tensor:
+        """[B, T, C, H, W] -> [B, T*C, H, W] in `dtype`; any other shape as it is, for the network to refuse."""
+        if v.dim() == 5 and v.shape[2] == self.config.channels:
+            v = v.flatten(1, 2)
+        return v.to(self.dtype)
+
+    # --- the network's interface -----------------------------------------
+
+    def condition(self, cond: torch.Tensor, cond_mask: torch.Tensor | None = None) -> ConditionCache:
+        """`MCVD.condition` of the network (eager: once per sampling block),
+        with cond cast to `dtype`; for `forward(..., cache=...)` of this module."""
+        self._check_weights()
+        if isinstance(cond, torch.Tensor) and cond.is_floating_point():
+            cond = cond.to(self.dtype)
+        with torch.no_grad(), (_tf32() if self.device.type == "cuda" else _nothing()):
+            return self.network.condition(cond, cond_mask)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+                cond_mask: torch.Tensor | None = None, *, cache: ConditionCache | None = None) -> torch.Tensor:
+        """`MCVD.forward`, compiled: eps for x_t, in x_t's dtype. The first call
+        for a new input shape compiles (a log line on stderr; inductor keeps
+        the compiled code on disk for later processes). The cache's network
+        and weights are checked here, eagerly, as the eager network does."""
+        self._check_weights()
+        if not isinstance(x_t, torch.Tensor) or not x_t.is_floating_point():
+            raise TypeError(f"x_t: expected a float tensor, got {getattr(x_t, 'dtype', type(x_t).__name__)}")
+        # Frames stacked in channels ([B, T*C, H, W]) and in `dtype`: one compilation for either layout.
+        x = self._stacked(x_t)
+        if isinstance(cond, torch.Tensor) and cond.is_floating_point():
+            cond = self._stacked(cond)
+        if cache is not None:
+            if isinstance(cache, ConditionCache) and cache.model is self._source() and cache.model is not self.network:
+                raise ValueError("cache: built by the model mcvd.optimize was given, which this module runs as a copy "
+                                 f"in {self.dtype} on {self.device}; build it with this module's condition()")
+            # Identity and weight versions: the compiled forward checks batch, dtype and device only.
+            self.network._check_cache(cache, x)
+        key = (tuple(x.shape), None if cond is None else tuple(cond.shape), cache is None)
+        first = key not in self._compiled_shapes
+        if first:
+            print(f"mcvd.optimize: compiling the network for {self.device.type} {str(self.dtype)[6:]}, input "
+                  f"{list(x.shape)} (first call for this shape; inductor caches it on disk)", file=sys.stderr,
+                  flush=True)
+            start = time.perf_counter()
+        with self._settings():
+            eps = self._compiled(x, t, cond, cond_mask, cache)
+        if first:
+            self._compiled_shapes.add(key)
+            print(f"mcvd.optimize: compiled in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+        return eps.view(x_t.shape).to(x_t.dtype)
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+@contextmanager
+def _tf32():
+    """TF32 tensor-core math for float32 matmuls and cuDNN convolutions, restored after."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def optimize(model: MCVD, *, device: torch.device | str | None = None,
+             dtype: torch.dtype | None = None) -> OptimizedMCVD:
+    """The MCVD network compiled for fast inference, computing the same function.
+
+    CPU: torch.compile with inductor's freezing - weights folded in as
+    constants, every convolution pre-packed for oneDNN (eager runs most of
+    them on the slow im2col path), bias and pointwise ops fused into them;
+    the fused C++ norm and attention ops in between. GPU (not yet run on
+    one): TF32 tensor cores for float32 (set around each call only),
+    bfloat16/float16 weights with `dtype`, inductor's max-autotune
+    (no CUDA graphs: `mcvd.predict(..., cuda_graph=True)` captures the
+    whole loop). See `mcvd.nn.optimize` for the measured speed-ups.
+
+    Compiles at the first call for each input shape (stderr says so;
+    minutes on a small CPU), then inductor's on-disk cache serves later
+    processes. The same (model, device, dtype) gives back the same module
+    while the model's weights are unchanged; a module whose model's
+    weights changed since refuses to run (RuntimeError).
+
+    Accuracy against the eager model (relative L2 error of eps): at most
+    1e-4 in float32; bfloat16 at most 6e-2 and float16 1e-2 (`TOLERANCE`):
+    the network then runs in that precision.
+
+    Args:
+        model: a `mcvd.MCVD` network (its mode is left alone; the optimized
+            module always runs it as in eval mode, without autograd).
+        device: where to run (default: the model's). A model elsewhere is
+            copied there; the model itself is not moved.
+        dtype: torch.float32, torch.bfloat16 or torch.float16 (default: the
+            model's). Inputs are cast to it and eps cast back to x_t's dtype.
+    Returns:
+        an `OptimizedMCVD`: `forward(x_t, t, cond=None, cond_mask=None, *,
+        cache=None)`, `condition(cond, cond_mask)` and `.config`, as MCVD's,
+        so `mcvd.predict` and the samplers take it in place of the model.
+    """
+    if not isinstance(model, MCVD):
+        raise TypeError(f"model: expected a mcvd.MCVD network, got {type(model).__name__}")
+    weight = model.conv_in.weight
+    if device is None:
+        device = weight.device
+    else:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda:0', got {device!r}") from err
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device: expected a CPU or CUDA device, got {device}")
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"device: {device} requested but torch sees no CUDA device")
+            if device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
+    if dtype is None:
+        dtype = weight.dtype
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype: expected a torch.dtype (torch.float32, torch.bfloat16, torch.float16), "
+                        f"got {type(dtype).__name__}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {', '.join(map(str, DTYPES))}, got {dtype}")
+
+    key = (device, dtype)
+    with _lock:
+        entries = _cache.setdefault(model, {})
+        found = entries.get(key)
+        if found is not None:
+            try:
+                found._check_weights()
+                return found
+            except RuntimeError:
+                pass  # weights changed: freeze them again
+        if (weight.device, weight.dtype) == key:
+            network = model
+        else:  # a copy: the model stays where it is
+            network = copy.deepcopy(model).to(device=device, dtype=dtype)
+        # Eval mode on the network the compiled code reads (dropout off); a copy leaves the model's mode alone.
+        if network.training:
+            network = copy.deepcopy(network).eval() if network is model else network.eval()
+        optimized = OptimizedMCVD(model, network, device, dtype)
+        entries[key] = optimized
+        return optimized

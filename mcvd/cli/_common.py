@@ -186,3 +186,20 @@ def smmnist_test_clips(cfg, frames: int, run_config: dict):
         digits, digit_size = 2, cfg.image_size // 2
     return StochasticMovingMNIST(frames, split="test", seed=0, image_size=cfg.image_size, num_digits=digits,
                                  digit_size=digit_size)
+
+
+def add_optimize_flag(parser) -> None:
+    """--no-optimize: sample with the eager network instead of mcvd.optimize's compiled one."""
+    parser.add_argument("--no-optimize", action="store_true",
+                        help="sample with the eager network instead of mcvd.optimize's compiled one (which "
+                             "compiles at its first call for each batch shape, minutes on a small CPU, and is "
+                             "cached on disk for later runs)")
+
+
+def inference_model(model, no_optimize: bool):
+    """The network the command samples with: `mcvd.optimize(model)`, or the model itself with --no-optimize."""
+    if no_optimize:
+        return model
+    from mcvd.nn.optimize import optimize
+
+    return optimize(model)

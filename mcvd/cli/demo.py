@@ -42,7 +42,8 @@ leaves anything else in the folder alone. The demo trains in a hidden folder
 inside --out (.train-XXXXXXXX); one that a killed demo left, holding nothing
 but its training files, is removed by the next demo there. --out must be
 writable and every option valid (--sample-steps at most the model's
-num_timesteps, MCVD_BACKEND) before training starts.
+num_timesteps, MCVD_BACKEND) before training starts. Steps 2 and 3 sample with
+the network that mcvd.optimize compiles (--no-optimize: eager).
 """
 # This module runs the steps; the sizes, the calibration and the repeat command are in demo_config, the
 # scoring and the verdict in mcvd.metrics.baselines, the report in mcvd.metrics.demo_report.
@@ -54,8 +55,8 @@ import shutil
 import time
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, check_output_folder, check_steps, error,
-                      nonnegative_int, positive_float, positive_int, resolve_device)
+from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_optimize_flag, check_output_folder, check_steps, error,
+                      inference_model, nonnegative_int, positive_float, positive_int, resolve_device)
 from .demo_config import (SIZES, DemoSize, calibrate, leftover_work_folders, remove_work_folder, reproduce_command,
                           run_config, work_folder)
 
@@ -92,6 +93,7 @@ def add_parser(sub) -> None:
                         "measured; with --train-steps, torch's count)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing the demo's files")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_optimize_flag(p)
     p.set_defaults(run=run)
 
 
@@ -189,13 +191,14 @@ def run(args: argparse.Namespace) -> int:
         return error("demo", f"training diverged: {err}", EXIT_FAILURE)
 
     model, cfg = load(out / "checkpoint.pt", map_location=device)  # the EMA weights
+    net = inference_model(model, args.no_optimize)
     p, n = cfg.num_frames_cond, args.pred_frames or size.pred_frames
     method = args.method or size.method
     clips = StochasticMovingMNIST(p + n, split="test", seed=0, length=args.clips or size.clips,
                                   num_digits=run_cfg.data.num_digits, image_size=cfg.image_size,
                                   digit_size=run_cfg.data.digit_size)
     start = time.perf_counter()
-    past, truth, pred = predict_clips(model, clips, pred_frames=n, method=method, steps=sample_steps, seed=args.seed,
+    past, truth, pred = predict_clips(net, clips, pred_frames=n, method=method, steps=sample_steps, seed=args.seed,
                                       device=device, progress=not args.no_progress)
     scores = score_with_baselines(past, truth, pred)
     eval_seconds = time.perf_counter() - start
@@ -221,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
                                         num_digits=run_cfg.data.num_digits, image_size=cfg.image_size,
                                         digit_size=run_cfg.data.digit_size)[0]  # the first held-out clip, longer
     stream_sampler = SamplerConfig(method="dpm++", steps=min(STREAM_STEPS, T))
-    streamed = stream_video(model, stream_clip, sampler=stream_sampler, cuda_graph=device.type == "cuda",
+    streamed = stream_video(net, stream_clip, sampler=stream_sampler, cuda_graph=device.type == "cuda",
                             generator=torch.Generator(device).manual_seed(args.seed))
     write_gif(out / "stream.gif", grid_frames(streamed.panels()), fps=STREAM_FPS, overwrite=True)
     info["stream"] = {**streamed.summary(), "method": stream_sampler.method, "steps": stream_sampler.steps}

@@ -34,6 +34,10 @@ past [B, p, C, H, W], prediction [samples, B, N, C, H, W], truth
 [B, N, C, H, W] and future [B, f, C, H, W] when present; task, method,
 steps, seed and guidance as scalars). Existing files are
 kept unless --force is given; each file is written atomically.
+
+The network runs as mcvd.optimize compiles it (the same eps within
+1e-4; compiled at the first call for each batch shape, minutes on a small
+CPU, cached on disk for later runs); --no-optimize runs it eagerly.
 """
 from __future__ import annotations
 
@@ -41,8 +45,8 @@ import argparse
 from pathlib import Path
 
 from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, check_guidance, check_output_folder, default_steps,
-                      error, finite_float, float_range, load_checkpoint_arg, nonnegative_int, positive_int,
-                      resolve_device, smmnist_test_clips)
+                      add_optimize_flag, error, finite_float, float_range, inference_model, load_checkpoint_arg,
+                      nonnegative_int, positive_int, resolve_device, smmnist_test_clips)
 
 HELP = "predict, generate or interpolate video frames with a trained model (GIF, MP4, .npz)"
 TASKS = ("predict", "interpolate", "generate")
@@ -79,6 +83,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-ema", action="store_true", help="the raw weights of a checkpoint, not the EMA")
     p.add_argument("--force", action="store_true", help="replace sample.gif, sample.mp4, frames.npz in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_optimize_flag(p)
     p.set_defaults(run=run)
 
 
@@ -179,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     generator = torch.Generator(device).manual_seed(args.seed)
     generating = clips is None
-    video = predict(model, past, n, future=future, samples=1 if generating else args.samples,
+    net = inference_model(model, args.no_optimize)
+    video = predict(net, past, n, future=future, samples=1 if generating else args.samples,
                     batch_size=args.samples if generating else None, device=device, method=args.method,
                     steps=steps, guidance=args.guidance, generator=generator, progress=not args.no_progress)
     # Always [samples, B, N, C, H, W]: generation draws `samples` videos of one "clip".

@@ -12,7 +12,8 @@ from mcvd.data import StochasticMovingMNIST
 from mcvd.metrics.psnr_ssim import psnr
 from mcvd.video import BAR, BORDER, GAP, HEADER, load_clip, read_video
 
-FAST = ["--steps", "2", "--no-progress"]
+# Eager: compiling (mcvd.optimize) costs more than these samples; one test below takes the default.
+FAST = ["--steps", "2", "--no-progress", "--no-optimize"]
 
 
 def sample(checkpoint, out, *args):
@@ -245,3 +246,19 @@ def test_predict_from_a_folder_of_frames(checkpoint, tmp_path, capsys):
     empty.mkdir()
     assert sample(checkpoint, tmp_path / "out2", "--input", str(empty)) == 2
     assert f"input: {empty} holds no frames" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # compiles the network (about a minute on two cores)
+def test_the_optimized_network_is_the_default_and_samples_as_the_eager_one(checkpoint, tmp_path, capsys):
+    """Without --no-optimize the command samples with mcvd.optimize's compiled
+    network, which says so on stderr while it compiles; its prediction equals
+    the eager network's (same seed) to float32 accuracy."""
+    common = ["sample", "--checkpoint", str(checkpoint), "--data", "smmnist", "--index", "0", "1", "--steps", "2",
+              "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "fast")]) == 0
+    assert "mcvd.optimize: compiling the network for cpu float32" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "eager"), "--no-optimize"]) == 0
+    assert "mcvd.optimize" not in capsys.readouterr().err
+    with np.load(tmp_path / "fast" / "frames.npz") as fast, np.load(tmp_path / "eager" / "frames.npz") as eager:
+        a, b = torch.from_numpy(fast["prediction"]).double(), torch.from_numpy(eager["prediction"]).double()
+    assert ((a - b).norm() / b.norm()).item() <= 1e-4

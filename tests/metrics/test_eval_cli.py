@@ -37,7 +37,7 @@ def model_file(tmp_path_factory):
 
 
 def run_eval(*args) -> int:
-    return main(["eval", "--no-progress", "--steps", "2", *map(str, args)])
+    return main(["eval", "--no-progress", "--no-optimize", "--steps", "2", *map(str, args)])
 
 
 def read(out):

@@ -32,7 +32,9 @@ interleaved rounds on a shared 2-core AVX-512 CPU (docs/optimize.md):
 
 The gain is what eager loses off oneDNN plus the fused element-wise work:
 the oneDNN convolutions themselves, most of the FLOPs, run the same
-kernels either way.
+kernels either way. On a CPU with AMX, dtype=torch.bfloat16 runs them on
+its bfloat16 units: the SMMNIST concat preset in 144 ms against eager
+float32's 327 ms (2.27x, relative error 5.6e-3).
 
 On a CUDA GPU (written, not yet run on one): TF32 tensor-core matmuls
 and convolutions for float32 (flags set around each call only), bfloat16 or

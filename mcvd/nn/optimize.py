@@ -50,7 +50,7 @@ import threading
 import time
 import types
 import weakref
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
 import torch.nn as nn
@@ -164,7 +164,7 @@ class OptimizedMCVD(nn.Module):
         self._check_weights()
         if isinstance(cond, torch.Tensor) and cond.is_floating_point():
             cond = cond.to(self.dtype)
-        with torch.no_grad(), (_tf32() if self.device.type == "cuda" else _nothing()):
+        with torch.no_grad(), (_tf32() if self.device.type == "cuda" else nullcontext()):
             return self.network.condition(cond, cond_mask)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
@@ -199,11 +199,6 @@ class OptimizedMCVD(nn.Module):
             self._compiled_shapes.add(key)
             print(f"mcvd.optimize: compiled in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
         return eps.view(x_t.shape).to(x_t.dtype)
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 @contextmanager

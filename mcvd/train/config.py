@@ -145,6 +145,10 @@ class TrainConfig:
     steps: optimizer steps of the whole run (a resumed run stops at the same step).
     lr, beta1, beta2, eps, weight_decay: Adam.
     warmup: steps of linear learning-rate warm-up, lr_s = lr * min((s + 1) / warmup, 1).
+    lr_decay_start: None (the rate stays constant after warm-up, as in the reference code) or a step from
+        which it decays along a half cosine to 0 at `steps` (one at or after `steps` never decays). The steps
+        before it are those of a constant run, so a constant run's checkpoint at that step continues into the
+        decay exactly.
     grad_clip: max global gradient norm (None: no clipping).
     ema_rate: EMA of the weights, shadow = rate * shadow + (1 - rate) * weights after each step.
     prob_mask_cond: probability that a sample's past frames are masked (zeroed).
@@ -174,6 +178,7 @@ class TrainConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     warmup: int = 1000
+    lr_decay_start: int | None = None
     grad_clip: float | None = 1.0
     ema_rate: float = 0.999
     prob_mask_cond: float = 0.0
@@ -197,6 +202,8 @@ class TrainConfig:
         for name in ("warmup", "seed"):
             _check_range("training", name, getattr(self, name), 0)
         _check_range("training", "lr", self.lr, 0.0, low_open=True)
+        if self.lr_decay_start is not None:
+            _check_range("training", "lr_decay_start", self.lr_decay_start, 0)
         for name in ("beta1", "beta2", "ema_rate"):
             _check_range("training", name, getattr(self, name), 0.0, 1.0, high_open=True)
         _check_range("training", "eps", self.eps, 0.0, low_open=True)

@@ -87,11 +87,16 @@ def read_metrics(path) -> list[dict[str, float]]:
 
 
 def learning_rate(step: int, cfg) -> float:
-    """Linear warm-up: lr * min((step + 1) / warmup, 1) for the update after `step` completed steps.
+    """Linear warm-up: lr * min((step + 1) / warmup, 1) for the update after `step` completed steps; from
+    step lr_decay_start (when set) times 1/2 (1 + cos(pi (step - start) / (steps - start))), 0 at the end.
 
     The reference code uses step / warmup, which makes its first update a no-op (lr 0).
     """
-    return cfg.lr * min((step + 1) / cfg.warmup, 1.0) if cfg.warmup else cfg.lr
+    lr = cfg.lr * min((step + 1) / cfg.warmup, 1.0) if cfg.warmup else cfg.lr
+    start = cfg.lr_decay_start
+    if start is not None and step >= start:
+        lr *= 0.5 * (1 + math.cos(math.pi * (step - start) / (cfg.steps - start)))
+    return lr
 
 
 def make_dataset(run: RunConfig) -> Dataset:

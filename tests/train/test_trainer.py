@@ -141,6 +141,19 @@ def test_learning_rate_warms_up_linearly(tiny_run):
     assert learning_rate(0, tiny_run(training={"warmup": 0}).training) == 1e-3
 
 
+def test_learning_rate_decays_along_a_cosine_from_its_start(tiny_run):
+    cfg = tiny_run(training={"warmup": 0, "steps": 10, "lr_decay_start": 6}).training
+    # constant before step 6, then 1/2 (1 + cos(pi k / 4)) for k = 0..3: 1, 0.8536, 0.5, 0.1464
+    assert [learning_rate(s, cfg) for s in range(10)] == pytest.approx(
+        [1e-3] * 6 + [1e-3, 8.535534e-4, 5e-4, 1.464466e-4], rel=1e-6)
+    constant = tiny_run(training={"warmup": 0, "steps": 10}).training
+    assert [learning_rate(s, cfg) for s in range(6)] == [learning_rate(s, constant) for s in range(6)]
+    late = tiny_run(training={"warmup": 0, "steps": 10, "lr_decay_start": 10}).training
+    assert [learning_rate(s, late) for s in range(10)] == [1e-3] * 10
+    with pytest.raises(ValueError, match=r"training.lr_decay_start: expected >= 0, got -1"):
+        tiny_run(training={"steps": 10, "lr_decay_start": -1})
+
+
 def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path, tiny_run):
     run = tiny_run(training={"steps": 10, "lr": 1e-2, "warmup": 3, "ckpt_every": 10, "log_every": 5})
     result = train(run, tmp_path, progress=False)

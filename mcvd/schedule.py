@@ -14,11 +14,13 @@ float64; the tensors handed to kernels are float32 copies on the data's device.
 What a network predicts (its parameterisation, `ModelConfig.prediction`),
 with a = sqrt(abar_t), s = sqrt(1 - abar_t), so that x_t = a x_0 + s eps:
 
-| prediction | target                   | eps from a prediction y |
-|------------|--------------------------|-------------------------|
-| "eps"      | eps (the paper's)        | y                       |
-| "x0"       | x_0                      | (x_t - a y) / s         |
-| "v"        | a eps - s x_0 (Salimans & Ho 2022) | s x_t + a y   |
+| prediction | target            | eps from a prediction y |
+|------------|-------------------|-------------------------|
+| "eps"      | eps (the paper's) | y                       |
+| "x0"       | x_0               | (x_t - a y) / s         |
+| "v"        | a eps - s x_0     | s x_t + a y             |
+
+(v: Salimans & Ho 2022.)
 
 Every sampler works with eps: the network converts its prediction
 (`eps_from_prediction`) before returning, so a v- or x0-network samples with

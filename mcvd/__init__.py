@@ -2,7 +2,7 @@
 fused C++, CUDA and Triton kernels."""
 import torch  # noqa: F401  (loads libtorch before the extension)
 
-from mcvd import _C, ops
+from mcvd import _C, ops, pretrained
 from mcvd.compat import load_official
 from mcvd.diffusion import SamplerConfig, StreamingPredictor, predict, sample
 from mcvd.loader import load
@@ -11,5 +11,5 @@ from mcvd.nn.optimize import optimize
 
 __version__ = _C.build_info()["version"]
 
-__all__ = ["ops", "__version__", "MCVD", "ModelConfig", "load", "load_official", "sample", "predict",
+__all__ = ["ops", "pretrained", "__version__", "MCVD", "ModelConfig", "load", "load_official", "sample", "predict",
            "StreamingPredictor", "SamplerConfig", "optimize"]

@@ -1,0 +1,81 @@
+"""Models shipped with the package: small networks trained with `mcvd train`
+by a config kept in the repository, their weights in mcvd/weights/.
+
+    model, cfg = mcvd.pretrained.load("smmnist-demo-cpu")
+
+Every load checks the file's SHA-256 against the one recorded here before
+reading it (weights-only), so a damaged or replaced copy is refused instead
+of giving wrong predictions.
+
+smmnist-demo-cpu: Stochastic Moving MNIST at 32 x 32 with 16-pixel digits, 2
+past -> 2 frames; the demo's `cpu` size (0.42M parameters) with its recipe
+(x0-prediction, min-SNR-5) trained longer, by scripts/make_pretrained.sh with
+configs/pretrained/smmnist_demo_cpu.yml.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mcvd.fileio import file_sha256
+from mcvd.loader import load as load_file
+from mcvd.nn import MCVD, ModelConfig
+
+WEIGHTS = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """One shipped model: its file in mcvd/weights/, that file's SHA-256, the
+    config that trained it (a path in the repository) and its training steps."""
+
+    file: str
+    sha256: str
+    config: str
+    steps: int
+    summary: str
+
+
+MODELS = {
+    "smmnist-demo-cpu": Pretrained(
+        file="smmnist_demo_cpu.mcvd",
+        sha256="de9f0d72499d12334dddf6e02b76f8523604f6e21cd5aefba365f235ffd210df",
+        config="configs/pretrained/smmnist_demo_cpu.yml",
+        steps=8000,
+        summary="the demo's cpu size trained longer: SMMNIST 32 x 32, 2 past -> 2 frames, x0-prediction"),
+}
+
+
+def path(name: str) -> Path:
+    """Where the shipped model `name` is installed."""
+    return WEIGHTS / _entry(name).file
+
+
+def load(name: str = "smmnist-demo-cpu", *, file: str | os.PathLike | None = None,
+         map_location: str | torch.device | None = None) -> tuple[MCVD, ModelConfig]:
+    """The shipped model `name` (one of MODELS): (model in eval mode, its ModelConfig).
+
+    file: read this copy instead of the installed one (its SHA-256 must still
+        be the recorded one). map_location: as mcvd.load.
+    Raises ValueError when the file's SHA-256 differs from the recorded one
+    (damaged, truncated or replaced), FileNotFoundError when it is missing.
+    """
+    entry = _entry(name)
+    target = Path(file) if file is not None else WEIGHTS / entry.file
+    if not target.is_file():
+        raise FileNotFoundError(f"file: no such file: {target} (the shipped model {name!r}; reinstall mcvd)")
+    digest = file_sha256(target)
+    if digest != entry.sha256:
+        raise ValueError(f"file: {target} has SHA-256 {digest}, not the {entry.sha256} recorded for the shipped "
+                         f"model {name!r}: the file is damaged or was replaced; reinstall mcvd, or remake it with "
+                         f"scripts/make_pretrained.sh")
+    return load_file(target, map_location=map_location)
+
+
+def _entry(name: str) -> Pretrained:
+    if name not in MODELS:
+        raise ValueError(f"name: expected one of {sorted(MODELS)}, got {name!r}")
+    return MODELS[name]

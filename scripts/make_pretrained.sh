@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Remake the shipped model mcvd/weights/smmnist_demo_cpu.mcvd (`mcvd.pretrained`):
+# train with the config kept in the repository, then write the EMA weights as a model file
+# and print its SHA-256 (to record in mcvd/pretrained.py).
+#
+#   scripts/make_pretrained.sh [WORKDIR]      # default runs/pretrained; resumes a run there
+#
+# One CPU thread, as the shipped file was made (threads change float summation order, so
+# another count gives other weights of the same quality).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORKDIR=${1:-runs/pretrained}
+PY=${PY:-.venv/bin/python}
+OMP_NUM_THREADS=1 "$PY" -m mcvd train --config configs/pretrained/smmnist_demo_cpu.yml --workdir "$WORKDIR"
+"$PY" - "$WORKDIR/checkpoint.pt" mcvd/weights/smmnist_demo_cpu.mcvd <<'PY'
+import sys
+import mcvd
+from mcvd.fileio import file_sha256
+from mcvd.nn import save_model
+
+model, _ = mcvd.load(sys.argv[1])  # the EMA weights
+save_model(sys.argv[2], model, overwrite=True)
+print(f"{sys.argv[2]}: SHA-256 {file_sha256(sys.argv[2])}")
+PY

@@ -1,0 +1,62 @@
+"""The shipped model (mcvd.pretrained): its checksum guards every load, and it
+is the network its training config in the repository describes."""
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from mcvd import pretrained
+from mcvd.fileio import file_sha256
+from mcvd.train.config import load_run_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return pretrained.load("smmnist-demo-cpu")
+
+
+def test_the_shipped_file_has_the_recorded_checksum():
+    entry = pretrained.MODELS["smmnist-demo-cpu"]
+    assert file_sha256(pretrained.path("smmnist-demo-cpu")) == entry.sha256
+    assert pretrained.path("smmnist-demo-cpu").stat().st_size < 10 * 2**20
+
+
+def test_it_is_the_network_its_config_trains(shipped):
+    model, cfg = shipped
+    run = load_run_config(REPO / pretrained.MODELS["smmnist-demo-cpu"].config)
+    assert cfg == run.model and cfg.prediction == "x0"
+    assert run.training.steps == pretrained.MODELS["smmnist-demo-cpu"].steps
+    assert not model.training
+    x, cond, t = torch.zeros(1, 2, 1, 32, 32), -torch.ones(1, 2, 1, 32, 32), torch.tensor([10])
+    with torch.no_grad():
+        assert torch.isfinite(model(x, t, cond)).all()
+
+
+def test_a_damaged_copy_is_refused(tmp_path):
+    copy = tmp_path / "copy.mcvd"
+    shutil.copyfile(pretrained.path("smmnist-demo-cpu"), copy)
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, inside the weights
+    copy.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"file: .*copy\.mcvd has SHA-256 [0-9a-f]{64}, not the [0-9a-f]{64} recorded"):
+        pretrained.load("smmnist-demo-cpu", file=copy)
+    copy.write_bytes(bytes(data[:1000]))  # truncated
+    with pytest.raises(ValueError, match="damaged or was replaced"):
+        pretrained.load("smmnist-demo-cpu", file=copy)
+
+
+def test_an_intact_copy_loads_and_a_missing_one_is_named(tmp_path, shipped):
+    copy = tmp_path / "copy.mcvd"
+    shutil.copyfile(pretrained.path("smmnist-demo-cpu"), copy)
+    model, _ = pretrained.load("smmnist-demo-cpu", file=copy)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), shipped[0].state_dict().values()))
+    with pytest.raises(FileNotFoundError, match="file: no such file"):
+        pretrained.load("smmnist-demo-cpu", file=tmp_path / "absent.mcvd")
+
+
+def test_unknown_name():
+    with pytest.raises(ValueError, match=r"name: expected one of \['smmnist-demo-cpu'\], got 'kth'"):
+        pretrained.load("kth")

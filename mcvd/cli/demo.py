@@ -42,8 +42,11 @@ leaves anything else in the folder alone. The demo trains in a hidden folder
 inside --out (.train-XXXXXXXX); one that a killed demo left, holding nothing
 but its training files, is removed by the next demo there. --out must be
 writable and every option valid (--sample-steps at most the model's
-num_timesteps, MCVD_BACKEND) before training starts. Steps 2 and 3 sample with
-the network that mcvd.optimize compiles (--no-optimize: eager).
+num_timesteps, MCVD_BACKEND) before training starts. On a GPU steps 2 and 3
+sample with the network that mcvd.optimize compiles (--no-optimize: eager);
+on the CPU eagerly (--optimize to compile): at the cpu size compiling takes
+about 100 s per model cold on a 2-core CPU and makes its ~20 s of sampling
+only ~1.15x faster.
 """
 # This module runs the steps; the sizes, the calibration and the repeat command are in demo_config, the
 # scoring and the verdict in mcvd.metrics.baselines, the report in mcvd.metrics.demo_report.
@@ -55,7 +58,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_optimize_flag, check_output_folder, check_steps, error,
+from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, check_output_folder, check_steps, error,
                       inference_model, nonnegative_int, positive_float, positive_int, resolve_device)
 from .demo_config import (SIZES, DemoSize, calibrate, leftover_work_folders, remove_work_folder, reproduce_command,
                           run_config, work_folder)
@@ -63,6 +66,7 @@ from .demo_config import (SIZES, DemoSize, calibrate, leftover_work_folders, rem
 HELP = "train a small MCVD on Stochastic Moving MNIST and compare its predictions with copy-last-frame"
 OUTPUTS = ("demo.gif", "stream.gif", "metrics.png", "report.md", "metrics.json", "checkpoint.pt",
            "train_metrics.csv")
+SHIPPED = "MCVD, shipped"  # the shipped model's name in the scores
 STREAM_FRAMES, STREAM_STEPS, STREAM_FPS = 24, 10, 8  # the streamed clip: frames, DPM-Solver++ steps, GIF rate
 # Run config values that the demo's own options set.
 OWN_FLAGS = {"training.steps": "--train-steps or --minutes", "training.device": "--device",
@@ -93,7 +97,14 @@ def add_parser(sub) -> None:
                         "measured; with --train-steps, torch's count)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing the demo's files")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_optimize_flag(p)
+    p.add_argument("--no-pretrained", action="store_true",
+                   help="score only the model trained here, not also the shipped one (mcvd.pretrained)")
+    optimized = p.add_mutually_exclusive_group()
+    optimized.add_argument("--optimize", action="store_true",
+                           help="sample with mcvd.optimize's compiled network on the CPU too (default: on a GPU "
+                                "only; compiling costs more here than it saves at the demo's sizes)")
+    optimized.add_argument("--no-optimize", action="store_true",
+                           help="sample with the eager network on a GPU too")
     p.set_defaults(run=run)
 
 
@@ -151,16 +162,38 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path) -> tup
     return result.run, seconds, budget, log
 
 
+def shipped_model(size: DemoSize, run_cfg, cfg, device) -> dict | None:
+    """The shipped model of the size's recipe (mcvd.pretrained) with its facts, when it predicts the
+    clips this run scores (the same frames and digits; not after --set changes them); else None."""
+    if size.pretrained is None:
+        return None
+    from mcvd import pretrained
+    from mcvd.train import DataConfig
+
+    model, shipped_cfg = pretrained.load(size.pretrained, map_location=device)
+    same = ("image_size", "channels", "num_frames_cond")
+    data = run_cfg.data
+    if any(getattr(shipped_cfg, k) != getattr(cfg, k) for k in same) or data.digit_size != size.digit_size \
+            or data.num_digits != DataConfig().num_digits:
+        print(f"mcvd demo: the shipped model {size.pretrained!r} predicts other clips than this run's "
+              f"(--set changed the frames or the digits): it is not scored")
+        return None
+    entry = pretrained.MODELS[size.pretrained]
+    return {"model": model, "name": size.pretrained, "steps": entry.steps, "config": entry.config,
+            "sha256": entry.sha256}
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from mcvd.data import StochasticMovingMNIST
     from mcvd.diffusion import SamplerConfig, stream_video
     from mcvd.loader import load
-    from mcvd.metrics.baselines import BASELINE, MODEL, compare, predict_clips, score_with_baselines, verdict
+    from mcvd.metrics.baselines import (BASELINE, EMPTY, MODEL, compare, predict_clips, score,
+                                        score_with_baselines, verdict)
     from mcvd.metrics.demo_report import fmt_summary, write_demo_report
     from mcvd.train import TrainingDiverged
-    from mcvd.video import grid_frames, task_panels, write_gif
+    from mcvd.video import Panel, grid_frames, task_panels, write_gif
 
     try:
         leftovers = _check_args(args)
@@ -191,7 +224,8 @@ def run(args: argparse.Namespace) -> int:
         return error("demo", f"training diverged: {err}", EXIT_FAILURE)
 
     model, cfg = load(out / "checkpoint.pt", map_location=device)  # the EMA weights
-    net = inference_model(model, args.no_optimize)
+    eager = args.no_optimize or (device.type == "cpu" and not args.optimize)
+    net = inference_model(model, eager)
     p, n = cfg.num_frames_cond, args.pred_frames or size.pred_frames
     method = args.method or size.method
     clips = StochasticMovingMNIST(p + n, split="test", seed=0, length=args.clips or size.clips,
@@ -202,11 +236,24 @@ def run(args: argparse.Namespace) -> int:
                                       device=device, progress=not args.no_progress)
     scores = score_with_baselines(past, truth, pred)
     eval_seconds = time.perf_counter() - start
-    comparison = compare(scores[MODEL], scores[BASELINE])
     frames = list(range(p + 1, p + n + 1))
+    shipped = None if args.no_pretrained else shipped_model(size, run_cfg, cfg, device)
+    if shipped is not None:
+        shipped_net = inference_model(shipped["model"], eager)
+        _, _, shipped_pred = predict_clips(shipped_net, clips, pred_frames=n, method=method, steps=sample_steps,
+                                           seed=args.seed, device=device, progress=not args.no_progress)
+        scores = {MODEL: scores[MODEL], SHIPPED: score(shipped_pred, truth),
+                  **{k: v for k, v in scores.items() if k != MODEL}}
+    comparisons = {name: compare(scores[name], scores[BASELINE]) for name in (MODEL, SHIPPED) if name in scores}
+    verdicts = {name: verdict(comparisons[name], device.type, who=who, empty=compare(scores[name], scores[EMPTY]),
+                              advice=name == MODEL and shipped is None)
+                for name, who in ((MODEL, "the model trained here"), (SHIPPED, "the shipped model"))
+                if name in comparisons}
 
     info = {
-        "verdict": verdict(comparison, device.type), "expectation": size.expectation,
+        "verdict": " ".join(verdicts.values()) if shipped is None else
+        f"{verdicts[SHIPPED]} {verdicts[MODEL]}",
+        "expectation": size.expectation,
         "device": str(device), "threads": torch.get_num_threads(),
         "parameters": sum(x.numel() for x in model.parameters()),
         "training": {"steps": run_cfg.training.steps, "seconds": train_seconds, "budget_seconds": budget,
@@ -218,29 +265,40 @@ def run(args: argparse.Namespace) -> int:
         "out": str(out), "command": reproduce_command(args, size, run_cfg.training),
     }
     rows = min(size.gif_rows, len(clips))
-    write_gif(out / "demo.gif", grid_frames(task_panels(pred[:rows], past=past[:rows], truth=truth[:rows])), fps=3,
-              overwrite=True)
+    panels = task_panels(pred[:rows], past=past[:rows], truth=truth[:rows])
+    if shipped is not None:
+        info["shipped"] = {k: v for k, v in shipped.items() if k != "model"}
+        made_here = task_panels(shipped_pred[:rows], past=past[:rows])[1]  # condition | prediction
+        panels[1] = Panel("trained here", panels[1].frames, panels[1].kinds)
+        panels.insert(2, Panel("shipped", made_here.frames, made_here.kinds))
+    write_gif(out / "demo.gif", grid_frames(panels), fps=3, overwrite=True)
     stream_clip = StochasticMovingMNIST(STREAM_FRAMES, split="test", seed=0, length=1,
                                         num_digits=run_cfg.data.num_digits, image_size=cfg.image_size,
                                         digit_size=run_cfg.data.digit_size)[0]  # the first held-out clip, longer
     stream_sampler = SamplerConfig(method="dpm++", steps=min(STREAM_STEPS, T))
-    streamed = stream_video(net, stream_clip, sampler=stream_sampler, cuda_graph=device.type == "cuda",
-                            generator=torch.Generator(device).manual_seed(args.seed))
+    # The streamed clip shows the better predictor: the shipped model when there is one.
+    streamed = stream_video(net if shipped is None else shipped_net, stream_clip, sampler=stream_sampler,
+                            cuda_graph=device.type == "cuda", generator=torch.Generator(device).manual_seed(args.seed))
     write_gif(out / "stream.gif", grid_frames(streamed.panels()), fps=STREAM_FPS, overwrite=True)
-    info["stream"] = {**streamed.summary(), "method": stream_sampler.method, "steps": stream_sampler.steps}
-    write_demo_report(out, info, comparison, frames, scores, log,
+    info["stream"] = {**streamed.summary(), "method": stream_sampler.method, "steps": stream_sampler.steps,
+                      "model": "trained here" if shipped is None else "shipped"}
+    write_demo_report(out, info, comparisons, frames, scores, log,
                       pixels=cfg.num_frames * cfg.channels * cfg.image_size ** 2)
 
-    psnr, ssim = comparison["psnr"], comparison["ssim"]
     print(f"mcvd demo: trained {run_cfg.training.steps} steps in {train_seconds:.0f} s on {device}; scored "
           f"{len(clips)} held-out clips in {eval_seconds:.0f} s")
-    print(f"mcvd demo: PSNR {fmt_summary(psnr['model'], 2)} dB vs copy-last-frame {fmt_summary(psnr['baseline'], 2)}"
-          f" dB; SSIM {fmt_summary(ssim['model'], 4)} vs {fmt_summary(ssim['baseline'], 4)}")
-    print(f"mcvd demo: {info['verdict']}")
+    for name, comparison in comparisons.items():
+        psnr, ssim = comparison["psnr"], comparison["ssim"]
+        print(f"mcvd demo: {name}: PSNR {fmt_summary(psnr['model'], 2)} dB vs copy-last-frame "
+              f"{fmt_summary(psnr['baseline'], 2)} dB; SSIM {fmt_summary(ssim['model'], 4)} vs "
+              f"{fmt_summary(ssim['baseline'], 4)}")
+    for text in ([verdicts[SHIPPED]] if shipped is not None else []) + [verdicts[MODEL]]:
+        print(f"mcvd demo: {text}")
     st = info["stream"]
-    print(f"mcvd demo: streamed a held-out clip of {st['frames_in']} frames ({st['method']} {st['steps']} steps, "
-          f"{st['frames_per_prediction']} frames predicted every {st['every']}): {st['predicted_fps']:.1f} predicted "
-          f"frames per second, latency per prediction median {st['latency_median'] * 1000:.0f} ms, p90 "
-          f"{st['latency_p90'] * 1000:.0f} ms, max {st['latency_max'] * 1000:.0f} ms")
+    print(f"mcvd demo: streamed a held-out clip of {st['frames_in']} frames with the model {st['model']} "
+          f"({st['method']} {st['steps']} steps, {st['frames_per_prediction']} frames predicted every "
+          f"{st['every']}): {st['predicted_fps']:.1f} predicted frames per second, latency per prediction median "
+          f"{st['latency_median'] * 1000:.0f} ms, p90 {st['latency_p90'] * 1000:.0f} ms, max "
+          f"{st['latency_max'] * 1000:.0f} ms")
     print(f"mcvd demo: wrote {', '.join(str(out / name) for name in OUTPUTS)}")
     return 0

@@ -25,10 +25,12 @@ class DemoSize:
     """Everything the demo chooses for one size of machine.
 
     model: mcvd.ModelConfig fields. digit_size: side of a digit (half the frame, the paper's proportion).
-    batch_size, lr, warmup, ema_rate, num_workers: training (mcvd.train.TrainConfig / DataConfig).
+    batch_size, lr, warmup, ema_rate, loss_weighting, num_workers: training (mcvd.train.TrainConfig /
+    DataConfig).
     minutes: default training budget. clips: held-out clips scored. pred_frames: frames predicted per clip.
     method, sample_steps: the sampler. gif_rows: clips shown in demo.gif.
     expectation: what this size has been measured to reach, for the report.
+    pretrained: the shipped model (mcvd.pretrained) of this size's recipe trained longer, scored beside, or None.
     """
 
     model: dict
@@ -37,6 +39,7 @@ class DemoSize:
     lr: float
     warmup: int
     ema_rate: float
+    loss_weighting: str
     num_workers: int
     minutes: float
     clips: int
@@ -45,30 +48,39 @@ class DemoSize:
     sample_steps: int
     gif_rows: int
     expectation: str
+    pretrained: str | None = None
 
 
-# DDPM (ancestral) sampling by default: after minutes of training the network's eps is still too coarse at
-# high noise, where x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) magnifies its errors, and DDIM carries those
-# errors to the end while DDPM's fresh noise washes them out (measured on the cpu size: 2 to 3 dB higher
-# PSNR than 25-step DDIM after 500 to 2500 training steps).
+# x0-prediction with min-SNR-5 weighting: on the cpu size it reaches in 1,000 steps the SSIM that the paper's
+# eps objective reached in 32,000, and v-prediction in 14,000 (docs/demo.md). DDPM (ancestral) sampling by
+# default: after minutes of training DDIM carries the network's errors at high noise to the end, where DDPM's
+# fresh noise washes them out (measured on the cpu size after 500 to 1,000 steps: 2 to 4 dB higher PSNR than
+# 25-step DDIM with eps, 0.3-0.4 dB and 0.05 SSIM with x0).
 SIZES = {
     "tiny": DemoSize(model=dict(image_size=16, num_frames=2, num_frames_cond=2, ngf=8, ch_mult=(1, 2),
-                                num_res_blocks=1, attn_resolutions=(), n_head_channels=-1, dropout=0.0),
-                     digit_size=8, batch_size=4, lr=1e-3, warmup=1, ema_rate=0.9, num_workers=0, minutes=0.05,
+                                num_res_blocks=1, attn_resolutions=(), n_head_channels=-1, dropout=0.0,
+                                prediction="x0"),
+                     digit_size=8, batch_size=4, lr=1e-3, warmup=1, ema_rate=0.9, loss_weighting="min_snr",
+                     num_workers=0, minutes=0.05,
                      clips=4, pred_frames=3, method="ddim", sample_steps=2, gif_rows=2,
                      expectation="The tiny size checks the pipeline; it is not meant to learn."),
     "cpu": DemoSize(model=dict(image_size=32, num_frames=2, num_frames_cond=2, ngf=16, ch_mult=(1, 2, 2),
-                               num_res_blocks=1, attn_resolutions=(8,), n_head_channels=32, dropout=0.0),
-                    digit_size=16, batch_size=16, lr=1e-3, warmup=50, ema_rate=0.99, num_workers=0, minutes=5.0,
+                               num_res_blocks=1, attn_resolutions=(8,), n_head_channels=32, dropout=0.0,
+                               prediction="x0"),
+                    digit_size=16, batch_size=16, lr=1e-3, warmup=50, ema_rate=0.99, loss_weighting="min_snr",
+                    num_workers=0, minutes=5.0,
                     clips=48, pred_frames=6, method="ddpm", sample_steps=50, gif_rows=6,
                     expectation=("Measured for this size on a 2-core CPU (docs/demo.md): 5 minutes (~1,500 steps) "
                                  "stay below copy-last-frame on both metrics; 16,000 steps (50 minutes) beat it on "
                                  "PSNR; 32,000 steps (100 minutes) beat it on PSNR and match it on SSIM (ahead "
                                  "on average, inside the 95% interval). A clear win on both takes longer, "
-                                 "or a GPU.")),
+                                 "or a GPU."),
+                    pretrained="smmnist-demo-cpu"),
     "gpu": DemoSize(model=dict(image_size=64, num_frames=2, num_frames_cond=2, ngf=32, ch_mult=(1, 2, 2, 2),
-                               num_res_blocks=2, attn_resolutions=(8, 16), n_head_channels=32, dropout=0.0),
-                    digit_size=32, batch_size=64, lr=5e-4, warmup=200, ema_rate=0.999, num_workers=4, minutes=10.0,
+                               num_res_blocks=2, attn_resolutions=(8, 16), n_head_channels=32, dropout=0.0,
+                               prediction="x0"),
+                    digit_size=32, batch_size=64, lr=5e-4, warmup=200, ema_rate=0.999, loss_weighting="min_snr",
+                    num_workers=4, minutes=10.0,
                     clips=256, pred_frames=6, method="ddpm", sample_steps=100, gif_rows=8,
                     expectation="This size has not been measured yet."),
 }
@@ -88,7 +100,8 @@ def run_config(size: DemoSize, *, device: str, seed: int, steps: int, overrides:
     run = RunConfig(model=ModelConfig(**size.model),
                     data=DataConfig(dataset="smmnist", digit_size=size.digit_size, num_workers=size.num_workers),
                     training=TrainConfig(batch_size=size.batch_size, steps=steps, lr=size.lr, warmup=size.warmup,
-                                         ema_rate=ema_rate, device=device, seed=seed, ckpt_every=steps,
+                                         ema_rate=ema_rate, loss_weighting=size.loss_weighting, device=device,
+                                         seed=seed, ckpt_every=steps,
                                          log_every=max(1, steps // 100)))
     return run.with_overrides(overrides) if overrides else run
 

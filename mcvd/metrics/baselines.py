@@ -14,7 +14,7 @@ from mcvd.diffusion import predict
 from mcvd.metrics.psnr_ssim import psnr, ssim
 from mcvd.metrics.stats import summary
 
-MODEL, BASELINE = "MCVD", "copy last frame"
+MODEL, BASELINE, EMPTY = "MCVD", "copy last frame", "empty frame"
 
 
 def predict_clips(model, clips, *, pred_frames: int, method: str, steps: int, seed: int, device, progress: bool,
@@ -52,7 +52,7 @@ def baselines(past: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor
     """Predictions made without a model, [N, n, C, H, W] like the truth: the last
     past frame held (copy-last-frame), and the empty frame (all background, -1),
     which shows how much PSNR and SSIM reward dark, blurry frames on this data."""
-    return {BASELINE: past[:, -1:].expand_as(truth), "empty frame": torch.full_like(truth, -1.0)}
+    return {BASELINE: past[:, -1:].expand_as(truth), EMPTY: torch.full_like(truth, -1.0)}
 
 
 def score_with_baselines(past: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor) -> dict[str, dict]:
@@ -71,24 +71,37 @@ def compare(model_scores: dict, baseline_scores: dict) -> dict:
     return out
 
 
-def verdict(comparison: dict, device: str) -> str:
+def _standing(d: dict) -> str:
+    half = d["conf95"] or 0.0
+    if d["mean"] - half > 0:
+        return "beats"
+    if d["mean"] + half < 0:
+        return "is worse than"
+    return "is not distinguishable from"
+
+
+def wins(comparison: dict) -> bool:
+    """Whether the model beats the baseline on both PSNR and SSIM (the paired 95% interval above zero)."""
+    return all(_standing(comparison[m]["difference"]) == "beats" for m in ("psnr", "ssim"))
+
+
+def verdict(comparison: dict, device: str, *, who: str = "the model", empty: dict | None = None,
+            advice: bool = True) -> str:
     """Does the model beat copy-last-frame on held-out clips? Per metric, by the
-    95% interval of the paired difference; advice when it does not on both."""
+    95% interval of the paired difference; with `empty` (its comparison with
+    the empty frame) also whether it beats that; with `advice`, what to do
+    when it does not win on both."""
     lines = []
-    wins = 0
     for metric, unit in (("psnr", " dB"), ("ssim", "")):
         d = comparison[metric]["difference"]
-        half = d["conf95"] or 0.0
-        if d["mean"] - half > 0:
-            state, wins = "beats", wins + 1
-        elif d["mean"] + half < 0:
-            state = "is worse than"
-        else:
-            state = "is not distinguishable from"
-        lines.append(f"on {metric.upper()} the model {state} copy-last-frame ({d['mean']:+.4g}{unit} "
-                     f"± {half:.2g}, 95% interval over clips)")
+        lines.append(f"on {metric.upper()} {who} {_standing(d)} copy-last-frame ({d['mean']:+.4g}{unit} "
+                     f"± {(d['conf95'] or 0.0):.2g}, 95% interval over clips)")
     text = "; ".join(lines) + "."
-    if wins < 2:
+    if empty is not None:
+        states = [f"{metric.upper()} {_standing(empty[metric]['difference']).replace('is ', '')} it "
+                  f"({empty[metric]['difference']['mean']:+.4g})" for metric in ("psnr", "ssim")]
+        text += f" Against the empty frame: {', '.join(states)}."
+    if advice and not wins(comparison):
         more = "a GPU (--device cuda) or more time (--minutes)" if device == "cpu" else "more time (--minutes)"
         text += f" Not yet a win on both metrics: train longer, with {more}."
     return text[0].upper() + text[1:]

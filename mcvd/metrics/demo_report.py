@@ -1,11 +1,13 @@
 """The report of `mcvd demo`: metrics.png, report.md and metrics.json.
 
 Inputs: `info` (the run's facts: verdict, expectation, device, threads,
-parameters, training, evaluation, run_config, out, command, and optionally
-stream: the streamed clip's StreamRun.summary() with method and steps), the comparison
-with copy-last-frame (mcvd.metrics.baselines.compare), the frame numbers and
-the scores of the model and the baselines (mcvd.metrics.baselines). Every
-file is written atomically (mcvd.fileio.atomic_write).
+parameters, training, evaluation, run_config, out, command, optionally
+shipped: the shipped model scored beside, and stream: the streamed clip's
+StreamRun.summary() with method, steps and the model streamed), each model's
+comparison with copy-last-frame (mcvd.metrics.baselines.compare, by the
+model's name in the scores), the frame numbers and the scores of the models
+and the baselines (mcvd.metrics.baselines). Every file is written atomically
+(mcvd.fileio.atomic_write).
 """
 from __future__ import annotations
 
@@ -32,21 +34,21 @@ def plot(path: Path, frames: list[int], scores: dict[str, dict], log: list[dict]
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    styles = {"MCVD": {"marker": "o"}, "copy last frame": {"marker": "s", "linestyle": "--"},
+    styles = {"copy last frame": {"marker": "s", "linestyle": "--"},
               "empty frame": {"marker": "^", "linestyle": ":", "color": "grey"}}
     for ax, metric, label in ((axes[0], "psnr", "PSNR (dB) ↑"), (axes[1], "ssim", "SSIM ↑")):
         for name, s in scores.items():
-            ax.plot(frames, s[f"{metric}_per_frame"], label=name, **styles[name])
+            ax.plot(frames, s[f"{metric}_per_frame"], label=name, **styles.get(name, {"marker": "o"}))
         ax.set_xlabel("frame (after the past frames)")
         ax.set_title(f"{label}, held-out clips")
         ax.set_xticks(frames)
         ax.grid(alpha=0.3)
         ax.legend()
-    # The objective sums 1/2 (eps - eps_theta)^2 over pixels: 2 * loss / pixels is the per-pixel MSE
-    # (1 for a network that predicts zero noise).
+    # The objective sums 1/2 (target - prediction)^2 over pixels (weighted with min-SNR): 2 * loss / pixels
+    # is the per-pixel (weighted) MSE, 1 for an eps network that predicts zero noise.
     axes[2].plot([r["step"] for r in log], [2 * r["loss"] / pixels for r in log])
     axes[2].set_xlabel("training step")
-    axes[2].set_title("noise-prediction MSE per pixel")
+    axes[2].set_title("training loss: MSE per pixel")
     axes[2].set_yscale("log")
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
@@ -56,13 +58,14 @@ def plot(path: Path, frames: list[int], scores: dict[str, dict], log: list[dict]
         plt.close(fig)
 
 
-def markdown(info: dict, comparison: dict, frames: list[int], scores: dict[str, dict]) -> str:
+def markdown(info: dict, comparisons: dict[str, dict], frames: list[int], scores: dict[str, dict]) -> str:
     """report.md: the verdict, the figures, the scores and the run's settings."""
     tr, ev = info["training"], info["evaluation"]
     lines = [
         "# MCVD demo: video prediction on Stochastic Moving MNIST", "",
         info["verdict"], "", info["expectation"], "",
-        "![condition | prediction | truth](demo.gif)", "",
+        "![condition | prediction | truth](demo.gif)" if "shipped" not in info else
+        "![condition | prediction of the model trained here | of the shipped model | truth](demo.gif)", "",
         "![per-frame PSNR and SSIM, training loss](metrics.png)", "",
         (f"## {ev['clips']} held-out clips (test digits): {ev['past_frames']} past frames -> "
          f"{ev['pred_frames']} predicted"), "",
@@ -74,15 +77,18 @@ def markdown(info: dict, comparison: dict, frames: list[int], scores: dict[str, 
     for name, s in scores.items():
         lines.append(f"| {name} | {fmt_summary(summary(s['psnr_per_clip']), 2)} "
                      f"| {fmt_summary(summary(s['ssim_per_clip']), 4)} |")
+    for name, comparison in comparisons.items():
+        lines.append(f"| {name} - copy last frame (paired) | {fmt_summary(comparison['psnr']['difference'], 2)} "
+                     f"| {fmt_summary(comparison['ssim']['difference'], 4)} |")
     lines += [
-        (f"| MCVD - copy last frame (paired) | {fmt_summary(comparison['psnr']['difference'], 2)} "
-         f"| {fmt_summary(comparison['ssim']['difference'], 4)} |"), "",
+        "",
         "Per frame (mean over clips), PSNR (dB) / SSIM:", "",
         "| frame | " + " | ".join(scores) + " |", "|---" * (len(scores) + 1) + "|",
     ]
     for j, fr in enumerate(frames):
         cells = [f"{s['psnr_per_frame'][j]:.2f} / {s['ssim_per_frame'][j]:.3f}" for s in scores.values()]
         lines.append(f"| {fr} | " + " | ".join(cells) + " |")
+    lines += shipped_section(info)
     lines += stream_section(info)
     budget = "" if tr["budget_seconds"] is None else f" (budget {tr['budget_seconds']:.0f} s)"
     lines += [
@@ -90,8 +96,8 @@ def markdown(info: dict, comparison: dict, frames: list[int], scores: dict[str, 
         f"- device: {info['device']}, {info['threads']} torch CPU thread(s)",
         (f"- {tr['steps']} steps of batch {tr['batch_size']} ({tr['steps'] * tr['batch_size']} clips) in "
          f"{tr['seconds']:.0f} s{budget}"),
-        (f"- loss (1/2 ||eps - eps_theta||^2 summed over pixels, batch mean): first logged {tr['first_loss']:.4g}, "
-         f"last logged {tr['last_loss']:.4g}"),
+        (f"- loss (1/2 squared error of the prediction summed over pixels, batch mean): first logged "
+         f"{tr['first_loss']:.4g}, last logged {tr['last_loss']:.4g}"),
         f"- model: {info['parameters']:,} parameters",
         f"- sampling and scoring: {ev['seconds']:.0f} s", "",
         "## Run config", "", "```json", json.dumps(info["run_config"], indent=2), "```", "",
@@ -104,6 +110,20 @@ def markdown(info: dict, comparison: dict, frames: list[int], scores: dict[str, 
     return "\n".join(lines)
 
 
+def shipped_section(info: dict) -> list[str]:
+    """The lines of report.md on the shipped model scored beside (none when there was none)."""
+    sh = info.get("shipped")
+    if sh is None:
+        return []
+    return [
+        "", "## The shipped model", "",
+        (f"`{sh['name']}` (`mcvd.pretrained.load({sh['name']!r})`): this size's network and recipe trained for "
+         f"{sh['steps']:,} steps with `mcvd train` by `{sh['config']}` (scripts/make_pretrained.sh), shipped in the "
+         f"package, its SHA-256 checked at every load ({sh['sha256'][:16]}...). Scored on the same clips with the "
+         "same sampler and seed as the model trained here."),
+    ]
+
+
 def stream_section(info: dict) -> list[str]:
     """The streamed clip's lines of report.md (none when the run streamed none)."""
     st = info.get("stream")
@@ -114,8 +134,9 @@ def stream_section(info: dict) -> list[str]:
         "", "## Streaming", "",
         "![input | prediction, as the clip plays](stream.gif)", "",
         (f"A held-out clip of {st['frames_in']} frames pushed frame by frame through `mcvd.StreamingPredictor` "
-         f"({st['method']}, {st['steps']} steps): after the first {st['past_frames']} frames, a prediction of the "
-         f"next {k} frames every {every} frames, from the frames before them; stream.gif shows at each time the "
+         f"(the model {st.get('model', 'trained here')}, {st['method']}, {st['steps']} steps): after the first "
+         f"{st['past_frames']} frames, a prediction of the next {k} frames every {every} frames, from the frames "
+         f"before them; stream.gif shows at each time the "
          f"observed frame beside the prediction made for it. {st['predictions']} predictions on {info['device']} "
          f"({info['threads']} torch CPU thread(s)):"), "",
         ("| predicted frames / s | latency per prediction: median | p90 | max | per predicted frame (median / k) "
@@ -131,15 +152,15 @@ def stream_section(info: dict) -> list[str]:
     ]
 
 
-def write_demo_report(out: Path, info: dict, comparison: dict, frames: list[int], scores: dict[str, dict],
-                      log: list[dict], pixels: int) -> list[Path]:
+def write_demo_report(out: Path, info: dict, comparisons: dict[str, dict], frames: list[int],
+                      scores: dict[str, dict], log: list[dict], pixels: int) -> list[Path]:
     """Write FILES into the folder `out`, replacing them; returns their paths.
 
     log: the training log's rows (mcvd.train.trainer.read_metrics); pixels: values
     per training clip's current frames, k * C * H * W (the loss is summed over them)."""
     plot(out / "metrics.png", frames, scores, log, pixels)
-    page = markdown(info, comparison, frames, scores)
+    page = markdown(info, comparisons, frames, scores)
     atomic_write(out / "report.md", lambda fh: fh.write(page.encode()))
-    text = json.dumps({**info, "comparison": comparison, "frames": frames, "scores": scores}, indent=2) + "\n"
+    text = json.dumps({**info, "comparisons": comparisons, "frames": frames, "scores": scores}, indent=2) + "\n"
     atomic_write(out / "metrics.json", lambda fh: fh.write(text.encode()))
     return [out / name for name in FILES]

@@ -81,7 +81,8 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     k = TINY.model["num_frames"]
     assert (st["frames_in"], st["predictions"], st["method"], st["steps"]) == (
         STREAM_FRAMES, (STREAM_FRAMES - P) // k + 1, "dpm++", 10)
-    assert re.search(rf"streamed a held-out clip of {STREAM_FRAMES} frames \(dpm\+\+ 10 steps, {k} frames predicted "
+    assert re.search(rf"streamed a held-out clip of {STREAM_FRAMES} frames with the model trained here "
+                     rf"\(dpm\+\+ 10 steps, {k} frames predicted "
                      rf"every {k}\): \d+\.\d predicted frames per second, latency per prediction median \d+ ms", text)
     assert "## Streaming" in (out / "report.md").read_text() and f"| {st['predicted_fps']:.1f} |" in (
         out / "report.md").read_text()
@@ -96,12 +97,12 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
         assert m["scores"][name]["psnr_per_clip"] == pytest.approx(per_clip, rel=1e-9)
         assert m["scores"][name]["psnr_per_frame"] == pytest.approx(per_frame, rel=1e-9)
     per_clip, per_frame = expected["copy last frame"]
-    assert m["comparison"]["psnr"]["baseline"]["mean"] == pytest.approx(np.mean(per_clip), rel=1e-9)
+    assert m["comparisons"]["MCVD"]["psnr"]["baseline"]["mean"] == pytest.approx(np.mean(per_clip), rel=1e-9)
     assert m["frames"] == [P + 1, P + 2, P + 3, P + 4]
     model_scores = m["scores"]["MCVD"]
     assert len(model_scores["psnr_per_frame"]) == 4 and len(model_scores["ssim_per_clip"]) == 5
     diffs = [a - b for a, b in zip(model_scores["psnr_per_clip"], per_clip)]
-    assert m["comparison"]["psnr"]["difference"]["mean"] == pytest.approx(np.mean(diffs), rel=1e-9)
+    assert m["comparisons"]["MCVD"]["psnr"]["difference"]["mean"] == pytest.approx(np.mean(diffs), rel=1e-9)
     assert m["training"]["steps"] == 3 and m["training"]["budget_seconds"] is None
 
     # The report shows the same numbers and how to repeat the run.

@@ -1,0 +1,55 @@
+"""`mcvd demo` on the cpu size scores the shipped model beside the one it trains."""
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import mcvd
+from mcvd import pretrained
+from mcvd.cli import main
+from mcvd.cli.demo_config import SIZES
+from mcvd.data import StochasticMovingMNIST
+from mcvd.train.config import load_run_config
+
+from test_demo_cli import psnr_of
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CPU = SIZES["cpu"]
+ARGS = ["--size", "cpu", "--device", "cpu", "--no-progress", "--no-optimize", "--train-steps", "2", "--clips", "3",
+        "--pred-frames", "2", "--sample-steps", "3", "--seed", "4"]
+
+
+def test_the_shipped_model_is_the_cpu_size_with_its_recipe():
+    shipped = load_run_config(REPO_ROOT / pretrained.MODELS[CPU.pretrained].config)
+    assert shipped.model == mcvd.ModelConfig(**CPU.model)
+    assert shipped.training.loss_weighting == CPU.loss_weighting and shipped.data.digit_size == CPU.digit_size
+
+
+def test_cpu_demo_scores_the_shipped_model_beside(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *ARGS]) == 0
+    text = capsys.readouterr().out
+    m = json.loads((out / "metrics.json").read_text())
+    assert list(m["scores"]) == ["MCVD", "MCVD, shipped", "copy last frame", "empty frame"]
+    assert list(m["comparisons"]) == ["MCVD", "MCVD, shipped"]
+    assert m["shipped"]["name"] == CPU.pretrained and m["stream"]["model"] == "shipped"
+    assert "the shipped model" in m["verdict"] and "Against the empty frame" in m["verdict"]
+    assert "mcvd demo: On PSNR the shipped model" in text and "with the model shipped" in text
+    report = (out / "report.md").read_text()
+    assert "## The shipped model" in report and "| MCVD, shipped - copy last frame (paired) |" in report
+    with Image.open(out / "demo.gif") as gif:  # condition | trained here | shipped | truth
+        assert gif.size[0] > 4 * 32
+
+    # Its scores are those of the shipped model predicting the same held-out clips with the demo's sampler.
+    clips = StochasticMovingMNIST(4, split="test", seed=0, length=3, image_size=32, digit_size=CPU.digit_size)
+    x = torch.stack([clips[i] for i in range(3)])
+    model, _ = pretrained.load(CPU.pretrained)
+    pred = mcvd.predict(model, x[:, :2], 2, method=CPU.method, steps=3, generator=torch.Generator().manual_seed(4))
+    per_clip, _ = psnr_of((x[:, 2:].double().numpy() + 1) / 2, (pred.double().numpy() + 1) / 2)
+    assert np.allclose(m["scores"]["MCVD, shipped"]["psnr_per_clip"], per_clip, rtol=1e-6)
+
+    assert main(["demo", "--out", str(out), "--force", "--no-pretrained", *ARGS]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert list(m["scores"]) == ["MCVD", "copy last frame", "empty frame"] and "shipped" not in m

@@ -9,7 +9,7 @@ of giving wrong predictions.
 
 smmnist-demo-cpu: Stochastic Moving MNIST at 32 x 32 with 16-pixel digits, 2
 past -> 2 frames; the demo's `cpu` size (0.42M parameters) with its recipe
-(x0-prediction, min-SNR-5) trained longer, by scripts/make_pretrained.sh with
+(x0-prediction) trained longer, by scripts/make_pretrained.sh with
 configs/pretrained/smmnist_demo_cpu.yml.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Pretrained:
 MODELS = {
     "smmnist-demo-cpu": Pretrained(
         file="smmnist_demo_cpu.mcvd",
-        sha256="de9f0d72499d12334dddf6e02b76f8523604f6e21cd5aefba365f235ffd210df",
+        sha256="5b363c34f5c1db94b4c8eb455d3e445d6c269cb8a5c5268721dadf88daa62891",
         config="configs/pretrained/smmnist_demo_cpu.yml",
         steps=8000,
         summary="the demo's cpu size trained longer: SMMNIST 32 x 32, 2 past -> 2 frames, x0-prediction"),

@@ -51,23 +51,23 @@ class DemoSize:
     pretrained: str | None = None
 
 
-# x0-prediction with min-SNR-5 weighting: on the cpu size it reaches in 1,000 steps the SSIM that the paper's
-# eps objective reached in 32,000, and v-prediction in 14,000 (docs/demo.md). DDPM (ancestral) sampling by
-# default: after minutes of training DDIM carries the network's errors at high noise to the end, where DDPM's
-# fresh noise washes them out (measured on the cpu size after 500 to 1,000 steps: 2 to 4 dB higher PSNR than
-# 25-step DDIM with eps, 0.3-0.4 dB and 0.05 SSIM with x0).
+# x0-prediction: on the cpu size it reaches in 1,000 steps the SSIM that the paper's eps objective reached
+# in 32,000 and v-prediction in 14,000; min-SNR-5 weighting lowers it (docs/demo.md). DDPM (ancestral)
+# sampling by default: after minutes of training DDIM carries the network's errors at high noise to the end,
+# where DDPM's fresh noise washes them out (measured on the cpu size after 500 to 1,000 steps: 2 to 4 dB
+# higher PSNR than 25-step DDIM with eps, 0.1-0.4 dB and 0.05 SSIM with x0).
 SIZES = {
     "tiny": DemoSize(model=dict(image_size=16, num_frames=2, num_frames_cond=2, ngf=8, ch_mult=(1, 2),
                                 num_res_blocks=1, attn_resolutions=(), n_head_channels=-1, dropout=0.0,
                                 prediction="x0"),
-                     digit_size=8, batch_size=4, lr=1e-3, warmup=1, ema_rate=0.9, loss_weighting="min_snr",
+                     digit_size=8, batch_size=4, lr=1e-3, warmup=1, ema_rate=0.9, loss_weighting="none",
                      num_workers=0, minutes=0.05,
                      clips=4, pred_frames=3, method="ddim", sample_steps=2, gif_rows=2,
                      expectation="The tiny size checks the pipeline; it is not meant to learn."),
     "cpu": DemoSize(model=dict(image_size=32, num_frames=2, num_frames_cond=2, ngf=16, ch_mult=(1, 2, 2),
                                num_res_blocks=1, attn_resolutions=(8,), n_head_channels=32, dropout=0.0,
                                prediction="x0"),
-                    digit_size=16, batch_size=16, lr=1e-3, warmup=50, ema_rate=0.99, loss_weighting="min_snr",
+                    digit_size=16, batch_size=16, lr=1e-3, warmup=50, ema_rate=0.99, loss_weighting="none",
                     num_workers=0, minutes=5.0,
                     clips=48, pred_frames=6, method="ddpm", sample_steps=50, gif_rows=6,
                     expectation=("Measured for this size on a 2-core CPU (docs/demo.md): 5 minutes (~2,300 steps) "
@@ -79,7 +79,7 @@ SIZES = {
     "gpu": DemoSize(model=dict(image_size=64, num_frames=2, num_frames_cond=2, ngf=32, ch_mult=(1, 2, 2, 2),
                                num_res_blocks=2, attn_resolutions=(8, 16), n_head_channels=32, dropout=0.0,
                                prediction="x0"),
-                    digit_size=32, batch_size=64, lr=5e-4, warmup=200, ema_rate=0.999, loss_weighting="min_snr",
+                    digit_size=32, batch_size=64, lr=5e-4, warmup=200, ema_rate=0.999, loss_weighting="none",
                     num_workers=4, minutes=10.0,
                     clips=256, pred_frames=6, method="ddpm", sample_steps=100, gif_rows=8,
                     expectation="This size has not been measured yet."),

@@ -36,7 +36,6 @@ class Pretrained:
     sha256: str
     config: str
     steps: int
-    summary: str
 
 
 MODELS = {
@@ -44,8 +43,7 @@ MODELS = {
         file="smmnist_demo_cpu.mcvd",
         sha256="5b363c34f5c1db94b4c8eb455d3e445d6c269cb8a5c5268721dadf88daa62891",
         config="configs/pretrained/smmnist_demo_cpu.yml",
-        steps=8000,
-        summary="the demo's cpu size trained longer: SMMNIST 32 x 32, 2 past -> 2 frames, x0-prediction"),
+        steps=8000),
 }
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import mcvd
 from mcvd import pretrained
 from mcvd.fileio import file_sha256
 from mcvd.train.config import load_run_config
@@ -60,3 +61,17 @@ def test_an_intact_copy_loads_and_a_missing_one_is_named(tmp_path, shipped):
 def test_unknown_name():
     with pytest.raises(ValueError, match=r"name: expected one of \['smmnist-demo-cpu'\], got 'kth'"):
         pretrained.load("kth")
+
+
+@pytest.mark.slow
+def test_optimize_computes_the_shipped_x0_network(shipped):
+    """mcvd.optimize (what mcvd demo --optimize and mcvd sample run) on the shipped network, whose x0 output
+    the network turns into eps through its schedule buffers, frozen as constants by the compile."""
+    model, _ = shipped
+    g = torch.Generator().manual_seed(0)
+    x, cond = torch.randn(3, 2, 1, 32, 32, generator=g), torch.rand(3, 2, 1, 32, 32, generator=g) * 2 - 1
+    t = torch.tensor([0, 400, 999])
+    with torch.no_grad():
+        eager = model(x, t, cond)
+        fast = mcvd.optimize(model)(x, t, cond)
+    assert ((fast - eager).norm() / eager.norm()).item() < 1e-4

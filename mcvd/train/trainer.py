@@ -231,8 +231,12 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     torch.manual_seed(tc.seed)  # same initial weights in every process
     model = MCVD(run.model).to(device)
     ema = EMA(model, tc.ema_rate)
+    # fused: one kernel for every parameter's update (CPU and CUDA) instead of a Python loop of ~6 ops per
+    # parameter: 0.9 ms against 7.9 ms a step on the demo's cpu size (170 tensors); the same update up to
+    # float rounding (1 ulp after 50 steps). A checkpoint's own setting comes back with its optimizer
+    # state, so an older run resumes as it ran.
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps,
-                                 weight_decay=tc.weight_decay)
+                                 weight_decay=tc.weight_decay, fused=True)
     scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
     generator = torch.Generator(device).manual_seed(tc.seed)
     dataset = make_dataset(run)

@@ -117,6 +117,14 @@ class OptimizedMCVD(nn.Module):
     def extra_repr(self) -> str:
         return f"device={self.device}, dtype={self.dtype}"
 
+    def _apply(self, fn, recurse=True):
+        # .to(), .cuda(), .half(), .float() ... all come here. The compiled code holds the weights as
+        # constants of one device and dtype: moving or casting the parameters would leave it running the old
+        # ones, so every conversion is refused instead.
+        raise RuntimeError(f"OptimizedMCVD: compiled for {self.device.type} {str(self.dtype)[6:]} with the weights "
+                           f"as constants, so it cannot be moved or cast (.to, .cuda, .half, ...); call "
+                           f"mcvd.optimize(model, device=..., dtype=...) for another device or dtype")
+
     # --- compilation ----------------------------------------------------
 
     def _compile(self):

@@ -208,6 +208,20 @@ def test_changed_weights_are_refused_and_optimized_again():
     assert again is not fast and mcvd.optimize(model) is again
 
 
+def test_moving_or_casting_is_refused():
+    """The compiled code holds the weights of one device and dtype: .to()
+    and its kin raise, naming what to call instead, and leave the weights."""
+    model = tiny(seed=7)
+    fast = mcvd.optimize(model)
+    before = model.conv_in.weight.clone()
+    for convert in (lambda m: m.to(torch.float64), lambda m: m.half(), lambda m: m.to("cpu"), lambda m: m.float()):
+        with pytest.raises(RuntimeError, match=r"cannot be moved or cast.*mcvd.optimize\(model, device=\.\.\., "
+                                               r"dtype=\.\.\.\)"):
+            convert(fast)
+    assert fast.network.conv_in.weight.dtype == torch.float32
+    assert torch.equal(model.conv_in.weight, before)
+
+
 def test_a_cache_of_another_network_is_refused():
     """The cache's network and weights are checked eagerly, before the compiled forward."""
     model, other = tiny(seed=4), tiny(seed=5)

@@ -85,6 +85,7 @@ class Schedule:
         if not bool(((b > 0) & (b < 1)).all()):
             raise ValueError("betas: expected every beta in (0, 1)")
         object.__setattr__(self, "betas", b.to(torch.float64))
+        object.__setattr__(self, "_on_device", {})  # device -> alphas_cumprod there (alphas_cumprod_on)
 
     @classmethod
     def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "Schedule":
@@ -113,20 +114,38 @@ class Schedule:
     def alphas_cumprod(self) -> torch.Tensor:
         return torch.cumprod(self.alphas, 0)
 
+    def alphas_cumprod_on(self, device: torch.device | str) -> torch.Tensor:
+        """alphas_cumprod (float64 [T]) on `device`, copied there once and kept: a
+        training step indexes it with its timesteps where they are, instead of
+        copying the table from the host every step (a blocking copy on a GPU).
+        Shared: read it, do not write to it."""
+        device = torch.device(device)
+        if device not in self._on_device:
+            self._on_device[device] = self.alphas_cumprod.to(device)
+        return self._on_device[device]
+
     def signal_noise(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(sqrt(abar_t), sqrt(1 - abar_t)), float32 [T] each on `device`, computed in float64."""
-        abar = self.alphas_cumprod
-        return (abar.sqrt().to(device=device, dtype=torch.float32),
-                (1 - abar).sqrt().to(device=device, dtype=torch.float32))
+        return _signal_noise(self.alphas_cumprod, device)
+
+    def signal_noise_at(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """signal_noise() at the timesteps t (int64 [B]), on t's device: float32 [B] each."""
+        return _signal_noise(self.alphas_cumprod_on(t.device)[t], t.device)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x_0) with the given noise.
 
         x0, noise: [B, ...]; t: LongTensor [B] in 0..T-1 on x0's device.
         """
-        abar = self.alphas_cumprod.to(device=x0.device, dtype=torch.float32)[t]
+        abar = self.alphas_cumprod_on(x0.device)[t].to(torch.float32)
         abar = abar.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+
+def _signal_noise(abar: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sqrt(abar), sqrt(1 - abar)) of float64 abar, as float32 on `device`."""
+    return (abar.sqrt().to(device=device, dtype=torch.float32),
+            (1 - abar).sqrt().to(device=device, dtype=torch.float32))
 
 
 def _check_prediction(prediction: str) -> None:

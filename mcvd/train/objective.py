@@ -101,11 +101,11 @@ def mcvd_loss(model, clip: torch.Tensor, rnd: StepRandomness, schedule: Schedule
     if cfg.prediction == "eps":
         target = rnd.noise
     else:
-        a, s = (v.to(x0.device)[rnd.t] for v in schedule.signal_noise())
+        a, s = schedule.signal_noise_at(rnd.t)
         target = prediction_target(x0, rnd.noise, a, s, cfg.prediction)
     loss = 0.5 * (target - out.float()).square().flatten(1).sum(1)
     if weighting == "min_snr":
-        abar = schedule.alphas_cumprod.to(x0.device)[rnd.t]
+        abar = schedule.alphas_cumprod_on(x0.device)[rnd.t]
         loss = loss * min_snr_weight(abar, cfg.prediction, min_snr_gamma)
     elif weighting != "none":
         raise ValueError(f"weighting: expected 'none' or 'min_snr', got {weighting!r}")

@@ -49,6 +49,25 @@ def test_signal_noise_matches_the_betas(schedule):
     torch.testing.assert_close(s.double(), es, rtol=1e-7, atol=0)
 
 
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_tables_at_timesteps_are_the_tables_rows(schedule):
+    """What a training step reads at its timesteps (from the table kept on the
+    device) is the same as the rows of the tables made in float64, bit for bit."""
+    sched = Schedule.named(schedule, 100)
+    t = torch.tensor([0, 7, 99, 7])
+    a, s = sched.signal_noise_at(t)
+    ea, es = sched.signal_noise()
+    assert torch.equal(a, ea[t]) and torch.equal(s, es[t])
+    kept = sched.alphas_cumprod_on("cpu")
+    assert kept is sched.alphas_cumprod_on(torch.device("cpu")) and torch.equal(kept, sched.alphas_cumprod)
+    x0, noise = torch.randn(4, 3), torch.randn(4, 3)
+    abar = sched.alphas_cumprod[t].float()[:, None]
+    assert torch.equal(sched.q_sample(x0, t, noise), abar.sqrt() * x0 + (1 - abar).sqrt() * noise)
+    ea64, es64 = _angles(t.numpy(), 100, schedule)
+    torch.testing.assert_close(a.double(), ea64, rtol=1e-7, atol=0)
+    torch.testing.assert_close(s.double(), es64, rtol=1e-7, atol=0)
+
+
 @pytest.mark.parametrize("prediction, schedule", [("v", "linear"), ("x0", "linear"), ("v", "cosine")])
 def test_network_returns_the_eps_its_prediction_implies(prediction, schedule):
     torch.manual_seed(0)

@@ -30,7 +30,8 @@ Modes:
   loss (losses/dsm.py anneal_dsm_score_estimation), backward, gradient
   clipping at 1.0, Adam (its get_optimizer settings), its EMAHelper update.
   Others: mcvd.train's loss (the same 1/2 ||eps - eps_theta||^2 per sample),
-  the same clipping, Adam and EMA update.
+  the same clipping, the trainer's Adam (make_optimizer: the same settings,
+  fused) and EMA update.
 - sampling_step: one network call as the sampler makes it (batch 1, past
   given): official and reference/fused recompute everything; fused+cache
   reads the condition cache.
@@ -74,7 +75,7 @@ import mcvd  # noqa: E402
 from mcvd.compat.official_config import config_from_official_dict  # noqa: E402
 from mcvd.diffusion import Schedule  # noqa: E402
 from mcvd.diffusion.tasks import BlockSampler  # noqa: E402
-from mcvd.train import EMA, draw_step_randomness, mcvd_loss  # noqa: E402
+from mcvd.train import EMA, TrainConfig, draw_step_randomness, make_optimizer, mcvd_loss  # noqa: E402
 
 MODES = ("forward", "train_step", "sampling_step", "dpm++x10", "ddimx100")
 BLOCKS = {"dpm++x10": ("dpm++", 10), "ddimx100": ("ddim", 100)}
@@ -232,7 +233,7 @@ def train_fns(cfg, state, net, code, batch, device, optimized):
                                random_flip=False, generator=torch.Generator(device).manual_seed(0), device=device)
     for name, backend in (("reference", "reference"), ("fused", None)):
         model = our_model(cfg, state, backend, device, train=True)
-        opt_m = torch.optim.Adam(model.parameters(), lr=2e-4)
+        opt_m = make_optimizer(model.parameters(), TrainConfig(lr=2e-4))  # the trainer's Adam
         ema_m = EMA(model, 0.999)
 
         def step(model=model, opt_m=opt_m, ema_m=ema_m):

@@ -38,7 +38,7 @@ from harness import Row, environment, measure_interleaved, write_csv  # noqa: E4
 
 import mcvd  # noqa: E402
 from mcvd.diffusion import Schedule  # noqa: E402
-from mcvd.train import EMA, draw_step_randomness, mcvd_loss  # noqa: E402
+from mcvd.train import EMA, TrainConfig, draw_step_randomness, make_optimizer, mcvd_loss  # noqa: E402
 
 PROVIDERS = ("eager", "compile", "compile_loss", "eager+cl", "compile+cl", "compile_loss+cl")
 
@@ -72,7 +72,7 @@ def make_step(provider: str, cfg: mcvd.ModelConfig, batch: int):
     elif kind == "compile_loss":
         loss_fn = torch.compile(mcvd_loss, dynamic=False)
     params = list(model.parameters())
-    opt = torch.optim.Adam(params, lr=2e-4)
+    opt = make_optimizer(params, TrainConfig(lr=2e-4))  # the trainer's Adam
     ema = EMA(model, 0.999)
     losses = []
 

@@ -4,7 +4,7 @@ from .checkpoint import load_checkpoint, read_checkpoint
 from .config import DataConfig, RunConfig, TrainConfig, load_run_config
 from .ema import EMA
 from .objective import StepRandomness, draw_step_randomness, mcvd_loss, split_clip
-from .trainer import TrainingDiverged, TrainResult, learning_rate, make_dataset, train
+from .trainer import TrainingDiverged, TrainResult, learning_rate, make_dataset, make_optimizer, train
 
 __all__ = [
     "EMA",
@@ -19,6 +19,7 @@ __all__ = [
     "load_checkpoint",
     "load_run_config",
     "make_dataset",
+    "make_optimizer",
     "mcvd_loss",
     "read_checkpoint",
     "split_clip",

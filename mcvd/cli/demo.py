@@ -163,7 +163,7 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path) -> tup
 
 
 def shipped_model(size: DemoSize, run_cfg, cfg, device) -> dict | None:
-    """The shipped model of the size's recipe (mcvd.pretrained) with its facts, when it predicts the
+    """The shipped model for the size's clips (mcvd.pretrained) with its facts, when it predicts the
     clips this run scores (the same frames and digits; not after --set changes them); else None."""
     if size.pretrained is None:
         return None
@@ -180,7 +180,7 @@ def shipped_model(size: DemoSize, run_cfg, cfg, device) -> dict | None:
         return None
     entry = pretrained.MODELS[size.pretrained]
     return {"model": model, "name": size.pretrained, "steps": entry.steps, "config": entry.config,
-            "sha256": entry.sha256}
+            "sha256": entry.sha256, "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -245,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
         scores = {MODEL: scores[MODEL], SHIPPED: score(shipped_pred, truth),
                   **{k: v for k, v in scores.items() if k != MODEL}}
     comparisons = {name: compare(scores[name], scores[BASELINE]) for name in (MODEL, SHIPPED) if name in scores}
-    # The shipped model's verdict first: it is the one that shows what the recipe reaches.
+    # The shipped model's verdict first: it shows what the objective reaches with more training.
     verdicts = [verdict(comparisons[name], device.type, who=who, empty=compare(scores[name], scores[EMPTY]),
                         advice=shipped is None)
                 for name, who in ((SHIPPED, "the shipped model"), (MODEL, "the model trained here"))

@@ -30,7 +30,8 @@ class DemoSize:
     minutes: default training budget. clips: held-out clips scored. pred_frames: frames predicted per clip.
     method, sample_steps: the sampler. gif_rows: clips shown in demo.gif.
     expectation: what this size has been measured to reach, for the report.
-    pretrained: the shipped model (mcvd.pretrained) of this size's recipe trained longer, scored beside, or None.
+    pretrained: the shipped model (mcvd.pretrained) for this size's clips and objective (a wider network trained
+        longer), scored beside, or None.
     """
 
     model: dict

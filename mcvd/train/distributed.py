@@ -52,8 +52,15 @@ def setup(device_type: str) -> DistEnv:
     return DistEnv(rank, world, local_rank, owns_group=True)
 
 
-def teardown(env: DistEnv) -> None:
+def teardown(env: DistEnv, *, together: bool = False) -> None:
+    """Leave the process group (if this process joined it). together: after a run that ended
+    normally on every process, wait for all of them first (a barrier), so that none closes its
+    connections while another still writes the checkpoint or reads the last gather (with gloo, a
+    process whose peer had already gone could abort at exit). Not after an error, where the others
+    may never arrive."""
     if env.owns_group:
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

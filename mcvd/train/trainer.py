@@ -209,10 +209,13 @@ def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float |
         raise ValueError(str(err)) from None
     env = D.setup(device.type)
     try:
-        return _train(run, Path(workdir), device if device.type == "cpu" else torch.device("cuda", env.local_rank),
-                      env, progress, time_limit, time_limit_ends_run)
-    finally:
+        result = _train(run, Path(workdir), device if device.type == "cpu" else torch.device("cuda", env.local_rank),
+                        env, progress, time_limit, time_limit_ends_run)
+    except BaseException:
         D.teardown(env)
+        raise
+    D.teardown(env, together=True)
+    return result
 
 
 def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, progress: bool,

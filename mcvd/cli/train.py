@@ -9,12 +9,15 @@ before anything is written.
 Multi-GPU: `torchrun --nproc_per_node N -m mcvd train ...`; several nodes:
 `torchrun --nnodes M --nproc_per_node N --rdzv_backend c10d --rdzv_endpoint HOST:PORT -m mcvd train ...`
 with the workdir on a shared file system. training.batch_size is the global batch;
-process 0 writes the workdir and prints the final line.
+process 0 writes the workdir and prints the final line. A divergence (the loss and
+gradient norm are all-reduced, so every process meets it at the same step) is
+reported by process 0; any other error by each process that meets it, with its rank.
 --minutes stops this call after that much training time, at the end of a step,
 with a checkpoint there; running the same command again resumes the run.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -44,7 +47,7 @@ def run(args) -> int:
     try:
         cfg = load_run_config(args.config, args.overrides)
     except (ValueError, TypeError, FileNotFoundError) as err:
-        return error("train", err, EXIT_USAGE)
+        return _error(err, EXIT_USAGE)
     if args.dry_run:
         params = sum(p.numel() for p in MCVD(cfg.model).parameters())
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
@@ -55,11 +58,22 @@ def run(args) -> int:
         result = train(cfg, args.workdir, progress=not args.no_progress,
                        time_limit=None if args.minutes is None else 60 * args.minutes)
     except (ValueError, FileExistsError, FileNotFoundError) as err:  # UsageError included
-        return error("train", err, EXIT_USAGE)
+        return _error(err, EXIT_USAGE)
     except TrainingDiverged as err:
-        return error("train", err, EXIT_FAILURE)
+        return _error(err, EXIT_FAILURE, every_rank=False)
     if result.rank == 0:  # one line per run, not per process
         stopped = ("" if result.step >= cfg.training.steps
                    else f" of {cfg.training.steps} (time limit; run again to resume)")
         print(f"mcvd train: step {result.step}{stopped}, checkpoint {result.checkpoint}")
     return 0
+
+
+def _error(err, code: int, *, every_rank: bool = True) -> int:
+    """`error`, labelled with the process's rank under torchrun (an error may be one process's own,
+    e.g. a file missing on its node); with every_rank=False only process 0 prints it."""
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return error("train", err, code)
+    if every_rank:
+        return error("train", f"(process {rank} of {world}) {err}", code)
+    return error("train", err, code) if rank == 0 else code

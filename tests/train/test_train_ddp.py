@@ -75,7 +75,7 @@ def test_a_time_limit_stops_every_process_at_the_same_step(tmp_path):
     assert read_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["step"] == 1
 
 
-def _rank_cli(rank: int, world: int, port: int, config: str, workdir: str, out: str):
+def _rank_cli(rank: int, world: int, port: int, config: str, workdir: str, out: str, expected_code: int = 0):
     import contextlib
 
     from mcvd.cli import main
@@ -83,9 +83,10 @@ def _rank_cli(rank: int, world: int, port: int, config: str, workdir: str, out: 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    with open(os.path.join(out, f"stdout{rank}.txt"), "w") as fh, contextlib.redirect_stdout(fh):
+    with (open(os.path.join(out, f"stdout{rank}.txt"), "w") as fh, contextlib.redirect_stdout(fh),
+          open(os.path.join(out, f"stderr{rank}.txt"), "w") as fe, contextlib.redirect_stderr(fe)):
         code = main(["train", "--config", config, "--workdir", workdir, "--no-progress"])
-    assert code == 0
+    assert code == expected_code
 
 
 def test_only_rank_0_prints_the_final_line(tmp_path):
@@ -97,3 +98,23 @@ def test_only_rank_0_prints_the_final_line(tmp_path):
              join=True)
     assert (tmp_path / "stdout0.txt").read_text().startswith("mcvd train: step 1, checkpoint ")
     assert (tmp_path / "stdout1.txt").read_text() == ""
+
+
+def test_a_divergence_is_reported_once_and_a_usage_error_by_each_process(tmp_path):
+    import yaml
+
+    # Adam moves every weight by about the learning rate: 1e30 overflows the next forward.
+    config = tmp_path / "run.yml"
+    config.write_text(yaml.safe_dump({**RUN, "training": {**RUN["training"], "lr": 1e30, "warmup": 0}}))
+    mp.spawn(_rank_cli, args=(2, _free_port(), str(config), str(tmp_path / "ddp"), str(tmp_path), 1), nprocs=2,
+             join=True)
+    assert "mcvd train: error: " in (tmp_path / "stderr0.txt").read_text()
+    assert "training stopped before applying this step" in (tmp_path / "stderr0.txt").read_text()
+    assert (tmp_path / "stderr1.txt").read_text() == ""
+
+    (tmp_path / "taken").write_text("a user's file")  # --workdir names a file: refused by each process
+    mp.spawn(_rank_cli, args=(2, _free_port(), str(config), str(tmp_path / "taken"), str(tmp_path), 2), nprocs=2,
+             join=True)
+    for rank in range(2):
+        assert f"mcvd train: error: (process {rank} of 2) --workdir" in (tmp_path / f"stderr{rank}.txt").read_text()
+    assert (tmp_path / "taken").read_text() == "a user's file"

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from mcvd.compat.official import official_model
+from mcvd.compat.official_config import official_masking
 from mcvd.fileio import load_weights_only
 from mcvd.nn import MCVD, ModelConfig
 from mcvd.nn.model_file import FORMAT, build_model, check_model_file
@@ -41,7 +42,12 @@ class ModelSource:
 
     @property
     def run_config(self) -> dict:
-        """The training run's config as saved (RunConfig.to_dict()), or {} for a file that holds none."""
+        """The training run's config as saved (RunConfig.to_dict()); for a reference checkpoint, its
+        masked-conditioning settings (section `training`) from the config.yml beside it; {} when
+        there is none."""
+        if self.kind == REFERENCE_CHECKPOINT:
+            config = self.path.parent / "config.yml"
+            return {"training": official_masking(config)} if config.is_file() else {}
         return self.contents.get("run_config", {}) if isinstance(self.contents, dict) else {}
 
     def build(self, *, use_ema: bool = True, map_location: str | torch.device | None = None

@@ -68,7 +68,9 @@ def test_a_reference_checkpoint_loads_as_load_official_does(name, use_ema):
     model, cfg = mcvd.load(path, use_ema=use_ema)
     expected, expected_cfg = mcvd.load_official(path, use_ema=use_ema)
     assert cfg == expected_cfg and same_state(model, expected.state_dict()) and not model.training
-    assert read(path).kind == REFERENCE_CHECKPOINT and read(path).run_config == {}
+    # The masked-conditioning settings of its config.yml (data section there), as mcvd train names them.
+    assert read(path).kind == REFERENCE_CHECKPOINT and read(path).run_config == {
+        "training": {"prob_mask_cond": 0.0, "prob_mask_future": 0.0, "prob_mask_sync": False}}
     io = torch.load(FIXTURES / name / "io.pt", weights_only=True)
     with torch.no_grad():
         out = model(io["x"], cfg.num_timesteps - 1 - io["t_official"], io["cond"])

@@ -25,8 +25,9 @@ and k current frames of the model:
 W (eps_cond - eps_uncond), where eps_uncond is the model's with all
 condition frames masked: it needs a model trained with masked conditioning
 (training.prob_mask_cond > 0; and prob_mask_future > 0 or prob_mask_sync
-when the model has future frames). A checkpoint whose run config says
-otherwise is refused; a file without a run config gets a warning.
+when the model has future frames). A checkpoint whose run config (for a
+reference checkpoint: its config.yml) says otherwise is refused; a file
+without one (a model file) gets a warning.
 
 Writes to --out: sample.gif and sample.mp4 (a grid, one row per clip and
 sample: condition | prediction | truth) and frames.npz (float32 in [-1, 1]:

@@ -124,3 +124,13 @@ def config_from_official_dict(d: dict, source: str = "config") -> ModelConfig:
 def read_official_config(path: str | os.PathLike) -> ModelConfig:
     """ModelConfig from the reference code's config.yml at `path`."""
     return config_from_official_dict(read_yaml(path), source=str(path))
+
+
+def official_masking(path: str | os.PathLike) -> dict:
+    """The masked-conditioning settings of the reference code's config.yml at `path`, under this
+    package's names (mcvd.train.TrainConfig): prob_mask_cond, prob_mask_future, prob_mask_sync.
+    The reference keeps them in its `data` section and reads a missing one as 0 (false)."""
+    data = read_yaml(path).get("data") or {}
+    return {"prob_mask_cond": float(data.get("prob_mask_cond", 0.0)),
+            "prob_mask_future": float(data.get("prob_mask_future", 0.0)),
+            "prob_mask_sync": bool(data.get("prob_mask_sync", False))}

@@ -224,6 +224,21 @@ def test_guidance_of_a_model_file_without_a_run_config_warns(guided_checkpoint, 
     assert "warning: --guidance: " in capsys.readouterr().err
 
 
+def test_guidance_of_a_reference_checkpoint_follows_its_config(official_fixtures, tmp_path, capsys):
+    import shutil
+
+    shutil.copy(official_fixtures / "concat_small" / "checkpoint.pt", tmp_path / "checkpoint.pt")
+    config = (official_fixtures / "concat_small" / "config.yml").read_text()
+    assert "  prob_mask_cond: 0.0\n" in config
+    (tmp_path / "config.yml").write_text(config)  # the reference's own config: the past never masked
+    assert sample(tmp_path / "checkpoint.pt", tmp_path / "out", "--data", "smmnist", "--guidance", "2") == 2
+    err = capsys.readouterr().err
+    assert "prob_mask_cond = 0" in err and "warning" not in err
+    (tmp_path / "config.yml").write_text(config.replace("  prob_mask_cond: 0.0\n", "  prob_mask_cond: 0.5\n"))
+    assert sample(tmp_path / "checkpoint.pt", tmp_path / "out", "--data", "smmnist", "--guidance", "2") == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_predict_from_a_folder_of_frames(checkpoint, tmp_path, capsys):
     frames = tmp_path / "frames"
     frames.mkdir()

@@ -56,8 +56,8 @@ def teardown(env: DistEnv, *, together: bool = False) -> None:
     """Leave the process group (if this process joined it). together: after a run that ended
     normally on every process, wait for all of them first (a barrier), so that none closes its
     connections while another still writes the checkpoint or reads the last gather (with gloo, a
-    process whose peer had already gone could abort at exit). Not after an error, where the others
-    may never arrive."""
+    process whose peer had already gone could abort at exit); also after an error that every process
+    meets at the same point (a divergence). Not after another error, where the others may never arrive."""
     if env.owns_group:
         if together:
             dist.barrier()

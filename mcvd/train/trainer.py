@@ -211,6 +211,11 @@ def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float |
     try:
         result = _train(run, Path(workdir), device if device.type == "cpu" else torch.device("cuda", env.local_rank),
                         env, progress, time_limit, time_limit_ends_run)
+    except TrainingDiverged:
+        # Every process meets it at the same step (the loss and gradient norm are all-reduced), so all
+        # of them arrive here and can leave together.
+        D.teardown(env, together=True)
+        raise
     except BaseException:
         D.teardown(env)
         raise

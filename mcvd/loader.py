@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from mcvd.compat.official import official_model
-from mcvd.compat.official_config import official_masking
+from mcvd.compat.official_config import config_beside, official_masking
 from mcvd.fileio import load_weights_only
 from mcvd.nn import MCVD, ModelConfig
 from mcvd.nn.model_file import FORMAT, build_model, check_model_file
@@ -46,7 +46,7 @@ class ModelSource:
         masked-conditioning settings (section `training`) from the config.yml beside it; {} when
         there is none."""
         if self.kind == REFERENCE_CHECKPOINT:
-            config = self.path.parent / "config.yml"
+            config = config_beside(self.path)
             return {"training": official_masking(config)} if config.is_file() else {}
         return self.contents.get("run_config", {}) if isinstance(self.contents, dict) else {}
 

@@ -10,14 +10,9 @@
   because test modules cannot reliably import it (several conftest modules
   share the name "conftest").
 - `assert_within_eager_error`: the low-precision criterion of the op tests.
-- `official_fixtures`: the folder of reference-code checkpoints (shared/fixtures/official, or
-  $MCVD_OFFICIAL_FIXTURES); the test skips without it.
 
 Nothing here queries CUDA at import time: the checks run when a test starts.
 """
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -90,13 +85,3 @@ def assert_within_eager_error():
 def backend(request) -> str:
     """Every op backend this install runs on CPU tensors ("reference", "cpu", ...)."""
     return request.param
-
-
-@pytest.fixture(scope="session")
-def official_fixtures() -> Path:
-    """The reference-code checkpoints with their config.yml (concat_small, spatin_small)."""
-    path = Path(os.environ.get("MCVD_OFFICIAL_FIXTURES")
-                or Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official")
-    if not path.is_dir():
-        pytest.skip(f"fixtures not found at {path}")
-    return path

@@ -1,10 +1,10 @@
 """mcvd.load: every kind of model file, EMA or raw weights, clear errors."""
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from official_fixtures import FIXTURES, needs_fixtures
 
 import mcvd
 from mcvd import MCVD, ModelConfig
@@ -12,9 +12,6 @@ from mcvd.loader import MODEL_FILE, REFERENCE_CHECKPOINT, TRAINING_CHECKPOINT, r
 from mcvd.nn import load_model, save_model
 from mcvd.train import RunConfig, read_checkpoint, train
 
-FIXTURES = Path(os.environ.get("MCVD_OFFICIAL_FIXTURES")
-                or Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official")
-needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"fixtures not found at {FIXTURES}")
 
 CFG = ModelConfig(image_size=8, channels=1, num_frames=1, num_frames_cond=1, ngf=4, ch_mult=(1,),
                   num_res_blocks=1, attn_resolutions=(), n_head_channels=-1, dropout=0.0)

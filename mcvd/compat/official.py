@@ -24,7 +24,7 @@ from mcvd.nn.blocks import AttnBlock, ResBlock
 from mcvd.nn.config import ModelConfig
 from mcvd.nn.network import MCVD
 
-from .official_config import read_official_config
+from .official_config import config_beside, read_official_config
 
 # Buffers of the reference model that belong to the noise schedule, not to
 # the network: they are not loaded.
@@ -211,7 +211,7 @@ def official_model(states, checkpoint: str | os.PathLike, config_path: str | os.
                    use_ema: bool = True) -> tuple[MCVD, ModelConfig]:
     """`load_official` of the object already read from `checkpoint`."""
     checkpoint = Path(checkpoint)
-    config_path = Path(config_path) if config_path is not None else checkpoint.parent / "config.yml"
+    config_path = Path(config_path) if config_path is not None else config_beside(checkpoint)
     state = official_state(states, checkpoint, use_ema)
     cfg = read_official_config(config_path)
     model = MCVD(cfg)

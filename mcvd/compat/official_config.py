@@ -126,6 +126,11 @@ def read_official_config(path: str | os.PathLike) -> ModelConfig:
     return config_from_official_dict(read_yaml(path), source=str(path))
 
 
+def config_beside(checkpoint: str | os.PathLike) -> Path:
+    """Where the reference code keeps a checkpoint's config: config.yml in the same folder."""
+    return Path(checkpoint).parent / "config.yml"
+
+
 def official_masking(path: str | os.PathLike) -> dict:
     """The masked-conditioning settings of the reference code's config.yml at `path`, under this
     package's names (mcvd.train.TrainConfig): prob_mask_cond, prob_mask_future, prob_mask_sync.

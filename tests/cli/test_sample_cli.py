@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import DIGIT, SIZE, F, K, P, encode_video, moving_square
+from official_fixtures import FIXTURES, needs_fixtures
 from PIL import Image
 
 from mcvd.cli import main
@@ -224,11 +225,12 @@ def test_guidance_of_a_model_file_without_a_run_config_warns(guided_checkpoint, 
     assert "warning: --guidance: " in capsys.readouterr().err
 
 
-def test_guidance_of_a_reference_checkpoint_follows_its_config(official_fixtures, tmp_path, capsys):
+@needs_fixtures
+def test_guidance_of_a_reference_checkpoint_follows_its_config(tmp_path, capsys):
     import shutil
 
-    shutil.copy(official_fixtures / "concat_small" / "checkpoint.pt", tmp_path / "checkpoint.pt")
-    config = (official_fixtures / "concat_small" / "config.yml").read_text()
+    shutil.copy(FIXTURES / "concat_small" / "checkpoint.pt", tmp_path / "checkpoint.pt")
+    config = (FIXTURES / "concat_small" / "config.yml").read_text()
     assert "  prob_mask_cond: 0.0\n" in config
     (tmp_path / "config.yml").write_text(config)  # the reference's own config: the past never masked
     assert sample(tmp_path / "checkpoint.pt", tmp_path / "out", "--data", "smmnist", "--guidance", "2") == 2

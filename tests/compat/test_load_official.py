@@ -1,22 +1,18 @@
 """load_official against checkpoints and outputs produced by the paper's public code."""
 import functools
-import os
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from official_fixtures import FIXTURES, needs_fixtures
 
 import mcvd
 from mcvd import ModelConfig, load_official
 from mcvd.compat import read_official_config
 
-# MCVD_OFFICIAL_FIXTURES points elsewhere (a GPU machine with a copy of them).
-FIXTURES = Path(os.environ.get("MCVD_OFFICIAL_FIXTURES")
-                or Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "official")
 NAMES = ["concat_small", "spatin_small"]
 
-pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"fixtures not found at {FIXTURES}")
+pytestmark = needs_fixtures
 
 
 def io(name):

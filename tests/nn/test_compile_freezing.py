@@ -15,19 +15,16 @@ tests of the network; the block tests compile small graphs.
 import contextlib
 import functools
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
 import torch._functorch.config
 import torch._inductor.config
+from official_fixtures import FIXTURES
 
 import mcvd
 from mcvd.nn.blocks import ResBlock
 
-FIXTURES = Path(os.environ.get("MCVD_OFFICIAL_FIXTURES")
-                or Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "official")
 # The fixture's config: two levels, attention at 16 x 16, and decoder levels
 # that concatenate a skip with the up-sampled features - where torch 2.13 went
 # wrong (mcvd/nn/blocks.py, ResBlock.forward).

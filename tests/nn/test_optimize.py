@@ -14,18 +14,15 @@ every compiled test calls it with the shapes it was compiled for.
 import copy
 import functools
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
+from official_fixtures import FIXTURES
 
 import mcvd
 from mcvd.nn.blocks import ResBlock
 from mcvd.nn.optimize import TOLERANCE, OptimizedMCVD
 
-FIXTURES = Path(os.environ.get("MCVD_OFFICIAL_FIXTURES")
-                or Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "official")
 SMALL = dict(image_size=32, channels=1, num_frames=2, num_frames_cond=2, ngf=32, ch_mult=(1, 2), num_res_blocks=1,
              attn_resolutions=(16,), n_head_channels=16, dropout=0.1, spade_dim=32)
 CONFIGS = {"concat_small": mcvd.ModelConfig(**SMALL),

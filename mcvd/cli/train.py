@@ -71,9 +71,10 @@ def run(args) -> int:
 def _error(err, code: int, *, every_rank: bool = True) -> int:
     """`error`, labelled with the process's rank under torchrun (an error may be one process's own,
     e.g. a file missing on its node); with every_rank=False only process 0 prints it."""
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    # Read as text: a malformed variable must not hide the error being reported.
+    rank, world = os.environ.get("RANK", "0").strip(), os.environ.get("WORLD_SIZE", "1").strip()
+    if world in ("", "0", "1"):
         return error("train", err, code)
     if every_rank:
         return error("train", f"(process {rank} of {world}) {err}", code)
-    return error("train", err, code) if rank == 0 else code
+    return error("train", err, code) if rank == "0" else code

@@ -1,4 +1,5 @@
-"""`mcvd train --config CONFIG.yml --workdir DIR [--set section.key=value ...] [--minutes M] [--dry-run]`
+"""`mcvd train --config CONFIG.yml --workdir DIR [--set section.key=value ...] [--minutes M]
+[--init-from MODEL] [--dry-run]`
 
 The config file has the sections `model`, `data` and `training` (schema:
 mcvd.train.config; example: configs/smmnist_small.yml). A workdir holding a
@@ -14,6 +15,11 @@ gradient norm are all-reduced, so every process meets it at the same step) is
 reported by process 0; any other error by each process that meets it, with its rank.
 --minutes stops this call after that much training time, at the end of a step,
 with a checkpoint there; running the same command again resumes the run.
+--init-from starts a new run from the weights of a model file instead of the
+random initialisation (fine-tuning): any file mcvd.load reads (a model file, a
+training checkpoint's EMA weights, a reference-code checkpoint), whose model
+must equal the config's model section; the optimizer starts afresh. A resumed
+run continues from its checkpoint and ignores it.
 """
 from __future__ import annotations
 
@@ -35,6 +41,8 @@ def add_parser(sub):
                    help="override one config value (YAML syntax), e.g. --set training.lr=1e-4; repeatable")
     p.add_argument("--minutes", type=positive_float, default=None,
                    help="stop after this much training time, checkpointed (the same command resumes)")
+    p.add_argument("--init-from", type=Path, default=None, metavar="MODEL",
+                   help="start a new run from this model file's weights (its model must equal the config's)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and the model size, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -55,8 +63,9 @@ def run(args) -> int:
         return 0
     try:
         check_output_folder("--workdir", Path(args.workdir))
+        init = None if args.init_from is None else _init_weights(args.init_from, cfg.model)
         result = train(cfg, args.workdir, progress=not args.no_progress,
-                       time_limit=None if args.minutes is None else 60 * args.minutes)
+                       time_limit=None if args.minutes is None else 60 * args.minutes, init_weights=init)
     except (ValueError, FileExistsError, FileNotFoundError) as err:  # UsageError included
         return _error(err, EXIT_USAGE)
     except TrainingDiverged as err:
@@ -66,6 +75,23 @@ def run(args) -> int:
                    else f" of {cfg.training.steps} (time limit; run again to resume)")
         print(f"mcvd train: step {result.step}{stopped}, checkpoint {result.checkpoint}")
     return 0
+
+
+def _init_weights(path: Path, model_config) -> dict:
+    """The weights of the model file at `path`, checked against the config's model section."""
+    from mcvd.loader import load
+
+    try:
+        model, found = load(path)
+    except (ValueError, FileNotFoundError) as err:
+        raise ValueError(f"--init-from: {err}") from None
+    theirs, ours = found.to_dict(), model_config.to_dict()
+    changed = [f"{k} ({theirs.get(k)!r} there, {ours.get(k)!r} in the config)"
+               for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+    if changed:
+        raise ValueError(f"--init-from: the model of {path} differs from the config's model section in "
+                         f"{', '.join(changed)}")
+    return model.state_dict()
 
 
 def _error(err, code: int, *, every_rank: bool = True) -> int:

@@ -36,6 +36,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,8 +175,14 @@ def _check_resume_config(saved: dict, run: RunConfig, path: Path) -> None:
 
 
 def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float | None = None,
-          time_limit_ends_run: bool = False) -> TrainResult:
+          time_limit_ends_run: bool = False, init_weights: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
     """Train (or resume training) an MCVD network in `workdir` until run.training.steps.
+
+    init_weights: a state dict of a network with run.model's config that a new
+    run starts from instead of the random initialisation (fine-tuning; the EMA
+    starts from it too, the optimizer afresh); a resumed run continues from its
+    checkpoint and ignores it. A state dict that does not fit run.model raises
+    ValueError before the workdir is touched.
 
     time_limit: seconds of training (from the first step of this call, which
     with training.compile includes compiling the network) after
@@ -210,7 +217,7 @@ def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float |
     env = D.setup(device.type)
     try:
         result = _train(run, Path(workdir), device if device.type == "cpu" else torch.device("cuda", env.local_rank),
-                        env, progress, time_limit, time_limit_ends_run)
+                        env, progress, time_limit, time_limit_ends_run, init_weights)
     except TrainingDiverged:
         # Every process meets it at the same step (the loss and gradient norm are all-reduced), so all
         # of them arrive here and can leave together.
@@ -224,7 +231,8 @@ def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float |
 
 
 def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, progress: bool,
-           time_limit: float | None, time_limit_ends_run: bool) -> TrainResult:
+           time_limit: float | None, time_limit_ends_run: bool,
+           init_weights: Mapping[str, torch.Tensor] | None) -> TrainResult:
     tc = run.training
     if time_limit is not None and not (time_limit >= 0):
         raise ValueError(f"time_limit: expected seconds >= 0 or None, got {time_limit}")
@@ -233,6 +241,10 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
         raise ValueError(f"training.batch_size: {B} does not split into {world} processes x {accum} "
                          f"accumulation steps")
     local, micro = B // world, B // (world * accum)
+    torch.manual_seed(tc.seed)  # same initial weights in every process
+    model = MCVD(run.model)
+    if init_weights is not None:
+        _load_init_weights(model, init_weights)
 
     # Rank 0 owns the folder; every process learns its decision (or its error).
     decision = None
@@ -246,8 +258,7 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
         raise decision
     resume, ckpt_path = decision, workdir / CHECKPOINT_NAME
 
-    torch.manual_seed(tc.seed)  # same initial weights in every process
-    model = MCVD(run.model).to(device)
+    model = model.to(device)
     ema = EMA(model, tc.ema_rate)
     optimizer = make_optimizer(model.parameters(), tc)
     scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
@@ -274,9 +285,12 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
         if ckpt["data_position"]["num_clips"] != len(dataset):
             log.warning("the data set has %d clips, the checkpoint's had %d: the data order differs from "
                         "an uninterrupted run", len(dataset), ckpt["data_position"]["num_clips"])
-        log.info("resuming %s at step %d", ckpt_path, step)
+        log.info("resuming %s at step %d%s", ckpt_path, step,
+                 "" if init_weights is None else " (from its own weights, not the initial weights given)")
         del ckpt
     else:
+        if init_weights is not None:
+            log.info("starting from the initial weights given, not a random initialisation")
         torch.manual_seed(tc.seed + env.rank)  # dropout: independent masks per process
 
     if tc.compile:
@@ -365,6 +379,13 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     finally:
         bar.close()
     return TrainResult(step, losses, ckpt_path, model, run, env.rank)
+
+
+def _load_init_weights(model: MCVD, state: Mapping[str, torch.Tensor]) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # missing, unexpected or misshapen tensors
+        raise ValueError(f"init_weights: the weights do not fit the model section's network: {err}") from None
 
 
 def _compile(model: MCVD) -> None:

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from mcvd.cli import main
@@ -169,3 +170,45 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_which_file(config, t
     assert main(["train", "--config", str(config), "--workdir", str(work), "--no-progress",
                  "--set", "training.steps=4", "--set", "training.ckpt_every=2"]) == 0  # resumes from step 2
     assert read_checkpoint(checkpoint)["step"] == 4
+
+
+def test_init_from_starts_a_new_run_from_the_files_weights(config, tmp_path, capsys):
+    import mcvd
+    from mcvd.train.checkpoint import read_checkpoint
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["train", "--config", str(config), "--workdir", str(first), "--no-progress"]) == 0
+    start, _ = mcvd.load(first / "checkpoint.pt")  # the EMA weights
+    # A rate so small that one Adam step (about lr per weight) leaves the weights where they started.
+    assert main(["train", "--config", str(config), "--workdir", str(second), "--no-progress",
+                 "--init-from", str(first / "checkpoint.pt"), "--set", "training.steps=1",
+                 "--set", "training.lr=1e-9", "--set", "training.seed=7"]) == 0
+    ckpt = read_checkpoint(second / "checkpoint.pt")
+    expected = start.state_dict()
+    for key, value in ckpt["model"].items():
+        assert torch.allclose(value, expected[key], atol=1e-6), key
+    for key, value in ckpt["ema"].items():
+        assert torch.allclose(value, expected[key], atol=1e-6), key
+    # Without --init-from the same run starts elsewhere (seed 7's random weights).
+    third = tmp_path / "third"
+    assert main(["train", "--config", str(config), "--workdir", str(third), "--no-progress",
+                 "--set", "training.steps=1", "--set", "training.lr=1e-9", "--set", "training.seed=7"]) == 0
+    fresh = read_checkpoint(third / "checkpoint.pt")["model"]
+    assert any(not torch.allclose(fresh[k], expected[k], atol=1e-3) for k in expected if expected[k].is_floating_point())
+
+
+def test_init_from_refuses_another_network_or_a_missing_file(config, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(["train", "--config", str(config), "--workdir", str(first), "--no-progress"]) == 0
+    capsys.readouterr()
+    work = tmp_path / "second"
+    assert main(["train", "--config", str(config), "--workdir", str(work), "--no-progress",
+                 "--init-from", str(first / "checkpoint.pt"), "--set", "model.ngf=8"]) == 2
+    err = capsys.readouterr().err
+    assert "mcvd train: error: --init-from: the model of" in err and "ngf (4 there, 8 in the config)" in err
+    assert not work.exists()
+    assert main(["train", "--config", str(config), "--workdir", str(work), "--no-progress",
+                 "--init-from", str(tmp_path / "none.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "mcvd train: error: --init-from:" in err and "none.pt" in err
+    assert not work.exists()

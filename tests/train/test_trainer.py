@@ -224,3 +224,10 @@ def test_video_folder_runs(tmp_path, tiny_run):
     x0, cond = split_clip(ds[0][None], run.model)
     assert x0.shape == cond.shape == (1, 2, 1, 8, 8)
     assert train(run, tmp_path / "run", progress=False).step == 1
+
+
+def test_init_weights_that_do_not_fit_the_model_are_refused_before_the_workdir(tmp_path, tiny_run):
+    other = MCVD(tiny_run(model={"ngf": 8}).model).state_dict()
+    with pytest.raises(ValueError, match="init_weights: the weights do not fit the model section's network"):
+        train(tiny_run(), tmp_path / "work", progress=False, init_weights=other)
+    assert not (tmp_path / "work").exists()

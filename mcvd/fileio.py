@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -174,14 +175,34 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def load_weights_only(path: str | os.PathLike, arg: str, what: str = "torch file"):
+class DigestMismatch(ValueError):
+    """A file's SHA-256 is not the expected one; `digest` is the one found."""
+
+    def __init__(self, message: str, digest: str):
+        super().__init__(message)
+        self.digest = digest
+
+
+def load_weights_only(path: str | os.PathLike, arg: str, what: str = "torch file", *,
+                      sha256: str | None = None):
     """torch.load(path, weights_only=True) on the CPU, with errors that name
     the argument `arg`: a missing file, or one torch cannot read (corrupt,
-    truncated, or holding objects other than tensors and builtins)."""
+    truncated, or holding objects other than tensors and builtins).
+
+    sha256: the file's expected SHA-256 (hex); the bytes are read once, and the
+    bytes checked are the bytes loaded (a file replaced in between cannot slip
+    through). A mismatch raises DigestMismatch before anything is unpickled."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{arg}: no such file: {path}")
+    source: Path | io.BytesIO = path
+    if sha256 is not None:
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != sha256:
+            raise DigestMismatch(f"{arg}: {path} has SHA-256 {digest}, expected {sha256}", digest)
+        source = io.BytesIO(data)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"{arg}: {path} is not a readable {what} ({type(e).__name__}: {e})") from e

@@ -67,12 +67,13 @@ class ModelSource:
         return model, model.config
 
 
-def read(path: str | os.PathLike) -> ModelSource:
+def read(path: str | os.PathLike, *, sha256: str | None = None) -> ModelSource:
     """Read `path` and tell its kind. Raises FileNotFoundError for a missing
     file and ValueError, naming the file, for one that is unreadable (corrupt,
-    truncated, not a torch file) or of no known kind."""
+    truncated, not a torch file) or of no known kind. sha256: the file's
+    expected SHA-256, checked on the bytes read (mcvd.fileio.DigestMismatch)."""
     path = Path(path)
-    contents = load_weights_only(path, "path")
+    contents = load_weights_only(path, "path", sha256=sha256)
     if isinstance(contents, dict) and contents.get("format") == FORMAT:
         check_model_file(contents, path)
         return ModelSource(path, TRAINING_CHECKPOINT if "ema" in contents else MODEL_FILE, contents)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from mcvd.fileio import file_sha256
-from mcvd.loader import load as load_file
+from mcvd.fileio import DigestMismatch
+from mcvd.loader import read
 from mcvd.nn import MCVD, ModelConfig
 
 WEIGHTS = Path(__file__).parent / "weights"
@@ -66,12 +66,13 @@ def load(name: str = "smmnist-demo-cpu", *, file: str | os.PathLike | None = Non
     target = Path(file) if file is not None else WEIGHTS / entry.file
     if not target.is_file():
         raise FileNotFoundError(f"file: no such file: {target} (the shipped model {name!r}; reinstall mcvd)")
-    digest = file_sha256(target)
-    if digest != entry.sha256:
-        raise ValueError(f"file: {target} has SHA-256 {digest}, not the {entry.sha256} recorded for the shipped "
-                         f"model {name!r}: the file is damaged or was replaced; reinstall mcvd, or remake it with "
-                         f"scripts/make_pretrained.sh")
-    return load_file(target, map_location=map_location)
+    try:
+        source = read(target, sha256=entry.sha256)  # the bytes checked are the bytes loaded
+    except DigestMismatch as err:
+        raise ValueError(f"file: {target} has SHA-256 {err.digest}, not the {entry.sha256} recorded for the "
+                         f"shipped model {name!r}: the file is damaged or was replaced; reinstall mcvd, or remake "
+                         f"it with scripts/make_pretrained.sh") from None
+    return source.build(map_location=map_location)
 
 
 def _entry(name: str) -> Pretrained:

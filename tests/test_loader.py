@@ -113,3 +113,22 @@ def test_missing_corrupt_and_foreign_files_are_named(tmp_path, checkpoint):
 
 def test_top_level_export():
     assert mcvd.load is mcvd.loader.load and "load" in mcvd.__all__
+
+
+def test_a_recorded_sha256_is_checked_on_the_bytes_before_anything_is_unpickled(tmp_path):
+    import hashlib
+
+    from mcvd.fileio import DigestMismatch
+
+    path = tmp_path / "m.mcvd"
+    save_model(path, MCVD(ModelConfig(image_size=8, ngf=4, ch_mult=(1,), num_res_blocks=1, attn_resolutions=())))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert read(path, sha256=digest).kind == MODEL_FILE
+    with pytest.raises(DigestMismatch, match=f"path: {path} has SHA-256 {digest}, expected {'0' * 64}") as err:
+        read(path, sha256="0" * 64)
+    assert err.value.digest == digest
+    # A file torch cannot read fails on its digest, not in torch.load.
+    junk = tmp_path / "junk.mcvd"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(DigestMismatch):
+        read(junk, sha256=digest)

@@ -10,8 +10,10 @@ of giving wrong predictions.
 smmnist-demo-cpu: Stochastic Moving MNIST at 32 x 32 with 16-pixel digits, 2
 past -> 2 frames, x0-prediction: the data, frames and objective of the demo's
 `cpu` size with a wider network (ngf 32 instead of 16, attention at 16 x 16
-and 8 x 8; 1.69M parameters against 0.42M) trained for 22,000 steps, by
-scripts/make_pretrained.sh with configs/pretrained/smmnist_demo_cpu.yml.
+and 8 x 8; 1.69M parameters against 0.42M) trained for 22,000 steps and then
+30,000 more from those weights on clips it had not seen (52,000 in all), by
+scripts/make_pretrained.sh with configs/pretrained/smmnist_demo_cpu.yml and
+configs/pretrained/smmnist_demo_cpu_finetune.yml.
 """
 from __future__ import annotations
 
@@ -31,20 +33,22 @@ WEIGHTS = Path(__file__).parent / "weights"
 @dataclass(frozen=True)
 class Pretrained:
     """One shipped model: its file in mcvd/weights/, that file's SHA-256, the
-    config that trained it (a path in the repository) and its training steps."""
+    configs that trained it (paths in the repository, in order: each stage after
+    the first starts from the weights of the one before, `mcvd train --init-from`)
+    and its training steps, all stages together."""
 
     file: str
     sha256: str
-    config: str
+    configs: tuple[str, ...]
     steps: int
 
 
 MODELS = {
     "smmnist-demo-cpu": Pretrained(
         file="smmnist_demo_cpu.mcvd",
-        sha256="e0e5df79a13696ec3f39c351c3bfdbddbe4ffe6d3036ed57e83dcb3c667862ae",
-        config="configs/pretrained/smmnist_demo_cpu.yml",
-        steps=22000),
+        sha256="5064143cf5cf784da65a415a8fce67a1e23d8ff87a15c645a167e06cb4a838f3",
+        configs=("configs/pretrained/smmnist_demo_cpu.yml", "configs/pretrained/smmnist_demo_cpu_finetune.yml"),
+        steps=52000),
 }
 
 

@@ -179,7 +179,7 @@ def shipped_model(size: DemoSize, run_cfg, cfg, device) -> dict | None:
               f"(--set changed the frames or the digits): it is not scored")
         return None
     entry = pretrained.MODELS[size.pretrained]
-    return {"model": model, "name": size.pretrained, "steps": entry.steps, "config": entry.config,
+    return {"model": model, "name": size.pretrained, "steps": entry.steps, "configs": list(entry.configs),
             "sha256": entry.sha256, "parameters": sum(p.numel() for p in model.parameters())}
 
 

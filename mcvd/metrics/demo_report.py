@@ -119,7 +119,8 @@ def shipped_section(info: dict) -> list[str]:
         "", "## The shipped model", "",
         (f"`{sh['name']}` (`mcvd.pretrained.load({sh['name']!r})`): a network of {sh['parameters'] / 1e6:.2f}M "
          f"parameters on this size's clips, frames and objective, trained for "
-         f"{sh['steps']:,} steps with `mcvd train` by `{sh['config']}` (scripts/make_pretrained.sh), shipped in the "
+         f"{sh['steps']:,} steps with `mcvd train` by {' then '.join(f'`{c}`' for c in sh['configs'])} "
+         f"(scripts/make_pretrained.sh), shipped in the "
          f"package, its SHA-256 checked at every load ({sh['sha256'][:16]}...). Scored on the same clips with the "
          "same sampler and seed as the model trained here."),
     ]

@@ -24,7 +24,7 @@ ARGS = ["--size", "cpu", "--device", "cpu", "--no-progress", "--no-optimize", "-
 def test_the_shipped_model_predicts_the_cpu_sizes_clips_with_its_objective():
     """The shipped model is a wider network than the cpu size's, trained longer, on the same
     frames, data and objective, so that the demo scores both on the same clips."""
-    shipped = load_run_config(REPO_ROOT / pretrained.MODELS[CPU.pretrained].config)
+    shipped = load_run_config(REPO_ROOT / pretrained.MODELS[CPU.pretrained].configs[-1])
     cpu = mcvd.ModelConfig(**CPU.model)
     same = ("image_size", "channels", "num_frames", "num_frames_cond", "num_frames_future", "conditioning",
             "prediction", "schedule", "num_timesteps")

@@ -63,9 +63,9 @@ def run(args) -> int:
         return 0
     try:
         check_output_folder("--workdir", Path(args.workdir))
-        init = None if args.init_from is None else _init_weights(args.init_from, cfg.model)
+        init = None if args.init_from is None else _init_model(args.init_from)
         result = train(cfg, args.workdir, progress=not args.no_progress,
-                       time_limit=None if args.minutes is None else 60 * args.minutes, init_weights=init)
+                       time_limit=None if args.minutes is None else 60 * args.minutes, init_model=init)
     except (ValueError, FileExistsError, FileNotFoundError) as err:  # UsageError included
         return _error(err, EXIT_USAGE)
     except TrainingDiverged as err:
@@ -77,21 +77,14 @@ def run(args) -> int:
     return 0
 
 
-def _init_weights(path: Path, model_config) -> dict:
-    """The weights of the model file at `path`, checked against the config's model section."""
+def _init_model(path: Path):
+    """The network of the model file at `path` (the trainer checks it against the model section)."""
     from mcvd.loader import load
 
     try:
-        model, found = load(path)
+        return load(path)[0]
     except (ValueError, FileNotFoundError) as err:
         raise ValueError(f"--init-from: {err}") from None
-    theirs, ours = found.to_dict(), model_config.to_dict()
-    changed = [f"{k} ({theirs.get(k)!r} there, {ours.get(k)!r} in the config)"
-               for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
-    if changed:
-        raise ValueError(f"--init-from: the model of {path} differs from the config's model section in "
-                         f"{', '.join(changed)}")
-    return model.state_dict()
 
 
 def _error(err, code: int, *, every_rank: bool = True) -> int:

@@ -36,7 +36,6 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,14 +174,14 @@ def _check_resume_config(saved: dict, run: RunConfig, path: Path) -> None:
 
 
 def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float | None = None,
-          time_limit_ends_run: bool = False, init_weights: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
+          time_limit_ends_run: bool = False, init_model: MCVD | None = None) -> TrainResult:
     """Train (or resume training) an MCVD network in `workdir` until run.training.steps.
 
-    init_weights: a state dict of a network with run.model's config that a new
-    run starts from instead of the random initialisation (fine-tuning; the EMA
-    starts from it too, the optimizer afresh); a resumed run continues from its
-    checkpoint and ignores it. A state dict that does not fit run.model raises
-    ValueError before the workdir is touched.
+    init_model: a network (e.g. mcvd.load(path)[0]) whose weights a new run
+    starts from instead of the random initialisation (fine-tuning; the EMA
+    starts from them too, the optimizer afresh); a resumed run continues from
+    its checkpoint and ignores it. Its config must equal run.model, else
+    ValueError naming the differences, before the workdir is touched.
 
     time_limit: seconds of training (from the first step of this call, which
     with training.compile includes compiling the network) after
@@ -217,7 +216,7 @@ def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float |
     env = D.setup(device.type)
     try:
         result = _train(run, Path(workdir), device if device.type == "cpu" else torch.device("cuda", env.local_rank),
-                        env, progress, time_limit, time_limit_ends_run, init_weights)
+                        env, progress, time_limit, time_limit_ends_run, init_model)
     except TrainingDiverged:
         # Every process meets it at the same step (the loss and gradient norm are all-reduced), so all
         # of them arrive here and can leave together.
@@ -232,7 +231,7 @@ def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float |
 
 def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, progress: bool,
            time_limit: float | None, time_limit_ends_run: bool,
-           init_weights: Mapping[str, torch.Tensor] | None) -> TrainResult:
+           init_model: MCVD | None) -> TrainResult:
     tc = run.training
     if time_limit is not None and not (time_limit >= 0):
         raise ValueError(f"time_limit: expected seconds >= 0 or None, got {time_limit}")
@@ -243,8 +242,12 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     local, micro = B // world, B // (world * accum)
     torch.manual_seed(tc.seed)  # same initial weights in every process
     model = MCVD(run.model)
-    if init_weights is not None:
-        _load_init_weights(model, init_weights)
+    if init_model is not None:
+        changed = _differences(init_model.config.to_dict(), run.model.to_dict())
+        if changed:
+            raise ValueError(f"init_model: the network to start from differs from the model section in "
+                             f"{', '.join(changed)}")
+        model.load_state_dict(init_model.state_dict())
 
     # Rank 0 owns the folder; every process learns its decision (or its error).
     decision = None
@@ -286,11 +289,11 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
             log.warning("the data set has %d clips, the checkpoint's had %d: the data order differs from "
                         "an uninterrupted run", len(dataset), ckpt["data_position"]["num_clips"])
         log.info("resuming %s at step %d%s", ckpt_path, step,
-                 "" if init_weights is None else " (from its own weights, not the initial weights given)")
+                 "" if init_model is None else " (from its own weights, not the initial model given)")
         del ckpt
     else:
-        if init_weights is not None:
-            log.info("starting from the initial weights given, not a random initialisation")
+        if init_model is not None:
+            log.info("starting from the weights of the initial model given, not a random initialisation")
         torch.manual_seed(tc.seed + env.rank)  # dropout: independent masks per process
 
     if tc.compile:
@@ -379,13 +382,6 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     finally:
         bar.close()
     return TrainResult(step, losses, ckpt_path, model, run, env.rank)
-
-
-def _load_init_weights(model: MCVD, state: Mapping[str, torch.Tensor]) -> None:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:  # missing, unexpected or misshapen tensors
-        raise ValueError(f"init_weights: the weights do not fit the model section's network: {err}") from None
 
 
 def _compile(model: MCVD) -> None:

@@ -205,7 +205,8 @@ def test_init_from_refuses_another_network_or_a_missing_file(config, tmp_path, c
     assert main(["train", "--config", str(config), "--workdir", str(work), "--no-progress",
                  "--init-from", str(first / "checkpoint.pt"), "--set", "model.ngf=8"]) == 2
     err = capsys.readouterr().err
-    assert "mcvd train: error: --init-from: the model of" in err and "ngf (4 there, 8 in the config)" in err
+    assert "mcvd train: error: init_model: the network to start from differs from the model section in " \
+           "ngf (4 -> 8)" in err
     assert not work.exists()
     assert main(["train", "--config", str(config), "--workdir", str(work), "--no-progress",
                  "--init-from", str(tmp_path / "none.pt")]) == 2

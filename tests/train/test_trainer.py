@@ -226,8 +226,10 @@ def test_video_folder_runs(tmp_path, tiny_run):
     assert train(run, tmp_path / "run", progress=False).step == 1
 
 
-def test_init_weights_that_do_not_fit_the_model_are_refused_before_the_workdir(tmp_path, tiny_run):
-    other = MCVD(tiny_run(model={"ngf": 8}).model).state_dict()
-    with pytest.raises(ValueError, match="init_weights: the weights do not fit the model section's network"):
-        train(tiny_run(), tmp_path / "work", progress=False, init_weights=other)
+def test_an_init_model_of_another_config_is_refused_before_the_workdir(tmp_path, tiny_run):
+    # Same shapes, another objective: loading its weights would succeed and train the wrong thing.
+    other = MCVD(tiny_run(model={"prediction": "x0"}).model)
+    with pytest.raises(ValueError, match=r"init_model: the network to start from differs from the model section "
+                                         r"in prediction \('x0' -> 'eps'\)"):
+        train(tiny_run(), tmp_path / "work", progress=False, init_model=other)
     assert not (tmp_path / "work").exists()

@@ -63,7 +63,7 @@ def run(args) -> int:
         return 0
     try:
         check_output_folder("--workdir", Path(args.workdir))
-        init = None if args.init_from is None else _init_model(args.init_from)
+        init = None if args.init_from is None else _init_model(args.init_from, cfg.model)
         result = train(cfg, args.workdir, progress=not args.no_progress,
                        time_limit=None if args.minutes is None else 60 * args.minutes, init_model=init)
     except (ValueError, FileExistsError, FileNotFoundError) as err:  # UsageError included
@@ -77,14 +77,18 @@ def run(args) -> int:
     return 0
 
 
-def _init_model(path: Path):
-    """The network of the model file at `path` (the trainer checks it against the model section)."""
+def _init_model(path: Path, model_config):
+    """The network of the model file at `path`, checked against the model section
+    here so that a mismatch is named by the flag (the trainer checks it again)."""
     from mcvd.loader import load
+    from mcvd.train.trainer import check_init_model
 
     try:
-        return load(path)[0]
+        model = load(path)[0]
     except (ValueError, FileNotFoundError) as err:
         raise ValueError(f"--init-from: {err}") from None
+    check_init_model(model, model_config, name=f"--init-from {path}")
+    return model
 
 
 def _error(err, code: int, *, every_rank: bool = True) -> int:

@@ -161,6 +161,15 @@ def _differences(old: dict, new: dict) -> list[str]:
     return [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
+def check_init_model(init_model: MCVD, model_config, name: str = "init_model") -> None:
+    """ValueError naming `name` and each differing key when the network to start
+    from (train's init_model) is not one of `model_config` (the model section)."""
+    changed = _differences(init_model.config.to_dict(), model_config.to_dict())
+    if changed:
+        raise ValueError(f"{name}: the network to start from differs from the model section in "
+                         f"{', '.join(changed)}")
+
+
 def _check_resume_config(saved: dict, run: RunConfig, path: Path) -> None:
     new = run.to_dict()
     changed = _differences(saved["model"], new["model"])
@@ -243,10 +252,7 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     torch.manual_seed(tc.seed)  # same initial weights in every process
     model = MCVD(run.model)
     if init_model is not None:
-        changed = _differences(init_model.config.to_dict(), run.model.to_dict())
-        if changed:
-            raise ValueError(f"init_model: the network to start from differs from the model section in "
-                             f"{', '.join(changed)}")
+        check_init_model(init_model, run.model)
         model.load_state_dict(init_model.state_dict())
 
     # Rank 0 owns the folder; every process learns its decision (or its error).

@@ -194,7 +194,8 @@ def test_init_from_starts_a_new_run_from_the_files_weights(config, tmp_path, cap
     assert main(["train", "--config", str(config), "--workdir", str(third), "--no-progress",
                  "--set", "training.steps=1", "--set", "training.lr=1e-9", "--set", "training.seed=7"]) == 0
     fresh = read_checkpoint(third / "checkpoint.pt")["model"]
-    assert any(not torch.allclose(fresh[k], expected[k], atol=1e-3) for k in expected if expected[k].is_floating_point())
+    assert any(not torch.allclose(fresh[k], expected[k], atol=1e-3)
+               for k in expected if expected[k].is_floating_point())
 
 
 def test_init_from_refuses_another_network_or_a_missing_file(config, tmp_path, capsys):
@@ -205,8 +206,8 @@ def test_init_from_refuses_another_network_or_a_missing_file(config, tmp_path, c
     assert main(["train", "--config", str(config), "--workdir", str(work), "--no-progress",
                  "--init-from", str(first / "checkpoint.pt"), "--set", "model.ngf=8"]) == 2
     err = capsys.readouterr().err
-    assert "mcvd train: error: init_model: the network to start from differs from the model section in " \
-           "ngf (4 -> 8)" in err
+    assert f"mcvd train: error: --init-from {first / 'checkpoint.pt'}: the network to start from differs from " \
+           "the model section in ngf (4 -> 8)" in err
     assert not work.exists()
     assert main(["train", "--config", str(config), "--workdir", str(work), "--no-progress",
                  "--init-from", str(tmp_path / "none.pt")]) == 2

@@ -36,11 +36,14 @@ kernels either way. On a CPU with AMX, dtype=torch.bfloat16 runs them on
 its bfloat16 units: the SMMNIST concat preset in 144 ms against eager
 float32's 327 ms (2.27x, relative error 5.6e-3).
 
-On a CUDA GPU (written, not yet run on one): TF32 tensor-core matmuls
-and convolutions for float32 (flags set around each call only), bfloat16 or
-float16 weights for `dtype=`, and torch.compile's "max-autotune-no-cudagraphs"
-mode; CUDA graphs of the whole denoising loop are the sampler's
-(`mcvd.predict(..., cuda_graph=True)`), which replays the compiled kernels.
+On a CUDA GPU: TF32 tensor-core matmuls and convolutions for float32 (flags
+set around each call only), bfloat16 or float16 weights for `dtype=`, and
+torch.compile's default mode with freezing (max-autotune's template search
+takes minutes per shape); CUDA graphs of the whole denoising loop are the
+sampler's (`mcvd.predict(..., cuda_graph=True)`), which replays the compiled
+kernels. On an H200, SMMNIST preset, B = 1, 100 DDIM steps with the cache
+and a CUDA graph: eager 281 ms, float32 208 ms, bfloat16 188 ms
+(benchmarks/results/h200_e2e.md).
 """
 from __future__ import annotations
 
@@ -68,6 +71,16 @@ from .network import MCVD
 # float32 (~2e-2 for bfloat16) with room for a different rounding order.
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 6e-2, torch.float16: 1e-2}
 DTYPES = tuple(TOLERANCE)
+# float32 on a CUDA device runs its matrix products and convolutions in TF32
+# (10 mantissa bits, like float16's), so its bound is float16's.
+TF32_TOLERANCE = 1e-2
+
+
+def tolerance(device: torch.device | str, dtype: torch.dtype) -> float:
+    """The relative error bound of `optimize(model, device=device, dtype=dtype)` against the float32 network."""
+    if torch.device(device).type == "cuda" and dtype == torch.float32:
+        return TF32_TOLERANCE
+    return TOLERANCE[dtype]
 
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(device, dtype): OptimizedMCVD}
 _lock = threading.Lock()
@@ -133,10 +146,9 @@ class OptimizedMCVD(nn.Module):
         def run(x_t, t, cond, cond_mask, cache):
             return network(x_t, t, cond, cond_mask, cache=cache)
 
-        run = _own_code(run)
-        if self.device.type == "cuda":
-            return torch.compile(run, mode="max-autotune-no-cudagraphs")
-        return torch.compile(run)
+        # The default mode on a GPU too: max-autotune's search over matmul and convolution
+        # templates takes minutes per input shape, and CUDA graphs are the sampler's (the whole loop).
+        return torch.compile(_own_code(run))
 
     @contextmanager
     def _settings(self):
@@ -227,11 +239,10 @@ def optimize(model: MCVD, *, device: torch.device | str | None = None,
     CPU: torch.compile with inductor's freezing - weights folded in as
     constants, every convolution pre-packed for oneDNN (eager runs most of
     them on the slow im2col path), bias and pointwise ops fused into them;
-    the fused C++ norm and attention ops in between. GPU (not yet run on
-    one): TF32 tensor cores for float32 (set around each call only),
-    bfloat16/float16 weights with `dtype`, inductor's max-autotune
-    (no CUDA graphs: `mcvd.predict(..., cuda_graph=True)` captures the
-    whole loop). See `mcvd.nn.optimize` for the measured speed-ups.
+    the fused C++ norm and attention ops in between. GPU: TF32 tensor cores
+    for float32 (set around each call only), bfloat16/float16 weights with
+    `dtype`, inductor with freezing (no CUDA graphs of its own:
+    `mcvd.predict(..., cuda_graph=True)` captures the whole loop). See `mcvd.nn.optimize` for the measured speed-ups.
 
     Compiles at the first call for each input shape (stderr says so;
     minutes on a small CPU), then inductor's on-disk cache serves later
@@ -240,8 +251,9 @@ def optimize(model: MCVD, *, device: torch.device | str | None = None,
     weights changed since refuses to run (RuntimeError).
 
     Accuracy against the eager model (relative L2 error of eps): at most
-    1e-4 in float32; bfloat16 at most 6e-2 and float16 1e-2 (`TOLERANCE`):
-    the network then runs in that precision.
+    1e-4 in float32 (on a GPU, where it is TF32, 1e-2); bfloat16 at most
+    6e-2 and float16 1e-2: the network then runs in that precision
+    (`tolerance(device, dtype)`).
 
     Args:
         model: a `mcvd.MCVD` network (its mode is left alone; the optimized

@@ -11,6 +11,7 @@ Compiling costs tens of seconds per network and input shape on two cores:
 each compiled module below is built once and shared (functools.cache), and
 every compiled test calls it with the shapes it was compiled for.
 """
+import contextlib
 import copy
 import functools
 import math
@@ -21,7 +22,7 @@ from official_fixtures import FIXTURES
 
 import mcvd
 from mcvd.nn.blocks import ResBlock
-from mcvd.nn.optimize import TOLERANCE, OptimizedMCVD
+from mcvd.nn.optimize import TOLERANCE, OptimizedMCVD, tolerance
 
 SMALL = dict(image_size=32, channels=1, num_frames=2, num_frames_cond=2, ngf=32, ch_mult=(1, 2), num_res_blocks=1,
              attn_resolutions=(16,), n_head_channels=16, dropout=0.1, spade_dim=32)
@@ -251,3 +252,67 @@ def test_a_copy_outlives_its_model():
     assert fast._source() is None
     cache = fast.condition(tiny_inputs()[2])  # eager: nothing compiles
     assert cache.dtype == torch.bfloat16 and cache.model is fast.network
+
+
+# --- on a CUDA device ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def full_float32():
+    """cuDNN and cuBLAS in full float32 (cuDNN's convolutions default to TF32 on tensor cores)."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+@functools.cache
+def cuda_network_and_inputs(name: str):
+    model, inputs = network_and_inputs(name)
+    return copy.deepcopy(model).cuda(), tuple(v.cuda() for v in inputs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("name", list(CACHED))
+def test_optimized_on_cuda_within_its_stated_tolerance(name, dtype):
+    """float32 runs TF32 on the tensor cores, bfloat16 the network in
+    bfloat16: each against the float32 network in full float32, within
+    tolerance(cuda, dtype), and not exact (the fast path did run)."""
+    model, (x, t, cond) = cuda_network_and_inputs(name)
+    fast = mcvd.optimize(model, dtype=dtype)
+    with torch.no_grad(), full_float32():
+        eager = model(x, t, cond, cond_mask=MASK.cuda())
+    if CACHED[name]:
+        out = fast(x, t, cache=fast.condition(cond, MASK.cuda()))
+    else:
+        out = fast(x, t, cond, cond_mask=MASK.cuda())
+    assert out.dtype == torch.float32 and out.device == x.device
+    err = rel_err(out, eager)
+    print(f"{name} {dtype}: relative error {err:.2e}")
+    assert 1e-6 < err <= tolerance("cuda", dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_cuda_graph_replays_the_optimized_module(dtype):
+    """mcvd.predict with cuda_graph=True captures the compiled module's
+    calls: the same frames as the eager network sampled without a graph,
+    to the module's tolerance (ten times: three steps carry the error). DDIM
+    draws only x_T, before the graph, so both runs start from the same one;
+    another seed's x_T, copied into the captured input, gives other frames."""
+    model, (_, _, cond) = cuda_network_and_inputs("spatin_small")
+    fast = mcvd.optimize(model, dtype=dtype)
+    past, future = cond[:, :2].clamp(-1, 1), cond[:, 2:].clamp(-1, 1)
+
+    def sample(m, graph, seed=0):
+        return mcvd.predict(m, past, 2, future=future, steps=3, method="ddim", cuda_graph=graph,
+                            generator=torch.Generator("cuda").manual_seed(seed))
+    with full_float32():
+        eager = sample(model, False)
+    graphed = sample(fast, True)
+    assert graphed.shape == eager.shape == (3, 2, 1, 32, 32)
+    assert rel_err(graphed, eager) <= 10 * tolerance("cuda", dtype)
+    assert rel_err(sample(fast, True, seed=1), graphed) > 0.1

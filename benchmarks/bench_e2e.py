@@ -23,6 +23,9 @@ Providers:
 - "fused+cache": fused, what depends only on the condition frames computed
   once (MCVD.condition), as the sampler does (sampling_step rows).
 - "optimized": mcvd.optimize(model), when this install has it.
+- On a GPU, train_step also "fused-bf16" (bfloat16 autocast, as
+  training.precision: bf16) and "compiled-bf16" (that, with the network
+  compiled as training.compile compiles it).
 
 Modes:
 - forward: eval, no grad, batch --batch.
@@ -76,6 +79,7 @@ from mcvd.compat.official_config import config_from_official_dict  # noqa: E402
 from mcvd.diffusion import Schedule  # noqa: E402
 from mcvd.diffusion.tasks import BlockSampler  # noqa: E402
 from mcvd.train import EMA, TrainConfig, draw_step_randomness, make_optimizer, mcvd_loss  # noqa: E402
+from mcvd.train.trainer import compile_for_training  # noqa: E402
 
 MODES = ("forward", "train_step", "sampling_step", "dpm++x10", "ddimx100")
 BLOCKS = {"dpm++x10": ("dpm++", 10), "ddimx100": ("ddim", 100)}
@@ -231,14 +235,22 @@ def train_fns(cfg, state, net, code, batch, device, optimized):
     schedule = Schedule.linear(cfg.num_timesteps)
     rnd = draw_step_randomness(cfg, batch, prob_mask_cond=0.0, prob_mask_future=0.0, prob_mask_sync=False,
                                random_flip=False, generator=torch.Generator(device).manual_seed(0), device=device)
-    for name, backend in (("reference", "reference"), ("fused", None)):
+    ours = [("reference", "reference", None, False), ("fused", None, None, False)]
+    if torch.device(device).type == "cuda":  # what training.precision bf16 and training.compile run
+        ours += [("fused-bf16", None, torch.bfloat16, False), ("compiled-bf16", None, torch.bfloat16, True)]
+    for name, backend, autocast, compiled in ours:
         model = our_model(cfg, state, backend, device, train=True)
+        if compiled:
+            compile_for_training(model)
         opt_m = make_optimizer(model.parameters(), TrainConfig(lr=2e-4))  # the trainer's Adam
         ema_m = EMA(model, 0.999)
+        amp = torch.autocast(torch.device(device).type, dtype=autocast, enabled=autocast is not None)
 
-        def step(model=model, opt_m=opt_m, ema_m=ema_m):
+        def step(model=model, opt_m=opt_m, ema_m=ema_m, amp=amp):
             opt_m.zero_grad(set_to_none=True)
-            mcvd_loss(model, clips, rnd, schedule).mean().backward()
+            with amp:
+                loss = mcvd_loss(model, clips, rnd, schedule).mean()
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt_m.step()
             ema_m.update(model)
@@ -538,6 +550,10 @@ def main(argv=None) -> int:
         for conditioning in args.conditioning:
             cfg = dataclasses.replace(base, conditioning=conditioning)
             net, state = build_weights(cfg, code, base_yaml)
+            if net is not None and torch.device(device).type != "cpu":  # built there: it reads config.device
+                moved = code.network(official_config_dict(cfg, base_yaml), device).eval()
+                moved.load_state_dict(net.state_dict())
+                net = moved
             fl = network_flops(cfg, state, net, device)
             print(f"{conditioning}: {sum(v.numel() for v in state.values()) / 1e6:.2f}M parameters; GFLOP per sample: "
                   f"forward {fl.forward / 1e9:.2f} (official {fl.official / 1e9:.2f}), condition "

@@ -11,7 +11,10 @@ baseline), "fused" (the auto backend: C++ on the CPU, CUDA/Triton on a GPU;
 still no cache), "fused+cache" (fused, and what depends only on the condition
 frames computed once per block, `MCVD.condition`: what mcvd.predict and the
 streaming predictor do) and "fused+cache+graph" (the denoising loop replayed
-as a CUDA graph; GPU only).
+as a CUDA graph; GPU only); on a GPU also "optimized+cache[+graph]" and
+"optimized-bf16+cache[+graph]": `mcvd.optimize(model)` (float32, TF32 tensor
+cores) and `mcvd.optimize(model, dtype=torch.bfloat16)`, compiled at their
+first call (outside the timing).
 
 Rows:
 - step: one sampling step's network call as the sampler makes it (batch
@@ -50,6 +53,10 @@ class Provider:
     backend: str | None  # MCVD_BACKEND for its calls (None: auto)
     cache: bool  # condition once per block (MCVD.condition)
     graph: bool = False  # replay the denoising loop as a CUDA graph
+    optimize: torch.dtype | None = None  # run mcvd.optimize(model, dtype=optimize) instead of the model
+
+    def network(self, model):
+        return model if self.optimize is None else mcvd.optimize(model, dtype=self.optimize)
 
 
 class Uncached(torch.nn.Module):
@@ -82,7 +89,11 @@ def providers(device: str) -> list[Provider]:
     out = [Provider("reference", "reference", False), Provider("fused", None, False),
            Provider("fused+cache", None, True)]
     if device.startswith("cuda"):
-        out.append(Provider("fused+cache+graph", None, True, graph=True))
+        out += [Provider("fused+cache+graph", None, True, graph=True),
+                Provider("optimized+cache", None, True, optimize=torch.float32),
+                Provider("optimized+cache+graph", None, True, graph=True, optimize=torch.float32),
+                Provider("optimized-bf16+cache", None, True, optimize=torch.bfloat16),
+                Provider("optimized-bf16+cache+graph", None, True, graph=True, optimize=torch.bfloat16)]
     return out
 
 
@@ -109,11 +120,12 @@ def bench_steps(model, provs: list[Provider], device: str, args) -> list[Row]:
     t = torch.full((args.batch,), cfg.num_timesteps // 2, device=device)
 
     def call(p: Provider):
-        cache = model.condition(cond, mask) if p.cache else None
+        net = p.network(model)
+        cache = net.condition(cond, mask) if p.cache else None
 
         def run():
             with backend_env(p.backend), torch.no_grad():
-                return model(x, t, cache=cache) if p.cache else model(x, t, cond, cond_mask=mask)
+                return net(x, t, cache=cache) if p.cache else net(x, t, cond, cond_mask=mask)
         return run
 
     def condition():
@@ -144,7 +156,8 @@ def bench_blocks(model, method, steps, timed_steps, provs: list[Provider], devic
     past = cond[:, :model.config.num_frames_cond]
 
     def block(p: Provider):
-        stream = mcvd.StreamingPredictor(model if p.cache else Uncached(model),
+        net = p.network(model)
+        stream = mcvd.StreamingPredictor(net if p.cache else Uncached(net),
                                          mcvd.SamplerConfig(method=method, steps=timed_steps), cuda_graph=p.graph,
                                          generator=torch.Generator(device).manual_seed(0))
         stream.push(past)

@@ -4,9 +4,12 @@
 # benchmarks. Logs and result tables go to OUTDIR (at most 8 files). Each
 # stage has its own time limit so that one failure does not hide the others.
 # Environment: TOTAL_S, BUILD_TIMEOUT, TEST_TIMEOUT, BENCH_TIMEOUT, E2E_TIMEOUT
-# (seconds), SKIP_DRIVERS=1, SKIP_SANITIZER=1, BENCHES (default "bench_e2e
-# bench_sampling"), MCVD_OFFICIAL_FIXTURES (a copy of the reference-code
-# fixtures for tests/compat).
+# (seconds; TIMEOUT_bench_e2e etc. per benchmark), SKIP_DRIVERS=1, SKIP_SANITIZER=1, SKIP_OPS=1 (no op benchmarks),
+# BENCHES (default "bench_e2e bench_sampling"), ARGS_bench_e2e /
+# ARGS_bench_sampling (more arguments for that benchmark), STREAM_INPUTS (a
+# folder of frame folders: `mcvd stream` over each with the shipped demo
+# model and the SMMNIST preset), MCVD_OFFICIAL_FIXTURES (a copy of the
+# reference-code fixtures for tests/compat and tests/nn).
 #   scripts/gpu_check.sh OUTDIR
 set -u
 OUTDIR=${1:?usage: scripts/gpu_check.sh OUTDIR}
@@ -55,7 +58,8 @@ SHARDS=(
     "tests/ops/test_attention.py -k triton and not forward and not backward"
     "tests/ops/test_attention.py -k not triton"
     "tests/ops/test_reverse_step.py tests/ops/test_backend.py"
-    "tests/diffusion tests/compat tests/nn"
+    "tests/diffusion tests/compat"
+    "tests/nn tests/train"
 )
 SHARD_PIDS=()
 for i in "${!SHARDS[@]}"; do
@@ -93,22 +97,41 @@ fi
 # The short, target-bearing benchmarks first (the larger bandwidth shapes and
 # the sampling latency), then the full grid with what time is left: its CSV
 # rows are written as they are measured, so a cut run keeps what it did.
-stage "op benchmarks: larger shapes"
-for xl in "spatin_norm 64x128x64x64" "reverse_step 64x3x256x256"; do
-    set -- $xl
-    timeout $(budget 90 120) $PY benchmarks/bench_ops.py --device cuda --dtype float32 bfloat16 --ops $1 --shape $2 \
-        --reps 30 --max-time 2 --csv "$OUTDIR/ops.csv" 2>&1 | grep -E "^\||^FAILED|Error" | tail -40
-done
+if [ "${SKIP_OPS:-0}" != 1 ]; then
+    stage "op benchmarks: larger shapes"
+    for xl in "spatin_norm 64x128x64x64" "reverse_step 64x3x256x256"; do
+        set -- $xl
+        timeout $(budget 90 120) $PY benchmarks/bench_ops.py --device cuda --dtype float32 bfloat16 --ops $1 \
+            --shape $2 --reps 30 --max-time 2 --csv "$OUTDIR/ops.csv" 2>&1 | grep -E "^\||^FAILED|Error" | tail -40
+    done
+fi
 
 for extra in ${BENCHES:-bench_e2e bench_sampling}; do
     if [ -f benchmarks/$extra.py ]; then
         stage "$extra"
-        timeout $(budget ${E2E_TIMEOUT:-120} 90) $PY benchmarks/$extra.py --device cuda --md "$OUTDIR/$extra.md" 2>&1 | tail -30
+        more="ARGS_$extra" limit="TIMEOUT_$extra"
+        timeout $(budget ${!limit:-${E2E_TIMEOUT:-120}} 90) $PY benchmarks/$extra.py --device cuda --md "$OUTDIR/$extra.md" \
+            ${!more:-} 2>&1 | tail -30
     fi
 done
 
-stage "op benchmarks"
-timeout $(budget ${BENCH_TIMEOUT:-240}) $PY benchmarks/bench_ops.py --device cuda --dtype float32 bfloat16 --large --reps 30 \
-    --max-time 2 --md "$OUTDIR/ops.md" --csv "$OUTDIR/ops.csv" 2>&1 | grep -v "^|" | tail -80
+if [ -n "${STREAM_INPUTS:-}" ]; then
+    stage "mcvd stream on the GPU"
+    $PY -c "import torch, mcvd; from mcvd.nn.model_file import save_model; torch.manual_seed(0); \
+save_model('$TMP/preset.mcvd', mcvd.MCVD(mcvd.ModelConfig.preset('smmnist')))"
+    for input in "$STREAM_INPUTS"/*/; do
+        for ckpt in mcvd/weights/smmnist_demo_cpu.mcvd "$TMP/preset.mcvd"; do
+            echo "-- $(basename "$ckpt") on $(basename "$input")"
+            timeout $(budget 60 30) $PY -m mcvd stream --checkpoint "$ckpt" --input "$input" --device cuda \
+                --out "$TMP/$(basename "$input")_$(basename "$ckpt").gif" --no-progress 2>&1 | tail -8
+        done
+    done | tee "$OUTDIR/stream.log"
+fi
+
+if [ "${SKIP_OPS:-0}" != 1 ]; then
+    stage "op benchmarks"
+    timeout $(budget ${BENCH_TIMEOUT:-240}) $PY benchmarks/bench_ops.py --device cuda --dtype float32 bfloat16 --large \
+        --reps 30 --max-time 2 --md "$OUTDIR/ops.md" --csv "$OUTDIR/ops.csv" 2>&1 | grep -v "^|" | tail -80
+fi
 
 stage done

@@ -303,7 +303,7 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
         torch.manual_seed(tc.seed + env.rank)  # dropout: independent masks per process
 
     if tc.compile:
-        _compile(model)
+        compile_for_training(model)
     net = model
     if env.enabled:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -390,7 +390,7 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     return TrainResult(step, losses, ckpt_path, model, run, env.rank)
 
 
-def _compile(model: MCVD) -> None:
+def compile_for_training(model: MCVD) -> None:
     """Compile the network's calls for training (training.compile): inductor, forward and backward.
 
     In place (nn.Module.compile): the module keeps its class, parameters and

@@ -31,8 +31,11 @@ clips and compare with the copy-last-frame baseline. Nothing to download.
 --minutes counts training only: the calibration (a few steps; on a
 multi-core CPU with torch's thread count and with one thread, keeping the
 faster) and the sampling come on top; training stops at the end of the step
-that spends the budget. report.md gives the steps and the time taken, and a
-command with --train-steps that repeats the run exactly. --size picks the
+that spends the budget. Without --minutes the cpu size trains 5 minutes or
+4,000 steps, whichever is longer, but at most 6.5 minutes: so a slower
+machine still trains 4,000 steps, down to 0.0975 s per step. report.md
+gives the steps and the time taken, and a command with --train-steps that
+repeats the run exactly. --size picks the
 model and budget: "cpu" (default without CUDA; 32 x 32 frames, 0.4M
 parameters, 5 minutes), "gpu" (default with CUDA; 64 x 64, paper-proportioned
 digits, 10 minutes), "tiny" (seconds; for tests). --set overrides any value
@@ -60,8 +63,8 @@ from pathlib import Path
 
 from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, check_output_folder, check_steps, error,
                       inference_model, nonnegative_int, positive_float, positive_int, resolve_device)
-from .demo_config import (SIZES, DemoSize, calibrate, leftover_work_folders, remove_work_folder, reproduce_command,
-                          run_config, work_folder)
+from .demo_config import (SIZES, DemoSize, calibrate, leftover_work_folders, plan_budget, remove_work_folder,
+                          reproduce_command, run_config, work_folder)
 
 HELP = "train a small MCVD on Stochastic Moving MNIST and compare its predictions with copy-last-frame"
 OUTPUTS = ("demo.gif", "stream.gif", "metrics.png", "report.md", "metrics.json", "checkpoint.pt",
@@ -126,23 +129,30 @@ def _check_args(args) -> list[Path]:
 def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path) -> tuple:
     """Train in a temporary folder inside `out`; move checkpoint.pt and the
     training log into `out`. Returns (run config with the steps trained, seconds,
-    budget or None, log rows).
+    time limit or None, the size's step floor where it set the steps or None, log rows).
 
     With a budget, the calibration sets the thread count, the EMA rate and the
     progress bar's length, and the budget ends the run (the trainer's time limit:
-    a machine slower than its calibration would otherwise overrun it)."""
+    a machine slower than its calibration would otherwise overrun it). By
+    default a machine too slow for the size's min_steps in its minutes trains
+    min_steps steps instead, within max_minutes (plan_budget)."""
     from mcvd.train import train
     from mcvd.train.trainer import METRICS_NAME, read_metrics
 
-    steps, budget = args.train_steps, None
+    steps, budget, floor = args.train_steps, None, False
     if steps is None:
-        budget = 60 * (args.minutes if args.minutes is not None else size.minutes)
-        steps, timings = calibrate(run_cfg, budget, out, try_one_thread=device.type == "cpu" and args.threads is None)
+        timings = calibrate(run_cfg, out, try_one_thread=device.type == "cpu" and args.threads is None)
+        steps, budget, floor = plan_budget(size, args.minutes, min(timings.values()))
         measured = ", ".join(f"{t:.3g} s with {n} thread{'s' * (n > 1)}" for n, t in timings.items())
-        print(f"mcvd demo: one training step takes {measured} on {device}: about {steps} steps fit in "
-              f"{budget:.0f} s (training stops when the budget is spent)")
+        if floor:
+            print(f"mcvd demo: one training step takes {measured} on {device}: fewer than {size.min_steps} steps "
+                  f"fit in {60 * size.minutes:.0f} s, so the demo trains up to {steps} steps, stopping at "
+                  f"{budget:.0f} s if they take longer")
+        else:
+            print(f"mcvd demo: one training step takes {measured} on {device}: about {steps} steps fit in "
+                  f"{budget:.0f} s (training stops when the budget is spent)")
     run_cfg = run_config(size, device=device.type, seed=args.seed, steps=steps, overrides=args.overrides)
-    if budget is not None:
+    if budget is not None and not floor:
         # Room for a machine faster than its calibration; the time limit ends the run.
         longest = steps + steps // 4 + 1
         run_cfg = dataclasses.replace(run_cfg, training=dataclasses.replace(run_cfg.training, steps=longest,
@@ -152,14 +162,14 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path) -> tup
         # The checkpoint records the steps done, not the cap: resuming it with `mcvd train` trains no further.
         result = train(run_cfg, workdir, progress=not args.no_progress, time_limit=budget, time_limit_ends_run=True)
         seconds = time.perf_counter() - start
-        if budget is not None and result.step == run_cfg.training.steps:
+        if budget is not None and not floor and result.step == run_cfg.training.steps:
             print(f"mcvd demo: training ended at its cap of {result.step} steps (a quarter over the calibrated "
                   f"count) after {seconds:.0f} s of the {budget:.0f} s budget: this machine ran faster than "
                   f"its calibration")
         log = read_metrics(Path(workdir) / METRICS_NAME)
         for name, target in (("checkpoint.pt", "checkpoint.pt"), (METRICS_NAME, "train_metrics.csv")):
             shutil.move(Path(workdir) / name, out / target)  # a rename: same folder tree
-    return result.run, seconds, budget, log
+    return result.run, seconds, budget, size.min_steps if floor else None, log
 
 
 def shipped_model(size: DemoSize, run_cfg, cfg, device) -> dict | None:
@@ -219,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"mcvd demo: removed {folder}, the training folder of an interrupted demo")
     out.mkdir(parents=True, exist_ok=True)
     try:
-        run_cfg, train_seconds, budget, log = train_within_budget(run_cfg, size, args, device, out)
+        run_cfg, train_seconds, budget, floor, log = train_within_budget(run_cfg, size, args, device, out)
     except TrainingDiverged as err:
         return error("demo", f"training diverged: {err}", EXIT_FAILURE)
 
@@ -257,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
         "device": str(device), "threads": torch.get_num_threads(),
         "parameters": sum(x.numel() for x in model.parameters()),
         "training": {"steps": run_cfg.training.steps, "seconds": train_seconds, "budget_seconds": budget,
-                     "batch_size": run_cfg.training.batch_size,
+                     "step_floor": floor, "batch_size": run_cfg.training.batch_size,
                      "first_loss": log[0]["loss"], "last_loss": log[-1]["loss"]},
         "evaluation": {"clips": len(clips), "past_frames": p, "pred_frames": n, "block_frames": cfg.num_frames,
                        "method": method, "sample_steps": sample_steps, "seconds": eval_seconds},

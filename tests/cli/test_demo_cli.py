@@ -12,7 +12,7 @@ from PIL import Image
 import mcvd
 from mcvd.cli import main
 from mcvd.cli.demo import OUTPUTS, STREAM_FRAMES
-from mcvd.cli.demo_config import SIZES, demo_ema_rate, reproduce_command
+from mcvd.cli.demo_config import SIZES, demo_ema_rate, plan_budget, reproduce_command
 from mcvd.data import StochasticMovingMNIST
 from mcvd.metrics.baselines import compare, verdict
 from mcvd.train import load_checkpoint, read_checkpoint
@@ -277,3 +277,32 @@ def test_sample_steps_beyond_the_models_timesteps_fail_before_training(tmp_path,
     assert demo(out, "--set", "model.num_timesteps=10", "--sample-steps", "20") == 2
     assert "--sample-steps: expected 1 to 10 (the model's num_timesteps), got 20" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_slower_machine_trains_the_size_s_steps_within_the_cap():
+    """The cpu size's default run: 5 minutes where they fit 4,000 steps; else
+    4,000 steps, or what fits in 6.5 minutes; --minutes is a plain budget."""
+    cpu = SIZES["cpu"]
+    assert (cpu.minutes, cpu.min_steps, cpu.max_minutes) == (5.0, 4000, 6.5)
+    assert plan_budget(cpu, None, 0.0625) == (4800, 300.0, False)  # quick: the 5-minute budget
+    assert plan_budget(cpu, None, 0.09375) == (4000, 390.0, True)  # 3,200 fit in 5 min: 4,000 in at most 6.5
+    assert plan_budget(cpu, None, 0.125) == (3120, 390.0, True)  # 4,000 take 8.3 min: what 6.5 min fit
+    assert plan_budget(cpu, 1.0, 0.125) == (480, 60.0, False)
+    assert plan_budget(SIZES["tiny"], None, 0.5) == (6, 3.0, False)  # no floor
+
+
+def test_the_step_floor_sets_the_steps_of_a_default_run(tmp_path, capsys, monkeypatch):
+    """A size whose minutes fit fewer than its min_steps trains min_steps
+    steps (the time limit well above them here), and says so."""
+    import dataclasses
+
+    import mcvd.cli.demo as demo_cli
+
+    monkeypatch.setitem(demo_cli.SIZES, "tiny", dataclasses.replace(TINY, minutes=1e-4, min_steps=3, max_minutes=2.0))
+    assert demo(tmp_path / "demo", "--clips", "2") == 0
+    said = capsys.readouterr().out
+    assert "fewer than 3 steps fit in 0 s, so the demo trains up to 3 steps, stopping at 120 s" in said
+    m = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert (m["training"]["steps"], m["training"]["step_floor"], m["training"]["budget_seconds"]) == (3, 3, 120.0)
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "3 steps of batch" in report and "(the size's 3 steps, as this machine fits fewer" in report

@@ -32,8 +32,8 @@ clips and compare with the copy-last-frame baseline. Nothing to download.
 multi-core CPU with torch's thread count and with one thread, keeping the
 faster) and the sampling come on top; training stops at the end of the step
 that spends the budget. Without --minutes the cpu size trains 5 minutes or
-4,000 steps, whichever is longer, but at most 6.5 minutes: so a slower
-machine still trains 4,000 steps, down to 0.0975 s per step. report.md
+4,500 steps, whichever is longer, but at most 6.5 minutes: so a slower
+machine still trains 4,500 steps, down to 0.087 s per step. report.md
 gives the steps and the time taken, and a command with --train-steps that
 repeats the run exactly. --size picks the
 model and budget: "cpu" (default without CUDA; 32 x 32 frames, 0.4M

@@ -280,13 +280,13 @@ def test_sample_steps_beyond_the_models_timesteps_fail_before_training(tmp_path,
 
 
 def test_a_slower_machine_trains_the_size_s_steps_within_the_cap():
-    """The cpu size's default run: 5 minutes where they fit 4,000 steps; else
-    4,000 steps, or what fits in 6.5 minutes; --minutes is a plain budget."""
+    """The cpu size's default run: 5 minutes where they fit 4,500 steps; else
+    4,500 steps, or what fits in 6.5 minutes; --minutes is a plain budget."""
     cpu = SIZES["cpu"]
-    assert (cpu.minutes, cpu.min_steps, cpu.max_minutes) == (5.0, 4000, 6.5)
+    assert (cpu.minutes, cpu.min_steps, cpu.max_minutes) == (5.0, 4500, 6.5)
     assert plan_budget(cpu, None, 0.0625) == (4800, 300.0, False)  # quick: the 5-minute budget
-    assert plan_budget(cpu, None, 0.09375) == (4000, 390.0, True)  # 3,200 fit in 5 min: 4,000 in at most 6.5
-    assert plan_budget(cpu, None, 0.125) == (3120, 390.0, True)  # 4,000 take 8.3 min: what 6.5 min fit
+    assert plan_budget(cpu, None, 0.078125) == (4500, 390.0, True)  # 3,840 fit in 5 min: 4,500 in at most 6.5
+    assert plan_budget(cpu, None, 0.125) == (3120, 390.0, True)  # 4,500 take 9.4 min: what 6.5 min fit
     assert plan_budget(cpu, 1.0, 0.125) == (480, 60.0, False)
     assert plan_budget(SIZES["tiny"], None, 0.5) == (6, 3.0, False)  # no floor
 

@@ -142,12 +142,13 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path) -> tup
     steps, budget, floor = args.train_steps, None, False
     if steps is None:
         timings = calibrate(run_cfg, out, try_one_thread=device.type == "cpu" and args.threads is None)
-        steps, budget, floor = plan_budget(size, args.minutes, min(timings.values()))
+        per_step = min(timings.values())
+        steps, budget, floor = plan_budget(size, args.minutes, per_step)
         measured = ", ".join(f"{t:.3g} s with {n} thread{'s' * (n > 1)}" for n, t in timings.items())
         if floor:
-            print(f"mcvd demo: one training step takes {measured} on {device}: fewer than {size.min_steps} steps "
-                  f"fit in {60 * size.minutes:.0f} s, so the demo trains up to {steps} steps, stopping at "
-                  f"{budget:.0f} s if they take longer")
+            print(f"mcvd demo: one training step takes {measured} on {device}: fewer than {steps} steps fit in "
+                  f"{60 * size.minutes:.0f} s, so the demo trains {steps} steps (about {per_step * steps:.0f} s), "
+                  f"stopping at {budget:.0f} s if they take longer")
         else:
             print(f"mcvd demo: one training step takes {measured} on {device}: about {steps} steps fit in "
                   f"{budget:.0f} s (training stops when the budget is spent)")

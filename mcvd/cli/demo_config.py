@@ -216,17 +216,17 @@ def calibrate(run, parent: Path, try_one_thread: bool) -> dict[int, float]:
 
 
 def plan_budget(size: DemoSize, minutes: float | None, seconds_per_step: float) -> tuple[int, float, bool]:
-    """(steps expected, time limit in seconds, whether the step floor set them) of a budgeted run.
+    """(steps, time limit in seconds, whether the step floor set them) of a budgeted run.
 
-    `minutes` given: that budget. Else the size's `minutes`, or, where they fit
-    fewer than `min_steps` steps at `seconds_per_step`, `min_steps` steps with a
-    time limit of `max_minutes` (the steps that fit in it, if fewer)."""
+    `minutes` given: that budget, and the steps expected to fit in it. Else the
+    size's `minutes`, or, where they fit fewer than `min_steps` steps at
+    `seconds_per_step`, `min_steps` steps with a time limit of `max_minutes`
+    (which ends the run if they take longer)."""
     budget = 60 * (minutes if minutes is not None else size.minutes)
     steps = max(1, int(budget / seconds_per_step))
     if minutes is not None or size.min_steps is None or steps >= size.min_steps:
         return steps, budget, False
-    cap = 60 * size.max_minutes
-    return min(size.min_steps, max(1, int(cap / seconds_per_step))), cap, True
+    return size.min_steps, 60 * size.max_minutes, True
 
 
 def reproduce_command(args, size: DemoSize, training) -> str:

@@ -92,8 +92,8 @@ def markdown(info: dict, comparisons: dict[str, dict], frames: list[int], scores
     lines += stream_section(info)
     budget = "" if tr["budget_seconds"] is None else f" (budget {tr['budget_seconds']:.0f} s)"
     if tr.get("step_floor"):
-        budget = (f" (the size's {tr['step_floor']} steps, as this machine fits fewer in the size's minutes; "
-                  f"time limit {tr['budget_seconds']:.0f} s)")
+        budget = (f" (the size's step floor of {tr['step_floor']}, as this machine fits fewer steps in the size's "
+                  f"minutes; time limit {tr['budget_seconds']:.0f} s)")
     lines += [
         "", "## Training", "",
         f"- device: {info['device']}, {info['threads']} torch CPU thread(s)",

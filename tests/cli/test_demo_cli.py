@@ -286,14 +286,15 @@ def test_a_slower_machine_trains_the_size_s_steps_within_the_cap():
     assert (cpu.minutes, cpu.min_steps, cpu.max_minutes) == (5.0, 4500, 6.5)
     assert plan_budget(cpu, None, 0.0625) == (4800, 300.0, False)  # quick: the 5-minute budget
     assert plan_budget(cpu, None, 0.078125) == (4500, 390.0, True)  # 3,840 fit in 5 min: 4,500 in at most 6.5
-    assert plan_budget(cpu, None, 0.125) == (3120, 390.0, True)  # 4,500 take 9.4 min: what 6.5 min fit
+    assert plan_budget(cpu, None, 0.125) == (4500, 390.0, True)  # 4,500 take 9.4 min: the time limit ends it
     assert plan_budget(cpu, 1.0, 0.125) == (480, 60.0, False)
     assert plan_budget(SIZES["tiny"], None, 0.5) == (6, 3.0, False)  # no floor
 
 
 def test_the_step_floor_sets_the_steps_of_a_default_run(tmp_path, capsys, monkeypatch):
     """A size whose minutes fit fewer than its min_steps trains min_steps
-    steps (the time limit well above them here), and says so."""
+    steps (the time limit well above them here), and says so; a time limit
+    that comes first ends the run."""
     import dataclasses
 
     import mcvd.cli.demo as demo_cli
@@ -301,8 +302,16 @@ def test_the_step_floor_sets_the_steps_of_a_default_run(tmp_path, capsys, monkey
     monkeypatch.setitem(demo_cli.SIZES, "tiny", dataclasses.replace(TINY, minutes=1e-4, min_steps=3, max_minutes=2.0))
     assert demo(tmp_path / "demo", "--clips", "2") == 0
     said = capsys.readouterr().out
-    assert "fewer than 3 steps fit in 0 s, so the demo trains up to 3 steps, stopping at 120 s" in said
+    assert re.search(r"fewer than 3 steps fit in 0 s, so the demo trains 3 steps \(about \d+ s\), stopping at 120 s",
+                     said)
     m = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert (m["training"]["steps"], m["training"]["step_floor"], m["training"]["budget_seconds"]) == (3, 3, 120.0)
     report = (tmp_path / "demo" / "report.md").read_text()
-    assert "3 steps of batch" in report and "(the size's 3 steps, as this machine fits fewer" in report
+    assert "3 steps of batch" in report and "(the size's step floor of 3, as this machine fits fewer" in report
+
+    monkeypatch.setitem(demo_cli.SIZES, "tiny", dataclasses.replace(TINY, minutes=1e-4, min_steps=10**6,
+                                                                    max_minutes=0.01))
+    assert demo(tmp_path / "cut", "--clips", "2") == 0
+    m = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert 1 <= m["training"]["steps"] < 10**6 and m["training"]["step_floor"] == 10**6
+    assert read_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == m["training"]["steps"]

@@ -12,7 +12,9 @@ GPU is kept busy (a call that waits on the GPU shows here as more than its
 wall time); the GPU kernels one call launches and the sum of their times
 (torch.profiler), and the kernels that take most of it. A call whose wall
 time is far above its kernel time is bound by the host: Python, dispatch
-and launches.
+and launches. Last, on a GPU: each call of a float32 training step (and of
+its forward + backward) that makes the host wait on the GPU
+(torch.cuda.set_sync_debug_mode), with the line of Python that made it.
 """
 import statistics
 import sys
@@ -136,3 +138,23 @@ for graph in ((False, True) if dev == "cuda" else (False,)):
     n, k_ms, top = kernels(fn)
     print(f"{'dpm++x10 block' + (' graph' if graph else ''):34s} {timed(fn):8.1f} {host(fn):8.1f} {n:8d} {k_ms:9.1f}  "
           + "; ".join(f"{a} {b:.1f}" for a, b in top[:6]), flush=True)
+
+# Where a training step makes the host wait on the GPU: each synchronising call of one eager float32 step
+# and of one forward + backward, with the line of Python that made it (torch's sync debug mode).
+if dev == "cuda":
+    import warnings
+
+    for label, fn in zip(("train B8 fp32 step", "train B8 fp32 fwd+bwd"), train_parts(8, None)[:2]):
+        fn()
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                fn()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs = [w for w in caught if "synchroniz" in str(w.message)]
+        print(f"{label}: {len(syncs)} synchronising call(s)", flush=True)
+        for w in syncs:
+            print(f"  {w.filename}:{w.lineno}: {str(w.message).splitlines()[0][:120]}", flush=True)

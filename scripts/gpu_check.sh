@@ -4,12 +4,13 @@
 # benchmarks. Logs and result tables go to OUTDIR (at most 8 files). Each
 # stage has its own time limit so that one failure does not hide the others.
 # Environment: TOTAL_S, BUILD_TIMEOUT, TEST_TIMEOUT, BENCH_TIMEOUT, E2E_TIMEOUT
-# (seconds; TIMEOUT_bench_e2e etc. per benchmark), SKIP_DRIVERS=1, SKIP_SANITIZER=1, SKIP_OPS=1 (no op benchmarks),
-# BENCHES (default "bench_e2e bench_sampling"), ARGS_bench_e2e /
-# ARGS_bench_sampling (more arguments for that benchmark), STREAM_INPUTS (a
-# folder of frame folders: `mcvd stream` over each with the shipped demo
-# model and the SMMNIST preset), MCVD_OFFICIAL_FIXTURES (a copy of the
-# reference-code fixtures for tests/compat and tests/nn).
+# (seconds; TIMEOUT_bench_e2e etc. per benchmark), SKIP_DRIVERS=1,
+# SKIP_SANITIZER=1, SKIP_OPS=1 (no op benchmarks), PROFILE=1
+# (benchmarks/profile_gpu.py), BENCHES (default "bench_e2e bench_sampling"),
+# ARGS_bench_e2e / ARGS_bench_sampling (more arguments for that benchmark),
+# STREAM_INPUTS (a folder of frame folders: `mcvd stream` over each with the
+# shipped demo model and the SMMNIST preset), MCVD_OFFICIAL_FIXTURES (a copy
+# of the reference-code fixtures for tests/compat and tests/nn).
 #   scripts/gpu_check.sh OUTDIR
 set -u
 OUTDIR=${1:?usage: scripts/gpu_check.sh OUTDIR}
@@ -114,6 +115,12 @@ for extra in ${BENCHES:-bench_e2e bench_sampling}; do
             ${!more:-} 2>&1 | tail -30
     fi
 done
+
+if [ "${PROFILE:-0}" = 1 ]; then
+    stage "where the time goes (benchmarks/profile_gpu.py)"
+    timeout $(budget 240 30) $PY benchmarks/profile_gpu.py 2>&1 | grep -v -E "USDT|UserWarning|_warn_once" \
+        | tee "$OUTDIR/profile.txt"
+fi
 
 if [ -n "${STREAM_INPUTS:-}" ]; then
     stage "mcvd stream on the GPU"

@@ -35,10 +35,10 @@ that spends the budget. Without --minutes the cpu size trains 5 minutes or
 4,500 steps, whichever is longer, but at most 6.5 minutes: so a slower
 machine still trains 4,500 steps, down to 0.087 s per step. report.md
 gives the steps and the time taken, and a command with --train-steps that
-repeats the run exactly. --size picks the
-model and budget: "cpu" (default without CUDA; 32 x 32 frames, 0.4M
-parameters, 5 minutes), "gpu" (default with CUDA; 64 x 64, paper-proportioned
-digits, 10 minutes), "tiny" (seconds; for tests). --set overrides any value
+repeats the run exactly. --size picks the model and budget: "cpu" (default
+without CUDA; 32 x 32 frames, 0.4M parameters, 5 minutes or 4,500 steps),
+"gpu" (default with CUDA; 64 x 64, paper-proportioned digits, 10 minutes),
+"tiny" (seconds; for tests). --set overrides any value
 of the run config (mcvd train's schema). An existing non-empty --out is
 refused unless --force is given; --force replaces only the files above and
 leaves anything else in the folder alone. The demo trains in a hidden folder

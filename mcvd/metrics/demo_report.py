@@ -91,7 +91,7 @@ def markdown(info: dict, comparisons: dict[str, dict], frames: list[int], scores
     lines += shipped_section(info)
     lines += stream_section(info)
     budget = "" if tr["budget_seconds"] is None else f" (budget {tr['budget_seconds']:.0f} s)"
-    if tr.get("step_floor"):
+    if tr["step_floor"] is not None:
         budget = (f" (the size's step floor of {tr['step_floor']}, as this machine fits fewer steps in the size's "
                   f"minutes; time limit {tr['budget_seconds']:.0f} s)")
     lines += [

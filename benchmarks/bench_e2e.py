@@ -25,7 +25,7 @@ Providers:
 - "optimized": mcvd.optimize(model), when this install has it.
 - On a GPU, train_step also "fused-bf16" (bfloat16 autocast, as
   training.precision: bf16) and "compiled-bf16" (that, with the network
-  compiled as training.compile compiles it).
+  compiled as training.compile compiles it on one GPU: with CUDA graphs).
 
 Modes:
 - forward: eval, no grad, batch --batch.
@@ -243,13 +243,16 @@ def train_fns(cfg, state, net, code, batch, device, optimized):
         ours += [("fused-bf16", None, torch.bfloat16, False), ("compiled-bf16", None, torch.bfloat16, True)]
     for name, backend, autocast, compiled in ours:
         model = our_model(cfg, state, backend, device, train=True)
+        graphs = compiled and torch.device(device).type == "cuda"  # as the trainer compiles on one GPU
         if compiled:
-            compile_for_training(model)
+            compile_for_training(model, cuda_graphs=graphs)
         opt_m = make_optimizer(model.parameters(), TrainConfig(lr=2e-4))  # the trainer's Adam
         ema_m = EMA(model, 0.999)
         amp = torch.autocast(torch.device(device).type, dtype=autocast, enabled=autocast is not None)
 
-        def step(model=model, opt_m=opt_m, ema_m=ema_m, amp=amp):
+        def step(model=model, opt_m=opt_m, ema_m=ema_m, amp=amp, graphs=graphs):
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             opt_m.zero_grad(set_to_none=True)
             with amp:
                 loss = mcvd_loss(model, clips, rnd, schedule).mean()

@@ -10,7 +10,10 @@
 # ARGS_bench_e2e / ARGS_bench_sampling (more arguments for that benchmark),
 # STREAM_INPUTS (a folder of frame folders: `mcvd stream` over each with the
 # shipped demo model and the SMMNIST preset), MCVD_OFFICIAL_FIXTURES (a copy
-# of the reference-code fixtures for tests/compat and tests/nn).
+# of the reference-code fixtures for tests/compat and tests/nn), TESTS (pytest
+# paths: one shard of them instead of the default shards), LEVERS=1
+# (benchmarks/bench_gpu_levers.py, both parts, compiling while the GPU tests
+# run and timing after them).
 #   scripts/gpu_check.sh OUTDIR
 set -u
 OUTDIR=${1:?usage: scripts/gpu_check.sh OUTDIR}
@@ -47,6 +50,18 @@ if ! timeout $(budget ${BUILD_TIMEOUT:-420} 360) $PY -m pip install --no-build-i
 fi
 $PY -c "import mcvd; print(mcvd._C.build_info(), mcvd.ops.available_backends('cuda'))" || exit 1
 
+if [ "${LEVERS:-0}" = 1 ]; then
+    # The lock is held through the GPU tests: the levers compile meanwhile and time after them, one at a time.
+    exec 9>"$TMP/gpu.lock"
+    flock 9
+    LEVER_PIDS=()
+    for part in sampling training; do
+        timeout $(budget 420 60) $PY benchmarks/bench_gpu_levers.py --part $part --lock "$TMP/gpu.lock" \
+            --md "$OUTDIR/levers_$part.md" >"$TMP/levers_$part.log" 2>&1 &
+        LEVER_PIDS+=($!)
+    done
+fi
+
 stage "GPU tests"
 # Shards run side by side: most of the time is Triton's and inductor's
 # compilation, which is CPU work. Each shard's log lands in tests.log.
@@ -62,6 +77,7 @@ SHARDS=(
     "tests/diffusion tests/compat"
     "tests/nn tests/train"
 )
+[ -n "${TESTS:-}" ] && SHARDS=("$TESTS")
 SHARD_PIDS=()
 for i in "${!SHARDS[@]}"; do
     set -- ${SHARDS[$i]%% -k *}
@@ -75,6 +91,15 @@ for i in "${!SHARDS[@]}"; do
     { echo "===== ${SHARDS[$i]}"; cat "$TMP/$i.log"; } >>"$OUTDIR/tests.log"
 done
 grep -E "^(FAILED|ERROR)" "$OUTDIR/tests.log" | head -40
+
+if [ "${LEVERS:-0}" = 1 ]; then
+    stage "GPU levers (benchmarks/bench_gpu_levers.py)"
+    flock -u 9
+    wait "${LEVER_PIDS[@]}"
+    for part in sampling training; do
+        grep -v -E "USDT|UserWarning|_warn_once|^\s*$" "$TMP/levers_$part.log" | tail -40
+    done
+fi
 
 if [ "${SKIP_DRIVERS:-0}" != 1 ]; then
     stage "CUDA kernel drivers (torch-free kernels against a float64 host reference)"

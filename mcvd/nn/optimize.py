@@ -82,6 +82,12 @@ def tolerance(device: torch.device | str, dtype: torch.dtype) -> float:
         return TF32_TOLERANCE
     return TOLERANCE[dtype]
 
+# The ops' backend inside the compiled network on a GPU: their PyTorch reference, which inductor
+# compiles into its own kernels, fused with the convolutions' neighbours and laid out for them,
+# where the opaque CUDA kernels need their own launches and contiguous NCHW copies
+# (benchmarks/bench_gpu_levers.py). None keeps the model's own.
+CUDA_OPS_BACKEND: str | None = "reference"
+
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(device, dtype): OptimizedMCVD}
 _lock = threading.Lock()
 
@@ -302,13 +308,15 @@ def optimize(model: MCVD, *, device: torch.device | str | None = None,
                 return found
             except RuntimeError:
                 pass  # weights changed: freeze them again
-        if (weight.device, weight.dtype) == key:
+        # A copy when the model is elsewhere, in another dtype, in training mode or needs other op backends:
+        # the model itself is left as it is. Eval mode on the network the compiled code reads (dropout off).
+        ops = CUDA_OPS_BACKEND if device.type == "cuda" else None
+        if (weight.device, weight.dtype) == key and not model.training and ops is None:
             network = model
-        else:  # a copy: the model stays where it is
-            network = copy.deepcopy(model).to(device=device, dtype=dtype)
-        # Eval mode on the network the compiled code reads (dropout off); a copy leaves the model's mode alone.
-        if network.training:
-            network = copy.deepcopy(network).eval() if network is model else network.eval()
+        else:
+            network = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+            if ops is not None:
+                network.set_backend(ops)
         optimized = OptimizedMCVD(model, network, device, dtype)
         entries[key] = optimized
         return optimized

@@ -302,8 +302,9 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
             log.info("starting from the weights of the initial model given, not a random initialisation")
         torch.manual_seed(tc.seed + env.rank)  # dropout: independent masks per process
 
+    graphs = tc.compile and device.type == "cuda" and not env.enabled
     if tc.compile:
-        compile_for_training(model)
+        compile_for_training(model, cuda_graphs=graphs)
     net = model
     if env.enabled:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -327,6 +328,8 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     started = time.perf_counter()
     try:
         while step < tc.steps:
+            if graphs:  # the last step's graph outputs are consumed: their memory may be reused
+                torch.compiler.cudagraph_mark_step_begin()
             clips = next(batches).to(device, non_blocking=True)
             rnd = draw_step_randomness(run.model, B, prob_mask_cond=tc.prob_mask_cond,
                                        prob_mask_future=tc.prob_mask_future, prob_mask_sync=tc.prob_mask_sync,
@@ -390,8 +393,15 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     return TrainResult(step, losses, ckpt_path, model, run, env.rank)
 
 
-def compile_for_training(model: MCVD) -> None:
+def compile_for_training(model: MCVD, *, cuda_graphs: bool = False) -> None:
     """Compile the network's calls for training (training.compile): inductor, forward and backward.
+
+    cuda_graphs: replay the compiled forward and backward as CUDA graphs
+    (inductor's "reduce-overhead" mode; the trainer asks for it on a single
+    CUDA device). On a GPU the eager step is bound by the host, which
+    launches ~2,500 kernels at batch 8; a graph is one launch. The caller
+    marks each step's start (torch.compiler.cudagraph_mark_step_begin), after
+    the last step's outputs are consumed.
 
     In place (nn.Module.compile): the module keeps its class, parameters and
     state_dict keys (no `_orig_mod.` prefix), so checkpoints, the EMA and DDP
@@ -404,7 +414,7 @@ def compile_for_training(model: MCVD) -> None:
     (benchmarks/results/cpu_train_step.md) and would put DDP's wrapper inside
     the traced function.
     """
-    model.compile(dynamic=False)
+    model.compile(dynamic=False, mode="reduce-overhead" if cuda_graphs else None)
 
 
 def _time_is_up(started: float, time_limit: float, device: torch.device, env: D.DistEnv) -> bool:

@@ -1,0 +1,238 @@
+"""What each GPU lever gives to the SMMNIST preset (concat, 27.9M parameters), end to end.
+
+    python benchmarks/bench_gpu_levers.py --part sampling --md OUT.md   # on a CUDA machine
+    python benchmarks/bench_gpu_levers.py --part training --md OUT.md
+    python benchmarks/bench_gpu_levers.py --part training --device cpu --small   # checks that it runs
+
+sampling: one block of 100 DDIM steps at batch 1, the condition cache on
+and the loop replayed as one CUDA graph (what `mcvd.predict` and
+`mcvd stream` run on a GPU), for the eager network and for `mcvd.optimize`
+in float32 (TF32) and bfloat16 with the ops on each backend inside the
+compiled network: the fused CUDA kernels (opaque to inductor) or their
+PyTorch reference (which inductor compiles and fuses with its
+neighbours). Each row also gives the kernels one step launches and eps's
+relative error against the network in full float32.
+
+training: one optimisation step at batch 8 (the trainer's loss, fused Adam,
+clipping and EMA): the eager float32 step on the reference ops (the
+baseline of the issue's target), the eager fused step, and bfloat16
+autocast compiled without and with CUDA graphs (`training.compile`), with
+the fused ops and with the reference ops. Last, which calls of an eager
+forward + backward make the host wait on the GPU.
+
+Each part compiles all its variants first, then times them interleaved
+(medians); --lock FILE takes an exclusive lock on FILE around the timing,
+so that parts that compile side by side time one at a time.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import fcntl
+import os
+import sys
+import time
+import warnings
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import environment, measure_interleaved  # noqa: E402
+
+import mcvd  # noqa: E402
+from mcvd.diffusion import Schedule  # noqa: E402
+from mcvd.nn.optimize import OptimizedMCVD, _tf32  # noqa: E402
+from mcvd.train import EMA, TrainConfig, draw_step_randomness, make_optimizer, mcvd_loss  # noqa: E402
+from mcvd.train.trainer import compile_for_training  # noqa: E402
+
+
+def preset(small: bool) -> mcvd.ModelConfig:
+    cfg = mcvd.ModelConfig.preset("smmnist")
+    if small:
+        cfg = dataclasses.replace(cfg, image_size=16, ngf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
+                                  n_head_channels=16)
+    return cfg
+
+
+@contextlib.contextmanager
+def locked(path: str | None):
+    if path is None:
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def kernel_count(fn, device: str) -> int:
+    if device != "cuda":
+        return 0
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def sampling(args) -> list[str]:
+    dev, cfg = args.device, preset(args.small)
+    torch.manual_seed(0)
+    model = mcvd.MCVD(cfg)
+    with torch.no_grad():  # weights off their initialisation (the last layer of each branch starts near zero)
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    model = model.to(dev).eval()
+    S, C = cfg.image_size, cfg.channels
+    g = torch.Generator().manual_seed(1)
+    cond = (torch.rand(1, cfg.num_cond_frames, C, S, S, generator=g) * 2 - 1).to(dev)
+    mask = torch.tensor([[True, False]], device=dev)
+    x = torch.randn(1, cfg.num_frames, C, S, S, generator=g).to(dev)
+    t = torch.full((1,), cfg.num_timesteps // 2, device=dev)
+    with torch.no_grad():
+        flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        exact = model(x, t, cond, cond_mask=mask)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+    def optimized(dtype, ops):
+        net = copy.deepcopy(model).to(dtype=dtype).eval().set_backend(ops)
+        return OptimizedMCVD(model, net, torch.device(dev, 0) if dev == "cuda" else torch.device(dev), dtype)
+
+    variants = {"eager (fused ops)": model}
+    for dtype in (torch.float32, torch.bfloat16):
+        name = "float32" if dtype == torch.float32 else "bfloat16"
+        for ops in ("fused", "reference"):
+            variants[f"optimized {name}, {ops} ops"] = optimized(dtype, None if ops == "fused" else "reference")
+    steps = args.steps
+    fns, notes = {}, {}
+    for name, net in variants.items():
+        t0 = time.perf_counter()
+        with torch.no_grad(), (_tf32() if dev == "cuda" else contextlib.nullcontext()):
+            err = ((net(x, t, cache=net.condition(cond, mask)).float() - exact).norm() / exact.norm()).item()
+        stream = mcvd.StreamingPredictor(net, mcvd.SamplerConfig(method="ddim", steps=steps),
+                                         cuda_graph=dev == "cuda", generator=torch.Generator(dev).manual_seed(0))
+        stream.push(cond[:, :cfg.num_frames_cond])
+        stream.predict_next()  # compiles (optimized) and captures the graph
+        print(f"  {name}: ready in {time.perf_counter() - t0:.0f} s, eps relative error {err:.1e}", flush=True)
+        fns[name] = stream.predict_next
+        notes[name] = err
+    with locked(args.lock):
+        kernels = {name: kernel_count(fn, dev) / steps for name, fn in fns.items()}
+        res = measure_interleaved(fns, device=dev, warmup=2, reps=args.reps, max_time_s=60)
+    base = res["eager (fused ops)"][0]
+    lines = [f"### Sampling: {steps} DDIM steps, batch 1, condition cache, "
+             f"{'CUDA graph' if dev == 'cuda' else 'no graph'}", "",
+             "| network | block ms (median) | p20-p80 | per step | kernels per step | vs eager | eps rel. error |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, (med, p20, p80, _) in res.items():
+        lines.append(f"| {name} | {med:.1f} | {p20:.1f}-{p80:.1f} | {med / steps:.2f} | {kernels[name]:.0f} | "
+                     f"{base / med:.2f}x | {notes[name]:.1e} |")
+    return lines
+
+
+def training(args) -> list[str]:
+    dev, cfg, B = args.device, preset(args.small), args.batch
+    S = cfg.image_size
+    clips = torch.rand(B, cfg.num_frames_cond + cfg.num_frames, cfg.channels, S, S,
+                       generator=torch.Generator().manual_seed(0)).to(dev) * 2 - 1
+    rnd = draw_step_randomness(cfg, B, prob_mask_cond=0.0, prob_mask_future=0.0, prob_mask_sync=False,
+                               random_flip=False, generator=torch.Generator(dev).manual_seed(0), device=dev)
+    sched = Schedule.linear(cfg.num_timesteps)
+    variants = [  # name, ops backend, autocast dtype, compiled, CUDA graphs
+        ("eager float32, reference ops", "reference", None, False, False),
+        ("eager float32, fused ops", None, None, False, False),
+        ("eager bf16, fused ops", None, torch.bfloat16, False, False),
+        ("compiled bf16, fused ops", None, torch.bfloat16, True, False),
+        ("compiled bf16 + CUDA graphs, fused ops", None, torch.bfloat16, True, True),
+        ("compiled bf16 + CUDA graphs, reference ops", "reference", torch.bfloat16, True, True),
+    ]
+    if dev != "cuda":
+        variants = [v for v in variants if not v[4] and v[2] is None]
+    fns = {}
+    for name, ops, amp_dtype, compiled, graphs in variants:
+        torch.manual_seed(0)
+        model = mcvd.MCVD(cfg).to(dev).set_backend(ops).train()
+        if compiled:
+            compile_for_training(model, cuda_graphs=graphs)
+        opt = make_optimizer(model.parameters(), TrainConfig(lr=2e-4))
+        ema = EMA(model, 0.999)
+        amp = torch.autocast(dev, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+        def step(model=model, opt=opt, ema=ema, amp=amp, graphs=graphs):
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            opt.zero_grad(set_to_none=True)
+            with amp:
+                loss = mcvd_loss(model, clips, rnd, sched).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            ema.update(model)
+            return loss
+        t0 = time.perf_counter()
+        losses = [step().item() for _ in range(3)]  # compiles, then records the graphs
+        print(f"  {name}: ready in {time.perf_counter() - t0:.0f} s, losses {losses}", flush=True)
+        fns[name] = step
+    with locked(args.lock):
+        kernels = {name: kernel_count(fn, dev) for name, fn in fns.items()}
+        res = measure_interleaved(fns, device=dev, warmup=1, reps=args.reps, max_time_s=90)
+    base = res[variants[0][0]][0]
+    lines = [f"### Training step, batch {B}, concat (loss, backward, clipping, fused Adam, EMA)", "",
+             "| step | median ms | p20-p80 | kernels | vs eager float32 reference ops |", "|---|---:|---:|---:|---:|"]
+    for name, (med, p20, p80, _) in res.items():
+        lines.append(f"| {name} | {med:.1f} | {p20:.1f}-{p80:.1f} | {kernels[name]} | {base / med:.2f}x |")
+    if dev == "cuda":
+        lines += ["", *synchronising_calls(cfg, clips, rnd, sched)]
+    return lines
+
+
+def synchronising_calls(cfg, clips, rnd, sched) -> list[str]:
+    """Each call of an eager float32 forward + backward that makes the host wait (torch's sync debug mode)."""
+    torch.manual_seed(0)
+    model = mcvd.MCVD(cfg).cuda().train()
+
+    def fwd_bwd():
+        mcvd_loss(model, clips, rnd, sched).mean().backward()
+    fwd_bwd()
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fwd_bwd()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    out = [f"Synchronising calls in one eager float32 forward + backward: {len(syncs)}"]
+    out += [f"- {w.filename}:{w.lineno}: {str(w.message).splitlines()[0][:120]}" for w in syncs]
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=("sampling", "training"), required=True)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--small", action="store_true", help="a small network (a check that the script runs)")
+    ap.add_argument("--steps", type=int, default=100, help="DDIM steps of the sampling block")
+    ap.add_argument("--batch", type=int, default=8, help="training batch")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--lock", help="a file to lock around the timing")
+    ap.add_argument("--md", help="write the table here")
+    args = ap.parse_args(argv)
+    lines = sampling(args) if args.part == "sampling" else training(args)
+    text = "\n".join([environment(args.device), "", *lines, ""])
+    print(text, flush=True)
+    if args.md:
+        with open(args.md, "w") as fh:
+            fh.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

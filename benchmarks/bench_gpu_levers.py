@@ -31,6 +31,8 @@ import contextlib
 import copy
 import dataclasses
 import fcntl
+import functools
+import json
 import os
 import sys
 import time
@@ -69,6 +71,18 @@ def locked(path: str | None):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def barrier(args) -> None:
+    """With --barrier DIR --parties N: mark this process ready, then wait (at most --barrier-timeout s) until N
+    are, so that no variant is timed while another still compiles on the host's CPUs."""
+    if not args.barrier:
+        return
+    os.makedirs(args.barrier, exist_ok=True)
+    open(os.path.join(args.barrier, str(os.getpid())), "w").close()
+    end = time.monotonic() + args.barrier_timeout
+    while len(os.listdir(args.barrier)) < args.parties and time.monotonic() < end:
+        time.sleep(0.5)
+
+
 def kernel_count(fn, device: str) -> int:
     if device != "cuda":
         return 0
@@ -104,14 +118,18 @@ def sampling(args) -> list[str]:
         net = copy.deepcopy(model).to(dtype=dtype).eval().set_backend(ops)
         return OptimizedMCVD(model, net, torch.device(dev, 0) if dev == "cuda" else torch.device(dev), dtype)
 
-    variants = {"eager (fused ops)": model}
+    variants = {"eager": ("eager (fused ops)", lambda: model)}
     for dtype in (torch.float32, torch.bfloat16):
         name = "float32" if dtype == torch.float32 else "bfloat16"
         for ops in ("fused", "reference"):
-            variants[f"optimized {name}, {ops} ops"] = optimized(dtype, None if ops == "fused" else "reference")
+            variants[f"opt-{name[:4]}-{ops[:3]}"] = (f"optimized {name}, {ops} ops", functools.partial(
+                optimized, dtype, None if ops == "fused" else "reference"))
     steps = args.steps
     fns, notes = {}, {}
-    for name, net in variants.items():
+    for key, (name, make) in variants.items():
+        if args.variant and key not in args.variant:
+            continue
+        net = make()
         t0 = time.perf_counter()
         with torch.no_grad(), (_tf32() if dev == "cuda" else contextlib.nullcontext()):
             err = ((net(x, t, cache=net.condition(cond, mask)).float() - exact).norm() / exact.norm()).item()
@@ -122,18 +140,13 @@ def sampling(args) -> list[str]:
         print(f"  {name}: ready in {time.perf_counter() - t0:.0f} s, eps relative error {err:.1e}", flush=True)
         fns[name] = stream.predict_next
         notes[name] = err
+    barrier(args)
     with locked(args.lock):
         kernels = {name: kernel_count(fn, dev) / steps for name, fn in fns.items()}
         res = measure_interleaved(fns, device=dev, warmup=2, reps=args.reps, max_time_s=60)
-    base = res["eager (fused ops)"][0]
-    lines = [f"### Sampling: {steps} DDIM steps, batch 1, condition cache, "
-             f"{'CUDA graph' if dev == 'cuda' else 'no graph'}", "",
-             "| network | block ms (median) | p20-p80 | per step | kernels per step | vs eager | eps rel. error |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, (med, p20, p80, _) in res.items():
-        lines.append(f"| {name} | {med:.1f} | {p20:.1f}-{p80:.1f} | {med / steps:.2f} | {kernels[name]:.0f} | "
-                     f"{base / med:.2f}x | {notes[name]:.1e} |")
-    return lines
+    return [dict(part="sampling", name=name, median=med, p20=p20, p80=p80, per_step=med / steps,
+                 kernels_per_step=kernels[name], eps_rel_error=notes[name], steps=steps)
+            for name, (med, p20, p80, _) in res.items()]
 
 
 def training(args) -> list[str]:
@@ -144,18 +157,18 @@ def training(args) -> list[str]:
     rnd = draw_step_randomness(cfg, B, prob_mask_cond=0.0, prob_mask_future=0.0, prob_mask_sync=False,
                                random_flip=False, generator=torch.Generator(dev).manual_seed(0), device=dev)
     sched = Schedule.linear(cfg.num_timesteps)
-    variants = [  # name, ops backend, autocast dtype, compiled, CUDA graphs
-        ("eager float32, reference ops", "reference", None, False, False),
-        ("eager float32, fused ops", None, None, False, False),
-        ("eager bf16, fused ops", None, torch.bfloat16, False, False),
-        ("compiled bf16, fused ops", None, torch.bfloat16, True, False),
-        ("compiled bf16 + CUDA graphs, fused ops", None, torch.bfloat16, True, True),
-        ("compiled bf16 + CUDA graphs, reference ops", "reference", torch.bfloat16, True, True),
-    ]
-    if dev != "cuda":
-        variants = [v for v in variants if not v[4] and v[2] is None]
+    variants = {  # key: name, ops backend, autocast dtype, compiled, CUDA graphs
+        "eager-fp32-ref": ("eager float32, reference ops", "reference", None, False, False),
+        "eager-fp32-fused": ("eager float32, fused ops", None, None, False, False),
+        "eager-bf16-fused": ("eager bf16, fused ops", None, torch.bfloat16, False, False),
+        "compiled-bf16-fused": ("compiled bf16, fused ops", None, torch.bfloat16, True, False),
+        "graphs-bf16-fused": ("compiled bf16 + CUDA graphs, fused ops", None, torch.bfloat16, True, True),
+        "graphs-bf16-ref": ("compiled bf16 + CUDA graphs, reference ops", "reference", torch.bfloat16, True, True),
+    }
     fns = {}
-    for name, ops, amp_dtype, compiled, graphs in variants:
+    for key, (name, ops, amp_dtype, compiled, graphs) in variants.items():
+        if (args.variant and key not in args.variant) or (dev != "cuda" and (graphs or amp_dtype)):
+            continue
         torch.manual_seed(0)
         model = mcvd.MCVD(cfg).to(dev).set_backend(ops).train()
         if compiled:
@@ -179,16 +192,45 @@ def training(args) -> list[str]:
         losses = [step().item() for _ in range(3)]  # compiles, then records the graphs
         print(f"  {name}: ready in {time.perf_counter() - t0:.0f} s, losses {losses}", flush=True)
         fns[name] = step
+    barrier(args)
     with locked(args.lock):
         kernels = {name: kernel_count(fn, dev) for name, fn in fns.items()}
         res = measure_interleaved(fns, device=dev, warmup=1, reps=args.reps, max_time_s=90)
-    base = res[variants[0][0]][0]
-    lines = [f"### Training step, batch {B}, concat (loss, backward, clipping, fused Adam, EMA)", "",
-             "| step | median ms | p20-p80 | kernels | vs eager float32 reference ops |", "|---|---:|---:|---:|---:|"]
-    for name, (med, p20, p80, _) in res.items():
-        lines.append(f"| {name} | {med:.1f} | {p20:.1f}-{p80:.1f} | {kernels[name]} | {base / med:.2f}x |")
-    if dev == "cuda":
-        lines += ["", *synchronising_calls(cfg, clips, rnd, sched)]
+    rows = [dict(part="training", name=name, median=med, p20=p20, p80=p80, kernels=kernels[name], batch=B)
+            for name, (med, p20, p80, _) in res.items()]
+    if dev == "cuda" and (not args.variant or "syncs" in args.variant):
+        rows.append(dict(part="syncs", lines=synchronising_calls(cfg, clips, rnd, sched)))
+    return rows
+
+
+def markdown(rows: list[dict]) -> list[str]:
+    """The tables of rows from one or more runs (each variant may have run in its own process)."""
+    lines = []
+    samp = [r for r in rows if r["part"] == "sampling"]
+    if samp:
+        base = next((r["median"] for r in samp if r["name"].startswith("eager")), None)
+        lines += [f"### Sampling: {samp[0]['steps']} DDIM steps, batch 1, condition cache, CUDA graph (on a GPU)", "",
+                  "| network | block ms (median) | p20-p80 | per step | kernels per step | vs eager | "
+                  "eps rel. error |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in samp:
+            ratio = f"{base / r['median']:.2f}x" if base else "-"
+            lines.append(f"| {r['name']} | {r['median']:.1f} | {r['p20']:.1f}-{r['p80']:.1f} | {r['per_step']:.2f} | "
+                         f"{r['kernels_per_step']:.0f} | {ratio} | {r['eps_rel_error']:.1e} |")
+        lines.append("")
+    train = [r for r in rows if r["part"] == "training"]
+    if train:
+        base = next((r["median"] for r in train if r["name"] == "eager float32, reference ops"), None)
+        lines += [f"### Training step, batch {train[0]['batch']}, concat (loss, backward, clipping, fused Adam, EMA)",
+                  "", "| step | median ms | p20-p80 | kernels | vs eager float32 reference ops |",
+                  "|---|---:|---:|---:|---:|"]
+        for r in train:
+            ratio = f"{base / r['median']:.2f}x" if base else "-"
+            lines.append(f"| {r['name']} | {r['median']:.1f} | {r['p20']:.1f}-{r['p80']:.1f} | {r['kernels']} | "
+                         f"{ratio} |")
+        lines.append("")
+    for r in rows:
+        if r["part"] == "syncs":
+            lines += [*r["lines"], ""]
     return lines
 
 
@@ -216,17 +258,39 @@ def synchronising_calls(cfg, clips, rnd, sched) -> list[str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=("sampling", "training"), required=True)
+    ap.add_argument("--part", choices=("sampling", "training"))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--small", action="store_true", help="a small network (a check that the script runs)")
     ap.add_argument("--steps", type=int, default=100, help="DDIM steps of the sampling block")
     ap.add_argument("--batch", type=int, default=8, help="training batch")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--variant", nargs="+", help="only these variants (keys: eager, opt-{floa,bflo}-{fus,ref}; "
+                    "eager-fp32-ref, eager-fp32-fused, eager-bf16-fused, compiled-bf16-fused, graphs-bf16-{fused,ref}, "
+                    "syncs)")
     ap.add_argument("--lock", help="a file to lock around the timing")
+    ap.add_argument("--barrier", metavar="DIR", help="wait for --parties processes to be ready before timing")
+    ap.add_argument("--parties", type=int, default=1)
+    ap.add_argument("--barrier-timeout", type=float, default=300.0)
+    ap.add_argument("--json", help="append the rows here, one JSON object a line")
     ap.add_argument("--md", help="write the table here")
+    ap.add_argument("--collect", nargs="+", metavar="JSON", help="only print (and --md) the tables of these rows")
     args = ap.parse_args(argv)
-    lines = sampling(args) if args.part == "sampling" else training(args)
-    text = "\n".join([environment(args.device), "", *lines, ""])
+    if args.collect:
+        rows = [json.loads(line) for path in args.collect for line in open(path) if line.strip()]
+        env = ""
+    else:
+        try:
+            rows = sampling(args) if args.part == "sampling" else training(args)
+        except BaseException:
+            args.parties = 0
+            barrier(args)  # one fewer to wait for
+            raise
+        env = environment(args.device)
+        if args.json:
+            with locked(args.json), open(args.json, "a") as fh:
+                fh.writelines(json.dumps({**r, "env": env}) + "\n" for r in rows)
+    env = env or next((r["env"] for r in rows if "env" in r), "")
+    text = "\n".join([env, "", *markdown(rows)])
     print(text, flush=True)
     if args.md:
         with open(args.md, "w") as fh:

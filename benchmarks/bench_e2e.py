@@ -78,8 +78,9 @@ import mcvd  # noqa: E402
 from mcvd.compat.official_config import config_from_official_dict  # noqa: E402
 from mcvd.diffusion import Schedule  # noqa: E402
 from mcvd.diffusion.tasks import BlockSampler  # noqa: E402
-from mcvd.train import EMA, TrainConfig, draw_step_randomness, make_optimizer, mcvd_loss  # noqa: E402
+from mcvd.train import draw_step_randomness  # noqa: E402
 from mcvd.train.trainer import compile_for_training  # noqa: E402
+from steps import optimisation_step  # noqa: E402
 
 MODES = ("forward", "train_step", "sampling_step", "dpm++x10", "ddimx100")
 BLOCKS = {"dpm++x10": ("dpm++", 10), "ddimx100": ("ddim", 100)}
@@ -246,21 +247,8 @@ def train_fns(cfg, state, net, code, batch, device, optimized):
         graphs = compiled and torch.device(device).type == "cuda"  # as the trainer compiles on one GPU
         if compiled:
             compile_for_training(model, cuda_graphs=graphs)
-        opt_m = make_optimizer(model.parameters(), TrainConfig(lr=2e-4))  # the trainer's Adam
-        ema_m = EMA(model, 0.999)
-        amp = torch.autocast(torch.device(device).type, dtype=autocast, enabled=autocast is not None)
-
-        def step(model=model, opt_m=opt_m, ema_m=ema_m, amp=amp, graphs=graphs):
-            if graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            opt_m.zero_grad(set_to_none=True)
-            with amp:
-                loss = mcvd_loss(model, clips, rnd, schedule).mean()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt_m.step()
-            ema_m.update(model)
-        fns[name] = step
+        # The trainer's step: its loss, Adam (fused), clipping and EMA.
+        fns[name] = optimisation_step(model, clips, rnd, schedule, amp_dtype=autocast, cuda_graphs=graphs)
     return fns, None
 
 

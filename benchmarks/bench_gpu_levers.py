@@ -36,7 +36,6 @@ import json
 import os
 import sys
 import time
-import warnings
 
 import torch
 
@@ -46,8 +45,9 @@ from harness import environment, measure_interleaved  # noqa: E402
 import mcvd  # noqa: E402
 from mcvd.diffusion import Schedule  # noqa: E402
 from mcvd.nn.optimize import OptimizedMCVD, _tf32  # noqa: E402
-from mcvd.train import EMA, TrainConfig, draw_step_randomness, make_optimizer, mcvd_loss  # noqa: E402
+from mcvd.train import draw_step_randomness, mcvd_loss  # noqa: E402
 from mcvd.train.trainer import compile_for_training  # noqa: E402
+from steps import optimisation_step, synchronising_calls  # noqa: E402
 
 
 def preset(small: bool) -> mcvd.ModelConfig:
@@ -173,21 +173,7 @@ def training(args) -> list[str]:
         model = mcvd.MCVD(cfg).to(dev).set_backend(ops).train()
         if compiled:
             compile_for_training(model, cuda_graphs=graphs)
-        opt = make_optimizer(model.parameters(), TrainConfig(lr=2e-4))
-        ema = EMA(model, 0.999)
-        amp = torch.autocast(dev, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
-
-        def step(model=model, opt=opt, ema=ema, amp=amp, graphs=graphs):
-            if graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            opt.zero_grad(set_to_none=True)
-            with amp:
-                loss = mcvd_loss(model, clips, rnd, sched).mean()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            ema.update(model)
-            return loss
+        step = optimisation_step(model, clips, rnd, sched, amp_dtype=amp_dtype, cuda_graphs=graphs)
         t0 = time.perf_counter()
         losses = [step().item() for _ in range(3)]  # compiles, then records the graphs
         print(f"  {name}: ready in {time.perf_counter() - t0:.0f} s, losses {losses}", flush=True)
@@ -199,7 +185,7 @@ def training(args) -> list[str]:
     rows = [dict(part="training", name=name, median=med, p20=p20, p80=p80, kernels=kernels[name], batch=B)
             for name, (med, p20, p80, _) in res.items()]
     if dev == "cuda" and (not args.variant or "syncs" in args.variant):
-        rows.append(dict(part="syncs", lines=synchronising_calls(cfg, clips, rnd, sched)))
+        rows.append(dict(part="syncs", lines=sync_report(cfg, clips, rnd, sched)))
     return rows
 
 
@@ -234,26 +220,12 @@ def markdown(rows: list[dict]) -> list[str]:
     return lines
 
 
-def synchronising_calls(cfg, clips, rnd, sched) -> list[str]:
-    """Each call of an eager float32 forward + backward that makes the host wait (torch's sync debug mode)."""
+def sync_report(cfg, clips, rnd, sched) -> list[str]:
+    """Each call of an eager float32 forward + backward that makes the host wait on the GPU."""
     torch.manual_seed(0)
     model = mcvd.MCVD(cfg).cuda().train()
-
-    def fwd_bwd():
-        mcvd_loss(model, clips, rnd, sched).mean().backward()
-    fwd_bwd()
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fwd_bwd()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    syncs = [w for w in caught if "synchroniz" in str(w.message) and "prototype" not in str(w.message)]
-    out = [f"Synchronising calls in one eager float32 forward + backward: {len(syncs)}"]
-    out += [f"- {w.filename}:{w.lineno}: {str(w.message).splitlines()[0][:120]}" for w in syncs]
-    return out
+    syncs = synchronising_calls(lambda: mcvd_loss(model, clips, rnd, sched).mean().backward())
+    return [f"Synchronising calls in one eager float32 forward + backward: {len(syncs)}", *(f"- {s}" for s in syncs)]
 
 
 def main(argv=None) -> int:

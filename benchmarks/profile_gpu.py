@@ -16,6 +16,7 @@ and launches. Last, on a GPU: each call of a float32 training step (and of
 its forward + backward) that makes the host wait on the GPU
 (torch.cuda.set_sync_debug_mode), with the line of Python that made it.
 """
+import os
 import statistics
 import sys
 import time
@@ -26,6 +27,9 @@ from torch.profiler import ProfilerActivity, profile
 import mcvd
 from mcvd.diffusion import Schedule
 from mcvd.train import EMA, TrainConfig, draw_step_randomness, make_optimizer, mcvd_loss
+
+sys.path.insert(0, os.path.dirname(__file__))
+from steps import synchronising_calls  # noqa: E402
 
 dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"
 # Sums of "kernel" time count every GPU-side event the profiler records: the optimizer's
@@ -142,19 +146,8 @@ for graph in ((False, True) if dev == "cuda" else (False,)):
 # Where a training step makes the host wait on the GPU: each synchronising call of one eager float32 step
 # and of one forward + backward, with the line of Python that made it (torch's sync debug mode).
 if dev == "cuda":
-    import warnings
-
     for label, fn in zip(("train B8 fp32 step", "train B8 fp32 fwd+bwd"), train_parts(8, None)[:2]):
-        fn()
-        torch.cuda.synchronize()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                fn()
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        syncs = [w for w in caught if "synchroniz" in str(w.message) and "prototype" not in str(w.message)]
+        syncs = synchronising_calls(fn)
         print(f"{label}: {len(syncs)} synchronising call(s)", flush=True)
-        for w in syncs:
-            print(f"  {w.filename}:{w.lineno}: {str(w.message).splitlines()[0][:120]}", flush=True)
+        for line in syncs:
+            print(f"  {line}", flush=True)

@@ -1,0 +1,51 @@
+"""Pieces the GPU benchmarks share: the trainer's optimisation step as a
+callable, and the calls of a function that make the host wait on the GPU."""
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+
+from mcvd.train import EMA, TrainConfig, make_optimizer, mcvd_loss
+
+
+def optimisation_step(model, clips, rnd, schedule, *, amp_dtype=None, cuda_graphs: bool = False):
+    """A callable taking one step as the trainer does (the loss, backward,
+    clipping at 1.0, its fused Adam, the EMA update) and returning the loss;
+    amp_dtype: autocast to it; cuda_graphs: mark the step's start for
+    inductor's CUDA graphs (a model compiled with them)."""
+    opt = make_optimizer(model.parameters(), TrainConfig(lr=2e-4))
+    ema = EMA(model, 0.999)
+    device = next(model.parameters()).device.type
+    amp = torch.autocast(device, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+
+    def step():
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        opt.zero_grad(set_to_none=True)
+        with amp:
+            loss = mcvd_loss(model, clips, rnd, schedule).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema.update(model)
+        return loss
+    return step
+
+
+def synchronising_calls(fn) -> list[str]:
+    """'file:line: message' for each call in fn() that torch's sync debug mode
+    reports as making the host wait on the GPU (after a first, unwatched call)."""
+    fn()
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    # The mode's own notice that it is a prototype is no synchronisation.
+    return [f"{w.filename}:{w.lineno}: {str(w.message).splitlines()[0][:120]}" for w in caught
+            if "synchroniz" in str(w.message) and "prototype" not in str(w.message)]

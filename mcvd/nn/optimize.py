@@ -96,6 +96,10 @@ def tolerance(device: torch.device | str, dtype: torch.dtype) -> float:
 # (benchmarks/results/h200_levers.md). None keeps the model's own.
 CUDA_OPS_BACKEND: str | None = "reference"
 
+# Inductor's C++ wrapper on the CPU, with the package's ops called from it: checked (tests and
+# benchmarks) with torch 2.13; an older torch keeps the Python wrapper.
+CPU_CPP_WRAPPER = torch.torch_version.TorchVersion(torch.__version__) >= "2.13"
+
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(device, dtype): OptimizedMCVD}
 _lock = threading.Lock()
 
@@ -175,7 +179,8 @@ class OptimizedMCVD(nn.Module):
             stack.enter_context(torch.no_grad())
             # The C++ wrapper calls the ~300 kernels of a forward without Python in between: 3.8% faster
             # at batch 1 on the SMMNIST concat preset (1 thread), 1.3% with SPATIN (docs/optimize.md).
-            stack.enter_context(inductor_config.patch(freezing=True, cpp_wrapper=self.device.type == "cpu"))
+            cpp_wrapper = self.device.type == "cpu" and CPU_CPP_WRAPPER
+            stack.enter_context(inductor_config.patch(freezing=True, cpp_wrapper=cpp_wrapper))
             if self.device.type == "cuda":
                 stack.enter_context(_tf32())
             yield

@@ -2,7 +2,7 @@
 
     mcvd stream --checkpoint CKPT --input VIDEO|FRAMES [--out FILE.mp4|FILE.gif] [--method dpm++]
                 [--steps 10] [--every N] [--max-frames N] [--fps F] [--seed S] [--device D]
-                [--threads N] [--force]
+                [--threads N] [--optimize | --no-optimize] [--force]
 
 CKPT: any model file that mcvd.load reads. The frames of --input (a video
 file decoded with PyAV, or a folder of frames in natural name order) are read
@@ -22,6 +22,11 @@ the first, which builds the sampler, apart) and per predicted frame, and
 whether that keeps up with the source: 90% of the predictions ready before
 the next is due, --every frames later at the source's frame rate.
 
+The network runs as mcvd.optimize compiles it on a CUDA device (--no-optimize:
+eagerly), eagerly on the CPU (--optimize to compile it; minutes there for a
+large network). The compilation happens in the first prediction, whose
+latency is left out of the figures.
+
 Writes --out (default stream_out/<input name>.mp4; .gif for a GIF, at most
 50 fps), refused if it exists unless --force is given.
 """
@@ -31,7 +36,7 @@ import argparse
 from pathlib import Path
 
 from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, check_output_folder, check_steps, error, float_range,
-                      load_checkpoint_arg, positive_int, resolve_device)
+                      inference_model, load_checkpoint_arg, positive_int, resolve_device)
 
 HELP = "run the streaming predictor over a video as it plays: side-by-side video, frame rate, latency"
 FORMATS = (".mp4", ".gif")
@@ -59,6 +64,8 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="replay each prediction's denoising loop as a CUDA graph (default: on a CUDA device)")
+    p.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=None,
+                   help="predict with mcvd.optimize's compiled network (default: on a CUDA device)")
     p.add_argument("--no-ema", action="store_true", help="the raw weights of a checkpoint, not the EMA")
     p.add_argument("--force", action="store_true", help="replace --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -126,8 +133,10 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     generator = torch.Generator(device).manual_seed(args.seed)
+    optimized = device.type == "cuda" if args.optimize is None else args.optimize
+    net = inference_model(model, not optimized)
     try:
-        result = stream_video(model, iter_clip(args.input, cfg.image_size, cfg.channels, max_frames=args.max_frames),
+        result = stream_video(net, iter_clip(args.input, cfg.image_size, cfg.channels, max_frames=args.max_frames),
                               sampler=sampler, every=args.every, generator=generator, cuda_graph=cuda_graph,
                               source_fps=source_fps, progress=not args.no_progress, total=frames)
     except ValueError as err:  # a frame that cannot be decoded or read
@@ -141,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     s = result.summary()
     every = "frame" if result.every == 1 else f"{result.every} frames"
     threads = f", {torch.get_num_threads()} thread(s)" if device.type == "cpu" else ""
-    graph = ", CUDA graph" if cuda_graph else ""
+    graph = (", optimized" if optimized else "") + (", CUDA graph" if cuda_graph else "")
     first = (f"the first, building the sampler, {fmt_seconds(s['first_latency'])}, left out" if s["predictions"] > 1
              else "a single prediction, which also built the sampler")
     print(f"mcvd stream: {args.input}: {s['frames_in']} frames in at {source_fps:g} fps ({fps_source}); "

@@ -104,3 +104,18 @@ def test_the_streamed_frames_are_the_video_s(checkpoint, video, tmp_path):
     shown = img[y0:y0 + SIZE * 4:4, x0:x0 + SIZE * 4:4, 0]  # one pixel per upscaled frame pixel
     expected = ((clip[3, 0] + 1) * 127.5).round()
     assert (shown - expected).abs().max() <= 2  # GIF palette quantisation
+
+
+def test_optimize_compiles_the_network_and_predicts_as_the_eager_one(checkpoint, video, tmp_path, capsys):
+    """--optimize streams through mcvd.optimize's compiled network (eager is the
+    CPU's default): the same side-by-side frames as the eager run, to the
+    video's 8-bit rounding, and the summary says so."""
+    eager, fast = tmp_path / "eager.gif", tmp_path / "fast.gif"
+    assert stream(checkpoint, "--input", str(video), "--out", str(eager), "--max-frames", "5") == 0
+    out, err = capsys.readouterr()
+    assert "optimized" not in out and "mcvd.optimize" not in err
+    assert stream(checkpoint, "--input", str(video), "--out", str(fast), "--max-frames", "5", "--optimize") == 0
+    out, err = capsys.readouterr()
+    assert ", optimized" in out and "mcvd.optimize: compiling the network for cpu float32" in err
+    a, b = (np.stack(read_video(p)).astype(int) for p in (eager, fast))
+    assert a.shape == b.shape and np.abs(a - b).max() <= 2

@@ -71,6 +71,21 @@ def locked(path: str | None):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+class Autotuned(OptimizedMCVD):
+    """mcvd.optimize's module compiled in another inductor mode."""
+
+    def __init__(self, mode: str, *args):
+        self.__dict__["_mode"] = mode
+        super().__init__(*args)
+
+    def _compile(self):
+        network = self.network
+
+        def run(x_t, t, cond, cond_mask, cache):
+            return network(x_t, t, cond, cond_mask, cache=cache)
+        return torch.compile(run, mode=self._mode)
+
+
 def barrier(args) -> None:
     """With --barrier DIR --parties N: mark this process ready, then wait (at most --barrier-timeout s) until N
     are, so that no variant is timed while another still compiles on the host's CPUs."""
@@ -114,9 +129,10 @@ def sampling(args) -> list[str]:
         exact = model(x, t, cond, cond_mask=mask)
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
-    def optimized(dtype, ops):
+    def optimized(dtype, ops, mode=None):
         net = copy.deepcopy(model).to(dtype=dtype).eval().set_backend(ops)
-        return OptimizedMCVD(model, net, torch.device(dev, 0) if dev == "cuda" else torch.device(dev), dtype)
+        cls = OptimizedMCVD if mode is None else functools.partial(Autotuned, mode)
+        return cls(model, net, torch.device(dev, 0) if dev == "cuda" else torch.device(dev), dtype)
 
     variants = {"eager": ("eager (fused ops)", lambda: model)}
     for dtype in (torch.float32, torch.bfloat16):
@@ -124,10 +140,14 @@ def sampling(args) -> list[str]:
         for ops in ("fused", "reference"):
             variants[f"opt-{name[:4]}-{ops[:3]}"] = (f"optimized {name}, {ops} ops", functools.partial(
                 optimized, dtype, None if ops == "fused" else "reference"))
+    # Not run by default (minutes of compiling): inductor's template search for the convolutions and
+    # matmuls, whose epilogues can take the bias and the residual add.
+    variants["opt-bflo-ref-autotune"] = ("optimized bfloat16, reference ops, max-autotune", functools.partial(
+        optimized, torch.bfloat16, "reference", "max-autotune-no-cudagraphs"))
     steps = args.steps
     fns, notes = {}, {}
     for key, (name, make) in variants.items():
-        if args.variant and key not in args.variant:
+        if (args.variant and key not in args.variant) or (not args.variant and key.endswith("autotune")):
             continue
         net = make()
         t0 = time.perf_counter()
@@ -236,9 +256,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=100, help="DDIM steps of the sampling block")
     ap.add_argument("--batch", type=int, default=8, help="training batch")
     ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--variant", nargs="+", help="only these variants (keys: eager, opt-{floa,bflo}-{fus,ref}; "
-                    "eager-fp32-ref, eager-fp32-fused, eager-bf16-fused, compiled-bf16-fused, graphs-bf16-{fused,ref}, "
-                    "syncs)")
+    ap.add_argument("--variant", nargs="+", help=(
+        "only these variants (keys: eager, opt-{floa,bflo}-{fus,ref}, opt-bflo-ref-autotune (only when named); "
+        "eager-fp32-ref, eager-fp32-fused, eager-bf16-fused, compiled-bf16-fused, graphs-bf16-{fused,ref}, syncs)"))
     ap.add_argument("--lock", help="a file to lock around the timing")
     ap.add_argument("--barrier", metavar="DIR", help="wait for --parties processes to be ready before timing")
     ap.add_argument("--parties", type=int, default=1)

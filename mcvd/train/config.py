@@ -164,8 +164,8 @@ class TrainConfig:
     compile: torch.compile (inductor) the network for training, forward and backward; the first
         step compiles (minutes on a 2-core CPU; inductor caches it on disk). Checkpoints are the
         same files; the losses agree with an eager run's to float rounding, not bit for bit;
-        resuming is exact. On a single CUDA device the compiled forward and backward are also
-        replayed as CUDA graphs (4.1x the eager step at batch 8 on an H200, in bf16).
+        resuming is exact. On a single CUDA device without grad_accum the compiled forward and
+        backward are also replayed as CUDA graphs (4.1x the eager step at batch 8 on an H200, bf16).
     seed: seeds the weights, the data order, the noise and the masks.
     ckpt_every: write the checkpoint every this many steps (and at the last step).
     log_every: one metrics row (means over the interval) every this many steps.

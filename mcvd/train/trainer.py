@@ -302,7 +302,9 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
             log.info("starting from the weights of the initial model given, not a random initialisation")
         torch.manual_seed(tc.seed + env.rank)  # dropout: independent masks per process
 
-    graphs = tc.compile and device.type == "cuda" and not env.enabled
+    # CUDA graphs on one device and without accumulation: a graph replay reuses its outputs' memory, so
+    # gradients kept from one micro-batch to the next would be written over by the next backward.
+    graphs = tc.compile and device.type == "cuda" and not env.enabled and accum == 1
     if tc.compile:
         compile_for_training(model, cuda_graphs=graphs)
     net = model
@@ -398,7 +400,7 @@ def compile_for_training(model: MCVD, *, cuda_graphs: bool = False) -> None:
 
     cuda_graphs: replay the compiled forward and backward as CUDA graphs
     (inductor's "reduce-overhead" mode; the trainer asks for it on a single
-    CUDA device). On a GPU the eager step is bound by the host, which
+    CUDA device without gradient accumulation). On a GPU the eager step is bound by the host, which
     launches ~2,500 kernels at batch 8; a graph is one launch. On an H200,
     SMMNIST preset, batch 8, bf16: 28.5 ms a step against 99 ms compiled
     without graphs and 117 ms eager float32 on the reference ops

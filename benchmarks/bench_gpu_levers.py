@@ -47,7 +47,7 @@ from mcvd.diffusion import Schedule  # noqa: E402
 from mcvd.nn.optimize import OptimizedMCVD, _tf32  # noqa: E402
 from mcvd.train import draw_step_randomness, mcvd_loss  # noqa: E402
 from mcvd.train.trainer import compile_for_training  # noqa: E402
-from steps import optimisation_step, synchronising_calls  # noqa: E402
+from steps import gpu_kernels, optimisation_step, synchronising_calls  # noqa: E402
 
 
 def preset(small: bool) -> mcvd.ModelConfig:
@@ -96,17 +96,6 @@ def barrier(args) -> None:
     end = time.monotonic() + args.barrier_timeout
     while len(os.listdir(args.barrier)) < args.parties and time.monotonic() < end:
         time.sleep(0.5)
-
-
-def kernel_count(fn, device: str) -> int:
-    if device != "cuda":
-        return 0
-    from torch.profiler import ProfilerActivity, profile
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
 def sampling(args) -> list[str]:
@@ -162,7 +151,7 @@ def sampling(args) -> list[str]:
         notes[name] = err
     barrier(args)
     with locked(args.lock):
-        kernels = {name: kernel_count(fn, dev) / steps for name, fn in fns.items()}
+        kernels = {name: gpu_kernels(fn, dev)[0] / steps for name, fn in fns.items()}
         res = measure_interleaved(fns, device=dev, warmup=2, reps=args.reps, max_time_s=60)
     return [dict(part="sampling", name=name, median=med, p20=p20, p80=p80, per_step=med / steps,
                  kernels_per_step=kernels[name], eps_rel_error=notes[name], steps=steps)
@@ -200,7 +189,7 @@ def training(args) -> list[str]:
         fns[name] = step
     barrier(args)
     with locked(args.lock):
-        kernels = {name: kernel_count(fn, dev) for name, fn in fns.items()}
+        kernels = {name: gpu_kernels(fn, dev)[0] for name, fn in fns.items()}
         res = measure_interleaved(fns, device=dev, warmup=1, reps=args.reps, max_time_s=90)
     rows = [dict(part="training", name=name, median=med, p20=p20, p80=p80, kernels=kernels[name], batch=B)
             for name, (med, p20, p80, _) in res.items()]

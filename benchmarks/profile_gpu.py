@@ -22,14 +22,13 @@ import sys
 import time
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 import mcvd
 from mcvd.diffusion import Schedule
 from mcvd.train import EMA, TrainConfig, draw_step_randomness, make_optimizer, mcvd_loss
 
 sys.path.insert(0, os.path.dirname(__file__))
-from steps import synchronising_calls  # noqa: E402
+from steps import gpu_kernels, synchronising_calls  # noqa: E402
 
 dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"
 # Sums of "kernel" time count every GPU-side event the profiler records: the optimizer's
@@ -76,23 +75,6 @@ def host(fn, n=10):
     return ms
 
 
-def kernels(fn):
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev == "cuda" else [])
-    fn()
-    sync()
-    with profile(activities=acts) as prof:
-        fn()
-        sync()
-    evs = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    total = sum(e.device_time for e in evs) / 1e3
-    by = {}
-    for e in evs:
-        k = e.name.split("<")[0][:60]
-        by[k] = by.get(k, 0) + e.device_time / 1e3
-    top = sorted(by.items(), key=lambda kv: -kv[1])[:6]
-    return len(evs), total, top
-
-
 def train_parts(B, amp_dtype):
     torch.manual_seed(0)
     model = mcvd.MCVD(cfg).to(dev).train()
@@ -127,7 +109,7 @@ for B in (8, 32):
         step, fwd_bwd, rest = train_parts(B, amp_dtype)
         name = f"train B{B} {'bf16' if amp_dtype else 'fp32'}"
         for label, fn in ((name, step), (name + " fwd+bwd", fwd_bwd), (name + " clip+adam+ema", rest)):
-            n, k_ms, top = kernels(fn)
+            n, k_ms, top = gpu_kernels(fn, dev)
             print(f"{label:34s} {timed(fn):8.1f} {host(fn):8.1f} {n:8d} {k_ms:9.1f}  "
                   + "; ".join(f"{a} {b:.1f}" for a, b in top[:4]), flush=True)
 
@@ -139,7 +121,7 @@ for graph in ((False, True) if dev == "cuda" else (False,)):
                                      generator=torch.Generator(dev).manual_seed(0))
     stream.push(past)
     fn = stream.predict_next
-    n, k_ms, top = kernels(fn)
+    n, k_ms, top = gpu_kernels(fn, dev)
     print(f"{'dpm++x10 block' + (' graph' if graph else ''):34s} {timed(fn):8.1f} {host(fn):8.1f} {n:8d} {k_ms:9.1f}  "
           + "; ".join(f"{a} {b:.1f}" for a, b in top[:6]), flush=True)
 

@@ -1,5 +1,6 @@
 """Pieces the GPU benchmarks share: the trainer's optimisation step as a
-callable, and the calls of a function that make the host wait on the GPU."""
+callable, the GPU kernels a call launches, and the calls of a function that
+make the host wait on the GPU."""
 from __future__ import annotations
 
 import contextlib
@@ -49,3 +50,24 @@ def synchronising_calls(fn) -> list[str]:
     # The mode's own notice that it is a prototype is no synchronisation.
     return [f"{w.filename}:{w.lineno}: {str(w.message).splitlines()[0][:120]}" for w in caught
             if "synchroniz" in str(w.message) and "prototype" not in str(w.message)]
+
+
+def gpu_kernels(fn, device: str, top: int = 6):
+    """(count, total ms, [(name, ms)] of the `top` largest) of the GPU kernels one
+    call of fn() launches, replayed CUDA graphs included (torch.profiler, after
+    a first, unwatched call); (0, 0.0, []) off a GPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if not device.startswith("cuda"):
+        return 0, 0.0, []
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    evs = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    by: dict[str, float] = {}
+    for e in evs:
+        name = e.name.split("<")[0][:60]
+        by[name] = by.get(name, 0.0) + e.device_time / 1e3
+    return len(evs), sum(by.values()), sorted(by.items(), key=lambda kv: -kv[1])[:top]

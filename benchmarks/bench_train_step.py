@@ -38,7 +38,8 @@ from harness import Row, environment, measure_interleaved, write_csv  # noqa: E4
 
 import mcvd  # noqa: E402
 from mcvd.diffusion import Schedule  # noqa: E402
-from mcvd.train import EMA, TrainConfig, draw_step_randomness, make_optimizer, mcvd_loss  # noqa: E402
+from mcvd.train import draw_step_randomness, mcvd_loss  # noqa: E402
+from steps import optimisation_step  # noqa: E402
 
 PROVIDERS = ("eager", "compile", "compile_loss", "eager+cl", "compile+cl", "compile_loss+cl")
 
@@ -71,19 +72,11 @@ def make_step(provider: str, cfg: mcvd.ModelConfig, batch: int):
         model.compile(dynamic=False)
     elif kind == "compile_loss":
         loss_fn = torch.compile(mcvd_loss, dynamic=False)
-    params = list(model.parameters())
-    opt = make_optimizer(params, TrainConfig(lr=2e-4))  # the trainer's Adam
-    ema = EMA(model, 0.999)
+    train_step = optimisation_step(model, clips, rnd, schedule, loss_fn=loss_fn)  # the trainer's Adam, EMA
     losses = []
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model, clips, rnd, schedule).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update(model)
-        losses.append(loss.item())
+        losses.append(train_step().item())
     return step, losses
 
 

@@ -1,4 +1,4 @@
-"""Pieces the GPU benchmarks share: the trainer's optimisation step as a
+"""Pieces the benchmarks share: the trainer's optimisation step as a
 callable, the GPU kernels a call launches, and the calls of a function that
 make the host wait on the GPU."""
 from __future__ import annotations
@@ -11,11 +11,13 @@ import torch
 from mcvd.train import EMA, TrainConfig, make_optimizer, mcvd_loss
 
 
-def optimisation_step(model, clips, rnd, schedule, *, amp_dtype=None, cuda_graphs: bool = False):
+def optimisation_step(model, clips, rnd, schedule, *, amp_dtype=None, cuda_graphs: bool = False,
+                      loss_fn=mcvd_loss):
     """A callable taking one step as the trainer does (the loss, backward,
     clipping at 1.0, its fused Adam, the EMA update) and returning the loss;
     amp_dtype: autocast to it; cuda_graphs: mark the step's start for
-    inductor's CUDA graphs (a model compiled with them)."""
+    inductor's CUDA graphs (a model compiled with them); loss_fn: mcvd_loss
+    or a compiled version of it."""
     opt = make_optimizer(model.parameters(), TrainConfig(lr=2e-4))
     ema = EMA(model, 0.999)
     device = next(model.parameters()).device.type
@@ -26,7 +28,7 @@ def optimisation_step(model, clips, rnd, schedule, *, amp_dtype=None, cuda_graph
             torch.compiler.cudagraph_mark_step_begin()
         opt.zero_grad(set_to_none=True)
         with amp:
-            loss = mcvd_loss(model, clips, rnd, schedule).mean()
+            loss = loss_fn(model, clips, rnd, schedule).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -165,7 +165,8 @@ class TrainConfig:
         step compiles (minutes on a 2-core CPU; inductor caches it on disk). Checkpoints are the
         same files; the losses agree with an eager run's to float rounding, not bit for bit;
         resuming is exact. On a single CUDA device without grad_accum the compiled forward and
-        backward are also replayed as CUDA graphs (4.1x the eager step at batch 8 on an H200, bf16).
+        backward are also replayed as CUDA graphs (bf16 on an H200, batch 8: 4.1x the eager float32
+        step on the reference ops; benchmarks/results/h200_levers.md).
     seed: seeds the weights, the data order, the noise and the masks.
     ckpt_every: write the checkpoint every this many steps (and at the last step).
     log_every: one metrics row (means over the interval) every this many steps.

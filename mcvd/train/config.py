@@ -154,6 +154,13 @@ class TrainConfig:
     prob_mask_cond: probability that a sample's past frames are masked (zeroed).
     prob_mask_future: probability that a sample's future frames are masked.
     prob_mask_sync: mask the future exactly when the past is masked (needs prob_mask_future > 0).
+    rollout_prob: probability that a clip's past frames are the network's own prediction instead of the
+        truth, as in a block-autoregressive rollout, where every block after the first is conditioned on
+        predicted frames (a form of scheduled sampling, against the rollout's drift). With rollout_prob > 0
+        every clip has k more frames; for the clips drawn, the network predicts the block before the current
+        one from the true frames before that (one pass, without gradient, at a random noise level), and the
+        current block is conditioned on the p frames before it, predicted where they fall in that block.
+        Needs p >= 1 and no future frames.
     grad_accum: micro-batches per step (batch_size must divide evenly).
     precision: "fp32", or autocast to "bf16" / "fp16" (fp16 on CUDA, with a gradient scaler).
     loss_weighting: "none" (each prediction's plain squared error; the paper's with eps) or "min_snr":
@@ -186,6 +193,7 @@ class TrainConfig:
     prob_mask_cond: float = 0.0
     prob_mask_future: float = 0.0
     prob_mask_sync: bool = False
+    rollout_prob: float = 0.0
     grad_accum: int = 1
     precision: str = "fp32"
     loss_weighting: str = "none"
@@ -216,7 +224,7 @@ class TrainConfig:
         _check_range("training", "weight_decay", self.weight_decay, 0.0)
         if self.grad_clip is not None:
             _check_range("training", "grad_clip", self.grad_clip, 0.0, low_open=True)
-        for name in ("prob_mask_cond", "prob_mask_future"):
+        for name in ("prob_mask_cond", "prob_mask_future", "rollout_prob"):
             _check_range("training", name, getattr(self, name), 0.0, 1.0)
         if self.prob_mask_sync and self.prob_mask_future == 0.0:
             raise ValueError("training.prob_mask_sync: needs prob_mask_future > 0 (with 0 the future is never "
@@ -263,6 +271,9 @@ class RunConfig:
             raise ValueError("training.prob_mask_cond: the model has no past frames (num_frames_cond = 0)")
         if t.prob_mask_future > 0 and m.num_frames_future == 0:
             raise ValueError("training.prob_mask_future: the model has no future frames (num_frames_future = 0)")
+        if t.rollout_prob > 0 and (m.num_frames_cond == 0 or m.num_frames_future > 0):
+            raise ValueError("training.rollout_prob: needs a prediction model (num_frames_cond >= 1, "
+                             f"num_frames_future = 0), got p = {m.num_frames_cond}, f = {m.num_frames_future}")
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:

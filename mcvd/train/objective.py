@@ -28,13 +28,14 @@ whole global batch, so the objective itself is a pure function.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from mcvd.diffusion import Schedule
 from mcvd.nn import ModelConfig
-from mcvd.schedule import prediction_target
+from mcvd.schedule import eps_from_prediction, prediction_target
 
 
 @dataclass
@@ -45,15 +46,23 @@ class StepRandomness:
     noise: torch.Tensor      # [B, k, C, H, W]
     cond_mask: torch.Tensor  # bool [B, 2]
     flip: torch.Tensor       # bool [B], left-right flip of the whole clip
+    # With rollout training (TrainConfig.rollout_prob > 0), else None: which clips are conditioned on
+    # predicted frames, and the step and noise of the pass that predicts them.
+    rollout: torch.Tensor | None = None       # bool [B]
+    rollout_t: torch.Tensor | None = None     # int64 [B]
+    rollout_noise: torch.Tensor | None = None  # [B, k, C, H, W]
 
     def __getitem__(self, rows: slice) -> StepRandomness:
-        return StepRandomness(self.t[rows], self.noise[rows], self.cond_mask[rows], self.flip[rows])
+        # dataclasses.astuple would deep-copy the tensors.
+        return StepRandomness(*(None if v is None else v[rows]
+                                for v in (getattr(self, f.name) for f in dataclasses.fields(self))))
 
 
 def draw_step_randomness(cfg: ModelConfig, batch: int, *, prob_mask_cond: float, prob_mask_future: float,
                          prob_mask_sync: bool, random_flip: bool, generator: torch.Generator,
-                         device: torch.device) -> StepRandomness:
-    """Draw t, eps, the masks and the flips of `batch` clips from `generator`, in a fixed order."""
+                         device: torch.device, rollout_prob: float = 0.0) -> StepRandomness:
+    """Draw t, eps, the masks and the flips of `batch` clips from `generator`, in a fixed order; with
+    rollout_prob > 0, then the rollout draws (so a run without them draws what it always did)."""
     k, C, S = cfg.num_frames, cfg.channels, cfg.image_size
     t = torch.randint(0, cfg.num_timesteps, (batch,), generator=generator, device=device)
     noise = torch.randn((batch, k, C, S, S), generator=generator, device=device)
@@ -63,7 +72,12 @@ def draw_step_randomness(cfg: ModelConfig, batch: int, *, prob_mask_cond: float,
     past = u[:, 0] >= prob_mask_cond
     future = past if prob_mask_sync else u[:, 1] >= prob_mask_future
     flip = flip_u < 0.5 if random_flip else torch.zeros_like(past)
-    return StepRandomness(t, noise, torch.stack([past, future], dim=1), flip)
+    rnd = StepRandomness(t, noise, torch.stack([past, future], dim=1), flip)
+    if rollout_prob > 0:
+        rnd.rollout = torch.rand((batch,), generator=generator, device=device) < rollout_prob
+        rnd.rollout_t = torch.randint(0, cfg.num_timesteps, (batch,), generator=generator, device=device)
+        rnd.rollout_noise = torch.randn((batch, k, C, S, S), generator=generator, device=device)
+    return rnd
 
 
 def split_clip(clip: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -75,6 +89,30 @@ def split_clip(clip: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor, torc
     if p + f == 0:
         return x0, None
     return x0, torch.cat([clip[:, :p], clip[:, p + k:]], dim=1)
+
+
+def rollout_clip(model, clip: torch.Tensor, rnd: StepRandomness, schedule: Schedule,
+                 cfg: ModelConfig) -> torch.Tensor:
+    """[B, p+2k, C, H, W] -> [B, p+k, ...]: the current block (the last k frames) after the p frames
+    before it, which are the truth, or, where rnd.rollout, the last p frames of the true past followed
+    by the network's prediction of the block before the current one (TrainConfig.rollout_prob)."""
+    p, k = cfg.num_frames_cond, cfg.num_frames
+    if clip.dim() != 5 or clip.shape[1] != p + 2 * k:
+        raise ValueError(f"clip: expected [B, p+2k = {p + 2 * k}, C, H, W] for rollout training, "
+                         f"got shape {list(clip.shape)}")
+    true = clip[:, k:]
+    with torch.no_grad():
+        x0, cond = split_clip(clip[:, :p + k], cfg)
+        x_t = schedule.q_sample(x0, rnd.rollout_t, rnd.rollout_noise)
+        given = torch.ones((clip.shape[0], 2), dtype=torch.bool, device=clip.device)
+        out = model(x_t, rnd.rollout_t, cond, given, raw=True)
+        a, s = schedule.signal_noise_at(rnd.rollout_t)
+        eps = eps_from_prediction(out, x_t, a, s, cfg.prediction)
+        shape = (-1,) + (1,) * (x_t.dim() - 1)
+        predicted = ((x_t - s.view(shape) * eps) / a.view(shape)).clamp(-1, 1).to(clip.dtype)
+    rolled = torch.cat([clip[:, :p], predicted], dim=1)[:, -p:]
+    past = torch.where(rnd.rollout.view(-1, 1, 1, 1, 1), rolled, true[:, :p])
+    return torch.cat([past, true[:, p:]], dim=1)
 
 
 def min_snr_weight(abar_t: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
@@ -91,10 +129,13 @@ def mcvd_loss(model, clip: torch.Tensor, rnd: StepRandomness, schedule: Schedule
 
     model: callable (x_t, t, cond, cond_mask, raw=True) -> its prediction, with a ModelConfig at
         `model.config` (or `model.module.config` for a DistributedDataParallel wrapper).
-    clip: [B, p+k+f, C, H, W] in [-1, 1]; rnd: the step's draws for these B clips.
+    clip: [B, p+k+f, C, H, W] in [-1, 1] ([B, p+2k, ...] with rollout draws in rnd, see rollout_clip);
+        rnd: the step's draws for these B clips.
     """
     cfg = model.module.config if hasattr(model, "module") else model.config
     clip = torch.where(rnd.flip[:, None, None, None, None], clip.flip(-1), clip)
+    if rnd.rollout is not None:
+        clip = rollout_clip(model, clip, rnd, schedule, cfg)
     x0, cond = split_clip(clip, cfg)
     x_t = schedule.q_sample(x0, rnd.t, rnd.noise)
     out = model(x_t, rnd.t, cond, None if cond is None else rnd.cond_mask, raw=True)

@@ -110,9 +110,12 @@ def make_optimizer(params, tc) -> torch.optim.Adam:
 
 
 def make_dataset(run: RunConfig) -> Dataset:
-    """The training clips of `run`: [p+k+f, C, image_size, image_size] in [-1, 1]."""
+    """The training clips of `run`: [p+k+f, C, image_size, image_size] in [-1, 1], with k more frames
+    (the block the rollout predicts first) when training.rollout_prob > 0."""
     m, d = run.model, run.data
     frames = m.num_frames_cond + m.num_frames + m.num_frames_future
+    if run.training.rollout_prob > 0:
+        frames += m.num_frames
     if d.dataset == "smmnist":
         return StochasticMovingMNIST(frames, split="train", length=d.length, seed=run.training.seed,
                                      num_digits=d.num_digits, image_size=m.image_size, digit_size=d.digit_size)
@@ -335,7 +338,8 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
             clips = next(batches).to(device, non_blocking=True)
             rnd = draw_step_randomness(run.model, B, prob_mask_cond=tc.prob_mask_cond,
                                        prob_mask_future=tc.prob_mask_future, prob_mask_sync=tc.prob_mask_sync,
-                                       random_flip=run.data.random_flip, generator=generator, device=device)[mine]
+                                       random_flip=run.data.random_flip, generator=generator, device=device,
+                                       rollout_prob=tc.rollout_prob)[mine]
             lr = learning_rate(step, tc)
             for group in optimizer.param_groups:
                 group["lr"] = lr

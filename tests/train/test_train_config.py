@@ -51,6 +51,7 @@ def test_numbers_are_coerced():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(prob_mask_cond=1.5), r"training.prob_mask_cond: expected >= 0.0 and <= 1.0, got 1.5"),
+    (dict(rollout_prob=-0.1), r"training.rollout_prob: expected >= 0.0 and <= 1.0, got -0.1"),
     (dict(ema_rate=1.0), r"training.ema_rate: expected >= 0.0 and < 1.0, got 1.0"),
     (dict(lr=0.0), r"training.lr: expected > 0.0, got 0.0"),
     (dict(batch_size=0), r"training.batch_size: expected >= 1, got 0"),
@@ -84,6 +85,10 @@ def test_data_checks(kwargs, match):
     ({"model": {"num_frames_cond": 0}, "training": {"prob_mask_cond": 0.5}},
      r"training.prob_mask_cond: the model has no past frames"),
     ({"training": {"prob_mask_future": 0.5}}, r"training.prob_mask_future: the model has no future frames"),
+    ({"model": {"num_frames_cond": 0}, "training": {"rollout_prob": 0.5}},
+     r"training.rollout_prob: needs a prediction model .* got p = 0, f = 0"),
+    ({"model": {"num_frames_future": 1}, "training": {"rollout_prob": 0.5}},
+     r"training.rollout_prob: needs a prediction model .* got p = \d+, f = 1"),
 ])
 def test_sections_are_checked_together(d, match):
     with pytest.raises(ValueError, match=match):

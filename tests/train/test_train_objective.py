@@ -1,4 +1,6 @@
 """The masked epsilon objective, its random draws, the EMA and the data order."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -206,3 +208,79 @@ def test_unknown_weighting_is_refused():
     with pytest.raises(ValueError, match="weighting"):
         mcvd_loss(Recorder(CFG), torch.zeros(2, 6, 2, 8, 8), draw(2), Schedule.linear(CFG.num_timesteps),
                   weighting="snr")
+
+
+# Rollout training (TrainConfig.rollout_prob): p = 3 past frames, k = 2, so the predicted block fills two of
+# the three condition frames.
+ROLL = ModelConfig(image_size=8, channels=1, num_frames=2, num_frames_cond=3, ngf=4, ch_mult=(1,),
+                   attn_resolutions=(), num_res_blocks=1, num_timesteps=50, prediction="x0")
+
+
+def roll_draw(n, rollout_prob, cfg=ROLL):
+    return draw_step_randomness(cfg, n, prob_mask_cond=0.0, prob_mask_future=0.0, prob_mask_sync=False,
+                                random_flip=False, generator=torch.Generator().manual_seed(3), device="cpu",
+                                rollout_prob=rollout_prob)
+
+
+def test_rollout_draws_come_after_the_usual_ones():
+    plain, rolled = roll_draw(4000, 0.0), roll_draw(4000, 0.3)
+    assert plain.rollout is None and plain.rollout_t is None and plain.rollout_noise is None
+    assert torch.equal(plain.t, rolled.t) and torch.equal(plain.noise, rolled.noise)
+    assert 0.27 < rolled.rollout.double().mean() < 0.33
+    assert rolled.rollout_noise.shape == (4000, 2, 1, 8, 8) and rolled.rollout_t.max() < ROLL.num_timesteps
+    part = rolled[slice(5, 9)]
+    assert torch.equal(part.rollout, rolled.rollout[5:9]) and torch.equal(part.rollout_t, rolled.rollout_t[5:9])
+
+
+class Constant(Recorder):
+    """Predicts x0 = 0.25 everywhere (or, with prediction eps, the noise of the first call's draws)."""
+
+    def __init__(self, config, eps=None):
+        super().__init__(config)
+        self.eps = eps
+
+    def forward(self, x_t, t, cond=None, cond_mask=None, raw=False):
+        self.calls.append((x_t, t, cond, cond_mask))
+        if self.eps is not None and len(self.calls) == 1:
+            return self.eps
+        return torch.full_like(x_t, 0.25)
+
+
+def test_rollout_conditions_the_drawn_clips_on_the_predicted_block():
+    B = 4
+    clip = torch.arange(7.0).view(1, 7, 1, 1, 1).expand(B, 7, 1, 8, 8) / 10  # frame i holds i / 10
+    r = roll_draw(B, 0.5)
+    r.rollout = torch.tensor([True, False, True, False])
+    model = Constant(ROLL)
+    mcvd_loss(model, clip, r, Schedule.linear(ROLL.num_timesteps))
+    (x_t1, t1, cond1, mask1), (x_t2, t2, cond2, _) = model.calls
+    # The first pass predicts frames 3-4 from the true frames 0-2, every clip given its past.
+    assert cond1[0, :, 0, 0, 0].tolist() == pytest.approx([0.0, 0.1, 0.2]) and mask1.all()
+    assert torch.equal(t1, r.rollout_t) and torch.equal(t2, r.t)
+    a, s = Schedule.linear(ROLL.num_timesteps).signal_noise_at(r.rollout_t)
+    rows = (-1, 1, 1, 1, 1)
+    torch.testing.assert_close(x_t1, a.view(rows) * clip[:, 3:5] + s.view(rows) * r.rollout_noise)
+    # The current block is frames 5-6 for every clip; its past is frames 2-4, true or (2, predicted, predicted).
+    a, s = Schedule.linear(ROLL.num_timesteps).signal_noise_at(r.t)
+    torch.testing.assert_close(x_t2, a.view(rows) * clip[:, 5:7] + s.view(rows) * r.noise)
+    expected = torch.tensor([[0.2, 0.25, 0.25], [0.2, 0.3, 0.4], [0.2, 0.25, 0.25], [0.2, 0.3, 0.4]])
+    torch.testing.assert_close(cond2[:, :, 0, 0, 0], expected)
+
+
+def test_rollout_turns_an_eps_prediction_into_frames():
+    # A network that predicts the very noise added predicts the true block: x0 = (x_t - s eps) / a.
+    cfg = dataclasses.replace(ROLL, prediction="eps")
+    B = 3
+    clip = torch.rand(B, 7, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    r = roll_draw(B, 1.0, cfg)
+    r.rollout_t = torch.tensor([0, 20, 40])
+    model = Constant(cfg, eps=r.rollout_noise.double())
+    mcvd_loss(model, clip, r, Schedule.linear(cfg.num_timesteps))
+    # (q_sample and signal_noise_at round sqrt(abar) to float32 each its own way: ~1e-6 apart.)
+    torch.testing.assert_close(model.calls[1][2][:, 1:], clip[:, 3:5], rtol=0, atol=1e-5)
+
+
+def test_rollout_needs_the_longer_clip():
+    r = roll_draw(2, 0.5)
+    with pytest.raises(ValueError, match=r"clip: expected \[B, p\+2k = 7, C, H, W\] for rollout training"):
+        mcvd_loss(Constant(ROLL), torch.zeros(2, 5, 1, 8, 8), r, Schedule.linear(ROLL.num_timesteps))

@@ -26,8 +26,9 @@ def assert_same_state(a: dict, b: dict):
 
 
 def test_resume_continues_the_same_loss_curve_bit_for_bit(tmp_path, tiny_run, caplog):
-    # Dropout, masks and flips on, so that every RNG the run uses must be restored.
-    kw = dict(model={"dropout": 0.3}, data={"random_flip": True}, training={"prob_mask_cond": 0.5, "steps": 4})
+    # Dropout, masks, flips and rollout training on, so that every RNG the run uses must be restored.
+    kw = dict(model={"dropout": 0.3}, data={"random_flip": True},
+              training={"prob_mask_cond": 0.5, "rollout_prob": 0.5, "steps": 4})
     straight = train(tiny_run(**kw), tmp_path / "straight", progress=False)
     half = tiny_run(**{**kw, "training": {**kw["training"], "steps": 2}})
     first = train(half, tmp_path / "resumed", progress=False)

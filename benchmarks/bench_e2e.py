@@ -23,6 +23,9 @@ Providers:
 - "fused+cache": fused, what depends only on the condition frames computed
   once (MCVD.condition), as the sampler does (sampling_step rows).
 - "optimized": mcvd.optimize(model), when this install has it.
+- "optimized-bf16" (forward rows, with --bf16): mcvd.optimize(model,
+  dtype=torch.bfloat16); its outputs are checked against the first
+  provider's within mcvd.nn.optimize.tolerance for bfloat16.
 - train_step also "fused-bf16" (bfloat16 autocast, as training.precision:
   bf16; on a CPU oneDNN runs its convolutions on AMX where the CPU has it)
   and, on a GPU, "compiled-bf16" (that, with the network compiled as
@@ -79,6 +82,7 @@ import mcvd  # noqa: E402
 from mcvd.compat.official_config import config_from_official_dict  # noqa: E402
 from mcvd.diffusion import Schedule  # noqa: E402
 from mcvd.diffusion.tasks import BlockSampler  # noqa: E402
+from mcvd.nn.optimize import tolerance  # noqa: E402
 from mcvd.train import draw_step_randomness  # noqa: E402
 from mcvd.train.trainer import compile_for_training  # noqa: E402
 from steps import optimisation_step  # noqa: E402
@@ -90,7 +94,7 @@ BLOCKS = {"dpm++x10": ("dpm++", 10), "ddimx100": ("ddim", 100)}
 # providers (fused, fused+cache) and for optimized where measured.
 TARGETS = {("concat", "forward", 1): 1.7, ("spatin", "forward", 1): 1.7, ("spatin", "sampling_step", 1): 3.0,
            ("concat", "train_step", 8): 2.5}
-TARGET_PROVIDERS = {"forward": ("fused", "optimized"), "train_step": ("fused", "fused-bf16"),
+TARGET_PROVIDERS = {"forward": ("fused", "optimized", "optimized-bf16"), "train_step": ("fused", "fused-bf16"),
                     "sampling_step": ("fused+cache", "optimized+cache")}
 # On a GPU: the bfloat16 training step (compiled, as training.compile and precision bf16 run it) against
 # the eager float32 reference backend.
@@ -182,7 +186,7 @@ def official_eps(net, T):
 # ---------------------------------------------------------------------------------------------- callables
 
 
-def forward_fns(cfg, state, net, batch, device, optimized):
+def forward_fns(cfg, state, net, batch, device, optimized, bf16=False):
     inp = inputs(cfg, batch, device)
     fns = {}
     if net is not None:
@@ -194,6 +198,9 @@ def forward_fns(cfg, state, net, batch, device, optimized):
     if optimized:
         fast = mcvd.optimize(our_model(cfg, state, None, device))
         fns["optimized"] = lambda: fast(inp.x, inp.t, inp.cond, cond_mask=inp.mask)
+    if optimized and bf16:
+        fast16 = mcvd.optimize(our_model(cfg, state, None, device), dtype=torch.bfloat16)
+        fns["optimized-bf16"] = lambda: fast16(inp.x, inp.t, inp.cond, cond_mask=inp.mask)
     return {k: no_grad(f) for k, f in fns.items()}, None
 
 
@@ -342,8 +349,9 @@ def shape_of(cfg, batch):
     return f"B{batch}x(p{cfg.num_frames_cond}+k{cfg.num_frames})x{cfg.channels}x{cfg.image_size}x{cfg.image_size}"
 
 
-def check_agreement(fns: dict, label: str) -> None:
-    """Outputs of every provider's call against the first's (forward and sampling_step fns)."""
+def check_agreement(fns: dict, label: str, device) -> None:
+    """Outputs of every provider's call against the first's (forward and sampling_step fns): 1e-4, or
+    mcvd.optimize's bound for bfloat16 for a "-bf16" provider."""
     torch.manual_seed(0)
     outs = {name: fn() for name, fn in fns.items()}
     names = list(outs)
@@ -352,7 +360,8 @@ def check_agreement(fns: dict, label: str) -> None:
     for name in names[1:]:
         err = ((outs[name].reshape(ref.shape) - ref).norm() / ref.norm()).item()
         errs.append(f"{name} {err:.1e}")
-        if not err < 1e-4:
+        bound = tolerance(device, torch.bfloat16) if name.endswith("-bf16") else 1e-4
+        if not err < bound:
             raise AssertionError(f"{label}: {name} differs from {names[0]}: relative error {err:.2e}")
     print(f"  {label}: relative error vs {names[0]}: {', '.join(errs)}", flush=True)
 
@@ -360,11 +369,11 @@ def check_agreement(fns: dict, label: str) -> None:
 def run_rows(cfg, state, net, code, mode, batch, device, threads, args, fl: Flops, optimized) -> list[Row]:
     timed = args.ddim_timed if mode == "ddimx100" else None
     if mode == "forward":
-        fns, fixed = forward_fns(cfg, state, net, batch, device, optimized)
-        check_agreement(fns, f"{cfg.conditioning} forward B{batch}")
+        fns, fixed = forward_fns(cfg, state, net, batch, device, optimized, bf16=args.bf16)
+        check_agreement(fns, f"{cfg.conditioning} forward B{batch}", device)
     elif mode == "sampling_step":
         fns, fixed = step_fns(cfg, state, net, batch, device, optimized)
-        check_agreement(fns, f"{cfg.conditioning} sampling_step")
+        check_agreement(fns, f"{cfg.conditioning} sampling_step", device)
     elif mode == "train_step":
         fns, fixed = train_fns(cfg, state, net, code, batch, device, optimized)
     else:
@@ -521,6 +530,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-time", type=float, default=150.0, help="seconds per row at most (>= 3 rounds)")
     ap.add_argument("--ddim-timed", type=int, default=10, help="DDIM steps timed of the block's 100 (scaled)")
     ap.add_argument("--no-optimized", action="store_true", help="leave out the mcvd.optimize provider")
+    ap.add_argument("--bf16", action="store_true", help="forward rows: add mcvd.optimize(model, dtype=bfloat16) "
+                    "(minutes of compiling on a CPU)")
     ap.add_argument("--profile", action="store_true", help="torch.profiler breakdown of the fused forward at B=1")
     ap.add_argument("--smoke", action="store_true", help="a tiny network, one round: checks that the script runs")
     ap.add_argument("--csv", help="write the rows to this CSV (replaced)")

@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_optimize_flag, check_guidance, check_output_folder,
-                      default_steps, error, finite_float, inference_model, load_checkpoint_arg, positive_int,
-                      resolve_device, smmnist_test_clips)
+                      check_precision, default_steps, error, finite_float, inference_model, load_checkpoint_arg,
+                      positive_int, resolve_device, smmnist_test_clips)
 
 HELP = "evaluate a model with the paper's protocol (best-of-k and one-sample PSNR, SSIM, LPIPS; FVD)"
 
@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         if args.guidance is not None and args.task == "generate":
             raise UsageError("--guidance: guides on condition frames; the task 'generate' has none")
         check_guidance(args.guidance, run_config, cfg, "eval")
+        check_precision(args.precision, args.no_optimize, device)
         task = Task.of(args.task, cfg, cond=args.cond, pred=args.pred)
         clips = eval_clips(args.data, task.clip_frames, cfg, run_config)
         out = args.out or Path("mcvd_eval") / (f"{args.checkpoint.stem}_{task.name}_p{task.cond}_n{task.pred}"
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     generator = torch.Generator(device).manual_seed(args.seed)
     start = time.perf_counter()
-    net = inference_model(model, args.no_optimize)
+    net = inference_model(model, args.no_optimize, args.precision)
     try:
         result = evaluate(net, clips, task, samples=args.samples, num_clips=args.num_clips,
                           batch_size=args.batch_size,

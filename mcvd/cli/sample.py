@@ -46,8 +46,8 @@ import argparse
 from pathlib import Path
 
 from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, check_guidance, check_output_folder, default_steps,
-                      add_optimize_flag, error, finite_float, float_range, inference_model, load_checkpoint_arg,
-                      nonnegative_int, positive_int, resolve_device, smmnist_test_clips)
+                      add_optimize_flag, check_precision, error, finite_float, float_range, inference_model,
+                      load_checkpoint_arg, nonnegative_int, positive_int, resolve_device, smmnist_test_clips)
 
 HELP = "predict, generate or interpolate video frames with a trained model (GIF, MP4, .npz)"
 TASKS = ("predict", "interpolate", "generate")
@@ -166,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         model, cfg, weights, run_config = load_checkpoint_arg(args.checkpoint, args.no_ema, device)
         steps = default_steps(args.steps, cfg)
         check_guidance(args.guidance, run_config, cfg, "sample")
+        check_precision(args.precision, args.no_optimize, device)
         p, n, f = _frame_counts(args.task, cfg, args.frames)
         if args.task == "generate":
             clips, source = None, "no condition (generation)"
@@ -185,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     generator = torch.Generator(device).manual_seed(args.seed)
     generating = clips is None
-    net = inference_model(model, args.no_optimize)
+    net = inference_model(model, args.no_optimize, args.precision)
     video = predict(net, past, n, future=future, samples=1 if generating else args.samples,
                     batch_size=args.samples if generating else None, device=device, method=args.method,
                     steps=steps, guidance=args.guidance, generator=generator, progress=not args.no_progress)

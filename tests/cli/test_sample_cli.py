@@ -11,6 +11,7 @@ from PIL import Image
 from mcvd.cli import main
 from mcvd.data import StochasticMovingMNIST
 from mcvd.metrics.psnr_ssim import psnr
+from mcvd.nn.optimize import TOLERANCE
 from mcvd.video import BAR, BORDER, GAP, HEADER, load_clip, read_video
 
 # Eager: compiling (mcvd.optimize) costs more than these samples; one test below takes the default.
@@ -279,3 +280,28 @@ def test_the_optimized_network_is_the_default_and_samples_as_the_eager_one(check
     with np.load(tmp_path / "fast" / "frames.npz") as fast, np.load(tmp_path / "eager" / "frames.npz") as eager:
         a, b = torch.from_numpy(fast["prediction"]).double(), torch.from_numpy(eager["prediction"]).double()
     assert ((a - b).norm() / b.norm()).item() <= 1e-4
+
+
+def test_precision_needs_the_optimized_network_and_fp16_a_gpu(checkpoint, tmp_path, capsys):
+    assert sample(checkpoint, tmp_path / "a", "--data", "smmnist", "--precision", "bf16") == 2  # FAST: --no-optimize
+    assert "--precision bf16: runs in mcvd.optimize's network; drop --no-optimize" in capsys.readouterr().err
+    common = ["sample", "--checkpoint", str(checkpoint), "--data", "smmnist", "--steps", "2", "--no-progress",
+              "--device", "cpu", "--precision", "fp16", "--out", str(tmp_path / "b")]
+    assert main(common) == 2
+    assert "--precision fp16: needs a CUDA device, got cpu; use bf16 on a CPU" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow  # compiles the network in bfloat16 (about a minute on two cores)
+def test_bf16_samples_as_the_eager_network_within_its_tolerance(checkpoint, tmp_path, capsys):
+    """--precision bf16 compiles the network in bfloat16; with the same seed its
+    prediction stays within mcvd.optimize's bfloat16 bound of the eager float32 one."""
+    common = ["sample", "--checkpoint", str(checkpoint), "--data", "smmnist", "--index", "0", "1", "--steps", "2",
+              "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "bf16"), "--precision", "bf16"]) == 0
+    assert "mcvd.optimize: compiling the network for cpu bfloat16" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "eager"), "--no-optimize"]) == 0
+    with np.load(tmp_path / "bf16" / "frames.npz") as fast, np.load(tmp_path / "eager" / "frames.npz") as eager:
+        a, b = torch.from_numpy(fast["prediction"]).double(), torch.from_numpy(eager["prediction"]).double()
+    err = ((a - b).norm() / b.norm()).item()
+    assert 0 < err <= TOLERANCE[torch.bfloat16]

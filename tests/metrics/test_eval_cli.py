@@ -121,6 +121,7 @@ def test_bad_arguments_fail_with_a_message(model_file, tmp_path, capsys):
         (["--cond", 2], "cond: the model conditions on num_frames_cond=3 past frames, got 2"),
         (["--task", "interpolate"], "'interpolate' needs a model with future frames"),
         (["--no-ema"], "is a model file with a single set of weights"),
+        (["--precision", "bf16"], "--precision bf16: runs in mcvd.optimize's network; drop --no-optimize"),
     ]
     for extra, message in cases:
         assert run_eval(*base, *extra) == 2

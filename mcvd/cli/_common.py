@@ -198,6 +198,11 @@ def add_optimize_flag(parser) -> None:
                         help="sample with the eager network instead of mcvd.optimize's compiled one (which "
                              "compiles at its first call for each batch shape, minutes on a small CPU, and is "
                              "cached on disk for later runs)")
+    add_precision_flag(parser)
+
+
+def add_precision_flag(parser) -> None:
+    """--precision: the dtype mcvd.optimize compiles the network in (check_precision)."""
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="the dtype mcvd.optimize runs the network in (default fp32). bf16 on a CPU with AMX "
                              "(bfloat16 matrix units): 2.7-4x the reference code's float32 forward on the SMMNIST "

@@ -78,6 +78,9 @@ def test_default_output_and_force(checkpoint, video, tmp_path, monkeypatch, caps
     (["--input", "{video}", "--every", "3"], f"--every: expected 1 to the model's k={K}"),
     (["--input", "{video}", "--steps", "0"], "--steps: expected >= 1, got 0"),
     (["--input", "{video}", "--device", "cpu", "--cuda-graph"], "--cuda-graph: needs a CUDA device, got cpu"),
+    (["--input", "{video}", "--precision", "bf16", "--no-optimize"],
+     "--precision bf16: runs in mcvd.optimize's network; drop --no-optimize"),
+    (["--input", "{video}", "--device", "cpu", "--precision", "fp16"], "--precision fp16: needs a CUDA device"),
     (["--input", "{tmp}"], "input: .* holds no frames"),
     (["--input", "{tmp}/notes.mp4"], "input: cannot read .*notes.mp4 as a video"),
 ])
@@ -119,3 +122,12 @@ def test_optimize_compiles_the_network_and_predicts_as_the_eager_one(checkpoint,
     assert ", optimized" in out and "mcvd.optimize: compiling the network for cpu float32" in err
     a, b = (np.stack(read_video(p)).astype(int) for p in (eager, fast))
     assert a.shape == b.shape and np.abs(a - b).max() <= 2
+
+
+def test_bf16_implies_optimize_and_says_so(checkpoint, video, tmp_path, capsys):
+    """--precision bf16 streams through mcvd.optimize's network compiled in bfloat16 (no --optimize needed)."""
+    assert stream(checkpoint, "--input", str(video), "--out", str(tmp_path / "bf16.gif"), "--max-frames", "5",
+                  "--precision", "bf16") == 0
+    out, err = capsys.readouterr()
+    assert ", optimized" in out and "mcvd.optimize: compiling the network for cpu bfloat16" in err
+    assert len(read_video(tmp_path / "bf16.gif")) == 5

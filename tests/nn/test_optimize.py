@@ -172,6 +172,19 @@ def test_bfloat16_within_its_stated_tolerance():
     assert 1e-4 < rel_err(out, eager32) <= min(TOLERANCE[torch.bfloat16], 2 * own)
 
 
+@slow
+def test_bfloat16_on_a_reference_checkpoint_within_its_stated_tolerance():
+    """What `--precision bf16` runs, on a reference checkpoint's weights (or weights of that scale): the
+    network compiled in bfloat16 against the eager float32 one, every mask of MASK."""
+    model, (x, t, cond) = network_and_inputs("concat_small")
+    fast = mcvd.optimize(model, dtype=torch.bfloat16)
+    with torch.no_grad():
+        eager = model(x, t, cond, cond_mask=MASK)
+    out = fast(x, t, cond, cond_mask=MASK)
+    assert out.dtype == torch.float32 and out.shape == eager.shape
+    assert 1e-4 < rel_err(out, eager) <= TOLERANCE[torch.bfloat16]
+
+
 def test_bad_arguments_name_the_argument():
     model = tiny()
     with pytest.raises(TypeError, match="model: expected a mcvd.MCVD"):

@@ -19,8 +19,22 @@ with a = sqrt(abar_t), s = sqrt(1 - abar_t), so that x_t = a x_0 + s eps:
 | "eps"      | eps (the paper's) | y                       |
 | "x0"       | x_0               | (x_t - a y) / s         |
 | "v"        | a eps - s x_0     | s x_t + a y             |
+| "edm"      | F (below)         | (x_t - a D) / s         |
 
-(v: Salimans & Ho 2022.)
+(v: Salimans & Ho 2022.) "edm" is the preconditioning of Karras et al. 2022
+(EDM, section 5 and table 1) written for this discrete VP process: with
+sigma = s / a, x_t / a = x_0 + sigma eps is EDM's noisy input, and with the
+data's standard deviation sd (`ModelConfig.sigma_data`) and r = sqrt(s^2 +
+a^2 sd^2) EDM's scalings become
+
+    network input  c_in x_t / a   = x_t / r
+    denoiser       D = c_skip x_t / a + c_out F = (a sd^2 / r^2) x_t + (s sd / r) F
+    target of F    (x_0 - c_skip x_t / a) / c_out = (s x_0 - a sd^2 eps) / (sd r)
+
+so the unweighted squared error of F is EDM's loss weighting (lambda = 1 /
+c_out^2 on ||D - x_0||^2). The t embedding stays the discrete one (EDM's
+c_noise is a function of sigma, as t is) and t is drawn uniformly, not from
+EDM's log-normal. With sd = 1, F = -v: the two coincide.
 
 Every sampler works with eps: the network converts its prediction
 (`eps_from_prediction`) before returning, so a v- or x0-network samples with
@@ -39,7 +53,7 @@ from mcvd.ops._checks import describe, is_real
 
 
 SCHEDULES = ("linear", "cosine")
-PREDICTIONS = ("eps", "x0", "v")
+PREDICTIONS = ("eps", "x0", "v", "edm")
 
 
 def _check_num_timesteps(n) -> None:
@@ -157,29 +171,48 @@ def _rows(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
+def edm_scales(a_t: torch.Tensor, s_t: torch.Tensor, sigma_data: float
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EDM's (c_in, c_skip, c_out) in terms of x_t (see the module's docstring): the network reads
+    c_in x_t and D = c_skip x_t + c_out F, where a_t, s_t are sqrt(abar_t), sqrt(1 - abar_t)."""
+    sd2 = sigma_data * sigma_data
+    r2 = s_t * s_t + a_t * a_t * sd2
+    r = r2.sqrt()
+    return 1 / r, a_t * sd2 / r2, s_t * sigma_data / r
+
+
 def eps_from_prediction(y: torch.Tensor, x_t: torch.Tensor, a_t: torch.Tensor, s_t: torch.Tensor,
-                        prediction: str) -> torch.Tensor:
+                        prediction: str, sigma_data: float = 0.5) -> torch.Tensor:
     """The noise eps that a network's prediction `y` of kind `prediction` implies.
 
     y, x_t: [B, ...]; a_t, s_t: [B], sqrt(abar) and sqrt(1 - abar) of each
     sample's step (`Schedule.signal_noise`), on y's device. The arithmetic runs
     in a_t's dtype when it is wider than y's; the result has y's dtype.
+    sigma_data: the data's standard deviation, read by "edm" only.
     """
     _check_prediction(prediction)
     if prediction == "eps":
         return y
     dtype = torch.promote_types(y.dtype, a_t.dtype)
     a, s, yw, xw = _rows(a_t, y).to(dtype), _rows(s_t, y).to(dtype), y.to(dtype), x_t.to(dtype)
-    eps = (xw - a * yw) / s if prediction == "x0" else s * xw + a * yw
+    if prediction == "edm":
+        _, c_skip, c_out = edm_scales(a, s, sigma_data)
+        eps = (xw - a * (c_skip * xw + c_out * yw)) / s
+    else:
+        eps = (xw - a * yw) / s if prediction == "x0" else s * xw + a * yw
     return eps.to(y.dtype)
 
 
 def prediction_target(x0: torch.Tensor, noise: torch.Tensor, a_t: torch.Tensor, s_t: torch.Tensor,
-                      prediction: str) -> torch.Tensor:
+                      prediction: str, sigma_data: float = 0.5) -> torch.Tensor:
     """What a network of kind `prediction` is trained to output for x_t = a_t x0 + s_t noise."""
     _check_prediction(prediction)
     if prediction == "eps":
         return noise
     if prediction == "x0":
         return x0
-    return _rows(a_t, x0).to(x0.dtype) * noise - _rows(s_t, x0).to(x0.dtype) * x0
+    a, s = _rows(a_t, x0).to(x0.dtype), _rows(s_t, x0).to(x0.dtype)
+    if prediction == "v":
+        return a * noise - s * x0
+    r = (s * s + a * a * (sigma_data * sigma_data)).sqrt()
+    return (s * x0 - a * (sigma_data * sigma_data) * noise) / (sigma_data * r)

@@ -7,7 +7,9 @@
 | num_frames_future  | f, future frames that condition it                            |
 | num_timesteps      | T, diffusion steps (DDPM t in 0..T-1)                         |
 | schedule           | the betas: "linear" (the paper's) or "cosine"                 |
-| prediction         | what the network outputs: "eps" (the paper's), "x0" or "v"    |
+| prediction         | what the network outputs: "eps" (the paper's), "x0", "v" or    |
+|                    | "edm" (EDM's preconditioning, mcvd.schedule)                  |
+| sigma_data         | the data's standard deviation, for "edm" only                 |
 | ngf                | base channel count; level i has ngf * ch_mult[i] channels     |
 | conditioning       | "concat" (frames stacked at the input) or "spatin" (SPATIN)   |
 | cond_emb           | add a learned embedding of the past mask to the time embedding |
@@ -57,6 +59,7 @@ class ModelConfig:
     num_timesteps: int = 1000
     schedule: str = "linear"
     prediction: str = "eps"
+    sigma_data: float = 0.5
 
     def __post_init__(self):
         # Lists (from YAML or JSON) become tuples, so configs compare and hash.
@@ -65,8 +68,10 @@ class ModelConfig:
             if not isinstance(value, (list, tuple)):
                 raise TypeError(f"{name}: expected a list of ints, got {type(value).__name__}")
             object.__setattr__(self, name, tuple(value))
-        if isinstance(self.dropout, int) and not isinstance(self.dropout, bool):
-            object.__setattr__(self, "dropout", float(self.dropout))
+        for name in ("dropout", "sigma_data"):
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
         self._validate()
 
     def _validate(self) -> None:
@@ -111,6 +116,8 @@ class ModelConfig:
             raise ValueError(f"schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction: expected one of {PREDICTIONS}, got {self.prediction!r}")
+        if not isinstance(self.sigma_data, float) or not 0.0 < self.sigma_data < float("inf"):
+            raise ValueError(f"sigma_data: expected a positive float, got {self.sigma_data!r}")
         if not isinstance(self.cond_emb, bool):
             raise TypeError(f"cond_emb: expected a bool, got {self.cond_emb!r}")
 

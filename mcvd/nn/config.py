@@ -116,7 +116,9 @@ class ModelConfig:
             raise ValueError(f"schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction: expected one of {PREDICTIONS}, got {self.prediction!r}")
-        if not isinstance(self.sigma_data, float) or not 0.0 < self.sigma_data < float("inf"):
+        if not isinstance(self.sigma_data, float):
+            raise TypeError(f"sigma_data: expected a positive float, got {self.sigma_data!r}")
+        if not 0.0 < self.sigma_data < float("inf"):  # NaN fails too
             raise ValueError(f"sigma_data: expected a positive float, got {self.sigma_data!r}")
         if not isinstance(self.cond_emb, bool):
             raise TypeError(f"cond_emb: expected a bool, got {self.cond_emb!r}")

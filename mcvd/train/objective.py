@@ -35,7 +35,7 @@ import torch
 
 from mcvd.diffusion import Schedule
 from mcvd.nn import ModelConfig
-from mcvd.schedule import eps_from_prediction, prediction_target
+from mcvd.schedule import edm_scales, eps_from_prediction, prediction_target
 
 
 @dataclass
@@ -117,13 +117,13 @@ def rollout_clip(model, clip: torch.Tensor, rnd: StepRandomness, schedule: Sched
 
 def min_snr_weight(abar_t: torch.Tensor, prediction: str, gamma: float, sigma_data: float = 0.5) -> torch.Tensor:
     """min-SNR-gamma's weight of the squared error of a `prediction` network, float32 [B]: min(SNR_t, gamma)
-    times d x0_hat / d prediction squared (1/SNR_t for eps, 1/(SNR_t + 1) for v, EDM's c_out^2 =
-    sd^2 / (1 + SNR_t sd^2) for edm)."""
+    times d x0_hat / d prediction squared (1/SNR_t for eps, 1/(SNR_t + 1) for v, EDM's c_out^2 for edm)."""
     snr = abar_t / (1 - abar_t)
     clipped = snr.clamp(max=gamma)
-    sd2 = sigma_data * sigma_data
-    return {"eps": clipped / snr, "v": clipped / (snr + 1), "x0": clipped,
-            "edm": clipped * sd2 / (1 + snr * sd2)}[prediction].float()
+    if prediction == "edm":
+        c_out = edm_scales(abar_t.sqrt(), (1 - abar_t).sqrt(), sigma_data)[2]
+        return (clipped * c_out.square()).float()
+    return {"eps": clipped / snr, "v": clipped / (snr + 1), "x0": clipped}[prediction].float()
 
 
 def mcvd_loss(model, clip: torch.Tensor, rnd: StepRandomness, schedule: Schedule, *, weighting: str = "none",

@@ -117,9 +117,10 @@ def test_edm_network_scales_its_input_with_the_condition_cache_too(conditioning)
                                    rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf"), "0.5"])
-def test_sigma_data_must_be_a_positive_float(value):
-    with pytest.raises(ValueError, match="sigma_data: expected a positive float"):
+@pytest.mark.parametrize("value, error", [(0.0, ValueError), (-1.0, ValueError), (float("nan"), ValueError),
+                                          (float("inf"), ValueError), ("0.5", TypeError), (True, TypeError)])
+def test_sigma_data_must_be_a_positive_float(value, error):
+    with pytest.raises(error, match="sigma_data: expected a positive float"):
         dataclasses.replace(CFG, sigma_data=value)
 
 

@@ -27,6 +27,16 @@ inline at::ScalarType stat_dtype(const at::Tensor& x) {
 
 // ---------------------------------------------------------------- spatin_norm
 
+// The layout of spatin_norm_fwd's y on every backend: channels_last when x is
+// channels_last (and not also contiguous, as when C or H * W is 1), so that a
+// network in channels_last (inductor's layout for oneDNN convolutions) runs
+// the norms without copies; contiguous for any other x. The fake
+// implementation (mcvd/ops/spatin_norm.py) states the same rule.
+inline at::MemoryFormat spatin_norm_output_format(const at::Tensor& x) {
+  return x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous() ? at::MemoryFormat::ChannelsLast
+                                                                               : at::MemoryFormat::Contiguous;
+}
+
 // x, num_groups and the optional tensors: what the forward and the backward share.
 inline void check_spatin_norm_tensors(const at::Tensor& x, int64_t num_groups, const OptTensor& weight,
                                       const OptTensor& bias, const OptTensor& gamma, const OptTensor& beta,

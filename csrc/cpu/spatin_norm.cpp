@@ -248,6 +248,147 @@ void fwd_kernel(const scalar_t* x, Optionals<scalar_t> opt, scalar_t* y, stat_t*
   });
 }
 
+// ---------------------------------------------------------------- forward, channels_last
+
+// One vector of T from k <= Vec<T>::size() elements of scalar_t (zero-filled past k).
+template <typename T, typename scalar_t>
+Vec<T> load_lanes(const scalar_t* p, int64_t k) {
+  if constexpr (std::is_same_v<T, scalar_t>) {
+    return k == Vec<T>::size() ? Vec<T>::loadu(p) : Vec<T>::loadu(p, k);
+  } else {
+    __at_align__ T lanes[Vec<T>::size()];
+    at::vec::convert(p, lanes, k);
+    return Vec<T>::loadu(lanes, k);
+  }
+}
+
+template <typename T, typename scalar_t>
+void store_lanes(const Vec<T>& v, scalar_t* p, int64_t k) {
+  if constexpr (std::is_same_v<T, scalar_t>) {
+    k == Vec<T>::size() ? v.store(p) : v.store(p, k);
+  } else {
+    __at_align__ T lanes[Vec<T>::size()];
+    v.store(lanes);
+    at::vec::convert(lanes, p, k);
+  }
+}
+
+// The forward on x laid out [B, H, W, C] (channels_last), with y, gamma and
+// beta laid out so too. A pixel's channels are contiguous and a group's are
+// a few of them, so both passes stream through memory pixel by pixel with
+// the channels in the vector lanes; a task is a chunk of kRows pixels of one
+// sample.
+//
+// Statistics in one pass, from values shifted by K_c, a value near the
+// channel's mean (the mean of its first pixels; Chan et al.'s shifted data): per channel, s1 = sum (x - K_c) and
+// s2 = sum (x - K_c)^2, in float vectors over a chunk, then in double per
+// thread. Per group, with n values and mean mu = sum_c (s1_c + HW K_c) / n,
+// M2 = sum_c [s2_c - 2 (mu - K_c) s1_c + HW (mu - K_c)^2]. K_c lies within
+// channel c's values, so s1 and s2 stay of the order of the data's spread
+// around it: no cancellation of sum(x^2) - n mean^2 (the large-offset test).
+template <typename scalar_t, typename stat_t>
+void fwd_kernel_nhwc(const scalar_t* x, Optionals<scalar_t> opt, scalar_t* y, stat_t* mean_out, stat_t* rstd_out,
+                     int64_t B, int64_t C, int64_t HW, int64_t G, double eps, bool silu) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = Vec<acc_t>;
+  constexpr int64_t W = V::size();
+  constexpr int64_t kRows = 128;  // pixels per task: float partial sums of at most this many values
+  const int64_t Cg = C / G, chunks = (HW + kRows - 1) / kRows, tasks = B * chunks;
+  const int64_t grain = std::max<int64_t>(1, 32768 / (kRows * C));
+  const int64_t threads = at::get_num_threads();
+  // K_c: the mean of the sample's first few pixels of channel c, near the channel's mean.
+  const int64_t head = std::min<int64_t>(HW, 8);
+  std::vector<acc_t> shift(B * C);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t c = 0; c < C; c += W) {
+      const int64_t k = std::min(W, C - c);
+      V sum(0);
+      for (int64_t p = 0; p < head; ++p) sum += load_lanes<acc_t>(x + (b * HW + p) * C + c, k);
+      (sum / V(static_cast<acc_t>(head))).store(shift.data() + b * C + c, k);
+    }
+  }
+  // Per thread, sample and channel: sums of x - K and of its square.
+  std::vector<double> s1(threads * B * C, 0.0), s2(threads * B * C, 0.0);
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    const int64_t tid = at::get_thread_num();
+    TORCH_INTERNAL_ASSERT(tid < threads);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / chunks, first = (task % chunks) * kRows, last = std::min(HW, first + kRows);
+      const scalar_t* xb = x + b * HW * C;
+      double* t1 = s1.data() + (tid * B + b) * C;
+      double* t2 = s2.data() + (tid * B + b) * C;
+      // One vector of channels at a time over the chunk's pixels, its sums in registers.
+      for (int64_t c = 0; c < C; c += W) {
+        const int64_t k = std::min(W, C - c);
+        const V K = V::loadu(shift.data() + b * C + c, k);
+        V f1(0), f2(0);
+        for (int64_t p = first; p < last; ++p) {
+          const V d = load_lanes<acc_t>(xb + p * C + c, k) - K;  // 0 in lanes past k
+          f1 += d;
+          f2 = at::vec::fmadd(d, d, f2);
+        }
+        __at_align__ acc_t l1[W], l2[W];
+        f1.store(l1);
+        f2.store(l2);
+        for (int64_t i = 0; i < k; ++i) t1[c + i] += l1[i], t2[c + i] += l2[i];
+      }
+    }
+  });
+  // Per (sample, channel) constants of the output pass: y = silu?(h3), h3 as in fwd_row.
+  std::vector<acc_t> P(B * C), Q(B * C), R(B * C), S(B * C);
+  const double n = static_cast<double>(Cg * HW);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t g = 0; g < G; ++g) {
+      double sum1 = 0, sum2 = 0, shifted = 0;
+      std::vector<double> c1(Cg, 0.0);
+      for (int64_t i = 0; i < Cg; ++i) {
+        const int64_t c = g * Cg + i;
+        for (int64_t t = 0; t < threads; ++t) c1[i] += s1[(t * B + b) * C + c], sum2 += s2[(t * B + b) * C + c];
+        sum1 += c1[i];
+        shifted += static_cast<double>(shift[b * C + c]);
+      }
+      const double mu = (sum1 + HW * shifted) / n;
+      double m2 = sum2;
+      for (int64_t i = 0; i < Cg; ++i) {
+        const double dk = mu - shift[b * C + g * Cg + i];
+        m2 += dk * (HW * dk - 2 * c1[i]);
+      }
+      const int64_t bg = b * G + g;
+      mean_out[bg] = static_cast<stat_t>(mu);
+      rstd_out[bg] = static_cast<stat_t>(1.0 / std::sqrt(std::max(m2 / n, 0.0) + eps));
+      const double mean = mean_out[bg], rstd = rstd_out[bg];
+      for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+        const double a = rstd * value_or(opt.weight, c, 1.0);
+        const double h1_0 = value_or(opt.bias, c, 0.0) - mean * a;
+        const double Sc = 1.0 + value_or(opt.scale, b * C + c, 0.0);
+        const double Rc = value_or(opt.shift, b * C + c, 0.0);
+        P[b * C + c] = a * Sc, Q[b * C + c] = h1_0 * Sc + (opt.gamma != nullptr ? 0.0 : Rc);
+        R[b * C + c] = Rc, S[b * C + c] = Sc;
+      }
+    }
+  }
+  with_flags(opt.gamma != nullptr, opt.beta != nullptr, silu, [&](auto gamma_flag, auto beta_flag, auto silu_flag) {
+    constexpr bool kGamma = decltype(gamma_flag)::value, kBeta = decltype(beta_flag)::value;
+    constexpr bool kSilu = decltype(silu_flag)::value;
+    at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+      const V one(1);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / chunks, first = (task % chunks) * kRows, last = std::min(HW, first + kRows);
+        for (int64_t p = first; p < last; ++p) {
+          for (int64_t c = 0; c < C; c += W) {
+            const int64_t k = std::min(W, C - c), bc = b * C + c, at = (b * HW + p) * C + c;
+            V u = at::vec::fmadd(load_lanes<acc_t>(x + at, k), V::loadu(&P[bc], k), V::loadu(&Q[bc], k));
+            if constexpr (kGamma) u = at::vec::fmadd(u, load_lanes<acc_t>(opt.gamma + at, k), u + V::loadu(&R[bc], k));
+            if constexpr (kBeta) u = at::vec::fmadd(load_lanes<acc_t>(opt.beta + at, k), V::loadu(&S[bc], k), u);
+            if constexpr (kSilu) u = u / (one + u.neg().exp_u20());
+            store_lanes(u, y + at, k);
+          }
+        }
+      }
+    });
+  });
+}
+
 // ---------------------------------------------------------------- backward
 
 // Per-row sums of the first backward pass, as vectors until the row ends.
@@ -399,16 +540,19 @@ at::Tensor batch_sum(at::Tensor& partials, at::ScalarType dtype) {
   return partials[0].to(dtype, /*non_blocking=*/false, /*copy=*/true);  // a copy also for double: no view of scratch
 }
 
-at::Tensor contig_or_undefined(const OptTensor& t) { return t.has_value() ? t->contiguous() : at::Tensor(); }
+at::Tensor contig_or_undefined(const OptTensor& t, at::MemoryFormat format = at::MemoryFormat::Contiguous) {
+  return t.has_value() ? t->contiguous(format) : at::Tensor();
+}
 
+// The optional inputs, contiguous; the [B, C, H, W] maps gamma and beta in `format`, x's.
 struct ContigOptionals {
   at::Tensor weight, bias, gamma, beta, scale, shift;
   ContigOptionals(const OptTensor& w, const OptTensor& b, const OptTensor& g, const OptTensor& be, const OptTensor& s,
-                  const OptTensor& sh)
+                  const OptTensor& sh, at::MemoryFormat format = at::MemoryFormat::Contiguous)
       : weight(contig_or_undefined(w)),
         bias(contig_or_undefined(b)),
-        gamma(contig_or_undefined(g)),
-        beta(contig_or_undefined(be)),
+        gamma(contig_or_undefined(g, format)),
+        beta(contig_or_undefined(be, format)),
         scale(contig_or_undefined(s)),
         shift(contig_or_undefined(sh)) {}
   template <typename scalar_t>
@@ -424,16 +568,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatin_norm_fwd_cpu(const at::Ten
                                                                    const OptTensor& scale, const OptTensor& shift,
                                                                    double eps, bool silu) {
   check_spatin_norm_args(x_in, num_groups, weight, bias, gamma, beta, scale, shift, eps);
-  const at::Tensor x = x_in.contiguous();
-  const ContigOptionals opt(weight, bias, gamma, beta, scale, shift);
+  // y is laid out as x: channels_last for a channels_last x (read in place, gamma and beta taken
+  // channels_last too), contiguous for any other layout (read through a contiguous copy).
+  const at::MemoryFormat format = spatin_norm_output_format(x_in);
+  const at::Tensor x = x_in.contiguous(format);
+  const ContigOptionals opt(weight, bias, gamma, beta, scale, shift, format);
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor y = at::empty_like(x, format);
   at::Tensor mean = at::empty({B, num_groups}, x.options().dtype(stat_dtype(x)));
   at::Tensor rstd = at::empty_like(mean);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "spatin_norm_fwd", [&] {
     using stat_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    fwd_kernel<scalar_t, stat_t>(x.const_data_ptr<scalar_t>(), opt.ptrs<scalar_t>(), y.data_ptr<scalar_t>(),
-                                 mean.data_ptr<stat_t>(), rstd.data_ptr<stat_t>(), B, C, HW, num_groups, eps, silu);
+    const auto kernel = format == at::MemoryFormat::ChannelsLast ? fwd_kernel_nhwc<scalar_t, stat_t>
+                                                                 : fwd_kernel<scalar_t, stat_t>;
+    kernel(x.const_data_ptr<scalar_t>(), opt.ptrs<scalar_t>(), y.data_ptr<scalar_t>(), mean.data_ptr<stat_t>(),
+           rstd.data_ptr<stat_t>(), B, C, HW, num_groups, eps, silu);
   });
   return {y, mean, rstd};
 }

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mcvd import ops
 from mcvd.schedule import Schedule, edm_scales, eps_from_prediction
 
 from .blocks import GROUPNORM_EPS, SPATIN_EPS, AttnBlock, Norm, ResBlock, SpatinMaps, conv2d, linear
@@ -436,10 +437,13 @@ class MCVD(nn.Module):
         if cfg.conditioning == "spatin":
             pyramid = self._pyramid(cond)
             spatin = SpatinMaps()
+            # Dense once here instead of inside spatin_norm at every step (same values), in the layout the
+            # norms run in: channels_last when the condition frames are (as mcvd.optimize passes them on
+            # the CPU), so that the kernel reads the maps in place.
+            layout = ops.spatin_norm_output_format(cond)
             for norm, r in self._spatin_layers():
                 gamma, beta = norm.spatin(pyramid[r])
-                # Contiguous once here instead of inside spatin_norm at every step (same values).
-                spatin[norm] = (gamma.contiguous(), beta.contiguous())
+                spatin[norm] = (gamma.contiguous(memory_format=layout), beta.contiguous(memory_format=layout))
         else:
             conv_in_cond = self._conv_in_part(cond, cfg.num_frames * cfg.channels)
         return ConditionCache(batch=B, dtype=cond.dtype, device=cond.device, spatin=spatin,

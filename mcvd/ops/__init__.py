@@ -49,7 +49,12 @@ Why:
   the C++ ops; a triton_op is its own fake (its launcher runs on fake tensors).
   Every kernel returns contiguous tensors whatever its inputs' strides (the
   C++ ones read them through .contiguous()), and so do the fakes
-  (tests/ops/test_op_layouts.py: permuted, channels_last, expanded inputs).
+  (tests/ops/test_op_layouts.py: permuted, channels_last, expanded inputs),
+  with one exception: the C++ and CUDA spatin_norm forward returns y
+  channels_last for a channels_last x (`spatin_norm_output_format`), which
+  the CPU kernel reads in place: a network in channels_last, inductor's
+  layout around its oneDNN convolutions, then runs its norms without a
+  transposing copy on either side (mcvd.optimize on the CPU).
 """
 import torch
 
@@ -72,7 +77,7 @@ _check_build()
 from ._backend import available_backends
 from .attention import attention, attention_ref
 from .reverse_step import reverse_step, reverse_step_ref
-from .spatin_norm import spatin_norm, spatin_norm_ref
+from .spatin_norm import output_format as spatin_norm_output_format, spatin_norm, spatin_norm_ref
 
 __all__ = [
     "available_backends",
@@ -81,5 +86,6 @@ __all__ = [
     "reverse_step",
     "reverse_step_ref",
     "spatin_norm",
+    "spatin_norm_output_format",
     "spatin_norm_ref",
 ]

@@ -127,15 +127,25 @@ def spatin_norm(x: torch.Tensor, num_groups: int, *, weight: torch.Tensor | None
 @torch.library.register_fake("mcvd::spatin_norm_fwd")
 def _fwd_fake(x, num_groups, weight=None, bias=None, gamma=None, beta=None, scale=None, shift=None, eps=1e-6,
               silu=False):
-    # The kernels read every tensor through .contiguous() and return contiguous
-    # tensors, whatever the inputs' strides (channels_last, permuted, expanded).
     stats = x.new_empty((x.shape[0], num_groups), dtype=stat_dtype(x.dtype))
-    return torch.empty_like(x, memory_format=torch.contiguous_format), stats, torch.empty_like(stats)
+    return torch.empty_like(x, memory_format=output_format(x)), stats, torch.empty_like(stats)
+
+
+def output_format(x: torch.Tensor) -> torch.memory_format:
+    """The layout of the kernels' y (csrc/op_checks.h's spatin_norm_output_format):
+    channels_last for a channels_last x that is not also contiguous, so that a
+    network in channels_last (inductor's layout around oneDNN convolutions)
+    runs its norms without copies; contiguous for any other x (the kernels
+    read it through a contiguous copy)."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 @torch.library.register_fake("mcvd::spatin_norm_bwd")
 def _bwd_fake(grad_y, x, mean, rstd, num_groups, weight=None, bias=None, gamma=None, beta=None, scale=None,
               shift=None, silu=False):
+    # The kernels read every tensor through .contiguous() and return contiguous gradients.
     grads = [torch.empty_like(x, memory_format=torch.contiguous_format)]
     for t in (weight, bias, gamma, beta, scale, shift):
         grads.append(torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None

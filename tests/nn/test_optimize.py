@@ -97,6 +97,19 @@ def test_optimized_matches_eager(name):
     assert rel_err(out, eager) <= TOLERANCE[torch.float32]
 
 
+@slow
+def test_the_cpu_condition_cache_is_channels_last():
+    """On the CPU the compiled network runs channels_last (module docstring of
+    mcvd.nn.optimize); the cache's SPATIN maps are built in that layout, which
+    the norms read in place, and the eager network's own cache stays contiguous."""
+    fast, _, _ = optimized_and_eager("spatin_small")
+    model, (_, _, cond) = network_and_inputs("spatin_small")
+    maps = [m for pair in fast.condition(cond, MASK).spatin.values() for m in pair]
+    assert maps and all(m.is_contiguous(memory_format=torch.channels_last) and not m.is_contiguous() for m in maps)
+    with torch.no_grad():
+        assert all(m.is_contiguous() for pair in model.condition(cond, MASK).spatin.values() for m in pair)
+
+
 @pytest.mark.parametrize("name", ["concat_small", "spatin_small"])
 def test_the_weights_are_not_trivial(name):
     """Every residual branch's last layer is as large as its first (the DDPM

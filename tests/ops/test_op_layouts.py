@@ -4,9 +4,11 @@ contiguous tensors, permuted views (AttnBlock's q, k, v are views of one
 layout optimisation) and expanded ones (stride 0).
 
 The kernels return contiguous tensors whatever the inputs' strides (the C++
-ones read every input through .contiguous()); each fake implementation must
-say exactly that, or torch.compile allocates and indexes the real outputs with
-the fake's strides (a permuted q once gave a permuted fake `out`). opcheck compares fake and real strides; the
+ones read every input through .contiguous()), except the C++ and CUDA
+spatin_norm forward, whose y is channels_last for a channels_last x; each fake
+implementation must say exactly that, or torch.compile allocates and indexes
+the real outputs with the fake's strides (a permuted q once gave a permuted
+fake `out`). opcheck compares fake and real strides; the
 compiled graphs consume each op output with inductor's own code, which reads
 it through the fake's strides (and asserts them). Inputs are float64, and
 compiled and eager run the same kernels, so they agree to rounding.

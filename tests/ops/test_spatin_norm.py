@@ -26,6 +26,8 @@ SHAPES = [
 ]
 SMALL_SHAPES = SHAPES[:-1]
 LOW_PRECISION_SHAPES = [((2, 64, 17, 13), 32), ((1, 4, 37, 41), 2)]
+# x laid out NCHW, or NHWC: the CPU kernel's second set of loops (csrc/cpu/spatin_norm.cpp).
+LAYOUTS = [torch.contiguous_format, torch.channels_last]
 OPTIONALS = ("weight", "bias", "gamma", "beta", "scale", "shift")
 PAIRS = (("weight", "bias"), ("gamma", "beta"), ("scale", "shift"))
 # Every subset of the three pairs, then each member alone.
@@ -84,7 +86,8 @@ def test_forward_float32_against_float64_reference(backend_device, shape, groups
     torch.testing.assert_close(y.double().cpu(), ref, **F32_TOL)
 
 
-def test_float32_statistics_survive_a_large_offset(backend_device):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_float32_statistics_survive_a_large_offset(backend_device, layout):
     """x = 1000 + N(0, 1): mean(x^2) - mean(x)^2 in float32 loses most digits
     of the variance; block-wise two-pass statistics keep them. What remains
     is the float32 mean (stored in float32, as the schema has it) and the
@@ -92,7 +95,7 @@ def test_float32_statistics_survive_a_large_offset(backend_device):
     unit standard deviation: at most ~1.5e-4 more than F32_TOL allows."""
     backend, device = backend_device
     x, _ = make_inputs((2, 8, 33, 31), (), dtype=torch.float32, device=device, offset=1000.0)
-    y = spatin_norm(x, 4, eps=EPS, backend=backend)
+    y = spatin_norm(x.contiguous(memory_format=layout), 4, eps=EPS, backend=backend)
     ref = spatin_norm_ref(x.double().cpu(), 4, eps=EPS)
     torch.testing.assert_close(y.double().cpu(), ref, rtol=2e-5, atol=2e-5 + 1.5e-4)
     # The naive formula fails this tolerance by orders of magnitude.
@@ -101,14 +104,15 @@ def test_float32_statistics_survive_a_large_offset(backend_device):
     assert (naive_var.double() - groups.double().var(-1, unbiased=False)).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
-def test_statistics_are_the_group_mean_and_rstd(backend_device, dtype):
+def test_statistics_are_the_group_mean_and_rstd(backend_device, dtype, layout):
     backend, device = backend_device
     if backend == "triton":
         pytest.skip("the triton forward is reached through mcvd.ops, not torch.ops.mcvd")
     B, C, H, W, G = 3, 12, 5, 9, 4
-    x = torch.randn(B, C, H, W, device=device).to(dtype)
-    _, mean, rstd = torch.ops.mcvd.spatin_norm_fwd(x, G, eps=EPS)
+    x = (torch.randn(B, C, H, W, device=device) + 3 * torch.rand(1, C, 1, 1, device=device)).to(dtype)
+    _, mean, rstd = torch.ops.mcvd.spatin_norm_fwd(x.contiguous(memory_format=layout), G, eps=EPS)
     stat_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     assert mean.dtype == rstd.dtype == stat_dtype and mean.shape == rstd.shape == (B, G)
     groups = x.double().cpu().reshape(B, G, -1)
@@ -143,6 +147,85 @@ def test_noncontiguous_inputs(backend_device):
     y = spatin_norm(x, 3, weight=weight, gamma=gamma, beta=beta, scale=scale, silu=True, backend=backend)
     ref = spatin_norm_ref(x, 3, weight=weight, gamma=gamma, beta=beta, scale=scale, silu=True)
     torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------------ channels_last
+#
+# The C++ and CUDA forward take a channels_last x as it is and return y
+# channels_last (the CPU kernel reads it in place, with loops of its own: the
+# statistics per channel in one pass over shifted values, the output pixel by
+# pixel), so a network in channels_last - inductor's layout around oneDNN
+# convolutions - runs its norms without transposing copies.
+
+
+def channels_last(t):
+    return t if t is None or t.dim() != 4 else t.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("present", [(), ("gamma", "beta"), OPTIONALS], ids=["none", "spatin", "all"])
+@pytest.mark.parametrize("shape, groups", SHAPES, ids=str)
+def test_forward_channels_last_matches_reference(backend_device, shape, groups, present, silu, dtype):
+    backend, device = backend_device
+    x, opt = make_inputs(shape, present, dtype=dtype, device=device, offset=2.0)
+    x, opt = channels_last(x), {k: channels_last(v) for k, v in opt.items()}
+    y = spatin_norm(x, groups, **opt, eps=EPS, silu=silu, backend=backend)
+    ref = spatin_norm_ref(x.double().cpu(), groups, **as_float64({k: v if v is None else v.cpu()
+                                                                   for k, v in opt.items()}), eps=EPS, silu=silu)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else F32_TOL
+    torch.testing.assert_close(y.double().cpu(), ref, **tol)
+    if backend != "triton":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("present", [(), OPTIONALS], ids=["none", "all"])
+@pytest.mark.parametrize("shape, groups", LOW_PRECISION_SHAPES, ids=str)
+def test_forward_channels_last_low_precision_within_eager_error(backend_device, assert_within_eager_error, shape,
+                                                                groups, dtype, present):
+    backend, device = backend_device
+    x, opt = make_inputs(shape, present, dtype=dtype, device=device)
+    x, opt = channels_last(x), {k: channels_last(v) for k, v in opt.items()}
+    y = spatin_norm(x, groups, **opt, eps=EPS, silu=True, backend=backend)
+    eager = spatin_norm_ref(x, groups, **opt, eps=EPS, silu=True)
+    ref = spatin_norm_ref(x.double(), groups, **as_float64(opt), eps=EPS, silu=True)
+    assert_within_eager_error(y, ref, eager, factor=2, atol=1e-3)
+
+
+def test_output_layout_follows_a_channels_last_x(backend_device):
+    """y: channels_last (and so not contiguous) for a channels_last x whatever
+    the layout of gamma and beta; contiguous for any other x. The statistics
+    are [B, G] either way."""
+    backend, device = backend_device
+    if backend == "triton":
+        pytest.skip("the triton forward returns contiguous tensors")
+    B, C, H, W = 2, 6, 5, 4
+    dense = torch.randn(B, C, H, W, dtype=torch.float64, device=device)
+    gamma = torch.randn(B, C, W, H, dtype=torch.float64, device=device).transpose(2, 3)  # neither layout
+    for x, want in ((channels_last(dense), torch.channels_last), (dense, torch.contiguous_format),
+                    (dense.transpose(2, 3), torch.contiguous_format), (dense[:, ::2], torch.contiguous_format)):
+        for g in [None] + ([gamma, channels_last(gamma.contiguous())] if x.shape == gamma.shape else []):
+            y, mean, rstd = torch.ops.mcvd.spatin_norm_fwd(x, 3, None, None, g, g, None, None, EPS, True)
+            assert y.is_contiguous(memory_format=want) and y.shape == x.shape
+            assert (want == torch.channels_last) == (not y.is_contiguous())
+            torch.testing.assert_close(y, spatin_norm_ref(x, 3, gamma=g, beta=g, eps=EPS, silu=True),
+                                       rtol=1e-10, atol=1e-10)
+            assert mean.shape == rstd.shape == (B, 3)
+
+
+def test_backward_through_a_channels_last_forward(backend_device):
+    """Gradients of a channels_last x, gamma and beta: the backward reads the
+    saved channels_last x through a copy and returns contiguous gradients."""
+    backend, device = backend_device
+    shape, groups = (2, 32, 9, 7), 8
+    x, opt = make_inputs(shape, OPTIONALS, device=device, offset=1.0)
+    x, opt = leaf(channels_last(x)), {k: leaf(channels_last(v)) for k, v in opt.items()}
+    grad_y = channels_last(torch.randn(shape, dtype=torch.float64, device=device))
+    got = grads_of(lambda x, **o: spatin_norm(x, groups, **o, eps=EPS, silu=True, backend=backend), x, opt, grad_y)
+    want = grads_of(lambda x, **o: spatin_norm_ref(x, groups, **o, eps=EPS, silu=True), x, opt, grad_y)
+    for name, g, w in zip(["x", *opt], got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9, msg=lambda m: f"grad of {name}: {m}")
 
 
 # ------------------------------------------------------------------ backward

@@ -102,9 +102,12 @@ def tolerance(device: torch.device | str, dtype: torch.dtype) -> float:
 # (benchmarks/results/h200_levers.md). None keeps the model's own.
 CUDA_OPS_BACKEND: str | None = "reference"
 
+# The network traced channels_last on the CPU (module docstring); False traces it contiguous, the
+# layout it had before, kept to measure one against the other.
+CPU_CHANNELS_LAST = True
+
 # Inductor's C++ wrapper on the CPU, with the package's ops called from it: checked (tests and
 # benchmarks) with torch 2.13; an older torch keeps the Python wrapper.
-CPU_CHANNELS_LAST = True
 CPU_CPP_WRAPPER = torch.torch_version.TorchVersion(torch.__version__) >= "2.13"
 
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(device, dtype): OptimizedMCVD}

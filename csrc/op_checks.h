@@ -27,11 +27,12 @@ inline at::ScalarType stat_dtype(const at::Tensor& x) {
 
 // ---------------------------------------------------------------- spatin_norm
 
-// The layout of spatin_norm_fwd's y on every backend: channels_last when x is
-// channels_last (and not also contiguous, as when C or H * W is 1), so that a
-// network in channels_last (inductor's layout for oneDNN convolutions) runs
-// the norms without copies; contiguous for any other x. The fake
-// implementation (mcvd/ops/spatin_norm.py) states the same rule.
+// The layout of spatin_norm_fwd's y, and of spatin_norm_bwd's gradients of x,
+// gamma and beta, on every backend: channels_last when x is channels_last (and
+// not also contiguous, as when C or H * W is 1), so that a network in
+// channels_last (inductor's layout for oneDNN convolutions) runs the norms
+// without copies; contiguous for any other x. The fake implementations
+// (mcvd/ops/spatin_norm.py) state the same rule.
 inline at::MemoryFormat spatin_norm_output_format(const at::Tensor& x) {
   return x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous() ? at::MemoryFormat::ChannelsLast
                                                                                : at::MemoryFormat::Contiguous;

@@ -524,6 +524,132 @@ void bwd_kernel(const scalar_t* dy, const scalar_t* x, const stat_t* mean_in, co
   });
 }
 
+// The backward on channels_last tensors (dy, x, gamma, beta; dx, dgamma and
+// dbeta written so too): bwd_kernel's two passes, pixel by pixel with the
+// channels in the vector lanes, a task a chunk of kRows pixels of one
+// sample. The first pass keeps one vector of channels' four row sums in
+// registers over the chunk's pixels and adds them per thread in double; dh1
+// goes to `scratch` (dx's own memory for float and double), which the second
+// pass turns into dx in place.
+template <typename scalar_t, typename stat_t>
+void bwd_kernel_nhwc(const scalar_t* dy, const scalar_t* x, const stat_t* mean_in, const stat_t* rstd_in,
+                     Optionals<scalar_t> opt, Grads<scalar_t> out, at::opmath_type<scalar_t>* scratch, int64_t B,
+                     int64_t C, int64_t HW, int64_t G, bool silu) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = Vec<acc_t>;
+  constexpr int64_t W = V::size();
+  constexpr int64_t kRows = 128;
+  const int64_t Cg = C / G, chunks = (HW + kRows - 1) / kRows, tasks = B * chunks;
+  const int64_t grain = std::max<int64_t>(1, 32768 / (kRows * C));
+  const int64_t threads = at::get_num_threads();
+  // Per (sample, channel) constants of the first pass: xhat = x r + mr, h1 = xhat w + bb, S, R.
+  std::vector<acc_t> r(B * C), mr(B * C), w(B * C), bb(B * C), S(B * C), R(B * C);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t bc = b * C + c, bg = b * G + c / Cg;
+      r[bc] = rstd_in[bg], mr[bc] = -static_cast<double>(mean_in[bg]) * rstd_in[bg];
+      w[bc] = value_or(opt.weight, c, 1.0), bb[bc] = value_or(opt.bias, c, 0.0);
+      S[bc] = 1.0 + value_or(opt.scale, bc, 0.0), R[bc] = value_or(opt.shift, bc, 0.0);
+    }
+  }
+  // Per thread, sample and channel: sums of dh3 (shift), dh3 h2 (scale), dh1 (bias), dh1 xhat (weight).
+  std::vector<double> sums(4 * threads * B * C, 0.0);
+  with_flags(opt.gamma != nullptr, opt.beta != nullptr, silu, [&](auto gamma_flag, auto beta_flag, auto silu_flag) {
+    constexpr bool kGamma = decltype(gamma_flag)::value, kBeta = decltype(beta_flag)::value;
+    constexpr bool kSilu = decltype(silu_flag)::value;
+    at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+      const int64_t tid = at::get_thread_num();
+      TORCH_INTERNAL_ASSERT(tid < threads);
+      const V one(1);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / chunks, first = (task % chunks) * kRows, last = std::min(HW, first + kRows);
+        for (int64_t c = 0; c < C; c += W) {
+          const int64_t k = std::min(W, C - c), bc = b * C + c;
+          const V vr = V::loadu(&r[bc], k), vmr = V::loadu(&mr[bc], k), vw = V::loadu(&w[bc], k);
+          const V vbb = V::loadu(&bb[bc], k), vS = V::loadu(&S[bc], k), vR = V::loadu(&R[bc], k);
+          V dshift(0), dscale(0), dbias(0), dweight(0);
+          for (int64_t p = first; p < last; ++p) {
+            const int64_t at = (b * HW + p) * C + c;
+            const V xh = at::vec::fmadd(load_lanes<acc_t>(x + at, k), vr, vmr);
+            const V h1 = at::vec::fmadd(xh, vw, vbb);
+            const V g1 = kGamma ? one + load_lanes<acc_t>(opt.gamma + at, k) : one;
+            V h2 = kGamma ? h1 * g1 : h1;
+            if constexpr (kBeta) h2 += load_lanes<acc_t>(opt.beta + at, k);
+            V dh3 = load_lanes<acc_t>(dy + at, k);  // 0 in lanes past k, so those add nothing
+            if constexpr (kSilu) {
+              const V h3 = at::vec::fmadd(h2, vS, vR);
+              const V sig = one / (one + h3.neg().exp_u20());
+              dh3 = dh3 * sig * at::vec::fmadd(h3, one - sig, one);
+            }
+            dshift += dh3;
+            dscale = at::vec::fmadd(dh3, h2, dscale);
+            const V dh2 = dh3 * vS;
+            if constexpr (kGamma) store_lanes(dh2 * h1, out.dgamma + at, k);
+            if constexpr (kBeta) store_lanes(dh2, out.dbeta + at, k);
+            const V dh1 = kGamma ? dh2 * g1 : dh2;
+            dbias += dh1;
+            dweight = at::vec::fmadd(dh1, xh, dweight);
+            (k == W) ? dh1.store(scratch + at) : dh1.store(scratch + at, k);
+          }
+          __at_align__ acc_t lanes[4][W];
+          dshift.store(lanes[0]);
+          dscale.store(lanes[1]);
+          dbias.store(lanes[2]);
+          dweight.store(lanes[3]);
+          for (int j = 0; j < 4; ++j) {
+            double* t = sums.data() + ((j * threads + tid) * B + b) * C + c;
+            for (int64_t i = 0; i < k; ++i) t[i] += lanes[j][i];
+          }
+        }
+      }
+    });
+  });
+  // The row sums over threads; per group, dx = dh1 k1 + x k2 + k3 as in bwd_kernel.
+  auto total = [&](int j, int64_t bc) {
+    double s = 0;
+    for (int64_t t = 0; t < threads; ++t) s += sums[(j * threads + t) * B * C + bc];
+    return s;
+  };
+  std::vector<acc_t> k1(B * C), k2(B * C), k3(B * C);
+  const double n = static_cast<double>(Cg * HW);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t g = 0; g < G; ++g) {
+      double sum_wdh1 = 0, sum_wdh1_xhat = 0;
+      for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+        const int64_t bc = b * C + c;
+        const double dbias = total(2, bc), dweight = total(3, bc);
+        out.dbias_bc[bc] = dbias;
+        out.dweight_bc[bc] = dweight;
+        if (out.dshift != nullptr) out.dshift[bc] = static_cast<scalar_t>(total(0, bc));
+        if (out.dscale != nullptr) out.dscale[bc] = static_cast<scalar_t>(total(1, bc));
+        sum_wdh1 += w[bc] * dbias;
+        sum_wdh1_xhat += w[bc] * dweight;
+      }
+      const double mean = mean_in[b * G + g], rstd = rstd_in[b * G + g];
+      const double m1 = sum_wdh1 / n, m2 = sum_wdh1_xhat / n;
+      for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+        const int64_t bc = b * C + c;
+        k1[bc] = rstd * w[bc], k2[bc] = -rstd * rstd * m2, k3[bc] = -rstd * (m1 - mean * rstd * m2);
+      }
+    }
+  }
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / chunks, first = (task % chunks) * kRows, last = std::min(HW, first + kRows);
+      for (int64_t p = first; p < last; ++p) {
+        for (int64_t c = 0; c < C; c += W) {
+          const int64_t k = std::min(W, C - c), bc = b * C + c, at = (b * HW + p) * C + c;
+          const V dh1 = V::loadu(scratch + at, k);
+          const V dx = at::vec::fmadd(dh1, V::loadu(&k1[bc], k),
+                                      at::vec::fmadd(load_lanes<acc_t>(x + at, k), V::loadu(&k2[bc], k),
+                                                     V::loadu(&k3[bc], k)));
+          store_lanes(dx, out.dx + at, k);
+        }
+      }
+    }
+  });
+}
+
 // ---------------------------------------------------------------- op entry points
 
 // The [C] gradient of weight or bias: the [B, C] per-sample partials summed
@@ -593,13 +719,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const OptTensor& scale, const OptTensor& shift, bool silu) {
   check_spatin_norm_bwd_args(grad_y_in, x_in, mean_in, rstd_in, num_groups, weight, bias, gamma, beta, scale, shift);
   const int64_t B = x_in.size(0), C = x_in.size(1), HW = x_in.size(2) * x_in.size(3);
-  const at::Tensor x = x_in.contiguous(), grad_y = grad_y_in.contiguous();
+  // As the forward: x's layout (channels_last or contiguous) for every [B, C, H, W] tensor, in and out.
+  const at::MemoryFormat format = spatin_norm_output_format(x_in);
+  const bool nhwc = format == at::MemoryFormat::ChannelsLast;
+  const at::Tensor x = x_in.contiguous(format), grad_y = grad_y_in.contiguous(format);
   const at::Tensor mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
-  const ContigOptionals opt(weight, bias, gamma, beta, scale, shift);
+  const ContigOptionals opt(weight, bias, gamma, beta, scale, shift, format);
   // Each absent gradient is its own empty tensor: outputs must not alias.
   auto absent = [&] { return at::empty({0}, x.options()); };
-  auto like_or_absent = [&](const at::Tensor& t) { return t.defined() ? at::empty_like(t) : absent(); };
-  at::Tensor grad_x = at::empty_like(x);
+  auto like_or_absent = [&](const at::Tensor& t) {
+    if (!t.defined()) return absent();
+    return t.dim() == 4 ? at::empty_like(t, format) : at::empty_like(t);
+  };
+  at::Tensor grad_x = at::empty_like(x, format);
   at::Tensor grad_gamma = like_or_absent(opt.gamma), grad_beta = like_or_absent(opt.beta);
   at::Tensor grad_scale = like_or_absent(opt.scale), grad_shift = like_or_absent(opt.shift);
   at::Tensor dweight_bc = at::empty({B, C}, x.options().dtype(at::kDouble));
@@ -610,9 +742,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                 data_or_null<scalar_t>(grad_beta),  data_or_null<scalar_t>(grad_scale),
                                 data_or_null<scalar_t>(grad_shift), dweight_bc.data_ptr<double>(),
                                 dbias_bc.data_ptr<double>()};
-    bwd_kernel<scalar_t, stat_t>(grad_y.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                 mean.const_data_ptr<stat_t>(), rstd.const_data_ptr<stat_t>(), opt.ptrs<scalar_t>(),
-                                 grads, B, C, HW, num_groups, silu);
+    if (nhwc) {
+      // dh1 between the passes: in dx's memory when it holds the compute type, else in a buffer.
+      using acc_t = at::opmath_type<scalar_t>;
+      std::vector<acc_t> buffer(std::is_same_v<scalar_t, acc_t> ? 0 : x.numel());
+      acc_t* scratch = std::is_same_v<scalar_t, acc_t> ? reinterpret_cast<acc_t*>(grads.dx) : buffer.data();
+      bwd_kernel_nhwc<scalar_t, stat_t>(grad_y.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                        mean.const_data_ptr<stat_t>(), rstd.const_data_ptr<stat_t>(),
+                                        opt.ptrs<scalar_t>(), grads, scratch, B, C, HW, num_groups, silu);
+    } else {
+      bwd_kernel<scalar_t, stat_t>(grad_y.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                   mean.const_data_ptr<stat_t>(), rstd.const_data_ptr<stat_t>(), opt.ptrs<scalar_t>(),
+                                   grads, B, C, HW, num_groups, silu);
+    }
   });
   at::Tensor grad_weight = opt.weight.defined() ? batch_sum(dweight_bc, x.scalar_type()) : absent();
   at::Tensor grad_bias = opt.bias.defined() ? batch_sum(dbias_bc, x.scalar_type()) : absent();

@@ -111,7 +111,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     for (size_t i = 0; i < grads.size(); ++i)
       if (opt[i]) grads[i].zero_();
   }
-  return {dx, grads[0], grads[1], grads[2], grads[3], grads[4], grads[5]};
+  // The layout every backend gives the gradients of x, gamma and beta (op_checks.h); computed contiguous here.
+  const at::MemoryFormat format = spatin_norm_output_format(x_in);
+  for (size_t i : {2, 3})  // gamma, beta: [B, C, H, W] when given
+    if (opt[i]) grads[i] = grads[i].contiguous(format);
+  return {dx.contiguous(format), grads[0], grads[1], grads[2], grads[3], grads[4], grads[5]};
 }
 
 }  // namespace

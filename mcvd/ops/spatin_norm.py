@@ -132,7 +132,8 @@ def _fwd_fake(x, num_groups, weight=None, bias=None, gamma=None, beta=None, scal
 
 
 def output_format(x: torch.Tensor) -> torch.memory_format:
-    """The layout of the kernels' y (csrc/op_checks.h's spatin_norm_output_format):
+    """The layout of the kernels' y, and of the backward's gradients of x,
+    gamma and beta (csrc/op_checks.h's spatin_norm_output_format):
     channels_last for a channels_last x that is not also contiguous, so that a
     network in channels_last (inductor's layout around oneDNN convolutions)
     runs its norms without copies; contiguous for any other x (the kernels
@@ -145,11 +146,13 @@ def output_format(x: torch.Tensor) -> torch.memory_format:
 @torch.library.register_fake("mcvd::spatin_norm_bwd")
 def _bwd_fake(grad_y, x, mean, rstd, num_groups, weight=None, bias=None, gamma=None, beta=None, scale=None,
               shift=None, silu=False):
-    # The kernels read every tensor through .contiguous() and return contiguous gradients.
-    grads = [torch.empty_like(x, memory_format=torch.contiguous_format)]
+    # The [B, C, H, W] gradients (of x, gamma and beta) in the forward's layout of y, output_format(x);
+    # the others contiguous.
+    layout = output_format(x)
+    grads = [torch.empty_like(x, memory_format=layout)]
     for t in (weight, bias, gamma, beta, scale, shift):
-        grads.append(torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None
-                     else x.new_empty((0,)))
+        grads.append(x.new_empty((0,)) if t is None else
+                     torch.empty_like(t, memory_format=layout if t.dim() == 4 else torch.contiguous_format))
     return tuple(grads)
 
 

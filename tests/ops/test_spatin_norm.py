@@ -215,8 +215,9 @@ def test_output_layout_follows_a_channels_last_x(backend_device):
 
 
 def test_backward_through_a_channels_last_forward(backend_device):
-    """Gradients of a channels_last x, gamma and beta: the backward reads the
-    saved channels_last x through a copy and returns contiguous gradients."""
+    """Gradients of a channels_last x, gamma and beta: the C++ and CUDA
+    backward return them channels_last too (the CPU kernel reads and writes
+    that layout in place)."""
     backend, device = backend_device
     shape, groups = (2, 32, 9, 7), 8
     x, opt = make_inputs(shape, OPTIONALS, device=device, offset=1.0)
@@ -226,6 +227,37 @@ def test_backward_through_a_channels_last_forward(backend_device):
     want = grads_of(lambda x, **o: spatin_norm_ref(x, groups, **o, eps=EPS, silu=True), x, opt, grad_y)
     for name, g, w in zip(["x", *opt], got, want):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9, msg=lambda m: f"grad of {name}: {m}")
+        if backend != "triton" and g.dim() == 4:
+            assert g.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous(), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("present", [(), ("gamma", "beta"), OPTIONALS], ids=["none", "spatin", "all"])
+@pytest.mark.parametrize("shape, groups", [((2, 64, 17, 13), 32), ((1, 20, 9, 11), 5), ((3, 6, 1, 7), 3)], ids=str)
+def test_backward_channels_last_within_the_contiguous_error(backend_device, assert_within_eager_error, shape, groups,
+                                                            present, silu, dtype):
+    """The channels_last kernels sum in another order than the contiguous
+    ones: against the float64 reference, their gradients are within twice the
+    contiguous kernels' error (plus a slack for the sums of B*H*W terms).
+    C = 20 leaves a vector tail in every pixel."""
+    backend, device = backend_device
+    x, opt = make_inputs(shape, present, dtype=dtype, device=device, offset=0.5)
+    grad_y = torch.randn(shape, device=device).to(dtype)
+
+    def grads(layout, fn=spatin_norm, cast=lambda t: t, **kw):
+        xl = leaf(cast(x).contiguous(memory_format=layout))
+        ol = {k: leaf(None if v is None else cast(v) if v.dim() != 4 else cast(v).contiguous(memory_format=layout))
+              for k, v in opt.items()}
+        return grads_of(lambda x, **o: fn(x, groups, **o, eps=EPS, silu=silu, **kw), xl, ol,
+                        cast(grad_y).contiguous(memory_format=layout))
+
+    got = grads(torch.channels_last, backend=backend)
+    contiguous = grads(torch.contiguous_format, backend=backend)
+    ref = grads(torch.contiguous_format, spatin_norm_ref, cast=lambda t: t.double())
+    for g, c, r in zip(got, contiguous, ref):
+        assert_within_eager_error(g, r, c, factor=2, atol=(1e-4 if dtype == torch.float32 else 1e-2)
+                                  * max(1.0, r.abs().max().item()))
 
 
 # ------------------------------------------------------------------ backward

@@ -50,9 +50,10 @@ Why:
   Every kernel returns contiguous tensors whatever its inputs' strides (the
   C++ ones read them through .contiguous()), and so do the fakes
   (tests/ops/test_op_layouts.py: permuted, channels_last, expanded inputs),
-  with one exception: the C++ and CUDA spatin_norm forward returns y
-  channels_last for a channels_last x (`spatin_norm_output_format`), which
-  the CPU kernel reads in place: a network in channels_last, inductor's
+  with one exception: the C++ and CUDA spatin_norm return y (forward) and
+  the gradients of x, gamma and beta (backward) channels_last for a
+  channels_last x (`spatin_norm_output_format`), which the CPU kernels read
+  in place: a network in channels_last, inductor's
   layout around its oneDNN convolutions, then runs its norms without a
   transposing copy on either side (mcvd.optimize on the CPU).
 """

@@ -5,7 +5,8 @@ layout optimisation) and expanded ones (stride 0).
 
 The kernels return contiguous tensors whatever the inputs' strides (the C++
 ones read every input through .contiguous()), except the C++ and CUDA
-spatin_norm forward, whose y is channels_last for a channels_last x; each fake
+spatin_norm, whose y and gradients of x, gamma and beta are channels_last for
+a channels_last x; each fake
 implementation must say exactly that, or torch.compile allocates and indexes
 the real outputs with the fake's strides (a permuted q once gave a permuted
 fake `out`). opcheck compares fake and real strides; the

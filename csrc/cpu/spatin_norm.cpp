@@ -250,12 +250,19 @@ void fwd_kernel(const scalar_t* x, Optionals<scalar_t> opt, scalar_t* y, stat_t*
 
 // ---------------------------------------------------------------- forward, channels_last
 
-// One vector of T from k <= Vec<T>::size() elements of scalar_t (zero-filled past k).
+// One vector of T from k <= Vec<T>::size() elements of scalar_t (zero-filled
+// past k): float16 and bfloat16 widened in registers, a partial vector
+// through a buffer.
 template <typename T, typename scalar_t>
 Vec<T> load_lanes(const scalar_t* p, int64_t k) {
   if constexpr (std::is_same_v<T, scalar_t>) {
     return k == Vec<T>::size() ? Vec<T>::loadu(p) : Vec<T>::loadu(p, k);
   } else {
+    if (k == Vec<T>::size()) {
+      Vec<T> v;
+      at::vec::load_to_float(p, v);
+      return v;
+    }
     __at_align__ T lanes[Vec<T>::size()];
     at::vec::convert(p, lanes, k);
     return Vec<T>::loadu(lanes, k);
@@ -267,9 +274,7 @@ void store_lanes(const Vec<T>& v, scalar_t* p, int64_t k) {
   if constexpr (std::is_same_v<T, scalar_t>) {
     k == Vec<T>::size() ? v.store(p) : v.store(p, k);
   } else {
-    __at_align__ T lanes[Vec<T>::size()];
-    v.store(lanes);
-    at::vec::convert(lanes, p, k);
+    at::vec::convert_from_float<scalar_t>(v, v).store(p, k);  // v's lanes narrowed, the first k stored
   }
 }
 

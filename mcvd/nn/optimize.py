@@ -18,8 +18,8 @@ trace, and the fused spatin_norm takes and returns that layout, where a
 contiguous trace made inductor copy each norm's input and output between
 the two layouts (67 norms at 64 x 64 for the SMMNIST preset): 3.8% less
 time at batch 1 on one thread (150.0 -> 144.3 ms, concat), 6.2% on two
-(81.3 -> 76.2 ms), 4.4% for SPATIN (382.4 -> 365.6 ms; interleaved medians,
-docs/optimize.md).
+(81.3 -> 76.2 ms), 4.4% for SPATIN (382.4 -> 365.6 ms), 6.6% in bfloat16
+(85.4 -> 79.8 ms, concat; interleaved medians, docs/optimize.md).
 
 Inductor's C++ wrapper (cpp_wrapper) makes the kernel calls of a forward
 from compiled C++ instead of Python: 3.8% less time at batch 1 for the

@@ -278,6 +278,26 @@ void store_lanes(const Vec<T>& v, scalar_t* p, int64_t k) {
   }
 }
 
+// The channels_last kernels' reductions: f(part, task) for every task, the
+// tasks split into at most kParts contiguous ranges (parts), each run by one
+// thread, which adds into the part's own partial sums. The parts' sums are
+// then added in part order, so the result does not depend on the number of
+// threads or on which thread ran which part. `grain`: tasks worth a thread.
+constexpr int64_t kParts = 16;
+
+int64_t part_count(int64_t tasks) { return std::min(tasks, kParts); }
+
+template <typename F>
+void for_parts(int64_t tasks, int64_t grain, F&& f) {
+  const int64_t parts = part_count(tasks);
+  const int64_t part_grain = std::max<int64_t>(1, (grain * parts + tasks - 1) / std::max<int64_t>(1, tasks));
+  at::parallel_for(0, parts, part_grain, [&](int64_t begin, int64_t end) {
+    for (int64_t part = begin; part < end; ++part) {
+      for (int64_t task = part * tasks / parts; task < (part + 1) * tasks / parts; ++task) f(part, task);
+    }
+  });
+}
+
 // The forward on x laid out [B, H, W, C] (channels_last), with y, gamma and
 // beta laid out so too. A pixel's channels are contiguous and a group's are
 // a few of them, so both passes stream through memory pixel by pixel with
@@ -287,7 +307,7 @@ void store_lanes(const Vec<T>& v, scalar_t* p, int64_t k) {
 // Statistics in one pass, from values shifted by K_c, a value near the
 // channel's mean (the mean of its first pixels; Chan et al.'s shifted data): per channel, s1 = sum (x - K_c) and
 // s2 = sum (x - K_c)^2, in float vectors over a chunk, then in double per
-// thread. Per group, with n values and mean mu = sum_c (s1_c + HW K_c) / n,
+// part (for_parts). Per group, with n values and mean mu = sum_c (s1_c + HW K_c) / n,
 // M2 = sum_c [s2_c - 2 (mu - K_c) s1_c + HW (mu - K_c)^2]. K_c lies within
 // channel c's values, so s1 and s2 stay of the order of the data's spread
 // around it: no cancellation of sum(x^2) - n mean^2 (the large-offset test).
@@ -300,7 +320,7 @@ void fwd_kernel_nhwc(const scalar_t* x, Optionals<scalar_t> opt, scalar_t* y, st
   constexpr int64_t kRows = 128;  // pixels per task: float partial sums of at most this many values
   const int64_t Cg = C / G, chunks = (HW + kRows - 1) / kRows, tasks = B * chunks;
   const int64_t grain = std::max<int64_t>(1, 32768 / (kRows * C));
-  const int64_t threads = at::get_num_threads();
+  const int64_t parts = part_count(tasks);
   // K_c: the mean of the sample's first few pixels of channel c, near the channel's mean.
   const int64_t head = std::min<int64_t>(HW, 8);
   std::vector<acc_t> shift(B * C);
@@ -312,31 +332,27 @@ void fwd_kernel_nhwc(const scalar_t* x, Optionals<scalar_t> opt, scalar_t* y, st
       (sum / V(static_cast<acc_t>(head))).store(shift.data() + b * C + c, k);
     }
   }
-  // Per thread, sample and channel: sums of x - K and of its square.
-  std::vector<double> s1(threads * B * C, 0.0), s2(threads * B * C, 0.0);
-  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-    const int64_t tid = at::get_thread_num();
-    TORCH_INTERNAL_ASSERT(tid < threads);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / chunks, first = (task % chunks) * kRows, last = std::min(HW, first + kRows);
-      const scalar_t* xb = x + b * HW * C;
-      double* t1 = s1.data() + (tid * B + b) * C;
-      double* t2 = s2.data() + (tid * B + b) * C;
-      // One vector of channels at a time over the chunk's pixels, its sums in registers.
-      for (int64_t c = 0; c < C; c += W) {
-        const int64_t k = std::min(W, C - c);
-        const V K = V::loadu(shift.data() + b * C + c, k);
-        V f1(0), f2(0);
-        for (int64_t p = first; p < last; ++p) {
-          const V d = load_lanes<acc_t>(xb + p * C + c, k) - K;  // 0 in lanes past k
-          f1 += d;
-          f2 = at::vec::fmadd(d, d, f2);
-        }
-        __at_align__ acc_t l1[W], l2[W];
-        f1.store(l1);
-        f2.store(l2);
-        for (int64_t i = 0; i < k; ++i) t1[c + i] += l1[i], t2[c + i] += l2[i];
+  // Per part, sample and channel: sums of x - K and of its square.
+  std::vector<double> s1(parts * B * C, 0.0), s2(parts * B * C, 0.0);
+  for_parts(tasks, grain, [&](int64_t part, int64_t task) {
+    const int64_t b = task / chunks, first = (task % chunks) * kRows, last = std::min(HW, first + kRows);
+    const scalar_t* xb = x + b * HW * C;
+    double* t1 = s1.data() + (part * B + b) * C;
+    double* t2 = s2.data() + (part * B + b) * C;
+    // One vector of channels at a time over the chunk's pixels, its sums in registers.
+    for (int64_t c = 0; c < C; c += W) {
+      const int64_t k = std::min(W, C - c);
+      const V K = V::loadu(shift.data() + b * C + c, k);
+      V f1(0), f2(0);
+      for (int64_t p = first; p < last; ++p) {
+        const V d = load_lanes<acc_t>(xb + p * C + c, k) - K;  // 0 in lanes past k
+        f1 += d;
+        f2 = at::vec::fmadd(d, d, f2);
       }
+      __at_align__ acc_t l1[W], l2[W];
+      f1.store(l1);
+      f2.store(l2);
+      for (int64_t i = 0; i < k; ++i) t1[c + i] += l1[i], t2[c + i] += l2[i];
     }
   });
   // Per (sample, channel) constants of the output pass: y = silu?(h3), h3 as in fwd_row.
@@ -348,7 +364,7 @@ void fwd_kernel_nhwc(const scalar_t* x, Optionals<scalar_t> opt, scalar_t* y, st
       std::vector<double> c1(Cg, 0.0);
       for (int64_t i = 0; i < Cg; ++i) {
         const int64_t c = g * Cg + i;
-        for (int64_t t = 0; t < threads; ++t) c1[i] += s1[(t * B + b) * C + c], sum2 += s2[(t * B + b) * C + c];
+        for (int64_t t = 0; t < parts; ++t) c1[i] += s1[(t * B + b) * C + c], sum2 += s2[(t * B + b) * C + c];
         sum1 += c1[i];
         shifted += static_cast<double>(shift[b * C + c]);
       }
@@ -533,7 +549,7 @@ void bwd_kernel(const scalar_t* dy, const scalar_t* x, const stat_t* mean_in, co
 // dbeta written so too): bwd_kernel's two passes, pixel by pixel with the
 // channels in the vector lanes, a task a chunk of kRows pixels of one
 // sample. The first pass keeps one vector of channels' four row sums in
-// registers over the chunk's pixels and adds them per thread in double; dh1
+// registers over the chunk's pixels and adds them per part in double; dh1
 // goes to `scratch` (dx's own memory for float and double), which the second
 // pass turns into dx in place.
 template <typename scalar_t, typename stat_t>
@@ -546,7 +562,7 @@ void bwd_kernel_nhwc(const scalar_t* dy, const scalar_t* x, const stat_t* mean_i
   constexpr int64_t kRows = 128;
   const int64_t Cg = C / G, chunks = (HW + kRows - 1) / kRows, tasks = B * chunks;
   const int64_t grain = std::max<int64_t>(1, 32768 / (kRows * C));
-  const int64_t threads = at::get_num_threads();
+  const int64_t parts = part_count(tasks);
   // Per (sample, channel) constants of the first pass: xhat = x r + mr, h1 = xhat w + bb, S, R.
   std::vector<acc_t> r(B * C), mr(B * C), w(B * C), bb(B * C), S(B * C), R(B * C);
   for (int64_t b = 0; b < B; ++b) {
@@ -557,62 +573,58 @@ void bwd_kernel_nhwc(const scalar_t* dy, const scalar_t* x, const stat_t* mean_i
       S[bc] = 1.0 + value_or(opt.scale, bc, 0.0), R[bc] = value_or(opt.shift, bc, 0.0);
     }
   }
-  // Per thread, sample and channel: sums of dh3 (shift), dh3 h2 (scale), dh1 (bias), dh1 xhat (weight).
-  std::vector<double> sums(4 * threads * B * C, 0.0);
+  // Per part, sample and channel: sums of dh3 (shift), dh3 h2 (scale), dh1 (bias), dh1 xhat (weight).
+  std::vector<double> sums(4 * parts * B * C, 0.0);
   with_flags(opt.gamma != nullptr, opt.beta != nullptr, silu, [&](auto gamma_flag, auto beta_flag, auto silu_flag) {
     constexpr bool kGamma = decltype(gamma_flag)::value, kBeta = decltype(beta_flag)::value;
     constexpr bool kSilu = decltype(silu_flag)::value;
-    at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-      const int64_t tid = at::get_thread_num();
-      TORCH_INTERNAL_ASSERT(tid < threads);
-      const V one(1);
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t b = task / chunks, first = (task % chunks) * kRows, last = std::min(HW, first + kRows);
-        for (int64_t c = 0; c < C; c += W) {
-          const int64_t k = std::min(W, C - c), bc = b * C + c;
-          const V vr = V::loadu(&r[bc], k), vmr = V::loadu(&mr[bc], k), vw = V::loadu(&w[bc], k);
-          const V vbb = V::loadu(&bb[bc], k), vS = V::loadu(&S[bc], k), vR = V::loadu(&R[bc], k);
-          V dshift(0), dscale(0), dbias(0), dweight(0);
-          for (int64_t p = first; p < last; ++p) {
-            const int64_t at = (b * HW + p) * C + c;
-            const V xh = at::vec::fmadd(load_lanes<acc_t>(x + at, k), vr, vmr);
-            const V h1 = at::vec::fmadd(xh, vw, vbb);
-            const V g1 = kGamma ? one + load_lanes<acc_t>(opt.gamma + at, k) : one;
-            V h2 = kGamma ? h1 * g1 : h1;
-            if constexpr (kBeta) h2 += load_lanes<acc_t>(opt.beta + at, k);
-            V dh3 = load_lanes<acc_t>(dy + at, k);  // 0 in lanes past k, so those add nothing
-            if constexpr (kSilu) {
-              const V h3 = at::vec::fmadd(h2, vS, vR);
-              const V sig = one / (one + h3.neg().exp_u20());
-              dh3 = dh3 * sig * at::vec::fmadd(h3, one - sig, one);
-            }
-            dshift += dh3;
-            dscale = at::vec::fmadd(dh3, h2, dscale);
-            const V dh2 = dh3 * vS;
-            if constexpr (kGamma) store_lanes(dh2 * h1, out.dgamma + at, k);
-            if constexpr (kBeta) store_lanes(dh2, out.dbeta + at, k);
-            const V dh1 = kGamma ? dh2 * g1 : dh2;
-            dbias += dh1;
-            dweight = at::vec::fmadd(dh1, xh, dweight);
-            (k == W) ? dh1.store(scratch + at) : dh1.store(scratch + at, k);
+    const V one(1);
+    for_parts(tasks, grain, [&](int64_t part, int64_t task) {
+      const int64_t b = task / chunks, first = (task % chunks) * kRows, last = std::min(HW, first + kRows);
+      for (int64_t c = 0; c < C; c += W) {
+        const int64_t k = std::min(W, C - c), bc = b * C + c;
+        const V vr = V::loadu(&r[bc], k), vmr = V::loadu(&mr[bc], k), vw = V::loadu(&w[bc], k);
+        const V vbb = V::loadu(&bb[bc], k), vS = V::loadu(&S[bc], k), vR = V::loadu(&R[bc], k);
+        V dshift(0), dscale(0), dbias(0), dweight(0);
+        for (int64_t p = first; p < last; ++p) {
+          const int64_t at = (b * HW + p) * C + c;
+          const V xh = at::vec::fmadd(load_lanes<acc_t>(x + at, k), vr, vmr);
+          const V h1 = at::vec::fmadd(xh, vw, vbb);
+          const V g1 = kGamma ? one + load_lanes<acc_t>(opt.gamma + at, k) : one;
+          V h2 = kGamma ? h1 * g1 : h1;
+          if constexpr (kBeta) h2 += load_lanes<acc_t>(opt.beta + at, k);
+          V dh3 = load_lanes<acc_t>(dy + at, k);  // 0 in lanes past k, so those add nothing
+          if constexpr (kSilu) {
+            const V h3 = at::vec::fmadd(h2, vS, vR);
+            const V sig = one / (one + h3.neg().exp_u20());
+            dh3 = dh3 * sig * at::vec::fmadd(h3, one - sig, one);
           }
-          __at_align__ acc_t lanes[4][W];
-          dshift.store(lanes[0]);
-          dscale.store(lanes[1]);
-          dbias.store(lanes[2]);
-          dweight.store(lanes[3]);
-          for (int j = 0; j < 4; ++j) {
-            double* t = sums.data() + ((j * threads + tid) * B + b) * C + c;
-            for (int64_t i = 0; i < k; ++i) t[i] += lanes[j][i];
-          }
+          dshift += dh3;
+          dscale = at::vec::fmadd(dh3, h2, dscale);
+          const V dh2 = dh3 * vS;
+          if constexpr (kGamma) store_lanes(dh2 * h1, out.dgamma + at, k);
+          if constexpr (kBeta) store_lanes(dh2, out.dbeta + at, k);
+          const V dh1 = kGamma ? dh2 * g1 : dh2;
+          dbias += dh1;
+          dweight = at::vec::fmadd(dh1, xh, dweight);
+          (k == W) ? dh1.store(scratch + at) : dh1.store(scratch + at, k);
+        }
+        __at_align__ acc_t lanes[4][W];
+        dshift.store(lanes[0]);
+        dscale.store(lanes[1]);
+        dbias.store(lanes[2]);
+        dweight.store(lanes[3]);
+        for (int j = 0; j < 4; ++j) {
+          double* t = sums.data() + ((j * parts + part) * B + b) * C + c;
+          for (int64_t i = 0; i < k; ++i) t[i] += lanes[j][i];
         }
       }
     });
   });
-  // The row sums over threads; per group, dx = dh1 k1 + x k2 + k3 as in bwd_kernel.
+  // The row sums over the parts; per group, dx = dh1 k1 + x k2 + k3 as in bwd_kernel.
   auto total = [&](int j, int64_t bc) {
     double s = 0;
-    for (int64_t t = 0; t < threads; ++t) s += sums[(j * threads + t) * B * C + bc];
+    for (int64_t t = 0; t < parts; ++t) s += sums[(j * parts + t) * B * C + bc];
     return s;
   };
   std::vector<acc_t> k1(B * C), k2(B * C), k3(B * C);

@@ -231,6 +231,27 @@ def test_backward_through_a_channels_last_forward(backend_device):
             assert g.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous(), name
 
 
+def test_channels_last_results_do_not_depend_on_the_thread_count():
+    """The channels_last CPU kernels reduce over parts fixed by the shape, not
+    by the threads: one thread and two give the same bits, forward and
+    backward."""
+    shape, groups = (2, 64, 40, 40), 32  # 25 pixel chunks per sample, two parts' worth of work
+    x, opt = make_inputs(shape, OPTIONALS, dtype=torch.float32, offset=0.5)
+    grad_y = channels_last(torch.randn(shape))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            xl, ol = leaf(channels_last(x)), {k: leaf(channels_last(v)) for k, v in opt.items()}
+            y = spatin_norm(xl, groups, **ol, eps=EPS, silu=True, backend="cpu")
+            results.append([y.detach(), *torch.autograd.grad(y, [xl, *ol.values()], grad_y)])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize("present", [(), ("gamma", "beta"), OPTIONALS], ids=["none", "spatin", "all"])

@@ -176,10 +176,10 @@ class OptimizedMCVD(nn.Module):
             if channels_last:
                 # Inductor lays the frozen oneDNN convolutions' activations out channels_last on the CPU. Traced
                 # channels_last from the input on, the fused norms take and return that layout too; traced
-                # contiguous, inductor copied every norm's input and output between the two layouts.
-                x_t = x_t.contiguous(memory_format=torch.channels_last)
-                if isinstance(cond, torch.Tensor):
-                    cond = cond.contiguous(memory_format=torch.channels_last)
+                # contiguous, inductor copied every norm's input and output between the two layouts. (Inputs
+                # of another rank go as they are, for the network to refuse with its own message.)
+                x_t = _channels_last(x_t)
+                cond = _channels_last(cond)
             return network(x_t, t, cond, cond_mask, cache=cache).contiguous()
 
         # The default mode on a GPU too: max-autotune's search over matmul and convolution
@@ -223,8 +223,8 @@ class OptimizedMCVD(nn.Module):
         self._check_weights()
         if isinstance(cond, torch.Tensor) and cond.is_floating_point():
             cond = self._stacked(cond)
-            if self.device.type == "cpu":  # the compiled forward's layout (_compile), which the cache's maps take
-                cond = cond.contiguous(memory_format=torch.channels_last)
+            if self.device.type == "cpu" and CPU_CHANNELS_LAST:  # the compiled forward's layout, for the maps
+                cond = _channels_last(cond)
         with torch.no_grad(), (_tf32() if self.device.type == "cuda" else nullcontext()):
             return self.network.condition(cond, cond_mask)
 
@@ -260,6 +260,11 @@ class OptimizedMCVD(nn.Module):
             self._compiled_shapes.add(key)
             print(f"mcvd.optimize: compiled in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
         return eps.view(x_t.shape).to(x_t.dtype)
+
+
+def _channels_last(v):
+    """A [B, C, H, W] tensor in channels_last; anything else as it is."""
+    return v.contiguous(memory_format=torch.channels_last) if isinstance(v, torch.Tensor) and v.dim() == 4 else v
 
 
 @contextmanager

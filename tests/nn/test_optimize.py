@@ -215,6 +215,25 @@ def test_bad_arguments_name_the_argument():
             mcvd.optimize(model, device="cuda")
 
 
+def test_bad_inputs_get_the_networks_messages():
+    """Inputs of the wrong shape reach the network as they are (the CPU's
+    channels_last conversion takes 4-d tensors only), so the optimized module
+    refuses them with the eager network's error."""
+    model = tiny()
+    fast = mcvd.optimize(model)
+    x, t, cond = tiny_inputs(1)
+    calls = {"x_t of rank 3": lambda f: f(x[:, 0, 0], t, cond),
+             "cond with 2 channels": lambda f: f(x, t, cond.expand(-1, -1, 2, -1, -1)),
+             "condition() with 2 channels": lambda f: f.condition(cond.expand(-1, -1, 2, -1, -1))}
+    for name, call in calls.items():
+        errors = []
+        for f in (model, fast):
+            with pytest.raises(ValueError) as info, torch.no_grad():
+                call(f)
+            errors.append(str(info.value).splitlines()[0])
+        assert errors[0] == errors[1] and errors[0].split(":")[0] in ("x_t", "cond"), (name, errors)
+
+
 def test_changed_weights_are_refused_and_optimized_again():
     """The compiled network holds the weights as constants: a module whose
     model's weights changed since refuses to run, and mcvd.optimize makes a

@@ -162,20 +162,26 @@ Moments group_moments(const scalar_t* x, int64_t n) {
 
 // ---------------------------------------------------------------- forward
 
-// y = silu?(h3) for one row of a channel. The per-channel affine, the
-// GroupNorm statistics and scale are folded into u = x * P + Q (= h1 * S);
-// then h3 = u * (1 + gamma) + R + beta * S, with S = 1 + scale, R = shift.
+// y = silu?(h3) for one vector. The per-channel affine, the GroupNorm
+// statistics and scale are folded into u = x * P + Q (= h1 * S); then
+// h3 = u * (1 + gamma) + R + beta * S, with S = 1 + scale, R = shift.
+template <bool kGamma, bool kBeta, bool kSilu, typename V>
+V fwd_value(const V& x, const V& gamma, const V& beta, const V& P, const V& Q, const V& R, const V& S) {
+  V u = at::vec::fmadd(x, P, Q);
+  if constexpr (kGamma) u = at::vec::fmadd(u, gamma, u + R);
+  if constexpr (kBeta) u = at::vec::fmadd(beta, S, u);
+  if constexpr (kSilu) u = u / (V(1) + u.neg().exp_u20());
+  return u;
+}
+
+// fwd_value over one row of a channel.
 template <bool kGamma, bool kBeta, bool kSilu, typename T>
 void fwd_row(const T* x, const T* gamma, const T* beta, T* y, int64_t n, T P, T Q, T R, T S) {
   using V = Vec<T>;
   constexpr int64_t W = V::size();
-  const V vP(P), vQ(Q), vR(R), vS(S), one(1);
+  const V vP(P), vQ(Q), vR(R), vS(S);
   auto h3 = [&](const V& xv, const V& g, const V& b) {
-    V u = at::vec::fmadd(xv, vP, vQ);
-    if constexpr (kGamma) u = at::vec::fmadd(u, g, u + vR);
-    if constexpr (kBeta) u = at::vec::fmadd(b, vS, u);
-    if constexpr (kSilu) u = u / (one + u.neg().exp_u20());
-    return u;
+    return fwd_value<kGamma, kBeta, kSilu>(xv, g, b, vP, vQ, vR, vS);
   };
   int64_t i = 0;
   for (; i + W <= n; i += W) {
@@ -305,9 +311,10 @@ void for_parts(int64_t tasks, int64_t grain, F&& f) {
 // sample.
 //
 // Statistics in one pass, from values shifted by K_c, a value near the
-// channel's mean (the mean of its first pixels; Chan et al.'s shifted data): per channel, s1 = sum (x - K_c) and
-// s2 = sum (x - K_c)^2, in float vectors over a chunk, then in double per
-// part (for_parts). Per group, with n values and mean mu = sum_c (s1_c + HW K_c) / n,
+// channel's mean (the mean of its first pixels; Chan et al.'s shifted data):
+// per channel, s1 = sum (x - K_c) and s2 = sum (x - K_c)^2, in float vectors
+// over a chunk, then in double per part (for_parts). Per group, with n values
+// and mean mu = sum_c (s1_c + HW K_c) / n,
 // M2 = sum_c [s2_c - 2 (mu - K_c) s1_c + HW (mu - K_c)^2]. K_c lies within
 // channel c's values, so s1 and s2 stay of the order of the data's spread
 // around it: no cancellation of sum(x^2) - n mean^2 (the large-offset test).
@@ -358,10 +365,11 @@ void fwd_kernel_nhwc(const scalar_t* x, Optionals<scalar_t> opt, scalar_t* y, st
   // Per (sample, channel) constants of the output pass: y = silu?(h3), h3 as in fwd_row.
   std::vector<acc_t> P(B * C), Q(B * C), R(B * C), S(B * C);
   const double n = static_cast<double>(Cg * HW);
+  std::vector<double> c1(Cg);  // a group's channel sums of x - K
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t g = 0; g < G; ++g) {
       double sum1 = 0, sum2 = 0, shifted = 0;
-      std::vector<double> c1(Cg, 0.0);
+      std::fill(c1.begin(), c1.end(), 0.0);
       for (int64_t i = 0; i < Cg; ++i) {
         const int64_t c = g * Cg + i;
         for (int64_t t = 0; t < parts; ++t) c1[i] += s1[(t * B + b) * C + c], sum2 += s2[(t * B + b) * C + c];
@@ -392,16 +400,15 @@ void fwd_kernel_nhwc(const scalar_t* x, Optionals<scalar_t> opt, scalar_t* y, st
     constexpr bool kGamma = decltype(gamma_flag)::value, kBeta = decltype(beta_flag)::value;
     constexpr bool kSilu = decltype(silu_flag)::value;
     at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-      const V one(1);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / chunks, first = (task % chunks) * kRows, last = std::min(HW, first + kRows);
         for (int64_t p = first; p < last; ++p) {
           for (int64_t c = 0; c < C; c += W) {
             const int64_t k = std::min(W, C - c), bc = b * C + c, at = (b * HW + p) * C + c;
-            V u = at::vec::fmadd(load_lanes<acc_t>(x + at, k), V::loadu(&P[bc], k), V::loadu(&Q[bc], k));
-            if constexpr (kGamma) u = at::vec::fmadd(u, load_lanes<acc_t>(opt.gamma + at, k), u + V::loadu(&R[bc], k));
-            if constexpr (kBeta) u = at::vec::fmadd(load_lanes<acc_t>(opt.beta + at, k), V::loadu(&S[bc], k), u);
-            if constexpr (kSilu) u = u / (one + u.neg().exp_u20());
+            const V g = kGamma ? load_lanes<acc_t>(opt.gamma + at, k) : V(0);
+            const V be = kBeta ? load_lanes<acc_t>(opt.beta + at, k) : V(0);
+            const V u = fwd_value<kGamma, kBeta, kSilu>(load_lanes<acc_t>(x + at, k), g, be, V::loadu(&P[bc], k),
+                                                        V::loadu(&Q[bc], k), V::loadu(&R[bc], k), V::loadu(&S[bc], k));
             store_lanes(u, y + at, k);
           }
         }
@@ -412,11 +419,53 @@ void fwd_kernel_nhwc(const scalar_t* x, Optionals<scalar_t> opt, scalar_t* y, st
 
 // ---------------------------------------------------------------- backward
 
-// Per-row sums of the first backward pass, as vectors until the row ends.
+// The first backward pass at one vector: with xhat = x * r + mr,
+// h1 = xhat * w + bb, h2 = h1 * (1 + gamma) + beta, h3 = h2 * S + R (S = 1 +
+// scale, R = shift) and y = silu?(h3), the gradients dh3, dh2 = dh3 * S and
+// dh1 = dh2 * (1 + gamma) from dy; grad_gamma = dh2 * h1, grad_beta = dh2.
+template <typename V>
+struct BwdValues {
+  V xh, h2, dh3, dgamma, dbeta, dh1;
+};
+
+template <bool kGamma, bool kBeta, bool kSilu, typename V>
+BwdValues<V> bwd_values(const V& x, const V& gamma, const V& beta, const V& dy, const V& r, const V& mr, const V& w,
+                        const V& bb, const V& S, const V& R) {
+  const V one(1);
+  const V xh = at::vec::fmadd(x, r, mr);
+  const V h1 = at::vec::fmadd(xh, w, bb);
+  const V g1 = kGamma ? one + gamma : one;
+  V h2 = kGamma ? h1 * g1 : h1;
+  if constexpr (kBeta) h2 += beta;
+  V dh3 = dy;
+  if constexpr (kSilu) {
+    const V h3 = at::vec::fmadd(h2, S, R);
+    const V sig = one / (one + h3.neg().exp_u20());
+    dh3 = dh3 * sig * at::vec::fmadd(h3, one - sig, one);
+  }
+  const V dh2 = dh3 * S;
+  return {xh, h2, dh3, kGamma ? dh2 * h1 : V(0), dh2, kGamma ? dh2 * g1 : dh2};
+}
+
+// Per-row sums of the first backward pass, as vectors until the row ends:
+// sum dh3 (shift), sum dh3 * h2 (scale), sum dh1 (bias), sum dh1 * xhat (weight).
 template <typename T>
 struct RowSums {
   Vec<T> dshift{0}, dscale{0}, dbias{0}, dweight{0};
+  void add(const BwdValues<Vec<T>>& v) {
+    dshift += v.dh3;
+    dscale = at::vec::fmadd(v.dh3, v.h2, dscale);
+    dbias += v.dh1;
+    dweight = at::vec::fmadd(v.dh1, v.xh, dweight);
+  }
 };
+
+// Second backward pass at one vector: dx = rstd * (w * dh1 - mean(w dh1) -
+// xhat * mean(w dh1 xhat)) folded into dx = dh1 * k1 + x * k2 + k3.
+template <typename V>
+V dx_value(const V& dh1, const V& x, const V& k1, const V& k2, const V& k3) {
+  return at::vec::fmadd(dh1, k1, at::vec::fmadd(x, k2, k3));
+}
 
 // First backward pass over one row: writes grad_gamma, grad_beta and dh1 (to
 // the task's scratch), and accumulates sum dh3 (shift), sum dh3 * h2
@@ -427,32 +476,18 @@ void bwd_row(const T* dy, const T* x, const T* gamma, const T* beta, T* dgamma, 
              T mr, T w, T bb, T S, T R, RowSums<T>& row_sums) {
   using V = Vec<T>;
   constexpr int64_t W = V::size();
-  const V vr(r), vmr(mr), vw(w), vbb(bb), vS(S), vR(R), one(1);
+  const V vr(r), vmr(mr), vw(w), vbb(bb), vS(S), vR(R);
   RowSums<T> sums = row_sums;  // a local copy stays in registers
   // A tail lane has dy = 0, so it adds nothing to the sums.
   auto step = [&](int64_t i, int64_t k) {
     auto load = [&](const T* p) { return k == W ? V::loadu(p + i) : V::loadu(p + i, k); };
     auto store = [&](const V& v, T* p) { k == W ? v.store(p + i) : v.store(p + i, k); };
-    const V xh = at::vec::fmadd(load(x), vr, vmr);
-    const V h1 = at::vec::fmadd(xh, vw, vbb);
-    const V g1 = kGamma ? one + load(gamma) : one;
-    V h2 = kGamma ? h1 * g1 : h1;
-    if constexpr (kBeta) h2 += load(beta);
-    V dh3 = load(dy);
-    if constexpr (kSilu) {
-      const V h3 = at::vec::fmadd(h2, vS, vR);
-      const V sig = one / (one + h3.neg().exp_u20());
-      dh3 = dh3 * sig * at::vec::fmadd(h3, one - sig, one);
-    }
-    sums.dshift += dh3;
-    sums.dscale = at::vec::fmadd(dh3, h2, sums.dscale);
-    const V dh2 = dh3 * vS;
-    if constexpr (kGamma) store(dh2 * h1, dgamma);
-    if constexpr (kBeta) store(dh2, dbeta);
-    const V dh1 = kGamma ? dh2 * g1 : dh2;
-    sums.dbias += dh1;
-    sums.dweight = at::vec::fmadd(dh1, xh, sums.dweight);
-    store(dh1, dh1_out);
+    const V g = kGamma ? load(gamma) : V(0), b = kBeta ? load(beta) : V(0);
+    const auto v = bwd_values<kGamma, kBeta, kSilu>(load(x), g, b, load(dy), vr, vmr, vw, vbb, vS, vR);
+    sums.add(v);
+    if constexpr (kGamma) store(v.dgamma, dgamma);
+    if constexpr (kBeta) store(v.dbeta, dbeta);
+    store(v.dh1, dh1_out);
   };
   int64_t i = 0;
   for (; i + W <= n; i += W) step(i, W);
@@ -460,20 +495,17 @@ void bwd_row(const T* dy, const T* x, const T* gamma, const T* beta, T* dgamma, 
   row_sums = sums;
 }
 
-// Second backward pass: dx = rstd * (w * dh1 - mean(w dh1) - xhat * mean(w dh1 xhat))
-// folded into dx = dh1 * k1 + x * k2 + k3.
+// dx_value over one row of a channel.
 template <typename T>
 void dx_row(const T* dh1, const T* x, T* dx, int64_t n, T k1, T k2, T k3) {
   using V = Vec<T>;
   constexpr int64_t W = V::size();
   const V v1(k1), v2(k2), v3(k3);
   int64_t i = 0;
-  for (; i + W <= n; i += W) {
-    at::vec::fmadd(V::loadu(dh1 + i), v1, at::vec::fmadd(V::loadu(x + i), v2, v3)).store(dx + i);
-  }
+  for (; i + W <= n; i += W) dx_value(V::loadu(dh1 + i), V::loadu(x + i), v1, v2, v3).store(dx + i);
   if (i < n) {
     const int64_t k = n - i;
-    at::vec::fmadd(V::loadu(dh1 + i, k), v1, at::vec::fmadd(V::loadu(x + i, k), v2, v3)).store(dx + i, k);
+    dx_value(V::loadu(dh1 + i, k), V::loadu(x + i, k), v1, v2, v3).store(dx + i, k);
   }
 }
 
@@ -578,42 +610,30 @@ void bwd_kernel_nhwc(const scalar_t* dy, const scalar_t* x, const stat_t* mean_i
   with_flags(opt.gamma != nullptr, opt.beta != nullptr, silu, [&](auto gamma_flag, auto beta_flag, auto silu_flag) {
     constexpr bool kGamma = decltype(gamma_flag)::value, kBeta = decltype(beta_flag)::value;
     constexpr bool kSilu = decltype(silu_flag)::value;
-    const V one(1);
     for_parts(tasks, grain, [&](int64_t part, int64_t task) {
       const int64_t b = task / chunks, first = (task % chunks) * kRows, last = std::min(HW, first + kRows);
       for (int64_t c = 0; c < C; c += W) {
         const int64_t k = std::min(W, C - c), bc = b * C + c;
         const V vr = V::loadu(&r[bc], k), vmr = V::loadu(&mr[bc], k), vw = V::loadu(&w[bc], k);
         const V vbb = V::loadu(&bb[bc], k), vS = V::loadu(&S[bc], k), vR = V::loadu(&R[bc], k);
-        V dshift(0), dscale(0), dbias(0), dweight(0);
+        RowSums<acc_t> row;
         for (int64_t p = first; p < last; ++p) {
           const int64_t at = (b * HW + p) * C + c;
-          const V xh = at::vec::fmadd(load_lanes<acc_t>(x + at, k), vr, vmr);
-          const V h1 = at::vec::fmadd(xh, vw, vbb);
-          const V g1 = kGamma ? one + load_lanes<acc_t>(opt.gamma + at, k) : one;
-          V h2 = kGamma ? h1 * g1 : h1;
-          if constexpr (kBeta) h2 += load_lanes<acc_t>(opt.beta + at, k);
-          V dh3 = load_lanes<acc_t>(dy + at, k);  // 0 in lanes past k, so those add nothing
-          if constexpr (kSilu) {
-            const V h3 = at::vec::fmadd(h2, vS, vR);
-            const V sig = one / (one + h3.neg().exp_u20());
-            dh3 = dh3 * sig * at::vec::fmadd(h3, one - sig, one);
-          }
-          dshift += dh3;
-          dscale = at::vec::fmadd(dh3, h2, dscale);
-          const V dh2 = dh3 * vS;
-          if constexpr (kGamma) store_lanes(dh2 * h1, out.dgamma + at, k);
-          if constexpr (kBeta) store_lanes(dh2, out.dbeta + at, k);
-          const V dh1 = kGamma ? dh2 * g1 : dh2;
-          dbias += dh1;
-          dweight = at::vec::fmadd(dh1, xh, dweight);
-          (k == W) ? dh1.store(scratch + at) : dh1.store(scratch + at, k);
+          const V g = kGamma ? load_lanes<acc_t>(opt.gamma + at, k) : V(0);
+          const V be = kBeta ? load_lanes<acc_t>(opt.beta + at, k) : V(0);
+          // dy is 0 in lanes past k, so those add nothing.
+          const auto v = bwd_values<kGamma, kBeta, kSilu>(load_lanes<acc_t>(x + at, k), g, be,
+                                                          load_lanes<acc_t>(dy + at, k), vr, vmr, vw, vbb, vS, vR);
+          row.add(v);
+          if constexpr (kGamma) store_lanes(v.dgamma, out.dgamma + at, k);
+          if constexpr (kBeta) store_lanes(v.dbeta, out.dbeta + at, k);
+          (k == W) ? v.dh1.store(scratch + at) : v.dh1.store(scratch + at, k);
         }
         __at_align__ acc_t lanes[4][W];
-        dshift.store(lanes[0]);
-        dscale.store(lanes[1]);
-        dbias.store(lanes[2]);
-        dweight.store(lanes[3]);
+        row.dshift.store(lanes[0]);
+        row.dscale.store(lanes[1]);
+        row.dbias.store(lanes[2]);
+        row.dweight.store(lanes[3]);
         for (int j = 0; j < 4; ++j) {
           double* t = sums.data() + ((j * parts + part) * B + b) * C + c;
           for (int64_t i = 0; i < k; ++i) t[i] += lanes[j][i];
@@ -656,11 +676,9 @@ void bwd_kernel_nhwc(const scalar_t* dy, const scalar_t* x, const stat_t* mean_i
       for (int64_t p = first; p < last; ++p) {
         for (int64_t c = 0; c < C; c += W) {
           const int64_t k = std::min(W, C - c), bc = b * C + c, at = (b * HW + p) * C + c;
-          const V dh1 = V::loadu(scratch + at, k);
-          const V dx = at::vec::fmadd(dh1, V::loadu(&k1[bc], k),
-                                      at::vec::fmadd(load_lanes<acc_t>(x + at, k), V::loadu(&k2[bc], k),
-                                                     V::loadu(&k3[bc], k)));
-          store_lanes(dx, out.dx + at, k);
+          store_lanes(dx_value(V::loadu(scratch + at, k), load_lanes<acc_t>(x + at, k), V::loadu(&k1[bc], k),
+                               V::loadu(&k2[bc], k), V::loadu(&k3[bc], k)),
+                      out.dx + at, k);
         }
       }
     }

@@ -304,11 +304,42 @@ void for_parts(int64_t tasks, int64_t grain, F&& f) {
   });
 }
 
+// The channels_last kernels' tasks: chunks of kRows pixels of one sample,
+// [B, H * W] pixels in all, with `grain` the tasks worth a thread.
+struct Chunks {
+  static constexpr int64_t kRows = 128;  // float partial sums of at most this many values
+  int64_t HW, per_sample, tasks, grain;
+  Chunks(int64_t B, int64_t C, int64_t HW_)
+      : HW(HW_),
+        per_sample((HW_ + kRows - 1) / kRows),
+        tasks(B * per_sample),
+        grain(std::max<int64_t>(1, 32768 / (kRows * C))) {}
+  int64_t sample(int64_t task) const { return task / per_sample; }
+  int64_t first(int64_t task) const { return (task % per_sample) * kRows; }
+  int64_t last(int64_t task) const { return std::min(HW, first(task) + kRows); }
+};
+
+// f(at, bc, k) for every vector of channels of every pixel: `at` its offset
+// in the [B, H, W, C] tensors, `bc` in the per-(sample, channel) arrays, k
+// its valid lanes.
+template <typename T, typename F>
+void for_each_vector(const Chunks& ch, int64_t C, F&& f) {
+  constexpr int64_t W = Vec<T>::size();
+  at::parallel_for(0, ch.tasks, ch.grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = ch.sample(task);
+      for (int64_t p = ch.first(task); p < ch.last(task); ++p) {
+        for (int64_t c = 0; c < C; c += W) f((b * ch.HW + p) * C + c, b * C + c, std::min(W, C - c));
+      }
+    }
+  });
+}
+
 // The forward on x laid out [B, H, W, C] (channels_last), with y, gamma and
 // beta laid out so too. A pixel's channels are contiguous and a group's are
 // a few of them, so both passes stream through memory pixel by pixel with
-// the channels in the vector lanes; a task is a chunk of kRows pixels of one
-// sample.
+// the channels in the vector lanes; a task is a chunk of pixels of one
+// sample (Chunks).
 //
 // Statistics in one pass, from values shifted by K_c, a value near the
 // channel's mean (the mean of its first pixels; Chan et al.'s shifted data):
@@ -324,10 +355,8 @@ void fwd_kernel_nhwc(const scalar_t* x, Optionals<scalar_t> opt, scalar_t* y, st
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<acc_t>;
   constexpr int64_t W = V::size();
-  constexpr int64_t kRows = 128;  // pixels per task: float partial sums of at most this many values
-  const int64_t Cg = C / G, chunks = (HW + kRows - 1) / kRows, tasks = B * chunks;
-  const int64_t grain = std::max<int64_t>(1, 32768 / (kRows * C));
-  const int64_t parts = part_count(tasks);
+  const Chunks ch(B, C, HW);
+  const int64_t Cg = C / G, parts = part_count(ch.tasks);
   // K_c: the mean of the sample's first few pixels of channel c, near the channel's mean.
   const int64_t head = std::min<int64_t>(HW, 8);
   std::vector<acc_t> shift(B * C);
@@ -341,8 +370,8 @@ void fwd_kernel_nhwc(const scalar_t* x, Optionals<scalar_t> opt, scalar_t* y, st
   }
   // Per part, sample and channel: sums of x - K and of its square.
   std::vector<double> s1(parts * B * C, 0.0), s2(parts * B * C, 0.0);
-  for_parts(tasks, grain, [&](int64_t part, int64_t task) {
-    const int64_t b = task / chunks, first = (task % chunks) * kRows, last = std::min(HW, first + kRows);
+  for_parts(ch.tasks, ch.grain, [&](int64_t part, int64_t task) {
+    const int64_t b = ch.sample(task), first = ch.first(task), last = ch.last(task);
     const scalar_t* xb = x + b * HW * C;
     double* t1 = s1.data() + (part * B + b) * C;
     double* t2 = s2.data() + (part * B + b) * C;
@@ -399,20 +428,12 @@ void fwd_kernel_nhwc(const scalar_t* x, Optionals<scalar_t> opt, scalar_t* y, st
   with_flags(opt.gamma != nullptr, opt.beta != nullptr, silu, [&](auto gamma_flag, auto beta_flag, auto silu_flag) {
     constexpr bool kGamma = decltype(gamma_flag)::value, kBeta = decltype(beta_flag)::value;
     constexpr bool kSilu = decltype(silu_flag)::value;
-    at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t b = task / chunks, first = (task % chunks) * kRows, last = std::min(HW, first + kRows);
-        for (int64_t p = first; p < last; ++p) {
-          for (int64_t c = 0; c < C; c += W) {
-            const int64_t k = std::min(W, C - c), bc = b * C + c, at = (b * HW + p) * C + c;
-            const V g = kGamma ? load_lanes<acc_t>(opt.gamma + at, k) : V(0);
-            const V be = kBeta ? load_lanes<acc_t>(opt.beta + at, k) : V(0);
-            const V u = fwd_value<kGamma, kBeta, kSilu>(load_lanes<acc_t>(x + at, k), g, be, V::loadu(&P[bc], k),
-                                                        V::loadu(&Q[bc], k), V::loadu(&R[bc], k), V::loadu(&S[bc], k));
-            store_lanes(u, y + at, k);
-          }
-        }
-      }
+    for_each_vector<acc_t>(ch, C, [&](int64_t at, int64_t bc, int64_t k) {
+      const V g = kGamma ? load_lanes<acc_t>(opt.gamma + at, k) : V(0);
+      const V be = kBeta ? load_lanes<acc_t>(opt.beta + at, k) : V(0);
+      const V u = fwd_value<kGamma, kBeta, kSilu>(load_lanes<acc_t>(x + at, k), g, be, V::loadu(&P[bc], k),
+                                                  V::loadu(&Q[bc], k), V::loadu(&R[bc], k), V::loadu(&S[bc], k));
+      store_lanes(u, y + at, k);
     });
   });
 }
@@ -579,8 +600,8 @@ void bwd_kernel(const scalar_t* dy, const scalar_t* x, const stat_t* mean_in, co
 
 // The backward on channels_last tensors (dy, x, gamma, beta; dx, dgamma and
 // dbeta written so too): bwd_kernel's two passes, pixel by pixel with the
-// channels in the vector lanes, a task a chunk of kRows pixels of one
-// sample. The first pass keeps one vector of channels' four row sums in
+// channels in the vector lanes, a task a chunk of pixels of one sample
+// (Chunks). The first pass keeps one vector of channels' four row sums in
 // registers over the chunk's pixels and adds them per part in double; dh1
 // goes to `scratch` (dx's own memory for float and double), which the second
 // pass turns into dx in place.
@@ -591,10 +612,8 @@ void bwd_kernel_nhwc(const scalar_t* dy, const scalar_t* x, const stat_t* mean_i
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<acc_t>;
   constexpr int64_t W = V::size();
-  constexpr int64_t kRows = 128;
-  const int64_t Cg = C / G, chunks = (HW + kRows - 1) / kRows, tasks = B * chunks;
-  const int64_t grain = std::max<int64_t>(1, 32768 / (kRows * C));
-  const int64_t parts = part_count(tasks);
+  const Chunks ch(B, C, HW);
+  const int64_t Cg = C / G, parts = part_count(ch.tasks);
   // Per (sample, channel) constants of the first pass: xhat = x r + mr, h1 = xhat w + bb, S, R.
   std::vector<acc_t> r(B * C), mr(B * C), w(B * C), bb(B * C), S(B * C), R(B * C);
   for (int64_t b = 0; b < B; ++b) {
@@ -610,8 +629,8 @@ void bwd_kernel_nhwc(const scalar_t* dy, const scalar_t* x, const stat_t* mean_i
   with_flags(opt.gamma != nullptr, opt.beta != nullptr, silu, [&](auto gamma_flag, auto beta_flag, auto silu_flag) {
     constexpr bool kGamma = decltype(gamma_flag)::value, kBeta = decltype(beta_flag)::value;
     constexpr bool kSilu = decltype(silu_flag)::value;
-    for_parts(tasks, grain, [&](int64_t part, int64_t task) {
-      const int64_t b = task / chunks, first = (task % chunks) * kRows, last = std::min(HW, first + kRows);
+    for_parts(ch.tasks, ch.grain, [&](int64_t part, int64_t task) {
+      const int64_t b = ch.sample(task), first = ch.first(task), last = ch.last(task);
       for (int64_t c = 0; c < C; c += W) {
         const int64_t k = std::min(W, C - c), bc = b * C + c;
         const V vr = V::loadu(&r[bc], k), vmr = V::loadu(&mr[bc], k), vw = V::loadu(&w[bc], k);
@@ -670,18 +689,10 @@ void bwd_kernel_nhwc(const scalar_t* dy, const scalar_t* x, const stat_t* mean_i
       }
     }
   }
-  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / chunks, first = (task % chunks) * kRows, last = std::min(HW, first + kRows);
-      for (int64_t p = first; p < last; ++p) {
-        for (int64_t c = 0; c < C; c += W) {
-          const int64_t k = std::min(W, C - c), bc = b * C + c, at = (b * HW + p) * C + c;
-          store_lanes(dx_value(V::loadu(scratch + at, k), load_lanes<acc_t>(x + at, k), V::loadu(&k1[bc], k),
-                               V::loadu(&k2[bc], k), V::loadu(&k3[bc], k)),
-                      out.dx + at, k);
-        }
-      }
-    }
+  for_each_vector<acc_t>(ch, C, [&](int64_t at, int64_t bc, int64_t k) {
+    store_lanes(dx_value(V::loadu(scratch + at, k), load_lanes<acc_t>(x + at, k), V::loadu(&k1[bc], k),
+                         V::loadu(&k2[bc], k), V::loadu(&k3[bc], k)),
+                out.dx + at, k);
   });
 }
 

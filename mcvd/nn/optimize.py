@@ -148,6 +148,8 @@ class OptimizedMCVD(nn.Module):
         # Not submodules: the source model (a converted copy may stand in for it), the compiled wrapper.
         self.__dict__["_source"] = weakref.ref(model)
         self.__dict__["_versions"] = (_all_versions(model), _all_versions(network))
+        # The layout the network is traced in, which condition() gives the cache's maps too.
+        self.__dict__["_trace_channels_last"] = device.type == "cpu" and CPU_CHANNELS_LAST
         self.__dict__["_compiled"] = self._compile()
         self.__dict__["_compiled_shapes"] = set()
 
@@ -169,8 +171,7 @@ class OptimizedMCVD(nn.Module):
     # --- compilation ----------------------------------------------------
 
     def _compile(self):
-        network = self.network
-        channels_last = self.device.type == "cpu" and CPU_CHANNELS_LAST
+        network, channels_last = self.network, self._trace_channels_last
 
         def run(x_t, t, cond, cond_mask, cache):
             if channels_last:
@@ -223,7 +224,7 @@ class OptimizedMCVD(nn.Module):
         self._check_weights()
         if isinstance(cond, torch.Tensor) and cond.is_floating_point():
             cond = self._stacked(cond)
-            if self.device.type == "cpu" and CPU_CHANNELS_LAST:  # the compiled forward's layout, for the maps
+            if self._trace_channels_last:
                 cond = _channels_last(cond)
         with torch.no_grad(), (_tf32() if self.device.type == "cuda" else nullcontext()):
             return self.network.condition(cond, cond_mask)

@@ -133,4 +133,14 @@ inline void check_reverse_step_args(const at::Tensor& x_t, const at::Tensor& eps
               *clip_lo, ", clip_hi=", *clip_hi);
 }
 
+// ---------------------------------------------------------------- dropout
+
+inline void check_dropout_args(const at::Tensor& x, double p, const at::Tensor& seed) {
+  check_float(x, "x");
+  TORCH_CHECK(std::isfinite(p) && p >= 0.0 && p < 1.0, "p: expected a probability in [0, 1), got ", p);
+  check_same_device(seed, "seed", x, "x");
+  check_dtype(seed, "seed", at::kLong);
+  TORCH_CHECK(seed.dim() == 0, "seed: expected a 0-d tensor, got shape ", shape_str(seed.sizes()));
+}
+
 }  // namespace mcvd

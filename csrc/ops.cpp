@@ -44,6 +44,10 @@ TORCH_LIBRARY(mcvd, m) {
       "reverse_step(Tensor x_t, Tensor eps, Tensor? noise, Tensor coef, "
       "float? clip_lo=None, float? clip_hi=None) -> (Tensor x_prev, "
       "Tensor x0)");
+  // y = x / (1 - p) where the element's Philox word from `seed` (a 0-d
+  // int64 tensor on x's device) is at least p * 2^32, else 0 (csrc/philox.h).
+  // Linear in x: its backward is this op on the gradient with the same seed.
+  m.def("dropout(Tensor x, float p, Tensor seed) -> Tensor");
 }
 
 namespace {

@@ -86,7 +86,7 @@ SHARDS=(
     "tests/ops/test_attention.py -k triton and backward"
     "tests/ops/test_attention.py -k triton and not forward and not backward"
     "tests/ops/test_attention.py -k not triton"
-    "tests/ops/test_reverse_step.py tests/ops/test_backend.py"
+    "tests/ops/test_reverse_step.py tests/ops/test_dropout.py tests/ops/test_backend.py"
     "tests/diffusion tests/compat"
     "tests/nn tests/train"
 )

@@ -21,6 +21,8 @@ Autograd, per op and backend (torch ops: forward / backward):
 | attention    | triton    | mcvd::attention_fwd_triton / _bwd_triton   | register_autograd, ops/attention.py    |
 | reverse_step | cpu, cuda | mcvd::reverse_step                         | register_autograd, ops/reverse_step.py |
 | reverse_step | triton    | mcvd::reverse_step_triton                  | register_autograd, ops/reverse_step.py |
+| dropout      | cpu, cuda | mcvd::dropout (its own backward)           | register_autograd, ops/dropout.py      |
+| dropout      | triton    | mcvd::dropout_triton (its own backward)    | register_autograd, ops/dropout.py      |
 | every op     | reference | none                                       | PyTorch, through `<op>_ref`            |
 
 Why:
@@ -38,6 +40,12 @@ Why:
   Python autograd kernel runs on every call, with grad or not (27 against
   11 us per call at 2x3x8x8 under no_grad on one CPU thread), which a
   sampling step, one network call each, does not notice.
+- dropout, every backend: linear in x with the mask recomputed from the
+  seed, so its backward is the op itself on the gradient (and a double
+  backward runs through it again, exactly). Its reference backend is
+  PyTorch's dropout, not a second Philox: what the kernels must match is the
+  mask rule of csrc/philox.h, which tests/ops/test_dropout.py checks against
+  an independent Philox and its published known answers.
 - First-order guards: the spatin_norm and attention backward formulas are
   first-order, so a backward through a backward op (a double backward) raises
   "derivative for mcvd::<op>_bwd... is not implemented": on the C++ backward
@@ -77,6 +85,7 @@ _check_build()
 
 from ._backend import available_backends
 from .attention import attention, attention_ref
+from .dropout import dropout, dropout_ref
 from .reverse_step import reverse_step, reverse_step_ref
 from .spatin_norm import output_format as spatin_norm_output_format, spatin_norm, spatin_norm_ref
 
@@ -84,6 +93,8 @@ __all__ = [
     "available_backends",
     "attention",
     "attention_ref",
+    "dropout",
+    "dropout_ref",
     "reverse_step",
     "reverse_step_ref",
     "spatin_norm",

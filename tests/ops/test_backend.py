@@ -72,7 +72,7 @@ def test_auto_choice_is_logged_once(monkeypatch, caplog):
 def test_auto_table_names_known_ops_and_backends():
     for key, order in _backend.AUTO_CUDA.items():
         op = key if isinstance(key, str) else key[0]
-        assert op in ("spatin_norm", "attention", "reverse_step"), key
+        assert op in ("spatin_norm", "attention", "reverse_step", "dropout"), key
         assert order and set(order) <= set(_backend.BACKENDS), key
 
 

@@ -360,11 +360,45 @@ def test_reverse_step_rejects_bad_coefficient_tables():
         rs.fwd(x, x, None, torch.ones(5, 2), -1.0, None)
 
 
+# --- dropout ---------------------------------------------------------------------
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1,), (3,), (2, 3, 5, 7), (2, 1100)], ids=str)
+def test_dropout_draws_the_cpu_kernels_mask(shape, dtype):
+    """tl.randint4x read by csrc/philox.h's rule: the C++ kernel's mask bit for
+    bit; float64 and float32 values too, 16-bit ones within the interpreter's
+    rounding of the float32 product."""
+    if "cpu" not in mcvd.ops.available_backends("cpu"):
+        pytest.skip("the C++ kernels are not built")
+    from mcvd.ops.dropout import triton_kernels
+
+    x = torch.randn(shape, dtype=torch.float64).to(dtype)
+    for seed in (0, 0x1234567890ABCDEF, -1):
+        seed = torch.tensor(seed)
+        got = triton_kernels().fwd(x, 0.3, seed)
+        want = torch.ops.mcvd.dropout(x, 0.3, seed)
+        assert got.dtype == dtype and torch.equal(got != 0, want != 0)
+        if dtype in (torch.float64, torch.float32):
+            assert torch.equal(got, want)
+        else:
+            assert ((got.double() - want.double()).abs() <= EPS[dtype] * want.double().abs()).all()
+
+
+@interpreted
+def test_dropout_gradient_is_the_forward_mask():
+    x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    y = mcvd.ops.dropout(x, 0.5, backend="triton")
+    g = torch.randn_like(y)
+    y.backward(g)
+    assert torch.equal(x.grad, torch.where(y.detach() != 0, g * 2.0, 0.0))
+
+
 # --- registration --------------------------------------------------------------
 
 @interpreted
 def test_opcheck():
-    """Schemas and autograd registration of the three Triton ops (made by
+    """Schemas and autograd registration of the Triton ops (made by
     mcvd/ops/<op>.py when it loads the kernels). The fake-tensor and AOT checks
     need a GPU: under the interpreter wrap_triton hands back the bare kernel,
     which would then run on fake tensors."""
@@ -383,6 +417,9 @@ def test_opcheck():
     coef = torch.rand(5, 2, dtype=torch.float64) + 0.5
     xt, e = (torch.randn(2, 6, dtype=torch.float64, requires_grad=True) for _ in range(2))
     torch.library.opcheck(rs.fwd, (xt, e, None, coef, -1.0, 1.0), test_utils=utils)
+    from mcvd.ops.dropout import triton_kernels as dropout_kernels
+
+    torch.library.opcheck(dropout_kernels().fwd, (xt, 0.25, torch.tensor(3)), test_utils=utils)
 
 
 @interpreted
@@ -416,6 +453,7 @@ calls = {
     "attention_fwd": lambda b: mcvd.ops.attention(q, q, q, backend=b),
     "reverse_step": lambda b: mcvd.ops.reverse_step(x, x, x, a=0.1, b=0.9, c_x0=0.5, c_xt=0.5, sigma=0.1,
                                                     clip=(-1, 1), backend=b),
+    "dropout": lambda b: mcvd.ops.dropout(x, 0.5, backend=b),
 }
 ran = []
 for op, call in calls.items():
@@ -430,4 +468,4 @@ print(ran, "triton" in sys.modules)
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "MCVD_BACKEND")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.strip().endswith("False"), out
-    assert out.count(":reference") == 3, out
+    assert out.count(":reference") == 4, out

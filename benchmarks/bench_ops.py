@@ -39,12 +39,22 @@ from harness import (  # noqa: E402
 )
 
 import mcvd  # noqa: E402
-from mcvd.ops import attention, attention_ref, reverse_step, spatin_norm, spatin_norm_ref  # noqa: E402
+from mcvd.ops import (  # noqa: E402
+    attention,
+    attention_ref,
+    dropout,
+    dropout_ref,
+    reverse_step,
+    spatin_norm,
+    spatin_norm_ref,
+)
 
 SPATIN_SHAPES = [(8, 128, 32, 32), (1, 64, 64, 64), (4, 256, 8, 8)]
 ATTN_SHAPES = [(1, 2, 1024, 64), (8, 2, 1024, 64), (8, 4, 256, 64)]
 STEP_SHAPES = [(8, 5, 64, 64)]
-LARGE = {"spatin_norm": [(64, 128, 32, 32)], "attention": [(64, 2, 1024, 64)], "reverse_step": [(64, 5, 64, 64)]}
+DROPOUT_SHAPES = [(8, 64, 64, 64), (8, 128, 32, 32)]  # the SMMNIST preset's first two levels at batch 8
+LARGE = {"spatin_norm": [(64, 128, 32, 32)], "attention": [(64, 2, 1024, 64)], "reverse_step": [(64, 5, 64, 64)],
+         "dropout": [(64, 64, 64, 64)]}
 
 
 def shape_str(shape) -> str:
@@ -162,11 +172,29 @@ def bench_step(shape, provider, mode, device, dtype, args):
     return med, p20, p80, host, nbytes / (med * 1e-3) / 1e9
 
 
+def bench_dropout(shape, provider, mode, device, dtype, args):
+    """p = 0.1, the presets'; the reference is PyTorch's dropout."""
+    need = mode == "fwd+bwd"
+    x = torch.randn(shape, device=device, dtype=dtype).requires_grad_(need)
+    if provider == "reference":
+        f = partial(dropout_ref, x, 0.1)
+    elif provider == "compiled-ref":
+        f = partial(torch.compile(dropout_ref), x, 0.1)
+    else:
+        f = partial(dropout, x, 0.1, backend=provider)
+    g = torch.randn_like(x)
+    run = f if not need else (lambda: f().backward(g))
+    med, p20, p80, host = _timed(run, device, args)
+    # fewest bytes: x read, y written (the mask drawn, not stored); backward dy read, dx written
+    nbytes = x.numel() * x.element_size() * (4 if need else 2)
+    return med, p20, p80, host, nbytes / (med * 1e-3) / 1e9
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--ops", nargs="+", default=["spatin_norm", "attention", "reverse_step"])
+    p.add_argument("--ops", nargs="+", default=["spatin_norm", "attention", "reverse_step", "dropout"])
     p.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"])
     p.add_argument("--large", action="store_true", help="add the batch-64 shapes")
     p.add_argument("--compile-all", action="store_true",
@@ -187,7 +215,8 @@ def main(argv=None) -> int:
     for dname in args.dtype:
         dtype = getattr(torch, dname)
         for op in args.ops:
-            shapes = {"spatin_norm": SPATIN_SHAPES, "attention": ATTN_SHAPES, "reverse_step": STEP_SHAPES}[op]
+            shapes = {"spatin_norm": SPATIN_SHAPES, "attention": ATTN_SHAPES, "reverse_step": STEP_SHAPES,
+                      "dropout": DROPOUT_SHAPES}[op]
             if args.large:
                 shapes = shapes + LARGE[op]
             if args.shape:
@@ -204,7 +233,8 @@ def main(argv=None) -> int:
                             if op == "attention" and prov == "sdpa" and dev == "cpu" and dtype != torch.float32:
                                 continue
                             bench = {"spatin_norm": partial(bench_spatin, spatial=spatial),
-                                     "attention": bench_attention, "reverse_step": bench_step}[op]
+                                     "attention": bench_attention, "reverse_step": bench_step,
+                                     "dropout": bench_dropout}[op]
                             try:
                                 med, p20, p80, host, thr = bench(shape, prov, mode, dev, dtype, args)
                             except Exception as exc:  # report and go on: one failing provider must not hide the rest

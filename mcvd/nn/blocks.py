@@ -133,7 +133,7 @@ class Norm(nn.Module):
 
 
 class Dropout(nn.Module):
-    """nn.Dropout through `mcvd.ops.dropout` (on the CPU 6-9x faster than
+    """nn.Dropout through `mcvd.ops.dropout` (on the CPU 6-7x faster than
     PyTorch's, whose mask is drawn one element at a time). No parameters or
     buffers: state dicts are those of nn.Dropout."""
 

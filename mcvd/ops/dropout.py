@@ -9,11 +9,12 @@ so every backend draws the same mask from the same seed. The mask is never
 stored: the op is linear in x, and its backward is the op itself on the
 gradient, with the same seed.
 
-Why an op: PyTorch's CPU dropout draws its mask with mt19937, one element
-at a time (30 ms for 4M elements on one core, against 0.9 ms to multiply
-them), 5-6% of a training step of the paper's SMMNIST network at batch 8
-(benchmarks/results/cpu_train_step.md). The reference backend is PyTorch's
-own dropout: the same distribution from another random stream.
+Why an op: PyTorch's CPU dropout draws its mask with mt19937 one element at
+a time: 14 ms for 2M float32 elements on one core of an AMD EPYC, against
+2.2 ms here (benchmarks/results/cpu.md); the SMMNIST preset's training step
+at batch 8 is 3-6% faster for it (benchmarks/results/cpu_e2e_amd.md). The
+reference backend is PyTorch's own dropout: the same distribution from
+another random stream.
 """
 from __future__ import annotations
 

@@ -29,8 +29,11 @@ namespace {
 
 constexpr int64_t kCounters = kBlock / 4;  // one block of elements, four words per counter
 
-// The words of elements [4 * first, 4 * first + kBlock): the kCounters
-// counters' rounds run as structure-of-arrays loops, which vectorise.
+// The words of elements [4 * first, 4 * first + kBlock): philox::block on
+// kCounters counters as structure-of-arrays, rounds outer and counters
+// inner, so that each round is one vectorised loop: measured 1.2-1.3x
+// faster than one loop calling philox::block per counter (which the
+// compiler vectorises too).
 void philox_words(uint64_t first, uint32_t k0, uint32_t k1, uint32_t* words) {
   alignas(64) uint32_t s0[kCounters], s1[kCounters], s2[kCounters], s3[kCounters];
   for (int64_t j = 0; j < kCounters; ++j) {

@@ -30,9 +30,10 @@ ENV = "MCVD_BACKEND"  # the default backend of every op call that passes backend
 # cores and take 1.4-8x its device time at every measured shape; the reference
 # holds the N x N logits in memory, as the reference code's attention does.
 # dropout takes PyTorch's own on a GPU: there it is one fused Philox kernel
-# already, which inductor fuses with its neighbours; the op's own kernels are
-# for the CPU, where PyTorch draws the mask one element at a time
-# (mcvd/ops/dropout.py), and its CUDA and Triton kernels are not measured yet.
+# already, which inductor fuses with its neighbours. The op pays on the CPU,
+# where PyTorch draws the mask one element at a time (mcvd/ops/dropout.py);
+# its CUDA and Triton kernels (the same mask) run when asked for by name and
+# are not measured yet.
 # A backend missing from this install is passed over.
 AUTO_CUDA: dict[str | tuple[str, torch.dtype], tuple[str, ...]] = {
     "spatin_norm": ("cuda", "triton"),

@@ -57,14 +57,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import shutil
 import time
 from pathlib import Path
 
 from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, check_output_folder, check_steps, error,
                       inference_model, nonnegative_int, positive_float, positive_int, resolve_device)
-from .demo_config import (SIZES, DemoSize, calibrate, leftover_work_folders, plan_budget, remove_work_folder,
-                          reproduce_command, run_config, work_folder)
+from .demo_config import (SIZES, DemoSize, calibrate, fit_deadline, leftover_work_folders, plan_budget,
+                          remove_work_folder, reproduce_command, run_config, work_folder)
 
 HELP = "train a small MCVD on Stochastic Moving MNIST and compare its predictions with copy-last-frame"
 OUTPUTS = ("demo.gif", "stream.gif", "metrics.png", "report.md", "metrics.json", "checkpoint.pt",
@@ -95,6 +96,10 @@ def add_parser(sub) -> None:
                    help="sampler (default: the size's, ddpm)")
     p.add_argument("--sample-steps", type=positive_int, default=None,
                    help="sampler steps per block (default: the size's)")
+    p.add_argument("--started-at", type=float, default=None, metavar="EPOCH_SECONDS",
+                   help="when the whole run began, set-up included (seconds since the epoch; make demo passes "
+                        "its own start): a default budget ends training so that the demo ends within the size's "
+                        "total minutes of it (cpu: 9.5; default: when this command started)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (default: with --minutes, the faster of torch's count and 1, "
                         "measured; with --train-steps, torch's count)")
@@ -117,6 +122,9 @@ def _check_args(args) -> list[Path]:
         key = item.partition("=")[0].strip()
         if key in OWN_FLAGS:
             raise UsageError(f"--set {item}: the demo sets {key} from {OWN_FLAGS[key]}; use that instead")
+    if args.started_at is not None and not (math.isfinite(args.started_at) and args.started_at <= time.time() + 60):
+        raise UsageError(f"--started-at: expected a past time in seconds since the epoch (date +%s), "
+                         f"got {args.started_at:.0f}")
     out = args.out
     check_output_folder("--out", out)
     leftovers = leftover_work_folders(out)
@@ -126,26 +134,36 @@ def _check_args(args) -> list[Path]:
     return leftovers
 
 
-def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path) -> tuple:
+def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path, deadline: float) -> tuple:
     """Train in a temporary folder inside `out`; move checkpoint.pt and the
     training log into `out`. Returns (run config with the steps trained, seconds,
-    time limit or None, the size's step floor where it set the steps or None, log rows).
+    time limit or None, the size's step floor where it set the steps or None,
+    whether the deadline shortened the budget, log rows).
 
     With a budget, the calibration sets the thread count, the EMA rate and the
     progress bar's length, and the budget ends the run (the trainer's time limit:
     a machine slower than its calibration would otherwise overrun it). By
     default a machine too slow for the size's min_steps in its minutes trains
-    min_steps steps instead, within max_minutes (plan_budget)."""
+    min_steps steps instead, within max_minutes (plan_budget), and the default
+    budget ends early enough for the demo to end by `deadline` (time.time()
+    seconds; fit_deadline)."""
     from mcvd.train import train
     from mcvd.train.trainer import METRICS_NAME, read_metrics
 
-    steps, budget, floor = args.train_steps, None, False
+    steps, budget, floor, cut = args.train_steps, None, False, False
     if steps is None:
         timings = calibrate(run_cfg, out, try_one_thread=device.type == "cpu" and args.threads is None)
         per_step = min(timings.values())
         steps, budget, floor = plan_budget(size, args.minutes, per_step)
+        if args.minutes is None:
+            steps, budget, cut = fit_deadline(size, steps, budget, floor, per_step, deadline - time.time())
         measured = ", ".join(f"{t:.3g} s with {n} thread{'s' * (n > 1)}" for n, t in timings.items())
-        if floor:
+        if cut:
+            print(f"mcvd demo: one training step takes {measured} on {device}: training stops at {budget:.0f} s "
+                  f"(about {min(steps, int(budget / per_step))} steps) so that the demo ends within "
+                  f"{size.total_minutes:g} minutes of its start, set-up included where --started-at gives it "
+                  f"(the scoring after training takes about as long as {size.finish_steps} steps)")
+        elif floor:
             print(f"mcvd demo: one training step takes {measured} on {device}: fewer than {steps} steps fit in "
                   f"{60 * size.minutes:.0f} s, so the demo trains {steps} steps (about {per_step * steps:.0f} s), "
                   f"stopping at {budget:.0f} s if they take longer")
@@ -170,7 +188,7 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path) -> tup
         log = read_metrics(Path(workdir) / METRICS_NAME)
         for name, target in (("checkpoint.pt", "checkpoint.pt"), (METRICS_NAME, "train_metrics.csv")):
             shutil.move(Path(workdir) / name, out / target)  # a rename: same folder tree
-    return result.run, seconds, budget, size.min_steps if floor else None, log
+    return result.run, seconds, budget, size.min_steps if floor else None, cut, log
 
 
 def shipped_model(size: DemoSize, run_cfg, cfg, device) -> dict | None:
@@ -222,6 +240,8 @@ def run(args: argparse.Namespace) -> int:
         sample_steps = args.sample_steps or min(size.sample_steps, T)
     except (ValueError, TypeError) as err:  # UsageError included
         return error("demo", err, EXIT_USAGE)
+    started = time.time() if args.started_at is None else args.started_at
+    deadline = started + 60 * (size.total_minutes or math.inf)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     out = args.out
@@ -230,7 +250,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"mcvd demo: removed {folder}, the training folder of an interrupted demo")
     out.mkdir(parents=True, exist_ok=True)
     try:
-        run_cfg, train_seconds, budget, floor, log = train_within_budget(run_cfg, size, args, device, out)
+        run_cfg, train_seconds, budget, floor, cut, log = train_within_budget(run_cfg, size, args, device, out,
+                                                                              deadline)
     except TrainingDiverged as err:
         return error("demo", f"training diverged: {err}", EXIT_FAILURE)
 
@@ -268,7 +289,8 @@ def run(args: argparse.Namespace) -> int:
         "device": str(device), "threads": torch.get_num_threads(),
         "parameters": sum(x.numel() for x in model.parameters()),
         "training": {"steps": run_cfg.training.steps, "seconds": train_seconds, "budget_seconds": budget,
-                     "step_floor": floor, "batch_size": run_cfg.training.batch_size,
+                     "step_floor": floor, "deadline_minutes": size.total_minutes if cut else None,
+                     "batch_size": run_cfg.training.batch_size,
                      "first_loss": log[0]["loss"], "last_loss": log[-1]["loss"]},
         "evaluation": {"clips": len(clips), "past_frames": p, "pred_frames": n, "block_frames": cfg.num_frames,
                        "method": method, "sample_steps": sample_steps, "seconds": eval_seconds},

@@ -90,10 +90,15 @@ def markdown(info: dict, comparisons: dict[str, dict], frames: list[int], scores
         lines.append(f"| {fr} | " + " | ".join(cells) + " |")
     lines += shipped_section(info)
     lines += stream_section(info)
-    budget = "" if tr["budget_seconds"] is None else f" (budget {tr['budget_seconds']:.0f} s)"
+    notes = []
     if tr["step_floor"] is not None:
-        budget = (f" (the size's step floor of {tr['step_floor']}, as this machine fits fewer steps in the size's "
-                  f"minutes; time limit {tr['budget_seconds']:.0f} s)")
+        notes.append(f"the size's step floor of {tr['step_floor']}, as this machine fits fewer steps in the size's "
+                     f"minutes")
+    if tr["deadline_minutes"] is not None:
+        notes.append(f"shortened so that the demo ends within {tr['deadline_minutes']:g} minutes of its start")
+    if tr["budget_seconds"] is not None:
+        notes.append(f"{'budget' if len(notes) == 0 else 'time limit'} {tr['budget_seconds']:.0f} s")
+    budget = f" ({'; '.join(notes)})" if notes else ""
     lines += [
         "", "## Training", "",
         f"- device: {info['device']}, {info['threads']} torch CPU thread(s)",

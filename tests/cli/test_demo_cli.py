@@ -12,7 +12,7 @@ from PIL import Image
 import mcvd
 from mcvd.cli import main
 from mcvd.cli.demo import OUTPUTS, STREAM_FRAMES
-from mcvd.cli.demo_config import SIZES, demo_ema_rate, plan_budget, reproduce_command
+from mcvd.cli.demo_config import SIZES, demo_ema_rate, fit_deadline, plan_budget, reproduce_command
 from mcvd.data import StochasticMovingMNIST
 from mcvd.metrics.baselines import compare, verdict
 from mcvd.train import load_checkpoint, read_checkpoint
@@ -195,6 +195,9 @@ def test_the_command_spells_out_an_ema_rate_that_the_steps_would_not_give():
     (["--set", "training.bogus=1"], "training: unknown key 'bogus'"),
     (["--set", "model.num_frames_cond=0"], "keep data.dataset smmnist and model.num_frames_cond >= 1"),
     (["--set", "training.steps=5"], "the demo sets training.steps from --train-steps or --minutes"),
+    (["--started-at", "nan"], "--started-at: expected a past time in seconds since the epoch (date +%s), got nan"),
+    (["--started-at", "1e12"], "--started-at: expected a past time in seconds since the epoch (date +%s), "
+                               "got 1000000000000"),
 ])
 def test_bad_arguments_fail_before_training(tmp_path, capsys, args, message):
     out = tmp_path / "demo"
@@ -289,6 +292,46 @@ def test_a_slower_machine_trains_the_size_s_steps_within_the_cap():
     assert plan_budget(cpu, None, 0.125) == (4500, 390.0, True)  # 4,500 take 9.4 min: the time limit ends it
     assert plan_budget(cpu, 1.0, 0.125) == (480, 60.0, False)
     assert plan_budget(SIZES["tiny"], None, 0.5) == (6, 3.0, False)  # no floor
+
+
+def test_the_deadline_shortens_a_default_budget():
+    """The cpu size ends within 9.5 minutes of its start: the training budget leaves room for the work after
+    it (1,250 steps' worth), keeps at least a minute, and under the step floor keeps the steps as a cap."""
+    cpu = SIZES["cpu"]
+    assert (cpu.total_minutes, cpu.finish_steps) == (9.5, 1250)
+    # 0.0625 s per step: 78.125 s of scoring; 560 s left hold the 300 s budget, 300 s left hold 221.875 s of it.
+    assert fit_deadline(cpu, 4800, 300.0, False, 0.0625, 560.0) == (4800, 300.0, False)
+    assert fit_deadline(cpu, 4800, 300.0, False, 0.0625, 300.0) == (3550, 221.875, True)
+    # 0.125 s per step under the floor: 156.25 s of scoring; 500 s left cut the 390 s limit to 343.75 s.
+    assert fit_deadline(cpu, 4500, 390.0, True, 0.125, 546.25) == (4500, 390.0, False)
+    assert fit_deadline(cpu, 4500, 390.0, True, 0.125, 500.0) == (4500, 343.75, True)
+    assert fit_deadline(cpu, 4500, 390.0, True, 0.125, 100.0) == (4500, 60.0, True)  # past the deadline: a minute
+    assert fit_deadline(SIZES["tiny"], 6, 3.0, False, 0.5, 0.0) == (6, 3.0, False)  # no deadline
+
+
+def test_a_late_start_shortens_the_training_and_the_report_says_so(tmp_path, capsys, monkeypatch):
+    """--started-at an hour ago: the tiny size given a 1.5-minute total trains only its minimum time, says
+    so, and records it; --minutes is the user's budget and is kept."""
+    import dataclasses
+    import time
+
+    import mcvd.cli.demo as demo_cli
+    import mcvd.cli.demo_config as demo_config
+
+    monkeypatch.setitem(demo_cli.SIZES, "tiny", dataclasses.replace(TINY, total_minutes=1.5, finish_steps=10))
+    monkeypatch.setattr(demo_config, "MIN_TRAIN_SECONDS", 0.5)
+    assert demo(tmp_path / "late", "--clips", "2", "--started-at", str(time.time() - 3600)) == 0
+    said = capsys.readouterr().out
+    assert re.search(r"training stops at 0 s \(about \d+ steps\) so that the demo ends within 1.5 minutes of "
+                     r"its start", said)
+    m = json.loads((tmp_path / "late" / "metrics.json").read_text())
+    assert (m["training"]["budget_seconds"], m["training"]["deadline_minutes"]) == (0.5, 1.5)
+    report = (tmp_path / "late" / "report.md").read_text()
+    assert "(shortened so that the demo ends within 1.5 minutes of its start; time limit 0 s)" in report
+
+    assert demo(tmp_path / "asked", "--clips", "2", "--minutes", "0.01", "--started-at", str(time.time() - 3600)) == 0
+    m = json.loads((tmp_path / "asked" / "metrics.json").read_text())
+    assert (m["training"]["budget_seconds"], m["training"]["deadline_minutes"]) == (0.6, None)
 
 
 def test_the_step_floor_sets_the_steps_of_a_default_run(tmp_path, capsys, monkeypatch):

@@ -241,19 +241,14 @@ def plan_budget(size: DemoSize, minutes: float | None, seconds_per_step: float) 
     return size.min_steps, 60 * size.max_minutes, True
 
 
-def fit_deadline(size: DemoSize, steps: int, budget: float, floor: bool, seconds_per_step: float,
-                 seconds_left: float) -> tuple[int, float, bool]:
-    """(steps, time limit in seconds, whether the deadline shortened them) of a planned run (plan_budget),
-    when `seconds_left` of the size's total_minutes remain as training starts: training ends early enough
-    for the work after it, finish_steps steps' worth, but lasts at least MIN_TRAIN_SECONDS. Under the
-    step floor the steps stay (a cap: the time limit ends the run); else they are those the limit holds."""
+def fit_deadline(size: DemoSize, budget: float, seconds_per_step: float, seconds_left: float) -> float:
+    """The time limit of a default training budget (plan_budget) when `seconds_left` of the size's
+    total_minutes remain as training starts and a step takes `seconds_per_step`: training ends early enough
+    for the work after it (finish_steps steps' worth), but lasts at least MIN_TRAIN_SECONDS. The demo asks it
+    again after every step with the speed measured so far."""
     if size.total_minutes is None:
-        return steps, budget, False
-    room = seconds_left - size.finish_steps * seconds_per_step
-    if room >= budget:
-        return steps, budget, False
-    budget = max(room, MIN_TRAIN_SECONDS)
-    return (steps if floor else max(1, int(budget / seconds_per_step))), budget, True
+        return budget
+    return min(budget, max(seconds_left - size.finish_steps * seconds_per_step, MIN_TRAIN_SECONDS))
 
 
 def reproduce_command(args, size: DemoSize, training) -> str:

@@ -36,6 +36,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,8 @@ from .objective import draw_step_randomness, mcvd_loss
 from .sampler import StepBatchSampler
 
 log = logging.getLogger("mcvd.train")
+# train's time limit: seconds, or a function of (steps done by the call, their seconds) that returns them.
+TimeLimit = float | Callable[[int, float], float]
 
 CONFIG_NAME, METRICS_NAME = "config.yml", "metrics.csv"
 METRICS_FIELDS = ("step", "loss", "lr", "grad_norm", "it_per_s")
@@ -185,7 +188,7 @@ def _check_resume_config(saved: dict, run: RunConfig, path: Path) -> None:
             log.warning("resuming %s with a changed %s section: %s", path, section, ", ".join(changed))
 
 
-def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float | None = None,
+def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: TimeLimit | None = None,
           time_limit_ends_run: bool = False, init_model: MCVD | None = None) -> TrainResult:
     """Train (or resume training) an MCVD network in `workdir` until run.training.steps.
 
@@ -201,7 +204,10 @@ def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float |
     writes its checkpoint there; every process stops at the same step (each
     must be given a time limit, or none). Nothing
     in a step depends on run.training.steps, so a run stopped at step N holds
-    the weights of a run of N steps, and resuming continues it.
+    the weights of a run of N steps, and resuming continues it. It may be a
+    function of (steps done by this call, their seconds) that returns the
+    limit in seconds, asked after every step: a limit that depends on the
+    measured speed (mcvd demo's deadline).
 
     time_limit_ends_run: the time limit is the run's budget, not a pause: a run
     it stops at step N is a run of N steps, and its checkpoint's run config
@@ -242,10 +248,10 @@ def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: float |
 
 
 def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, progress: bool,
-           time_limit: float | None, time_limit_ends_run: bool,
+           time_limit: TimeLimit | None, time_limit_ends_run: bool,
            init_model: MCVD | None) -> TrainResult:
     tc = run.training
-    if time_limit is not None and not (time_limit >= 0):
+    if time_limit is not None and not callable(time_limit) and not (time_limit >= 0):
         raise ValueError(f"time_limit: expected seconds >= 0 or None, got {time_limit}")
     B, world, accum = tc.batch_size, env.world_size, tc.grad_accum
     if B % (world * accum):
@@ -330,7 +336,7 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     bar = tqdm(total=tc.steps, initial=step, disable=not (progress and env.is_main), desc="train", unit="step",
                dynamic_ncols=True)
     batches = iter(loader)
-    started = time.perf_counter()
+    started, first_step = time.perf_counter(), step
     try:
         while step < tc.steps:
             if graphs:  # the last step's graph outputs are consumed: their memory may be reused
@@ -373,7 +379,8 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
             interval["grad_norm"] += grad_norm
             interval["n"] += 1
             bar.update(1)
-            stop = time_limit is not None and step < tc.steps and _time_is_up(started, time_limit, device, env)
+            stop = time_limit is not None and step < tc.steps and _time_is_up(started, time_limit, step - first_step,
+                                                                              device, env)
             if stop and time_limit_ends_run:
                 run = dataclasses.replace(run, training=dataclasses.replace(
                     tc, steps=step, ckpt_every=min(tc.ckpt_every, step)))
@@ -391,8 +398,8 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
             if stop:
                 bar.total = step  # the bar ends full, at the step the limit ended
                 bar.refresh()
-                log.info("training stopped at step %d of %d: the time limit of %.0f s is spent", step, tc.steps,
-                         time_limit)
+                log.info("training stopped at step %d of %d: the time limit is spent (%.0f s)", step, tc.steps,
+                         time.perf_counter() - started)
                 break
     finally:
         bar.close()
@@ -427,12 +434,13 @@ def compile_for_training(model: MCVD, *, cuda_graphs: bool = False) -> None:
     model.compile(dynamic=False, mode="reduce-overhead" if cuda_graphs else None)
 
 
-def _time_is_up(started: float, time_limit: float, device: torch.device, env: D.DistEnv) -> bool:
-    """Whether `time_limit` seconds have passed since `started`. With several
+def _time_is_up(started: float, time_limit: TimeLimit, steps: int, device: torch.device, env: D.DistEnv) -> bool:
+    """Whether the time limit has passed since `started`, `steps` steps ago. With several
     processes, one decision for all (any one past the limit stops them all), so
     that none waits on a collective the others have left; a single process
     decides on the host, with no device tensor or sync per step."""
-    up = time.perf_counter() - started >= time_limit
+    seconds = time.perf_counter() - started
+    up = seconds >= (time_limit(steps, seconds) if callable(time_limit) else time_limit)
     if not env.enabled:
         return up
     return D.all_mean(torch.tensor(float(up), device=device), env).item() > 0

@@ -296,17 +296,17 @@ def test_a_slower_machine_trains_the_size_s_steps_within_the_cap():
 
 def test_the_deadline_shortens_a_default_budget():
     """The cpu size ends within 9.5 minutes of its start: the training budget leaves room for the work after
-    it (1,250 steps' worth), keeps at least a minute, and under the step floor keeps the steps as a cap."""
+    it (1,250 steps' worth at the given speed) and keeps at least a minute."""
     cpu = SIZES["cpu"]
     assert (cpu.total_minutes, cpu.finish_steps) == (9.5, 1250)
-    # 0.0625 s per step: 78.125 s of scoring; 560 s left hold the 300 s budget, 300 s left hold 221.875 s of it.
-    assert fit_deadline(cpu, 4800, 300.0, False, 0.0625, 560.0) == (4800, 300.0, False)
-    assert fit_deadline(cpu, 4800, 300.0, False, 0.0625, 300.0) == (3550, 221.875, True)
-    # 0.125 s per step under the floor: 156.25 s of scoring; 500 s left cut the 390 s limit to 343.75 s.
-    assert fit_deadline(cpu, 4500, 390.0, True, 0.125, 546.25) == (4500, 390.0, False)
-    assert fit_deadline(cpu, 4500, 390.0, True, 0.125, 500.0) == (4500, 343.75, True)
-    assert fit_deadline(cpu, 4500, 390.0, True, 0.125, 100.0) == (4500, 60.0, True)  # past the deadline: a minute
-    assert fit_deadline(SIZES["tiny"], 6, 3.0, False, 0.5, 0.0) == (6, 3.0, False)  # no deadline
+    # 0.0625 s per step: 78.125 s of work after training; 378.125 s left hold the 300 s budget, 300 s left 221.875.
+    assert fit_deadline(cpu, 300.0, 0.0625, 378.125) == 300.0
+    assert fit_deadline(cpu, 300.0, 0.0625, 300.0) == 221.875
+    # 0.125 s per step under the floor: 156.25 s after training; 500 s left cut the 390 s limit to 343.75 s.
+    assert fit_deadline(cpu, 390.0, 0.125, 546.25) == 390.0
+    assert fit_deadline(cpu, 390.0, 0.125, 500.0) == 343.75
+    assert fit_deadline(cpu, 390.0, 0.125, 100.0) == 60.0  # past the deadline: a minute
+    assert fit_deadline(SIZES["tiny"], 3.0, 0.5, 0.0) == 3.0  # no deadline
 
 
 def test_a_late_start_shortens_the_training_and_the_report_says_so(tmp_path, capsys, monkeypatch):
@@ -322,8 +322,8 @@ def test_a_late_start_shortens_the_training_and_the_report_says_so(tmp_path, cap
     monkeypatch.setattr(demo_config, "MIN_TRAIN_SECONDS", 0.5)
     assert demo(tmp_path / "late", "--clips", "2", "--started-at", str(time.time() - 3600)) == 0
     said = capsys.readouterr().out
-    assert re.search(r"training stops at 0 s \(about \d+ steps\) so that the demo ends within 1.5 minutes of "
-                     r"its start", said)
+    assert re.search(r"training stops at about 0 s \(about \d+ steps; the speed measured while training sets it\) "
+                     r"so that the demo ends within 1.5 minutes of its start", said)
     m = json.loads((tmp_path / "late" / "metrics.json").read_text())
     assert (m["training"]["budget_seconds"], m["training"]["deadline_minutes"]) == (0.5, 1.5)
     report = (tmp_path / "late" / "report.md").read_text()

@@ -181,13 +181,14 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path, deadli
         longest = steps + steps // 4 + 1
         run_cfg = dataclasses.replace(run_cfg, training=dataclasses.replace(run_cfg.training, steps=longest,
                                                                              ckpt_every=longest))
-    limit = budget
+    limit, final = budget, budget
     if by_deadline:
-        left, last = deadline - time.time(), [planned]
+        left, final = deadline - time.time(), planned
 
         def limit(steps_done: int, seconds: float) -> float:  # the deadline at the speed measured so far
-            last[0] = fit_deadline(size, budget, seconds / max(steps_done, 1), left)
-            return last[0]
+            nonlocal final
+            final = fit_deadline(size, budget, seconds / max(steps_done, 1), left)
+            return final
     with work_folder(out, "train") as workdir:
         start = time.perf_counter()
         # The checkpoint records the steps done, not the cap: resuming it with `mcvd train` trains no further.
@@ -200,10 +201,8 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path, deadli
         log = read_metrics(Path(workdir) / METRICS_NAME)
         for name, target in (("checkpoint.pt", "checkpoint.pt"), (METRICS_NAME, "train_metrics.csv")):
             shutil.move(Path(workdir) / name, out / target)  # a rename: same folder tree
-    cut = by_deadline and last[0] < budget
-    if cut:
-        budget = last[0]
-    return result.run, seconds, budget, size.min_steps if floor else None, cut, log
+    cut = by_deadline and final < budget
+    return result.run, seconds, final, size.min_steps if floor else None, cut, log
 
 
 def shipped_model(size: DemoSize, run_cfg, cfg, device) -> dict | None:

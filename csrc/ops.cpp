@@ -1,8 +1,12 @@
 // Schemas of every mcvd op, registered once, and the pybind11 module that
 // reports what this build holds. Kernels register their implementations in
 // csrc/cpu/<op>.cpp (CPU) and csrc/cuda/<op>.cu (CUDA).
-#include <torch/extension.h>
+// pybind11 and the few ATen headers this file uses, not torch/extension.h: the whole C++ API that one
+// pulls in doubles this file's compile time.
+#include <ATen/Version.h>
+#include <pybind11/pybind11.h>
 #include <torch/library.h>
+#include <torch/version.h>
 
 #include <sstream>
 #include <string>

@@ -51,7 +51,8 @@ def cpu_capability_flags() -> list[str]:
 
 def extension():
     rel = lambda paths: sorted(os.path.relpath(p, HERE) for p in paths)  # noqa: E731
-    sources = rel(glob.glob(os.path.join(HERE, "csrc", "*.cpp")) + glob.glob(os.path.join(HERE, "csrc", "cpu", "*.cpp")))
+    sources = rel(glob.glob(os.path.join(HERE, "csrc", "*.cpp"))
+                  + glob.glob(os.path.join(HERE, "csrc", "cpu", "*.cpp")))
     # -g0: Python's own CFLAGS ask for debug info, which more than doubles the time to compile ATen's
     # templates (and the library's size, 23 MB to 1.3 MB for one file) and helps no user.
     cxx = ["-O3", "-g0", "-std=c++17", "-fopenmp", f'-DMCVD_VERSION="{VERSION}"']
@@ -61,7 +62,8 @@ def extension():
         cxx += ["-march=native", *cpu_capability_flags()]
     include = [os.path.join(HERE, "csrc")]
     if not want_cuda():
-        return CppExtension("mcvd._C", sources, include_dirs=include, extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+        return CppExtension("mcvd._C", sources, include_dirs=include, extra_compile_args={"cxx": cxx},
+                            extra_link_args=["-fopenmp"])
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     archs = os.environ["TORCH_CUDA_ARCH_LIST"]
     sources += rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu")))

@@ -271,7 +271,8 @@ def run(args: argparse.Namespace) -> int:
 
     model, cfg = load(out / "checkpoint.pt", map_location=device)  # the EMA weights
     eager = args.no_optimize or (device.type == "cpu" and not args.optimize)
-    net = inference_model(model, eager)
+    fast_eager = not args.no_optimize  # the demo's own choice of the eager network, not the user's
+    net = inference_model(model, eager, channels_last=fast_eager)
     p, n = cfg.num_frames_cond, args.pred_frames or size.pred_frames
     method = args.method or size.method
     clips = StochasticMovingMNIST(p + n, split="test", seed=0, length=args.clips or size.clips,
@@ -285,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
     frames = list(range(p + 1, p + n + 1))
     shipped = None if args.no_pretrained else shipped_model(size, run_cfg, cfg, device)
     if shipped is not None:
-        shipped_net = inference_model(shipped["model"], eager)
+        shipped_net = inference_model(shipped["model"], eager, channels_last=fast_eager)
         _, _, shipped_pred = predict_clips(shipped_net, clips, pred_frames=n, method=method, steps=sample_steps,
                                            seed=args.seed, device=device, progress=not args.no_progress)
         scores = {MODEL: scores[MODEL], SHIPPED: score(shipped_pred, truth),

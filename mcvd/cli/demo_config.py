@@ -82,7 +82,7 @@ SIZES = {
                                prediction="x0"),
                     digit_size=16, batch_size=16, lr=1e-3, warmup=50, ema_rate=0.99, loss_weighting="none",
                     num_workers=0, minutes=5.0,
-                    clips=96, pred_frames=6, method="ddpm", sample_steps=50, gif_rows=6,
+                    clips=192, pred_frames=6, method="ddpm", sample_steps=50, gif_rows=6,
                     expectation=("Measured for this size on a 2-core CPU (docs/demo.md), on these 96 held-out clips: "
                                  "4,493-4,500 steps beat copy-last-frame on both metrics with each of seeds 0-6 "
                                  "(+0.34 to +0.72 dB, +0.029 to +0.054 SSIM; the SSIM interval clearing zero by "
@@ -100,7 +100,7 @@ SIZES = {
                     pretrained="smmnist-demo-cpu", min_steps=4500, max_minutes=6.5,
                     # make demo in 10 minutes, with half a minute to spare. After training, the demo's own work
                     # took as long as 1,010 training steps on an Intel Xeon and 1,200 on an AMD EPYC (2 cores).
-                    total_minutes=9.5, finish_steps=1250),
+                    total_minutes=9.5, finish_steps=1950),
     "gpu": DemoSize(model=dict(image_size=64, num_frames=2, num_frames_cond=2, ngf=32, ch_mult=(1, 2, 2, 2),
                                num_res_blocks=2, attn_resolutions=(8, 16), n_head_channels=32, dropout=0.0,
                                prediction="x0"),

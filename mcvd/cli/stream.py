@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     generator = torch.Generator(device).manual_seed(args.seed)
-    net = inference_model(model, not optimized, args.precision)
+    net = inference_model(model, not optimized, args.precision, channels_last=args.optimize is None)
     try:
         result = stream_video(net, iter_clip(args.input, cfg.image_size, cfg.channels, max_frames=args.max_frames),
                               sampler=sampler, every=args.every, generator=generator, cuda_graph=cuda_graph,

@@ -11,6 +11,7 @@ from PIL import Image
 
 import mcvd
 from mcvd.cli import main
+from mcvd.cli._common import inference_model
 from mcvd.cli.demo import OUTPUTS, STREAM_FRAMES
 from mcvd.cli.demo_config import SIZES, demo_ema_rate, fit_deadline, plan_budget, reproduce_command
 from mcvd.data import StochasticMovingMNIST
@@ -24,8 +25,8 @@ P = TINY.model["num_frames_cond"]
 
 
 def demo(out, *args):
-    return main(["demo", "--out", str(out), "--size", "tiny", "--device", "cpu", "--no-progress", "--no-optimize",
-                 *args])
+    """The demo as a user runs it on the CPU (its eager network, channels_last), at the tiny size."""
+    return main(["demo", "--out", str(out), "--size", "tiny", "--device", "cpu", "--no-progress", *args])
 
 
 def held_out(clips: int, pred: int) -> np.ndarray:
@@ -125,6 +126,7 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
         assert m["scores"][name]["ssim_per_clip"] == pytest.approx(per_clip, rel=1e-9, abs=1e-12)
         assert m["scores"][name]["ssim_per_frame"] == pytest.approx(per_frame, rel=1e-9, abs=1e-12)
     model, _ = mcvd.load(out / "checkpoint.pt")
+    model = inference_model(model, True, channels_last=True)  # the demo's network on the CPU
     pred = mcvd.predict(model, torch.from_numpy(x[:, :P] * 2 - 1).float(), 4, method=TINY.method,
                         steps=TINY.sample_steps, generator=torch.Generator().manual_seed(1))
     guess = (pred.double().numpy() + 1) / 2
@@ -296,15 +298,16 @@ def test_a_slower_machine_trains_the_size_s_steps_within_the_cap():
 
 def test_the_deadline_shortens_a_default_budget():
     """The cpu size ends within 9.5 minutes of its start: the training budget leaves room for the work after
-    it (1,250 steps' worth at the given speed) and keeps at least a minute."""
+    it (1,950 steps' worth at the given speed) and keeps at least a minute."""
     cpu = SIZES["cpu"]
-    assert (cpu.total_minutes, cpu.finish_steps) == (9.5, 1250)
-    # 0.0625 s per step: 78.125 s of work after training; 378.125 s left hold the 300 s budget, 300 s left 221.875.
-    assert fit_deadline(cpu, 300.0, 0.0625, 378.125) == 300.0
-    assert fit_deadline(cpu, 300.0, 0.0625, 300.0) == 221.875
-    # 0.125 s per step under the floor: 156.25 s after training; 500 s left cut the 390 s limit to 343.75 s.
-    assert fit_deadline(cpu, 390.0, 0.125, 546.25) == 390.0
-    assert fit_deadline(cpu, 390.0, 0.125, 500.0) == 343.75
+    assert (cpu.total_minutes, cpu.finish_steps) == (9.5, 1950)
+    # 0.0625 s per step: 121.875 s of work after training; 421.875 s left hold the 300 s budget, 300 s left 178.125.
+    assert fit_deadline(cpu, 300.0, 0.0625, 421.875) == 300.0
+    assert fit_deadline(cpu, 300.0, 0.0625, 300.0) == 178.125
+    # 0.125 s per step under the floor: 243.75 s after training; 633.75 s left hold the 390 s limit, 500 s cut it
+    # to 256.25 s.
+    assert fit_deadline(cpu, 390.0, 0.125, 633.75) == 390.0
+    assert fit_deadline(cpu, 390.0, 0.125, 500.0) == 256.25
     assert fit_deadline(cpu, 390.0, 0.125, 100.0) == 60.0  # past the deadline: a minute
     assert fit_deadline(SIZES["tiny"], 3.0, 0.5, 0.0) == 3.0  # no deadline
 

@@ -83,23 +83,20 @@ SIZES = {
                     digit_size=16, batch_size=16, lr=1e-3, warmup=50, ema_rate=0.99, loss_weighting="none",
                     num_workers=0, minutes=5.0,
                     clips=192, pred_frames=6, method="ddpm", sample_steps=50, gif_rows=6,
-                    expectation=("Measured for this size on a 2-core CPU (docs/demo.md), on these 96 held-out clips: "
-                                 "4,493-4,500 steps beat copy-last-frame on both metrics with each of seeds 0-6 "
-                                 "(+0.34 to +0.72 dB, +0.029 to +0.054 SSIM; the SSIM interval clearing zero by "
-                                 "0.008-0.029), and so did 4,000 and 4,290 steps with seed 0. On a slower host where "
-                                 "the 9.5-minute deadline cut training to 3,732-4,052 steps, seeds 0, 1 and 3 won "
-                                 "both but seed 2 only PSNR (its SSIM gain inside the interval by 0.001). The "
-                                 "margin is thin, "
-                                 "a quarter to a third of the shipped model's on SSIM, and this model is behind the "
-                                 "empty frame. "
-                                 "The shipped model (a wider network, 52,000 steps) beats copy-last-frame on both "
-                                 "(+1.2-1.5 dB, +0.13-0.15 SSIM) and is level with the empty frame on PSNR and ahead "
-                                 "on SSIM on average (beyond the interval with seeds 0, 5 and 6); its digits stay "
-                                 "recognisable over the first one to three predicted frames and change shape later "
-                                 "in the rollout."),
+                    expectation=("Measured for this size on a 2-core AMD EPYC CPU (docs/demo.md), on these 192 "
+                                 "held-out clips, with the 9.5-minute deadline leaving 2,718-3,118 training steps: "
+                                 "the model trained here beat copy-last-frame on both metrics with each of seeds "
+                                 "0-6 (+0.40 to +0.68 dB, +0.025 to +0.051 SSIM; the SSIM interval clearing zero "
+                                 "by 0.009-0.031). The margin is thin, a quarter to a third of the shipped model's "
+                                 "on SSIM, and this model is behind the empty frame. The shipped model (a wider "
+                                 "network, 52,000 steps) beats copy-last-frame on both (+1.27 to +1.46 dB, +0.133 "
+                                 "to +0.154 SSIM), is level with the empty frame on PSNR and ahead on SSIM (beyond "
+                                 "the interval with seeds 2, 4, 5 and 6); its digits stay recognisable over the "
+                                 "first predicted frames and change shape later in the rollout."),
                     pretrained="smmnist-demo-cpu", min_steps=4500, max_minutes=6.5,
                     # make demo in 10 minutes, with half a minute to spare. After training, the demo's own work
-                    # took as long as 1,010 training steps on an Intel Xeon and 1,200 on an AMD EPYC (2 cores).
+                    # (192 clips scored) took about 170 s on an AMD EPYC (2 cores), as long as about 1,800 of its
+                    # training steps (with 96 clips: 1,010 steps on an Intel Xeon, 1,200 on the AMD).
                     total_minutes=9.5, finish_steps=1950),
     "gpu": DemoSize(model=dict(image_size=64, num_frames=2, num_frames_cond=2, ngf=32, ch_mult=(1, 2, 2, 2),
                                num_res_blocks=2, attn_resolutions=(8, 16), n_head_channels=32, dropout=0.0,

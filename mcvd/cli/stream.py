@@ -25,10 +25,12 @@ the next is due, --every frames later at the source's frame rate.
 The network runs as mcvd.optimize compiles it on a CUDA device (--no-optimize:
 eagerly), eagerly on the CPU (--optimize to compile it; minutes there for a
 large network), its weights laid out channels_last there (--no-optimize keeps
-the model as it is): the demo's networks predict 1.3-1.6x faster so. --precision bf16 (or fp16, CUDA) compiles it in that dtype
-and implies --optimize: on a CPU with AMX the SMMNIST preset predicts about
-2x faster than eagerly in float32 (docs/stream.md). The compilation happens in the first prediction, whose
-latency is left out of the figures.
+the model as it is): the shipped demo model's predictions take 1.0-1.3x less
+time so, the SMMNIST preset's about the same (docs/stream.md). --precision
+bf16 (or fp16, CUDA) compiles it in that dtype and implies --optimize: on a
+CPU with AMX the SMMNIST preset predicts about 2x faster than eagerly in
+float32 (docs/stream.md). The compilation happens in the first prediction,
+whose latency is left out of the figures.
 
 Writes --out (default stream_out/<input name>.mp4; .gif for a GIF, at most
 50 fps), refused if it exists unless --force is given.

@@ -87,7 +87,7 @@ SIZES = {
                                  "held-out clips, with the 9.5-minute deadline leaving 2,718-3,118 training steps: "
                                  "the model trained here beat copy-last-frame on both metrics with each of seeds "
                                  "0-6 (+0.40 to +0.68 dB, +0.025 to +0.051 SSIM; the SSIM interval clearing zero "
-                                 "by 0.009-0.031). The margin is thin, a quarter to a third of the shipped model's "
+                                 "by 0.009-0.035). The margin is thin, a fifth to a third of the shipped model's "
                                  "on SSIM, and this model is behind the empty frame. The shipped model (a wider "
                                  "network, 52,000 steps) beats copy-last-frame on both (+1.27 to +1.46 dB, +0.133 "
                                  "to +0.154 SSIM), is level with the empty frame on PSNR and ahead on SSIM (beyond "

@@ -95,7 +95,7 @@ SIZES = {
                                  "first predicted frames and change shape later in the rollout."),
                     pretrained="smmnist-demo-cpu", min_steps=4500, max_minutes=6.5,
                     # make demo in 10 minutes, with half a minute to spare. After training, the demo's own work
-                    # (192 clips scored) took about 170 s on an AMD EPYC (2 cores), as long as about 1,800 of its
+                    # (192 clips scored) took 173-187 s on an AMD EPYC (2 cores), as long as 1,800-1,950 of its
                     # training steps (with 96 clips: 1,010 steps on an Intel Xeon, 1,200 on the AMD).
                     total_minutes=9.5, finish_steps=1950),
     "gpu": DemoSize(model=dict(image_size=64, num_frames=2, num_frames_cond=2, ngf=32, ch_mult=(1, 2, 2, 2),

@@ -131,3 +131,13 @@ def test_bf16_implies_optimize_and_says_so(checkpoint, video, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert ", optimized" in out and "mcvd.optimize: compiling the network for cpu bfloat16" in err
     assert len(read_video(tmp_path / "bf16.gif")) == 5
+
+
+def test_the_default_channels_last_network_predicts_as_the_model_itself(checkpoint, video, tmp_path):
+    """On the CPU the default eager network has its weights in channels_last; --no-optimize keeps the model as
+    it is: the same side-by-side frames, to the video's 8-bit rounding."""
+    default, plain = tmp_path / "default.gif", tmp_path / "plain.gif"
+    assert stream(checkpoint, "--input", str(video), "--out", str(default), "--max-frames", "5") == 0
+    assert stream(checkpoint, "--input", str(video), "--out", str(plain), "--max-frames", "5", "--no-optimize") == 0
+    a, b = (np.stack(read_video(p)).astype(int) for p in (default, plain))
+    assert a.shape == b.shape and np.abs(a - b).max() <= 2

@@ -226,7 +226,8 @@ def inference_model(model, no_optimize: bool, precision: str = "fp32", *, channe
     oneDNN runs the convolutions in NHWC, which the fused norms take as it is. The demo and `mcvd stream`
     ask for it when they choose the eager network themselves: a sampling step of the demo's networks is
     1.12-1.59x faster (batch 64 and 1), the SMMNIST preset's 1.0-1.08x, the outputs equal to float32
-    rounding (docs/demo.md, "Scoring in channels_last"). --no-optimize keeps the model exactly as it is."""
+    rounding (docs/demo.md, "192 clips, scored in channels_last"). --no-optimize keeps the model exactly
+    as it is."""
     import torch
 
     if no_optimize:

@@ -55,7 +55,7 @@ on the CPU eagerly (--optimize to compile), the weights laid out
 channels_last (--no-optimize keeps the model as it is): at the cpu size
 compiling takes about 100 s per model cold on a 2-core CPU and makes its
 sampling only ~1.15x faster, while channels_last costs nothing and makes
-it 1.12-1.2x faster (the streamed clip's predictions 1.3x).
+it 1.12-1.2x faster (the streamed clip's predictions 1.3-1.6x).
 """
 # This module runs the steps; the sizes, the calibration and the repeat command are in demo_config, the
 # scoring and the verdict in mcvd.metrics.baselines, the report in mcvd.metrics.demo_report.

@@ -15,7 +15,8 @@ clips and compare with the copy-last-frame baseline. Nothing to download.
    protocol: mcvd.metrics.psnr_ssim) against the truth, beside two
    predictions made without a model: copy-last-frame (the last past frame,
    held) and the empty frame (all background, which PSNR and SSIM reward
-   on this data).
+   on this data); and asks a digit classifier whether the digits are still
+   there (digit recall, mcvd.metrics.digits: PSNR and SSIM do not ask).
 3. Streams a held-out clip through mcvd.StreamingPredictor as it plays
    (mcvd.diffusion.stream_video, 10 DPM-Solver++ steps, as `mcvd stream`)
    and prints its predicted frames per second and latency.
@@ -23,7 +24,7 @@ clips and compare with the copy-last-frame baseline. Nothing to download.
      demo.gif           condition | prediction | truth for the first clips
      stream.gif         the streamed clip: input | prediction at each time
      metrics.png        PSNR and SSIM per frame, model vs the baselines; training loss
-     report.md          config, training steps / time / loss, per-frame and mean scores, verdict
+     report.md          config, training steps / time / loss, per-frame and mean scores, digit recall, verdict
      metrics.json       the same numbers, machine-readable
      checkpoint.pt      the training checkpoint (for `mcvd sample`)
      train_metrics.csv  the training log (step, loss, lr, grad_norm, it_per_s)
@@ -234,8 +235,9 @@ def run(args: argparse.Namespace) -> int:
     from mcvd.data import StochasticMovingMNIST
     from mcvd.diffusion import SamplerConfig, stream_video
     from mcvd.loader import load
-    from mcvd.metrics.baselines import (BASELINE, EMPTY, MODEL, compare, predict_clips, score,
+    from mcvd.metrics.baselines import (BASELINE, EMPTY, MODEL, baselines, compare, predict_clips, score,
                                         score_with_baselines, verdict)
+    from mcvd.metrics.digits import digit_recall, load_digit_classifier
     from mcvd.metrics.demo_report import fmt_summary, write_demo_report
     from mcvd.train import TrainingDiverged
     from mcvd.video import Panel, grid_frames, task_panels, write_gif
@@ -314,6 +316,12 @@ def run(args: argparse.Namespace) -> int:
         "run_config": run_cfg.to_dict(),
         "out": str(out), "command": reproduce_command(args, size, run_cfg.training),
     }
+    # Are the digits still there? (PSNR and SSIM do not ask.)
+    labels = torch.tensor([clips.labels(i) for i in range(len(clips))])
+    classifier = load_digit_classifier()
+    shown = {"truth": truth, **({SHIPPED: shipped_pred} if shipped is not None else {}), MODEL: pred,
+             **baselines(past, truth)}
+    info["digits"] = {name: digit_recall(classifier, x, labels).tolist() for name, x in shown.items()}
     rows = min(size.gif_rows, len(clips))
     panels = task_panels(pred[:rows], past=past[:rows], truth=truth[:rows])
     if shipped is not None:
@@ -344,6 +352,9 @@ def run(args: argparse.Namespace) -> int:
               f"{fmt_summary(ssim['baseline'], 4)}")
     for text in verdicts:
         print(f"mcvd demo: {text}")
+    recall = ", ".join(f"{name} {sum(r) / len(r):.2f}" for name, r in info["digits"].items())
+    print(f"mcvd demo: digit recall over the predicted frames (the share of each clip's digits a classifier "
+          f"finds; docs/demo.md): {recall}")
     st = info["stream"]
     print(f"mcvd demo: streamed a held-out clip of {st['frames_in']} frames with the model {st['model']} "
           f"({st['method']} {st['steps']} steps, {st['frames_per_prediction']} frames predicted every "

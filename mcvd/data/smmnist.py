@@ -47,6 +47,12 @@ def _resized_digits(split: str, digit_size: int) -> np.ndarray:
     return out
 
 
+@functools.cache
+def _digit_classes(split: str) -> np.ndarray:
+    """int64 [N]: the class of each digit of `split`, in the order of _resized_digits."""
+    return mnist_digits(split)[1].astype(np.int64)
+
+
 class StochasticMovingMNIST(Dataset):
     """Clips of `num_digits` MNIST digits bouncing in a square canvas.
 
@@ -60,7 +66,8 @@ class StochasticMovingMNIST(Dataset):
         digit_size: side of a resized digit (32 in the reference code).
         deterministic: mirror velocities at the borders instead of redrawing them.
 
-    Items are float32 tensors [T, 1, image_size, image_size] in [-1, 1].
+    Items are float32 tensors [T, 1, image_size, image_size] in [-1, 1];
+    `labels(index)` gives the classes of a clip's digits.
     """
 
     def __init__(self, num_frames: int, *, split: str = "train", length: int | None = None, seed: int = 0,
@@ -101,14 +108,26 @@ class StochasticMovingMNIST(Dataset):
         return pos, speed, rng.integers(-MAX_SPEED, MAX_SPEED + 1)
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        video, _ = self._draw(index)
+        return torch.from_numpy(video * 2 - 1).unsqueeze(1)
+
+    def labels(self, index: int) -> list[int]:
+        """The classes (0-9) of clip `index`'s digits, in the order they were drawn."""
+        _, drawn = self._draw(index)
+        return [int(c) for c in _digit_classes(self.split)[drawn]]
+
+    def _draw(self, index: int) -> tuple[np.ndarray, list[int]]:
+        """Clip `index`: (frames float32 [T, H, W] in [0, 1], the indices of its digits in self.digits)."""
         if not 0 <= index < self.length:
             raise IndexError(f"index: expected 0 <= index < {self.length}, got {index}")
         rng = np.random.default_rng([self.seed, index])
         size, ds = self.image_size, self.digit_size
         limit = size - ds  # a digit's top-left corner stays in [0, limit)
         video = np.zeros((self.num_frames, size, size), dtype=np.float32)
+        drawn = []
         for _ in range(self.num_digits):
-            digit = self.digits[rng.integers(len(self.digits))]
+            drawn.append(int(rng.integers(len(self.digits))))
+            digit = self.digits[drawn[-1]]
             sx, sy = rng.integers(limit), rng.integers(limit)
             dx, dy = rng.integers(-MAX_SPEED, MAX_SPEED + 1), rng.integers(-MAX_SPEED, MAX_SPEED + 1)
             for t in range(self.num_frames):
@@ -118,4 +137,4 @@ class StochasticMovingMNIST(Dataset):
                 video[t, sy:sy + ds, sx:sx + ds] += digit
                 sy, sx = sy + dy, sx + dx
         np.minimum(video, 1.0, out=video)
-        return torch.from_numpy(video * 2 - 1).unsqueeze(1)
+        return video, drawn

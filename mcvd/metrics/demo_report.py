@@ -2,8 +2,10 @@
 
 Inputs: `info` (the run's facts: verdict, expectation, device, threads,
 parameters, training, evaluation, run_config, out, command, optionally
-shipped: the shipped model scored beside, and stream: the streamed clip's
-StreamRun.summary() with method, steps and the model streamed), each model's
+shipped: the shipped model scored beside, digits: the digit recall per
+predicted frame of the truth, the models and the baselines, and stream: the
+streamed clip's StreamRun.summary() with method, steps and the model
+streamed), each model's
 comparison with copy-last-frame (mcvd.metrics.baselines.compare, by the
 model's name in the scores), the frame numbers and the scores of the models
 and the baselines (mcvd.metrics.baselines). Every file is written atomically
@@ -88,6 +90,7 @@ def markdown(info: dict, comparisons: dict[str, dict], frames: list[int], scores
     for j, fr in enumerate(frames):
         cells = [f"{s['psnr_per_frame'][j]:.2f} / {s['ssim_per_frame'][j]:.3f}" for s in scores.values()]
         lines.append(f"| {fr} | " + " | ".join(cells) + " |")
+    lines += digits_section(info, frames)
     lines += shipped_section(info)
     lines += stream_section(info)
     notes = []
@@ -116,6 +119,26 @@ def markdown(info: dict, comparisons: dict[str, dict], frames: list[int], scores
         "```", "",
     ]
     return "\n".join(lines)
+
+
+def digits_section(info: dict, frames: list[int]) -> list[str]:
+    """The lines of report.md on digit recall (mcvd.metrics.digits; none when the run measured none)."""
+    recall = info.get("digits")
+    if not recall:
+        return []
+    lines = [
+        "", "## Are the digits still there?", "",
+        ("PSNR and SSIM reward ink in the right places, whether or not it is the right digit. Digit recall "
+         "(`mcvd.metrics.digits`): the share of a clip's digit classes among the two classes a classifier, "
+         "trained on frames of the training digits, finds likeliest in a frame; mean over clips. The true "
+         "frames show what overlapping digits leave visible, the empty frame the classifier's guess on "
+         "nothing."), "",
+        "| frame | " + " | ".join(recall) + " |", "|---" * (len(recall) + 1) + "|",
+    ]
+    for j, fr in enumerate(frames):
+        lines.append(f"| {fr} | " + " | ".join(f"{r[j]:.2f}" for r in recall.values()) + " |")
+    lines.append("| mean | " + " | ".join(f"{sum(r) / len(r):.2f}" for r in recall.values()) + " |")
+    return lines
 
 
 def shipped_section(info: dict) -> list[str]:

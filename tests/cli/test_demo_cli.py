@@ -16,6 +16,7 @@ from mcvd.cli.demo import OUTPUTS, STREAM_FRAMES
 from mcvd.cli.demo_config import SIZES, demo_ema_rate, fit_deadline, plan_budget, reproduce_command
 from mcvd.data import StochasticMovingMNIST
 from mcvd.metrics.baselines import compare, verdict
+from mcvd.metrics.digits import digit_recall, load_digit_classifier
 from mcvd.train import load_checkpoint, read_checkpoint
 
 skm = pytest.importorskip("skimage.metrics")
@@ -105,6 +106,22 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     diffs = [a - b for a, b in zip(model_scores["psnr_per_clip"], per_clip)]
     assert m["comparisons"]["MCVD"]["psnr"]["difference"]["mean"] == pytest.approx(np.mean(diffs), rel=1e-9)
     assert m["training"]["steps"] == 3 and m["training"]["budget_seconds"] is None
+
+    # Digit recall per predicted frame: the truth, the model and the baselines, in [0, 1]; the truth's and
+    # copy-last-frame's are the classifier's on those frames of the held-out clips.
+    recall = m["digits"]
+    assert list(recall) == ["truth", "MCVD", "copy last frame", "empty frame"]
+    assert all(len(r) == 4 and all(0 <= v <= 1 for v in r) for r in recall.values())
+    clips = StochasticMovingMNIST(P + 4, split="test", seed=0, length=5, image_size=TINY.model["image_size"],
+                                  digit_size=TINY.digit_size)
+    frames = torch.stack([clips[i] for i in range(5)])
+    labels = torch.tensor([clips.labels(i) for i in range(5)])
+    classifier = load_digit_classifier()
+    assert recall["truth"] == pytest.approx(digit_recall(classifier, frames[:, P:], labels).tolist())
+    held = frames[:, P - 1:P].expand(-1, 4, -1, -1, -1)
+    assert recall["copy last frame"] == pytest.approx(digit_recall(classifier, held, labels).tolist())
+    assert "## Are the digits still there?" in (out / "report.md").read_text()
+    assert "digit recall over the predicted frames" in text
 
     # The report shows the same numbers and how to repeat the run.
     report = (out / "report.md").read_text()

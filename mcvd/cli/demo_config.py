@@ -97,9 +97,10 @@ SIZES = {
                                  "0.93, chance 0.21; the model trained here 0.22)."),
                     pretrained="smmnist-demo-cpu", min_steps=4500, max_minutes=6.5,
                     # make demo in 10 minutes, with half a minute to spare. After training, the demo's own work
-                    # (192 clips scored) took 173-187 s on an AMD EPYC (2 cores), as long as 1,800-1,950 of its
-                    # training steps (with 96 clips: 1,010 steps on an Intel Xeon, 1,200 on the AMD).
-                    total_minutes=9.5, finish_steps=1950),
+                    # (192 clips scored) took 173-187 s on an AMD EPYC (2 cores), as long as 1,800-2,010 of its
+                    # training steps (186 s at 0.0925 s per step; with 96 clips: 1,010 steps on an Intel Xeon,
+                    # 1,200 on the AMD).
+                    total_minutes=9.5, finish_steps=2050),
     "gpu": DemoSize(model=dict(image_size=64, num_frames=2, num_frames_cond=2, ngf=32, ch_mult=(1, 2, 2, 2),
                                num_res_blocks=2, attn_resolutions=(8, 16), n_head_channels=32, dropout=0.0,
                                prediction="x0"),

@@ -237,8 +237,8 @@ def run(args: argparse.Namespace) -> int:
     from mcvd.loader import load
     from mcvd.metrics.baselines import (BASELINE, EMPTY, MODEL, baselines, compare, predict_clips, score,
                                         score_with_baselines, verdict)
-    from mcvd.metrics.digits import digit_recall, load_digit_classifier
     from mcvd.metrics.demo_report import fmt_summary, write_demo_report
+    from mcvd.metrics.digits import digit_recall, load_digit_classifier
     from mcvd.train import TrainingDiverged
     from mcvd.video import Panel, grid_frames, task_panels, write_gif
 

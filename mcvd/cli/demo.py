@@ -23,7 +23,7 @@ clips and compare with the copy-last-frame baseline. Nothing to download.
 4. Writes to --out (default demo_out):
      demo.gif           condition | prediction | truth for the first clips
      stream.gif         the streamed clip: input | prediction at each time
-     metrics.png        PSNR and SSIM per frame, model vs the baselines; training loss
+     metrics.png        PSNR, SSIM and digit recall per frame, model vs the baselines; training loss
      report.md          config, training steps / time / loss, per-frame and mean scores, digit recall, verdict
      metrics.json       the same numbers, machine-readable
      checkpoint.pt      the training checkpoint (for `mcvd sample`)

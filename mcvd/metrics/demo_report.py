@@ -28,31 +28,41 @@ def fmt_summary(s: dict, digits: int) -> str:
     return f"{s['mean']:.{digits}f}" + ("" if half is None else f" ± {half:.{digits}f}")
 
 
-def plot(path: Path, frames: list[int], scores: dict[str, dict], log: list[dict], pixels: int) -> None:
-    """metrics.png: PSNR and SSIM per frame of the model and the baselines, and the training loss."""
+def plot(path: Path, frames: list[int], scores: dict[str, dict], log: list[dict], pixels: int,
+         recall: dict[str, list[float]] | None = None) -> None:
+    """metrics.png: PSNR and SSIM per frame of the model and the baselines, the digit recall per frame
+    (when the run measured it: `recall`, by name) and the training loss."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 4 if recall else 3, figsize=(17 if recall else 13, 3.6))
     styles = {"copy last frame": {"marker": "s", "linestyle": "--"},
-              "empty frame": {"marker": "^", "linestyle": ":", "color": "grey"}}
-    for ax, metric, label in ((axes[0], "psnr", "PSNR (dB) ↑"), (axes[1], "ssim", "SSIM ↑")):
-        for name, s in scores.items():
-            ax.plot(frames, s[f"{metric}_per_frame"], label=name, **styles.get(name, {"marker": "o"}))
+              "empty frame": {"marker": "^", "linestyle": ":", "color": "grey"},
+              "truth": {"marker": "*", "linestyle": "-.", "color": "black"}}
+    panels = [(axes[0], "PSNR (dB) ↑", {name: s["psnr_per_frame"] for name, s in scores.items()}),
+              (axes[1], "SSIM ↑", {name: s["ssim_per_frame"] for name, s in scores.items()})]
+    if recall:
+        panels.append((axes[2], "digit recall ↑", recall))
+    for ax, label, curves in panels:
+        for name, values in curves.items():
+            ax.plot(frames, values, label=name, **styles.get(name, {"marker": "o"}))
         ax.set_xlabel("frame (after the past frames)")
         ax.set_title(f"{label}, held-out clips")
         ax.set_xticks(frames)
         ax.grid(alpha=0.3)
         ax.legend()
+    if recall:
+        axes[2].set_ylim(0, 1.02)  # a share of the clip's digits
     # The objective sums 1/2 (target - prediction)^2 over pixels (weighted with min-SNR): 2 * loss / pixels
     # is the per-pixel (weighted) MSE, 1 for an eps network that predicts zero noise.
-    axes[2].plot([r["step"] for r in log], [2 * r["loss"] / pixels for r in log])
-    axes[2].set_xlabel("training step")
-    axes[2].set_title("training loss: MSE per pixel")
-    axes[2].set_yscale("log")
-    axes[2].grid(alpha=0.3)
+    loss = axes[-1]
+    loss.plot([r["step"] for r in log], [2 * r["loss"] / pixels for r in log])
+    loss.set_xlabel("training step")
+    loss.set_title("training loss: MSE per pixel")
+    loss.set_yscale("log")
+    loss.grid(alpha=0.3)
     fig.tight_layout()
     try:
         atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
@@ -68,7 +78,7 @@ def markdown(info: dict, comparisons: dict[str, dict], frames: list[int], scores
         info["verdict"], "", info["expectation"], "",
         "![condition | prediction | truth](demo.gif)" if "shipped" not in info else
         "![condition | prediction of the model trained here | of the shipped model | truth](demo.gif)", "",
-        "![per-frame PSNR and SSIM, training loss](metrics.png)", "",
+        "![per-frame PSNR, SSIM and digit recall, training loss](metrics.png)", "",
         (f"## {ev['clips']} held-out clips (test digits): {ev['past_frames']} past frames -> "
          f"{ev['pred_frames']} predicted"), "",
         (f"One sample per clip ({ev['method']}, {ev['sample_steps']} steps per block of {ev['block_frames']} frames, "
@@ -191,7 +201,7 @@ def write_demo_report(out: Path, info: dict, comparisons: dict[str, dict], frame
 
     log: the training log's rows (mcvd.train.trainer.read_metrics); pixels: values
     per training clip's current frames, k * C * H * W (the loss is summed over them)."""
-    plot(out / "metrics.png", frames, scores, log, pixels)
+    plot(out / "metrics.png", frames, scores, log, pixels, info.get("digits"))
     page = markdown(info, comparisons, frames, scores)
     atomic_write(out / "report.md", lambda fh: fh.write(page.encode()))
     text = json.dumps({**info, "comparisons": comparisons, "frames": frames, "scores": scores}, indent=2) + "\n"

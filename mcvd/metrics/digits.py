@@ -63,7 +63,7 @@ def load_digit_classifier(file: str | os.PathLike | None = None) -> DigitClassif
 
 def digit_recall(classifier: nn.Module, frames: torch.Tensor, labels: torch.Tensor, *,
                  batch: int = 1024) -> torch.Tensor:
-    """Digit recall per frame, averaged over clips: float64 [T].
+    """Digit recall per frame, averaged over clips: float64 [T] on the CPU.
 
     frames: [N, T, 1, H, W] in [-1, 1], square (resized to 32 x 32 when H is
         not 32; the classifier saw digits half the frame's side).
@@ -75,12 +75,14 @@ def digit_recall(classifier: nn.Module, frames: torch.Tensor, labels: torch.Tens
         raise ValueError(f"labels: expected integer classes [N={frames.shape[0]}, digits], got "
                          f"{labels.dtype} {list(labels.shape)}")
     N, T = frames.shape[:2]
-    x = frames.reshape(N * T, 1, *frames.shape[3:]).float()
+    # The classifier's weights decide the device: frames sampled on a GPU, a classifier left on the CPU.
+    device = next(classifier.parameters(), frames).device
+    x = frames.reshape(N * T, 1, *frames.shape[3:]).to(device, torch.float32)
     if x.shape[-1] != SIZE:
         x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
     with torch.no_grad():
         scores = torch.cat([classifier(chunk) for chunk in x.split(batch)])
     top2 = F.one_hot(scores.topk(2, dim=1).indices, CLASSES).sum(1).bool().view(N, T, CLASSES)
-    present = F.one_hot(labels.long(), CLASSES).sum(1).bool()                      # [N, 10]: distinct classes
+    present = F.one_hot(labels.to(device).long(), CLASSES).sum(1).bool()            # [N, 10]: distinct classes
     found = (top2 & present[:, None]).sum(-1).double() / present.sum(-1, keepdim=True).double()
-    return found.mean(0)
+    return found.mean(0).cpu()

@@ -88,8 +88,8 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
                      rf"every {k}\): \d+\.\d predicted frames per second, latency per prediction median \d+ ms", text)
     assert "## Streaming" in (out / "report.md").read_text() and f"| {st['predicted_fps']:.1f} |" in (
         out / "report.md").read_text()
-    with Image.open(out / "metrics.png") as png:
-        assert png.format == "PNG" and png.size[0] > png.size[1]
+    with Image.open(out / "metrics.png") as png:  # four panels: PSNR, SSIM, digit recall, loss (three are 3.6:1)
+        assert png.format == "PNG" and png.size[0] > 4.5 * png.size[1]
 
     # The baselines' scores equal an independent computation on the same held-out clips.
     m = json.loads((out / "metrics.json").read_text())

@@ -34,6 +34,19 @@ def test_frames_of_another_size_are_resized_to_the_classifiers():
     assert classifier.sizes == [(32, 32)]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_frames_on_a_gpu_are_scored_by_the_classifier_on_the_cpu():
+    from mcvd.data import StochasticMovingMNIST
+
+    clips = StochasticMovingMNIST(3, split="test", seed=0, length=8, image_size=32, digit_size=16)
+    frames = torch.stack([clips[i] for i in range(8)])
+    labels = torch.tensor([clips.labels(i) for i in range(8)])
+    classifier = load_digit_classifier()
+    on_cpu = digit_recall(classifier, frames, labels)
+    on_gpu = digit_recall(classifier, frames.cuda(), labels.cuda())
+    assert on_gpu.device.type == "cpu" and torch.allclose(on_gpu, on_cpu)
+
+
 @pytest.mark.parametrize("frames, labels, arg", [
     (torch.zeros(2, 1, 32, 32), torch.zeros(2, 2, dtype=torch.long), "frames"),
     (torch.zeros(2, 1, 3, 32, 32), torch.zeros(2, 2, dtype=torch.long), "frames"),

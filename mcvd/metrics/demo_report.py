@@ -38,16 +38,20 @@ def plot(path: Path, frames: list[int], scores: dict[str, dict], log: list[dict]
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4 if recall else 3, figsize=(17 if recall else 13, 3.6))
-    styles = {"copy last frame": {"marker": "s", "linestyle": "--"},
+    styles = {"copy last frame": {"marker": "s", "linestyle": "--", "color": "C2"},
               "empty frame": {"marker": "^", "linestyle": ":", "color": "grey"},
               "truth": {"marker": "*", "linestyle": "-.", "color": "black"}}
     panels = [(axes[0], "PSNR (dB) ↑", {name: s["psnr_per_frame"] for name, s in scores.items()}),
               (axes[1], "SSIM ↑", {name: s["ssim_per_frame"] for name, s in scores.items()})]
     if recall:
         panels.append((axes[2], "digit recall ↑", recall))
+    # One colour per model in every panel, whatever order each panel lists them in.
+    models = [name for name in dict.fromkeys([*scores, *(recall or {})]) if name not in styles]
+    palette = [f"C{i}" for i in range(10) if i not in (2, 7)]  # C2: copy-last-frame; C7 is grey, like the empty frame
+    styles |= {name: {"marker": "o", "color": palette[i % len(palette)]} for i, name in enumerate(models)}
     for ax, label, curves in panels:
         for name, values in curves.items():
-            ax.plot(frames, values, label=name, **styles.get(name, {"marker": "o"}))
+            ax.plot(frames, values, label=name, **styles[name])
         ax.set_xlabel("frame (after the past frames)")
         ax.set_title(f"{label}, held-out clips")
         ax.set_xticks(frames)

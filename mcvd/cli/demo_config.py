@@ -84,7 +84,7 @@ SIZES = {
                     num_workers=0, minutes=5.0,
                     clips=192, pred_frames=6, method="ddpm", sample_steps=50, gif_rows=6,
                     expectation=("Measured for this size on a 2-core AMD EPYC CPU (docs/demo.md), on these 192 "
-                                 "held-out clips, with the 9.5-minute deadline leaving 2,389-3,302 training steps: "
+                                 "held-out clips, with the 9.5-minute deadline leaving 2,075-3,302 training steps: "
                                  "the model trained here beat copy-last-frame on both metrics with each of seeds "
                                  "0-9 (+0.39 to +0.68 dB, +0.025 to +0.051 SSIM; the SSIM interval clearing zero "
                                  "by 0.009-0.035). The margin is thin, a fifth to a third of the shipped model's "

@@ -36,6 +36,13 @@ def test_it_is_the_network_its_config_trains(shipped):
         assert torch.isfinite(model(x, t, cond)).all()
 
 
+def test_its_guidance_was_trained_for():
+    """Guidance mixes in the network's prediction without the past frames: a stage of its training masked them."""
+    entry = pretrained.MODELS["smmnist-demo-cpu"]
+    assert entry.guidance == 2.0 and entry.sample_steps == 20
+    assert load_run_config(REPO / entry.configs[-1]).training.prob_mask_cond > 0
+
+
 def test_a_damaged_copy_is_refused(tmp_path):
     copy = tmp_path / "copy.mcvd"
     shutil.copyfile(pretrained.path("smmnist-demo-cpu"), copy)

@@ -18,10 +18,11 @@ MODEL, BASELINE, EMPTY = "MCVD", "copy last frame", "empty frame"
 
 
 def predict_clips(model, clips, *, pred_frames: int, method: str, steps: int, seed: int, device, progress: bool,
-                  batch_size: int = 64):
+                  guidance: float | None = None, batch_size: int = 64):
     """Predict `pred_frames` frames after the first p frames of every clip.
 
-    clips: a data set of [p + pred_frames, C, H, W] clips. Returns (past
+    clips: a data set of [p + pred_frames, C, H, W] clips. guidance: the
+    classifier-free guidance weight (mcvd.predict), or None. Returns (past
     [N, p, ...], truth [N, n, ...], prediction [N, n, ...]) on the CPU.
     """
     p = model.config.num_frames_cond
@@ -30,7 +31,8 @@ def predict_clips(model, clips, *, pred_frames: int, method: str, steps: int, se
     for start in tqdm(range(0, len(clips), batch_size), desc="predict", unit="batch", disable=not progress):
         clip = torch.stack([clips[i] for i in range(start, min(start + batch_size, len(clips)))])
         past, truth = clip[:, :p], clip[:, p:]
-        pred = predict(model, past.to(device), pred_frames, method=method, steps=steps, generator=generator)
+        pred = predict(model, past.to(device), pred_frames, method=method, steps=steps, guidance=guidance,
+                       generator=generator)
         pasts.append(past)
         truths.append(truth)
         preds.append(pred.cpu())

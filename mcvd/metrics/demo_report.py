@@ -160,6 +160,7 @@ def shipped_section(info: dict) -> list[str]:
     sh = info.get("shipped")
     if sh is None:
         return []
+    guided = "no guidance" if sh["guidance"] is None else f"classifier-free guidance w = {sh['guidance']:g}"
     return [
         "", "## The shipped model", "",
         (f"`{sh['name']}` (`mcvd.pretrained.load({sh['name']!r})`): a network of {sh['parameters'] / 1e6:.2f}M "
@@ -167,7 +168,8 @@ def shipped_section(info: dict) -> list[str]:
          f"{sh['steps']:,} steps with `mcvd train` by {' then '.join(f'`{c}`' for c in sh['configs'])} "
          f"(scripts/make_pretrained.sh), shipped in the "
          f"package, its SHA-256 checked at every load ({sh['sha256'][:16]}...). Scored on the same clips with the "
-         "same sampler and seed as the model trained here."),
+         f"same seed as the model trained here, sampled as measured best for it (docs/demo.md): "
+         f"{sh['method']}, {sh['sample_steps']} steps per block, {guided}."),
     ]
 
 

@@ -226,6 +226,22 @@ def test_guidance_of_a_model_file_without_a_run_config_warns(guided_checkpoint, 
     assert "warning: --guidance: " in capsys.readouterr().err
 
 
+def test_guidance_of_the_shipped_model_file_is_known_to_be_trained_for(tmp_path, capsys):
+    """The shipped model file holds no run config, but mcvd.pretrained records that it was trained for guidance;
+    a copy of it, one byte changed, is no longer known to be."""
+    from mcvd import pretrained
+
+    assert sample(pretrained.path("smmnist-demo-cpu"), tmp_path / "out", "--data", "smmnist", "--guidance", "2",
+                  "--frames", "2") == 0
+    assert "warning" not in capsys.readouterr().err
+    copy = tmp_path / "copy.mcvd"
+    data = bytearray(pretrained.path("smmnist-demo-cpu").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    copy.write_bytes(bytes(data))
+    assert pretrained.identify(copy) is None and pretrained.identify(pretrained.path("smmnist-demo-cpu")) == \
+        "smmnist-demo-cpu"
+
+
 @needs_fixtures
 def test_guidance_of_a_reference_checkpoint_follows_its_config(tmp_path, capsys):
     import shutil

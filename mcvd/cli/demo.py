@@ -37,7 +37,7 @@ that spends the budget. Without --minutes the cpu size trains 5 minutes or
 machine still trains 4,500 steps, down to 0.087 s per step. And it stops
 training early enough for the whole demo to end within 9.5 minutes of its
 start (--started-at: make demo passes its own, so that its set-up counts),
-the work after training estimated as 2,050 steps at the speed measured
+the work after training estimated as 1,800 steps at the speed measured
 while training. report.md
 gives the steps and the time taken, and a command with --train-steps that
 repeats the run exactly. --size picks the model and budget: "cpu" (default

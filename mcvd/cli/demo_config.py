@@ -89,18 +89,20 @@ SIZES = {
                                  "0-9 (+0.39 to +0.68 dB, +0.025 to +0.051 SSIM; the SSIM interval clearing zero "
                                  "by 0.009-0.035). The margin is thin, a fifth to a third of the shipped model's "
                                  "on SSIM, and this model is behind the empty frame. The shipped model (a wider "
-                                 "network, 52,000 steps) beats copy-last-frame on both (+1.27 to +1.46 dB, +0.133 "
-                                 "to +0.154 SSIM), is level with the empty frame on PSNR and ahead on SSIM (beyond "
-                                 "the interval with seeds 2, 4, 5, 6 and 9); its digits stay recognisable over the "
-                                 "first predicted frames and change shape later in the rollout (digit recall, "
-                                 "seed 0: 0.76 at the first predicted frame, 0.30 at the sixth; the true frames "
-                                 "0.93, chance 0.21; the model trained here 0.22)."),
+                                 "network, 58,000 steps, sampled with classifier-free guidance) beats copy-last-frame "
+                                 "on both (+1.5 to +1.7 dB, +0.16 to +0.17 SSIM over seeds 0-9) and the empty frame on "
+                                 "SSIM (beyond the interval with every seed), and is ahead of the empty frame on PSNR "
+                                 "(beyond the interval with 4 seeds of 10); its digits are recognisable at the first "
+                                 "predicted frames and some change shape or identity later in the rollout (digit "
+                                 "recall, seed 0: 0.83 at the first predicted frame, 0.36 at the sixth; the true "
+                                 "frames 0.93, chance 0.21; the model trained here 0.21)."),
                     pretrained="smmnist-demo-cpu", min_steps=4500, max_minutes=6.5,
                     # make demo in 10 minutes, with half a minute to spare. After training, the demo's own work
-                    # (192 clips scored) took 173-187 s on an AMD EPYC (2 cores), as long as 1,800-2,010 of its
-                    # training steps (186 s at 0.0925 s per step; with 96 clips: 1,010 steps on an Intel Xeon,
-                    # 1,200 on the AMD).
-                    total_minutes=9.5, finish_steps=2050),
+                    # (192 clips scored, the shipped model guided) took 165 s on an AMD EPYC (2 cores), as long as
+                    # 1,533 of its training steps at 0.108 s per step; unguided, with 50 steps, 173-197 s, as long
+                    # as 1,760-2,010 steps (186 s at 0.0925 s per step), and the guided model's 192 clips take
+                    # 23 s less.
+                    total_minutes=9.5, finish_steps=1800),
     "gpu": DemoSize(model=dict(image_size=64, num_frames=2, num_frames_cond=2, ngf=32, ch_mult=(1, 2, 2, 2),
                                num_res_blocks=2, attn_resolutions=(8, 16), n_head_channels=32, dropout=0.0,
                                prediction="x0"),

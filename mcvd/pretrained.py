@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from mcvd.fileio import DigestMismatch, file_sha256
+from mcvd.fileio import DigestMismatch
 from mcvd.loader import read
 from mcvd.nn import MCVD, ModelConfig
 
@@ -56,7 +56,7 @@ class Pretrained:
 MODELS = {
     "smmnist-demo-cpu": Pretrained(
         file="smmnist_demo_cpu.mcvd",
-        sha256="68ac9869e5d39274b48287eb686cb417cb0308c42a33bcc9f7a05228a10aa540",
+        sha256="0b49678a081e55e59c7b67c896ddaeb940b58da8333354136c7360748f7927af",
         configs=("configs/pretrained/smmnist_demo_cpu.yml", "configs/pretrained/smmnist_demo_cpu_finetune.yml",
                  "configs/pretrained/smmnist_demo_cpu_guidance.yml"),
         steps=58000, sample_steps=20, guidance=2.0),
@@ -88,13 +88,6 @@ def load(name: str = "smmnist-demo-cpu", *, file: str | os.PathLike | None = Non
                          f"shipped model {name!r}: the file is damaged or was replaced; reinstall mcvd, or remake "
                          f"it with scripts/make_pretrained.sh") from None
     return source.build(map_location=map_location)
-
-
-def identify(file: str | os.PathLike) -> str | None:
-    """The name of the shipped model whose recorded SHA-256 `file` has (an installed
-    or copied file), or None."""
-    digest = file_sha256(file)
-    return next((name for name, entry in MODELS.items() if entry.sha256 == digest), None)
 
 
 def _entry(name: str) -> Pretrained:

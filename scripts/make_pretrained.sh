@@ -22,11 +22,13 @@ OMP_NUM_THREADS=2 "$PY" -m mcvd train --config configs/pretrained/smmnist_demo_c
     --workdir "$WORKDIR/stage3" --init-from "$WORKDIR/stage2/checkpoint.pt"
 "$PY" - "$WORKDIR/stage3/checkpoint.pt" mcvd/weights/smmnist_demo_cpu.mcvd <<'PY'
 import sys
-import mcvd
 from mcvd.fileio import file_sha256
+from mcvd.loader import read
 from mcvd.nn import save_model
 
-model, _ = mcvd.load(sys.argv[1])  # the EMA weights
-save_model(sys.argv[2], model, overwrite=True)
+source = read(sys.argv[1])
+model, _ = source.build()  # the EMA weights
+# The last stage's run config goes with them: it says the past was masked in training, which guidance needs.
+save_model(sys.argv[2], model, overwrite=True, run_config=source.run_config)
 print(f"{sys.argv[2]}: SHA-256 {file_sha256(sys.argv[2])}")
 PY

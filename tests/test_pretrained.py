@@ -9,6 +9,7 @@ import torch
 import mcvd
 from mcvd import pretrained
 from mcvd.fileio import file_sha256
+from mcvd.loader import read
 from mcvd.train.config import load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +41,9 @@ def test_its_guidance_was_trained_for():
     """Guidance mixes in the network's prediction without the past frames: a stage of its training masked them."""
     entry = pretrained.MODELS["smmnist-demo-cpu"]
     assert entry.guidance == 2.0 and entry.sample_steps == 20
-    assert load_run_config(REPO / entry.configs[-1]).training.prob_mask_cond > 0
+    last = load_run_config(REPO / entry.configs[-1])
+    assert last.training.prob_mask_cond > 0
+    assert read(pretrained.path("smmnist-demo-cpu")).run_config == last.to_dict()  # the file carries it
 
 
 def test_a_damaged_copy_is_refused(tmp_path):

@@ -130,21 +130,15 @@ def default_steps(steps: int | None, cfg) -> int:
     return steps
 
 
-def check_guidance(guidance: float | None, run_config: dict, cfg, command: str, path: Path) -> None:
+def check_guidance(guidance: float | None, run_config: dict, cfg, command: str) -> None:
     """--guidance needs a model trained with everything masked at times: its unconditional
     eps, eps_uncond in eps_uncond + w (eps_cond - eps_uncond), is the model's with the past
     and future frames masked. Refused (UsageError) when the file's run config says that
-    never happened in training; a warning when the file (`path`) has no run config to tell,
-    unless it is a shipped model trained for guidance (mcvd.pretrained)."""
+    never happened in training; a warning when the file has no run config to tell."""
     if guidance is None:
         return
     training = run_config.get("training", {})
     if "prob_mask_cond" not in training:
-        from mcvd import pretrained
-
-        name = pretrained.identify(path)
-        if name is not None and pretrained.MODELS[name].guidance is not None:
-            return
         print(f"mcvd {command}: warning: --guidance: this file holds no training config, so whether the model "
               f"was trained with masked conditioning (training.prob_mask_cond > 0) is unknown; without it, "
               f"guided samples are wrong", file=sys.stderr)

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         steps = default_steps(args.steps, cfg)
         if args.guidance is not None and args.task == "generate":
             raise UsageError("--guidance: guides on condition frames; the task 'generate' has none")
-        check_guidance(args.guidance, run_config, cfg, "eval", args.checkpoint)
+        check_guidance(args.guidance, run_config, cfg, "eval")
         check_precision(args.precision, args.no_optimize, device)
         task = Task.of(args.task, cfg, cond=args.cond, pred=args.pred)
         clips = eval_clips(args.data, task.clip_frames, cfg, run_config)

@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         model, cfg, weights, run_config = load_checkpoint_arg(args.checkpoint, args.no_ema, device)
         steps = default_steps(args.steps, cfg)
-        check_guidance(args.guidance, run_config, cfg, "sample", args.checkpoint)
+        check_guidance(args.guidance, run_config, cfg, "sample")
         check_precision(args.precision, args.no_optimize, device)
         p, n, f = _frame_counts(args.task, cfg, args.frames)
         if args.task == "generate":

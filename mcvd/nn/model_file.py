@@ -23,18 +23,25 @@ from .network import MCVD
 FORMAT, VERSION = "mcvd", 1
 
 
-def save_model(path: str | os.PathLike, model: MCVD, *, overwrite: bool = False) -> Path:
+def save_model(path: str | os.PathLike, model: MCVD, *, overwrite: bool = False,
+               run_config: dict | None = None) -> Path:
     """Write `model` (config and state dict, tensors moved to the CPU) to `path`.
 
+    run_config: the run config (mcvd.train.RunConfig.to_dict) that trained the
+    weights, kept in the file so that what training did stays known (e.g. that
+    the conditioning was masked, which guidance needs); None leaves it out.
     Raises FileExistsError if `path` exists and `overwrite` is False.
     """
     if not isinstance(model, MCVD):
         raise TypeError(f"model: expected a mcvd.MCVD, got {type(model).__name__}")
+    if run_config is not None and not isinstance(run_config, dict):
+        raise TypeError(f"run_config: expected None or a dict (RunConfig.to_dict()), got {type(run_config).__name__}")
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"path: {path} exists; pass overwrite=True to replace it")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT, "version": VERSION, "model_config": model.config.to_dict(), "model": state}
+    payload = {"format": FORMAT, "version": VERSION, "model_config": model.config.to_dict(), "model": state,
+               **({} if run_config is None else {"run_config": run_config})}
     atomic_write(path, lambda fh: torch.save(payload, fh))
     return path
 

@@ -60,6 +60,20 @@ def test_save_model_needs_an_mcvd_model(tmp_path):
         save_model(tmp_path / "m.pt", torch.nn.Linear(2, 2))
 
 
+def test_the_run_config_that_trained_it_is_kept(tmp_path):
+    """A model file may carry the run config of its training (what `mcvd sample --guidance` asks of it)."""
+    from mcvd.loader import MODEL_FILE, read
+
+    run_config = {"training": {"prob_mask_cond": 0.2, "steps": 6000}, "data": {"dataset": "smmnist"}}
+    path = save_model(tmp_path / "m.pt", MCVD(CFG), run_config=run_config)
+    source = read(path)
+    assert source.kind == MODEL_FILE and source.run_config == run_config
+    assert read(save_model(tmp_path / "bare.pt", MCVD(CFG))).run_config == {}
+    with pytest.raises(TypeError, match=r"run_config: expected None or a dict \(RunConfig.to_dict\(\)\), got str"):
+        save_model(tmp_path / "bad.pt", MCVD(CFG), run_config="training.yml")
+    assert not (tmp_path / "bad.pt").exists()
+
+
 def test_a_training_checkpoint_is_refused_not_read_as_its_raw_weights(tmp_path):
     """Its raw and EMA weights differ; load_model would have to pick one: it points to mcvd.load instead."""
     model = MCVD(CFG)

@@ -24,9 +24,9 @@ def predict_clips(model, clips, *, pred_frames: int, method: str, steps: int, se
     clips: a data set of [p + pred_frames, C, H, W] clips. guidance: the
     classifier-free guidance weight (mcvd.predict), or None. batch_size: the
     network's batch; a guided call holds each clip twice (with and without
-    its past), so it predicts half as many clips per batch (on two CPU cores
-    the shipped model's 192 clips take 111 s so, 132 s with 64 clips per
-    guided batch). Returns (past [N, p, ...], truth [N, n, ...], prediction
+    its past), so it predicts half as many clips per batch (on a 2-core AMD
+    EPYC the shipped model's 192 clips take 111 s so, 132 s with 64 clips
+    per guided batch; docs/demo.md). Returns (past [N, p, ...], truth [N, n, ...], prediction
     [N, n, ...]) on the CPU.
     """
     p = model.config.num_frames_cond

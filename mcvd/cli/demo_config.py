@@ -82,7 +82,7 @@ SIZES = {
                                prediction="x0"),
                     digit_size=16, batch_size=16, lr=1e-3, warmup=50, ema_rate=0.99, loss_weighting="none",
                     num_workers=0, minutes=5.0,
-                    clips=192, pred_frames=6, method="ddpm", sample_steps=50, gif_rows=6,
+                    clips=192, pred_frames=6, method="ddpm", sample_steps=25, gif_rows=6,
                     expectation=("Measured for this size on a 2-core AMD EPYC CPU (docs/demo.md), on these 192 "
                                  "held-out clips, with the 9.5-minute deadline leaving 2,075-3,302 training steps: "
                                  "the model trained here beat copy-last-frame on both metrics with each of seeds "
@@ -98,11 +98,10 @@ SIZES = {
                                  "frames 0.93, chance 0.21; the model trained here 0.21)."),
                     pretrained="smmnist-demo-cpu", min_steps=4500, max_minutes=6.5,
                     # make demo in 10 minutes, with half a minute to spare. After training, the demo's own work
-                    # (192 clips scored, the shipped model guided) took 165 s on an AMD EPYC (2 cores), as long as
-                    # 1,533 of its training steps at 0.108 s per step; unguided, with 50 steps, 173-197 s, as long
-                    # as 1,760-2,010 steps (186 s at 0.0925 s per step), and the guided model's 192 clips take
-                    # 23 s less.
-                    total_minutes=9.5, finish_steps=1800),
+                    # (192 clips scored, the shipped model guided) took 161-182 s on an AMD EPYC (2 cores) while the
+                    # model trained here sampled with 50 DDPM steps, as long as 1,520-1,610 of its training steps
+                    # (0.100-0.120 s per step); 25 steps take 30 s less (docs/demo.md, "25 sampling steps").
+                    total_minutes=9.5, finish_steps=1500),
     "gpu": DemoSize(model=dict(image_size=64, num_frames=2, num_frames_cond=2, ngf=32, ch_mult=(1, 2, 2, 2),
                                num_res_blocks=2, attn_resolutions=(8, 16), n_head_channels=32, dropout=0.0,
                                prediction="x0"),

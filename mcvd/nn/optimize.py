@@ -75,6 +75,7 @@ import torch.nn as nn
 from .condition import ConditionCache, weights_version
 from .config import ModelConfig
 from .network import MCVD
+from .precision import warn_if_slow_on_cpu
 
 # Relative error of the optimized network against eager in each dtype
 # (||out - eager|| / ||eager||), what tests/nn/test_optimize.py checks.
@@ -339,6 +340,7 @@ def optimize(model: MCVD, *, device: torch.device | str | None = None,
                         f"got {type(dtype).__name__}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(map(str, DTYPES))}, got {dtype}")
+    warn_if_slow_on_cpu(device, dtype, f"mcvd.optimize(dtype={dtype})")
 
     key = (device, dtype)
     with _lock:

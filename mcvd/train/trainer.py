@@ -50,6 +50,7 @@ from mcvd.data import StochasticMovingMNIST, VideoFolder
 from mcvd.diffusion import Schedule
 from mcvd.fileio import NO_SPACE, NoSpaceError, atomic_write, check_writable_folder, remove_stale_temporaries
 from mcvd.nn import MCVD
+from mcvd.nn.precision import warn_if_slow_on_cpu
 from mcvd.ops._backend import check_env_backend
 
 from . import distributed as D
@@ -133,6 +134,8 @@ def _device(cfg) -> torch.device:
                        else "cpu")
     if cfg.precision == "fp16" and dev.type != "cuda":
         raise ValueError("training.precision: 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")
+    if cfg.precision in AUTOCAST:
+        warn_if_slow_on_cpu(dev, AUTOCAST[cfg.precision], f"training.precision: {cfg.precision!r}")
     return dev
 
 

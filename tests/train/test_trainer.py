@@ -1,11 +1,13 @@
 """The training loop on a tiny real MCVD: exact resume, divergence, work folders, accumulation, checkpoints."""
 import csv
 import logging
+import warnings
 
 import pytest
 import torch
 
 import mcvd.train.trainer as trainer_module
+from mcvd.nn import precision
 from mcvd.nn import MCVD, save_model
 from mcvd.train import (
     TrainingDiverged,
@@ -197,10 +199,18 @@ def test_load_checkpoint_gives_ema_or_raw_weights(tmp_path, tiny_run):
         read_checkpoint(model_file)
 
 
-def test_bf16_autocast_runs_on_the_cpu(tmp_path, tiny_run):
+@pytest.mark.parametrize("fast", [True, False])
+def test_bf16_autocast_runs_on_the_cpu(tmp_path, tiny_run, monkeypatch, fast):
+    """It runs either way; on a CPU without oneDNN bfloat16 convolutions it warns, naming the setting."""
+    monkeypatch.setattr(precision, "cpu_has_fast_convolutions", lambda dtype: fast)
     run = tiny_run(training={"steps": 1, "precision": "bf16"})
-    result = train(run, tmp_path, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(run, tmp_path, progress=False)
+    slow = [str(w.message) for w in caught if "slow fallback" in str(w.message)]
     assert len(result.losses) == 1 and result.losses[0] > 0
+    assert len(slow) == (0 if fast else 1)
+    assert fast or slow[0].startswith("training.precision: 'bf16': this CPU")
 
 
 def test_fp16_needs_cuda(tmp_path, tiny_run):

@@ -207,7 +207,7 @@ def add_precision_flag(parser) -> None:
                         help="the dtype mcvd.optimize runs the network in (default fp32). bf16 on a CPU with AMX "
                              "(bfloat16 matrix units): 2.7-4x the reference code's float32 forward on the SMMNIST "
                              "preset, relative error ~1e-2 (at most 6e-2); a CPU without AMX emulates it, slowly, and "
-                             "one without AVX-512 runs its convolutions 7-20x slower than fp32 (a warning says so). "
+                             "one without AVX-512 runs its convolutions 7-22x slower than fp32 (a warning says so). "
                              "fp16: CUDA")
 
 

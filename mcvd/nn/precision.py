@@ -37,6 +37,6 @@ def warn_if_slow_on_cpu(device: torch.device, dtype: torch.dtype, what: str) -> 
         return False
     name = str(dtype).removeprefix("torch.")
     warnings.warn(f"{what}: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no oneDNN {name} "
-                  f"convolutions, so they run on ATen's slow fallback, about 7-20x slower than float32 "
+                  f"convolutions, so they run on ATen's slow fallback, about 7-22x slower than float32 "
                   f"(mcvd.nn.precision); float32 is the fast choice here", UserWarning, stacklevel=3)
     return True

@@ -83,12 +83,15 @@ SIZES = {
                     digit_size=16, batch_size=16, lr=1e-3, warmup=50, ema_rate=0.99, loss_weighting="none",
                     num_workers=0, minutes=5.0,
                     clips=192, pred_frames=6, method="ddpm", sample_steps=25, gif_rows=6,
-                    expectation=("Measured for this size on a 2-core AMD EPYC CPU (docs/demo.md), on these 192 "
-                                 "held-out clips, with the 9.5-minute deadline leaving 2,075-3,302 training steps: "
-                                 "the model trained here beat copy-last-frame on both metrics with each of seeds "
-                                 "0-9 (+0.39 to +0.68 dB, +0.025 to +0.051 SSIM; the SSIM interval clearing zero "
-                                 "by 0.009-0.035). The margin is thin, a fifth to a third of the shipped model's "
-                                 "on SSIM, and this model is behind the empty frame. The shipped model (a wider "
+                    expectation=("Measured for this size on two kinds of 2-core AMD EPYC CPU (docs/demo.md), on "
+                                 "these 192 held-out clips: the model trained here beat copy-last-frame on both "
+                                 "metrics with each of seeds 0-9 on each kind. With AVX-512 the 9.5-minute deadline "
+                                 "left 2,075-3,302 training steps (+0.39 to +0.68 dB, +0.025 to +0.051 SSIM, the SSIM "
+                                 "interval clearing zero by 0.009-0.035; sampled with 50 steps then); with AVX2 "
+                                 "only, 1,250-1,604 steps (+0.47 to +0.64 dB, +0.020 to +0.039 SSIM, clearing zero "
+                                 "by 0.004-0.024), so a run there can miss. The margin is thin, a fifth to a "
+                                 "third of the shipped model's on SSIM, and this model is behind the empty frame. "
+                                 "The shipped model (a wider "
                                  "network, 58,000 steps, sampled with classifier-free guidance) beats copy-last-frame "
                                  "on both (+1.5 to +1.7 dB, +0.16 to +0.17 SSIM over seeds 0-9) and the empty frame on "
                                  "SSIM (beyond the interval with every seed), and is ahead of the empty frame on PSNR "

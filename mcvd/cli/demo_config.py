@@ -101,9 +101,10 @@ SIZES = {
                                  "frames 0.93, chance 0.21; the model trained here 0.21)."),
                     pretrained="smmnist-demo-cpu", min_steps=4500, max_minutes=6.5,
                     # make demo in 10 minutes, with half a minute to spare. After training, the demo's own work
-                    # (192 clips scored, the shipped model guided) took 161-182 s on an AMD EPYC (2 cores) while the
-                    # model trained here sampled with 50 DDPM steps, as long as 1,520-1,610 of its training steps
-                    # (0.100-0.120 s per step); 25 steps take 30 s less (docs/demo.md, "25 sampling steps").
+                    # (192 clips scored, the shipped model guided) took 161-182 s on two AMD EPYC hosts (2 cores)
+                    # while the model trained here sampled with 50 DDPM steps, as long as 1,520-1,610 of its training
+                    # steps (0.100-0.120 s per step); 25 steps take 30 s less (docs/demo.md, "A host with AVX2 only:
+                    # 25 sampling steps").
                     total_minutes=9.5, finish_steps=1500),
     "gpu": DemoSize(model=dict(image_size=64, num_frames=2, num_frames_cond=2, ngf=32, ch_mult=(1, 2, 2, 2),
                                num_res_blocks=2, attn_resolutions=(8, 16), n_head_channels=32, dropout=0.0,

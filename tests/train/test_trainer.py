@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import mcvd.train.trainer as trainer_module
-from mcvd.nn import precision
-from mcvd.nn import MCVD, save_model
+from mcvd.nn import MCVD, precision, save_model
 from mcvd.train import (
     TrainingDiverged,
     learning_rate,

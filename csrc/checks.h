@@ -4,7 +4,7 @@
 // and the tests assert them.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include <optional>

@@ -8,7 +8,7 @@
 // a device mismatch is named by the argument that differs.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>

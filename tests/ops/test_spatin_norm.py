@@ -26,7 +26,7 @@ SHAPES = [
 ]
 SMALL_SHAPES = SHAPES[:-1]
 LOW_PRECISION_SHAPES = [((2, 64, 17, 13), 32), ((1, 4, 37, 41), 2)]
-# x laid out NCHW, or NHWC: the CPU kernel's second set of loops (csrc/cpu/spatin_norm.cpp).
+# x laid out NCHW, or NHWC: the CPU kernel's second set of loops (csrc/cpu/spatin_norm_fwd.cpp and _bwd.cpp).
 LAYOUTS = [torch.contiguous_format, torch.channels_last]
 OPTIONALS = ("weight", "bias", "gamma", "beta", "scale", "shift")
 PAIRS = (("weight", "bias"), ("gamma", "beta"), ("scale", "shift"))

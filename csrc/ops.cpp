@@ -1,14 +1,15 @@
-// Schemas of every mcvd op, registered once, and the pybind11 module that
+// Schemas of every mcvd op, registered once, and the Python module that
 // reports what this build holds. Kernels register their implementations in
 // csrc/cpu/<op>.cpp (CPU) and csrc/cuda/<op>.cu (CUDA).
-// pybind11 and the few ATen headers this file uses, not torch/extension.h: the whole C++ API that one
-// pulls in made this file take 15.7 s to compile instead of 5.5 s (gcc 12, -O3 -g0).
+// Python's C API and the few ATen headers this file uses, not torch/extension.h or pybind11: the whole
+// C++ API that the first pulls in made this file take 15.7 s to compile instead of 5.5 s, and pybind11
+// for one function doubled the rest (13.8 s against 7.0 s on a slower machine; gcc 12, -O3 -g0).
+#include <Python.h>
+
 #include <ATen/Version.h>
-#include <pybind11/pybind11.h>
 #include <torch/library.h>
 #include <torch/version.h>
 
-#include <sstream>
 #include <string>
 
 #ifndef MCVD_VERSION
@@ -56,39 +57,47 @@ TORCH_LIBRARY(mcvd, m) {
 
 namespace {
 
-std::string cpu_isa() {
-  // ATen reports the vector ISA its CPU kernels dispatch to at run time.
-  std::ostringstream isa;
+// The vector ISA this build's CPU kernels were compiled for (setup.py: -march=native unless MCVD_PORTABLE=1).
 #if defined(__AVX512F__)
-  isa << "compiled:avx512";
+constexpr const char* kCpuIsa = "compiled:avx512";
 #elif defined(__AVX2__)
-  isa << "compiled:avx2";
+constexpr const char* kCpuIsa = "compiled:avx2";
 #elif defined(__aarch64__)
-  isa << "compiled:neon";
+constexpr const char* kCpuIsa = "compiled:neon";
 #else
-  isa << "compiled:baseline";
+constexpr const char* kCpuIsa = "compiled:baseline";
 #endif
-  return isa.str();
+
+// mcvd._C.build_info(): a dict of what this build holds.
+PyObject* build_info(PyObject*, PyObject*) {
+  PyObject* info = PyDict_New();
+  bool ok = info != nullptr;
+  auto put = [&](const char* key, PyObject* value) {  // takes the reference to value
+    ok = ok && value != nullptr && PyDict_SetItemString(info, key, value) == 0;
+    Py_XDECREF(value);
+  };
+  put("version", PyUnicode_FromString(MCVD_VERSION));
+#ifdef MCVD_WITH_CUDA
+  put("backends", Py_BuildValue("[ss]", "cpu", "cuda"));
+  put("cuda_archs", PyUnicode_FromString(MCVD_CUDA_ARCHS));
+#else
+  put("backends", Py_BuildValue("[s]", "cpu"));
+  put("cuda_archs", PyUnicode_FromString(""));
+#endif
+  put("cpu_isa", PyUnicode_FromString(kCpuIsa));
+  put("cpu_capability", PyUnicode_FromString(at::get_cpu_capability().c_str()));
+  put("torch", PyUnicode_FromString(TORCH_VERSION));
+  if (!ok) Py_CLEAR(info);  // a Python error is set
+  return info;
 }
+
+PyMethodDef methods[] = {
+    {"build_info", build_info, METH_NOARGS, "What this build of mcvd._C holds: version, backends, CPU ISA."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "mcvd's compiled ops (registered with torch.library).", -1,
+                      methods};
 
 }  // namespace
 
-PYBIND11_MODULE(_C, mod) {
-  mod.def("build_info", []() {
-    pybind11::dict info;
-    info["version"] = MCVD_VERSION;
-    pybind11::list backends;
-    backends.append("cpu");
-#ifdef MCVD_WITH_CUDA
-    backends.append("cuda");
-    info["cuda_archs"] = std::string(MCVD_CUDA_ARCHS);
-#else
-    info["cuda_archs"] = std::string("");
-#endif
-    info["backends"] = backends;
-    info["cpu_isa"] = cpu_isa();
-    info["cpu_capability"] = at::get_cpu_capability();
-    info["torch"] = std::string(TORCH_VERSION);
-    return info;
-  });
-}
+PyMODINIT_FUNC PyInit__C() { return PyModule_Create(&module); }

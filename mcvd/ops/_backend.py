@@ -50,7 +50,7 @@ def _compiled_backends() -> tuple[str, ...]:
     return tuple(_C.build_info()["backends"])
 
 
-# Read once at import: torch.compile cannot trace into the pybind11 call.
+# Read once at import: torch.compile cannot trace into the C extension call.
 COMPILED = _compiled_backends()
 
 

@@ -126,6 +126,18 @@ double value_or(const scalar_t* p, int64_t i, double fallback) {
   return p == nullptr ? fallback : static_cast<double>(p[i]);
 }
 
+// The NCHW kernels' loop: f(gamma_flag, beta_flag, silu_flag, begin, end) for the (batch, group) tasks
+// [begin, end) of `tasks`, a thread's share at a time (about 32K elements each), the flags
+// std::bool_constant (gamma present, beta present, SiLU) so that the inner loops carry no branches.
+template <typename scalar_t, typename F>
+void for_group_tasks(const Optionals<scalar_t>& opt, bool silu, int64_t tasks, int64_t group_numel, F&& f) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, group_numel));
+  with_flags(opt.gamma != nullptr, opt.beta != nullptr, silu, [&](auto gamma_flag, auto beta_flag, auto silu_flag) {
+    at::parallel_for(0, tasks, grain,
+                     [&](int64_t begin, int64_t end) { f(gamma_flag, beta_flag, silu_flag, begin, end); });
+  });
+}
+
 // ---------------------------------------------------------------- channels_last
 
 // One vector of T from k <= Vec<T>::size() elements of scalar_t (zero-filled

@@ -112,57 +112,55 @@ void bwd_kernel(const scalar_t* dy, const scalar_t* x, const stat_t* mean_in, co
                 Optionals<scalar_t> opt, Grads<scalar_t> out, int64_t B, int64_t C, int64_t HW, int64_t G, bool silu) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t Cg = C / G, group_numel = Cg * HW;
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, group_numel));
-  with_flags(opt.gamma != nullptr, opt.beta != nullptr, silu, [&](auto gamma_flag, auto beta_flag, auto silu_flag) {
+  for_group_tasks(opt, silu, B * G, group_numel,
+                  [&](auto gamma_flag, auto beta_flag, auto silu_flag, int64_t begin, int64_t end) {
     constexpr bool kGamma = decltype(gamma_flag)::value, kBeta = decltype(beta_flag)::value;
     constexpr bool kSilu = decltype(silu_flag)::value;
-    at::parallel_for(0, B * G, grain, [&](int64_t begin, int64_t end) {
-      Stage<scalar_t> sdy, sx, sg, sb, sdg, sdb;
-      std::vector<acc_t> dh1(group_numel);  // this task's group, between the two passes
-      for (int64_t bg = begin; bg < end; ++bg) {
-        const int64_t b = bg / G, g = bg % G;
-        const int64_t base = bg * group_numel;
-        const double mean = mean_in[bg], rstd = rstd_in[bg];
-        double sum_wdh1 = 0, sum_wdh1_xhat = 0;
-        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
-          const double w = value_or(opt.weight, c, 1.0);
-          const acc_t S = 1.0 + value_or(opt.scale, b * C + c, 0.0);
-          const acc_t R = value_or(opt.shift, b * C + c, 0.0);
-          const int64_t row = base + (c - g * Cg) * HW;
-          RowSums<acc_t> sums;
-          for (int64_t i = 0; i < HW; i += kBlock) {
-            const int64_t len = std::min(kBlock, HW - i), at = row + i;
-            scalar_t* dgamma = offset(out.dgamma, at);
-            scalar_t* dbeta = offset(out.dbeta, at);
-            bwd_row<kGamma, kBeta, kSilu>(
-                sdy.load(dy + at, len), sx.load(x + at, len), sg.load(offset(opt.gamma, at), len),
-                sb.load(offset(opt.beta, at), len), sdg.out(dgamma), sdb.out(dbeta), dh1.data() + (at - base), len,
-                static_cast<acc_t>(rstd), static_cast<acc_t>(-mean * rstd), static_cast<acc_t>(w),
-                static_cast<acc_t>(value_or(opt.bias, c, 0.0)), S, R, sums);
-            if constexpr (kGamma) sdg.store(dgamma, len);
-            if constexpr (kBeta) sdb.store(dbeta, len);
-          }
-          const double dbias = hsum(sums.dbias), dweight = hsum(sums.dweight);
-          out.dbias_bc[b * C + c] = dbias;
-          out.dweight_bc[b * C + c] = dweight;
-          if (out.dscale != nullptr) out.dscale[b * C + c] = static_cast<scalar_t>(hsum(sums.dscale));
-          if (out.dshift != nullptr) out.dshift[b * C + c] = static_cast<scalar_t>(hsum(sums.dshift));
-          sum_wdh1 += w * dbias;
-          sum_wdh1_xhat += w * dweight;
+    Stage<scalar_t> sdy, sx, sg, sb, sdg, sdb;
+    std::vector<acc_t> dh1(group_numel);  // this task's group, between the two passes
+    for (int64_t bg = begin; bg < end; ++bg) {
+      const int64_t b = bg / G, g = bg % G;
+      const int64_t base = bg * group_numel;
+      const double mean = mean_in[bg], rstd = rstd_in[bg];
+      double sum_wdh1 = 0, sum_wdh1_xhat = 0;
+      for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+        const double w = value_or(opt.weight, c, 1.0);
+        const acc_t S = 1.0 + value_or(opt.scale, b * C + c, 0.0);
+        const acc_t R = value_or(opt.shift, b * C + c, 0.0);
+        const int64_t row = base + (c - g * Cg) * HW;
+        RowSums<acc_t> sums;
+        for (int64_t i = 0; i < HW; i += kBlock) {
+          const int64_t len = std::min(kBlock, HW - i), at = row + i;
+          scalar_t* dgamma = offset(out.dgamma, at);
+          scalar_t* dbeta = offset(out.dbeta, at);
+          bwd_row<kGamma, kBeta, kSilu>(
+              sdy.load(dy + at, len), sx.load(x + at, len), sg.load(offset(opt.gamma, at), len),
+              sb.load(offset(opt.beta, at), len), sdg.out(dgamma), sdb.out(dbeta), dh1.data() + (at - base), len,
+              static_cast<acc_t>(rstd), static_cast<acc_t>(-mean * rstd), static_cast<acc_t>(w),
+              static_cast<acc_t>(value_or(opt.bias, c, 0.0)), S, R, sums);
+          if constexpr (kGamma) sdg.store(dgamma, len);
+          if constexpr (kBeta) sdb.store(dbeta, len);
         }
-        const double m1 = sum_wdh1 / group_numel, m2 = sum_wdh1_xhat / group_numel;
-        const acc_t k2 = -rstd * rstd * m2, k3 = -rstd * (m1 - mean * rstd * m2);
-        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
-          const acc_t k1 = rstd * value_or(opt.weight, c, 1.0);
-          const int64_t row = base + (c - g * Cg) * HW;
-          for (int64_t i = 0; i < HW; i += kBlock) {
-            const int64_t len = std::min(kBlock, HW - i), at = row + i;
-            dx_row(dh1.data() + (at - base), sx.load(x + at, len), sdy.out(out.dx + at), len, k1, k2, k3);
-            sdy.store(out.dx + at, len);
-          }
+        const double dbias = hsum(sums.dbias), dweight = hsum(sums.dweight);
+        out.dbias_bc[b * C + c] = dbias;
+        out.dweight_bc[b * C + c] = dweight;
+        if (out.dscale != nullptr) out.dscale[b * C + c] = static_cast<scalar_t>(hsum(sums.dscale));
+        if (out.dshift != nullptr) out.dshift[b * C + c] = static_cast<scalar_t>(hsum(sums.dshift));
+        sum_wdh1 += w * dbias;
+        sum_wdh1_xhat += w * dweight;
+      }
+      const double m1 = sum_wdh1 / group_numel, m2 = sum_wdh1_xhat / group_numel;
+      const acc_t k2 = -rstd * rstd * m2, k3 = -rstd * (m1 - mean * rstd * m2);
+      for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+        const acc_t k1 = rstd * value_or(opt.weight, c, 1.0);
+        const int64_t row = base + (c - g * Cg) * HW;
+        for (int64_t i = 0; i < HW; i += kBlock) {
+          const int64_t len = std::min(kBlock, HW - i), at = row + i;
+          dx_row(dh1.data() + (at - base), sx.load(x + at, len), sdy.out(out.dx + at), len, k1, k2, k3);
+          sdy.store(out.dx + at, len);
         }
       }
-    });
+    }
   });
 }
 

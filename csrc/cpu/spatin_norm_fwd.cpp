@@ -108,39 +108,37 @@ void fwd_kernel(const scalar_t* x, Optionals<scalar_t> opt, scalar_t* y, stat_t*
                 int64_t C, int64_t HW, int64_t G, double eps, bool silu) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t Cg = C / G, group_numel = Cg * HW;
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, group_numel));
-  with_flags(opt.gamma != nullptr, opt.beta != nullptr, silu, [&](auto gamma_flag, auto beta_flag, auto silu_flag) {
+  for_group_tasks(opt, silu, B * G, group_numel,
+                  [&](auto gamma_flag, auto beta_flag, auto silu_flag, int64_t begin, int64_t end) {
     constexpr bool kGamma = decltype(gamma_flag)::value, kBeta = decltype(beta_flag)::value;
     constexpr bool kSilu = decltype(silu_flag)::value;
-    at::parallel_for(0, B * G, grain, [&](int64_t begin, int64_t end) {
-      Stage<scalar_t> sx, sg, sb, sy;
-      for (int64_t bg = begin; bg < end; ++bg) {
-        const int64_t b = bg / G, g = bg % G;
-        const int64_t base = bg * group_numel;
-        const Moments m = group_moments(x + base, group_numel);
-        const double var = group_numel > 0 ? std::max(m.m2 / group_numel, 0.0) : 0.0;
-        // The stored (rounded) statistics are the ones used here and in the
-        // backward, so forward and backward see the same normalisation.
-        mean_out[bg] = static_cast<stat_t>(m.mean);
-        rstd_out[bg] = static_cast<stat_t>(1.0 / std::sqrt(var + eps));
-        const double mean = mean_out[bg], rstd = rstd_out[bg];
-        for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
-          const double a = rstd * value_or(opt.weight, c, 1.0);
-          const double h1_0 = value_or(opt.bias, c, 0.0) - mean * a;  // h1 = x * a + h1_0
-          const double S = 1.0 + value_or(opt.scale, b * C + c, 0.0);
-          const double R = value_or(opt.shift, b * C + c, 0.0);
-          const acc_t P = a * S, Q = h1_0 * S + (kGamma ? 0.0 : R);
-          const int64_t row = base + (c - g * Cg) * HW;
-          for (int64_t i = 0; i < HW; i += kBlock) {
-            const int64_t len = std::min(kBlock, HW - i), at = row + i;
-            fwd_row<kGamma, kBeta, kSilu>(sx.load(x + at, len), sg.load(offset(opt.gamma, at), len),
-                                          sb.load(offset(opt.beta, at), len), sy.out(y + at), len, P, Q,
-                                          static_cast<acc_t>(R), static_cast<acc_t>(S));
-            sy.store(y + at, len);
-          }
+    Stage<scalar_t> sx, sg, sb, sy;
+    for (int64_t bg = begin; bg < end; ++bg) {
+      const int64_t b = bg / G, g = bg % G;
+      const int64_t base = bg * group_numel;
+      const Moments m = group_moments(x + base, group_numel);
+      const double var = group_numel > 0 ? std::max(m.m2 / group_numel, 0.0) : 0.0;
+      // The stored (rounded) statistics are the ones used here and in the
+      // backward, so forward and backward see the same normalisation.
+      mean_out[bg] = static_cast<stat_t>(m.mean);
+      rstd_out[bg] = static_cast<stat_t>(1.0 / std::sqrt(var + eps));
+      const double mean = mean_out[bg], rstd = rstd_out[bg];
+      for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+        const double a = rstd * value_or(opt.weight, c, 1.0);
+        const double h1_0 = value_or(opt.bias, c, 0.0) - mean * a;  // h1 = x * a + h1_0
+        const double S = 1.0 + value_or(opt.scale, b * C + c, 0.0);
+        const double R = value_or(opt.shift, b * C + c, 0.0);
+        const acc_t P = a * S, Q = h1_0 * S + (kGamma ? 0.0 : R);
+        const int64_t row = base + (c - g * Cg) * HW;
+        for (int64_t i = 0; i < HW; i += kBlock) {
+          const int64_t len = std::min(kBlock, HW - i), at = row + i;
+          fwd_row<kGamma, kBeta, kSilu>(sx.load(x + at, len), sg.load(offset(opt.gamma, at), len),
+                                        sb.load(offset(opt.beta, at), len), sy.out(y + at), len, P, Q,
+                                        static_cast<acc_t>(R), static_cast<acc_t>(S));
+          sy.store(y + at, len);
         }
       }
-    });
+    }
   });
 }
 

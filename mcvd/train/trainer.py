@@ -482,7 +482,10 @@ def _save(path: Path, env: D.DistEnv, run: RunConfig, model: MCVD, ema: EMA, opt
     if not env.is_main:
         return
     epoch, batch = sampler.position(step)
-    cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}
+
+    def cpu(state: dict) -> dict:
+        return {k: v.detach().cpu() for k, v in state.items()}
+
     payload = training_payload(
         model_config=run.model.to_dict(), model=cpu(model.state_dict()), ema=cpu(ema.state_dict()),
         run_config=run.to_dict(), step=step,

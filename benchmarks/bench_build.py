@@ -39,8 +39,12 @@ def copy_sources(dest: Path) -> None:
 
 
 def timed(cmd: list[str] | str, **kwargs) -> float:
+    """Seconds `cmd` ran; a failing command stops the benchmark with the end of its output."""
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    if done.returncode != 0:
+        sys.exit(f"bench_build: {cmd if isinstance(cmd, str) else ' '.join(cmd)} failed "
+                 f"(exit {done.returncode}):\n{done.stdout[-3000:]}")
     return time.perf_counter() - start
 
 
@@ -79,7 +83,7 @@ def main(argv=None) -> int:
              f"{total:.1f} s in all, so {total / int(env['MAX_JOBS']):.1f} s on {env['MAX_JOBS']} cores at best:",
              "", "| file | seconds alone |", "|---|---:|"]
     lines += [f"| {name} | {s:.1f} |" for name, s in sorted(rows, key=lambda r: -r[1])]
-    lines += ["", f"{environment('cpu')}, {compiler()}, setup.py's flags (-O3 -g0 -march=native)"]
+    lines += ["", f"{environment('cpu')}, {compiler()}, setup.py's flags"]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.md:

@@ -468,18 +468,22 @@ def test_compile_fullgraph_of_the_public_function(backend_device):
 B, C, H, W = 2, 6, 4, 5
 BAD = [
     # (case, change to the good arguments, Python error type, message)
-    ("x rank", dict(x=torch.randn(B, C, H)), ValueError, r"x: expected a 4-d tensor \[B, C, H, W\], got shape \[2, 6, 4\]"),
+    ("x rank", dict(x=torch.randn(B, C, H)), ValueError,
+     r"x: expected a 4-d tensor \[B, C, H, W\], got shape \[2, 6, 4\]"),
     ("x dtype", dict(x=torch.ones(B, C, H, W, dtype=torch.int64)), TypeError,
      r"x: expected a floating dtype \(float32, float64, bfloat16, float16\), got torch.int64"),
-    ("groups", dict(num_groups=4), ValueError, r"num_groups: expected a positive divisor of the 6 channels of x, got 4"),
-    ("groups zero", dict(num_groups=0), ValueError, r"num_groups: expected a positive divisor of the 6 channels of x, got 0"),
+    ("groups", dict(num_groups=4), ValueError,
+     r"num_groups: expected a positive divisor of the 6 channels of x, got 4"),
+    ("groups zero", dict(num_groups=0), ValueError,
+     r"num_groups: expected a positive divisor of the 6 channels of x, got 0"),
     ("weight shape", dict(weight=torch.randn(C + 1)), ValueError, r"weight: expected shape \[6\], got \[7\]"),
     ("bias shape", dict(bias=torch.randn(1, C)), ValueError, r"bias: expected shape \[6\], got \[1, 6\]"),
     ("gamma shape", dict(gamma=torch.randn(B, C, H, W + 1)), ValueError,
      r"gamma: expected shape \[2, 6, 4, 5\], got \[2, 6, 4, 6\]"),
     ("beta shape", dict(beta=torch.randn(1, C, H, W)), ValueError,
      r"beta: expected shape \[2, 6, 4, 5\], got \[1, 6, 4, 5\]"),
-    ("scale shape", dict(scale=torch.randn(B, C, 1, 1)), ValueError, r"scale: expected shape \[2, 6\], got \[2, 6, 1, 1\]"),
+    ("scale shape", dict(scale=torch.randn(B, C, 1, 1)), ValueError,
+     r"scale: expected shape \[2, 6\], got \[2, 6, 1, 1\]"),
     ("shift shape", dict(shift=torch.randn(C)), ValueError, r"shift: expected shape \[2, 6\], got \[6\]"),
     ("gamma dtype", dict(gamma=torch.randn(B, C, H, W, dtype=torch.float64)), TypeError,
      r"gamma: expected dtype torch.float32 \(the dtype of x\), got torch.float64"),
@@ -547,7 +551,8 @@ def test_bad_backward_input_through_the_cpu_kernel():
     bwd = torch.ops.mcvd.spatin_norm_bwd
     with pytest.raises(RuntimeError, match=r"grad_y: expected shape \[2, 6, 4, 5\], got \[2, 6, 4, 4\]"):
         bwd(torch.randn(B, C, H, W - 1), x, mean, rstd, 3)
-    with pytest.raises(RuntimeError, match=r"grad_y: expected dtype torch.float32 \(the dtype of x\), got torch.float64"):
+    with pytest.raises(RuntimeError,
+                       match=r"grad_y: expected dtype torch.float32 \(the dtype of x\), got torch.float64"):
         bwd(torch.randn(B, C, H, W, dtype=torch.float64), x, mean, rstd, 3)
     with pytest.raises(RuntimeError, match=r"mean: expected dtype torch.float32, got torch.float64"):
         bwd(torch.randn_like(x), x, mean.double(), rstd, 3)

@@ -17,9 +17,11 @@ classifier-free guidance (58,000 in all), by scripts/make_pretrained.sh with
 configs/pretrained/smmnist_demo_cpu.yml, smmnist_demo_cpu_finetune.yml and
 smmnist_demo_cpu_guidance.yml. It samples best guided, w = 2 with 20 DDPM
 steps: its digits stay recognisable longer than with 50 unguided steps, in
-less time (docs/demo.md, "The shipped model samples with guidance"):
+less time (docs/demo.md, "The shipped model samples with guidance"). Guiding
+only the steps at t <= 700 scores within 0.002 SSIM in 16% less time
+("Guidance where it counts"):
 
-    mcvd.predict(model, past, 6, method="ddpm", steps=20, guidance=2.0)
+    mcvd.predict(model, past, 6, method="ddpm", steps=20, guidance=2.0, guidance_interval=(0, 700))
 """
 from __future__ import annotations
 
@@ -42,8 +44,9 @@ class Pretrained:
     configs that trained it (paths in the repository, in order: each stage after
     the first starts from the weights of the one before, `mcvd train --init-from`)
     and its training steps, all stages together; how it samples best, measured
-    (the demo samples it so): the steps of its DDPM sampler and its classifier-free
-    guidance weight (None: unguided)."""
+    (the demo samples it so): the steps of its DDPM sampler, its classifier-free
+    guidance weight (None: unguided) and the timesteps it guides (mcvd.SamplerConfig's
+    guidance_interval; None: every step)."""
 
     file: str
     sha256: str
@@ -51,6 +54,7 @@ class Pretrained:
     steps: int
     sample_steps: int
     guidance: float | None = None
+    guidance_interval: tuple[int, int] | None = None
 
 
 MODELS = {
@@ -59,7 +63,7 @@ MODELS = {
         sha256="0b49678a081e55e59c7b67c896ddaeb940b58da8333354136c7360748f7927af",
         configs=("configs/pretrained/smmnist_demo_cpu.yml", "configs/pretrained/smmnist_demo_cpu_finetune.yml",
                  "configs/pretrained/smmnist_demo_cpu_guidance.yml"),
-        steps=58000, sample_steps=20, guidance=2.0),
+        steps=58000, sample_steps=20, guidance=2.0, guidance_interval=(0, 700)),
 }
 
 

@@ -154,6 +154,25 @@ def check_guidance(guidance: float | None, run_config: dict, cfg, command: str) 
                          f"prediction guidance uses; this one was trained with {' and '.join(never)}")
 
 
+def add_guidance_interval_flag(parser) -> None:
+    """--guidance-interval LO HI: mcvd.SamplerConfig's guidance_interval (check_guidance_interval)."""
+    parser.add_argument("--guidance-interval", type=nonnegative_int, nargs=2, default=None, metavar=("LO", "HI"),
+                        help="guide only the steps whose timestep t has LO <= t <= HI, the others unguided at half "
+                             "the cost (default: every step); needs --guidance")
+
+
+def check_guidance_interval(args) -> tuple[int, int] | None:
+    """--guidance-interval as a (lo, hi) pair, or None; a UsageError without --guidance or with LO > HI."""
+    interval = args.guidance_interval
+    if interval is None:
+        return None
+    if args.guidance is None:
+        raise UsageError("--guidance-interval: limits --guidance to some steps; give --guidance W too")
+    if interval[0] > interval[1]:
+        raise UsageError(f"--guidance-interval: expected LO <= HI, got {interval[0]} {interval[1]}")
+    return tuple(interval)
+
+
 def load_checkpoint_arg(path: Path, no_ema: bool, device):
     """The --checkpoint model file (mcvd.load: any kind) as (model, config, which weights, the file's run config).
 

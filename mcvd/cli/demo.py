@@ -37,7 +37,7 @@ that spends the budget. Without --minutes the cpu size trains 5 minutes or
 machine still trains 4,500 steps, down to 0.087 s per step. And it stops
 training early enough for the whole demo to end within 9.5 minutes of its
 start (--started-at: make demo passes its own, so that its set-up counts),
-the work after training estimated as 1,800 steps at the speed measured
+the work after training estimated as 1,350 steps at the speed measured
 while training. report.md
 gives the steps and the time taken, and a command with --train-steps that
 repeats the run exactly. --size picks the model and budget: "cpu" (default
@@ -227,7 +227,8 @@ def shipped_model(size: DemoSize, run_cfg, cfg, device) -> dict | None:
     entry = pretrained.MODELS[size.pretrained]
     return {"model": model, "name": size.pretrained, "steps": entry.steps, "configs": list(entry.configs),
             "sha256": entry.sha256, "parameters": sum(p.numel() for p in model.parameters()),
-            "sample_steps": entry.sample_steps, "guidance": entry.guidance}
+            "sample_steps": entry.sample_steps, "guidance": entry.guidance,
+            "guidance_interval": entry.guidance_interval}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -296,6 +297,7 @@ def run(args: argparse.Namespace) -> int:
         shipped.update(method=method, sample_steps=args.sample_steps or min(shipped["sample_steps"], T))
         _, _, shipped_pred = predict_clips(shipped_net, clips, pred_frames=n, method=method,
                                            steps=shipped["sample_steps"], guidance=shipped["guidance"],
+                                           guidance_interval=shipped["guidance_interval"],
                                            seed=args.seed, device=device, progress=not args.no_progress)
         scores = {MODEL: scores[MODEL], SHIPPED: score(shipped_pred, truth),
                   **{k: v for k, v in scores.items() if k != MODEL}}

@@ -104,8 +104,9 @@ SIZES = {
                     # (192 clips scored, the shipped model guided) took 161-182 s on two AMD EPYC hosts (2 cores)
                     # while the model trained here sampled with 50 DDPM steps, as long as 1,520-1,610 of its training
                     # steps (0.100-0.120 s per step); 25 steps take 30 s less (docs/demo.md, "A host with AVX2 only:
-                    # 25 sampling steps").
-                    total_minutes=9.5, finish_steps=1500),
+                    # 25 sampling steps"), and guiding the shipped model at t <= 700 only another 16% of its
+                    # sampling, about 150 steps' worth ("Guidance where it counts").
+                    total_minutes=9.5, finish_steps=1350),
     "gpu": DemoSize(model=dict(image_size=64, num_frames=2, num_frames_cond=2, ngf=32, ch_mult=(1, 2, 2, 2),
                                num_res_blocks=2, attn_resolutions=(8, 16), n_head_channels=32, dropout=0.0,
                                prediction="x0"),

@@ -1,7 +1,8 @@
 """`mcvd eval`: the paper's evaluation of a trained model (mcvd.metrics.protocol).
 
     mcvd eval --checkpoint CKPT --data smmnist|VIDEO_FOLDER --task predict|interpolate|generate
-              [--cond p] [--pred n] --samples k [--seed S] [--guidance W] [--out DIR] [--num-clips N] [--force]
+              [--cond p] [--pred n] --samples k [--seed S] [--guidance W [--guidance-interval LO HI]]
+              [--out DIR] [--num-clips N] [--force]
 
 CKPT: any model file that mcvd.load reads: a training checkpoint (its EMA
 weights; --no-ema for the raw ones), a model file (mcvd convert-official,
@@ -19,7 +20,8 @@ metrics.json ("one_sample" holds the second), metrics.md and per_frame.png to --
 (default mcvd_eval/<checkpoint name>_<task>_p<p>_n<n>_k<k>); existing
 results there are kept unless --force is given. --out is checked before the
 evaluation starts. --guidance W samples with classifier-free guidance, which
-needs a model trained with masked conditioning (see mcvd sample --help).
+needs a model trained with masked conditioning (see mcvd sample --help);
+--guidance-interval LO HI guides only the steps with LO <= t <= HI.
 The network runs as mcvd.optimize compiles it (the same eps within
 1e-4; compiled at the first call for each batch shape, minutes on a small
 CPU, cached on disk for later runs); --no-optimize runs it eagerly.
@@ -30,9 +32,10 @@ import argparse
 import time
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_optimize_flag, check_guidance, check_output_folder,
-                      check_precision, default_steps, error, finite_float, inference_model, load_checkpoint_arg,
-                      positive_int, resolve_device, smmnist_test_clips)
+from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_guidance_interval_flag, add_optimize_flag,
+                      check_guidance, check_guidance_interval, check_output_folder, check_precision, default_steps,
+                      error, finite_float, inference_model, load_checkpoint_arg, positive_int, resolve_device,
+                      smmnist_test_clips)
 
 HELP = "evaluate a model with the paper's protocol (best-of-k and one-sample PSNR, SSIM, LPIPS; FVD)"
 
@@ -46,7 +49,8 @@ def add_parser(sub) -> None:
     p.add_argument("--cond", type=int, default=None, help="p, past frames (default: the model's num_frames_cond)")
     p.add_argument("--pred", type=int, default=None, help="n, frames to predict (default: the model's num_frames)")
     p.add_argument("--samples", type=positive_int, default=1,
-                   help="k, samples per clip: scored as the best of k per metric and as one sample (the mean over the k)")
+                   help="k, samples per clip: scored as the best of k per metric and as one sample (the mean "
+                        "over the k)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     p.add_argument("--out", type=Path, default=None, help="folder for the results")
     p.add_argument("--num-clips", type=positive_int, default=None, help="evaluate the first N clips (default: all)")
@@ -57,6 +61,7 @@ def add_parser(sub) -> None:
                    help="sampler steps: 1 to the model's num_timesteps (default: 100, or all of a model with fewer)")
     p.add_argument("--guidance", type=finite_float, default=None, metavar="W",
                    help="classifier-free guidance weight; needs a model trained with training.prob_mask_cond > 0")
+    add_guidance_interval_flag(p)
     p.add_argument("--device", default="auto", help="'auto' (CUDA when there is one), 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument("--no-ema", action="store_true", help="the raw weights of a checkpoint, not the EMA")
     p.add_argument("--no-fvd", action="store_true", help="skip FVD (and the I3D network)")
@@ -91,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         if args.guidance is not None and args.task == "generate":
             raise UsageError("--guidance: guides on condition frames; the task 'generate' has none")
         check_guidance(args.guidance, run_config, cfg, "eval")
+        guidance_interval = check_guidance_interval(args)
         check_precision(args.precision, args.no_optimize, device)
         task = Task.of(args.task, cfg, cond=args.cond, pred=args.pred)
         clips = eval_clips(args.data, task.clip_frames, cfg, run_config)
@@ -113,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = evaluate(net, clips, task, samples=args.samples, num_clips=args.num_clips,
                           batch_size=args.batch_size,
-                          sampler=SamplerConfig(method=args.method, steps=steps, guidance=args.guidance),
+                          sampler=SamplerConfig(method=args.method, steps=steps, guidance=args.guidance,
+                                                guidance_interval=guidance_interval),
                           generator=generator, compute_fvd=not args.no_fvd, progress=not args.no_progress)
     except (ValueError, WeightsError, ImportError) as e:
         return error("eval", e, EXIT_FAILURE)
@@ -123,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint": str(args.checkpoint), "weights": weights, "data": args.data,
         "task": task.name, "cond": task.cond, "pred": task.pred, "future": task.future, "samples": args.samples,
         "num_clips": num_clips, "seed": args.seed, "method": args.method, "steps": steps, "guidance": args.guidance,
+        **({} if guidance_interval is None else {"guidance_interval": list(guidance_interval)}),
         "device": str(device), "seconds": round(seconds, 1),
     }
     paths = write_report(out, run_info, result, first_frame=task.cond + 1, overwrite=args.force)

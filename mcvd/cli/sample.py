@@ -2,7 +2,7 @@
 
     mcvd sample --checkpoint CKPT (--input VIDEO|FRAMES [--start S] | --data smmnist [--index I ...])
                 --task predict|generate|interpolate [--frames N] [--method ddim|ddpm|dpm++]
-                [--steps S] [--guidance W] [--samples n] [--seed S] --out DIR [--force]
+                [--steps S] [--guidance W [--guidance-interval LO HI]] [--samples n] [--seed S] --out DIR [--force]
 
 CKPT: any model file that mcvd.load reads: a training checkpoint (EMA
 weights; --no-ema for the raw ones), a model file or a reference-code
@@ -27,13 +27,15 @@ condition frames masked: it needs a model trained with masked conditioning
 (training.prob_mask_cond > 0; and prob_mask_future > 0 or prob_mask_sync
 when the model has future frames). A checkpoint whose run config (for a
 reference checkpoint: its config.yml) says otherwise is refused; a file
-without one (a model file) gets a warning.
+without one (a model file) gets a warning. --guidance-interval LO HI guides
+only the steps whose timestep t has LO <= t <= HI and calls the conditional
+network alone at the others (mcvd.SamplerConfig's guidance_interval).
 
 Writes to --out: sample.gif and sample.mp4 (a grid, one row per clip and
 sample: condition | prediction | truth) and frames.npz (float32 in [-1, 1]:
 past [B, p, C, H, W], prediction [samples, B, N, C, H, W], truth
 [B, N, C, H, W] and future [B, f, C, H, W] when present; task, method,
-steps, seed and guidance as scalars). Existing files are
+steps, seed and guidance as scalars, the guidance interval as a pair). Existing files are
 kept unless --force is given; each file is written atomically.
 
 The network runs as mcvd.optimize compiles it (the same eps within
@@ -46,8 +48,9 @@ import argparse
 from pathlib import Path
 
 from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, check_guidance, check_output_folder, default_steps,
-                      add_optimize_flag, check_precision, error, finite_float, float_range, inference_model,
-                      load_checkpoint_arg, nonnegative_int, positive_int, resolve_device, smmnist_test_clips)
+                      add_guidance_interval_flag, add_optimize_flag, check_guidance_interval, check_precision, error,
+                      finite_float, float_range, inference_model, load_checkpoint_arg, nonnegative_int, positive_int,
+                      resolve_device, smmnist_test_clips)
 
 HELP = "predict, generate or interpolate video frames with a trained model (GIF, MP4, .npz)"
 TASKS = ("predict", "interpolate", "generate")
@@ -74,6 +77,7 @@ def add_parser(sub) -> None:
     p.add_argument("--guidance", type=finite_float, default=None, metavar="W",
                    help="classifier-free guidance weight (1 samples as without it, at twice the cost); needs a "
                         "model trained with training.prob_mask_cond > 0")
+    add_guidance_interval_flag(p)
     p.add_argument("--samples", type=positive_int, default=1, help="samples per clip (generate: videos)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     p.add_argument("--device", default="auto", help="'auto' (CUDA when there is one), 'cpu', 'cuda', 'cuda:1', ...")
@@ -166,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
         model, cfg, weights, run_config = load_checkpoint_arg(args.checkpoint, args.no_ema, device)
         steps = default_steps(args.steps, cfg)
         check_guidance(args.guidance, run_config, cfg, "sample")
+        guidance_interval = check_guidance_interval(args)
         check_precision(args.precision, args.no_optimize, device)
         p, n, f = _frame_counts(args.task, cfg, args.frames)
         if args.task == "generate":
@@ -189,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
     net = inference_model(model, args.no_optimize, args.precision)
     video = predict(net, past, n, future=future, samples=1 if generating else args.samples,
                     batch_size=args.samples if generating else None, device=device, method=args.method,
-                    steps=steps, guidance=args.guidance, generator=generator, progress=not args.no_progress)
+                    steps=steps, guidance=args.guidance, guidance_interval=guidance_interval, generator=generator,
+                    progress=not args.no_progress)
     # Always [samples, B, N, C, H, W]: generation draws `samples` videos of one "clip".
     video = video[:, None] if generating else video.reshape(args.samples, -1, *video.shape[-4:])
     samples, B = video.shape[:2]
@@ -205,6 +211,8 @@ def run(args: argparse.Namespace) -> int:
               "steps": np.array(steps), "seed": np.array(args.seed)}
     if args.guidance is not None:
         arrays["guidance"] = np.array(args.guidance)
+    if guidance_interval is not None:
+        arrays["guidance_interval"] = np.array(guidance_interval)
     arrays.update({name: x.float() for name, x in (("past", past), ("truth", truth), ("future", future))
                    if x is not None})
     written = [write_gif(out / OUTPUTS[0], frames, fps=args.fps, overwrite=args.force),
@@ -212,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
                write_npz(out / OUTPUTS[2], arrays, overwrite=args.force)]
 
     guided = "" if args.guidance is None else f", guidance {args.guidance:g}"
+    if guidance_interval is not None:
+        guided += f" at {guidance_interval[0]} <= t <= {guidance_interval[1]}"
     print(f"mcvd sample: {args.task}, {samples} sample(s) of {B} clip(s) ({source}), {n} frames, "
           f"{args.method} {steps} steps{guided}, {weights} weights, {device}")
     if truth is None and args.task == "predict":

@@ -1,6 +1,6 @@
 """One sampler configuration: the options every sampling entry point shares.
 
-`SamplerConfig` holds the eight options of a reverse-diffusion sampler,
+`SamplerConfig` holds the nine options of a reverse-diffusion sampler,
 checked once when it is built; `mcvd.sample`, `mcvd.predict`,
 `StreamingPredictor` and `mcvd.metrics.protocol.evaluate` take it as
 `sampler=`, and `make_scheduler` turns it into a scheduler with its
@@ -45,6 +45,13 @@ class SamplerConfig:
         guidance: None, or the classifier-free guidance weight w of the video
             tasks (eps = eps_uncond + w (eps_cond - eps_uncond)); `mcvd.sample`
             refuses it (its eps_model has no unconditional call).
+        guidance_interval: None (guide every step), or (lo, hi): guide only the
+            steps whose timestep t has lo <= t <= hi, and call the conditional
+            network alone at the others, at half the cost of a guided step
+            (Kynkaanniemi et al. 2024 apply guidance in a limited interval). The
+            shipped SMMNIST model samples with (0, 700): leaving its six noisiest
+            steps unguided costs at most 0.014 dB and 0.002 SSIM and saves 16% of
+            its sampling time (docs/demo.md, "Guidance where it counts").
 
     The defaults are `mcvd.predict`'s: 100 DDIM steps, trailing spacing.
     """
@@ -57,6 +64,7 @@ class SamplerConfig:
     spacing: str = "trailing"
     backend: str | None = None
     guidance: float | None = None
+    guidance_interval: tuple[int, int] | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -82,6 +90,17 @@ class SamplerConfig:
             raise TypeError(f"guidance: expected None or a float weight, got {g!r}")
         if g is not None and not math.isfinite(g):
             raise ValueError(f"guidance: expected a finite weight, got {g!r}")
+        interval = self.guidance_interval
+        if interval is not None:
+            if not (isinstance(interval, (tuple, list)) and len(interval) == 2
+                    and all(isinstance(v, int) and not isinstance(v, bool) for v in interval)
+                    and 0 <= interval[0] <= interval[1]):
+                raise ValueError(f"guidance_interval: expected None or a pair of timesteps (lo, hi) with "
+                                 f"0 <= lo <= hi, got {interval!r}")
+            if g is None:
+                raise ValueError(f"guidance_interval: {tuple(interval)} limits guidance to some steps, but "
+                                 f"guidance is None; give a guidance weight too")
+            object.__setattr__(self, "guidance_interval", tuple(interval))
         if self.schedule is not None and steps is not None:
             spaced_timesteps(self.schedule.num_timesteps, steps, self.spacing)  # steps <= T, spacing possible
         object.__setattr__(self, "eta", float(self.eta))
@@ -99,6 +118,12 @@ class SamplerConfig:
 
     def __hash__(self):
         return hash(self._key())
+
+    def guided_at(self, t: int) -> bool:
+        """Whether the step at timestep t is guided (needs a guidance weight)."""
+        if self.guidance is None:
+            return False
+        return self.guidance_interval is None or self.guidance_interval[0] <= t <= self.guidance_interval[1]
 
     def make_scheduler(self, model=None, *, device: torch.device | str | None = None) -> Scheduler:
         """The scheduler of this configuration with its timesteps set on `device`

@@ -134,27 +134,29 @@ class BlockSampler:
 
     def _denoise(self, x_T, cond, cond_mask, bar):
         model, w = self.model, self.guidance
-        guided = cond is not None and w is not None
-        if guided:
-            # One batched call: the conditional half, then the fully masked half.
-            cond = torch.cat([cond, cond])
-            cond_mask = torch.cat([cond_mask, torch.zeros_like(cond_mask)])
+        # Which steps are guided, in the order `denoise` calls eps_fn (once per step); read from the
+        # scheduler's host copy of the timesteps, so a CUDA graph capture reads no device value.
+        plan = [cond is not None and self.sampler.guided_at(t) for t in self.scheduler.timesteps.tolist()]
+        if any(plan):
+            # A guided step is one batched call: the conditional half, then the fully masked half.
+            both = (torch.cat([cond, cond]), torch.cat([cond_mask, torch.zeros_like(cond_mask)]))
         # What depends only on the condition frames, once per block. Under
         # cuda_graph this runs inside the captured region: every replay
         # recomputes it from the static cond buffer it was captured with, and
         # the steps read it at fixed addresses (a cache built outside the
         # graph would be a stale copy the replay never reads).
-        cache = model.condition(cond, cond_mask) if cond is not None and self._cached else None
+        cached = cond is not None and self._cached
+        cache_both = model.condition(*both) if cached and any(plan) else None
+        cache = model.condition(cond, cond_mask) if cached and not all(plan) else None
+        guided_steps = iter(plan)
 
         def eps_fn(x, t):
-            if guided:
-                x, t = torch.cat([x, x]), torch.cat([t, t])
-            if cache is not None:
-                eps = model(x, t, cache=cache)
-            else:
-                eps = model(x, t, cond) if cond is None else model(x, t, cond, cond_mask=cond_mask)
-            if not guided:
-                return eps
+            if not next(guided_steps):
+                if cache is not None:
+                    return model(x, t, cache=cache)
+                return model(x, t, cond) if cond is None else model(x, t, cond, cond_mask=cond_mask)
+            x, t = torch.cat([x, x]), torch.cat([t, t])
+            eps = model(x, t, cache=cache_both) if cache_both is not None else model(x, t, both[0], cond_mask=both[1])
             eps_c, eps_u = eps.chunk(2)
             return torch.lerp(eps_u, eps_c, w)
         step = None if bar is None else (lambda *_: bar.update(1))
@@ -193,11 +195,11 @@ def check_frames(x: torch.Tensor, name: str, model) -> None:
 
 def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.Tensor | None = None,
             sampler: SamplerConfig | None = None, method: str = "ddim", steps: int | None = 100, samples: int = 1,
-            guidance: float | None = None, eta: float = 0.0, clip_x0: bool = True,
-            generator: torch.Generator | None = None, progress: bool = False, batch_size: int | None = None,
-            device: torch.device | str | None = None, dtype: torch.dtype | None = None, cuda_graph: bool = False,
-            return_context: bool = False, schedule: Schedule | None = None, spacing: str = "trailing",
-            backend: str | None = None) -> torch.Tensor:
+            guidance: float | None = None, guidance_interval: tuple[int, int] | None = None, eta: float = 0.0,
+            clip_x0: bool = True, generator: torch.Generator | None = None, progress: bool = False,
+            batch_size: int | None = None, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+            cuda_graph: bool = False, return_context: bool = False, schedule: Schedule | None = None,
+            spacing: str = "trailing", backend: str | None = None) -> torch.Tensor:
     """Sample `num_frames` frames with an MCVD model, without autograd.
 
     The task follows from what is given:
@@ -229,11 +231,12 @@ def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.
             are used), or None.
         sampler: the sampler's options as one `mcvd.SamplerConfig`; or None,
             and the keywords below build it.
-        method, steps, guidance, eta, clip_x0, schedule, spacing, backend: the
+        method, steps, guidance, guidance_interval, eta, clip_x0, schedule, spacing, backend: the
             sampler's options as keywords (see `mcvd.SamplerConfig`; default:
             100 DDIM steps, no guidance; "dpm++" with ~10 steps for low
             latency); with `sampler` given, none may differ from its default.
-            guidance is the classifier-free guidance weight w (None: plain conditional).
+            guidance is the classifier-free guidance weight w (None: plain conditional);
+            guidance_interval (lo, hi) guides only the steps with lo <= t <= hi.
         samples: independent samples per input video.
         generator: source of every random draw, on the frames' device.
         progress: one tqdm bar over the denoising steps of every block.
@@ -253,7 +256,8 @@ def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.
         dtype and device of past / future.
     """
     sampler = resolve_sampler(sampler, SamplerConfig(), method=method, steps=steps, eta=eta, clip_x0=clip_x0,
-                              schedule=schedule, spacing=spacing, backend=backend, guidance=guidance)
+                              schedule=schedule, spacing=spacing, backend=backend, guidance=guidance,
+                              guidance_interval=guidance_interval)
     spec = FrameSpec.of(model)
     for name, v, low in (("num_frames", num_frames, 1), ("samples", samples, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < low:

@@ -161,6 +161,9 @@ def shipped_section(info: dict) -> list[str]:
     if sh is None:
         return []
     guided = "no guidance" if sh["guidance"] is None else f"classifier-free guidance w = {sh['guidance']:g}"
+    interval = sh.get("guidance_interval")
+    if sh["guidance"] is not None and interval is not None:
+        guided += f" at the steps with {interval[0]} <= t <= {interval[1]} (the others unguided)"
     return [
         "", "## The shipped model", "",
         (f"`{sh['name']}` (`mcvd.pretrained.load({sh['name']!r})`): a network of {sh['parameters'] / 1e6:.2f}M "

@@ -315,16 +315,16 @@ def test_a_slower_machine_trains_the_size_s_steps_within_the_cap():
 
 def test_the_deadline_shortens_a_default_budget():
     """The cpu size ends within 9.5 minutes of its start: the training budget leaves room for the work after
-    it (1,500 steps' worth at the given speed) and keeps at least a minute."""
+    it (1,350 steps' worth at the given speed) and keeps at least a minute."""
     cpu = SIZES["cpu"]
-    assert (cpu.total_minutes, cpu.finish_steps) == (9.5, 1500)
-    # 0.0625 s per step: 93.75 s of work after training; 393.75 s left hold the 300 s budget, 300 s left 206.25.
-    assert fit_deadline(cpu, 300.0, 0.0625, 393.75) == 300.0
-    assert fit_deadline(cpu, 300.0, 0.0625, 300.0) == 206.25
-    # 0.125 s per step under the floor: 187.5 s after training; 577.5 s left hold the 390 s limit, 500 s cut it
-    # to 312.5 s.
-    assert fit_deadline(cpu, 390.0, 0.125, 577.5) == 390.0
-    assert fit_deadline(cpu, 390.0, 0.125, 500.0) == 312.5
+    assert (cpu.total_minutes, cpu.finish_steps) == (9.5, 1350)
+    # 0.0625 s per step: 84.375 s of work after training; 384.375 s left hold the 300 s budget, 300 s left 215.625.
+    assert fit_deadline(cpu, 300.0, 0.0625, 384.375) == 300.0
+    assert fit_deadline(cpu, 300.0, 0.0625, 300.0) == 215.625
+    # 0.125 s per step under the floor: 168.75 s after training; 558.75 s left hold the 390 s limit, 500 s cut it
+    # to 331.25 s.
+    assert fit_deadline(cpu, 390.0, 0.125, 558.75) == 390.0
+    assert fit_deadline(cpu, 390.0, 0.125, 500.0) == 331.25
     assert fit_deadline(cpu, 390.0, 0.125, 100.0) == 60.0  # past the deadline: a minute
     assert fit_deadline(SIZES["tiny"], 3.0, 0.5, 0.0) == 3.0  # no deadline
 

@@ -47,18 +47,20 @@ def test_cpu_demo_scores_the_shipped_model_beside(tmp_path, capsys):
     assert "mcvd demo: On PSNR the shipped model" in text and "with the model shipped" in text
     report = (out / "report.md").read_text()
     assert "## The shipped model" in report and "| MCVD, shipped - copy last frame (paired) |" in report
-    # --sample-steps sets both models' steps; the shipped model keeps its guidance.
+    # --sample-steps sets both models' steps; the shipped model keeps its guidance and the steps it guides.
     assert m["shipped"]["sample_steps"] == 3 and m["shipped"]["guidance"] == 2.0
-    assert "ddpm, 3 steps per block, classifier-free guidance w = 2." in report
+    assert m["shipped"]["guidance_interval"] == [0, 700]
+    assert ("ddpm, 3 steps per block, classifier-free guidance w = 2 at the steps with 0 <= t <= 700 (the others "
+            "unguided).") in report
     with Image.open(out / "demo.gif") as gif:  # condition | trained here | shipped | truth
         assert gif.size[0] > 4 * 32
 
     # Its scores are those of the shipped model predicting the same held-out clips with the demo's sampler,
-    # guided as recorded for it.
+    # guided as recorded for it (3 steps: t = 999 unguided, 666 and 333 guided).
     clips = StochasticMovingMNIST(4, split="test", seed=0, length=3, image_size=32, digit_size=CPU.digit_size)
     x = torch.stack([clips[i] for i in range(3)])
     model, _ = pretrained.load(CPU.pretrained)
-    pred = mcvd.predict(model, x[:, :2], 2, method=CPU.method, steps=3, guidance=2.0,
+    pred = mcvd.predict(model, x[:, :2], 2, method=CPU.method, steps=3, guidance=2.0, guidance_interval=(0, 700),
                         generator=torch.Generator().manual_seed(4))
     per_clip, _ = psnr_of((x[:, 2:].double().numpy() + 1) / 2, (pred.double().numpy() + 1) / 2)
     assert np.allclose(m["scores"]["MCVD, shipped"]["psnr_per_clip"], per_clip, rtol=1e-6)

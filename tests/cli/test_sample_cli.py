@@ -205,6 +205,38 @@ def test_guidance_samples_the_guided_prediction(guided_checkpoint, tmp_path, cap
         assert not np.array_equal(z["prediction"][0], unguided.numpy())
 
 
+def test_guidance_interval_guides_only_its_steps(guided_checkpoint, tmp_path, capsys):
+    import mcvd
+    from mcvd.diffusion import SamplerConfig
+
+    model, _ = mcvd.load(guided_checkpoint)
+    last = SamplerConfig(steps=2).make_scheduler(model).timesteps.tolist()[-1]  # the second of the two steps
+    out = tmp_path / "out"
+    assert sample(guided_checkpoint, out, "--data", "smmnist", "--guidance", "2.5", "--guidance-interval", "0",
+                  str(last), "--seed", "1") == 0
+    assert f"guidance 2.5 at 0 <= t <= {last}" in capsys.readouterr().out
+    past = StochasticMovingMNIST(P + K, split="test", seed=0, image_size=SIZE, digit_size=DIGIT)[0][None, :P]
+
+    def run(**kw):
+        return mcvd.predict(model, past, K, steps=2, generator=torch.Generator().manual_seed(1), **kw).numpy()
+    with np.load(out / "frames.npz") as z:
+        np.testing.assert_array_equal(z["prediction"][0], run(guidance=2.5, guidance_interval=(0, last)))
+        assert z["guidance_interval"].tolist() == [0, last]
+        assert not np.array_equal(z["prediction"][0], run(guidance=2.5))
+        assert not np.array_equal(z["prediction"][0], run())
+
+
+def test_guidance_interval_needs_guidance_and_an_order(guided_checkpoint, tmp_path, capsys):
+    assert sample(guided_checkpoint, tmp_path / "out", "--data", "smmnist", "--guidance-interval", "0", "5") == 2
+    assert "--guidance-interval: limits --guidance to some steps; give --guidance W too" in capsys.readouterr().err
+    assert sample(guided_checkpoint, tmp_path / "out", "--data", "smmnist", "--guidance", "2",
+                  "--guidance-interval", "5", "0") == 2
+    assert "--guidance-interval: expected LO <= HI, got 5 0" in capsys.readouterr().err
+    assert sample(guided_checkpoint, tmp_path / "out", "--data", "smmnist", "--guidance", "2",
+                  "--guidance-interval", "-1", "5") == 2
+    assert not (tmp_path / "out").exists()
+
+
 def test_guidance_is_refused_for_a_model_never_trained_unconditionally(checkpoint, tmp_path, capsys):
     # The tiny checkpoint masks the future but never the past (prob_mask_cond 0): its "unconditional" eps,
     # with everything masked, was never trained.

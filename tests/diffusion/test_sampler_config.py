@@ -15,8 +15,8 @@ from mcvd.diffusion.tasks import BlockSampler
 
 def test_defaults_are_predicts():
     s = SamplerConfig()
-    assert (s.method, s.steps, s.eta, s.clip_x0, s.schedule, s.spacing, s.backend, s.guidance) == (
-        "ddim", 100, 0.0, True, None, "trailing", None, None)
+    assert (s.method, s.steps, s.eta, s.clip_x0, s.schedule, s.spacing, s.backend, s.guidance,
+            s.guidance_interval) == ("ddim", 100, 0.0, True, None, "trailing", None, None, None)
     assert mcvd.SamplerConfig is SamplerConfig
 
 
@@ -40,6 +40,11 @@ def test_defaults_are_predicts():
     (dict(guidance="2"), TypeError, r"guidance: expected None or a float weight, got '2'"),
     (dict(guidance=True), TypeError, r"guidance: expected None or a float weight, got True"),
     (dict(guidance=float("nan")), ValueError, r"guidance: expected a finite weight, got nan"),
+    (dict(guidance_interval=(0, 700)), ValueError,
+     r"guidance_interval: \(0, 700\) limits guidance to some steps, but guidance is None"),
+    *[(dict(guidance=2.0, guidance_interval=bad), ValueError,
+       r"guidance_interval: expected None or a pair of timesteps \(lo, hi\) with 0 <= lo <= hi, got ")
+      for bad in [(700, 0), (-1, 700), (0.0, 700), (True, 700), (0, 1, 2), 700, "0,700"]],
 ])
 def test_each_bad_field_is_named(kwargs, error, message):
     with pytest.raises(error, match=message):
@@ -57,6 +62,7 @@ def test_frozen_and_normalised():
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.steps = 5
     assert dataclasses.replace(s, steps=5).steps == 5 and s.steps == 100
+    assert SamplerConfig(guidance=2, guidance_interval=[0, 700]).guidance_interval == (0, 700)  # a list: a tuple
 
 
 def test_equality_and_hash_compare_schedules_by_value():

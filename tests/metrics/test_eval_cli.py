@@ -194,3 +194,19 @@ def test_guidance_is_recorded_with_the_results(tmp_path, capsys):
     assert run_eval("--checkpoint", masked, "--data", "smmnist", "--pred", 3, "--num-clips", 2, "--no-fvd",
                     "--guidance", 1.5, "--out", out) == 0
     assert read(out)["run"]["guidance"] == 1.5 and "guidance: 1.5" in (out / "metrics.md").read_text()
+    assert "guidance_interval" not in read(out)["run"]
+    assert run_eval("--checkpoint", masked, "--data", "smmnist", "--pred", 3, "--num-clips", 2, "--no-fvd",
+                    "--guidance", 1.5, "--guidance-interval", 0, 40, "--out", out, "--force") == 0
+    assert read(out)["run"]["guidance_interval"] == [0, 40]
+    assert "guidance_interval: [0, 40]" in (out / "metrics.md").read_text()
+
+
+def test_guidance_interval_needs_guidance_and_an_order(tmp_path, capsys):
+    masked = training_checkpoint(tmp_path / "masked.pt", {"training": {"prob_mask_cond": 0.5}})
+    assert run_eval("--checkpoint", masked, "--data", "smmnist", "--guidance-interval", 0, 40,
+                    "--out", tmp_path / "x") == 2
+    assert "--guidance-interval: limits --guidance to some steps; give --guidance W too" in capsys.readouterr().err
+    assert run_eval("--checkpoint", masked, "--data", "smmnist", "--guidance", 2, "--guidance-interval", 40, 0,
+                    "--out", tmp_path / "x") == 2
+    assert "--guidance-interval: expected LO <= HI, got 40 0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -88,7 +88,7 @@ SIZES = {
                                  "metrics with each of seeds 0-9 on each kind. With AVX-512 the 9.5-minute deadline "
                                  "left 2,075-3,302 training steps (+0.39 to +0.68 dB, +0.025 to +0.051 SSIM, the SSIM "
                                  "interval clearing zero by 0.009-0.035; sampled with 50 steps then); with AVX2 "
-                                 "only, 1,250-1,757 steps (+0.42 to +0.64 dB, +0.016 to +0.039 SSIM, clearing zero "
+                                 "only, 1,250-1,757 steps (+0.42 to +0.78 dB, +0.016 to +0.039 SSIM, clearing zero "
                                  "by 0.0004-0.024), so a run there can miss. The margin is thin, a tenth to a "
                                  "third of the shipped model's on SSIM, and this model is behind the empty frame. "
                                  "The shipped model (a wider "

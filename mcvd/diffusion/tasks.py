@@ -110,6 +110,9 @@ class BlockSampler:
         self.generator, self.cuda_graph, self.device, self.dtype = generator, cuda_graph, device, dtype
         self.bar = bar
         self.scheduler = sampler.make_scheduler(model, device=device)
+        # Which steps are guided, in the order `denoise` calls eps_fn (once per step): from the
+        # scheduler's host copy of the timesteps, so that no step, nor a CUDA graph capture, reads a device value.
+        self._guided_steps = [sampler.guided_at(t) for t in self.scheduler.timesteps.tolist()]
         self._cached = callable(getattr(model, "condition", None))
         self._graphs: dict = {}
 
@@ -134,9 +137,7 @@ class BlockSampler:
 
     def _denoise(self, x_T, cond, cond_mask, bar):
         model, w = self.model, self.guidance
-        # Which steps are guided, in the order `denoise` calls eps_fn (once per step); read from the
-        # scheduler's host copy of the timesteps, so a CUDA graph capture reads no device value.
-        plan = [cond is not None and self.sampler.guided_at(t) for t in self.scheduler.timesteps.tolist()]
+        plan = self._guided_steps if cond is not None else [False] * len(self._guided_steps)
         if any(plan):
             # A guided step is one batched call: the conditional half, then the fully masked half.
             both = (torch.cat([cond, cond]), torch.cat([cond_mask, torch.zeros_like(cond_mask)]))

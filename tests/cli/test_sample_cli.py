@@ -234,6 +234,7 @@ def test_guidance_interval_needs_guidance_and_an_order(guided_checkpoint, tmp_pa
     assert "--guidance-interval: expected LO <= HI, got 5 0" in capsys.readouterr().err
     assert sample(guided_checkpoint, tmp_path / "out", "--data", "smmnist", "--guidance", "2",
                   "--guidance-interval", "-1", "5") == 2
+    assert "--guidance-interval: " in (err := capsys.readouterr().err) and "-1" in err
     assert not (tmp_path / "out").exists()
 
 

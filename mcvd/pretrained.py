@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from mcvd.fileio import DigestMismatch
-from mcvd.loader import read
+from mcvd.loader import ModelSource, read
 from mcvd.nn import MCVD, ModelConfig
 
 WEIGHTS = Path(__file__).parent / "weights"
@@ -81,17 +81,22 @@ def load(name: str = "smmnist-demo-cpu", *, file: str | os.PathLike | None = Non
     Raises ValueError when the file's SHA-256 differs from the recorded one
     (damaged, truncated or replaced), FileNotFoundError when it is missing.
     """
+    return source(name, file=file).build(map_location=map_location)
+
+
+def source(name: str, *, file: str | os.PathLike | None = None) -> ModelSource:
+    """The shipped model `name`'s file read, checked and not yet built (mcvd.loader.ModelSource: its run
+    config too); what `load` builds, and what the commands read for `--checkpoint NAME`. Raises as `load`."""
     entry = _entry(name)
     target = Path(file) if file is not None else WEIGHTS / entry.file
     if not target.is_file():
         raise FileNotFoundError(f"file: no such file: {target} (the shipped model {name!r}; reinstall mcvd)")
     try:
-        source = read(target, sha256=entry.sha256)  # the bytes checked are the bytes loaded
+        return read(target, sha256=entry.sha256)  # the bytes checked are the bytes loaded
     except DigestMismatch as err:
         raise ValueError(f"file: {target} has SHA-256 {err.digest}, not the {entry.sha256} recorded for the "
                          f"shipped model {name!r}: the file is damaged or was replaced; reinstall mcvd, or remake "
                          f"it with scripts/make_pretrained.sh") from None
-    return source.build(map_location=map_location)
 
 
 def _entry(name: str) -> Pretrained:

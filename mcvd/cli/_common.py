@@ -173,15 +173,27 @@ def check_guidance_interval(args) -> tuple[int, int] | None:
     return tuple(interval)
 
 
+def read_model_arg(flag: str, path: Path):
+    """The model named by `flag` as mcvd.loader.ModelSource: a file mcvd.load reads (any kind), or, where no
+    such file exists, the name of a shipped model (mcvd.pretrained), its SHA-256 checked."""
+    from mcvd import pretrained
+    from mcvd.loader import read
+
+    if path.is_file():
+        return read(path)
+    if str(path) in pretrained.MODELS:
+        return pretrained.source(str(path))
+    raise UsageError(f"{flag}: no such file: {path} (nor the name of a shipped model: "
+                     f"{', '.join(sorted(pretrained.MODELS))})")
+
+
 def load_checkpoint_arg(path: Path, no_ema: bool, device):
-    """The --checkpoint model file (mcvd.load: any kind) as (model, config, which weights, the file's run config).
+    """The --checkpoint model (read_model_arg) as (model, config, which weights, the file's run config).
 
     Which weights: "EMA" or "raw" for a training or reference checkpoint, "model file" for a model file."""
-    from mcvd.loader import MODEL_FILE, read
+    from mcvd.loader import MODEL_FILE
 
-    if not path.is_file():
-        raise UsageError(f"--checkpoint: no such file: {path}")
-    source = read(path)
+    source = read_model_arg("--checkpoint", path)
     if source.kind == MODEL_FILE and no_ema:
         raise UsageError(f"--no-ema: {path} is a model file with a single set of weights, not a training checkpoint")
     model, cfg = source.build(use_ema=not no_ema, map_location=device)

@@ -6,7 +6,8 @@
 
 CKPT: any model file that mcvd.load reads: a training checkpoint (its EMA
 weights; --no-ema for the raw ones), a model file (mcvd convert-official,
-mcvd.nn.save_model) or a reference-code checkpoint (config.yml beside it). --data smmnist is
+mcvd.nn.save_model) or a reference-code checkpoint (config.yml beside it); or, where no file of
+that name exists, a shipped model's name (mcvd.pretrained: smmnist-demo-cpu). --data smmnist is
 the built-in Stochastic Moving MNIST test split (mcvd.data, its test digits,
 seed 0: the same clips in every run; digit count and size as in the
 checkpoint's training run, else 2 digits of half the frame); a folder is read with
@@ -43,7 +44,8 @@ HELP = "evaluate a model with the paper's protocol (best-of-k and one-sample PSN
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help=HELP, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True,
-                   help="training checkpoint, model file or reference checkpoint")
+                   help="training checkpoint, model file or reference checkpoint, or the name of a shipped "
+                        "model (smmnist-demo-cpu)")
     p.add_argument("--data", required=True, help="'smmnist' or a folder of videos / frame folders")
     p.add_argument("--task", choices=("predict", "interpolate", "generate"), default="predict")
     p.add_argument("--cond", type=int, default=None, help="p, past frames (default: the model's num_frames_cond)")

@@ -6,7 +6,9 @@
 
 CKPT: any model file that mcvd.load reads: a training checkpoint (EMA
 weights; --no-ema for the raw ones), a model file or a reference-code
-checkpoint (config.yml beside it). The condition frames come from a video
+checkpoint (config.yml beside it); or the name of a model shipped with the
+package (mcvd.pretrained: smmnist-demo-cpu, its SHA-256 checked), where no
+file of that name exists. The condition frames come from a video
 file or a folder of frames (--input: a video decoded with PyAV, or the
 folder's image files in natural name order as mcvd.data.VideoFolder reads
 them; resized and centre-cropped to the model's frames, from frame --start
@@ -60,7 +62,8 @@ OUTPUTS = ("sample.gif", "sample.mp4", "frames.npz")
 def add_parser(sub) -> None:
     p = sub.add_parser("sample", help=HELP, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True,
-                   help="training checkpoint, model file or reference checkpoint")
+                   help="training checkpoint, model file or reference checkpoint, or the name of a shipped "
+                        "model (smmnist-demo-cpu)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--input", type=Path, default=None,
                         help="video file or folder of frames holding the condition frames")

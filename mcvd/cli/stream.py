@@ -4,7 +4,8 @@
                 [--steps 10] [--every N] [--max-frames N] [--fps F] [--seed S] [--device D]
                 [--threads N] [--optimize | --no-optimize] [--precision fp32|bf16|fp16] [--force]
 
-CKPT: any model file that mcvd.load reads. The frames of --input (a video
+CKPT: any model file that mcvd.load reads, or, where no file of that name
+exists, a shipped model's name (mcvd.pretrained: smmnist-demo-cpu). The frames of --input (a video
 file decoded with PyAV, or a folder of frames in natural name order) are read
 one at a time and converted to the model's frames as mcvd.data.VideoFolder
 converts them (short side resized, centre crop, RGB or luma). Each frame is
@@ -53,7 +54,8 @@ FOLDER_FPS = 10.0  # a folder of frames has no frame rate of its own
 def add_parser(sub) -> None:
     p = sub.add_parser("stream", help=HELP, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True,
-                   help="training checkpoint, model file or reference checkpoint")
+                   help="training checkpoint, model file or reference checkpoint, or the name of a shipped "
+                        "model (smmnist-demo-cpu)")
     p.add_argument("--input", type=Path, required=True, help="video file or folder of frames")
     p.add_argument("--out", type=Path, default=None,
                    help="side-by-side video, .mp4 or .gif (default: stream_out/<input name>.mp4)")

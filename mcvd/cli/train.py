@@ -17,7 +17,8 @@ reported by process 0; any other error by each process that meets it, with its r
 with a checkpoint there; running the same command again resumes the run.
 --init-from starts a new run from the weights of a model file instead of the
 random initialisation (fine-tuning): any file mcvd.load reads (a model file, a
-training checkpoint's EMA weights, a reference-code checkpoint), whose model
+training checkpoint's EMA weights, a reference-code checkpoint) or a shipped
+model's name (mcvd.pretrained: smmnist-demo-cpu), whose model
 must equal the config's model section; the optimizer starts afresh. A resumed
 run continues from its checkpoint and ignores it.
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from ._common import EXIT_FAILURE, EXIT_USAGE, check_output_folder, error, positive_float
+from ._common import EXIT_FAILURE, EXIT_USAGE, UsageError, check_output_folder, error, positive_float, read_model_arg
 
 HELP = "train an MCVD network (resumes a workdir that holds a checkpoint)"
 
@@ -42,7 +43,8 @@ def add_parser(sub):
     p.add_argument("--minutes", type=positive_float, default=None,
                    help="stop after this much training time, checkpointed (the same command resumes)")
     p.add_argument("--init-from", type=Path, default=None, metavar="MODEL",
-                   help="start a new run from this model file's weights (its model must equal the config's)")
+                   help="start a new run from this model file's weights, or a shipped model's (its name); its model "
+                        "must equal the config's")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and the model size, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -80,11 +82,12 @@ def run(args) -> int:
 def _init_model(path: Path, model_config):
     """The network of the model file at `path`, checked against the model section
     here so that a mismatch is named by the flag (the trainer checks it again)."""
-    from mcvd.loader import load
     from mcvd.train.trainer import check_init_model
 
     try:
-        model = load(path)[0]
+        model = read_model_arg("--init-from", path).build()[0]
+    except UsageError:
+        raise
     except (ValueError, FileNotFoundError) as err:
         raise ValueError(f"--init-from: {err}") from None
     check_init_model(model, model_config, name=f"--init-from {path}")

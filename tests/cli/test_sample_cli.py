@@ -268,6 +268,54 @@ def test_guidance_of_the_shipped_model_file_follows_the_run_config_it_carries(tm
     assert "warning" not in capsys.readouterr().err
 
 
+def test_a_shipped_model_by_name_samples_as_its_file(tmp_path, capsys):
+    """--checkpoint NAME, where no file of that name exists, reads the shipped model's file: the same samples."""
+    from mcvd import pretrained
+
+    args = ("--data", "smmnist", "--index", "3", "--frames", "2", "--seed", "5")
+    assert sample("smmnist-demo-cpu", tmp_path / "by_name", *args) == 0
+    assert sample(pretrained.path("smmnist-demo-cpu"), tmp_path / "by_path", *args) == 0
+    with np.load(tmp_path / "by_name" / "frames.npz") as a, np.load(tmp_path / "by_path" / "frames.npz") as b:
+        assert a["prediction"].shape == (1, 1, 2, 1, 32, 32)
+        np.testing.assert_array_equal(a["prediction"], b["prediction"])
+        np.testing.assert_array_equal(a["past"], b["past"])
+
+
+def test_a_name_that_is_neither_a_file_nor_a_shipped_model(tmp_path, capsys):
+    assert sample("smmnist-demo", tmp_path / "out", "--data", "smmnist") == 2
+    assert ("mcvd sample: error: --checkpoint: no such file: smmnist-demo (nor the name of a shipped model: "
+            "smmnist-demo-cpu)") in capsys.readouterr().err
+
+
+def test_a_damaged_shipped_model_is_refused_by_name(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from mcvd import pretrained
+
+    damaged = tmp_path / "weights"
+    damaged.mkdir()
+    shutil.copyfile(pretrained.path("smmnist-demo-cpu"), damaged / pretrained.MODELS["smmnist-demo-cpu"].file)
+    data = bytearray((damaged / "smmnist_demo_cpu.mcvd").read_bytes())
+    data[len(data) // 2] ^= 0x10
+    (damaged / "smmnist_demo_cpu.mcvd").write_bytes(bytes(data))
+    monkeypatch.setattr(pretrained, "WEIGHTS", damaged)
+    assert sample("smmnist-demo-cpu", tmp_path / "out", "--data", "smmnist") == 2
+    err = capsys.readouterr().err
+    assert "mcvd sample: error: file: " in err and "smmnist_demo_cpu.mcvd has SHA-256" in err
+    assert "damaged or was replaced" in err
+    assert not (tmp_path / "out" / "frames.npz").exists()
+
+
+def test_a_file_of_the_name_comes_before_the_shipped_model(checkpoint, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    shutil.copyfile(checkpoint, tmp_path / "smmnist-demo-cpu")
+    monkeypatch.chdir(tmp_path)
+    assert sample("smmnist-demo-cpu", tmp_path / "out", "--data", "smmnist") == 0
+    with np.load(tmp_path / "out" / "frames.npz") as z:
+        assert z["prediction"].shape[-1] == SIZE  # the tiny model's frames, not the shipped model's 32
+
+
 @needs_fixtures
 def test_guidance_of_a_reference_checkpoint_follows_its_config(tmp_path, capsys):
     import shutil

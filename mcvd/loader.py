@@ -57,7 +57,7 @@ class ModelSource:
             if not use_ema:
                 raise ValueError(f"use_ema=False: {self.path} is a model file with a single set of weights, "
                                  f"not a training checkpoint")
-            model = build_model(self.contents)
+            model = build_model(self.contents, self.path)
         elif self.kind == TRAINING_CHECKPOINT:
             model = checkpoint_model(self.contents, self.path, use_ema)
         else:

@@ -67,7 +67,8 @@ def _check_num_timesteps(n) -> None:
 def linear_betas(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """The paper's default: betas linear from 1e-4 to 0.02 over T = 1000, float64 [T]."""
     _check_num_timesteps(num_timesteps)
-    ends = f"beta_start, beta_end: expected floats with 0 < beta_start <= beta_end < 1, got {beta_start!r}, {beta_end!r}"
+    ends = (f"beta_start, beta_end: expected floats with 0 < beta_start <= beta_end < 1, got {beta_start!r}, "
+            f"{beta_end!r}")
     if not (is_real(beta_start) and is_real(beta_end)):
         raise TypeError(ends)
     if not 0 < beta_start <= beta_end < 1:  # NaN fails too
@@ -151,9 +152,9 @@ class Schedule:
 
         x0, noise: [B, ...]; t: LongTensor [B] in 0..T-1 on x0's device.
         """
-        abar = self.alphas_cumprod_on(x0.device)[t].to(torch.float32)
-        abar = abar.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
-        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+        # The square roots in float64, then x0's dtype: in bfloat16 1 - abar_t would round to 0 at small t.
+        a, s = self.signal_noise_at(t)
+        return _rows(a, x0).to(x0.dtype) * x0 + _rows(s, x0).to(x0.dtype) * noise
 
 
 def _signal_noise(abar: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:

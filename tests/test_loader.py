@@ -111,6 +111,25 @@ def test_missing_corrupt_and_foreign_files_are_named(tmp_path, checkpoint):
         mcvd.load(tmp_path / "short_list.pt")
 
 
+def test_weights_or_a_config_that_do_not_fit_are_named(tmp_path, checkpoint):
+    """A file of the right format whose contents are damaged: a ValueError naming it, not a bare RuntimeError."""
+    payload = torch.load(save_model(tmp_path / "m.pt", MCVD(CFG)), weights_only=True)
+    missing = {**payload, "model": {k: v for k, v in payload["model"].items() if k != "conv_out.bias"}}
+    torch.save(missing, tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match=r"path: .*missing.pt: its 'model' weights do not fit its model config: "
+                                         r"(?s:.*)conv_out.bias"):
+        mcvd.load(tmp_path / "missing.pt")
+    torch.save({**payload, "model_config": {**payload["model_config"], "ngf": "x"}}, tmp_path / "config.pt")
+    with pytest.raises(ValueError, match=r"path: .*config.pt holds a model config that is not one: ngf: expected "
+                                         r"an int, got 'x'"):
+        mcvd.load(tmp_path / "config.pt")
+    ckpt = read_checkpoint(checkpoint)
+    ckpt["ema"] = {k: v[..., :1] if v.dim() else v for k, v in ckpt["ema"].items()}  # wrong shapes
+    torch.save(ckpt, tmp_path / "ema.pt")
+    with pytest.raises(ValueError, match=r"path: .*ema.pt: its 'ema' weights do not fit its model config"):
+        mcvd.load(tmp_path / "ema.pt")
+
+
 def test_top_level_export():
     assert mcvd.load is mcvd.loader.load and "load" in mcvd.__all__
 

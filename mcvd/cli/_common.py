@@ -187,6 +187,29 @@ def read_model_arg(flag: str, path: Path):
                      f"{', '.join(sorted(pretrained.MODELS))})")
 
 
+SAMPLER_FLAGS = ("method", "steps", "guidance", "guidance_interval")
+SHIPPED_SAMPLER_HELP = ("default: ddim; a shipped model named with none of --method, --steps, --guidance and "
+                        "--guidance-interval samples as it was measured to sample best, smmnist-demo-cpu with ddpm, "
+                        "20 steps, guidance 2 at t <= 700")
+
+
+def fill_sampler_defaults(args, default_method: str = "ddim") -> None:
+    """The sampler flags of `mcvd sample` and `eval` left unset: a shipped model named by --checkpoint with
+    none of them given (and condition frames to guide on) samples as mcvd.pretrained records it samples
+    best (DDPM, its steps, guidance and guidance interval), as the demo samples it; otherwise --method
+    defaults to `default_method` and the others stay unset (default_steps, no guidance)."""
+    from mcvd import pretrained
+
+    name = str(args.checkpoint)
+    shipped = name in pretrained.MODELS and not Path(name).is_file()
+    if shipped and args.task != "generate" and all(getattr(args, flag) is None for flag in SAMPLER_FLAGS):
+        entry = pretrained.MODELS[name]
+        args.method, args.steps, args.guidance = "ddpm", entry.sample_steps, entry.guidance
+        args.guidance_interval = entry.guidance_interval
+    if args.method is None:
+        args.method = default_method
+
+
 def load_checkpoint_arg(path: Path, no_ema: bool, device):
     """The --checkpoint model (read_model_arg) as (model, config, which weights, the file's run config).
 

@@ -22,7 +22,9 @@ metrics.json ("one_sample" holds the second), metrics.md and per_frame.png to --
 results there are kept unless --force is given. --out is checked before the
 evaluation starts. --guidance W samples with classifier-free guidance, which
 needs a model trained with masked conditioning (see mcvd sample --help);
---guidance-interval LO HI guides only the steps with LO <= t <= HI.
+--guidance-interval LO HI guides only the steps with LO <= t <= HI; a
+shipped model named with none of the sampler's flags samples as it samples
+best (as mcvd sample does).
 The network runs as mcvd.optimize compiles it (the same eps within
 1e-4; compiled at the first call for each batch shape, minutes on a small
 CPU, cached on disk for later runs); --no-optimize runs it eagerly.
@@ -33,10 +35,10 @@ import argparse
 import time
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_guidance_interval_flag, add_optimize_flag,
-                      check_guidance, check_guidance_interval, check_output_folder, check_precision, default_steps,
-                      error, finite_float, inference_model, load_checkpoint_arg, positive_int, resolve_device,
-                      smmnist_test_clips)
+from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_guidance_interval_flag,
+                      add_optimize_flag, check_guidance, check_guidance_interval, check_output_folder, check_precision,
+                      default_steps, error, fill_sampler_defaults, finite_float, inference_model, load_checkpoint_arg,
+                      positive_int, resolve_device, smmnist_test_clips)
 
 HELP = "evaluate a model with the paper's protocol (best-of-k and one-sample PSNR, SSIM, LPIPS; FVD)"
 
@@ -58,7 +60,8 @@ def add_parser(sub) -> None:
     p.add_argument("--num-clips", type=positive_int, default=None, help="evaluate the first N clips (default: all)")
     p.add_argument("--batch-size", type=positive_int, default=8,
                    help="clips per sampling call (k times as many videos)")
-    p.add_argument("--method", choices=("ddpm", "ddim", "dpm++"), default="ddim", help="sampler")
+    p.add_argument("--method", choices=("ddpm", "ddim", "dpm++"), default=None,
+                   help=f"sampler ({SHIPPED_SAMPLER_HELP})")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="sampler steps: 1 to the model's num_timesteps (default: 100, or all of a model with fewer)")
     p.add_argument("--guidance", type=finite_float, default=None, metavar="W",
@@ -92,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from mcvd.metrics.weights import WeightsError
 
     try:
+        fill_sampler_defaults(args)
         device = resolve_device(args.device)
         model, cfg, weights, run_config = load_checkpoint_arg(args.checkpoint, args.no_ema, device)
         steps = default_steps(args.steps, cfg)

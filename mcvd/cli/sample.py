@@ -31,7 +31,12 @@ when the model has future frames). A checkpoint whose run config (for a
 reference checkpoint: its config.yml) says otherwise is refused; a file
 without one (a model file) gets a warning. --guidance-interval LO HI guides
 only the steps whose timestep t has LO <= t <= HI and calls the conditional
-network alone at the others (mcvd.SamplerConfig's guidance_interval).
+network alone at the others (mcvd.SamplerConfig's guidance_interval). A
+shipped model named by --checkpoint, with none of --method, --steps,
+--guidance and --guidance-interval given, samples as mcvd.pretrained records
+it samples best, as the demo samples it (smmnist-demo-cpu: DDPM, 20 steps,
+guidance 2 at t <= 700); with any of them given, the others take their usual
+defaults.
 
 Writes to --out: sample.gif and sample.mp4 (a grid, one row per clip and
 sample: condition | prediction | truth) and frames.npz (float32 in [-1, 1]:
@@ -49,10 +54,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, check_guidance, check_output_folder, default_steps,
-                      add_guidance_interval_flag, add_optimize_flag, check_guidance_interval, check_precision, error,
-                      finite_float, float_range, inference_model, load_checkpoint_arg, nonnegative_int, positive_int,
-                      resolve_device, smmnist_test_clips)
+from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_guidance_interval_flag,
+                      add_optimize_flag, check_guidance, check_guidance_interval, check_output_folder, check_precision,
+                      default_steps, error, fill_sampler_defaults, finite_float, float_range, inference_model,
+                      load_checkpoint_arg, nonnegative_int, positive_int, resolve_device, smmnist_test_clips)
 
 HELP = "predict, generate or interpolate video frames with a trained model (GIF, MP4, .npz)"
 TASKS = ("predict", "interpolate", "generate")
@@ -73,7 +78,8 @@ def add_parser(sub) -> None:
     p.add_argument("--start", type=nonnegative_int, default=None, help="--input: first frame used (default: 0)")
     p.add_argument("--task", choices=TASKS, default="predict")
     p.add_argument("--frames", type=positive_int, default=None, help="N, frames to sample (default: the model's k)")
-    p.add_argument("--method", choices=("ddim", "ddpm", "dpm++"), default="ddim", help="sampler")
+    p.add_argument("--method", choices=("ddim", "ddpm", "dpm++"), default=None,
+                   help=f"sampler ({SHIPPED_SAMPLER_HELP})")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="sampler steps, network calls per block: 1 to the model's num_timesteps (default: 100, or "
                         "all of a model with fewer)")
@@ -168,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
     from mcvd.video import grid_frames, task_panels, write_gif, write_mp4, write_npz
 
     try:
+        fill_sampler_defaults(args)
         _check_args(args)
         device = resolve_device(args.device)
         model, cfg, weights, run_config = load_checkpoint_arg(args.checkpoint, args.no_ema, device)

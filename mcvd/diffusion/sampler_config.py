@@ -130,6 +130,11 @@ class SamplerConfig:
         (default CPU); `model` gives the schedule when .schedule is None
         (`default_schedule(model)`)."""
         schedule = default_schedule(model) if self.schedule is None else self.schedule
+        model_steps = getattr(getattr(model, "config", None), "num_timesteps", None)
+        if model_steps is not None and schedule.num_timesteps != model_steps:
+            # The network reads t as a step of its own T: another T would feed it steps it never saw.
+            raise ValueError(f"schedule: expected a schedule over the model's num_timesteps={model_steps}, got one "
+                             f"over {schedule.num_timesteps}")
         scheduler = _new_scheduler(self.method, schedule, self.eta, self.clip_x0, self.backend)
         steps = scheduler.num_train_timesteps if self.steps is None else self.steps
         return scheduler.set_timesteps(steps, spacing=self.spacing, device=device)

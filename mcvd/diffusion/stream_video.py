@@ -140,7 +140,7 @@ def stream_video(model, frames: Iterable[torch.Tensor], *, sampler: SamplerConfi
     start = time.perf_counter()
     try:
         for t, frame in enumerate(frames):
-            observed.append(frame.detach().to("cpu", torch.float32))
+            observed.append(frame.detach().to("cpu", torch.float32, copy=True))  # the source may reuse its buffer
             if newest is not None and t - newest_at < every:
                 predicted.append(newest[t - newest_at])
                 shown.append(True)

@@ -84,8 +84,9 @@ class StreamingPredictor:
             raise ValueError(f"frames: expected batch {w.shape[0]}, {w.dtype} on {w.device} (as the frames "
                              f"pushed before; reset() starts a new stream), got batch {frames.shape[0]}, "
                              f"{frames.dtype} on {frames.device}")
+        # A copy: a source that reuses one frame buffer must not rewrite the frames kept (cat copies already).
         frames = frames.detach()
-        self._window = (frames if w is None else torch.cat([w, frames], dim=1))[:, -self.spec.p:]
+        self._window = (frames.clone() if w is None else torch.cat([w, frames], dim=1))[:, -self.spec.p:]
 
     def predict_next(self) -> torch.Tensor:
         """The next k frames [B, k, C, H, W] after the pushed ones."""

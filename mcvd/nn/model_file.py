@@ -65,10 +65,18 @@ def check_model_file(payload, path: str | os.PathLike) -> dict:
     return payload
 
 
-def build_model(payload: dict, weights: str = "model") -> MCVD:
-    """The MCVD of a checked model file's config with the state dict `payload[weights]`, in eval mode on the CPU."""
-    model = MCVD(ModelConfig.from_dict(payload["model_config"]))
-    model.load_state_dict(payload[weights])
+def build_model(payload: dict, path: str | os.PathLike, weights: str = "model") -> MCVD:
+    """The MCVD of a checked model file's config with the state dict `payload[weights]`, in eval mode on the CPU;
+    ValueError naming `path` (where the payload was read) when the config is not one or the weights do not fit it."""
+    try:
+        config = ModelConfig.from_dict(payload["model_config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"path: {path} holds a model config that is not one: {err}") from None
+    model = MCVD(config)
+    try:
+        model.load_state_dict(payload[weights])
+    except (RuntimeError, TypeError, AttributeError) as err:  # missing or unexpected keys, wrong shapes, not a dict
+        raise ValueError(f"path: {path}: its {weights!r} weights do not fit its model config: {err}") from None
     return model.eval()
 
 
@@ -82,4 +90,4 @@ def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "c
     if "ema" in payload:
         raise ValueError(f"path: {path} is a training checkpoint, with raw and EMA weights; load it with "
                          f"mcvd.load(path) (EMA weights) or mcvd.load(path, use_ema=False) (raw weights)")
-    return build_model(payload).to(map_location)
+    return build_model(payload, path).to(map_location)

@@ -83,4 +83,4 @@ def checkpoint_model(payload: dict, path: str | os.PathLike, use_ema: bool = Tru
     key = "ema" if use_ema else "model"
     if key not in payload:
         raise ValueError(f"path: {path} holds no EMA weights; pass use_ema=False for its raw weights")
-    return build_model(payload, key)
+    return build_model(payload, path, key)

@@ -243,7 +243,10 @@ def model_config_from_dict(d: dict) -> ModelConfig:
     if not isinstance(d, dict):
         raise TypeError(f"model: expected a mapping of keys to values, got {type(d).__name__}")
     d = dict(d)
-    base = ModelConfig.preset(d.pop("preset")).to_dict() if "preset" in d else {}
+    try:
+        base = ModelConfig.preset(d.pop("preset")).to_dict() if "preset" in d else {}
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"model.preset: {str(err).removeprefix('name: ')}") from None
     known = [f.name for f in dataclasses.fields(ModelConfig)]
     for key in d:
         if key not in known:
@@ -282,9 +285,15 @@ class RunConfig:
         for key in d:
             if key not in SECTIONS:
                 raise ValueError(f"config: unknown section {key!r} (known sections: {', '.join(SECTIONS)})")
-        return cls(model=model_config_from_dict(d.get("model") or {}),
-                   data=DataConfig(**_typed_kwargs(DataConfig, d.get("data") or {}, "data")),
-                   training=TrainConfig(**_typed_kwargs(TrainConfig, d.get("training") or {}, "training")))
+        sections = {}
+        for name in SECTIONS:  # an empty section (`training:` alone) is YAML's null: the defaults
+            section = d.get(name)
+            if section is not None and not isinstance(section, dict):
+                raise TypeError(f"{name}: expected a mapping of keys to values, got {type(section).__name__}")
+            sections[name] = section or {}
+        return cls(model=model_config_from_dict(sections["model"]),
+                   data=DataConfig(**_typed_kwargs(DataConfig, sections["data"], "data")),
+                   training=TrainConfig(**_typed_kwargs(TrainConfig, sections["training"], "training")))
 
     def to_dict(self) -> dict:
         return {"model": self.model.to_dict(), "data": dataclasses.asdict(self.data),

@@ -48,7 +48,8 @@ from tqdm import tqdm
 
 from mcvd.data import StochasticMovingMNIST, VideoFolder
 from mcvd.diffusion import Schedule
-from mcvd.fileio import NO_SPACE, NoSpaceError, atomic_write, check_writable_folder, remove_stale_temporaries
+from mcvd.fileio import (NO_SPACE, NoSpaceError, atomic_write, check_writable_folder, remove_stale_temporaries,
+                         temporary_name)
 from mcvd.nn import MCVD
 from mcvd.nn.precision import warn_if_slow_on_cpu
 from mcvd.ops._backend import check_env_backend
@@ -151,8 +152,10 @@ def _prepare_workdir(workdir: Path, run: RunConfig) -> bool:
     if (workdir / CHECKPOINT_NAME).is_file():
         return True
     if workdir.exists():
-        entries = list(workdir.iterdir())
-        ours = [p for p in entries if p.name in (CONFIG_NAME, METRICS_NAME) and p.is_file() and not p.is_symlink()]
+        # A young temporary file of an interrupted write is left alone (remove_stale_temporaries), not foreign.
+        temporaries = [temporary_name(workdir / name) for name in (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME)]
+        entries = [p for p in workdir.iterdir() if not any(t.fullmatch(p.name) for t in temporaries)]
+        ours = [p for p in entries if _written_by_a_run(p)]
         if len(ours) < len(entries):
             raise FileExistsError(f"workdir: {workdir} exists and holds files but no {CHECKPOINT_NAME} to resume "
                                   f"from; choose a new or empty folder (existing files are never overwritten)")
@@ -164,6 +167,22 @@ def _prepare_workdir(workdir: Path, run: RunConfig) -> bool:
     atomic_write(workdir / CONFIG_NAME, lambda fh: fh.write(text))
     atomic_write(workdir / METRICS_NAME, lambda fh: fh.write((",".join(METRICS_FIELDS) + "\n").encode()))
     return False
+
+
+def _written_by_a_run(path: Path) -> bool:
+    """Whether `path` is a config.yml or metrics.csv as a run writes them (the config's YAML dump, the metrics'
+    header and rows), so that starting over may replace it: a config file of the user's own, its comments or
+    layout, is not."""
+    if path.name not in (CONFIG_NAME, METRICS_NAME) or not path.is_file() or path.is_symlink():
+        return False
+    try:
+        text = path.read_text()
+        if path.name == METRICS_NAME:
+            return text.split("\n", 1)[0] == ",".join(METRICS_FIELDS)
+        config = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and yaml.safe_dump(config, sort_keys=False) == text
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -206,8 +225,9 @@ def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: TimeLim
     which the run stops early, at the end of the step that crossed it, and
     writes its checkpoint there; every process stops at the same step (each
     must be given a time limit, or none). Nothing
-    in a step depends on run.training.steps, so a run stopped at step N holds
-    the weights of a run of N steps, and resuming continues it. It may be a
+    in a step depends on run.training.steps but the cosine decay of
+    training.lr_decay_start, which aims at it; without one, a run stopped at
+    step N holds the weights of a run of N steps. Resuming continues it. It may be a
     function of (steps done by this call, their seconds) that returns the
     limit in seconds, asked after every step: a limit that depends on the
     measured speed (mcvd demo's deadline).
@@ -215,8 +235,9 @@ def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: TimeLim
     time_limit_ends_run: the time limit is the run's budget, not a pause: a run
     it stops at step N is a run of N steps, and its checkpoint's run config
     (and TrainResult.run) record training.steps = N (ckpt_every at most N), so
-    resuming it trains no further. Otherwise they keep run.training.steps, and
-    a later call resumes towards it.
+    resuming it trains no further (with lr_decay_start set, that record is not
+    the schedule it trained with: its decay aimed at the steps given).
+    Otherwise they keep run.training.steps, and a later call resumes towards it.
 
     Started by torchrun, every process calls this; the global batch
     run.training.batch_size is split evenly over processes and accumulation steps.
@@ -289,13 +310,22 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     if resume:
         ckpt = read_checkpoint(ckpt_path)
         _check_resume_config(ckpt["run_config"], run, ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt["scaler"] is not None:
-            scaler.load_state_dict(ckpt["scaler"])
+        try:
+            model.load_state_dict(ckpt["model"])
+            ema.load_state_dict(ckpt["ema"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            if ckpt["scaler"] is not None:
+                scaler.load_state_dict(ckpt["scaler"])
+        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{ckpt_path}: its saved state does not fit the run it records (damaged or edited): "
+                             f"{err}") from None
         step = ckpt["step"]
-        generator.set_state(ckpt["rng"]["generator"])
+        try:
+            generator.set_state(ckpt["rng"]["generator"])
+        except RuntimeError:  # a CPU generator's state does not fit a CUDA one, nor the reverse
+            log.warning("resuming %s, written on another kind of device, on %s: data continue exactly, the noise "
+                        "and masks do not", ckpt_path, device.type)
+            generator.manual_seed(tc.seed + step)
         per_rank = ckpt["rng"]["per_rank"]
         if len(per_rank) == world:
             restore_rng(per_rank[env.rank])

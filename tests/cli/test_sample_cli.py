@@ -281,6 +281,32 @@ def test_a_shipped_model_by_name_samples_as_its_file(tmp_path, capsys):
         np.testing.assert_array_equal(a["past"], b["past"])
 
 
+def test_a_shipped_model_by_name_samples_as_it_samples_best(tmp_path):
+    """With no sampler flag given, the shipped model samples as mcvd.pretrained records it (the demo's way);
+    one flag given, the command's usual defaults fill the others."""
+    from mcvd import pretrained
+
+    entry = pretrained.MODELS["smmnist-demo-cpu"]
+    base = ["sample", "--checkpoint", "smmnist-demo-cpu", "--data", "smmnist", "--frames", "2", "--no-progress",
+            "--no-optimize"]
+    assert main([*base, "--out", str(tmp_path / "best")]) == 0
+    with np.load(tmp_path / "best" / "frames.npz") as z:
+        assert (str(z["method"]), int(z["steps"]), float(z["guidance"])) == ("ddpm", entry.sample_steps,
+                                                                           entry.guidance)
+        assert tuple(z["guidance_interval"]) == entry.guidance_interval == (0, 700)
+    assert main([*base, "--steps", "3", "--out", str(tmp_path / "given")]) == 0
+    with np.load(tmp_path / "given" / "frames.npz") as z:
+        assert (str(z["method"]), int(z["steps"])) == ("ddim", 3)
+        assert "guidance" not in z.files and "guidance_interval" not in z.files
+
+
+def test_a_checkpoint_file_samples_with_the_commands_defaults(checkpoint, tmp_path):
+    assert main(["sample", "--checkpoint", str(checkpoint), "--data", "smmnist", "--index", "0", "--frames", "2",
+                 "--no-progress", "--no-optimize", "--out", str(tmp_path / "out")]) == 0
+    with np.load(tmp_path / "out" / "frames.npz") as z:
+        assert (str(z["method"]), int(z["steps"])) == ("ddim", 100) and "guidance" not in z.files
+
+
 def test_a_name_that_is_neither_a_file_nor_a_shipped_model(tmp_path, capsys):
     assert sample("smmnist-demo", tmp_path / "out", "--data", "smmnist") == 2
     assert ("mcvd sample: error: --checkpoint: no such file: smmnist-demo (nor the name of a shipped model: "

@@ -186,3 +186,19 @@ def test_block_sampler_takes_a_config():
         BlockSampler(model, dict(method="ddpm"), device=torch.device("cpu"), dtype=torch.float32)
     with pytest.raises(ValueError, match=r"cuda_graph: needs a CUDA device, got cpu"):
         BlockSampler(model, SamplerConfig(), cuda_graph=True, device=torch.device("cpu"), dtype=torch.float32)
+
+
+def test_a_schedule_over_another_T_than_the_models_is_refused():
+    """The network reads t as a step of its own num_timesteps: the error names `schedule`, not the network's t."""
+    cfg = mcvd.ModelConfig(image_size=8, channels=1, num_frames=1, num_frames_cond=1, ngf=8, ch_mult=(1,),
+                           num_res_blocks=1, attn_resolutions=(), num_timesteps=100)
+    model = mcvd.MCVD(cfg).eval()
+    past = torch.zeros(1, 1, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"schedule: expected a schedule over the model's num_timesteps=100, got "
+                                         r"one over 1000"):
+        mcvd.predict(model, past, num_frames=1, steps=2, schedule=Schedule.linear(1000))
+    with pytest.raises(ValueError, match="schedule: expected"):
+        mcvd.StreamingPredictor(model, mcvd.SamplerConfig(steps=2, schedule=Schedule.linear(50)))(
+            torch.zeros(1, 1, 8, 8))
+    out = mcvd.predict(model, past, num_frames=1, steps=2, schedule=Schedule.cosine(100))
+    assert out.shape == (1, 1, 1, 8, 8)

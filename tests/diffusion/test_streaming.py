@@ -48,6 +48,17 @@ def test_matches_predict_with_the_same_seed():
     torch.testing.assert_close(stream.predict_next(), expected, rtol=0, atol=0)
 
 
+def test_a_reused_frame_buffer_does_not_rewrite_the_frames_kept():
+    """A source that fills one buffer for every frame: each push is kept as it was when pushed."""
+    stream = mcvd.StreamingPredictor(OracleModel(toy_config(k=2, p=2, channels=C, size=SIZE)), dpm(2))
+    buffer = frames([[0.1]])[:, 0]
+    stream.push(buffer)
+    buffer.copy_(frames([[0.2]])[:, 0])
+    stream.push(buffer)
+    buffer.copy_(frames([[0.9]])[:, 0])  # after the last push
+    assert frame_labels(stream.window)[0].tolist() == pytest.approx([0.1, 0.2])
+
+
 def test_reset_starts_a_new_stream():
     stream = mcvd.StreamingPredictor(OracleModel(toy_config(k=2, p=2, channels=C, size=SIZE)), dpm(2))
     stream.push(frames([[0.1, 0.2]]))

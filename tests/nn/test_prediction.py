@@ -145,11 +145,26 @@ def test_tables_at_timesteps_are_the_tables_rows(schedule):
     kept = sched.alphas_cumprod_on("cpu")
     assert kept is sched.alphas_cumprod_on(torch.device("cpu")) and torch.equal(kept, sched.alphas_cumprod)
     x0, noise = torch.randn(4, 3), torch.randn(4, 3)
-    abar = sched.alphas_cumprod[t].float()[:, None]
-    assert torch.equal(sched.q_sample(x0, t, noise), abar.sqrt() * x0 + (1 - abar).sqrt() * noise)
+    assert torch.equal(sched.q_sample(x0, t, noise), a[:, None] * x0 + s[:, None] * noise)  # the same rows
     ea64, es64 = _angles(t.numpy(), 100, schedule)
     torch.testing.assert_close(a.double(), ea64, rtol=1e-7, atol=0)
     torch.testing.assert_close(s.double(), es64, rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_q_sample_keeps_the_noise_in_low_precision(dtype):
+    """At small t, 1 - abar_t is below bfloat16's resolution near 1: its square root must not be taken there."""
+    sched = Schedule.linear(1000)
+    t = torch.tensor([0, 2, 50, 200])
+    x0, noise = torch.zeros(4, 3, dtype=dtype), torch.ones(4, 3, dtype=dtype)
+    abar = sched.alphas_cumprod[t]  # float64
+    expected = (1 - abar).sqrt()[:, None].expand(4, 3)  # 0.0100, 0.0190, 0.173, 0.586
+    got = sched.q_sample(x0, t, noise)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), expected, rtol=8e-3, atol=0)
+    x1 = torch.ones(4, 3, dtype=dtype)  # the signal term too
+    torch.testing.assert_close(sched.q_sample(x1, t, 0 * noise).double(), abar.sqrt()[:, None].expand(4, 3),
+                               rtol=8e-3, atol=0)
 
 
 @pytest.mark.parametrize("prediction, schedule", [("v", "linear"), ("x0", "linear"), ("v", "cosine")])

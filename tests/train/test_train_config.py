@@ -95,6 +95,23 @@ def test_sections_are_checked_together(d, match):
         RunConfig.from_dict(d)
 
 
+@pytest.mark.parametrize("d,error,match", [
+    ({"model": {"preset": 3}}, ValueError, r"model.preset: expected one of \['bair', .*\], got 3"),
+    ({"model": {"preset": None}}, ValueError, r"model.preset: expected one of .*, got None"),
+    ({"training": []}, TypeError, r"training: expected a mapping of keys to values, got list"),
+    ({"training": 0}, TypeError, r"training: expected a mapping of keys to values, got int"),
+    ({"data": ""}, TypeError, r"data: expected a mapping of keys to values, got str"),
+    ({"model": False}, TypeError, r"model: expected a mapping of keys to values, got bool"),
+])
+def test_a_section_or_preset_that_is_not_one_is_named(d, error, match):
+    with pytest.raises(error, match=match):
+        RunConfig.from_dict(d)
+
+
+def test_an_empty_section_takes_the_defaults():
+    assert RunConfig.from_dict({"model": None, "data": None, "training": None}) == RunConfig()
+
+
 def test_preset_then_overrides():
     cfg = RunConfig.from_dict({"model": {"preset": "kth", "ngf": 32, "n_head_channels": 32}, "data":
                                {"dataset": "video_folder", "root": "/kth"}})

@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+import yaml
 
 import mcvd.train.trainer as trainer_module
 from mcvd.nn import MCVD, precision, save_model
@@ -116,6 +117,59 @@ def test_a_folder_with_other_files_is_never_written(tmp_path, tiny_run):
     assert (tmp_path / "notes.txt").read_text() == "mine"
     with pytest.raises(FileExistsError, match=r"workdir: .*notes.txt is a file; expected a folder"):
         train(tiny_run(), tmp_path / "notes.txt", progress=False)
+
+
+def test_a_users_own_config_in_the_workdir_is_never_replaced(tmp_path, tiny_run):
+    """A workdir holding only a config.yml counts as a run stopped before its first checkpoint only when the
+    file is the YAML a run writes; the user's own (here: the run's config with a comment) is kept."""
+    run = tiny_run(training={"steps": 1})
+    text = "# my experiment\n" + yaml.safe_dump(run.to_dict(), sort_keys=False)
+    (tmp_path / "config.yml").write_text(text)
+    with pytest.raises(FileExistsError, match=r"workdir: .* holds files but no checkpoint.pt"):
+        train(run, tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yml"]
+    assert (tmp_path / "config.yml").read_text() == text
+    (tmp_path / "config.yml").write_text(text.split("\n", 1)[1])  # as a run writes it: started over
+    (tmp_path / "metrics.csv").write_text("step,loss,lr,grad_norm,it_per_s\n")
+    train(run, tmp_path, progress=False)
+    assert (tmp_path / "checkpoint.pt").is_file()
+
+
+def test_a_young_temporary_of_an_interrupted_first_write_is_not_a_foreign_file(tmp_path, tiny_run):
+    """Killed while writing its first checkpoint and started again at once: the temporary file, too young to
+    remove (a write may still hold it), does not make the folder someone else's."""
+    train(tiny_run(training={"steps": 1}), tmp_path / "first", progress=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("config.yml", "metrics.csv"):
+        (work / name).write_bytes((tmp_path / "first" / name).read_bytes())
+    (work / ".checkpoint.pt.k1ll3d_x.tmp").write_bytes(b"half a checkpoint")
+    train(tiny_run(training={"steps": 1}), work, progress=False)
+    assert (work / "checkpoint.pt").is_file()
+
+
+def test_resuming_a_damaged_checkpoint_names_it(tmp_path, tiny_run):
+    train(tiny_run(training={"steps": 1}), tmp_path, progress=False)
+    ckpt = read_checkpoint(tmp_path / "checkpoint.pt")
+    del ckpt["model"]["conv_out.bias"]
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r".*checkpoint.pt: its saved state does not fit the run it records "
+                                         r"(?s:.*)conv_out.bias"):
+        train(tiny_run(training={"steps": 2}), tmp_path, progress=False)
+
+
+def test_a_checkpoint_from_another_kind_of_device_resumes_with_a_warning(tmp_path, tiny_run, caplog):
+    """Its random generator's state (here a CUDA generator's, 16 bytes) does not fit this device's: the run goes
+    on, saying that its noise and masks are no longer those of an uninterrupted run."""
+    train(tiny_run(training={"steps": 1}), tmp_path, progress=False)
+    ckpt = read_checkpoint(tmp_path / "checkpoint.pt")
+    ckpt["rng"]["generator"] = torch.zeros(16, dtype=torch.uint8)
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    with caplog.at_level(logging.WARNING, logger="mcvd"):
+        result = train(tiny_run(training={"steps": 2}), tmp_path, progress=False)
+    assert result.step == 2
+    assert "written on another kind of device, on cpu: data continue exactly, the noise and masks do not" \
+        in caplog.text
 
 
 def test_resume_keeps_config_yml_and_rejects_another_model(tmp_path, tiny_run):

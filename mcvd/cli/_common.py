@@ -21,6 +21,16 @@ class UsageError(ValueError):
     """A bad command line, reported as `mcvd <command>: error: ...` with EXIT_USAGE."""
 
 
+def as_flag(err: Exception, flags: dict[str, str]) -> UsageError:
+    """A library error whose message starts with the argument it names ("root: ...") as the UsageError
+    of the command-line flag that gave that argument ("--data: ..."); flags: {argument: flag}."""
+    text = str(err)
+    for name, flag in flags.items():
+        if text.startswith(f"{name}:"):
+            return UsageError(flag + text[len(name):])
+    return UsageError(text)
+
+
 def error(command: str, message, code: int) -> int:
     """Print `mcvd <command>: error: <message>` to stderr; returns `code` for the command to return."""
     print(f"mcvd {command}: error: {message}", file=sys.stderr)
@@ -96,8 +106,13 @@ def resolve_device(name: str):
             device = torch.device(name)
         except RuntimeError as err:
             raise UsageError(f"--device: {err}") from err
+        if device.type not in ("cpu", "cuda"):  # the ops' kernels are for these; mps, xpu, meta are not supported
+            raise UsageError(f"--device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise UsageError("--device: CUDA requested but torch sees no CUDA device")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device: {name} requested but torch sees {torch.cuda.device_count()} CUDA "
+                             f"device(s)")
     try:
         check_env_backend(device)
     except (ValueError, RuntimeError) as err:
@@ -173,16 +188,33 @@ def check_guidance_interval(args) -> tuple[int, int] | None:
     return tuple(interval)
 
 
+def sampler_of_flags(args, steps: int, guidance_interval: tuple[int, int] | None, model):
+    """The mcvd.SamplerConfig of --method, --steps, --guidance and --guidance-interval for `model`; a UsageError
+    naming --guidance-interval when it holds none of the steps the sampler takes (nothing would be guided)."""
+    from mcvd.diffusion import SamplerConfig
+
+    sampler = SamplerConfig(method=args.method, steps=steps, guidance=args.guidance,
+                            guidance_interval=guidance_interval)
+    try:
+        sampler.guided_steps(sampler.make_scheduler(model).timesteps.tolist())
+    except ValueError as err:
+        raise as_flag(err, {"guidance_interval": "--guidance-interval"}) from None
+    return sampler
+
+
 def read_model_arg(flag: str, path: Path):
     """The model named by `flag` as mcvd.loader.ModelSource: a file mcvd.load reads (any kind), or, where no
     such file exists, the name of a shipped model (mcvd.pretrained), its SHA-256 checked."""
     from mcvd import pretrained
     from mcvd.loader import read
 
-    if path.is_file():
-        return read(path)
-    if str(path) in pretrained.MODELS:
-        return pretrained.source(str(path))
+    try:
+        if path.is_file():
+            return read(path)
+        if str(path) in pretrained.MODELS:
+            return pretrained.source(str(path))
+    except (ValueError, FileNotFoundError) as err:  # damaged, of no known kind, not its recorded SHA-256
+        raise as_flag(err, {"path": flag, "file": flag}) from None
     raise UsageError(f"{flag}: no such file: {path} (nor the name of a shipped model: "
                      f"{', '.join(sorted(pretrained.MODELS))})")
 

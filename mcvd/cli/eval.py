@@ -35,10 +35,10 @@ import argparse
 import time
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_guidance_interval_flag,
+from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_guidance_interval_flag, as_flag,
                       add_optimize_flag, check_guidance, check_guidance_interval, check_output_folder, check_precision,
                       default_steps, error, fill_sampler_defaults, finite_float, inference_model, load_checkpoint_arg,
-                      positive_int, resolve_device, smmnist_test_clips)
+                      positive_int, resolve_device, sampler_of_flags, smmnist_test_clips)
 
 HELP = "evaluate a model with the paper's protocol (best-of-k and one-sample PSNR, SSIM, LPIPS; FVD)"
 
@@ -83,13 +83,15 @@ def eval_clips(data: str, frames: int, config, run_config: dict):
 
     if data == "smmnist":
         return smmnist_test_clips(config, frames, run_config)
-    return VideoFolder(data, frames, config.image_size, channels=config.channels, clip_step=frames)
+    try:  # strict: a clip that cannot be read stops the evaluation rather than be replaced by another
+        return VideoFolder(data, frames, config.image_size, channels=config.channels, clip_step=frames, strict=True)
+    except (ValueError, FileNotFoundError) as err:
+        raise as_flag(err, {"root": "--data"}) from None
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from mcvd.diffusion import SamplerConfig
     from mcvd.metrics.protocol import Task, evaluate
     from mcvd.metrics.report import existing_results, write_report
     from mcvd.metrics.weights import WeightsError
@@ -103,13 +105,24 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--guidance: guides on condition frames; the task 'generate' has none")
         check_guidance(args.guidance, run_config, cfg, "eval")
         guidance_interval = check_guidance_interval(args)
+        sampler = sampler_of_flags(args, steps, guidance_interval, model)
         check_precision(args.precision, args.no_optimize, device)
-        task = Task.of(args.task, cfg, cond=args.cond, pred=args.pred)
+        try:
+            task = Task.of(args.task, cfg, cond=args.cond, pred=args.pred)
+        except ValueError as err:
+            raise as_flag(err, {"task": "--task", "cond": "--cond", "pred": "--pred"}) from None
         clips = eval_clips(args.data, task.clip_frames, cfg, run_config)
+        if args.num_clips is not None and args.num_clips > len(clips):
+            raise UsageError(f"--num-clips: expected 1 to {len(clips)} (the clips of --data {args.data}), "
+                             f"got {args.num_clips}")
         out = args.out or Path("mcvd_eval") / (f"{args.checkpoint.stem}_{task.name}_p{task.cond}_n{task.pred}"
                                                f"_k{args.samples}")
         check_output_folder("--out", out)
         existing = existing_results(out)
+        folders = [path for path in existing if path.is_dir()]
+        if folders:  # --force replaces files, never folders
+            raise UsageError(f"--out: {folders[0]} is a folder, where this command writes a file; choose another "
+                             f"folder")
         if existing and not args.force:  # checked before the long run, not after it
             raise UsageError(f"--out: {out} already holds results ({', '.join(p.name for p in existing)}); "
                              f"choose another folder or pass --force to replace them")
@@ -125,10 +138,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = evaluate(net, clips, task, samples=args.samples, num_clips=args.num_clips,
                           batch_size=args.batch_size,
-                          sampler=SamplerConfig(method=args.method, steps=steps, guidance=args.guidance,
-                                                guidance_interval=guidance_interval),
+                          sampler=sampler,
                           generator=generator, compute_fvd=not args.no_fvd, progress=not args.no_progress)
-    except (ValueError, WeightsError, ImportError) as e:
+    except ValueError as e:
+        if str(e).startswith("root:"):  # a clip of --data that cannot be read (VideoFolder's strict mode)
+            return error("eval", as_flag(e, {"root": "--data"}), EXIT_USAGE)
+        return error("eval", e, EXIT_FAILURE)
+    except (WeightsError, ImportError) as e:
         return error("eval", e, EXIT_FAILURE)
     seconds = time.perf_counter() - start
     num_clips = len(clips) if args.num_clips is None else args.num_clips

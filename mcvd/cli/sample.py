@@ -54,10 +54,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_guidance_interval_flag,
+from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_guidance_interval_flag, as_flag,
                       add_optimize_flag, check_guidance, check_guidance_interval, check_output_folder, check_precision,
                       default_steps, error, fill_sampler_defaults, finite_float, float_range, inference_model,
-                      load_checkpoint_arg, nonnegative_int, positive_int, resolve_device, smmnist_test_clips)
+                      load_checkpoint_arg, nonnegative_int, positive_int, resolve_device, sampler_of_flags,
+                      smmnist_test_clips)
 
 HELP = "predict, generate or interpolate video frames with a trained model (GIF, MP4, .npz)"
 TASKS = ("predict", "interpolate", "generate")
@@ -116,6 +117,10 @@ def _check_args(args) -> None:
         raise UsageError("--guidance: guides on condition frames; the task 'generate' has none")
     check_output_folder("--out", args.out)
     existing = [name for name in OUTPUTS if (args.out / name).exists()]
+    folders = [name for name in existing if (args.out / name).is_dir()]
+    if folders:  # --force replaces files, never folders
+        raise UsageError(f"--out: {args.out / folders[0]} is a folder, where this command writes a file; choose "
+                         f"another folder")
     if existing and not args.force:
         raise UsageError(f"--out: {args.out} already holds {', '.join(existing)}; choose another folder or pass "
                          f"--force to replace them")
@@ -181,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         steps = default_steps(args.steps, cfg)
         check_guidance(args.guidance, run_config, cfg, "sample")
         guidance_interval = check_guidance_interval(args)
+        sampler = sampler_of_flags(args, steps, guidance_interval, model)
         check_precision(args.precision, args.no_optimize, device)
         p, n, f = _frame_counts(args.task, cfg, args.frames)
         if args.task == "generate":
@@ -188,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             clips, source = _condition_clips(args, cfg, run_config, p, n, f)
     except (FileNotFoundError, ValueError) as err:  # UsageError included
-        return error("sample", err, EXIT_USAGE)
+        return error("sample", as_flag(err, {"input": "--input"}), EXIT_USAGE)
     except ImportError as err:
         return error("sample", err, EXIT_FAILURE)
 
@@ -203,9 +209,8 @@ def run(args: argparse.Namespace) -> int:
     generating = clips is None
     net = inference_model(model, args.no_optimize, args.precision)
     video = predict(net, past, n, future=future, samples=1 if generating else args.samples,
-                    batch_size=args.samples if generating else None, device=device, method=args.method,
-                    steps=steps, guidance=args.guidance, guidance_interval=guidance_interval, generator=generator,
-                    progress=not args.no_progress)
+                    batch_size=args.samples if generating else None, device=device, sampler=sampler,
+                    generator=generator, progress=not args.no_progress)
     # Always [samples, B, N, C, H, W]: generation draws `samples` videos of one "clip".
     video = video[:, None] if generating else video.reshape(args.samples, -1, *video.shape[-4:])
     samples, B = video.shape[:2]

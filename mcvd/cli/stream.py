@@ -41,13 +41,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_precision_flag, check_output_folder, check_precision,
-                      check_steps, error, float_range, inference_model, load_checkpoint_arg, positive_int,
-                      resolve_device)
+from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_precision_flag, as_flag, check_output_folder,
+                      check_precision, check_steps, error, float_range, inference_model, load_checkpoint_arg,
+                      positive_int, resolve_device)
 
 HELP = "run the streaming predictor over a video as it plays: side-by-side video, frame rate, latency"
 FORMATS = (".mp4", ".gif")
-GIF_MAX_FPS = 50.0
 FOLDER_FPS = 10.0  # a folder of frames has no frame rate of its own
 
 
@@ -86,7 +85,8 @@ def _output(args) -> Path:
     """--out, checked: a new (or, with --force, existing) .mp4 or .gif file in a folder that takes files."""
     if not args.input.exists():
         raise UsageError(f"--input: no such file or folder: {args.input}")
-    out = args.out or Path("stream_out") / f"{args.input.stem if args.input.is_file() else args.input.name}.mp4"
+    name = args.input.stem if args.input.is_file() else args.input.resolve().name  # "." is the folder's name
+    out = args.out or Path("stream_out") / f"{name}.mp4"
     if out.suffix.lower() not in FORMATS:
         raise UsageError(f"--out: expected a file ending in {' or '.join(FORMATS)}, got {out}")
     if out.is_dir():
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mcvd.diffusion import SamplerConfig, stream_video
-    from mcvd.video import count_frames, frame_rate, grid_frames, iter_clip, write_gif, write_mp4
+    from mcvd.video import FPS_RANGE, count_frames, frame_rate, grid_frames, iter_clip, write_gif, write_mp4
 
     try:
         out = _output(args)
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         optimized = (device.type == "cuda" or args.precision != "fp32") if args.optimize is None else args.optimize
         check_precision(args.precision, not optimized, device)
     except (FileNotFoundError, ValueError) as err:  # UsageError included
-        return error("stream", err, EXIT_USAGE)
+        return error("stream", as_flag(err, {"input": "--input"}), EXIT_USAGE)
     except ImportError as err:
         return error("stream", err, EXIT_FAILURE)
 
@@ -151,11 +151,12 @@ def run(args: argparse.Namespace) -> int:
                               sampler=sampler, every=args.every, generator=generator, cuda_graph=cuda_graph,
                               source_fps=source_fps, progress=not args.no_progress, total=frames)
     except ValueError as err:  # a frame that cannot be decoded or read
-        return error("stream", err, EXIT_USAGE)
+        return error("stream", as_flag(err, {"input": "--input"}), EXIT_USAGE)
     grid = grid_frames(result.panels())
     out.parent.mkdir(parents=True, exist_ok=True)
     gif = out.suffix.lower() == ".gif"
-    out_fps = min(source_fps, GIF_MAX_FPS) if gif else source_fps
+    low, high = FPS_RANGE["GIF" if gif else "MP4"]  # the source's rate, within what the format can show
+    out_fps = min(max(source_fps, low), high)
     written = (write_gif if gif else write_mp4)(out, grid, fps=out_fps, overwrite=args.force)
 
     s = result.summary()

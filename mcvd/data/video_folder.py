@@ -209,12 +209,15 @@ class VideoFolder(Dataset):
         channels: 3 (RGB) or 1 (luma).
         frame_stride: take every frame_stride-th frame (a clip spans (T - 1) * frame_stride + 1 frames).
         clip_step: frames between the starts of consecutive clips of one video.
+        strict: a clip that cannot be decoded raises ValueError naming its file (what an evaluation needs:
+            every clip scored once), instead of the default for training: a warning, the video skipped from
+            then on and the clip taken from the next readable video.
 
     Items are float32 tensors [T, channels, image_size, image_size] in [-1, 1].
     """
 
     def __init__(self, root: str | os.PathLike, num_frames: int, image_size: int, *, channels: int = 3,
-                 frame_stride: int = 1, clip_step: int = 1):
+                 frame_stride: int = 1, clip_step: int = 1, strict: bool = False):
         for name, value in (("num_frames", num_frames), ("image_size", image_size),
                             ("frame_stride", frame_stride), ("clip_step", clip_step)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -225,7 +228,7 @@ class VideoFolder(Dataset):
         if not self.root.is_dir():
             raise FileNotFoundError(f"root: {self.root} is not a folder")
         self.num_frames, self.image_size, self.channels = num_frames, image_size, channels
-        self.frame_stride, self.clip_step = frame_stride, clip_step
+        self.frame_stride, self.clip_step, self.strict = frame_stride, clip_step, strict
         self.span = (num_frames - 1) * frame_stride + 1
 
         self.videos: list[tuple[Path, list[Path] | None]] = []
@@ -281,6 +284,9 @@ class VideoFolder(Dataset):
             except Exception as err:
                 if not _is_read_error(err):
                     raise
+                if self.strict:
+                    raise ValueError(f"root: cannot read clip {index} from {self.videos[v][0]} "
+                                     f"({type(err).__name__}: {err})") from None
                 self._bad.add(v)
                 warnings.warn(f"VideoFolder: skipping {self.videos[v][0]} from now on: decoding failed "
                               f"({type(err).__name__}: {err})", stacklevel=2)

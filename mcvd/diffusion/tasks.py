@@ -112,7 +112,7 @@ class BlockSampler:
         self.scheduler = sampler.make_scheduler(model, device=device)
         # Which steps are guided, in the order `denoise` calls eps_fn (once per step): from the
         # scheduler's host copy of the timesteps, so that no step, nor a CUDA graph capture, reads a device value.
-        self._guided_steps = [sampler.guided_at(t) for t in self.scheduler.timesteps.tolist()]
+        self._guided_steps = sampler.guided_steps(self.scheduler.timesteps.tolist())
         self._cached = callable(getattr(model, "condition", None))
         self._graphs: dict = {}
 

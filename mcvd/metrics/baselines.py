@@ -80,7 +80,9 @@ def compare(model_scores: dict, baseline_scores: dict) -> dict:
 
 
 def _standing(d: dict) -> str:
-    half = d["conf95"] or 0.0
+    half = d["conf95"]
+    if half is None:  # one clip: no interval, so no side can be told
+        return "is not distinguishable from"
     if d["mean"] - half > 0:
         return "beats"
     if d["mean"] + half < 0:
@@ -102,8 +104,9 @@ def verdict(comparison: dict, device: str, *, who: str = "the model", empty: dic
     lines = []
     for metric, unit in (("psnr", " dB"), ("ssim", "")):
         d = comparison[metric]["difference"]
-        lines.append(f"on {metric.upper()} {who} {_standing(d)} copy-last-frame ({d['mean']:+.4g}{unit} "
-                     f"± {(d['conf95'] or 0.0):.2g}, 95% interval over clips)")
+        spread = ("; one clip, no interval" if d["conf95"] is None
+                  else f" ± {d['conf95']:.2g}, 95% interval over clips")
+        lines.append(f"on {metric.upper()} {who} {_standing(d)} copy-last-frame ({d['mean']:+.4g}{unit}{spread})")
     text = "; ".join(lines) + "."
     if empty is not None:
         states = [f"{metric.upper()} {_standing(empty[metric]['difference']).replace('is ', '')} it "

@@ -78,6 +78,9 @@ class Task:
             raise ValueError(f"cond: the model conditions on num_frames_cond={p} past frames, got {cond}")
         if name == "generate" and cond < 0:
             raise ValueError(f"cond: expected >= 0 real frames before the generated ones, got {cond}")
+        if name == "generate" and p == 0 and cond + pred > k:  # no past frames: no rollout past one block
+            raise ValueError(f"pred: a model without past frames generates at most num_frames={k} frames, got "
+                             f"cond + pred = {cond + pred}")
         if name == "predict" and p == 0:
             raise ValueError("task: 'predict' needs a model with past frames (num_frames_cond > 0)")
         if name == "interpolate":

@@ -15,7 +15,7 @@ from mcvd.cli._common import inference_model
 from mcvd.cli.demo import OUTPUTS, STREAM_FRAMES
 from mcvd.cli.demo_config import SIZES, demo_ema_rate, fit_deadline, plan_budget, reproduce_command
 from mcvd.data import StochasticMovingMNIST
-from mcvd.metrics.baselines import compare, verdict
+from mcvd.metrics.baselines import compare, verdict, wins
 from mcvd.metrics.digits import digit_recall, load_digit_classifier
 from mcvd.train import load_checkpoint, read_checkpoint
 
@@ -252,6 +252,15 @@ def test_verdict_says_win_loss_or_tie_by_the_interval():
     assert "on SSIM the model is worse than" in mixed and "train longer, with a GPU" in mixed
     tie = verdict(comparison([20.0, 18.0, 22.0], [20.0, 20.0, 20.0], [0.5, 0.5, 0.5], [0.6, 0.7, 0.8]), "cuda")
     assert tie.startswith("On PSNR the model is not distinguishable from") and "more time (--minutes)" in tie
+
+
+def test_one_clip_is_no_win():
+    """One clip has no interval: however large its lead, the verdict cannot call it a win."""
+    one = comparison([25.0], [20.0], [0.9], [0.5])
+    assert not wins(one)
+    text = verdict(one, "cpu")
+    assert text.startswith("On PSNR the model is not distinguishable from copy-last-frame (+5 dB; one clip, no "
+                           "interval)") and "train longer" in text
 
 
 def interrupted_training_folder(out, name=".train-k1ll3d_x"):

@@ -125,6 +125,8 @@ def test_never_overwrites_without_force(checkpoint, tmp_path, capsys):
     (["--data", "smmnist", "--index", "-1"], r"--index: expected >= 0, got -1"),
     (["--data", "smmnist", "--start", "2"], "--start: selects the first frame of --input"),
     (["--data", "smmnist", "--fps", "0"], "--fps: expected a number from 0.01 to 50, got '0'"),
+    (["--data", "smmnist", "--device", "mps"], "--device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'mps'"),
+    (["--data", "smmnist", "--device", "meta"], "--device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'meta'"),
 ])
 def test_bad_arguments_fail_with_a_message(checkpoint, tmp_path, capsys, args, message):
     out = tmp_path / "out"
@@ -155,6 +157,21 @@ def test_input_errors(checkpoint, tmp_path, capsys):
     not_video.write_text("hello")
     assert sample(checkpoint, tmp_path / "out", "--input", str(not_video)) == 2
     assert "cannot decode" in capsys.readouterr().err
+
+
+def test_an_output_name_that_is_a_folder_is_refused_even_with_force(checkpoint, tmp_path, capsys):
+    (tmp_path / "out" / "sample.mp4").mkdir(parents=True)
+    assert sample(checkpoint, tmp_path / "out", "--data", "smmnist", "--force") == 2
+    assert f"--out: {tmp_path / 'out' / 'sample.mp4'} is a folder, where this command writes a file" \
+        in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sample.mp4"]
+
+
+def test_a_file_that_is_no_model_is_named_by_the_flag(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert sample(tmp_path / "notes.txt", tmp_path / "out", "--data", "smmnist") == 2
+    err = capsys.readouterr().err
+    assert "mcvd sample: error: --checkpoint: " in err and "notes.txt is not a readable torch file" in err
 
 
 def test_input_and_data_are_exclusive(checkpoint, tmp_path, capsys):
@@ -235,6 +252,10 @@ def test_guidance_interval_needs_guidance_and_an_order(guided_checkpoint, tmp_pa
     assert sample(guided_checkpoint, tmp_path / "out", "--data", "smmnist", "--guidance", "2",
                   "--guidance-interval", "-1", "5") == 2
     assert "--guidance-interval: " in (err := capsys.readouterr().err) and "-1" in err
+    # An interval that holds none of the sampler's steps would guide nothing: refused, not run unguided.
+    assert sample(guided_checkpoint, tmp_path / "out", "--data", "smmnist", "--guidance", "2",
+                  "--guidance-interval", "2000", "3000") == 2
+    assert "--guidance-interval: (2000, 3000) holds none of the sampler's timesteps (" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -327,7 +348,7 @@ def test_a_damaged_shipped_model_is_refused_by_name(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(pretrained, "WEIGHTS", damaged)
     assert sample("smmnist-demo-cpu", tmp_path / "out", "--data", "smmnist") == 2
     err = capsys.readouterr().err
-    assert "mcvd sample: error: file: " in err and "smmnist_demo_cpu.mcvd has SHA-256" in err
+    assert "mcvd sample: error: --checkpoint: " in err and "smmnist_demo_cpu.mcvd has SHA-256" in err
     assert "damaged or was replaced" in err
     assert not (tmp_path / "out" / "frames.npz").exists()
 

@@ -65,6 +65,28 @@ def test_a_shipped_model_by_name(video, tmp_path, capsys):
         assert gif.n_frames == 4 and gif.size[0] == 2 * (32 * 2 + 2 * BORDER) + 3 * GAP
 
 
+def test_the_current_folder_as_input_names_the_output_after_it(checkpoint, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for t, f in enumerate(moving_square(4)):
+        Image.fromarray(f).save(folder / f"{t}.png")
+    monkeypatch.chdir(folder)
+    assert stream(checkpoint, "--input", ".") == 0
+    assert len(read_video(folder / "stream_out" / "clip.mp4")) == 4
+
+
+def test_a_source_faster_than_mp4_can_show_is_written_at_its_limit(checkpoint, tmp_path, capsys):
+    """A video's frame rate above what an MP4 file records (1000 fps): the side-by-side video plays at that
+    limit, rather than the run failing after the streaming."""
+    from mcvd.video import FPS_RANGE, frame_rate
+
+    fast = tmp_path / "fast.mp4"
+    encode_video(fast, moving_square(4), fps=2000)
+    assert stream(checkpoint, "--input", str(fast), "--out", str(tmp_path / "side.mp4")) == 0
+    assert "4 frames in at 2000 fps (the video's)" in capsys.readouterr().out
+    assert frame_rate(tmp_path / "side.mp4") == FPS_RANGE["MP4"][1]
+
+
 def test_default_output_and_force(checkpoint, video, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert stream(checkpoint, "--input", str(video), "--max-frames", "3") == 0
@@ -92,8 +114,9 @@ def test_default_output_and_force(checkpoint, video, tmp_path, monkeypatch, caps
     (["--input", "{video}", "--precision", "bf16", "--no-optimize"],
      "--precision bf16: runs in mcvd.optimize's network; drop --no-optimize"),
     (["--input", "{video}", "--device", "cpu", "--precision", "fp16"], "--precision fp16: needs a CUDA device"),
-    (["--input", "{tmp}"], "input: .* holds no frames"),
-    (["--input", "{tmp}/notes.mp4"], "input: cannot read .*notes.mp4 as a video"),
+    (["--input", "{tmp}"], "--input: .* holds no frames"),
+    (["--input", "{tmp}/notes.mp4"], "--input: cannot read .*notes.mp4 as a video"),
+    (["--input", "{video}", "--device", "xpu"], "--device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'xpu'"),
 ])
 def test_bad_input_fails_with_a_message(checkpoint, video, tmp_path, capsys, args, message):
     short = tmp_path / "short.mp4"

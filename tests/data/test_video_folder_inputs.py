@@ -129,6 +129,13 @@ def test_a_frame_of_another_size_is_named_with_both_sizes(tmp_path):
     with pytest.warns(UserWarning, match=r"skipping .*v from now on: .*" + msg):
         with pytest.raises(RuntimeError, match="no readable video left"):
             ds[3]
+    save_clip(tmp_path / "w", [frame] * 6)  # a good video beside: the default takes the clip from it instead
+    with pytest.warns(UserWarning, match="skipping"):
+        assert VideoFolder(tmp_path, 2, H)[3].shape == (2, 3, H, H)
+    strict = VideoFolder(tmp_path, 2, H, strict=True)  # what an evaluation reads: the clip's error, named
+    with pytest.raises(ValueError, match=r"root: cannot read clip 3 from .*v \(ValueError: .*" + msg):
+        strict[3]
+    assert strict[8].shape == (2, 3, H, H)  # the good video's clips still read
 
 
 def test_frames_to_clip_takes_8_and_16_bit_frames_only():

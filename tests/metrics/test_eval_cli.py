@@ -118,7 +118,10 @@ def test_bad_arguments_fail_with_a_message(model_file, tmp_path, capsys):
     cases = [
         (["--samples", 0], "--samples: expected >= 1, got 0"),
         (["--num-clips", 0], "--num-clips: expected >= 1, got 0"),
-        (["--cond", 2], "cond: the model conditions on num_frames_cond=3 past frames, got 2"),
+        (["--cond", 2], "--cond: the model conditions on num_frames_cond=3 past frames, got 2"),
+        (["--pred", 0], "--pred: expected >= 1 frames to predict, got 0"),
+        (["--num-clips", 257], "--num-clips: expected 1 to 256 (the clips of --data smmnist), got 257"),
+        (["--device", "mps"], "--device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'mps'"),
         (["--task", "interpolate"], "'interpolate' needs a model with future frames"),
         (["--no-ema"], "is a model file with a single set of weights"),
         (["--precision", "bf16"], "--precision bf16: runs in mcvd.optimize's network; drop --no-optimize"),
@@ -129,8 +132,35 @@ def test_bad_arguments_fail_with_a_message(model_file, tmp_path, capsys):
     assert run_eval("--checkpoint", tmp_path / "none.pt", "--data", "smmnist") == 2
     assert "no such file" in capsys.readouterr().err
     assert run_eval("--checkpoint", model_file, "--data", tmp_path / "no_videos") == 2
-    assert "is not a folder" in capsys.readouterr().err
+    assert "--data: " in (err := capsys.readouterr().err) and "no_videos is not a folder" in err
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert run_eval("--checkpoint", tmp_path / "notes.txt", "--data", "smmnist") == 2
+    assert "mcvd eval: error: --checkpoint: " in (err := capsys.readouterr().err) and "notes.txt" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_clip_that_cannot_be_read_stops_the_evaluation(model_file, tmp_path, capsys):
+    """Evaluation scores every clip once: an unreadable one is an error naming --data, never replaced by another
+    clip (as training's VideoFolder does)."""
+    from PIL import Image
+
+    for name, size in (("a", 16), ("b", 16)):
+        (tmp_path / "videos" / name).mkdir(parents=True)
+        for t in range(5):
+            side = 20 if (name, t) == ("b", 3) else size  # one frame of another size: clip b cannot be read
+            Image.fromarray(np.full((side, side), 40 * t, np.uint8)).save(tmp_path / "videos" / name / f"{t}.png")
+    assert run_eval("--checkpoint", model_file, "--data", tmp_path / "videos", "--pred", 2, "--no-fvd",
+                    "--out", tmp_path / "x") == 2
+    err = capsys.readouterr().err
+    assert "mcvd eval: error: --data: cannot read clip 1 from " in err and "videos/b" in err
+    assert not (tmp_path / "x" / "metrics.json").exists()
+
+
+def test_an_output_name_that_is_a_folder_is_refused_even_with_force(model_file, tmp_path, capsys):
+    (tmp_path / "x" / "metrics.json").mkdir(parents=True)
+    assert run_eval("--checkpoint", model_file, "--data", "smmnist", "--num-clips", 1, "--no-fvd", "--force",
+                    "--out", tmp_path / "x") == 2
+    assert "--out: " in (err := capsys.readouterr().err) and "metrics.json is a folder" in err
 
 
 def test_a_missing_weight_package_is_named(model_file, tmp_path, monkeypatch, capsys):

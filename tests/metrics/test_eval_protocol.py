@@ -92,6 +92,11 @@ def test_task_frames_and_checks():
         Task.of("interpolate", interp, pred=4)
     with pytest.raises(ValueError, match=r"'predict' needs a model with past frames"):
         Task.of("predict", dataclasses.replace(CFG, num_frames_cond=0))
+    unconditional = dataclasses.replace(CFG, num_frames_cond=0)  # k = 3, and no past frames to roll out with
+    assert Task.of("generate", unconditional, cond=1, pred=2) == Task("generate", 1, 2, 0)
+    with pytest.raises(ValueError, match=r"pred: a model without past frames generates at most num_frames=3 "
+                                         r"frames, got cond \+ pred = 4"):
+        Task.of("generate", unconditional, cond=1, pred=3)
 
 
 def test_choose_best_picks_per_clip():

@@ -102,6 +102,13 @@ class Schedule:
         object.__setattr__(self, "betas", b.to(torch.float64))
         object.__setattr__(self, "_on_device", {})  # device -> alphas_cumprod there (alphas_cumprod_on)
 
+    # By value: the generated comparison would compare the betas tensors, whose truth value is ambiguous.
+    def __eq__(self, other):
+        return torch.equal(self.betas, other.betas) if isinstance(other, Schedule) else NotImplemented
+
+    def __hash__(self):
+        return hash(tuple(self.betas.tolist()))
+
     @classmethod
     def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "Schedule":
         return cls(linear_betas(num_timesteps, beta_start, beta_end))

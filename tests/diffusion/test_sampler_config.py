@@ -72,6 +72,10 @@ def test_equality_and_hash_compare_schedules_by_value():
     assert a != SamplerConfig(method="dpm++", steps=10, schedule=Schedule.cosine(50))
     assert a != SamplerConfig(method="dpm++", steps=10)
     assert SamplerConfig() == SamplerConfig(method="ddim", steps=100) and SamplerConfig() != "ddim"
+    # The schedules themselves compare and hash by value too.
+    assert Schedule.linear(50) == Schedule.linear(50) and len({Schedule.linear(50), Schedule.linear(50)}) == 1
+    assert Schedule.linear(50) != Schedule.cosine(50) and Schedule.linear(50) != Schedule.linear(51)
+    assert Schedule.linear(50) != "linear"
 
 
 def test_make_scheduler_sets_the_timesteps():

@@ -195,10 +195,11 @@ def sampler_of_flags(args, steps: int, guidance_interval: tuple[int, int] | None
 
     sampler = SamplerConfig(method=args.method, steps=steps, guidance=args.guidance,
                             guidance_interval=guidance_interval)
-    try:
-        sampler.guided_steps(sampler.make_scheduler(model).timesteps.tolist())
-    except ValueError as err:
-        raise as_flag(err, {"guidance_interval": "--guidance-interval"}) from None
+    timesteps = sampler.make_scheduler(model).timesteps.tolist()
+    if guidance_interval is not None and not any(sampler.guided_steps(timesteps)):
+        raise UsageError(f"--guidance-interval: {guidance_interval[0]} {guidance_interval[1]} holds none of the "
+                         f"sampler's timesteps ({min(timesteps)} to {max(timesteps)}, {len(timesteps)} steps): "
+                         f"nothing would be guided")
     return sampler
 
 

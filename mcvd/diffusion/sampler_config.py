@@ -126,14 +126,9 @@ class SamplerConfig:
         return self.guidance_interval is None or self.guidance_interval[0] <= t <= self.guidance_interval[1]
 
     def guided_steps(self, timesteps: list[int]) -> list[bool]:
-        """Whether each of a scheduler's timesteps (in its order) is guided. ValueError naming guidance_interval
-        when guidance is set but the interval holds none of them: the call would silently run unguided."""
-        guided = [self.guided_at(t) for t in timesteps]
-        if self.guidance is not None and timesteps and not any(guided):
-            raise ValueError(f"guidance_interval: {self.guidance_interval} holds none of the sampler's timesteps "
-                             f"({min(timesteps)} to {max(timesteps)}, {len(timesteps)} steps): nothing would be "
-                             f"guided")
-        return guided
+        """Whether each of a scheduler's timesteps (in its order) is guided; an interval that holds none of
+        them samples unguided."""
+        return [self.guided_at(t) for t in timesteps]
 
     def make_scheduler(self, model=None, *, device: torch.device | str | None = None) -> Scheduler:
         """The scheduler of this configuration with its timesteps set on `device`

@@ -159,9 +159,11 @@ class Schedule:
 
         x0, noise: [B, ...]; t: LongTensor [B] in 0..T-1 on x0's device.
         """
-        # The square roots in float64, then x0's dtype: in bfloat16 1 - abar_t would round to 0 at small t.
-        a, s = self.signal_noise_at(t)
-        return _rows(a, x0).to(x0.dtype) * x0 + _rows(s, x0).to(x0.dtype) * noise
+        # In float32 at least: in bfloat16 or float16, 1 - abar_t would round to 0 at small t, and the noise with it.
+        work = torch.promote_types(x0.dtype, torch.float32)
+        abar = self.alphas_cumprod_on(x0.device)[t].to(torch.float32)
+        abar = abar.view(-1, *([1] * (x0.dim() - 1))).to(work)
+        return (abar.sqrt() * x0 + (1 - abar).sqrt() * noise).to(x0.dtype)
 
 
 def _signal_noise(abar: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,8 @@ that name exists, a shipped model's name (mcvd.pretrained: smmnist-demo-cpu). --
 the built-in Stochastic Moving MNIST test split (mcvd.data, its test digits,
 seed 0: the same clips in every run; digit count and size as in the
 checkpoint's training run, else 2 digits of half the frame); a folder is read with
-mcvd.data.VideoFolder as consecutive, non-overlapping clips. The first N
+mcvd.data.VideoFolder as consecutive, non-overlapping clips, every one
+read or the run stops (exit 2, naming --data): none is replaced by another. The first N
 clips are evaluated (default: all). --seed seeds the sampler, so a run is
 reproducible. PSNR, SSIM and LPIPS are reported twice from the same k
 samples per clip: best of k (the paper's protocol: the best sample per clip

@@ -63,7 +63,8 @@ LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's RGB -> "L"
 
 
 def _natural_key(path: Path):
-    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", path.name)]
+    # The name itself breaks ties ("01.png" and "1.png"), so that the order never depends on the directory's.
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", path.name)], path.name
 
 
 def frame_files(folder: str | os.PathLike) -> list[Path]:

@@ -101,6 +101,18 @@ def test_frame_folders_in_natural_order_with_centre_crop(tmp_path):
                                rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("listed", [["1.png", "2.png", "01.png", "10.png"], ["10.png", "01.png", "2.png", "1.png"]])
+def test_names_of_the_same_number_keep_one_order(tmp_path, monkeypatch, listed):
+    """"01.png" and "1.png" are the same frame number: their order is the names', whatever order the folder
+    lists them in."""
+    from mcvd.data.video_folder import frame_files
+
+    for name in listed:
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.setattr(Path, "iterdir", lambda self: iter([self / n for n in listed]))
+    assert [p.name for p in frame_files(tmp_path)] == ["01.png", "1.png", "2.png", "10.png"]
+
+
 def test_bad_files_are_skipped_with_a_warning_naming_them(tmp_path):
     root = tmp_path / "data"
     root.mkdir()

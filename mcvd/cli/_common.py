@@ -252,7 +252,10 @@ def load_checkpoint_arg(path: Path, no_ema: bool, device):
     source = read_model_arg("--checkpoint", path)
     if source.kind == MODEL_FILE and no_ema:
         raise UsageError(f"--no-ema: {path} is a model file with a single set of weights, not a training checkpoint")
-    model, cfg = source.build(use_ema=not no_ema, map_location=device)
+    try:
+        model, cfg = source.build(use_ema=not no_ema, map_location=device)
+    except ValueError as err:  # weights that do not fit the file's config
+        raise as_flag(err, {"path": "--checkpoint"}) from None
     weights = "model file" if source.kind == MODEL_FILE else "raw" if no_ema else "EMA"
     return model, cfg, weights, source.run_config
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from ._common import EXIT_FAILURE, EXIT_USAGE, UsageError, check_output_folder, error, positive_float, read_model_arg
+from ._common import EXIT_FAILURE, EXIT_USAGE, as_flag, check_output_folder, error, positive_float, read_model_arg
 
 HELP = "train an MCVD network (resumes a workdir that holds a checkpoint)"
 
@@ -84,12 +84,11 @@ def _init_model(path: Path, model_config):
     here so that a mismatch is named by the flag (the trainer checks it again)."""
     from mcvd.train.trainer import check_init_model
 
+    source = read_model_arg("--init-from", path)
     try:
-        model = read_model_arg("--init-from", path).build()[0]
-    except UsageError:
-        raise
-    except (ValueError, FileNotFoundError) as err:
-        raise ValueError(f"--init-from: {err}") from None
+        model = source.build()[0]
+    except ValueError as err:  # weights that do not fit the file's config
+        raise as_flag(err, {"path": "--init-from"}) from None
     check_init_model(model, model_config, name=f"--init-from {path}")
     return model
 

@@ -167,11 +167,19 @@ def test_an_output_name_that_is_a_folder_is_refused_even_with_force(checkpoint, 
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sample.mp4"]
 
 
-def test_a_file_that_is_no_model_is_named_by_the_flag(tmp_path, capsys):
+def test_a_file_that_is_no_model_is_named_by_the_flag(checkpoint, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not a model")
     assert sample(tmp_path / "notes.txt", tmp_path / "out", "--data", "smmnist") == 2
     err = capsys.readouterr().err
     assert "mcvd sample: error: --checkpoint: " in err and "notes.txt is not a readable torch file" in err
+    from mcvd.train import read_checkpoint
+
+    damaged = read_checkpoint(checkpoint)
+    del damaged["ema"]["conv_out.bias"]
+    torch.save(damaged, tmp_path / "damaged.pt")
+    assert sample(tmp_path / "damaged.pt", tmp_path / "out", "--data", "smmnist") == 2
+    assert "mcvd sample: error: --checkpoint: " in (err := capsys.readouterr().err)
+    assert "damaged.pt: its 'ema' weights do not fit its model config" in err
 
 
 def test_input_and_data_are_exclusive(checkpoint, tmp_path, capsys):

@@ -226,11 +226,11 @@ SHIPPED_SAMPLER_HELP = ("default: ddim; a shipped model named with none of --met
                         "20 steps, guidance 2 at t <= 700")
 
 
-def fill_sampler_defaults(args, default_method: str = "ddim") -> None:
+def fill_sampler_defaults(args) -> None:
     """The sampler flags of `mcvd sample` and `eval` left unset: a shipped model named by --checkpoint with
     none of them given (and condition frames to guide on) samples as mcvd.pretrained records it samples
     best (DDPM, its steps, guidance and guidance interval), as the demo samples it; otherwise --method
-    defaults to `default_method` and the others stay unset (default_steps, no guidance)."""
+    defaults to DDIM and the others stay unset (default_steps, no guidance)."""
     from mcvd import pretrained
 
     name = str(args.checkpoint)
@@ -240,7 +240,7 @@ def fill_sampler_defaults(args, default_method: str = "ddim") -> None:
         args.method, args.steps, args.guidance = "ddpm", entry.sample_steps, entry.guidance
         args.guidance_interval = entry.guidance_interval
     if args.method is None:
-        args.method = default_method
+        args.method = "ddim"
 
 
 def load_checkpoint_arg(path: Path, no_ema: bool, device):

@@ -94,10 +94,15 @@ def config_from_official_dict(d: dict, source: str = "config") -> ModelConfig:
     if attn_kept != attn:
         log.info("%s: model.attn_resolutions %s: the network only reaches %s", source, attn, reached)
 
+    # The reference's cosine schedule is this package's (Nichol & Dhariwal's, s = 0.008; its sigma_begin and
+    # sigma_end unused); any other setting has no ModelConfig.schedule, so the samplers' default would be wrong.
     noise = {k: d["model"].get(k, v) for k, v in _PAPER_NOISE.items()}
+    schedule = "cosine" if noise["sigma_dist"] == "cosine" else "linear"
+    if schedule == "cosine":
+        noise.update(sigma_dist="linear", sigma_begin=_PAPER_NOISE["sigma_begin"], sigma_end=_PAPER_NOISE["sigma_end"])
     if noise != _PAPER_NOISE:
         log.warning("%s: noise settings %s differ from the paper's %s; sample with the matching schedule",
-                    source, noise, _PAPER_NOISE)
+                    source, {k: d["model"].get(k, v) for k, v in _PAPER_NOISE.items()}, _PAPER_NOISE)
 
     try:
         return ModelConfig(
@@ -116,6 +121,7 @@ def config_from_official_dict(d: dict, source: str = "config") -> ModelConfig:
             spade_dim=get("model", "spade_dim"),
             cond_emb=bool(get("model", "cond_emb")),
             num_timesteps=get("model", "num_classes"),
+            schedule=schedule,
         )
     except (TypeError, ValueError) as e:
         raise ValueError(f"{source}: {e}") from e

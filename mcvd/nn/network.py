@@ -177,8 +177,10 @@ class MCVD(nn.Module):
 
     def _check_t(self, t, x: torch.Tensor) -> None:
         B, T = x.shape[0], self.config.num_timesteps
-        if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-            raise TypeError(f"t: expected an integer tensor [B] of DDPM steps, got {getattr(t, 'dtype', type(t))}")
+        # int64 or int32 only: T - 1 - t wraps around in uint8, 999 overflows int8, and a uint8 index is a mask.
+        if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"t: expected an int64 (or int32) tensor [B] of DDPM steps, got "
+                            f"{getattr(t, 'dtype', type(t))}")
         if tuple(t.shape) != (B,):
             raise ValueError(f"t: expected shape [{B}] (one step per sample), got {list(t.shape)}")
         if t.device != x.device:

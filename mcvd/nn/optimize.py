@@ -111,8 +111,23 @@ CPU_CHANNELS_LAST = True
 # benchmarks) with torch 2.13; an older torch keeps the Python wrapper.
 CPU_CPP_WRAPPER = torch.torch_version.TorchVersion(torch.__version__) >= "2.13"
 
-_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(device, dtype): OptimizedMCVD}
 _lock = threading.Lock()
+
+
+class _Optimized(dict):
+    """A model's optimized modules, {(device, dtype): OptimizedMCVD}, kept on the model itself rather than
+    in a table keyed by it: a module that runs the model refers back to it, and where the table's entry
+    would then keep the model alive for good, a cycle through the model is one the garbage collector frees.
+    Copies and pickles of the model start without them."""
+
+    def __deepcopy__(self, memo):
+        return _Optimized()
+
+    def __reduce__(self):
+        return _Optimized, ()
+
+
+_ENTRIES = "_mcvd_optimized"  # the model's attribute holding its _Optimized
 
 
 def _all_versions(module: nn.Module) -> tuple[int, ...]:
@@ -205,6 +220,9 @@ class OptimizedMCVD(nn.Module):
             yield
 
     def _check_weights(self) -> None:
+        if self.network.training:  # the model itself, put in training mode since: dropout would come on
+            raise RuntimeError("model: in training mode since mcvd.optimize compiled it, which runs it in eval mode; "
+                               "call model.eval() first, or mcvd.optimize(model) for a copy in eval mode")
         source = self._source()  # None once a model that runs as a copy is gone: the copy's weights still count
         versions = (self._versions[0] if source is None else _all_versions(source), _all_versions(self.network))
         if versions != self._versions:
@@ -297,7 +315,9 @@ def optimize(model: MCVD, *, device: torch.device | str | None = None,
     minutes on a small CPU), then inductor's on-disk cache serves later
     processes. The same (model, device, dtype) gives back the same module
     while the model's weights are unchanged; a module whose model's
-    weights changed since refuses to run (RuntimeError).
+    weights changed since, or that runs the model itself and finds it put in
+    training mode, refuses to run (RuntimeError). The modules are kept on the
+    model, and freed with it.
 
     Accuracy against the eager model (relative L2 error of eps): at most
     1e-4 in float32 (on a GPU, where it is TF32, 1e-2); bfloat16 at most
@@ -344,7 +364,7 @@ def optimize(model: MCVD, *, device: torch.device | str | None = None,
 
     key = (device, dtype)
     with _lock:
-        entries = _cache.setdefault(model, {})
+        entries = model.__dict__.setdefault(_ENTRIES, _Optimized())
         found = entries.get(key)
         if found is not None:
             try:

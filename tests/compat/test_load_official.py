@@ -9,6 +9,7 @@ from official_fixtures import FIXTURES, needs_fixtures
 import mcvd
 from mcvd import ModelConfig, load_official
 from mcvd.compat import read_official_config
+from mcvd.schedule import Schedule
 
 NAMES = ["concat_small", "spatin_small"]
 
@@ -259,7 +260,26 @@ def test_invalid_yaml(tmp_path):
 
 
 def test_other_noise_settings_are_reported(tmp_path, caplog):
-    ckpt = copy_fixture(tmp_path, "concat_small", edit_config=lambda c: c["model"].update(sigma_dist="cosine"))
+    ckpt = copy_fixture(tmp_path, "concat_small", edit_config=lambda c: c["model"].update(sigma_dist="geometric"))
     with caplog.at_level("WARNING", logger="mcvd.compat"):
-        load_official(ckpt)
-    assert "'sigma_dist': 'cosine'" in caplog.text and "sample with the matching schedule" in caplog.text
+        _, cfg = load_official(ckpt)
+    assert "'sigma_dist': 'geometric'" in caplog.text and "sample with the matching schedule" in caplog.text
+    assert cfg.schedule == "linear"
+
+
+def test_the_cosine_schedule_is_the_models(tmp_path, caplog):
+    """The reference's sigma_dist: cosine (its sigma_begin and sigma_end unused) is ModelConfig's cosine schedule,
+    so the samplers' default schedule is the one the network was trained with: the same abar_t as the
+    reference's get_sigmas (written out here), read at its reversed time index."""
+    import math
+
+    ckpt = copy_fixture(tmp_path, "concat_small", edit_config=lambda c: c["model"].update(sigma_dist="cosine",
+                                                                                          sigma_begin=0.5))
+    with caplog.at_level("WARNING", logger="mcvd.compat"):
+        _, cfg = load_official(ckpt)
+    assert cfg.schedule == "cosine" and "noise settings" not in caplog.text
+    T = cfg.num_timesteps
+    f = [math.cos(((T - i) / T + 0.008) / 1.008 * math.pi / 2) ** 2 for i in range(T + 1)]
+    reference = torch.tensor([f[i] / f[T] for i in range(T)], dtype=torch.float64)  # noisiest first
+    ours = Schedule.named(cfg.schedule, T).alphas_cumprod.flip(0)
+    torch.testing.assert_close(ours[1:], reference[1:], rtol=1e-6, atol=0)  # step T-1: ours clips beta at 0.999

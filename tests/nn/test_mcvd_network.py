@@ -166,8 +166,13 @@ def test_bad_inputs_are_named():
         model(x, t, torch.randn(2, 2, 2, 16, 16))
     with pytest.raises(ValueError, match=r"cond: expected batch 2, dtype torch.float32 .* got batch 1"):
         model(x, t, cond[:1])
-    with pytest.raises(TypeError, match=r"t: expected an integer tensor \[B\] of DDPM steps, got torch.float32"):
+    with pytest.raises(TypeError, match=r"t: expected an int64 \(or int32\) tensor \[B\] of DDPM steps, got "
+                                        r"torch.float32"):
         model(x, t.float(), cond)
+    for small in (torch.uint8, torch.int8, torch.int16):  # T - 1 - t would wrap, or t index as a mask
+        with pytest.raises(TypeError, match=rf"t: expected an int64 .* got {small}"):
+            model(x, t.to(small), cond)
+    torch.testing.assert_close(model(x, t.int(), cond), model(x, t, cond), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"t: expected shape \[2\] \(one step per sample\), got \[\]"):
         model(x, torch.tensor(3), cond)
     with pytest.raises(ValueError, match=r"t: expected DDPM steps in \[0, 49\], got values in \[0, 50\]"):

@@ -287,6 +287,41 @@ def test_a_cache_of_another_network_is_refused():
         fresh(x, t, cache=stale)
 
 
+def test_a_model_and_its_module_are_freed_together():
+    """The module runs the model itself (same device and dtype): the two refer to each other, and are freed
+    once neither is used; copies and pickles of the model leave its modules behind."""
+    import gc
+    import io
+    import weakref
+
+    model = tiny(seed=8)
+    fast = mcvd.optimize(model)
+    assert fast.network is model
+    assert mcvd.optimize(copy.deepcopy(model)) is not fast  # a copy has no modules of its own yet
+    buffer = io.BytesIO()
+    torch.save(model, buffer)  # a whole-module pickle takes no compiled code along
+    assert torch.load(io.BytesIO(buffer.getvalue()), weights_only=False).__dict__["_mcvd_optimized"] == {}
+    gone = weakref.ref(model)
+    del model, fast
+    gc.collect()
+    assert gone() is None
+
+
+def test_a_model_put_in_training_mode_is_refused_until_eval():
+    """The compiled network runs in eval mode (no dropout): its model switched to training since is refused,
+    naming the fix; mcvd.optimize of a model in training mode compiles an eval copy."""
+    model = tiny(seed=9)
+    fast = mcvd.optimize(model)
+    cond = tiny_inputs()[2]
+    model.train()
+    with pytest.raises(RuntimeError, match=r"model: in training mode since mcvd.optimize compiled it.*model.eval\(\)"):
+        fast.condition(cond)
+    copy_ = mcvd.optimize(model)
+    assert copy_ is not fast and copy_.network is not model and not copy_.network.training
+    model.eval()
+    assert fast.condition(cond) is not None
+
+
 def test_a_copy_outlives_its_model():
     """A module that runs a converted copy keeps working once the model it
     was made from is gone (its own weights are what it checks then)."""

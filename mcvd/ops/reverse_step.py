@@ -160,9 +160,15 @@ def _fake(x_t, eps, noise, coef, clip_lo=None, clip_hi=None):
 
 def _setup_context(ctx, inputs, output):
     x_t, eps, noise, coef, clip_lo, clip_hi = inputs
-    _, x0 = output
-    # The clamp passes gradient only where x0 lies inside [lo, hi].
-    inside = None if clip_lo is None else (x0 > clip_lo) & (x0 < clip_hi)
+    # The clamp passes gradient where the unclamped x0 lies in [lo, hi], bounds included, as torch.clamp's
+    # (the reference's) does. From the clamped output a value on a bound could not be told from one clamped
+    # to it, and in bfloat16 many land exactly there. The unclamped x0 as _table_ref computes it.
+    inside = None
+    if clip_lo is not None:
+        a, b = (c.view(-1, *([1] * (x_t.dim() - 1))) for c in coef[:2])
+        x0 = (x_t - a * eps) / b
+        x0 = x0 if x0.dtype == x_t.dtype else x0.to(x_t.dtype)  # (a .to() that returns its input trips opcheck)
+        inside = (x0 >= clip_lo) & (x0 <= clip_hi)
     ctx.save_for_backward(coef, inside)
     ctx.has_noise = noise is not None
 

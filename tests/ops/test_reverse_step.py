@@ -193,6 +193,24 @@ def test_gradients_match_reference_autograd(backend_device):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+def test_an_x0_exactly_on_a_clip_bound_passes_its_gradient(backend_device, dtype):
+    """As torch.clamp (the reference) does: bounds included. x0 = x_t here (eps = 0, b = 1): on the bounds -1 and
+    0.5 the gradient passes, beyond them it does not; in bfloat16 many x0 land on a bound."""
+    backend, device = backend_device
+    x_t = torch.tensor([[0.5, 0.25, -1.0, 2.0, -3.0]], dtype=dtype, device=device, requires_grad=True)
+    coefs = dict(a=0.5, b=1.0, c_x0=1.0, c_xt=0.0, sigma=0.0)
+    _, x0 = reverse_step(x_t, torch.zeros_like(x_t), None, **coefs, clip=(-1.0, 0.5), backend=backend)
+    (grad,) = torch.autograd.grad(x0.sum(), x_t)
+    assert grad.tolist() == [[1.0, 1.0, 1.0, 0.0, 0.0]]
+    near = torch.linspace(0.49, 0.51, 2000, device=device).to(dtype)[None].requires_grad_()  # many on 0.5 itself
+    eps = torch.randn_like(near) * 1e-3
+    got = torch.autograd.grad(reverse_step(near, eps, None, **coefs, clip=(-1.0, 0.5), backend=backend)[1].sum(),
+                              near)[0]
+    want = torch.autograd.grad(reverse_step_ref(near, eps, None, **coefs, clip=(-1.0, 0.5))[1].sum(), near)[0]
+    assert torch.equal(got, want)
+
+
 def test_double_backward(backend_device):
     """The backward is made of differentiable PyTorch ops, so a double backward
     is exact (and needs no first-order guard, unlike spatin_norm and attention)."""

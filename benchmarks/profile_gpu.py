@@ -16,6 +16,7 @@ and launches. Last, on a GPU: each call of a float32 training step (and of
 its forward + backward) that makes the host wait on the GPU
 (torch.cuda.set_sync_debug_mode), with the line of Python that made it.
 """
+import argparse
 import os
 import statistics
 import sys
@@ -30,7 +31,10 @@ from mcvd.train import EMA, TrainConfig, draw_step_randomness, make_optimizer, m
 sys.path.insert(0, os.path.dirname(__file__))
 from steps import gpu_kernels, synchronising_calls  # noqa: E402
 
-dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"
+_parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+_parser.add_argument("device", nargs="?", default="cuda", choices=("cuda", "cpu"),
+                     help="cuda (default), or cpu: a small network, to check that the script runs")
+dev = _parser.parse_args().device
 # Sums of "kernel" time count every GPU-side event the profiler records: the optimizer's
 # step range (about 0.8 ms of the clipping + Adam + EMA rows) is one such, not a kernel.
 cfg = mcvd.ModelConfig.preset("smmnist")

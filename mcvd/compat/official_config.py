@@ -94,15 +94,13 @@ def config_from_official_dict(d: dict, source: str = "config") -> ModelConfig:
     if attn_kept != attn:
         log.info("%s: model.attn_resolutions %s: the network only reaches %s", source, attn, reached)
 
-    # The reference's cosine schedule is this package's (Nichol & Dhariwal's, s = 0.008; its sigma_begin and
-    # sigma_end unused); any other setting has no ModelConfig.schedule, so the samplers' default would be wrong.
+    # The reference's cosine schedule is this package's (Nichol & Dhariwal's, s = 0.008), which reads neither
+    # sigma_begin nor sigma_end; any other setting has no ModelConfig.schedule: the samplers' default is wrong.
     noise = {k: d["model"].get(k, v) for k, v in _PAPER_NOISE.items()}
     schedule = "cosine" if noise["sigma_dist"] == "cosine" else "linear"
-    if schedule == "cosine":
-        noise.update(sigma_dist="linear", sigma_begin=_PAPER_NOISE["sigma_begin"], sigma_end=_PAPER_NOISE["sigma_end"])
-    if noise != _PAPER_NOISE:
+    if (noise["gamma"] != _PAPER_NOISE["gamma"]) if schedule == "cosine" else (noise != _PAPER_NOISE):
         log.warning("%s: noise settings %s differ from the paper's %s; sample with the matching schedule",
-                    source, {k: d["model"].get(k, v) for k, v in _PAPER_NOISE.items()}, _PAPER_NOISE)
+                    source, noise, _PAPER_NOISE)
 
     try:
         return ModelConfig(

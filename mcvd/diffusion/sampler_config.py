@@ -10,7 +10,7 @@ timesteps set. `sample` and `predict` also take the options as keywords
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
@@ -26,7 +26,7 @@ def _is_real(v) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, float))
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class SamplerConfig:
     """How to sample: the scheduler, its steps and the guidance weight. Frozen.
 
@@ -106,18 +106,6 @@ class SamplerConfig:
         object.__setattr__(self, "eta", float(self.eta))
         if g is not None:
             object.__setattr__(self, "guidance", float(g))
-
-    def _key(self) -> tuple:
-        # A Schedule holds a tensor, so it compares (and hashes) by its betas' values.
-        s = self.schedule
-        return tuple(getattr(self, f.name) for f in fields(self) if f.name != "schedule") + (
-            None if s is None else tuple(s.betas.tolist()),)
-
-    def __eq__(self, other):
-        return self._key() == other._key() if isinstance(other, SamplerConfig) else NotImplemented
-
-    def __hash__(self):
-        return hash(self._key())
 
     def guided_at(self, t: int) -> bool:
         """Whether the step at timestep t is guided (needs a guidance weight)."""

@@ -24,7 +24,7 @@ demo: $(VENV)/.built
 # lint-imports first: the layering contracts in pyproject.toml (an upward import or an import cycle fails).
 test: $(VENV)/.built $(VENV)/.test-deps cuda-check
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q
+	MCVD_REQUIRE_TEST_DEPS=1 $(PY) -m pytest -q
 
 bench: $(VENV)/.built
 	$(PY) benchmarks/bench_ops.py --device cpu --md benchmarks/results/cpu_ops.md
@@ -34,9 +34,10 @@ bench: $(VENV)/.built
 # headers, also on machines without a GPU or a CUDA torch.
 cuda-check: $(VENV)/.deps
 	@if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then \
-		PATH="$$PATH:/usr/local/cuda/bin" cmake -S . -B build/cuda -DCMAKE_BUILD_TYPE=Release \
+		command -v cmake >/dev/null 2>&1 || $(PIP) cmake; \
+		PATH="$$PATH:$(abspath $(VENV))/bin:/usr/local/cuda/bin" cmake -S . -B build/cuda -DCMAKE_BUILD_TYPE=Release \
 			-DMCVD_CHECK_LAUNCHERS=ON -DPython3_EXECUTABLE="$(abspath $(PY))" >/dev/null && \
-		PATH="$$PATH:/usr/local/cuda/bin" cmake --build build/cuda -j2; \
+		PATH="$$PATH:$(abspath $(VENV))/bin:/usr/local/cuda/bin" cmake --build build/cuda -j2; \
 	else echo "cuda-check: nvcc not found, CUDA kernels not compiled"; fi
 
 # What the package and the demo need: the build, the CLI's extras and the data packages.

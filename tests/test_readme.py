@@ -61,3 +61,37 @@ def test_python_example_runs(index, tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)
     namespace = preamble(TINY)
     exec(compile(code, f"README.md, python block {index + 1}", "exec"), namespace)  # noqa: S102
+    assert check_results(namespace) > 0, f"python block {index + 1} defines none of the names checked here"
+
+
+def check_results(ns: dict) -> int:
+    """Check what a block computed, by the names the README gives its results; returns how many were checked.
+    The shapes follow from the model's config and the block's arguments, not from the functions called."""
+    cfg, checked = ns.get("cfg"), 0
+    frame = (cfg.channels, cfg.image_size, cfg.image_size) if cfg is not None else None
+
+    def frames(name, count=None):
+        v = ns[name]
+        assert v.dim() == 5 and v.shape[0] == 1 and tuple(v.shape[2:]) == frame, (name, tuple(v.shape))
+        assert count is None or v.shape[1] == count, (name, tuple(v.shape))
+        assert torch.isfinite(v).all() and v.abs().max() <= 1, f"{name}: values outside [-1, 1]"
+
+    if "video" in ns:
+        frames("video")
+        checked += 1
+    if "gen" in ns:
+        frames("gen", cfg.num_frames)
+        checked += 1
+    if "nxt" in ns:
+        frames("nxt", cfg.num_frames)
+        checked += 1
+    if "eps" in ns:
+        assert ns["eps"].shape == ns["x_t"].shape and torch.isfinite(ns["eps"]).all()
+        checked += 1
+    if "x" in ns:
+        assert tuple(ns["x"].shape) == tuple(ns["shape"]) and torch.isfinite(ns["x"]).all()
+        checked += 1
+    if "fast" in ns and not isinstance(ns["fast"], mcvd.SamplerConfig):
+        assert ns["fast"].config == cfg
+        checked += 1
+    return checked

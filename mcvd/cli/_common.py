@@ -37,6 +37,24 @@ def error(command: str, message, code: int) -> int:
     return code
 
 
+# The modules the commands' outputs need beyond the core install, and the PyPI packages that give them
+# (all three in the extra mcvd[video]).
+PACKAGES = {"PIL": "pillow", "av": "av", "matplotlib": "matplotlib"}
+
+
+def missing_packages(command: str, modules: tuple[str, ...]) -> int | None:
+    """EXIT_FAILURE, with a message naming what to install, when any of `modules` (keys of PACKAGES) is not
+    installed; else None. Checked before the work starts: a command would otherwise fail after it, at the
+    file it writes."""
+    import importlib.util
+
+    missing = [PACKAGES[m] for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return error(command, f"needs {' and '.join(missing)}, not installed: pip install {' '.join(missing)} "
+                          f"(or pip install 'mcvd[video]')", EXIT_FAILURE)
+
+
 def _integer(text: str, low: int) -> int:
     try:
         value = int(text)

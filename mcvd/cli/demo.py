@@ -69,8 +69,8 @@ import shutil
 import time
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, check_output_folder, check_steps, error,
-                      inference_model, nonnegative_int, positive_float, positive_int, resolve_device)
+from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, check_output_folder, check_steps, error, inference_model,
+                      missing_packages, nonnegative_int, positive_float, positive_int, resolve_device)
 from .demo_config import (SIZES, DemoSize, calibrate, fit_deadline, leftover_work_folders, plan_budget,
                           remove_work_folder, reproduce_command, run_config, work_folder)
 
@@ -232,6 +232,8 @@ def shipped_model(size: DemoSize, run_cfg, cfg, device) -> dict | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if (code := missing_packages("demo", ("PIL", "matplotlib"))) is not None:
+        return code
     import torch
 
     from mcvd.data import StochasticMovingMNIST

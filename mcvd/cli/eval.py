@@ -36,10 +36,11 @@ import argparse
 import time
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_guidance_interval_flag, as_flag,
-                      add_optimize_flag, check_guidance, check_guidance_interval, check_output_folder, check_precision,
-                      default_steps, error, fill_sampler_defaults, finite_float, inference_model, load_checkpoint_arg,
-                      positive_int, resolve_device, sampler_of_flags, smmnist_test_clips)
+from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_guidance_interval_flag,
+                      add_optimize_flag, as_flag, check_guidance, check_guidance_interval, check_output_folder,
+                      check_precision, default_steps, error, fill_sampler_defaults, finite_float, inference_model,
+                      load_checkpoint_arg, missing_packages, positive_int, resolve_device, sampler_of_flags,
+                      smmnist_test_clips)
 
 HELP = "evaluate a model with the paper's protocol (best-of-k and one-sample PSNR, SSIM, LPIPS; FVD)"
 
@@ -91,6 +92,8 @@ def eval_clips(data: str, frames: int, config, run_config: dict):
 
 
 def run(args: argparse.Namespace) -> int:
+    if (code := missing_packages("eval", ("PIL", "matplotlib"))) is not None:
+        return code
     import torch
 
     from mcvd.metrics.protocol import Task, evaluate

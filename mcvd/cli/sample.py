@@ -54,11 +54,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_guidance_interval_flag, as_flag,
-                      add_optimize_flag, check_guidance, check_guidance_interval, check_output_folder, check_precision,
-                      default_steps, error, fill_sampler_defaults, finite_float, float_range, inference_model,
-                      load_checkpoint_arg, nonnegative_int, positive_int, resolve_device, sampler_of_flags,
-                      smmnist_test_clips)
+from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_guidance_interval_flag,
+                      add_optimize_flag, as_flag, check_guidance, check_guidance_interval, check_output_folder,
+                      check_precision, default_steps, error, fill_sampler_defaults, finite_float, float_range,
+                      inference_model, load_checkpoint_arg, missing_packages, nonnegative_int, positive_int,
+                      resolve_device, sampler_of_flags, smmnist_test_clips)
 
 HELP = "predict, generate or interpolate video frames with a trained model (GIF, MP4, .npz)"
 TASKS = ("predict", "interpolate", "generate")
@@ -171,6 +171,8 @@ def _condition_clips(args, cfg, run_config: dict, p: int, n: int, f: int):
 
 
 def run(args: argparse.Namespace) -> int:
+    if (code := missing_packages("sample", ("PIL", "av"))) is not None:
+        return code
     import numpy as np
     import torch
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_precision_flag, as_flag, check_output_folder,
                       check_precision, check_steps, error, float_range, inference_model, load_checkpoint_arg,
-                      positive_int, resolve_device)
+                      missing_packages, positive_int, resolve_device)
 
 HELP = "run the streaming predictor over a video as it plays: side-by-side video, frame rate, latency"
 FORMATS = (".mp4", ".gif")
@@ -102,6 +102,10 @@ def fmt_seconds(s: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # PyAV decodes a video file and encodes an MP4; a folder of frames streamed to a GIF needs Pillow only.
+    video = args.input.is_file() or args.out is None or args.out.suffix.lower() == ".mp4"
+    if (code := missing_packages("stream", ("PIL", "av") if video else ("PIL",))) is not None:
+        return code
     import torch
 
     from mcvd.diffusion import SamplerConfig, stream_video

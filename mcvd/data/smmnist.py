@@ -26,10 +26,10 @@ import functools
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from .mnist import SPLITS, mnist_digits
+from .pillow import pil_image
 
 # Clips per "epoch" by default: the reference's train length is that of the
 # MNIST training set, its test set 256 clips.
@@ -40,6 +40,7 @@ MAX_SPEED = 4
 @functools.cache
 def _resized_digits(split: str, digit_size: int) -> np.ndarray:
     """float32 [N, digit_size, digit_size] in [0, 1]."""
+    Image = pil_image()
     images, _ = mnist_digits(split)
     out = np.empty((len(images), digit_size, digit_size), dtype=np.float32)
     for i, img in enumerate(images):

@@ -54,8 +54,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset
+
+from .pillow import pil_image
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".gif")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -131,7 +132,7 @@ MODES_8BIT = ("1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "LA", "La", "PA", "C
 MODES_16BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def frame_array(img: Image.Image, path: str | os.PathLike) -> np.ndarray:
+def frame_array(img, path: str | os.PathLike) -> np.ndarray:
     """One image as RGB [H, W, 3]: uint8 for the 8-bit modes, uint16 for the 16-bit
     greyscale ones, so that each keeps its own range. Raises ValueError naming
     `path` for a mode of no known range, transparent pixels, or 32-bit integer
@@ -166,11 +167,12 @@ def frame_array(img: Image.Image, path: str | os.PathLike) -> np.ndarray:
 def read_frames(files: list[Path], first: Path) -> list[np.ndarray]:
     """RGB frames (frame_array) of `files`, each checked to have the size of `first`,
     the first frame of their folder."""
-    with Image.open(first) as img:
+    image = pil_image()
+    with image.open(first) as img:
         size = img.size
     out = []
     for f in files:
-        with Image.open(f) as img:
+        with image.open(f) as img:
             if img.size != size:
                 raise ValueError(f"{f}: a frame of {img.width}x{img.height} pixels, expected "
                                  f"{size[0]}x{size[1]} as the folder's first frame {first.name}")

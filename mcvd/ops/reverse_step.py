@@ -95,10 +95,20 @@ def reverse_step_ref(x_t, eps, noise, *, a, b, c_x0, c_xt, sigma, clip=None, upc
     reverse_step(backend="reference") do."""
     coefs = (a, b, c_x0, c_xt, sigma)
     _check_coefs(x_t, coefs)
-    coef = _coef_table(x_t, coefs)
-    if not upcast:
-        coef = coef.to(x_t.dtype)
-    return _table_ref(x_t, eps, noise, coef, *_clip_bounds(clip))
+    # Its own broadcasting, not the ops' coefficient table (_coef_table), so that a fault in how that
+    # table is packed cannot hide from the tests that compare the ops with this function.
+    dtype = torch.promote_types(x_t.dtype, torch.float32) if upcast else x_t.dtype
+    column = (-1,) + (1,) * (x_t.dim() - 1)
+    a, b, c_x0, c_xt, sigma = (c.to(dtype).reshape(column if c.dim() else ()) if isinstance(c, torch.Tensor)
+                               else torch.tensor(float(c), dtype=dtype) for c in coefs)
+    x, e = x_t.to(dtype), eps.to(dtype)
+    x0 = (x - a * e) / b
+    if clip is not None:
+        x0 = x0.clamp(float(clip[0]), float(clip[1]))
+    x_prev = c_x0 * x0 + c_xt * x
+    if noise is not None:
+        x_prev = x_prev + sigma * noise.to(dtype)
+    return x_prev.to(x_t.dtype), x0.to(x_t.dtype)
 
 
 def _table_ref(x_t, eps, noise, coef, clip_lo=None, clip_hi=None):

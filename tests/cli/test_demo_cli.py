@@ -19,8 +19,6 @@ from mcvd.metrics.baselines import compare, verdict, wins
 from mcvd.metrics.digits import digit_recall, load_digit_classifier
 from mcvd.train import load_checkpoint, read_checkpoint
 
-skm = pytest.importorskip("skimage.metrics")
-
 TINY = SIZES["tiny"]
 P = TINY.model["num_frames_cond"]
 
@@ -46,6 +44,7 @@ def psnr_of(truth: np.ndarray, guess: np.ndarray) -> tuple[list[float], list[flo
 
 def ssim_of(truth: np.ndarray, guess: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-clip (mean over frames) and per-frame (mean over clips) SSIM by scikit-image, the paper's settings."""
+    skm = pytest.importorskip("skimage.metrics")
     kw = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)
     s = np.array([[skm.structural_similarity(g[0], t[0], **kw) for g, t in zip(gc, tc)]
                   for gc, tc in zip(guess, truth)])

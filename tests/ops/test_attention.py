@@ -179,14 +179,13 @@ def test_low_precision_within_eager_error(backend_device, assert_within_eager_er
 
 def test_lse_dtype_follows_the_input(backend_device):
     backend, device = backend_device
-    if backend == "triton":
-        pytest.skip("lse belongs to the torch.ops.mcvd kernels")
+    fwd = triton_kernels().fwd if backend == "triton" else torch.ops.mcvd.attention_fwd
     for dtype, lse_dtype in ((torch.float32, torch.float32), (torch.bfloat16, torch.float32),
                              (torch.float16, torch.float32), (torch.float64, torch.float64)):
         if dtype == torch.float64 and device != "cpu":
             continue
         q, k, v = make_qkv((1, 2, 5, 3), dtype=dtype, device=device)
-        _, lse = torch.ops.mcvd.attention_fwd(q, k, v, 0.5)
+        _, lse = fwd(q, k, v, 0.5)
         assert lse.dtype == lse_dtype and lse.shape == (1, 2, 5)
         torch.testing.assert_close(lse.double().cpu(), torch.logsumexp(logits(q, k, 0.5), -1).cpu(),
                                    rtol=0, atol=1e-5)
@@ -274,7 +273,7 @@ def test_gradcheck(backend_device, shape):
 def test_opcheck_forward(backend_device):
     backend, device = backend_device
     if backend == "triton":
-        pytest.skip("opcheck covers the torch.ops.mcvd kernels")
+        pytest.skip("the Triton ops' opcheck is in test_op_layouts.py")
     q, k, v = leaves(*make_qkv((2, 3, 17, 8), dtype=torch.float32, device=device))
     torch.library.opcheck(torch.ops.mcvd.attention_fwd.default, (q, k, v, 0.3))
 
@@ -282,7 +281,7 @@ def test_opcheck_forward(backend_device):
 def test_opcheck_backward(backend_device):
     backend, device = backend_device
     if backend == "triton":
-        pytest.skip("opcheck covers the torch.ops.mcvd kernels")
+        pytest.skip("the Triton ops' opcheck is in test_op_layouts.py")
     q, k, v = make_qkv((2, 3, 17, 8), dtype=torch.float32, device=device)
     out, lse = torch.ops.mcvd.attention_fwd(q, k, v, 0.3)
     torch.library.opcheck(torch.ops.mcvd.attention_bwd.default, (torch.randn_like(q), q, k, v, out, lse, 0.3))

@@ -108,11 +108,10 @@ def test_float32_statistics_survive_a_large_offset(backend_device, layout):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
 def test_statistics_are_the_group_mean_and_rstd(backend_device, dtype, layout):
     backend, device = backend_device
-    if backend == "triton":
-        pytest.skip("the triton forward is reached through mcvd.ops, not torch.ops.mcvd")
+    fwd = triton_kernels().fwd if backend == "triton" else torch.ops.mcvd.spatin_norm_fwd
     B, C, H, W, G = 3, 12, 5, 9, 4
     x = (torch.randn(B, C, H, W, device=device) + 3 * torch.rand(1, C, 1, 1, device=device)).to(dtype)
-    _, mean, rstd = torch.ops.mcvd.spatin_norm_fwd(x.contiguous(memory_format=layout), G, eps=EPS)
+    _, mean, rstd = fwd(x.contiguous(memory_format=layout), G, None, None, None, None, None, None, EPS, False)
     stat_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     assert mean.dtype == rstd.dtype == stat_dtype and mean.shape == rstd.shape == (B, G)
     groups = x.double().cpu().reshape(B, G, -1)
@@ -356,7 +355,7 @@ def op_args(device, requires_grad):
 def test_opcheck_forward(backend_device, silu):
     backend, device = backend_device
     if backend == "triton":
-        pytest.skip("opcheck covers the torch.ops.mcvd kernels")
+        pytest.skip("the Triton ops' opcheck is in test_op_layouts.py")
     x, *opt = op_args(device, requires_grad=True)
     torch.library.opcheck(torch.ops.mcvd.spatin_norm_fwd.default, (x, 3, *opt, EPS, silu))
     # Absent optionals, and some absent.
@@ -368,7 +367,7 @@ def test_opcheck_forward(backend_device, silu):
 def test_opcheck_backward(backend_device):
     backend, device = backend_device
     if backend == "triton":
-        pytest.skip("opcheck covers the torch.ops.mcvd kernels")
+        pytest.skip("the Triton ops' opcheck is in test_op_layouts.py")
     x, *opt = op_args(device, requires_grad=False)
     _, mean, rstd = torch.ops.mcvd.spatin_norm_fwd(x, 3, *opt, EPS, True)
     grad_y = torch.randn_like(x)

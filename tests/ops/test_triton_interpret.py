@@ -420,6 +420,44 @@ def test_opcheck():
     from mcvd.ops.dropout import triton_kernels as dropout_kernels
 
     torch.library.opcheck(dropout_kernels().fwd, (xt, 0.25, torch.tensor(3)), test_utils=utils)
+    # The backward ops, on what their forward ops return
+    y, mean, rstd = sn.fwd(x, 2, w, None, None, None, s, None, 1e-6, True)
+    torch.library.opcheck(sn.bwd, (torch.randn_like(y), x, mean, rstd, 2, w, None, None, None, s, None, True),
+                          test_utils=("test_schema",))
+    out, lse = at.fwd(q, k, v, 0.5)
+    torch.library.opcheck(at.bwd, (torch.randn_like(out), q, k, v, out, lse, 0.5), test_utils=("test_schema",))
+
+
+@interpreted
+@pytest.mark.parametrize("given, silu", [((), False), (SPATIN_OPT, True)], ids=["plain", "every-input"])
+def test_gradcheck_spatin_norm(given, silu):
+    x, opt = _spatin_inputs(2, 4, 3, 2, given, torch.float64)
+    leaves = [x] + [t for t in opt.values() if t is not None]
+    names = [n for n in SPATIN_OPT if opt[n] is not None]
+
+    def fn(x, *given_opt):
+        kw = dict(zip(names, given_opt))
+        return mcvd.ops.spatin_norm(x, 2, **kw, eps=1e-6, silu=silu, backend="triton")
+    assert torch.autograd.gradcheck(fn, [t.requires_grad_() for t in leaves])
+
+
+@interpreted
+def test_gradcheck_attention():
+    q, k, v = (torch.randn(1, 2, 5, 3, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    assert torch.autograd.gradcheck(lambda q, k, v: mcvd.ops.attention(q, k, v, scale=0.4, backend="triton"),
+                                    (q, k, v))
+
+
+@interpreted
+def test_gradcheck_reverse_step_and_dropout():
+    leaves = [torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    coefs = _coefs(2)
+    assert torch.autograd.gradcheck(
+        lambda *t: mcvd.ops.reverse_step(*t, **coefs, clip=(-1.5, 1.5), backend="triton"), leaves)
+    from mcvd.ops.dropout import triton_kernels as dropout_kernels
+
+    seed = torch.tensor(3)  # a fixed seed draws a fixed mask: the op is linear in x
+    assert torch.autograd.gradcheck(lambda x: dropout_kernels().fwd(x, 0.25, seed), (leaves[0],))
 
 
 @interpreted

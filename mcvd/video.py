@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mcvd.data.video_folder import IMAGE_EXTENSIONS, count_video_frames, frame_files, frames_to_clip, read_frames
+from mcvd.data.video_folder import (IMAGE_EXTENSIONS, count_video_frames, frame_files, frames_to_clip,
+                                    is_image_read_error, read_frames)
 from mcvd.fileio import atomic_write
 
 KIND_COLOURS = {
@@ -164,7 +165,9 @@ def grid_frames(panels: Sequence[Panel], *, scale: int | None = None) -> list[np
         draw.text((GAP + j * (cw + GAP) + 1, 1), pn.title, fill=TEXT)
     base = np.asarray(base).copy()
     pixels = [np.repeat(np.repeat(to_uint8(pn.frames), scale, axis=2), scale, axis=3) for pn in panels]
-    timeline = panels[1].kinds if len(panels) > 1 else panels[0].kinds  # the prediction panel's, when present
+    # The bar follows the panel titled "prediction", else the second (the first is the condition's).
+    timeline = next((pn.kinds for pn in panels if pn.title == "prediction"),
+                    panels[1].kinds if len(panels) > 1 else panels[0].kinds)
 
     out = []
     for t in range(T):
@@ -200,7 +203,7 @@ def _check_fps(fps, kind: str) -> None:
 
 
 def _check_images(frames: Sequence[np.ndarray]) -> None:
-    if not frames or any(f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3 or f.shape != frames[0].shape
+    if len(frames) == 0 or any(f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3 or f.shape != frames[0].shape
                          for f in frames):
         raise ValueError("frames: expected a non-empty list of uint8 RGB images [H, W, 3] of one size")
 
@@ -262,10 +265,19 @@ def write_mp4(path: str | os.PathLike, frames: Sequence[np.ndarray], *, fps: flo
 
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray | torch.Tensor], *,
               overwrite: bool = False) -> Path:
-    """Write arrays (tensors become float32 / their dtype as NumPy) to a compressed .npz, atomically."""
+    """Write arrays (tensors as their dtype in NumPy; bfloat16, which NumPy lacks, as float32) to a compressed
+    .npz, atomically."""
     path = Path(path)
     _check_target(path, overwrite)
-    plain = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in arrays.items()}
+    if "file" in arrays:  # np.savez_compressed's own first argument
+        raise ValueError("arrays: 'file' cannot name an array (np.savez_compressed takes it); choose another key")
+
+    def as_numpy(v):
+        if not isinstance(v, torch.Tensor):
+            return np.asarray(v)
+        v = v.detach().cpu()
+        return (v.float() if v.dtype == torch.bfloat16 else v).numpy()  # NumPy has no bfloat16
+    plain = {k: as_numpy(v) for k, v in arrays.items()}
     atomic_write(path, lambda fh: np.savez_compressed(fh, **plain))
     return path
 
@@ -274,6 +286,7 @@ def read_video(path: str | os.PathLike, *, start: int = 0, max_frames: int | Non
     """Decode frames start, start + 1, ... (at most max_frames) of a video file's
     first video stream (PyAV): uint8 RGB images [H, W, 3]. Raises ValueError
     naming the file if it is not a readable video."""
+    _check_span(start, max_frames)
     return list(_decode_video(Path(path), start, max_frames))
 
 
@@ -301,13 +314,26 @@ def read_frame_folder(path: str | os.PathLike, *, start: int = 0, max_frames: in
     image files in natural name order, as mcvd.data.VideoFolder reads a frame
     folder): RGB images [H, W, 3], uint8, or uint16 for 16-bit greyscale. Raises
     ValueError naming the folder if it holds no frames or a frame cannot be read."""
+    _check_span(start, max_frames)
     path = Path(path)
     files = _folder_frames(path)
     chosen = files[start:None if max_frames is None else start + max_frames]
     try:
         return read_frames(chosen, files[0]) if chosen else []
-    except OSError as err:  # PIL: not an image, truncated
+    except Exception as err:
+        if not is_image_read_error(err):
+            raise
         raise ValueError(f"input: cannot read the frames of {path} ({type(err).__name__}: {err})") from err
+
+
+def _check_span(start, max_frames) -> None:
+    """start and max_frames of the readers: a negative one would count from the end in a folder and mean
+    nothing in a video."""
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(f"start: expected an integer >= 0, got {start!r}")
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int)
+                                   or max_frames < 0):
+        raise ValueError(f"max_frames: expected an integer >= 0 or None, got {max_frames!r}")
 
 
 def _folder_frames(path: Path) -> list[Path]:
@@ -324,7 +350,9 @@ def _read_folder(path: Path, start: int, max_frames: int | None) -> Iterator[np.
     for f in files[start:None if max_frames is None else start + max_frames]:
         try:
             yield read_frames([f], files[0])[0]
-        except OSError as err:
+        except Exception as err:
+            if not is_image_read_error(err):
+                raise
             raise ValueError(f"input: cannot read the frames of {path} ({type(err).__name__}: {err})") from err
 
 
@@ -348,6 +376,7 @@ def iter_clip(path: str | os.PathLike, image_size: int, channels: int, *, start:
     when asked for, as a live source delivers them: float32 [channels, image_size,
     image_size] in [-1, 1], converted as load_clip converts them. Errors as
     read_video and read_frame_folder, raised when the frame is reached."""
+    _check_span(start, max_frames)
     path = Path(path)
     rgb = _read_folder(path, start, max_frames) if path.is_dir() else _decode_video(path, start, max_frames)
     for frame in rgb:

@@ -65,7 +65,8 @@ LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's RGB -> "L"
 
 def _natural_key(path: Path):
     # The name itself breaks ties ("01.png" and "1.png"), so that the order never depends on the directory's.
-    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", path.name)], path.name
+    # The odd parts of the split are the runs of decimal digits (isdigit would also take "²", which int refuses).
+    return [int(s) if i % 2 else s for i, s in enumerate(re.split(r"(\d+)", path.name))], path.name
 
 
 def frame_files(folder: str | os.PathLike) -> list[Path]:
@@ -78,8 +79,15 @@ def frame_files(folder: str | os.PathLike) -> list[Path]:
 
 def _find_videos(root: Path) -> list[tuple[Path, list[Path] | None]]:
     """(path, frame files) per video: frame files None for a video file."""
-    found = []
-    for folder, dirs, files in os.walk(root):
+    found, seen = [], set()
+    # Linked folders are followed (a split is often a folder of links to videos kept elsewhere), each real
+    # folder once, so that a link to a folder above it cannot loop.
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
         dirs.sort()
         here = Path(folder)
         files = sorted(files)
@@ -98,9 +106,16 @@ def _av():
     return av
 
 
+def is_image_read_error(err: Exception) -> bool:
+    """PIL's errors of a file that is no image, or a truncated one (OSError), or an image too large to
+    open safely (DecompressionBombError, an Exception of its own)."""
+    return isinstance(err, OSError) or type(err).__name__ == "DecompressionBombError"
+
+
 def _is_read_error(err: Exception) -> bool:
     """Errors of a bad file (PyAV, PIL, I/O, too few frames), as opposed to errors of this code."""
-    return isinstance(err, (OSError, ValueError)) or type(err).__module__.split(".")[0] == "av"
+    return (isinstance(err, ValueError) or is_image_read_error(err)
+            or type(err).__module__.split(".")[0] == "av")
 
 
 def count_video_frames(path: Path) -> int:
@@ -109,7 +124,9 @@ def count_video_frames(path: Path) -> int:
         if not container.streams.video:
             raise ValueError("no video stream")
         stream = container.streams.video[0]
-        return sum(1 for packet in container.demux(stream) if packet.size > 0)
+        # Packets an edit list marks to discard are decoded but never output as frames.
+        return sum(1 for packet in container.demux(stream)
+                   if packet.size > 0 and not getattr(packet, "is_discard", False))
 
 
 def _decode_video(path: Path, indices: list[int]) -> list[np.ndarray]:

@@ -1,0 +1,132 @@
+"""Video and frame-folder inputs that were read wrong, or refused without naming what was wrong: an MP4 whose
+edit list drops frames, linked folders, images too large to open, negative spans, unusual digits in names;
+and the writers' edge cases (frames as one array, bfloat16 arrays, the key 'file', the file mode)."""
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mcvd import fileio
+from mcvd.data import VideoFolder
+from mcvd.data.video_folder import frame_files
+from mcvd.video import (KIND_COLOURS, count_frames, grid_frames, read_frame_folder, read_video, task_panels,
+                        write_gif, write_mp4, write_npz)
+
+av = pytest.importorskip("av", reason="MP4 files need PyAV (pip install av)")
+
+
+def frames_of(values) -> list[np.ndarray]:
+    return [np.full((32, 32, 3), v, np.uint8) for v in values]
+
+
+def save_frames(folder: Path, count: int) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(count):
+        Image.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_an_edit_list_that_drops_frames_is_counted_as_decoded(tmp_path):
+    """Packets shifted before time 0 get an edit list: the decoder drops their frames, so must the count."""
+    write_mp4(tmp_path / "src.mp4", frames_of(range(0, 240, 20)), fps=10)
+    with av.open(str(tmp_path / "src.mp4")) as src, av.open(str(tmp_path / "edit.mp4"), "w") as dst:
+        stream = src.streams.video[0]
+        out = dst.add_stream_from_template(stream)
+        shift = 3 * int(1 / (stream.time_base * 10))  # three frames
+        for packet in src.demux(stream):
+            if packet.dts is None:
+                continue
+            packet.pts -= shift
+            packet.dts -= shift
+            packet.stream = out
+            dst.mux(packet)
+    decoded = len(read_video(tmp_path / "edit.mp4"))
+    assert decoded < 12, "the edit list must drop frames for this test to mean anything"
+    assert count_frames(tmp_path / "edit.mp4") == decoded
+    root = tmp_path / "root"
+    root.mkdir()
+    os.replace(tmp_path / "edit.mp4", root / "edit.mp4")
+    data = VideoFolder(root, 4, 16, strict=True)
+    assert len(data) == decoded - 3
+    assert data[len(data) - 1].shape == (4, 3, 16, 16)  # the last clip decodes
+
+
+def test_linked_folders_are_followed_once(tmp_path):
+    save_frames(tmp_path / "kept" / "a", 5)
+    save_frames(tmp_path / "kept" / "b", 5)
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / "a").symlink_to(tmp_path / "kept" / "a", target_is_directory=True)
+    (split / "b").symlink_to(tmp_path / "kept" / "b", target_is_directory=True)
+    (split / "loop").symlink_to(split, target_is_directory=True)  # a link above itself must not loop
+    assert len(VideoFolder(split, 4, 8)) == 4  # 2 clips from each of the 2 folders
+
+
+def test_an_image_too_large_to_open_is_a_read_error(tmp_path, monkeypatch):
+    folder = save_frames(tmp_path / "v", 4)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 8 x 8 = 64 pixels: over twice the limit, PIL refuses
+    with pytest.raises(ValueError, match=r"input: cannot read the frames of .*DecompressionBombError"):
+        read_frame_folder(folder)
+    with pytest.raises(ValueError, match=r"root: cannot read clip 0 .*DecompressionBombError"):
+        VideoFolder(tmp_path, 4, 8, strict=True)[0]
+
+
+@pytest.mark.parametrize("kw, name", [(dict(start=-2), "start"), (dict(max_frames=-1), "max_frames"),
+                                      (dict(start=1.5), "start"), (dict(max_frames=True), "max_frames")])
+def test_negative_spans_are_refused_for_folders_and_videos(tmp_path, kw, name):
+    folder = save_frames(tmp_path / "v", 4)
+    write_mp4(tmp_path / "v.mp4", frames_of([0, 50, 100, 150]), fps=10)
+    for read, path in ((read_frame_folder, folder), (read_video, tmp_path / "v.mp4")):
+        with pytest.raises(ValueError, match=rf"^{name}: expected an integer >= 0"):
+            read(path, **kw)
+
+
+def test_names_with_other_unicode_digits_sort(tmp_path):
+    for name in ("10.png", "2.png", "\u00b23.png", "1.png"):  # "²3": a superscript two, then a decimal 3
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / name)
+    assert [p.name for p in frame_files(tmp_path)] == ["1.png", "2.png", "10.png", "\u00b23.png"]
+
+
+def test_frames_as_one_array_are_written(tmp_path):
+    frames = np.stack(frames_of([0, 100, 200]))  # [T, H, W, 3]
+    with Image.open(write_gif(tmp_path / "a.gif", frames)) as gif:
+        assert gif.n_frames == 3
+    assert count_frames(write_mp4(tmp_path / "a.mp4", frames)) == 3
+    with pytest.raises(ValueError, match="frames: expected a non-empty list"):
+        write_gif(tmp_path / "b.gif", np.zeros((0, 8, 8, 3), np.uint8))
+
+
+def test_write_npz_takes_bfloat16_and_refuses_the_key_file(tmp_path):
+    x = torch.tensor([0.5, -1.25], dtype=torch.bfloat16)
+    with np.load(write_npz(tmp_path / "a.npz", {"x": x, "h": x.half()})) as got:
+        assert got["x"].dtype == np.float32 and got["x"].tolist() == [0.5, -1.25]
+        assert got["h"].dtype == np.float16
+    with pytest.raises(ValueError, match="arrays: 'file' cannot name an array"):
+        write_npz(tmp_path / "b.npz", {"file": np.zeros(2)})
+
+
+def test_the_time_bar_follows_the_prediction_panel():
+    pred, truth = torch.zeros(1, 3, 1, 8, 8), torch.zeros(1, 3, 1, 8, 8)
+    panels = task_panels(pred, truth=truth)
+    assert [p.title for p in panels] == ["prediction", "truth"]
+    bar = grid_frames(panels)[0][-1, 0]
+    assert tuple(bar) == KIND_COLOURS[panels[0].kinds[0]] != KIND_COLOURS[panels[1].kinds[0]]
+
+
+def test_a_new_file_gets_the_umask_without_changing_it(tmp_path, monkeypatch):
+    if not Path("/proc/self/status").exists():
+        pytest.skip("reads the umask from /proc/self/status")
+    old = os.umask(0o027)
+    try:
+        def no_umask(mask):  # setting the umask, even for an instant, changes it for every thread
+            raise AssertionError("os.umask called")
+        monkeypatch.setattr(fileio.os, "umask", no_umask)
+        fileio.atomic_write(tmp_path / "f.bin", lambda fh: fh.write(b"x"))
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.bin").stat().st_mode) == 0o640

@@ -24,7 +24,7 @@ from mcvd.nn.blocks import AttnBlock, ResBlock
 from mcvd.nn.config import ModelConfig
 from mcvd.nn.network import MCVD
 
-from .official_config import config_beside, read_official_config
+from .official_config import config_beside, official_alphas, read_official_config
 
 # Buffers of the reference model that belong to the noise schedule, not to
 # the network: they are not loaded.
@@ -163,6 +163,13 @@ def read_official_checkpoint(path: str | os.PathLike, use_ema: bool = True) -> d
     return official_state(load_weights_only(path, "checkpoint", "torch checkpoint"), path, use_ema)
 
 
+def _check_tensors(state: dict, path, what: str) -> None:
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"checkpoint: {path}: its {what} holds entries that are not named tensors (damaged?): "
+                         f"{', '.join(repr(k) for k in bad[:5])}{' ...' if len(bad) > 5 else ''}")
+
+
 def official_state(states, path: str | os.PathLike, use_ema: bool = True) -> dict[str, torch.Tensor]:
     """`read_official_checkpoint` of the object already read from `path` (named in errors)."""
     if isinstance(states, dict) and states.get("format") == "mcvd":
@@ -170,6 +177,7 @@ def official_state(states, path: str | os.PathLike, use_ema: bool = True) -> dic
     if not isinstance(states, (list, tuple)) or len(states) < 4 or not isinstance(states[0], dict):
         raise ValueError(f"checkpoint: {path} is not a checkpoint of the reference code (expected a list "
                          f"[model_state, optimizer_state, epoch, step, ema_shadow], got {type(states).__name__})")
+    _check_tensors(states[0], path, "model state")
     state = {k.removeprefix("module."): v for k, v in states[0].items()}
     if not use_ema:
         return state
@@ -177,6 +185,7 @@ def official_state(states, path: str | os.PathLike, use_ema: bool = True) -> dic
         raise ValueError(f"checkpoint: {path} holds no EMA weights (model.ema was false?); "
                          f"load it with use_ema=False")
     ema = states[4]
+    _check_tensors(ema, path, "EMA weights")
     extra = set(ema) - set(state)
     if extra:
         raise ValueError(f"checkpoint: {path}: EMA weights for keys the model state lacks: {_list_keys(extra)}")
@@ -186,6 +195,20 @@ def official_state(states, path: str | os.PathLike, use_ema: bool = True) -> dic
         raise ValueError(f"checkpoint: {path}: EMA weights lack {_list_keys(lacking)}")
     state.update(ema)
     return state
+
+
+def _check_schedule(state: dict, config_path: Path, checkpoint: Path) -> None:
+    """The checkpoint's schedule buffer against the one its config.yml makes: the network's weights do not
+    depend on the number of steps or the schedule, so a checkpoint given another run's config would load and
+    compute another function (its time embedding indexed by other steps)."""
+    have, want = state.get("alphas"), official_alphas(config_path)
+    if have is None or want is None:
+        return
+    if have.shape != want.shape or not torch.allclose(have.double(), want.double(), rtol=1e-4, atol=1e-6):
+        raise ValueError(f"checkpoint {checkpoint}: its noise schedule ({have.numel()} steps, abar from "
+                         f"{have[0].item():.3g} to {have[-1].item():.3g}) is not the one {config_path} describes "
+                         f"({want.numel()} steps, abar from {want[0].item():.3g} to {want[-1].item():.3g}): "
+                         f"the two files are of different runs?")
 
 
 def load_official(checkpoint: str | os.PathLike, config_path: str | os.PathLike | None = None,
@@ -214,6 +237,7 @@ def official_model(states, checkpoint: str | os.PathLike, config_path: str | os.
     config_path = Path(config_path) if config_path is not None else config_beside(checkpoint)
     state = official_state(states, checkpoint, use_ema)
     cfg = read_official_config(config_path)
+    _check_schedule(state, config_path, checkpoint)
     model = MCVD(cfg)
     model.load_state_dict(convert_state_dict(state, model, source=f"checkpoint {checkpoint}"))
     return model.eval(), cfg

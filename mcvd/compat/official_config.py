@@ -11,6 +11,9 @@ import logging
 import os
 from pathlib import Path
 
+import math
+
+import torch
 import yaml
 
 from mcvd.nn.config import ModelConfig
@@ -38,6 +41,8 @@ _KEYS = {
     ("model", "time_conditional"): True,
     ("model", "output_all_frames"): False,
     ("model", "noise_in_cond"): False,
+    ("data", "rescaled"): True,
+    ("data", "logit_transform"): False,
 }
 
 # Options with a value this package does not implement: (section, key) -> the one supported value.
@@ -46,6 +51,10 @@ _UNSUPPORTED = {
     ("model", "time_conditional"): True,
     ("model", "output_all_frames"): False,
     ("model", "noise_in_cond"): False,
+    # The reference maps the frames to the network's space by data_transform: 2x - 1 when rescaled (as this
+    # package does everywhere), else [0, 1] frames, or logits; a model trained so takes and gives other values.
+    ("data", "rescaled"): True,
+    ("data", "logit_transform"): False,
 }
 
 # The paper's noise (linear betas from 0.0001 to 0.02, listed noisiest first by
@@ -123,6 +132,24 @@ def config_from_official_dict(d: dict, source: str = "config") -> ModelConfig:
         )
     except (TypeError, ValueError) as e:
         raise ValueError(f"{source}: {e}") from e
+
+
+def official_alphas(path: str | os.PathLike) -> torch.Tensor | None:
+    """The schedule buffer `alphas` (abar, noisiest first, float32) that the reference's UNetMore_DDPM builds
+    from the config.yml at `path` (models/better/ncsnpp_more.py with get_sigmas of models/__init__.py), or
+    None for a sigma_dist it builds none for."""
+    model = read_yaml(path).get("model") or {}
+    T, dist = model.get("num_classes"), model.get("sigma_dist", "linear")
+    if not isinstance(T, int) or T < 1:
+        return None
+    if dist == "linear":
+        betas = torch.linspace(float(model.get("sigma_begin", 0.02)), float(model.get("sigma_end", 0.0001)), T)
+        return torch.cumprod(1 - betas.flip(0), 0).flip(0)
+    if dist == "cosine":
+        t = torch.linspace(T, 0, T + 1) / T
+        f = torch.cos((t + 0.008) / (1 + 0.008) * math.pi / 2) ** 2
+        return f[:-1] / f[-1]
+    return None
 
 
 def read_official_config(path: str | os.PathLike) -> ModelConfig:

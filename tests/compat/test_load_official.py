@@ -231,6 +231,8 @@ def test_ema_lacking_a_parameter(tmp_path):
     ("model", "noise_in_cond", True, r"model.noise_in_cond = True is not supported \(only False\)"),
     ("model", "output_all_frames", True, r"model.output_all_frames = True is not supported"),
     ("model", "ngf", None, r"missing model.ngf"),
+    ("data", "rescaled", False, r"data.rescaled = False is not supported \(only True\)"),
+    ("data", "logit_transform", True, r"data.logit_transform = True is not supported \(only False\)"),
     ("model", "n_head_channels", 24, r"n_head_channels: 24 does not divide the 64 channels"),
 ])
 def test_bad_config_is_named(tmp_path, section, key, value, match):
@@ -273,13 +275,42 @@ def test_the_cosine_schedule_is_the_models(tmp_path, caplog):
     reference's get_sigmas (written out here), read at its reversed time index."""
     import math
 
-    ckpt = copy_fixture(tmp_path, "concat_small", edit_config=lambda c: c["model"].update(sigma_dist="cosine",
-                                                                                          sigma_begin=0.5))
-    with caplog.at_level("WARNING", logger="mcvd.compat"):
-        _, cfg = load_official(ckpt)
-    assert cfg.schedule == "cosine" and "noise settings" not in caplog.text
-    T = cfg.num_timesteps
+    T = 1000
     f = [math.cos(((T - i) / T + 0.008) / 1.008 * math.pi / 2) ** 2 for i in range(T + 1)]
     reference = torch.tensor([f[i] / f[T] for i in range(T)], dtype=torch.float64)  # noisiest first
+
+    def cosine_buffers(states):  # what the reference's UNetMore_DDPM registers for sigma_dist: cosine
+        states[0]["module.alphas"] = reference.float()
+        return states
+
+    ckpt = copy_fixture(tmp_path, "concat_small", cosine_buffers,
+                        edit_config=lambda c: c["model"].update(sigma_dist="cosine", sigma_begin=0.5))
+    with caplog.at_level("WARNING", logger="mcvd.compat"):
+        _, cfg = load_official(ckpt)
+    assert cfg.schedule == "cosine" and "noise settings" not in caplog.text and cfg.num_timesteps == T
     ours = Schedule.named(cfg.schedule, T).alphas_cumprod.flip(0)
     torch.testing.assert_close(ours[1:], reference[1:], rtol=1e-6, atol=0)  # step T-1: ours clips beta at 0.999
+
+
+@pytest.mark.parametrize("edit", [dict(num_classes=500), dict(sigma_dist="cosine"), dict(sigma_end=0.001)],
+                         ids=["steps", "cosine", "linear-end"])
+def test_a_config_of_another_run_is_refused(tmp_path, edit):
+    """The network's weights fit any number of steps and any schedule; the checkpoint's schedule buffers
+    (linear, 1,000 steps) tell which run it is of."""
+    ckpt = copy_fixture(tmp_path, "concat_small", edit_config=lambda c: c["model"].update(**edit))
+    with pytest.raises(ValueError, match=r"checkpoint .*: its noise schedule \(1000 steps, .* is not the one "
+                                         r".*config.yml describes"):
+        load_official(ckpt)
+
+
+@pytest.mark.parametrize("where", [0, 4], ids=["model-state", "ema"])
+@pytest.mark.parametrize("bad", [None, [1.0], "x"], ids=["none", "list", "str"])
+def test_entries_that_are_not_tensors_are_named(tmp_path, where, bad):
+    def damage(states):
+        key = next(k for k in states[where] if "all_modules.3" in k)
+        states[where][key] = bad
+        return states
+
+    with pytest.raises(ValueError, match=r"checkpoint: .*: its (model state|EMA weights) holds entries that are "
+                                         r"not named tensors \(damaged\?\): '.*all_modules.3"):
+        load_official(copy_fixture(tmp_path, "concat_small", damage))

@@ -391,6 +391,7 @@ def test_dropout_gradient_is_the_forward_mask():
     y = mcvd.ops.dropout(x, 0.5, backend="triton")
     g = torch.randn_like(y)
     y.backward(g)
+    assert 0.2 < (y.detach() != 0).double().mean() < 0.8  # the mask drops some and keeps some (p = 0.5 of 60)
     assert torch.equal(x.grad, torch.where(y.detach() != 0, g * 2.0, 0.0))
 
 

@@ -4,22 +4,32 @@
 # benchmarks. Logs and result tables go to OUTDIR (at most 8 files). Each
 # stage has its own time limit so that one failure does not hide the others.
 # Environment: TOTAL_S, BUILD_TIMEOUT, TEST_TIMEOUT, BENCH_TIMEOUT, E2E_TIMEOUT
-# (seconds; TIMEOUT_bench_e2e etc. per benchmark), SKIP_DRIVERS=1,
+# (seconds; TIMEOUT_bench_e2e etc. per benchmark), BUILD_RESERVE (seconds of
+# TOTAL_S kept from the build for later stages, default 360), SKIP_DRIVERS=1,
 # SKIP_SANITIZER=1, SKIP_OPS=1 (no op benchmarks), PROFILE=1
-# (benchmarks/profile_gpu.py), BENCHES (default "bench_e2e bench_sampling"),
+# (benchmarks/profile_gpu.py), BENCHES (default "bench_e2e bench_sampling";
+# "none" or "" for none),
 # ARGS_bench_e2e / ARGS_bench_sampling (more arguments for that benchmark),
 # STREAM_INPUTS (a folder of frame folders: `mcvd stream` over each with the
 # shipped demo model and the SMMNIST preset), MCVD_OFFICIAL_FIXTURES (a copy
-# of the reference-code fixtures for tests/compat and tests/nn), TESTS (pytest
-# paths: one shard of them instead of the default shards), LEVERS=1
+# of the reference-code fixtures for tests/compat and tests/nn), TESTS (shards
+# separated by ";", each pytest paths with an optional -k expression, instead
+# of the default shards), LEVERS=1
 # (benchmarks/bench_gpu_levers.py, both parts, compiling while the GPU tests
 # run and timing after them, one process per variant: LEVER_VARIANTS,
 # LEVERS_TIMEOUT), WHEELS (a folder of wheels to install first, with no index).
 #   scripts/gpu_check.sh OUTDIR
+# The machine has no internet: scripts/gpu_inputs.sh gathers the wheels and the
+# fixtures beforehand into ignored folders, carried with the working tree, e.g.
+#   TOTAL_S=540 WHEELS=.whl MCVD_OFFICIAL_FIXTURES=$PWD/.gpu_inputs/fixtures
+#   BENCHES=none LEVERS=1 SKIP_OPS=1 SKIP_SANITIZER=1
+#   TESTS="tests/ops/test_dropout.py tests/ops/test_reverse_step.py;tests/diffusion"
+#   bash scripts/gpu_check.sh $OUT
 set -u
 OUTDIR=${1:?usage: scripts/gpu_check.sh OUTDIR}
 mkdir -p "$OUTDIR"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INDEX=1  # no internet there: pip must not try it
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 PY=${PY:-python3}
 stage() { echo; echo "== $* [$(date +%T)]"; }
@@ -49,10 +59,10 @@ if [ -n "${WHEELS:-}" ]; then  # wheels the tests need that the image lacks (mlx
 fi
 
 stage build
-if ! timeout $(budget ${BUILD_TIMEOUT:-420} 360) $PY -m pip install --no-build-isolation --no-deps -e . >"$OUTDIR/build.log" 2>&1; then
+if ! timeout $(budget ${BUILD_TIMEOUT:-420} ${BUILD_RESERVE:-360}) $PY -m pip install --no-build-isolation --no-deps -e . >"$OUTDIR/build.log" 2>&1; then
     grep -E "error|Error" "$OUTDIR/build.log" | head -40
     stage "CUDA build failed: CPU-only build, so the Triton backend can still be checked"
-    MCVD_CUDA=0 timeout 300 $PY -m pip install --no-build-isolation --no-deps -e . >>"$OUTDIR/build.log" 2>&1
+    MCVD_CUDA=0 timeout $(budget 300 60) $PY -m pip install --no-build-isolation --no-deps -e . >>"$OUTDIR/build.log" 2>&1
 fi
 $PY -c "import mcvd; print(mcvd._C.build_info(), mcvd.ops.available_backends('cuda'))" || exit 1
 
@@ -66,18 +76,22 @@ if [ "${LEVERS:-0}" = 1 ]; then
     VARIANTS=(${LEVER_VARIANTS:-sampling:eager sampling:opt-floa-fus sampling:opt-floa-ref sampling:opt-bflo-fus
               sampling:opt-bflo-ref training:eager-fp32-ref training:eager-fp32-fused,syncs
               training:compiled-bf16-fused training:graphs-bf16-fused training:graphs-bf16-ref})
+    LEVERS_S=$(budget ${LEVERS_TIMEOUT:-420} 30)
+    # A variant killed before it is ready never marks the barrier: the others stop waiting in time to time.
+    BARRIER_S=$(( LEVERS_S > 180 ? LEVERS_S - 120 : LEVERS_S / 2 ))
     for v in "${VARIANTS[@]}"; do
         keys=${v#*:}
-        timeout $(budget ${LEVERS_TIMEOUT:-420} 30) $PY benchmarks/bench_gpu_levers.py --part ${v%%:*} \
+        timeout $LEVERS_S $PY benchmarks/bench_gpu_levers.py --part ${v%%:*} \
             --variant ${keys//,/ } --lock "$TMP/gpu.lock" --barrier "$TMP/barrier" --parties ${#VARIANTS[@]} \
-            --json "$OUTDIR/levers.json" >"$TMP/levers_${v#*:}.log" 2>&1 &
+            --barrier-timeout $BARRIER_S --json "$OUTDIR/levers.json" >"$TMP/levers_${v#*:}.log" 2>&1 &
         LEVER_PIDS+=($!)
     done
 fi
 
 stage "GPU tests"
 # Shards run side by side: most of the time is Triton's and inductor's
-# compilation, which is CPU work. Each shard's log lands in tests.log.
+# compilation, which is CPU work. Each shard's log is added to tests.log as the
+# shard ends, so that a run cut short keeps the shards that finished.
 SHARDS=(
     "tests/ops/test_spatin_norm.py -k cuda"
     "tests/ops/test_spatin_norm.py -k triton and forward"
@@ -90,19 +104,24 @@ SHARDS=(
     "tests/diffusion tests/compat"
     "tests/nn tests/train"
 )
-[ -n "${TESTS:-}" ] && SHARDS=("$TESTS")
+[ -n "${TESTS:-}" ] && IFS=';' read -ra SHARDS <<<"$TESTS"
+# A hung test fails by itself where pytest-timeout is installed, instead of using up its shard.
+PER_TEST=(); $PY -c "import pytest_timeout" 2>/dev/null && PER_TEST=(--timeout 240)
 SHARD_PIDS=()
 for i in "${!SHARDS[@]}"; do
     set -- ${SHARDS[$i]%% -k *}
     k=""; [[ "${SHARDS[$i]}" == *" -k "* ]] && k=${SHARDS[$i]#* -k }
-    timeout $(budget ${TEST_TIMEOUT:-300} 200) $PY -m pytest "$@" ${k:+-k "$k"} -q -m gpu -p no:cacheprovider >"$TMP/$i.log" 2>&1 &
+    (
+        timeout $(budget ${TEST_TIMEOUT:-300} 200) $PY -m pytest "$@" ${k:+-k "$k"} -q -rfE -m gpu -p no:cacheprovider \
+            "${PER_TEST[@]}" >"$TMP/$i.log" 2>&1
+        rc=$?
+        echo "-- shard $i: ${SHARDS[$i]}: exit $rc: $(tail -1 "$TMP/$i.log")"
+        { echo "===== ${SHARDS[$i]} (exit $rc)"; cat "$TMP/$i.log"; } >"$TMP/$i.done"
+        flock "$TMP/tests.lock" sh -c 'cat "$1" >>"$2"' _ "$TMP/$i.done" "$OUTDIR/tests.log"
+    ) &
     SHARD_PIDS+=($!)
 done
 wait "${SHARD_PIDS[@]}"
-for i in "${!SHARDS[@]}"; do
-    echo "-- shard $i: ${SHARDS[$i]}: $(tail -1 "$TMP/$i.log")"
-    { echo "===== ${SHARDS[$i]}"; cat "$TMP/$i.log"; } >>"$OUTDIR/tests.log"
-done
 grep -E "^(FAILED|ERROR)" "$OUTDIR/tests.log" | head -40
 
 if [ "${LEVERS:-0}" = 1 ]; then
@@ -111,6 +130,7 @@ if [ "${LEVERS:-0}" = 1 ]; then
     wait "${LEVER_PIDS[@]}"
     for log in "$TMP"/levers_*.log; do
         echo "-- $log"; grep -E "ready in|Error|error:" "$log" | grep -v Warning | tail -5
+        { echo "===== $log"; cat "$log"; } >>"$OUTDIR/levers.log"
     done
     $PY benchmarks/bench_gpu_levers.py --collect "$OUTDIR/levers.json" --md "$OUTDIR/levers.md"
 fi
@@ -120,13 +140,13 @@ if [ "${SKIP_DRIVERS:-0}" != 1 ]; then
     wait "$DRIVERS_PID" || tail -20 "$TMP/cmake.log"
     for exe in build/cuda/test_*; do
         [ -x "$exe" ] || continue
-        timeout 120 "$exe" >"$TMP/driver.log" 2>&1
+        timeout $(budget 120 60) "$exe" >"$TMP/driver.log" 2>&1
         rc=$?  # before any command substitution resets $?
         echo "$(basename "$exe"): exit $rc $(tail -1 "$TMP/driver.log")"
         grep -m 20 "^FAIL" "$TMP/driver.log"
         if [ "${SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer >/dev/null; then
             for tool in memcheck racecheck; do
-                timeout 90 compute-sanitizer --tool $tool --error-exitcode 3 "$exe" --quick >"$TMP/sanitizer.log" 2>&1
+                timeout $(budget 90 60) compute-sanitizer --tool $tool --error-exitcode 3 "$exe" --quick >"$TMP/sanitizer.log" 2>&1
                 rc=$?
                 echo "$(basename "$exe") $tool (--quick): exit $rc $(tail -1 "$TMP/sanitizer.log")"
             done
@@ -146,8 +166,8 @@ if [ "${SKIP_OPS:-0}" != 1 ]; then
     done
 fi
 
-for extra in ${BENCHES:-bench_e2e bench_sampling}; do
-    if [ -f benchmarks/$extra.py ]; then
+for extra in ${BENCHES-bench_e2e bench_sampling}; do
+    if [ "$extra" != none ] && [ -f benchmarks/$extra.py ]; then
         stage "$extra"
         more="ARGS_$extra" limit="TIMEOUT_$extra"
         timeout $(budget ${!limit:-${E2E_TIMEOUT:-120}} 90) $PY benchmarks/$extra.py --device cuda --md "$OUTDIR/$extra.md" \

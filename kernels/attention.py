@@ -292,10 +292,18 @@ def _split_scale(scale: float) -> tuple[float, float]:
     return hi, f32(scale - hi)
 
 
+# The argument checks of the C++ ops (csrc/op_checks.h), set by mcvd.ops when it registers this op (this
+# package imports nothing of mcvd): a direct call of torch.ops.mcvd.attention_fwd_triton refuses what they
+# refuse, rather than reading past a tensor sized otherwise. Not while compiling: the callers have checked.
+check_args = None
+
+
 @triton_op("mcvd::attention_fwd_triton", mutates_args=())
 def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """q, k, v: [B, heads, N, D], one float dtype. Returns out: [B, heads, N, D]
     (q's dtype, contiguous) and lse: [B, heads, N] float32 (float64 for float64 q)."""
+    if check_args is not None and not torch.compiler.is_compiling():
+        check_args(q, k, v, scale)
     B, H, N, D = q.shape
     out = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, N), dtype=stat_dtype(q.dtype), device=q.device)

@@ -34,10 +34,18 @@ def _dropout_kernel(X, Y, SEED, SCALE, N, threshold, BLOCK: tl.constexpr):
     tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
 
 
+# The argument checks of the C++ ops (csrc/op_checks.h), set by mcvd.ops when it registers this op (this
+# package imports nothing of mcvd): a direct call of torch.ops.mcvd.dropout_triton refuses what they
+# refuse, rather than reading past a tensor sized otherwise. Not while compiling: the callers have checked.
+check_args = None
+
+
 @triton_op("mcvd::dropout_triton", mutates_args=())
 def fwd(x: torch.Tensor, p: float, seed: torch.Tensor) -> torch.Tensor:
     """x: any float tensor; p in [0, 1); seed: 0-d int64 on x's device.
     Returns y, contiguous, shaped like x."""
+    if check_args is not None and not torch.compiler.is_compiling():
+        check_args(x, p, seed)
     if not 0.0 <= p < 1.0:
         raise ValueError(f"p: expected a probability in [0, 1), got {p!r}")
     x = x.contiguous()

@@ -54,11 +54,19 @@ def _reverse_step_kernel(
     tl.store(XPREV + base + offs, x_prev.to(XPREV.dtype.element_ty), mask=mask)
 
 
+# The argument checks of the C++ ops (csrc/op_checks.h), set by mcvd.ops when it registers this op (this
+# package imports nothing of mcvd): a direct call of torch.ops.mcvd.reverse_step_triton refuses what they
+# refuse, rather than reading past a tensor sized otherwise. Not while compiling: the callers have checked.
+check_args = None
+
+
 @triton_op("mcvd::reverse_step_triton", mutates_args=())
 def fwd(x_t: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | None, coef: torch.Tensor,
         clip_lo: float | None, clip_hi: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     """x_t, eps, noise: [B, ...] one float dtype (noise may be None); coef: [5, B]
     float32 or float64 on x_t's device. Returns (x_prev, x0), shaped like x_t."""
+    if check_args is not None and not torch.compiler.is_compiling():
+        check_args(x_t, eps, noise, coef, clip_lo, clip_hi)
     B = x_t.shape[0]
     if tuple(coef.shape) != (5, B):
         raise ValueError(f"coef: expected shape [5, {B}], got [{', '.join(str(int(n)) for n in coef.shape)}]")

@@ -113,6 +113,12 @@ def _contiguous(*ts):
     return [None if t is None else t.contiguous() for t in ts]
 
 
+# The argument checks of the C++ ops (csrc/op_checks.h), set by mcvd.ops when it registers this op (this
+# package imports nothing of mcvd): a direct call of torch.ops.mcvd.spatin_norm_fwd_triton refuses what they
+# refuse, rather than reading past a tensor sized otherwise. Not while compiling: the callers have checked.
+check_args = None
+
+
 @triton_op("mcvd::spatin_norm_fwd_triton", mutates_args=())
 def fwd(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
         gamma: torch.Tensor | None, beta: torch.Tensor | None, scale: torch.Tensor | None,
@@ -120,6 +126,8 @@ def fwd(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: tor
     """x: [B, C, H, W]; weight, bias: [C]; gamma, beta: [B, C, H, W]; scale, shift:
     [B, C] (each optional, x's dtype). Returns y: [B, C, H, W] and mean, rstd:
     [B, num_groups] float32 (float64 for float64 x)."""
+    if check_args is not None and not torch.compiler.is_compiling():
+        check_args(x, num_groups, weight, bias, gamma, beta, scale, shift, eps, silu)
     x, weight, bias, gamma, beta, scale, shift = _contiguous(x, weight, bias, gamma, beta, scale, shift)
     # Block sizes are compile-time constants computed from the sizes, so a
     # dynamic-shape trace specializes them here.

@@ -102,6 +102,7 @@ def _register_triton(kernels) -> None:
     the schema of mcvd::attention_bwd), and the first-order guard on the backward."""
     torch.library.register_autograd("mcvd::attention_fwd_triton", _make_backward(kernels.bwd),
                                     setup_context=_setup_context)
+    kernels.check_args = _check
     _triton.first_order_only("mcvd::attention_bwd_triton")
 
 

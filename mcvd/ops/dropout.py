@@ -108,3 +108,15 @@ def triton_kernels():
 def _register_triton(kernels) -> None:
     torch.library.register_autograd("mcvd::dropout_triton", _backward_with(kernels.fwd),
                                     setup_context=_setup_context)
+    kernels.check_args = _check_op
+
+
+def _check_op(x, p, seed) -> None:
+    """csrc/op_checks.h's check_dropout_args."""
+    check_float(x, "x")
+    if not (is_real(p) and 0 <= p < 1):
+        raise ValueError(f"p: expected a probability in [0, 1), got {p!r}")
+    if not isinstance(seed, torch.Tensor) or seed.dtype != torch.int64 or seed.dim() != 0:
+        raise TypeError(f"seed: expected a 0-d int64 tensor, got {describe(seed)}")
+    if seed.device != x.device:
+        raise ValueError(f"seed: expected device {x.device} (the device of x), got {seed.device}")

@@ -16,7 +16,7 @@ import torch
 from mcvd.kernels._dtypes import stat_dtype
 
 from . import _backend, _triton
-from ._checks import check_finite, check_float, check_like, describe, is_real, shape_str
+from ._checks import check_finite, check_float, check_like, check_rank, check_shape, describe, is_real, shape_str
 
 _COEFS = ("a", "b", "c_x0", "c_xt", "sigma")
 
@@ -82,6 +82,25 @@ def _check(x_t, eps, noise, coefs, clip) -> None:
         pair = isinstance(clip, (tuple, list)) and len(clip) == 2 and all(is_real(v) for v in clip)
         if not pair or not clip[0] <= clip[1]:
             raise (ValueError if pair else TypeError)(f"clip: expected None or (lo, hi) with lo <= hi, got {clip!r}")
+
+
+def _check_table(x_t, eps, noise, coef, clip_lo, clip_hi) -> None:
+    """csrc/op_checks.h's check_reverse_step_args: the op's own arguments, the coefficient table included."""
+    if x_t.dim() < 1:
+        raise ValueError("x_t: expected a tensor with a batch dimension [B, ...], got a 0-d tensor")
+    check_float(x_t, "x_t")
+    check_like(eps, "eps", x_t, "x_t", x_t.shape)
+    check_like(noise, "noise", x_t, "x_t", x_t.shape)
+    check_rank(coef, "coef", 2, "[5, B] (a, b, c_x0, c_xt, sigma)")
+    check_shape(coef, "coef", (5, x_t.shape[0]))
+    if coef.device != x_t.device:
+        raise ValueError(f"coef: expected device {x_t.device} (the device of x_t), got {coef.device}")
+    if coef.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"coef: expected dtype torch.float32 or torch.float64, got {coef.dtype}")
+    if (clip_lo is None) != (clip_hi is None):
+        raise ValueError("clip_lo, clip_hi: expected both or neither to be given")
+    if clip_lo is not None and not clip_lo <= clip_hi:
+        raise ValueError(f"clip_lo: expected clip_lo <= clip_hi, got clip_lo={clip_lo}, clip_hi={clip_hi}")
 
 
 def _clip_bounds(clip) -> tuple[float | None, float | None]:
@@ -209,3 +228,4 @@ def triton_kernels():
 def _register_triton(kernels) -> None:
     """Autograd of mcvd::reverse_step_triton: the formula of mcvd::reverse_step."""
     torch.library.register_autograd("mcvd::reverse_step_triton", _backward, setup_context=_setup_context)
+    kernels.check_args = _check_table

@@ -166,6 +166,7 @@ def _register_triton(kernels) -> None:
     the schema of mcvd::spatin_norm_bwd), and the first-order guard on the backward."""
     torch.library.register_autograd("mcvd::spatin_norm_fwd_triton", _make_backward(kernels.bwd),
                                     setup_context=_setup_context)
+    kernels.check_args = _check
     _triton.first_order_only("mcvd::spatin_norm_bwd_triton")
 
 

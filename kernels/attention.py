@@ -292,9 +292,7 @@ def _split_scale(scale: float) -> tuple[float, float]:
     return hi, f32(scale - hi)
 
 
-# The argument checks of the C++ ops (csrc/op_checks.h), set by mcvd.ops when it registers this op (this
-# package imports nothing of mcvd): a direct call of torch.ops.mcvd.attention_fwd_triton refuses what they
-# refuse, rather than reading past a tensor sized otherwise. Not while compiling: the callers have checked.
+# The C++ ops' argument checks, set by mcvd.ops (_triton.load); not while compiling, where callers have checked.
 check_args = None
 
 

@@ -113,9 +113,7 @@ def _contiguous(*ts):
     return [None if t is None else t.contiguous() for t in ts]
 
 
-# The argument checks of the C++ ops (csrc/op_checks.h), set by mcvd.ops when it registers this op (this
-# package imports nothing of mcvd): a direct call of torch.ops.mcvd.spatin_norm_fwd_triton refuses what they
-# refuse, rather than reading past a tensor sized otherwise. Not while compiling: the callers have checked.
+# The C++ ops' argument checks, set by mcvd.ops (_triton.load); not while compiling, where callers have checked.
 check_args = None
 
 

@@ -24,7 +24,7 @@ from mcvd.nn.blocks import AttnBlock, ResBlock
 from mcvd.nn.config import ModelConfig
 from mcvd.nn.network import MCVD
 
-from .official_config import config_beside, official_alphas, read_official_config
+from .official_config import config_beside, config_from_official_dict, official_alphas, read_yaml
 
 # Buffers of the reference model that belong to the noise schedule, not to
 # the network: they are not loaded.
@@ -197,11 +197,11 @@ def official_state(states, path: str | os.PathLike, use_ema: bool = True) -> dic
     return state
 
 
-def _check_schedule(state: dict, config_path: Path, checkpoint: Path) -> None:
-    """The checkpoint's schedule buffer against the one its config.yml makes: the network's weights do not
-    depend on the number of steps or the schedule, so a checkpoint given another run's config would load and
-    compute another function (its time embedding indexed by other steps)."""
-    have, want = state.get("alphas"), official_alphas(config_path)
+def _check_schedule(state: dict, config: dict, config_path: Path, checkpoint: Path) -> None:
+    """The checkpoint's schedule buffer against the one its config.yml (parsed: `config`) makes: the network's
+    weights do not depend on the number of steps or the schedule, so a checkpoint given another run's config
+    would load and compute another function (its time embedding indexed by other steps)."""
+    have, want = state.get("alphas"), official_alphas(config)
     if have is None or want is None:
         return
     if have.shape != want.shape or not torch.allclose(have.double(), want.double(), rtol=1e-4, atol=1e-6):
@@ -236,8 +236,9 @@ def official_model(states, checkpoint: str | os.PathLike, config_path: str | os.
     checkpoint = Path(checkpoint)
     config_path = Path(config_path) if config_path is not None else config_beside(checkpoint)
     state = official_state(states, checkpoint, use_ema)
-    cfg = read_official_config(config_path)
-    _check_schedule(state, config_path, checkpoint)
+    config = read_yaml(config_path)
+    cfg = config_from_official_dict(config, source=str(config_path))
+    _check_schedule(state, config, config_path, checkpoint)
     model = MCVD(cfg)
     model.load_state_dict(convert_state_dict(state, model, source=f"checkpoint {checkpoint}"))
     return model.eval(), cfg

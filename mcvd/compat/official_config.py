@@ -8,10 +8,9 @@ name.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
-
-import math
 
 import torch
 import yaml
@@ -136,11 +135,11 @@ def config_from_official_dict(d: dict, source: str = "config") -> ModelConfig:
         raise ValueError(f"{source}: {e}") from e
 
 
-def official_alphas(path: str | os.PathLike) -> torch.Tensor | None:
+def official_alphas(d: dict) -> torch.Tensor | None:
     """The schedule buffer `alphas` (abar, noisiest first, float32) that the reference's UNetMore_DDPM builds
-    from the config.yml at `path` (models/better/ncsnpp_more.py with get_sigmas of models/__init__.py), or
+    from its parsed config.yml `d` (models/better/ncsnpp_more.py with get_sigmas of models/__init__.py), or
     None for a sigma_dist it builds none for."""
-    model = read_yaml(path).get("model") or {}
+    model = d.get("model") or {}
     T, dist = model.get("num_classes"), model.get("sigma_dist", "linear")
     if not isinstance(T, int) or T < 1:
         return None

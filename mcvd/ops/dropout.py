@@ -28,7 +28,7 @@ from ._checks import check_float, describe, is_real
 _SEED_HIGH = 2**63 - 1
 
 
-def _check(x, p, training) -> None:
+def _check_x_p(x, p) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a tensor, got {describe(x)}")
     check_float(x, "x")
@@ -36,6 +36,10 @@ def _check(x, p, training) -> None:
         raise TypeError(f"p: expected a probability in [0, 1), got {describe(p)}")
     if not 0 <= p < 1:
         raise ValueError(f"p: expected a probability in [0, 1), got {p!r}")
+
+
+def _check(x, p, training) -> None:
+    _check_x_p(x, p)
     if not isinstance(training, bool):
         raise TypeError(f"training: expected a bool, got {describe(training)}")
 
@@ -113,9 +117,7 @@ def _register_triton(kernels) -> None:
 
 def _check_op(x, p, seed) -> None:
     """csrc/op_checks.h's check_dropout_args."""
-    check_float(x, "x")
-    if not (is_real(p) and 0 <= p < 1):
-        raise ValueError(f"p: expected a probability in [0, 1), got {p!r}")
+    _check_x_p(x, p)
     if not isinstance(seed, torch.Tensor) or seed.dtype != torch.int64 or seed.dim() != 0:
         raise TypeError(f"seed: expected a 0-d int64 tensor, got {describe(seed)}")
     if seed.device != x.device:

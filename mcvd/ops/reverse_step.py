@@ -58,9 +58,8 @@ def _coef_table(x_t, coefs) -> torch.Tensor:
     return torch.stack(rows).to(dtype)  # stack promotes mixed dtypes; one cast after
 
 
-def _check(x_t, eps, noise, coefs, clip) -> None:
-    """The checks of csrc/op_checks.h's check_reverse_step_args, in its order,
-    with the coefficients in the place of its table."""
+def _check_inputs(x_t, eps, noise) -> None:
+    """The tensor checks that open csrc/op_checks.h's check_reverse_step_args."""
     if not isinstance(x_t, torch.Tensor):
         raise TypeError(f"x_t: expected a tensor, got {type(x_t).__name__}")
     if x_t.dim() < 1:
@@ -70,6 +69,12 @@ def _check(x_t, eps, noise, coefs, clip) -> None:
         raise TypeError(f"eps: expected a tensor, got {describe(eps)}")
     check_like(eps, "eps", x_t, "x_t", x_t.shape)
     check_like(noise, "noise", x_t, "x_t", x_t.shape)
+
+
+def _check(x_t, eps, noise, coefs, clip) -> None:
+    """The checks of csrc/op_checks.h's check_reverse_step_args, in its order,
+    with the coefficients in the place of its table."""
+    _check_inputs(x_t, eps, noise)
     _check_coefs(x_t, coefs)
     sigma = coefs[-1]
     if noise is None and isinstance(sigma, torch.Tensor):
@@ -86,11 +91,7 @@ def _check(x_t, eps, noise, coefs, clip) -> None:
 
 def _check_table(x_t, eps, noise, coef, clip_lo, clip_hi) -> None:
     """csrc/op_checks.h's check_reverse_step_args: the op's own arguments, the coefficient table included."""
-    if x_t.dim() < 1:
-        raise ValueError("x_t: expected a tensor with a batch dimension [B, ...], got a 0-d tensor")
-    check_float(x_t, "x_t")
-    check_like(eps, "eps", x_t, "x_t", x_t.shape)
-    check_like(noise, "noise", x_t, "x_t", x_t.shape)
+    _check_inputs(x_t, eps, noise)
     check_rank(coef, "coef", 2, "[5, B] (a, b, c_x0, c_xt, sigma)")
     check_shape(coef, "coef", (5, x_t.shape[0]))
     if coef.device != x_t.device:

@@ -351,13 +351,13 @@ def test_reverse_step_clip_keeps_nan():
 
 @interpreted
 def test_reverse_step_rejects_bad_coefficient_tables():
-    from mcvd.kernels import reverse_step as rs
+    from mcvd.ops.reverse_step import triton_kernels
 
     x = torch.randn(2, 5)
     with pytest.raises(ValueError, match=r"coef: expected shape \[5, 2\], got \[5, 3\]"):
-        rs.fwd(x, x, None, torch.ones(5, 3), None, None)
+        triton_kernels().fwd(x, x, None, torch.ones(5, 3), None, None)
     with pytest.raises(ValueError, match="clip_lo, clip_hi: expected both or neither"):
-        rs.fwd(x, x, None, torch.ones(5, 2), -1.0, None)
+        triton_kernels().fwd(x, x, None, torch.ones(5, 2), -1.0, None)
 
 
 # --- dropout ---------------------------------------------------------------------

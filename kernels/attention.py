@@ -41,6 +41,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from . import _checks
 from ._dtypes import stat_dtype
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -292,16 +293,15 @@ def _split_scale(scale: float) -> tuple[float, float]:
     return hi, f32(scale - hi)
 
 
-# The C++ ops' argument checks, set by mcvd.ops (_triton.load); not while compiling, where callers have checked.
-check_args = None
+# The C++ ops' argument checks, {"fwd": ..., "bwd": ...}, set by mcvd.ops (_checks.run).
+checks = {}
 
 
 @triton_op("mcvd::attention_fwd_triton", mutates_args=())
 def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """q, k, v: [B, heads, N, D], one float dtype. Returns out: [B, heads, N, D]
     (q's dtype, contiguous) and lse: [B, heads, N] float32 (float64 for float64 q)."""
-    if check_args is not None and not torch.compiler.is_compiling():
-        check_args(q, k, v, scale)
+    _checks.run(checks, "attention", "fwd", q, k, v, scale)
     B, H, N, D = q.shape
     out = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, N), dtype=stat_dtype(q.dtype), device=q.device)
@@ -321,6 +321,7 @@ def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tupl
 def bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
         lse: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dq, dk, dv) of attention_fwd, [B, heads, N, D] contiguous."""
+    _checks.run(checks, "attention", "bwd", grad_out, q, k, v, out, lse, scale)
     B, H, N, D = q.shape
     grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
     dq, dk, dv = (torch.empty((B, H, N, D), dtype=q.dtype, device=q.device) for _ in range(3))

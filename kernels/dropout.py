@@ -15,6 +15,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from . import _checks
+
 _BLOCK = 1024
 
 
@@ -34,16 +36,15 @@ def _dropout_kernel(X, Y, SEED, SCALE, N, threshold, BLOCK: tl.constexpr):
     tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
 
 
-# The C++ ops' argument checks, set by mcvd.ops (_triton.load); not while compiling, where callers have checked.
-check_args = None
+# The C++ op's argument checks, {"fwd": ...}, set by mcvd.ops (_checks.run).
+checks = {}
 
 
 @triton_op("mcvd::dropout_triton", mutates_args=())
 def fwd(x: torch.Tensor, p: float, seed: torch.Tensor) -> torch.Tensor:
     """x: any float tensor; p in [0, 1); seed: 0-d int64 on x's device.
     Returns y, contiguous, shaped like x."""
-    if check_args is not None and not torch.compiler.is_compiling():
-        check_args(x, p, seed)
+    _checks.run(checks, "dropout", "fwd", x, p, seed)
     x = x.contiguous()
     y = torch.empty_like(x)
     n = x.numel()

@@ -16,6 +16,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from . import _checks
+
 _BLOCK = 1024
 
 
@@ -54,8 +56,8 @@ def _reverse_step_kernel(
     tl.store(XPREV + base + offs, x_prev.to(XPREV.dtype.element_ty), mask=mask)
 
 
-# The C++ ops' argument checks, set by mcvd.ops (_triton.load); not while compiling, where callers have checked.
-check_args = None
+# The C++ op's argument checks, {"fwd": ...}, set by mcvd.ops (_checks.run).
+checks = {}
 
 
 @triton_op("mcvd::reverse_step_triton", mutates_args=())
@@ -63,8 +65,7 @@ def fwd(x_t: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | None, coef: 
         clip_lo: float | None, clip_hi: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     """x_t, eps, noise: [B, ...] one float dtype (noise may be None); coef: [5, B]
     float32 or float64 on x_t's device. Returns (x_prev, x0), shaped like x_t."""
-    if check_args is not None and not torch.compiler.is_compiling():
-        check_args(x_t, eps, noise, coef, clip_lo, clip_hi)
+    _checks.run(checks, "reverse_step", "fwd", x_t, eps, noise, coef, clip_lo, clip_hi)
     B = x_t.shape[0]
     x_t, eps, coef = x_t.contiguous(), eps.contiguous(), coef.contiguous()
     noise = None if noise is None else noise.contiguous()

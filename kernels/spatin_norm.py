@@ -44,6 +44,7 @@ import torch
 import triton
 from torch.library import triton_op, wrap_triton
 
+from . import _checks
 from ._dtypes import stat_dtype
 from .spatin_norm_bwd import (_bwd_apply_kernel, _bwd_finalize_kernel, _bwd_reduce_kernel, _bwd_wsum_kernel,
                               _fused_bwd_kernel)
@@ -113,8 +114,8 @@ def _contiguous(*ts):
     return [None if t is None else t.contiguous() for t in ts]
 
 
-# The C++ ops' argument checks, set by mcvd.ops (_triton.load); not while compiling, where callers have checked.
-check_args = None
+# The C++ ops' argument checks, {"fwd": ..., "bwd": ...}, set by mcvd.ops (_checks.run).
+checks = {}
 
 
 @triton_op("mcvd::spatin_norm_fwd_triton", mutates_args=())
@@ -124,8 +125,7 @@ def fwd(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: tor
     """x: [B, C, H, W]; weight, bias: [C]; gamma, beta: [B, C, H, W]; scale, shift:
     [B, C] (each optional, x's dtype). Returns y: [B, C, H, W] and mean, rstd:
     [B, num_groups] float32 (float64 for float64 x)."""
-    if check_args is not None and not torch.compiler.is_compiling():
-        check_args(x, num_groups, weight, bias, gamma, beta, scale, shift, eps, silu)
+    _checks.run(checks, "spatin_norm", "fwd", x, num_groups, weight, bias, gamma, beta, scale, shift, eps, silu)
     x, weight, bias, gamma, beta, scale, shift = _contiguous(x, weight, bias, gamma, beta, scale, shift)
     # Block sizes are compile-time constants computed from the sizes, so a
     # dynamic-shape trace specializes them here.
@@ -178,6 +178,8 @@ def bwd(grad_y: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.T
                              torch.Tensor]:
     """Gradients (dx, dweight, dbias, dgamma, dbeta, dscale, dshift), each shaped
     like its input; an empty [0] tensor where the input was None."""
+    _checks.run(checks, "spatin_norm", "bwd", grad_y, x, mean, rstd, num_groups, weight, bias, gamma, beta, scale,
+                shift, silu)
     grad_y, x, mean, rstd, weight, bias, gamma, beta, scale, shift = _contiguous(
         grad_y, x, mean, rstd, weight, bias, gamma, beta, scale, shift)
     # Block sizes are compile-time constants computed from the sizes, so a

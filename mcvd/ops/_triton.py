@@ -25,11 +25,12 @@ _LOCK = threading.Lock()
 def load(op: str, register: Callable[[ModuleType], None]) -> ModuleType:
     """mcvd.kernels.<op>, imported and passed to `register` on the first call.
 
-    `register` also sets the module's `check_args`: kernels/ imports nothing
+    `register` also fills the module's `checks`: kernels/ imports nothing
     of mcvd, so the argument checks of the C++ ops (csrc/op_checks.h, written
-    once in mcvd.ops) reach its forward ops from here. A direct call of
-    torch.ops.mcvd.<op>_triton then refuses what the C++ op refuses, rather
-    than reading past a tensor of another size.
+    once in mcvd.ops) reach its forward and backward ops from here. A direct
+    call of torch.ops.mcvd.<op>_triton then refuses what the C++ op refuses,
+    rather than reading past a tensor of another size (and before `register`,
+    kernels/_checks.py refuses every call).
 
     torch.compile cannot trace import_module: a call inside a compiled
     function finds the module loaded by an earlier eager call, through a

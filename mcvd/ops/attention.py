@@ -13,7 +13,7 @@ import torch
 from mcvd.kernels._dtypes import stat_dtype
 
 from . import _backend, _triton
-from ._checks import check_finite, check_float, check_like, check_rank, describe, is_real, shape_str
+from ._checks import check_finite, check_float, check_like, check_rank, check_shape, describe, is_real, shape_str
 
 
 def _check(q, k, v, scale) -> None:
@@ -32,6 +32,19 @@ def _check(q, k, v, scale) -> None:
         if not is_real(scale):
             raise TypeError(f"scale: expected a finite float or None, got {describe(scale)}")
         check_finite(scale, "scale")
+
+
+def _check_bwd(grad_out, q, k, v, out, lse, scale) -> None:
+    """csrc/op_checks.h's check_attention_bwd_args, in its order."""
+    _check(q, k, v, scale)
+    check_like(grad_out, "grad_out", q, "q", q.shape)
+    check_like(out, "out", q, "q", q.shape)
+    if lse.device != q.device:
+        raise ValueError(f"lse: expected device {q.device} (the device of q), got {lse.device}")
+    if lse.dtype != stat_dtype(q.dtype):
+        raise TypeError(f"lse: expected dtype {stat_dtype(q.dtype)} (float64 for float64 q, else float32), "
+                        f"got {lse.dtype}")
+    check_shape(lse, "lse", q.shape[:3])
 
 
 def attention_ref(q, k, v, *, scale=None, upcast=False):
@@ -102,7 +115,7 @@ def _register_triton(kernels) -> None:
     the schema of mcvd::attention_bwd), and the first-order guard on the backward."""
     torch.library.register_autograd("mcvd::attention_fwd_triton", _make_backward(kernels.bwd),
                                     setup_context=_setup_context)
-    kernels.check_args = _check
+    kernels.checks.update(fwd=_check, bwd=_check_bwd)
     _triton.first_order_only("mcvd::attention_bwd_triton")
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _backend, _triton
-from ._checks import check_float, describe, is_real
+from ._checks import check_float, describe, is_real, shape_str
 
 # Seeds are drawn in [0, 2^63 - 1): torch.randint's bound is an int64.
 _SEED_HIGH = 2**63 - 1
@@ -112,13 +112,17 @@ def triton_kernels():
 def _register_triton(kernels) -> None:
     torch.library.register_autograd("mcvd::dropout_triton", _backward_with(kernels.fwd),
                                     setup_context=_setup_context)
-    kernels.check_args = _check_op
+    kernels.checks.update(fwd=_check_op)
 
 
 def _check_op(x, p, seed) -> None:
     """csrc/op_checks.h's check_dropout_args."""
     _check_x_p(x, p)
-    if not isinstance(seed, torch.Tensor) or seed.dtype != torch.int64 or seed.dim() != 0:
+    if not isinstance(seed, torch.Tensor):
         raise TypeError(f"seed: expected a 0-d int64 tensor, got {describe(seed)}")
     if seed.device != x.device:
         raise ValueError(f"seed: expected device {x.device} (the device of x), got {seed.device}")
+    if seed.dtype != torch.int64:
+        raise TypeError(f"seed: expected dtype torch.int64, got {seed.dtype}")
+    if seed.dim() != 0:
+        raise ValueError(f"seed: expected a 0-d tensor, got shape {shape_str(seed.shape)}")

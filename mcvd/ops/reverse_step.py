@@ -101,7 +101,7 @@ def _check_table(x_t, eps, noise, coef, clip_lo, clip_hi) -> None:
     if (clip_lo is None) != (clip_hi is None):
         raise ValueError("clip_lo, clip_hi: expected both or neither to be given")
     if clip_lo is not None and not clip_lo <= clip_hi:
-        raise ValueError(f"clip_lo: expected clip_lo <= clip_hi, got clip_lo={clip_lo}, clip_hi={clip_hi}")
+        raise ValueError(f"clip_lo: expected clip_lo <= clip_hi, got clip_lo={clip_lo:g}, clip_hi={clip_hi:g}")
 
 
 def _clip_bounds(clip) -> tuple[float | None, float | None]:
@@ -229,4 +229,4 @@ def triton_kernels():
 def _register_triton(kernels) -> None:
     """Autograd of mcvd::reverse_step_triton: the formula of mcvd::reverse_step."""
     torch.library.register_autograd("mcvd::reverse_step_triton", _backward, setup_context=_setup_context)
-    kernels.check_args = _check_table
+    kernels.checks.update(fwd=_check_table)

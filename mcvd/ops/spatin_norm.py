@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from mcvd.kernels._dtypes import stat_dtype
 
 from . import _backend, _triton
-from ._checks import check_finite, check_float, check_like, check_rank, describe
+from ._checks import check_finite, check_float, check_like, check_rank, check_shape, describe
 
 _ARGS = ("weight", "bias", "gamma", "beta", "scale", "shift")
 
@@ -28,6 +28,33 @@ def _check(x, num_groups, weight, bias, gamma, beta, scale, shift, eps, silu) ->
     """The checks of csrc/op_checks.h's check_spatin_norm_args, in its order,
     with the types the kernel's schema fixes (num_groups an int, silu a bool)
     checked here, where other types can arrive."""
+    _check_tensors(x, num_groups, weight, bias, gamma, beta, scale, shift)
+    check_finite(eps, "eps", "a finite float >= 0")
+    if eps < 0:
+        raise ValueError(f"eps: expected a finite float >= 0, got {float(eps):g}")
+    _check_silu(silu)
+
+
+def _check_bwd(grad_y, x, mean, rstd, num_groups, weight, bias, gamma, beta, scale, shift, silu) -> None:
+    """csrc/op_checks.h's check_spatin_norm_bwd_args, in its order."""
+    _check_tensors(x, num_groups, weight, bias, gamma, beta, scale, shift)
+    check_like(grad_y, "grad_y", x, "x", x.shape)
+    for name, t in (("mean", mean), ("rstd", rstd)):
+        if t.device != x.device:
+            raise ValueError(f"{name}: expected device {x.device} (the device of x), got {t.device}")
+        if t.dtype != stat_dtype(x.dtype):
+            raise TypeError(f"{name}: expected dtype {stat_dtype(x.dtype)}, got {t.dtype}")
+        check_shape(t, name, (x.shape[0], num_groups))
+    _check_silu(silu)
+
+
+def _check_silu(silu) -> None:
+    if not isinstance(silu, bool):
+        raise TypeError(f"silu: expected a bool, got {describe(silu)}")
+
+
+def _check_tensors(x, num_groups, weight, bias, gamma, beta, scale, shift) -> None:
+    """csrc/op_checks.h's check_spatin_norm_tensors: x, num_groups and the optional tensors."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a tensor, got {type(x).__name__}")
     check_rank(x, "x", 4, "[B, C, H, W]")
@@ -47,11 +74,6 @@ def _check(x, num_groups, weight, bias, gamma, beta, scale, shift, eps, silu) ->
         ("shift", shift, (B, C)),
     ):
         check_like(t, name, x, "x", shape)
-    check_finite(eps, "eps", "a finite float >= 0")
-    if eps < 0:
-        raise ValueError(f"eps: expected a finite float >= 0, got {float(eps):g}")
-    if not isinstance(silu, bool):
-        raise TypeError(f"silu: expected a bool, got {describe(silu)}")
 
 
 def spatin_norm_ref(x, num_groups, *, weight=None, bias=None, gamma=None, beta=None, scale=None, shift=None,
@@ -166,7 +188,7 @@ def _register_triton(kernels) -> None:
     the schema of mcvd::spatin_norm_bwd), and the first-order guard on the backward."""
     torch.library.register_autograd("mcvd::spatin_norm_fwd_triton", _make_backward(kernels.bwd),
                                     setup_context=_setup_context)
-    kernels.check_args = _check
+    kernels.checks.update(fwd=_check, bwd=_check_bwd)
     _triton.first_order_only("mcvd::spatin_norm_bwd_triton")
 
 

@@ -15,6 +15,7 @@ that plain PyTorch makes in the same dtype (2x for outputs, 3x for gradients),
 plus one unit of rounding at the output's scale, since a single final rounding
 can already cost that much where PyTorch happens to round luckily.
 """
+import importlib
 import importlib.util
 import os
 import subprocess
@@ -25,6 +26,10 @@ import torch
 
 import mcvd
 from mcvd.ops import attention_ref, reverse_step_ref, spatin_norm_ref
+from mcvd.ops.attention import triton_kernels as attention_kernels
+from mcvd.ops.dropout import triton_kernels as dropout_kernels
+from mcvd.ops.reverse_step import triton_kernels as reverse_step_kernels
+from mcvd.ops.spatin_norm import triton_kernels as spatin_norm_kernels
 
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed (pip install mcvd[triton])", allow_module_level=True)
@@ -41,7 +46,7 @@ EPS = {torch.float32: 2.0 ** -23, torch.float16: 2.0 ** -10, torch.bfloat16: 2.0
 def test_kernels_under_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
-           "-k", "not test_kernels_under_interpreter and not never_import_triton"]
+           "-k", "not test_kernels_under_interpreter and not never_import_triton and not refuse_to_run_without"]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
     report = run.stdout[-8000:] + run.stderr[-2000:]
     assert run.returncode == 0, report
@@ -117,7 +122,7 @@ def spatin_path(request, monkeypatch):
     """Forward and backward as one program per group (the group in registers)
     or as the split reductions (limits of 0 turn the one-program paths off).
     Every dispatch decision of the test must have taken the requested path."""
-    from mcvd.kernels import spatin_norm as sn
+    sn = spatin_norm_kernels()
 
     if request.param == "split":
         monkeypatch.setattr(sn, "_MAX_FUSED", 0)
@@ -137,7 +142,7 @@ def spatin_path(request, monkeypatch):
 @interpreted
 @pytest.mark.parametrize("given, silu", SPATIN_CASES)
 def test_spatin_norm_float64(given, silu, spatin_path):
-    from mcvd.kernels import spatin_norm as sn
+    sn = spatin_norm_kernels()
 
     B, C, H, W, G, eps = 2, 6, 5, 3, 3, 1e-5
     x, opt = _spatin_inputs(B, C, H, W, given, torch.float64, loc=1.5)
@@ -168,7 +173,7 @@ def test_spatin_norm_split_rows(monkeypatch, max_block, programs, plan):
     partial statistics and partial gradient sums are combined across programs,
     and combine tiles of 2 partials, so every combine loop runs several steps.
     C = 3 in one group; H * W = 63 is a multiple of no block size."""
-    from mcvd.kernels import spatin_norm as sn
+    sn = spatin_norm_kernels()
 
     monkeypatch.setattr(sn, "_MAX_BLOCK", max_block)
     monkeypatch.setattr(sn, "_MAX_TILE", 2)
@@ -209,7 +214,7 @@ def test_spatin_norm_statistics_survive_a_large_mean(spatin_path):
     loses about 1e6 * 2^-24 ~ 6e-2 of var to cancellation; Welford (split) and
     two passes over the registers (fused) keep rstd within float32 rounding of
     the float64 value."""
-    from mcvd.kernels import spatin_norm as sn
+    sn = spatin_norm_kernels()
 
     x = (1000 + torch.randn(2, 4, 8, 8, dtype=torch.float64)).float()
     _, mean, rstd = sn.fwd(x, 2, None, None, None, None, None, None, 1e-6, False)
@@ -240,7 +245,7 @@ def _attn_fn(scale, backend):
 @interpreted
 @pytest.mark.parametrize("shape", ATTN_SHAPES)
 def test_attention_float64(shape):
-    from mcvd.kernels import attention as at
+    at = attention_kernels()
 
     q, k, v = (torch.randn(shape, dtype=torch.float64) for _ in range(3))
     scale = 0.3
@@ -349,17 +354,6 @@ def test_reverse_step_clip_keeps_nan():
     assert x0[0, 0] == 0.5 and x0[0, 1].isnan() and x0[0, 2] == 1.0
 
 
-@interpreted
-def test_reverse_step_rejects_bad_coefficient_tables():
-    from mcvd.ops.reverse_step import triton_kernels
-
-    x = torch.randn(2, 5)
-    with pytest.raises(ValueError, match=r"coef: expected shape \[5, 2\], got \[5, 3\]"):
-        triton_kernels().fwd(x, x, None, torch.ones(5, 3), None, None)
-    with pytest.raises(ValueError, match="clip_lo, clip_hi: expected both or neither"):
-        triton_kernels().fwd(x, x, None, torch.ones(5, 2), -1.0, None)
-
-
 # --- dropout ---------------------------------------------------------------------
 
 @interpreted
@@ -371,12 +365,10 @@ def test_dropout_draws_the_cpu_kernels_mask(shape, dtype):
     rounding of the float32 product."""
     if "cpu" not in mcvd.ops.available_backends("cpu"):
         pytest.skip("the C++ kernels are not built")
-    from mcvd.ops.dropout import triton_kernels
-
     x = torch.randn(shape, dtype=torch.float64).to(dtype)
     for seed in (0, 0x1234567890ABCDEF, -1):
         seed = torch.tensor(seed)
-        got = triton_kernels().fwd(x, 0.3, seed)
+        got = dropout_kernels().fwd(x, 0.3, seed)
         want = torch.ops.mcvd.dropout(x, 0.3, seed)
         assert got.dtype == dtype and torch.equal(got != 0, want != 0)
         if dtype in (torch.float64, torch.float32):
@@ -403,9 +395,6 @@ def test_opcheck():
     mcvd/ops/<op>.py when it loads the kernels). The fake-tensor and AOT checks
     need a GPU: under the interpreter wrap_triton hands back the bare kernel,
     which would then run on fake tensors."""
-    from mcvd.ops.attention import triton_kernels as attention_kernels
-    from mcvd.ops.reverse_step import triton_kernels as reverse_step_kernels
-    from mcvd.ops.spatin_norm import triton_kernels as spatin_norm_kernels
 
     at, rs, sn = attention_kernels(), reverse_step_kernels(), spatin_norm_kernels()
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -418,8 +407,6 @@ def test_opcheck():
     coef = torch.rand(5, 2, dtype=torch.float64) + 0.5
     xt, e = (torch.randn(2, 6, dtype=torch.float64, requires_grad=True) for _ in range(2))
     torch.library.opcheck(rs.fwd, (xt, e, None, coef, -1.0, 1.0), test_utils=utils)
-    from mcvd.ops.dropout import triton_kernels as dropout_kernels
-
     torch.library.opcheck(dropout_kernels().fwd, (xt, 0.25, torch.tensor(3)), test_utils=utils)
     # The backward ops, on what their forward ops return
     y, mean, rstd = sn.fwd(x, 2, w, None, None, None, s, None, 1e-6, True)
@@ -429,35 +416,70 @@ def test_opcheck():
     torch.library.opcheck(at.bwd, (torch.randn_like(out), q, k, v, out, lse, 0.5), test_utils=("test_schema",))
 
 
+def _bad_calls():
+    """(op name, arguments) of calls that the C++ op of the same name refuses: tensors of another shape,
+    dtype or rank, which a kernel would read past or misread."""
+    x, q, xs = torch.randn(2, 8), torch.randn(1, 2, 5, 4), torch.randn(2, 6, 3, 3)
+    mean, rstd = torch.zeros(2, 3), torch.ones(2, 3)
+    none6 = (None,) * 6
+    return [
+        ("reverse_step", (x, torch.randn(2, 4), None, torch.ones(5, 2), None, None)),
+        ("reverse_step", (x, x, None, torch.ones(5, 3), None, None)),
+        ("reverse_step", (x, x, None, torch.ones(5, 2, dtype=torch.float16), None, None)),
+        ("reverse_step", (x, x, None, torch.ones(5, 2), -1.0, None)),
+        ("reverse_step", (x, x, None, torch.ones(5, 2), 1.0, -1.0)),
+        ("attention_fwd", (q, torch.randn(1, 2, 3, 4), q, 0.5)),
+        ("attention_bwd", (q, q, q, q, q, torch.zeros(1, 2, 2), 0.5)),
+        ("attention_bwd", (q, q, q, q, q, torch.zeros(1, 2, 5, dtype=torch.float64), 0.5)),
+        ("attention_bwd", (torch.randn(1, 2, 5, 3), q, q, q, q, torch.zeros(1, 2, 5), 0.5)),
+        ("spatin_norm_fwd", (xs, 4, *none6, 1e-6, False)),
+        ("spatin_norm_fwd", (xs, 3, None, None, torch.randn(2, 6, 3, 2), None, None, None, 1e-6, False)),
+        ("spatin_norm_bwd", (xs, xs, mean[:1], rstd, 3, *none6, False)),
+        ("spatin_norm_bwd", (xs, xs, mean, rstd.double(), 3, *none6, False)),
+        ("spatin_norm_bwd", (xs[:, :3], xs, mean, rstd, 3, *none6, False)),
+        ("dropout", (x, 1.5, torch.tensor(3))),
+        ("dropout", (x, 0.5, torch.tensor(3, dtype=torch.int32))),
+        ("dropout", (x, 0.5, torch.tensor([3]))),
+    ]
+
+
+def _triton_op(name):
+    """The Triton op of the C++ op `name`, loaded through mcvd.ops."""
+    module, _, which = name.rpartition("_") if name.endswith(("_fwd", "_bwd")) else (name, "", "fwd")
+    return getattr(importlib.import_module(f"mcvd.ops.{module}").triton_kernels(), which)
+
+
+@interpreted
+@pytest.mark.parametrize("case", range(len(_bad_calls())))
+def test_direct_calls_of_the_triton_ops_refuse_what_the_cpp_ops_refuse(case):
+    """A direct call of a Triton op, forward or backward, is refused with the C++ op's message rather than
+    read past a tensor of another size."""
+    if "cpu" not in mcvd.ops.available_backends("cpu"):
+        pytest.skip("the C++ kernels are not built")
+    name, args = _bad_calls()[case]
+    with pytest.raises(RuntimeError) as cpp:
+        getattr(torch.ops.mcvd, name)(*args)
+    with pytest.raises((ValueError, TypeError)) as triton:
+        _triton_op(name)(*args)
+    assert str(triton.value) == str(cpp.value).splitlines()[0]
+
+
+@pytest.mark.skipif(INTERPRETED, reason="runs its own interpreter-mode subprocess")
+def test_triton_ops_refuse_to_run_without_their_checks():
+    """Loaded by a plain import of mcvd.kernels rather than through mcvd.ops, an op has no checks: it refuses
+    to run at all."""
+    code = ("import torch, mcvd.kernels.reverse_step as rs\n"
+            "x = torch.randn(2, 8)\n"
+            "rs.fwd(x, x, None, torch.ones(5, 3), None, None)\n")
+    run = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, TRITON_INTERPRET="1"),
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode != 0
+    assert ("RuntimeError: the Triton ops of mcvd.ops.reverse_step have no argument checks: load them with "
+            "mcvd.ops.reverse_step.triton_kernels()") in run.stderr, run.stderr[-2000:]
+
+
 # fast_mode: gradcheck along random directions, two kernel runs per input rather than two per element (the
 # interpreter runs a kernel in Python); the element-wise gradients are compared with the reference above.
-@interpreted
-def test_direct_calls_of_the_triton_ops_check_their_arguments():
-    """The checks of the C++ ops: a tensor of another shape is refused, not read past its end."""
-    from mcvd.ops.attention import triton_kernels as attention_kernels
-    from mcvd.ops.dropout import triton_kernels as dropout_kernels
-    from mcvd.ops.reverse_step import triton_kernels as reverse_step_kernels
-    from mcvd.ops.spatin_norm import triton_kernels as spatin_norm_kernels
-
-    x = torch.randn(2, 8)
-    with pytest.raises(ValueError, match=r"eps: expected shape \[2, 8\], got \[2, 4\]"):
-        reverse_step_kernels().fwd(x, torch.randn(2, 4), None, torch.ones(5, 2), None, None)
-    with pytest.raises(TypeError, match="coef: expected dtype torch.float32 or torch.float64"):
-        reverse_step_kernels().fwd(x, torch.randn(2, 8), None, torch.ones(5, 2, dtype=torch.float16), None, None)
-    with pytest.raises(ValueError, match="clip_lo: expected clip_lo <= clip_hi"):
-        reverse_step_kernels().fwd(x, torch.randn(2, 8), None, torch.ones(5, 2), 1.0, -1.0)
-    q = torch.randn(1, 2, 5, 4)
-    with pytest.raises(ValueError, match=r"k: expected shape \[1, 2, 5, 4\], got \[1, 2, 3, 4\]"):
-        attention_kernels().fwd(q, torch.randn(1, 2, 3, 4), q, 0.5)
-    xs = torch.randn(2, 6, 3, 3)
-    with pytest.raises(ValueError, match="num_groups: expected a positive divisor of the 6 channels"):
-        spatin_norm_kernels().fwd(xs, 4, None, None, None, None, None, None, 1e-6, False)
-    with pytest.raises(ValueError, match=r"gamma: expected shape \[2, 6, 3, 3\]"):
-        spatin_norm_kernels().fwd(xs, 3, None, None, torch.randn(2, 6, 3, 2), None, None, None, 1e-6, False)
-    with pytest.raises(TypeError, match="seed: expected a 0-d int64 tensor"):
-        dropout_kernels().fwd(x, 0.5, torch.tensor(3.0))
-
-
 @interpreted
 @pytest.mark.parametrize("given, silu", [((), False), (SPATIN_OPT, True)], ids=["plain", "every-input"])
 def test_gradcheck_spatin_norm(given, silu):
@@ -484,8 +506,6 @@ def test_gradcheck_reverse_step_and_dropout():
     coefs = _coefs(2)
     assert torch.autograd.gradcheck(
         lambda *t: mcvd.ops.reverse_step(*t, **coefs, clip=(-1.5, 1.5), backend="triton"), leaves)
-    from mcvd.ops.dropout import triton_kernels as dropout_kernels
-
     seed = torch.tensor(3)  # a fixed seed draws a fixed mask: the op is linear in x
     assert torch.autograd.gradcheck(lambda x: dropout_kernels().fwd(x, 0.25, seed), (leaves[0],))
 

@@ -20,7 +20,9 @@ interrupted run leaves no broken one.
 """
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -263,14 +265,22 @@ def write_mp4(path: str | os.PathLike, frames: Sequence[np.ndarray], *, fps: flo
     return path
 
 
+# The named parameters of np.savez_compressed ("file", "allow_pickle" in NumPy 2): an array given one of
+# these names would be taken as that argument.
+_SAVEZ_ARGS = frozenset(name for name, p in inspect.signature(np.savez_compressed).parameters.items()
+                        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+
+
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray | torch.Tensor], *,
               overwrite: bool = False) -> Path:
     """Write arrays (tensors as their dtype in NumPy; bfloat16, which NumPy lacks, as float32) to a compressed
     .npz, atomically."""
     path = Path(path)
     _check_target(path, overwrite)
-    if "file" in arrays:  # np.savez_compressed's own first argument
-        raise ValueError("arrays: 'file' cannot name an array (np.savez_compressed takes it); choose another key")
+    taken = sorted(_SAVEZ_ARGS & set(arrays))
+    if taken:  # np.savez_compressed would take them as its own arguments, not write them
+        raise ValueError(f"arrays: {', '.join(map(repr, taken))} cannot name an array (np.savez_compressed's own "
+                         f"argument); choose another key")
 
     def as_numpy(v):
         if not isinstance(v, torch.Tensor):
@@ -286,7 +296,7 @@ def read_video(path: str | os.PathLike, *, start: int = 0, max_frames: int | Non
     """Decode frames start, start + 1, ... (at most max_frames) of a video file's
     first video stream (PyAV): uint8 RGB images [H, W, 3]. Raises ValueError
     naming the file if it is not a readable video."""
-    _check_span(start, max_frames)
+    start, max_frames = _check_span(start, max_frames)
     return list(_decode_video(Path(path), start, max_frames))
 
 
@@ -314,7 +324,7 @@ def read_frame_folder(path: str | os.PathLike, *, start: int = 0, max_frames: in
     image files in natural name order, as mcvd.data.VideoFolder reads a frame
     folder): RGB images [H, W, 3], uint8, or uint16 for 16-bit greyscale. Raises
     ValueError naming the folder if it holds no frames or a frame cannot be read."""
-    _check_span(start, max_frames)
+    start, max_frames = _check_span(start, max_frames)
     path = Path(path)
     files = _folder_frames(path)
     chosen = files[start:None if max_frames is None else start + max_frames]
@@ -326,14 +336,17 @@ def read_frame_folder(path: str | os.PathLike, *, start: int = 0, max_frames: in
         raise ValueError(f"input: cannot read the frames of {path} ({type(err).__name__}: {err})") from err
 
 
-def _check_span(start, max_frames) -> None:
-    """start and max_frames of the readers: a negative one would count from the end in a folder and mean
-    nothing in a video."""
-    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-        raise ValueError(f"start: expected an integer >= 0, got {start!r}")
-    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int)
-                                   or max_frames < 0):
-        raise ValueError(f"max_frames: expected an integer >= 0 or None, got {max_frames!r}")
+def _check_span(start, max_frames) -> tuple[int, int | None]:
+    """start and max_frames of the readers, as ints (NumPy integers accepted): a negative one would count from
+    the end in a folder and mean nothing in a video."""
+    def count(value, name, expected):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name}: expected {expected}, got {type(value).__name__} {value!r}")
+        if value < 0:
+            raise ValueError(f"{name}: expected {expected}, got {value!r}")
+        return int(value)
+    return (count(start, "start", "an integer >= 0"),
+            None if max_frames is None else count(max_frames, "max_frames", "an integer >= 0 or None"))
 
 
 def _folder_frames(path: Path) -> list[Path]:
@@ -375,12 +388,12 @@ def iter_clip(path: str | os.PathLike, image_size: int, channels: int, *, start:
     """The frames of a video file or a folder of frames one at a time, each decoded
     when asked for, as a live source delivers them: float32 [channels, image_size,
     image_size] in [-1, 1], converted as load_clip converts them. Errors as
-    read_video and read_frame_folder, raised when the frame is reached."""
-    _check_span(start, max_frames)
+    read_video and read_frame_folder, raised when the frame is reached; a wrong
+    start or max_frames raises at the call."""
+    start, max_frames = _check_span(start, max_frames)
     path = Path(path)
     rgb = _read_folder(path, start, max_frames) if path.is_dir() else _decode_video(path, start, max_frames)
-    for frame in rgb:
-        yield frames_to_clip([frame], image_size, channels)[0]
+    return (frames_to_clip([frame], image_size, channels)[0] for frame in rgb)
 
 
 def count_frames(path: str | os.PathLike) -> int:

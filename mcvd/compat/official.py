@@ -205,10 +205,12 @@ def _check_schedule(state: dict, config: dict, config_path: Path, checkpoint: Pa
     if have is None or want is None:
         return
     if have.shape != want.shape or not torch.allclose(have.double(), want.double(), rtol=1e-4, atol=1e-6):
-        raise ValueError(f"checkpoint {checkpoint}: its noise schedule ({have.numel()} steps, abar from "
-                         f"{have[0].item():.3g} to {have[-1].item():.3g}) is not the one {config_path} describes "
-                         f"({want.numel()} steps, abar from {want[0].item():.3g} to {want[-1].item():.3g}): "
-                         f"the two files are of different runs?")
+        def span(abar):  # a damaged buffer may be 0-d or empty
+            flat = abar.reshape(-1)
+            return f"{flat.numel()} steps" + (f", abar from {flat[0].item():.3g} to {flat[-1].item():.3g}"
+                                              if flat.numel() else "")
+        raise ValueError(f"checkpoint {checkpoint}: its noise schedule ({span(have)}) is not the one {config_path} "
+                         f"describes ({span(want)}): the two files are of different runs?")
 
 
 def load_official(checkpoint: str | os.PathLike, config_path: str | os.PathLike | None = None,

@@ -210,9 +210,11 @@ def write_demo_report(out: Path, info: dict, comparisons: dict[str, dict], frame
 
     log: the training log's rows (mcvd.train.trainer.read_metrics); pixels: values
     per training clip's current frames, k * C * H * W (the loss is summed over them)."""
+    # Standard JSON (no NaN or Infinity), checked before anything is written.
+    text = json.dumps({**info, "comparisons": comparisons, "frames": frames, "scores": scores}, indent=2,
+                      allow_nan=False) + "\n"
     plot(out / "metrics.png", frames, scores, log, pixels, info.get("digits"))
     page = markdown(info, comparisons, frames, scores)
     atomic_write(out / "report.md", lambda fh: fh.write(page.encode()))
-    text = json.dumps({**info, "comparisons": comparisons, "frames": frames, "scores": scores}, indent=2) + "\n"
     atomic_write(out / "metrics.json", lambda fh: fh.write(text.encode()))
     return [out / name for name in FILES]

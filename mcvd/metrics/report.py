@@ -112,7 +112,7 @@ def write_report(out: str | os.PathLike, run: dict, result: dict, *, first_frame
                               f"--overwrite to replace them")
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    text = json.dumps({"run": run, **result}, indent=2, allow_nan=True) + "\n"
+    text = json.dumps({"run": run, **result}, indent=2, allow_nan=False) + "\n"  # standard JSON: no NaN
     atomic_write(out / "metrics.json", lambda fh: fh.write(text.encode()))
     page = markdown(run, result)
     atomic_write(out / "metrics.md", lambda fh: fh.write(page.encode()))

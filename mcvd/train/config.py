@@ -131,6 +131,9 @@ class DataConfig:
             raise ValueError("data.root: expected the video folder for dataset 'video_folder', and no root for "
                              f"'smmnist'; got dataset {self.dataset!r} with root {self.root!r}")
         if self.length is not None:
+            if self.dataset == "video_folder":  # its clips are what the folder holds: nothing to set
+                raise ValueError(f"data.length: smmnist only (a video folder's length is its clips), got "
+                                 f"{self.length} with dataset 'video_folder'; remove it")
             _check_range("data", "length", self.length, 1)
         for name in ("num_digits", "digit_size", "frame_stride", "clip_step"):
             _check_range("data", name, getattr(self, name), 1)

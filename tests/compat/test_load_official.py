@@ -303,6 +303,19 @@ def test_a_config_of_another_run_is_refused(tmp_path, edit):
         load_official(ckpt)
 
 
+@pytest.mark.parametrize("alphas, steps", [(torch.tensor(0.5), "1 steps, abar from 0.5 to 0.5"),
+                                           (torch.zeros(0), "0 steps")], ids=["0-d", "empty"])
+def test_a_damaged_schedule_buffer_is_named(tmp_path, alphas, steps):
+    def damage(states):
+        states[0]["module.alphas"] = alphas
+        return states
+
+    ckpt = copy_fixture(tmp_path, "concat_small", damage)
+    with pytest.raises(ValueError, match=rf"its noise schedule \({steps}\) is not the one .*config.yml describes "
+                                         r"\(1000 steps, abar from"):
+        load_official(ckpt)
+
+
 @pytest.mark.parametrize("where", [0, 4], ids=["model-state", "ema"])
 @pytest.mark.parametrize("bad", [None, [1.0], "x"], ids=["none", "list", "str"])
 def test_entries_that_are_not_tensors_are_named(tmp_path, where, bad):

@@ -13,7 +13,7 @@ from PIL import Image
 from mcvd import fileio
 from mcvd.data import VideoFolder
 from mcvd.data.video_folder import frame_files
-from mcvd.video import (KIND_COLOURS, count_frames, grid_frames, read_frame_folder, read_video, task_panels,
+from mcvd.video import (KIND_COLOURS, count_frames, grid_frames, iter_clip, read_frame_folder, read_video, task_panels,
                         write_gif, write_mp4, write_npz)
 
 av = pytest.importorskip("av", reason="MP4 files need PyAV (pip install av)")
@@ -75,14 +75,23 @@ def test_an_image_too_large_to_open_is_a_read_error(tmp_path, monkeypatch):
         VideoFolder(tmp_path, 4, 8, strict=True)[0]
 
 
-@pytest.mark.parametrize("kw, name", [(dict(start=-2), "start"), (dict(max_frames=-1), "max_frames"),
-                                      (dict(start=1.5), "start"), (dict(max_frames=True), "max_frames")])
-def test_negative_spans_are_refused_for_folders_and_videos(tmp_path, kw, name):
+@pytest.mark.parametrize("kw, name, error", [(dict(start=-2), "start", ValueError),
+                                             (dict(max_frames=-1), "max_frames", ValueError),
+                                             (dict(start=1.5), "start", TypeError),
+                                             (dict(max_frames=True), "max_frames", TypeError)])
+def test_negative_spans_are_refused_for_folders_and_videos(tmp_path, kw, name, error):
     folder = save_frames(tmp_path / "v", 4)
     write_mp4(tmp_path / "v.mp4", frames_of([0, 50, 100, 150]), fps=10)
-    for read, path in ((read_frame_folder, folder), (read_video, tmp_path / "v.mp4")):
-        with pytest.raises(ValueError, match=rf"^{name}: expected an integer >= 0"):
+    for read, path in ((read_frame_folder, folder), (read_video, tmp_path / "v.mp4"),
+                       (lambda p, **kw: iter_clip(p, 8, 1, **kw), folder)):  # at the call, not at the first frame
+        with pytest.raises(error, match=rf"^{name}: expected an integer >= 0"):
             read(path, **kw)
+
+
+def test_numpy_integers_are_spans(tmp_path):
+    folder = save_frames(tmp_path / "v", 4)
+    assert len(read_frame_folder(folder, start=np.int64(1), max_frames=np.int32(2))) == 2
+    assert len(list(iter_clip(folder, 8, 1, start=np.int64(3)))) == 1
 
 
 def test_names_with_other_unicode_digits_sort(tmp_path):
@@ -105,8 +114,10 @@ def test_write_npz_takes_bfloat16_and_refuses_the_key_file(tmp_path):
     with np.load(write_npz(tmp_path / "a.npz", {"x": x, "h": x.half()})) as got:
         assert got["x"].dtype == np.float32 and got["x"].tolist() == [0.5, -1.25]
         assert got["h"].dtype == np.float16
-    with pytest.raises(ValueError, match="arrays: 'file' cannot name an array"):
-        write_npz(tmp_path / "b.npz", {"file": np.zeros(2)})
+    for key in ("file", "allow_pickle"):  # np.savez_compressed's own arguments
+        with pytest.raises(ValueError, match=f"arrays: '{key}' cannot name an array"):
+            write_npz(tmp_path / "b.npz", {key: np.zeros(2), "x": np.ones(2)})
+    assert not (tmp_path / "b.npz").exists()
 
 
 def test_the_time_bar_follows_the_prediction_panel():

@@ -72,3 +72,11 @@ def test_the_plot_has_a_curve_per_entry(samples):
     finally:
         import matplotlib.pyplot as plt
         plt.close(fig)
+
+
+def test_metrics_json_is_standard_json(tmp_path):
+    """A non-finite figure would make metrics.json unreadable by strict JSON readers: refused, nothing written."""
+    result = result_of(summary(float("nan"), 1.0, 0.5), summary(19.0, 1.25, 0.375))
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        write_report(tmp_path / "out", {"samples": 5}, result)
+    assert not (tmp_path / "out" / "metrics.json").exists()

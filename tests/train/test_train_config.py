@@ -73,6 +73,7 @@ def test_training_ranges(kwargs, match):
     (dict(dataset="video_folder"), r"data.root: expected the video folder for dataset 'video_folder'"),
     (dict(root="/videos"), r"data.root: .* got dataset 'smmnist' with root '/videos'"),
     (dict(frame_stride=0), r"data.frame_stride: expected >= 1, got 0"),
+    (dict(dataset="video_folder", root="/videos", length=100), r"data.length: smmnist only .* got 100"),
 ])
 def test_data_checks(kwargs, match):
     with pytest.raises(ValueError, match=match):

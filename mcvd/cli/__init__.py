@@ -2,7 +2,7 @@
 `add_parser(subparsers)` and `run(args) -> int`; what they share is in
 `_common` (exit codes: 2 for a bad command line in every command). A disk
 or quota that fills while a command writes is reported here for all of them
-(exit code 1, naming the file)."""
+(exit code 1, naming the file), and so is Ctrl-C (exit code 130)."""
 from __future__ import annotations
 
 import argparse
@@ -30,13 +30,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(done.code or 0)
     from mcvd.fileio import NoSpaceError
 
-    from ._common import EXIT_FAILURE, error
+    from ._common import EXIT_FAILURE, EXIT_INTERRUPTED, error
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return int(args.run(args) or 0)
     except NoSpaceError as err:  # every file is written atomically: what was there before is intact
         return error(args.command, err, EXIT_FAILURE)
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback; files being written are left as they were
+        print(f"mcvd {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ was trained for (sampler steps, guidance), and the SMMNIST test clips.
 Exit codes, the same in every command: 0 done; EXIT_USAGE (2, argparse's own
 code) when the command cannot start with what it was given (its options, and
 the files and folders they name); EXIT_FAILURE (1) when the run itself fails
-(training diverged, a metric's weights or a package missing).
+(training diverged, a metric's weights or a package missing); EXIT_INTERRUPTED
+(130, the shell's code for a run ended by Ctrl-C) when Ctrl-C stopped the
+command (`mcvd train` first writes its checkpoint).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import math
 import sys
 from pathlib import Path
 
-EXIT_FAILURE, EXIT_USAGE = 1, 2
+EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 class UsageError(ValueError):

@@ -14,22 +14,27 @@ process 0 writes the workdir and prints the final line. A divergence (the loss a
 gradient norm are all-reduced, so every process meets it at the same step) is
 reported by process 0; any other error by each process that meets it, with its rank.
 --minutes stops this call after that much training time, at the end of a step,
-with a checkpoint there; running the same command again resumes the run.
+with a checkpoint there; running the same command again resumes the run. So
+does Ctrl-C (in a single-process run): the run stops at the end of the step
+under way, writes its checkpoint there and exits with code 130; a second
+Ctrl-C stops at once.
 --init-from starts a new run from the weights of a model file instead of the
 random initialisation (fine-tuning): any file mcvd.load reads (a model file, a
 training checkpoint's EMA weights, a reference-code checkpoint) or a shipped
 model's name (mcvd.pretrained: smmnist-demo-cpu), whose model
 must equal the config's model section; the optimizer starts afresh. A resumed
-run continues from its checkpoint and ignores it.
+run continues from its checkpoint and ignores it, with a warning.
 """
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import yaml
 
-from ._common import EXIT_FAILURE, EXIT_USAGE, as_flag, check_output_folder, error, positive_float, read_model_arg
+from ._common import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, as_flag, check_output_folder, error, positive_float,
+                      read_model_arg)
 
 HELP = "train an MCVD network (resumes a workdir that holds a checkpoint)"
 
@@ -52,7 +57,7 @@ def add_parser(sub):
 
 def run(args) -> int:
     from mcvd.nn import MCVD
-    from mcvd.train import TrainingDiverged, load_run_config, train
+    from mcvd.train import TrainingDiverged, TrainingInterrupted, load_run_config, train
 
     try:
         cfg = load_run_config(args.config, args.overrides)
@@ -69,10 +74,17 @@ def run(args) -> int:
         result = train(cfg, args.workdir, progress=not args.no_progress,
                        time_limit=None if args.minutes is None else 60 * args.minutes, init_model=init)
     except (ValueError, FileExistsError, FileNotFoundError) as err:  # UsageError included
-        return _error(err, EXIT_USAGE)
+        return _error(as_flag(err, {"root": "data.root"}), EXIT_USAGE)  # the data set's root is the config's
     except TrainingDiverged as err:
         return _error(err, EXIT_FAILURE, every_rank=False)
+    except TrainingInterrupted as err:
+        print(f"mcvd train: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if result.rank == 0:  # one line per run, not per process
+        if not result.losses:
+            print(f"mcvd train: nothing to train: {result.checkpoint} is at step {result.step} and "
+                  f"training.steps is {cfg.training.steps} (raise it to train on)")
+            return 0
         stopped = ("" if result.step >= cfg.training.steps
                    else f" of {cfg.training.steps} (time limit; run again to resume)")
         print(f"mcvd train: step {result.step}{stopped}, checkpoint {result.checkpoint}")

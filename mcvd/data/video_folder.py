@@ -229,9 +229,9 @@ class VideoFolder(Dataset):
         channels: 3 (RGB) or 1 (luma).
         frame_stride: take every frame_stride-th frame (a clip spans (T - 1) * frame_stride + 1 frames).
         clip_step: frames between the starts of consecutive clips of one video.
-        strict: a clip that cannot be decoded raises ValueError naming its file (what an evaluation needs:
-            every clip scored once), instead of the default for training: a warning, the video skipped from
-            then on and the clip taken from the next readable video.
+        strict: a video that cannot be read, here or when a clip of it is decoded, raises ValueError naming
+            its file (what an evaluation needs: every clip scored once), instead of the default for training:
+            a warning, the video skipped from then on and the clip taken from the next readable video.
 
     Items are float32 tensors [T, channels, image_size, image_size] in [-1, 1].
     """
@@ -259,6 +259,8 @@ class VideoFolder(Dataset):
             except Exception as err:
                 if not _is_read_error(err):
                     raise
+                if strict:
+                    raise ValueError(f"root: cannot read {path} ({type(err).__name__}: {err})") from err
                 warnings.warn(f"VideoFolder: skipping {path}: cannot read it ({type(err).__name__}: {err})",
                               stacklevel=2)
                 continue

@@ -4,7 +4,8 @@ from .checkpoint import load_checkpoint, read_checkpoint
 from .config import DataConfig, RunConfig, TrainConfig, load_run_config
 from .ema import EMA
 from .objective import StepRandomness, draw_step_randomness, mcvd_loss, split_clip
-from .trainer import TrainingDiverged, TrainResult, learning_rate, make_dataset, make_optimizer, train
+from .trainer import (TrainingDiverged, TrainingInterrupted, TrainResult, learning_rate, make_dataset, make_optimizer,
+                      train)
 
 __all__ = [
     "EMA",
@@ -14,6 +15,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
+    "TrainingInterrupted",
     "draw_step_randomness",
     "learning_rate",
     "load_checkpoint",

@@ -133,7 +133,7 @@ class DataConfig:
         if self.length is not None:
             if self.dataset == "video_folder":  # its clips are what the folder holds: nothing to set
                 raise ValueError(f"data.length: smmnist only (a video folder's length is its clips), got "
-                                 f"{self.length} with dataset 'video_folder'; remove it")
+                                 f"{self.length} with dataset 'video_folder'; remove it (--set data.length=null)")
             _check_range("data", "length", self.length, 1)
         for name in ("num_digits", "digit_size", "frame_stride", "clip_step"):
             _check_range("data", name, getattr(self, name), 1)
@@ -254,7 +254,13 @@ def model_config_from_dict(d: dict) -> ModelConfig:
     for key in d:
         if key not in known:
             raise ValueError(f"model: unknown key {key!r} (known keys: preset, {', '.join(known)})")
-    return ModelConfig.from_dict({**base, **_typed_kwargs(ModelConfig, d, "model")})
+    try:
+        return ModelConfig.from_dict({**base, **_typed_kwargs(ModelConfig, d, "model")})
+    except (TypeError, ValueError) as err:  # "image_size: ..." -> "model.image_size: ...", the key in the file
+        text = str(err)
+        if any(text.startswith(f"{name}:") for name in known):
+            raise type(err)(f"model.{text}") from None
+        raise
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ mixed precision, gradient accumulation, DDP, exact resume.
 
 A run lives in a work folder:
 
-    config.yml      the resolved RunConfig (written once, at the start)
+    config.yml      the resolved RunConfig (written at the start, and again when a resume changes it)
     metrics.csv     step, loss, lr, grad_norm, it_per_s (appended; means over log_every steps)
     checkpoint.pt   the latest checkpoint (mcvd.train.checkpoint), replaced atomically
 
@@ -18,7 +18,11 @@ leaves the last checkpoint intact.
 With several nodes the folder must be on a file system that all of them see
 (process 0 writes, every process reads the checkpoint to resume).
 Rows of metrics.csv written after the last checkpoint of an interrupted run
-are written again on resume (the last row of a step is the resumed run's).
+are dropped on resume, which writes those steps again: one row per step.
+Ctrl-C (SIGINT, in a single-process run) stops the run at the end of the
+step under way and writes its checkpoint there, then raises
+TrainingInterrupted; a second Ctrl-C stops at once, losing the steps since
+the last checkpoint.
 
 Everything random is a function of the seed and the step: clips by
 StepBatchSampler, (t, eps, masks, flips) by one generator that every process
@@ -35,6 +39,9 @@ import csv
 import dataclasses
 import logging
 import math
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,6 +79,14 @@ AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient norm became NaN or infinite."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run at a step end, after writing its checkpoint there (`step`, `checkpoint`)."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"interrupted at step {step}; {checkpoint} holds it: run the same command to resume")
+        self.step, self.checkpoint = step, checkpoint
 
 
 @dataclass
@@ -167,6 +182,40 @@ def _prepare_workdir(workdir: Path, run: RunConfig) -> bool:
     atomic_write(workdir / CONFIG_NAME, lambda fh: fh.write(text))
     atomic_write(workdir / METRICS_NAME, lambda fh: fh.write((",".join(METRICS_FIELDS) + "\n").encode()))
     return False
+
+
+def _resume_files(workdir: Path, run: RunConfig, step: int) -> None:
+    """On resume at `step`: metrics.csv without the rows past it (those steps run again, and a row cut short
+    by a kill is dropped with them), config.yml as this call's run config (its training or data section may
+    have changed)."""
+    path = workdir / METRICS_NAME
+    header = ",".join(METRICS_FIELDS)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        text = ""
+    lines = text.splitlines()
+    kept = [header] + [line for line in lines[1:] if _row_step(line) is not None and _row_step(line) <= step]
+    if kept != lines or not text.endswith("\n"):
+        if len(kept) < len(lines):
+            log.info("%s: dropping %d rows past the checkpoint's step %d (resuming writes them again)", path,
+                     len(lines) - len(kept), step)
+        text = "".join(line + "\n" for line in kept).encode()
+        atomic_write(path, lambda fh: fh.write(text))
+    config = yaml.safe_dump(run.to_dict(), sort_keys=False)
+    if not (workdir / CONFIG_NAME).is_file() or (workdir / CONFIG_NAME).read_text() != config:
+        atomic_write(workdir / CONFIG_NAME, lambda fh: fh.write(config.encode()))
+
+
+def _row_step(line: str) -> int | None:
+    """The step of a metrics.csv row, None for a row that is not whole."""
+    fields = line.split(",")
+    if len(fields) != len(METRICS_FIELDS):
+        return None
+    try:
+        return int(fields[0])
+    except ValueError:
+        return None
 
 
 def _written_by_a_run(path: Path) -> bool:
@@ -287,6 +336,7 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     if init_model is not None:
         check_init_model(init_model, run.model)
         model.load_state_dict(init_model.state_dict())
+    dataset = make_dataset(run)  # before the workdir is touched: a folder without videos writes nothing
 
     # Rank 0 owns the folder; every process learns its decision (or its error).
     decision = None
@@ -305,7 +355,6 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     optimizer = make_optimizer(model.parameters(), tc)
     scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
     generator = torch.Generator(device).manual_seed(tc.seed)
-    dataset = make_dataset(run)
     step = 0
     if resume:
         ckpt = read_checkpoint(ckpt_path)
@@ -336,9 +385,14 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
         if ckpt["data_position"]["num_clips"] != len(dataset):
             log.warning("the data set has %d clips, the checkpoint's had %d: the data order differs from "
                         "an uninterrupted run", len(dataset), ckpt["data_position"]["num_clips"])
-        log.info("resuming %s at step %d%s", ckpt_path, step,
-                 "" if init_model is None else " (from its own weights, not the initial model given)")
+        if init_model is None:
+            log.info("resuming %s at step %d", ckpt_path, step)
+        else:  # a fine-tuning command run again: worth saying that its initial model plays no part
+            log.warning("resuming %s at step %d from its own weights: the initial model given is not used",
+                        ckpt_path, step)
         del ckpt
+        if env.is_main:
+            _resume_files(workdir, run, step)
     else:
         if init_model is not None:
             log.info("starting from the weights of the initial model given, not a random initialisation")
@@ -370,6 +424,8 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
                dynamic_ncols=True)
     batches = iter(loader)
     started, first_step = time.perf_counter(), step
+    # Several processes would each see Ctrl-C at their own step: there it stops them at once, as before.
+    interrupt = _StopOnInterrupt(bar, enabled=not env.enabled)
     try:
         while step < tc.steps:
             if graphs:  # the last step's graph outputs are consumed: their memory may be reused
@@ -412,9 +468,10 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
             interval["grad_norm"] += grad_norm
             interval["n"] += 1
             bar.update(1)
-            stop = time_limit is not None and step < tc.steps and _time_is_up(started, time_limit, step - first_step,
-                                                                              device, env)
-            if stop and time_limit_ends_run:
+            timed_out = time_limit is not None and step < tc.steps and _time_is_up(started, time_limit,
+                                                                                   step - first_step, device, env)
+            stop = timed_out or interrupt.pressed
+            if timed_out and time_limit_ends_run:
                 run = dataclasses.replace(run, training=dataclasses.replace(
                     tc, steps=step, ckpt_every=min(tc.ckpt_every, step)))
             if step % tc.log_every == 0 or step == tc.steps or stop:
@@ -428,6 +485,8 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
                             f"resume" if last_ckpt is not None else "no checkpoint was written yet")
                     raise NoSpaceError(err.errno, f"step {step}: {err} ({kept})", ckpt_path) from err
                 last_ckpt = step
+            if interrupt.pressed:
+                raise TrainingInterrupted(step, ckpt_path)
             if stop:
                 bar.total = step  # the bar ends full, at the step the limit ended
                 bar.refresh()
@@ -435,8 +494,31 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
                          time.perf_counter() - started)
                 break
     finally:
+        interrupt.restore()
         bar.close()
     return TrainResult(step, losses, ckpt_path, model, run, env.rank)
+
+
+class _StopOnInterrupt:
+    """While installed (from construction to restore()), the first SIGINT asks the loop to stop at the end of
+    the step under way (`pressed`), and puts back the previous handler, so that a second one interrupts at
+    once. Only the main thread can install a handler; elsewhere, or with enabled=False, SIGINT is left alone."""
+
+    def __init__(self, bar, *, enabled: bool = True):
+        self.pressed, self._bar, self._previous = False, bar, None
+        if enabled and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        self.pressed = True
+        self.restore()
+        self._bar.write("Ctrl-C: stopping at the end of this step to write the checkpoint (Ctrl-C again stops "
+                        "at once, losing the steps since the last checkpoint)", file=sys.stderr)
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def compile_for_training(model: MCVD, *, cuda_graphs: bool = False) -> None:

@@ -140,6 +140,10 @@ def test_bad_files_are_skipped_with_a_warning_naming_them(tmp_path):
     with warnings_as_errors():
         ds[last]  # known bad: skipped without decoding or warning again
 
+    # What an evaluation reads: an unreadable file is an error naming it, not a video left out.
+    with pytest.raises(ValueError, match=r"root: cannot read .*b_truncated.mp4 \("):
+        VideoFolder(root, 8, 16, strict=True)
+
 
 class warnings_as_errors:
     def __enter__(self):

@@ -60,6 +60,52 @@ def test_train_then_resume(config, tmp_path, capsys):
     assert "the model section differs from the checkpoint's" in capsys.readouterr().err
 
 
+def test_a_finished_run_says_there_is_nothing_to_train(config, tmp_path, capsys):
+    work = tmp_path / "work"
+    command = ["train", "--config", str(config), "--workdir", str(work), "--no-progress"]
+    assert main(command) == 0
+    capsys.readouterr()
+    assert main([*command, "--set", "training.steps=1"]) == 0
+    assert f"mcvd train: nothing to train: {work / 'checkpoint.pt'} is at step 2 and training.steps is 1" in \
+        capsys.readouterr().out
+
+
+def test_ctrl_c_exits_130_with_the_checkpoint_written(config, tmp_path, capsys, monkeypatch):
+    import signal
+
+    import mcvd.train.trainer as trainer_module
+
+    def press_ctrl_c(*args):
+        signal.raise_signal(signal.SIGINT)
+        return False
+
+    monkeypatch.setattr(trainer_module, "_time_is_up", press_ctrl_c)
+    work = tmp_path / "work"
+    assert main(["train", "--config", str(config), "--workdir", str(work), "--no-progress", "--minutes", "60"]) == 130
+    err = capsys.readouterr().err
+    assert "Ctrl-C: stopping at the end of this step to write the checkpoint" in err
+    assert f"mcvd train: interrupted at step 1; {work / 'checkpoint.pt'} holds it: run the same command to resume" \
+        in err
+    assert torch.load(work / "checkpoint.pt", weights_only=True)["step"] == 1
+
+
+def test_a_data_folder_without_videos_writes_no_workdir(config, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    work = tmp_path / "work"
+    assert main(["train", "--config", str(config), "--workdir", str(work), "--set", "data.dataset=video_folder",
+                 "--set", f"data.root={tmp_path / 'empty'}", "--set", "model.channels=3",
+                 "--set", "data.length=null"]) == 2
+    assert "mcvd train: error: data.root: no readable video" in capsys.readouterr().err
+    assert not work.exists()
+
+
+def test_model_errors_name_the_section(config, tmp_path, capsys):
+    assert main(["train", "--config", str(config), "--workdir", str(tmp_path / "w"), "--dry-run",
+                 "--set", "model.conditioning=foo"]) == 2
+    assert "mcvd train: error: model.conditioning: expected one of ('concat', 'spatin'), got 'foo'" in \
+        capsys.readouterr().err
+
+
 def test_minutes_stops_early_and_the_same_command_resumes(config, tmp_path, capsys):
     work = tmp_path / "work"
     command = ["train", "--config", str(config), "--workdir", str(work), "--no-progress"]
@@ -237,3 +283,14 @@ def test_init_from_a_shipped_model_by_name(config, tmp_path, capsys):
                  "--init-from", "smmnist-demo-cpu"]) == 2
     assert "mcvd train: error: --init-from smmnist-demo-cpu: the network to start from differs from the model " \
            "section" in capsys.readouterr().err
+
+
+def test_ctrl_c_anywhere_else_is_one_line_and_code_130(config, tmp_path, capsys, monkeypatch):
+    import mcvd.train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mcvd.train, "load_run_config", interrupted)
+    assert main(["train", "--config", str(config), "--workdir", str(tmp_path / "w")]) == 130
+    assert capsys.readouterr().err == "mcvd train: interrupted\n"

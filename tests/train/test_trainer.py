@@ -1,6 +1,8 @@
 """The training loop on a tiny real MCVD: exact resume, divergence, work folders, accumulation, checkpoints."""
 import csv
 import logging
+import math
+import signal
 import warnings
 
 import pytest
@@ -11,6 +13,7 @@ import mcvd.train.trainer as trainer_module
 from mcvd.nn import MCVD, precision, save_model
 from mcvd.train import (
     TrainingDiverged,
+    TrainingInterrupted,
     learning_rate,
     load_checkpoint,
     make_dataset,
@@ -172,14 +175,61 @@ def test_a_checkpoint_from_another_kind_of_device_resumes_with_a_warning(tmp_pat
         in caplog.text
 
 
-def test_resume_keeps_config_yml_and_rejects_another_model(tmp_path, tiny_run):
+def test_resume_rewrites_config_yml_and_rejects_another_model(tmp_path, tiny_run):
     train(tiny_run(training={"steps": 1}), tmp_path, progress=False)
     before = (tmp_path / "config.yml").read_text()
     with pytest.raises(ValueError, match=r"config: the model section differs from the checkpoint's in .*: "
                                          r"ngf \(4 -> 8\)"):
         train(tiny_run(model={"ngf": 8}), tmp_path, progress=False)
-    train(tiny_run(training={"steps": 2}), tmp_path, progress=False)
-    assert (tmp_path / "config.yml").read_text() == before
+    assert (tmp_path / "config.yml").read_text() == before  # a refused resume writes nothing
+    longer = tiny_run(training={"steps": 2})
+    train(longer, tmp_path, progress=False)
+    assert yaml.safe_load((tmp_path / "config.yml").read_text()) == longer.to_dict()  # what the run now is
+
+
+def test_resume_drops_the_rows_written_past_the_checkpoint(tmp_path, tiny_run):
+    """A run killed after its checkpoint at step 2 had logged steps 3 and 4, the last row cut short: resuming
+    runs those steps again, and metrics.csv holds each step once."""
+    run = tiny_run(training={"steps": 4})
+    straight = train(run, tmp_path / "straight", progress=False)
+    train(tiny_run(training={"steps": 2}), tmp_path / "killed", progress=False)
+    with open(tmp_path / "killed" / "metrics.csv", "a") as f:
+        f.write("3,9.5,0.001,1.0,10\n4,9.5,0.00")
+    train(run, tmp_path / "killed", progress=False)
+    with open(tmp_path / "killed" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert [float(r["loss"]) for r in rows] == pytest.approx(straight.losses, rel=1e-5)
+
+
+def test_ctrl_c_stops_at_the_step_end_with_a_checkpoint_and_the_run_resumes(tmp_path, tiny_run):
+    run = tiny_run(training={"steps": 4})
+
+    def press_ctrl_c(steps, seconds):  # asked after every step: Ctrl-C during the first
+        if steps == 1:
+            signal.raise_signal(signal.SIGINT)
+        return math.inf
+
+    with pytest.raises(TrainingInterrupted, match=r"interrupted at step 1; .*checkpoint.pt holds it") as stopped:
+        train(run, tmp_path / "run", progress=False, time_limit=press_ctrl_c)
+    assert stopped.value.step == 1 and read_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    resumed = train(run, tmp_path / "run", progress=False)
+    straight = train(run, tmp_path / "straight", progress=False)
+    assert resumed.losses == straight.losses[1:]
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, tiny_run):
+    def press_twice(steps, seconds):
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        return math.inf
+
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        train(tiny_run(training={"steps": 4}), tmp_path, progress=False, time_limit=press_twice)
+    assert not isinstance(stopped.value, TrainingInterrupted)
+    assert not (tmp_path / "checkpoint.pt").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_run):

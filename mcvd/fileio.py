@@ -207,6 +207,10 @@ def load_weights_only(path: str | os.PathLike, arg: str, what: str = "torch file
     bytes checked are the bytes loaded (a file replaced in between cannot slip
     through). A mismatch raises DigestMismatch before anything is unpickled."""
     path = Path(path)
+    if path.is_dir():
+        inside = path / "checkpoint.pt"  # a training workdir's
+        raise FileNotFoundError(f"{arg}: {path} is a folder; expected a file"
+                                + (f" (its checkpoint: {inside})" if inside.is_file() else ""))
     if not path.is_file():
         raise FileNotFoundError(f"{arg}: no such file: {path}")
     source: Path | io.BytesIO = path
@@ -219,4 +223,17 @@ def load_weights_only(path: str | os.PathLike, arg: str, what: str = "torch file
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{arg}: {path} is not a readable {what} ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{arg}: {path} is not a readable {what} ({_load_problem(e)})") from e
+
+
+def _load_problem(err: Exception) -> str:
+    """What torch.load found wrong, without its advice to load with weights_only=False (which would run
+    whatever code the file holds: mcvd never does)."""
+    text = str(err)
+    found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\. Please use|\s*Check the documentation|$)", text, re.S)
+    if found:
+        problem = " ".join(found.group(1).split())
+        if problem.startswith("Unsupported global"):
+            return f"it holds objects other than tensors and plain data, which are not loaded: {problem}"
+        return f"not a torch file, or a damaged one: {problem}"
+    return f"{type(err).__name__}: {text.split('. ')[0].strip()}"

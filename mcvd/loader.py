@@ -73,7 +73,12 @@ def read(path: str | os.PathLike, *, sha256: str | None = None) -> ModelSource:
     truncated, not a torch file) or of no known kind. sha256: the file's
     expected SHA-256, checked on the bytes read (mcvd.fileio.DigestMismatch)."""
     path = Path(path)
-    contents = load_weights_only(path, "path", sha256=sha256)
+    try:
+        contents = load_weights_only(path, "path", sha256=sha256)
+    except FileNotFoundError as err:
+        if path.suffix or path.exists():
+            raise
+        raise FileNotFoundError(f"{err} (a shipped model is loaded by its name with mcvd.pretrained.load)") from None
     if isinstance(contents, dict) and contents.get("format") == FORMAT:
         check_model_file(contents, path)
         return ModelSource(path, TRAINING_CHECKPOINT if "ema" in contents else MODEL_FILE, contents)

@@ -151,3 +151,21 @@ def test_a_recorded_sha256_is_checked_on_the_bytes_before_anything_is_unpickled(
     junk.write_bytes(b"not a torch file")
     with pytest.raises(DigestMismatch):
         read(junk, sha256=digest)
+
+
+def test_a_folder_or_a_name_is_pointed_to_what_loads_it(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=rf"path: {tmp_path} is a folder; expected a file \(its checkpoint: "
+                                                rf"{tmp_path / 'checkpoint.pt'}\)"):
+        mcvd.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"no such file: smmnist-demo-cpu \(a shipped model is loaded by its "
+                                                r"name with mcvd.pretrained.load\)"):
+        mcvd.load("smmnist-demo-cpu")
+
+
+def test_a_text_file_is_refused_without_torch_advice_to_unpickle_it(tmp_path):
+    (tmp_path / "config.yml").write_text("model:\n  ngf: 8\n")
+    with pytest.raises(ValueError, match=r"config.yml is not a readable torch file \(not a torch file, or a damaged "
+                                         r"one") as refused:
+        mcvd.load(tmp_path / "config.yml")
+    assert "weights_only" not in str(refused.value)

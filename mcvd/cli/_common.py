@@ -230,7 +230,7 @@ def read_model_arg(flag: str, path: Path):
     from mcvd.loader import read
 
     try:
-        if path.is_file():
+        if path.is_file() or path.is_dir():  # a folder: read() names it, and a workdir's checkpoint in it
             return read(path)
         if str(path) in pretrained.MODELS:
             return pretrained.source(str(path))

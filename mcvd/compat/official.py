@@ -173,7 +173,8 @@ def _check_tensors(state: dict, path, what: str) -> None:
 def official_state(states, path: str | os.PathLike, use_ema: bool = True) -> dict[str, torch.Tensor]:
     """`read_official_checkpoint` of the object already read from `path` (named in errors)."""
     if isinstance(states, dict) and states.get("format") == "mcvd":
-        raise ValueError(f"checkpoint: {path} is an mcvd model file; load it with mcvd.load")
+        kind = "a training checkpoint of mcvd train" if "ema" in states else "an mcvd model file"
+        raise ValueError(f"checkpoint: {path} is {kind}, not the reference code's: load it with mcvd.load")
     if not isinstance(states, (list, tuple)) or len(states) < 4 or not isinstance(states[0], dict):
         raise ValueError(f"checkpoint: {path} is not a checkpoint of the reference code (expected a list "
                          f"[model_state, optimizer_state, epoch, step, ema_shadow], got {type(states).__name__})")

@@ -357,7 +357,11 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     generator = torch.Generator(device).manual_seed(tc.seed)
     step = 0
     if resume:
-        ckpt = read_checkpoint(ckpt_path)
+        try:
+            ckpt = read_checkpoint(ckpt_path)
+        except ValueError as err:  # damaged: nothing here deletes it, so say what the user can do
+            raise ValueError(f"workdir: cannot resume from {str(err).removeprefix('path: ')}; move it out of the "
+                             f"way to start the run over, or choose a new workdir") from None
         _check_resume_config(ckpt["run_config"], run, ckpt_path)
         try:
             model.load_state_dict(ckpt["model"])

@@ -180,7 +180,11 @@ def test_mcvd_model_file_is_pointed_to_mcvd_load(tmp_path):
     model, _ = loaded("concat_small")
     mcvd.nn.save_model(tmp_path / "checkpoint.pt", model)
     (tmp_path / "config.yml").write_text((FIXTURES / "concat_small" / "config.yml").read_text())
-    with pytest.raises(ValueError, match=r"is an mcvd model file; load it with mcvd.load"):
+    with pytest.raises(ValueError, match=r"is an mcvd model file, not the reference code's: load it with mcvd.load"):
+        load_official(tmp_path / "checkpoint.pt")
+    payload = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    torch.save({**payload, "ema": payload["model"]}, tmp_path / "checkpoint.pt")  # as mcvd train writes one
+    with pytest.raises(ValueError, match=r"is a training checkpoint of mcvd train, not the reference code's"):
         load_official(tmp_path / "checkpoint.pt")
 
 

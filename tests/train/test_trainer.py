@@ -187,6 +187,16 @@ def test_resume_rewrites_config_yml_and_rejects_another_model(tmp_path, tiny_run
     assert yaml.safe_load((tmp_path / "config.yml").read_text()) == longer.to_dict()  # what the run now is
 
 
+def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path, tiny_run):
+    train(tiny_run(training={"steps": 1}), tmp_path, progress=False)
+    data = (tmp_path / "checkpoint.pt").read_bytes()
+    (tmp_path / "checkpoint.pt").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match=r"^workdir: cannot resume from .*checkpoint.pt is not a readable torch file "
+                                         r".*; move it out of the way to start the run over, or choose a new workdir"):
+        train(tiny_run(training={"steps": 2}), tmp_path, progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == data[:len(data) // 2]  # left as it was
+
+
 def test_resume_drops_the_rows_written_past_the_checkpoint(tmp_path, tiny_run):
     """A run killed after its checkpoint at step 2 had logged steps 3 and 4, the last row cut short: resuming
     runs those steps again, and metrics.csv holds each step once."""

@@ -19,7 +19,8 @@ samples per clip: best of k (the paper's protocol: the best sample per clip
 and metric) and one sample (per clip the mean over its k samples: what a
 single prediction scores); with --samples 1 they are the same. Writes
 metrics.json ("one_sample" holds the second), metrics.md and per_frame.png to --out
-(default mcvd_eval/<checkpoint name>_<task>_p<p>_n<n>_k<k>); existing
+(default mcvd_eval/<checkpoint name>_<task>_p<p>_n<n>_k<k>_<method><steps>, the
+checkpoint's name prefixed with its folder's for a workdir's checkpoint.pt); existing
 results there are kept unless --force is given. --out is checked before the
 evaluation starts. --guidance W samples with classifier-free guidance, which
 needs a model trained with masked conditioning (see mcvd sample --help);
@@ -91,6 +92,13 @@ def eval_clips(data: str, frames: int, config, run_config: dict):
         raise as_flag(err, {"root": "--data"}) from None
 
 
+def _model_name(checkpoint: Path) -> str:
+    """The model's part of the default --out: the file's stem, with its folder's name for a training
+    workdir's checkpoint.pt (every run's checkpoint has that name)."""
+    stem = checkpoint.stem
+    return f"{checkpoint.parent.name}_{stem}" if stem == "checkpoint" and checkpoint.parent.name else stem
+
+
 def run(args: argparse.Namespace) -> int:
     if (code := missing_packages("eval", ("PIL", "matplotlib"))) is not None:
         return code
@@ -107,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         steps = default_steps(args.steps, cfg)
         if args.guidance is not None and args.task == "generate":
             raise UsageError("--guidance: guides on condition frames; the task 'generate' has none")
+        if args.no_fvd and args.task == "generate":
+            raise UsageError("--no-fvd: the task 'generate' is scored by FVD alone: nothing would be measured")
         check_guidance(args.guidance, run_config, cfg, "eval")
         guidance_interval = check_guidance_interval(args)
         sampler = sampler_of_flags(args, steps, guidance_interval, model)
@@ -119,8 +129,8 @@ def run(args: argparse.Namespace) -> int:
         if args.num_clips is not None and args.num_clips > len(clips):
             raise UsageError(f"--num-clips: expected 1 to {len(clips)} (the clips of --data {args.data}), "
                              f"got {args.num_clips}")
-        out = args.out or Path("mcvd_eval") / (f"{args.checkpoint.stem}_{task.name}_p{task.cond}_n{task.pred}"
-                                               f"_k{args.samples}")
+        out = args.out or Path("mcvd_eval") / (f"{_model_name(args.checkpoint)}_{task.name}_p{task.cond}_n{task.pred}"
+                                               f"_k{args.samples}_{sampler.method}{sampler.steps or 'all'}")
         check_output_folder("--out", out)
         existing = existing_results(out)
         folders = [path for path in existing if path.is_dir()]
@@ -147,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         if str(e).startswith("root:"):  # a clip of --data that cannot be read (VideoFolder's strict mode)
             return error("eval", as_flag(e, {"root": "--data"}), EXIT_USAGE)
+        if str(e).startswith("task:"):  # generation, whose FVD these clips cannot give (raised before sampling)
+            return error("eval", as_flag(e, {"task": "--task"}), EXIT_USAGE)
         return error("eval", e, EXIT_FAILURE)
     except (WeightsError, ImportError) as e:
         return error("eval", e, EXIT_FAILURE)

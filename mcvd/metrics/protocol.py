@@ -52,6 +52,7 @@ from mcvd.metrics.stats import summary
 TASKS = ("predict", "interpolate", "generate")
 # metric: higher is better (best of k is the max) or not (the min)
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
+I3D_FEATURES = 400  # the dimension of the features FVD compares (I3D's logits)
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,13 @@ def evaluate(model, clips, task: Task, *, samples: int, num_clips: int | None = 
     if compute_fvd and total < 2:
         notes.append("FVD not computed: it needs at least 2 clips")
         compute_fvd = False
+    if not task.scored and not compute_fvd:  # before sampling, not after it
+        why = notes[-1].removeprefix("FVD not computed: ") if notes else "compute_fvd=False"
+        raise ValueError(f"task: 'generate' is scored by FVD alone, and FVD cannot be computed here ({why}): "
+                         f"nothing would be measured")
+    if compute_fvd and total < I3D_FEATURES:
+        notes.append(f"FVD from {total} clips, fewer than I3D's {I3D_FEATURES} features: its covariances are "
+                     f"singular and the distance is biased upward; compare FVDs over equal numbers of clips only")
     if task.scored and lpips_model is None:
         lpips_model = LPIPS("alex").to(device)
     if compute_fvd:  # fail before sampling, not after it

@@ -47,7 +47,9 @@ def markdown(run: dict, result: dict) -> str:
     scored = [name for name in LABELS if name in metrics]
     if scored:
         clips = len(result["per_clip"][scored[0]])
-        lines += ["", f"Mean over the {clips} clips ± 95% interval (std over clips).", ""]
+        lines += ["", f"Mean over the {clips} clips ± 95% interval (std over clips). As in the reference code, "
+                      "the interval is 1.96 s / sqrt(n) (s with ddof 1, the std shown with ddof 0): a normal "
+                      "approximation, too narrow for a few clips.", ""]
         if k == 1:
             lines += ["| metric | 1 sample per clip (best of 1 = one sample) |", "|---|---|"]
         else:

@@ -2,6 +2,7 @@
 with a seed, existing results kept, checkpoints and bad arguments."""
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,7 +95,7 @@ def test_video_folder_with_fvd(model_file, tmp_path):
     out = tmp_path / "out"
     assert run_eval("--checkpoint", model_file, "--data", root, "--pred", 6, "--samples", 2, "--out", out) == 0
     result = read(out)
-    assert result["run"]["num_clips"] == 2 and result["notes"] == []
+    assert result["run"]["num_clips"] == 2 and [note[:17] for note in result["notes"]] == ["FVD from 2 clips,"]
     assert {"fvd", "fvd_traj_mean", "psnr"} <= set(result["metrics"])
     assert result["metrics"]["fvd"] > 0
 
@@ -125,6 +126,9 @@ def test_bad_arguments_fail_with_a_message(model_file, tmp_path, capsys):
         (["--task", "interpolate"], "'interpolate' needs a model with future frames"),
         (["--no-ema"], "is a model file with a single set of weights"),
         (["--precision", "bf16"], "--precision bf16: runs in mcvd.optimize's network; drop --no-optimize"),
+        (["--task", "generate", "--no-fvd"], "--no-fvd: the task 'generate' is scored by FVD alone"),
+        (["--task", "generate", "--pred", 4], "--task: 'generate' is scored by FVD alone, and FVD cannot be "
+                                              "computed here (clips of 7 frames, I3D needs at least 9)"),
     ]
     for extra, message in cases:
         assert run_eval(*base, *extra) == 2
@@ -154,6 +158,14 @@ def test_a_clip_that_cannot_be_read_stops_the_evaluation(model_file, tmp_path, c
     err = capsys.readouterr().err
     assert "mcvd eval: error: --data: cannot read clip 1 from " in err and "videos/b" in err
     assert not (tmp_path / "x" / "metrics.json").exists()
+
+
+def test_the_default_output_names_the_run(tmp_path, monkeypatch):
+    from mcvd.cli.eval import _model_name
+
+    assert _model_name(tmp_path / "runs" / "a" / "checkpoint.pt") == "a_checkpoint"  # every workdir's file name
+    assert _model_name(tmp_path / "tiny.pt") == "tiny"
+    assert _model_name(Path("smmnist-demo-cpu")) == "smmnist-demo-cpu"
 
 
 def test_an_output_name_that_is_a_folder_is_refused_even_with_force(model_file, tmp_path, capsys):

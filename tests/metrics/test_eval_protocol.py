@@ -5,6 +5,7 @@ expectations are computed here directly from the metric functions."""
 import dataclasses
 import importlib.util
 import inspect
+import re
 
 import pytest
 import torch
@@ -184,7 +185,8 @@ def test_prediction_best_of_k_and_fvd_sets(monkeypatch):
     assert set(want) <= set(result["metrics"])
     for key, value in want.items():
         assert result["metrics"][key] == pytest.approx(value, rel=1e-5)
-    assert result["notes"] == []
+    assert len(result["notes"]) == 1 and result["notes"][0].startswith(
+        "FVD from 5 clips, fewer than I3D's 400 features: its covariances are singular")
 
 
 def test_generation_is_scored_by_fvd_only(monkeypatch):
@@ -243,6 +245,22 @@ def test_fvd_is_skipped_with_a_note_when_undefined(monkeypatch):
     one = evaluate(Model(CFG), clips_data(1, 9), Task.of("predict", CFG, pred=7), samples=2, lpips_model=_NoLpips())
     assert one["notes"] == ["FVD not computed: it needs at least 2 clips"]
     assert one["metrics"]["psnr"]["conf95"] is None
+
+
+@pytest.mark.parametrize("frames, clips, compute_fvd, why", [
+    (10, 4, False, "compute_fvd=False"),
+    (8, 4, True, "clips of 8 frames, I3D needs at least 9"),
+    (10, 1, True, "it needs at least 2 clips"),
+])
+def test_generation_without_fvd_is_refused_before_sampling(monkeypatch, frames, clips, compute_fvd, why):
+    calls = []
+    monkeypatch.setattr(protocol, "predict", fake_predict(calls))
+    task = Task.of("generate", CFG, pred=frames - 2)
+    with pytest.raises(ValueError, match=rf"task: 'generate' is scored by FVD alone, and FVD cannot be computed "
+                                         rf"here \({re.escape(why)}\): nothing would be measured"):
+        evaluate(Model(CFG), clips_data(clips, frames), task, samples=1, compute_fvd=compute_fvd,
+                 i3d_model=Features())
+    assert calls == []
 
 
 def test_bad_arguments_are_named(monkeypatch):

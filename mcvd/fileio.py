@@ -158,6 +158,8 @@ def atomic_write(path: Path, write) -> None:
     left are removed first (remove_stale_temporaries). A full disk or quota
     raises NoSpaceError naming `path`; `path` is then unchanged."""
     path = Path(path)
+    if not path.parent.is_dir():  # named here: mkstemp would name its temporary file
+        raise FileNotFoundError(f"{path}: no such folder {path.parent} to write it in")
     remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     fh = None

@@ -26,6 +26,7 @@ from mcvd.compat.official import official_model
 from mcvd.compat.official_config import config_beside, official_masking
 from mcvd.fileio import load_weights_only
 from mcvd.nn import MCVD, ModelConfig
+from mcvd.nn.devices import parse_device
 from mcvd.nn.model_file import FORMAT, build_model, check_model_file
 from mcvd.train.checkpoint import checkpoint_model
 
@@ -63,7 +64,7 @@ class ModelSource:
         else:
             model, _ = official_model(self.contents, self.path, use_ema=use_ema)
         if map_location is not None:
-            model = model.to(map_location)
+            model = model.to(parse_device(map_location, "map_location", kinds=("cpu", "cuda", "meta")))
         return model, model.config
 
 

@@ -87,6 +87,9 @@ def test_map_location(checkpoint):
     assert next(model.parameters()).device == torch.device("cpu")
     model, _ = mcvd.load(checkpoint, map_location=torch.device("meta"))
     assert next(model.parameters()).device == torch.device("meta")
+    if not torch.cuda.is_available():  # torch's own error would be an AssertionError about its build
+        with pytest.raises(ValueError, match="map_location: cuda requested but torch sees no CUDA device"):
+            mcvd.load(checkpoint, map_location="cuda")
 
 
 def test_missing_corrupt_and_foreign_files_are_named(tmp_path, checkpoint):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from mcvd.nn.devices import parse_device
 from mcvd.ops._checks import describe
 
 from .sampler_config import SamplerConfig, resolve_sampler
@@ -23,8 +24,10 @@ SAMPLE_DEFAULTS = SamplerConfig(method="ddpm", steps=None)
 
 
 def canonical_device(device: torch.device | str) -> torch.device:
-    """The device with its index ("cuda" -> "cuda:0", the current one), as tensors report it."""
-    return torch.empty(0, device=device).device
+    """The `device` argument with its index ("cuda" -> "cuda:0", the current one), as tensors report it;
+    ValueError naming it for a device this machine lacks. The meta device samples shapes without values
+    (what shows that a loop reads no device value)."""
+    return parse_device(device, kinds=("cpu", "cuda", "meta"))
 
 
 def denoise(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], scheduler: Scheduler, x_T: torch.Tensor,

@@ -140,6 +140,12 @@ def stream_video(model, frames: Iterable[torch.Tensor], *, sampler: SamplerConfi
     start = time.perf_counter()
     try:
         for t, frame in enumerate(frames):
+            if (not isinstance(frame, torch.Tensor) or not frame.is_floating_point()
+                    or tuple(frame.shape) != spec.frame_shape()):
+                got = (f"{frame.dtype} of shape {list(frame.shape)}" if isinstance(frame, torch.Tensor)
+                       else type(frame).__name__)
+                raise ValueError(f"frames: expected float tensors {list(spec.frame_shape())} [C, H, W], one frame "
+                                 f"each (mcvd.video.iter_clip reads a file so); frame {t} is {got}")
             observed.append(frame.detach().to("cpu", torch.float32, copy=True))  # the source may reuse its buffer
             if newest is not None and t - newest_at < every:
                 predicted.append(newest[t - newest_at])

@@ -12,7 +12,7 @@ import torch
 from mcvd.ops._checks import describe
 
 from .sampler_config import SamplerConfig
-from .tasks import BlockSampler, FrameSpec, _model_device, check_frames
+from .tasks import BlockSampler, FrameSpec, _model_device, check_finite_block, check_frames
 
 # Low latency by default: 10 DPM-Solver++ steps per prediction.
 STREAMING_DEFAULT = SamplerConfig(method="dpm++", steps=10)
@@ -75,6 +75,12 @@ class StreamingPredictor:
 
     def push(self, frames: torch.Tensor) -> None:
         """Append observed frames: [B, C, H, W] (one frame) or [B, n, C, H, W]."""
+        if isinstance(frames, torch.Tensor) and (frames.dim() not in (4, 5)
+                                                 or tuple(frames.shape[-3:]) != self.spec.frame_shape()):
+            C, S = self.spec.channels, self.spec.size  # named in the forms push takes, not the one it makes
+            raise ValueError(f"frames: expected [B, {C}, {S}, {S}] (one frame of each of B streams) or "
+                             f"[B, n, {C}, {S}, {S}] (n frames), the model's channels and image_size; got "
+                             f"{list(frames.shape)}")
         if isinstance(frames, torch.Tensor) and frames.dim() == 4:
             frames = frames.unsqueeze(1)
         self.spec.check_video(frames, "frames", 1)
@@ -102,7 +108,9 @@ class StreamingPredictor:
         mask = torch.zeros((B, 2), dtype=torch.bool, device=w.device)
         mask[:, 0] = True
         with torch.no_grad():
-            return self._block(torch.cat([w, future], dim=1), mask, B)
+            block = self._block(torch.cat([w, future], dim=1), mask, B)
+        check_finite_block(block, "the block")
+        return block
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor | None:
         """push(frames), then predict_next() - or None while fewer than p frames were seen."""

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mcvd.nn import MCVD
+from mcvd.nn.blocks import Dropout
 from mcvd.nn.data_range import check_data_range
 from mcvd.ops._checks import describe
 
@@ -103,6 +104,8 @@ class BlockSampler:
             raise TypeError(f"sampler: expected an mcvd.SamplerConfig, got {type(sampler).__name__}")
         if cuda_graph and device.type != "cuda":
             raise ValueError(f"cuda_graph: needs a CUDA device, got {device}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator: expected a torch.Generator or None, got {describe(generator)}")
         if generator is not None and generator.device.type != device.type:
             raise ValueError(f"generator: expected a generator on {device.type} (the frames' device), "
                              f"got one on {generator.device}")
@@ -119,6 +122,7 @@ class BlockSampler:
     def __call__(self, cond: torch.Tensor | None, cond_mask: torch.Tensor | None, batch: int) -> torch.Tensor:
         """A new block [batch, k, C, H, W] given cond [batch, p + f, C, H, W]
         and cond_mask [batch, 2] (both None for a model without conditioning)."""
+        check_sampling_mode(self.model)
         x_T = torch.randn((batch, self.spec.k, *self.spec.frame_shape()), generator=self.generator,
                           device=self.device, dtype=self.dtype)
         if not self.cuda_graph:
@@ -162,6 +166,27 @@ class BlockSampler:
             return torch.lerp(eps_u, eps_c, w)
         step = None if bar is None else (lambda *_: bar.update(1))
         return denoise(eps_fn, self.scheduler, x_T, generator=self.generator, callback=step)
+
+
+def check_sampling_mode(model) -> None:
+    """Refuse a model whose dropout is on (training mode): every call would draw new masks, so samples would
+    be noisier and no seed would repeat them. Checked at every block, since a model can be switched between
+    blocks of a stream."""
+    if not isinstance(model, torch.nn.Module) or not model.training:
+        return
+    for m in model.modules():
+        if isinstance(m, (Dropout, torch.nn.modules.dropout._DropoutNd)) and m.training and m.p > 0:
+            raise ValueError("model: in training mode, with dropout on (new masks at every call): call "
+                             "model.eval() before sampling")
+
+
+def check_finite_block(block: torch.Tensor, which: str) -> None:
+    """A sampled block must be finite: NaN or Inf there is the model's own doing (its weights, or a diverged
+    run), and would otherwise be handed on as the next block's condition frames."""
+    bad = block.numel() - int(torch.isfinite(block).sum())
+    if bad:
+        raise ValueError(f"model: {which} it sampled holds {bad} NaN or infinite values (the given frames were "
+                         f"finite): its weights hold NaN or Inf, or its training diverged")
 
 
 def _model_device(model) -> torch.device | None:
@@ -216,7 +241,8 @@ def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.
     predictions; as in the reference code the window counts as given from
     the second block on, even when k < p leaves some of it zeros. With future
     frames the model fills exactly one block, so num_frames must equal k.
-    Put the model in eval mode first (dropout).
+    The model must be in eval mode where it has dropout (else ValueError). A
+    block with NaN or infinite frames raises ValueError naming the model.
 
     The frames used are checked once per call: an MCVD network's dtype and
     device, values in [-1, 1] up to a rounding margin (frames in [0, 255] or scaled
@@ -339,6 +365,7 @@ def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.
             for j in range(num_blocks):
                 new = block(torch.cat([window, fut], dim=1) if conditioned else None, mask if conditioned else None,
                             n)
+                check_finite_block(new, f"block {j + 1} of {num_blocks}")
                 blocks.append(new)
                 if j + 1 < num_blocks:  # slide the newest frames into the past window
                     window, mask = torch.cat([window, new.clamp(-1, 1)], dim=1)[:, -spec.p:], rolled_mask

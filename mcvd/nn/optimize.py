@@ -74,6 +74,7 @@ import torch.nn as nn
 
 from .condition import ConditionCache, weights_version
 from .config import ModelConfig
+from .devices import parse_device
 from .network import MCVD
 from .precision import warn_if_slow_on_cpu
 
@@ -342,17 +343,7 @@ def optimize(model: MCVD, *, device: torch.device | str | None = None,
     if device is None:
         device = weight.device
     else:
-        try:
-            device = torch.device(device)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda:0', got {device!r}") from err
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device: expected a CPU or CUDA device, got {device}")
-        if device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ValueError(f"device: {device} requested but torch sees no CUDA device")
-            if device.index is None:
-                device = torch.device("cuda", torch.cuda.current_device())
+        device = parse_device(device)
     if dtype is None:
         dtype = weight.dtype
     if not isinstance(dtype, torch.dtype):

@@ -298,6 +298,9 @@ def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: TimeLim
     mcvd.fileio.NoSpaceError naming the file and, for a checkpoint, the step
     checkpoint.pt keeps.
     """
+    if not isinstance(run, RunConfig):
+        raise TypeError(f"run: expected a mcvd.train.RunConfig (RunConfig.from_dict makes one of a dict, "
+                        f"load_run_config of a YAML file), got {type(run).__name__}")
     tc = run.training
     device = _device(tc)
     try:  # before the workdir is made: an op would refuse the variable at the first step

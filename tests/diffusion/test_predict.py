@@ -1,4 +1,6 @@
 """Video tasks: rollout bookkeeping with toy models, masks, guidance, samples, errors, a tiny real MCVD."""
+import dataclasses
+
 import pytest
 import torch
 from diffusion_toys import GEN, STEP, OracleModel, ZeroEpsModel, frame_labels, labelled_video, toy_config
@@ -149,6 +151,9 @@ def test_fewer_frames_than_a_block():
     (toy_config(), dict(cuda_graph=True), ValueError, r"cuda_graph: needs a CUDA device, got cpu"),
     (toy_config(), dict(guidance="2"), TypeError, r"guidance: expected None or a float weight, got '2'"),
     (toy_config(), dict(method="plms"), ValueError, r"method: expected one of"),
+    (toy_config(), dict(generator=0), TypeError, r"generator: expected a torch.Generator or None, got int 0"),
+    (toy_config(), dict(past=None, device="gpu0"), ValueError,
+     r"device: expected a torch device such as 'cpu' or 'cuda:0', got 'gpu0'"),
 ])
 def test_bad_inputs_are_named(cfg, call, error, message):
     videos = {"ok": past_video(1, 2), "short": past_video(1, 1), "int": torch.zeros(1, 2, C, SIZE, SIZE).long(),
@@ -311,3 +316,38 @@ def test_tiny_mcvd_rolls_out_without_clipping():
     model = tiny_mcvd()
     video = mcvd.predict(model, torch.rand(1, 2, 1, 8, 8) * 2 - 1, 5, steps=3, clip_x0=False)
     assert video.shape == (1, 5, 1, 8, 8) and torch.isfinite(video).all()
+
+
+def test_a_model_with_dropout_on_is_refused_until_put_in_eval_mode():
+    """In training mode dropout draws new masks at every call: samples no seed repeats."""
+    cfg = dataclasses.replace(tiny_mcvd().config, dropout=0.1)
+    model, past = mcvd.MCVD(cfg).train(), torch.rand(1, 2, 1, 8, 8) * 2 - 1
+    with pytest.raises(ValueError, match=r"model: in training mode, with dropout on .*: call model.eval\(\)"):
+        mcvd.predict(model, past, 2, steps=2)
+    stream = mcvd.StreamingPredictor(model, mcvd.SamplerConfig(steps=2))
+    with pytest.raises(ValueError, match=r"model: in training mode, with dropout on"):
+        stream(past)
+    model.eval()
+    assert torch.isfinite(mcvd.predict(model, past, 2, steps=2)).all()
+    no_dropout = tiny_mcvd().train()  # dropout 0: its training mode computes what eval mode does
+    assert torch.equal(mcvd.predict(no_dropout, past, 2, steps=2, generator=torch.Generator().manual_seed(0)),
+                       mcvd.predict(no_dropout.eval(), past, 2, steps=2, generator=torch.Generator().manual_seed(0)))
+
+
+def test_frames_the_model_makes_non_finite_are_its_own_error():
+    """Not handed on as the next block's condition frames, where they would be blamed on the user's input."""
+    model, past = tiny_mcvd(), torch.rand(1, 2, 1, 8, 8) * 2 - 1
+    with torch.no_grad():
+        model.conv_out.weight[0, 0, 0, 0] = float("nan")
+    for num_frames in (2, 4):
+        with pytest.raises(ValueError, match=r"model: block 1 of \d it sampled holds \d+ NaN or infinite values "
+                                             r"\(the given frames were finite\): its weights hold NaN or Inf"):
+            mcvd.predict(model, past, num_frames, steps=2)
+    with pytest.raises(ValueError, match=r"model: the block it sampled holds \d+ NaN or infinite values"):
+        mcvd.StreamingPredictor(model, mcvd.SamplerConfig(steps=2))(past)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_a_cuda_device_where_torch_has_none_is_named():
+    with pytest.raises(ValueError, match=r"device: cuda requested but torch sees no CUDA device"):
+        mcvd.predict(tiny_mcvd(), None, 2, steps=2, device="cuda")

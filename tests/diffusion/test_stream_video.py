@@ -1,4 +1,6 @@
 """stream_video: what is predicted when (always from frames before the time shown), the rates, errors."""
+import re
+
 import pytest
 import torch
 from diffusion_toys import STEP, OracleModel, frame_labels, labelled_video, toy_config
@@ -73,3 +75,7 @@ def test_errors_name_the_problem():
             stream_video(model, frames, sampler=FAST, every=every)
     with pytest.raises(ValueError, match="source_fps: expected a finite number > 0"):
         stream_video(model, frames, sampler=FAST, source_fps=0)
+    for bad, got in ((frames[0].numpy(), "ndarray"), (frames[0][None], f"torch.float32 of shape {[1, C, SIZE, SIZE]}")):
+        with pytest.raises(ValueError, match=rf"frames: expected float tensors {re.escape(str([C, SIZE, SIZE]))} "
+                                             rf"\[C, H, W\], one frame each .*; frame 1 is {re.escape(got)}"):
+            stream_video(model, [frames[0], bad], sampler=FAST)

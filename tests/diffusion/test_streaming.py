@@ -1,4 +1,6 @@
 """StreamingPredictor: the past window between calls, agreement with predict, errors (CPU path)."""
+import re
+
 import pytest
 import torch
 from diffusion_toys import STEP, OracleModel, ZeroEpsModel, frame_labels, labelled_video, toy_config
@@ -79,8 +81,11 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"frames: expected batch 1, torch.float32 on cpu \(as the frames pushed "
                                          r"before; reset\(\) starts a new stream\), got batch 2"):
         stream.push(frames([[0.1], [0.2]]))
-    with pytest.raises(ValueError, match=r"frames: expected shape \[B, T, 2, 5, 5\]"):
-        stream.push(torch.zeros(1, 1, C, SIZE + 1, SIZE))
+    for bad in ((1, 1, C, SIZE + 1, SIZE), (1, SIZE + 1, SIZE), (1, C, SIZE, SIZE + 1)):  # named as given
+        given = re.escape(str(list(bad)))
+        with pytest.raises(ValueError, match=rf"frames: expected \[B, 2, 5, 5\] \(one frame of each of B streams\) "
+                                             rf"or \[B, n, 2, 5, 5\] \(n frames\), .*; got {given}"):
+            stream.push(torch.zeros(bad))
     with pytest.raises(ValueError, match=r"model: streaming prediction needs past frames \(num_frames_cond >= 1\)"):
         mcvd.StreamingPredictor(OracleModel(toy_config(p=0)))
     with pytest.raises(ValueError, match=r"frames: expected frames in \[-1, 1\] \(up to 0.001 beyond, float "

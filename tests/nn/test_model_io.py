@@ -84,3 +84,11 @@ def test_a_training_checkpoint_is_refused_not_read_as_its_raw_weights(tmp_path):
     with pytest.raises(ValueError, match=r"checkpoint.pt is a training checkpoint, with raw and EMA weights; load it "
                                          r"with mcvd.load\(path\) \(EMA weights\) or mcvd.load\(path, use_ema=False\)"):
         load_model(tmp_path / "checkpoint.pt")
+
+
+def test_a_missing_folder_is_named_not_a_temporary_file(tmp_path):
+    model = MCVD(ModelConfig(image_size=8, channels=1, num_frames=1, num_frames_cond=1, ngf=8, ch_mult=(1,),
+                             num_res_blocks=1, attn_resolutions=(), n_head_channels=8, num_timesteps=10))
+    with pytest.raises(FileNotFoundError, match=rf"^{tmp_path / 'nodir' / 'x.pt'}: no such folder "
+                                                rf"{tmp_path / 'nodir'} to write it in$"):
+        save_model(tmp_path / "nodir" / "x.pt", model)

@@ -294,3 +294,12 @@ def test_ctrl_c_anywhere_else_is_one_line_and_code_130(config, tmp_path, capsys,
     monkeypatch.setattr(mcvd.train, "load_run_config", interrupted)
     assert main(["train", "--config", str(config), "--workdir", str(tmp_path / "w")]) == 130
     assert capsys.readouterr().err == "mcvd train: interrupted\n"
+
+
+def test_a_dict_is_not_a_run_config(tmp_path, tiny_run):
+    from mcvd.train import train
+
+    with pytest.raises(TypeError, match=r"run: expected a mcvd.train.RunConfig \(RunConfig.from_dict makes one of a "
+                                        r"dict, load_run_config of a YAML file\), got dict"):
+        train(tiny_run().to_dict(), tmp_path / "w")
+    assert not (tmp_path / "w").exists()

@@ -199,7 +199,9 @@ def _model_device(model) -> torch.device | None:
 def _network_placement(model) -> tuple[torch.device | None, torch.dtype | None]:
     """The device and dtype an MCVD network takes its inputs in (its
     weights'); (None, None) for another model, which may convert its
-    inputs (a wrapper, a toy) and so tells neither."""
+    inputs (a wrapper, a toy) and so tells neither. torch.compile's wrapper
+    is seen through: it runs the network as it is."""
+    model = getattr(model, "_orig_mod", model)
     if not isinstance(model, MCVD):
         return None, None
     weight = model.conv_in.weight

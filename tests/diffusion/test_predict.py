@@ -249,6 +249,8 @@ def test_frames_must_have_the_networks_dtype_and_device():
         mcvd.predict(model, past.to("meta"), 2, steps=2)
     with pytest.raises(ValueError, match=r"device: expected cpu \(the model's\), got meta"):
         mcvd.predict(model, None, 2, device="meta", steps=2)
+    with pytest.raises(TypeError, match=r"past: expected dtype torch.float32 \(the model's\), got torch.float64"):
+        mcvd.predict(torch.compile(model), past.double(), 2, steps=2)  # named before the wrapper compiles anything
     assert mcvd.predict(model.double(), None, 2, steps=2).dtype == torch.float64  # generation: the model's dtype
 
 

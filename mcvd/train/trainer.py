@@ -492,7 +492,7 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
                             f"resume" if last_ckpt is not None else "no checkpoint was written yet")
                     raise NoSpaceError(err.errno, f"step {step}: {err} ({kept})", ckpt_path) from err
                 last_ckpt = step
-            if interrupt.pressed:
+            if interrupt.pressed and step < tc.steps:  # (at the last step the run has ended anyway)
                 raise TrainingInterrupted(step, ckpt_path)
             if stop:
                 bar.total = step  # the bar ends full, at the step the limit ended

@@ -509,11 +509,14 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
 class _StopOnInterrupt:
     """While installed (from construction to restore()), the first SIGINT asks the loop to stop at the end of
     the step under way (`pressed`), and puts back the previous handler, so that a second one interrupts at
-    once. Only the main thread can install a handler; elsewhere, or with enabled=False, SIGINT is left alone."""
+    once. Only the main thread can install a handler; elsewhere, with enabled=False, or where SIGINT is
+    ignored, it is left alone."""
 
     def __init__(self, bar, *, enabled: bool = True):
         self.pressed, self._bar, self._previous = False, bar, None
-        if enabled and threading.current_thread() is threading.main_thread():
+        # A process that ignores SIGINT (started in the background) keeps ignoring it.
+        if (enabled and threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
             self._previous = signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum, frame):

@@ -1,3 +1,5 @@
+import signal
+
 import pytest
 
 from mcvd.train import RunConfig
@@ -21,3 +23,12 @@ def _tiny_run(model=None, data=None, training=None) -> RunConfig:
 def tiny_run():
     """make(model=..., data=..., training=...) -> RunConfig of the tiny model, overrides per section."""
     return _tiny_run
+
+
+@pytest.fixture
+def interactive_sigint():
+    """SIGINT handled as in an interactive shell (KeyboardInterrupt), whatever this process inherited: a job
+    started in the background ignores it."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)

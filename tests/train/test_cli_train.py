@@ -70,7 +70,7 @@ def test_a_finished_run_says_there_is_nothing_to_train(config, tmp_path, capsys)
         capsys.readouterr().out
 
 
-def test_ctrl_c_exits_130_with_the_checkpoint_written(config, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_exits_130_with_the_checkpoint_written(config, tmp_path, capsys, monkeypatch, interactive_sigint):
     import signal
 
     import mcvd.train.trainer as trainer_module

@@ -212,7 +212,8 @@ def test_resume_drops_the_rows_written_past_the_checkpoint(tmp_path, tiny_run):
     assert [float(r["loss"]) for r in rows] == pytest.approx(straight.losses, rel=1e-5)
 
 
-def test_ctrl_c_stops_at_the_step_end_with_a_checkpoint_and_the_run_resumes(tmp_path, tiny_run):
+def test_ctrl_c_stops_at_the_step_end_with_a_checkpoint_and_the_run_resumes(tmp_path, tiny_run,
+                                                                           interactive_sigint):
     run = tiny_run(training={"steps": 4})
 
     def press_ctrl_c(steps, seconds):  # asked after every step: Ctrl-C during the first
@@ -229,7 +230,7 @@ def test_ctrl_c_stops_at_the_step_end_with_a_checkpoint_and_the_run_resumes(tmp_
     assert resumed.losses == straight.losses[1:]
 
 
-def test_a_second_ctrl_c_stops_at_once(tmp_path, tiny_run):
+def test_a_second_ctrl_c_stops_at_once(tmp_path, tiny_run, interactive_sigint):
     def press_twice(steps, seconds):
         signal.raise_signal(signal.SIGINT)
         signal.raise_signal(signal.SIGINT)
@@ -357,3 +358,17 @@ def test_an_init_model_of_another_config_is_refused_before_the_workdir(tmp_path,
                                          r"in prediction \('x0' -> 'eps'\)"):
         train(tiny_run(), tmp_path / "work", progress=False, init_model=other)
     assert not (tmp_path / "work").exists()
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path, tiny_run):
+    """A run started in the background (nohup, `cmd &`) ignores SIGINT: the trainer leaves it so."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        def press_ctrl_c(steps, seconds):
+            signal.raise_signal(signal.SIGINT)
+            return math.inf
+
+        result = train(tiny_run(training={"steps": 2}), tmp_path, progress=False, time_limit=press_ctrl_c)
+        assert result.step == 2 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -230,10 +230,12 @@ def read_model_arg(flag: str, path: Path):
     from mcvd.loader import read
 
     try:
-        if path.is_file() or path.is_dir():  # a folder: read() names it, and a workdir's checkpoint in it
+        if path.is_file():
             return read(path)
-        if str(path) in pretrained.MODELS:
+        if str(path) in pretrained.MODELS:  # even where a folder of that name exists (an earlier --out)
             return pretrained.source(str(path))
+        if path.is_dir():  # read() names it as a folder, and a workdir's checkpoint in it
+            return read(path)
     except (ValueError, FileNotFoundError) as err:  # damaged, of no known kind, not its recorded SHA-256
         raise as_flag(err, {"path": flag, "file": flag}) from None
     raise UsageError(f"{flag}: no such file: {path} (nor the name of a shipped model: "

@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         return code
     import torch
 
+    from mcvd.metrics.i3d import MIN_FRAMES as I3D_MIN_FRAMES
     from mcvd.metrics.protocol import Task, evaluate
     from mcvd.metrics.report import existing_results, write_report
     from mcvd.metrics.weights import WeightsError
@@ -125,6 +126,12 @@ def run(args: argparse.Namespace) -> int:
             task = Task.of(args.task, cfg, cond=args.cond, pred=args.pred)
         except ValueError as err:
             raise as_flag(err, {"task": "--task", "cond": "--cond", "pred": "--pred"}) from None
+        if task.name == "generate" and task.clip_frames < I3D_MIN_FRAMES:  # FVD is generation's only score
+            raise UsageError(f"--pred: generation is scored by FVD, whose I3D network needs clips of at least "
+                             f"{I3D_MIN_FRAMES} frames; got --cond {task.cond} + --pred {task.pred} = "
+                             f"{task.clip_frames}")
+        if task.name == "generate" and args.num_clips == 1:
+            raise UsageError("--num-clips: generation is scored by FVD, which needs at least 2 clips; got 1")
         clips = eval_clips(args.data, task.clip_frames, cfg, run_config)
         if args.num_clips is not None and args.num_clips > len(clips):
             raise UsageError(f"--num-clips: expected 1 to {len(clips)} (the clips of --data {args.data}), "

@@ -16,9 +16,12 @@ def parse_device(device: torch.device | str, name: str = "device", kinds: tuple[
     if parsed.type not in kinds:
         raise ValueError(f"{name}: expected a {' or '.join(k if k == 'meta' else k.upper() for k in kinds)} "
                          f"device, got {parsed}")
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"{name}: {parsed} requested but torch sees no CUDA device")
-        if parsed.index is None:
-            parsed = torch.device("cuda", torch.cuda.current_device())
+    if parsed.type != "cuda":
+        return torch.device(parsed.type)  # "cpu:0" is the CPU, as tensors report it
+    if not torch.cuda.is_available():
+        raise ValueError(f"{name}: {parsed} requested but torch sees no CUDA device")
+    if parsed.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    if parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"{name}: {parsed} requested but torch sees {torch.cuda.device_count()} CUDA device(s)")
     return parsed

@@ -39,8 +39,8 @@ import csv
 import dataclasses
 import logging
 import math
+import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mcvd.data import StochasticMovingMNIST, VideoFolder
+from mcvd.data.smmnist import DEFAULT_LENGTH as SMMNIST_LENGTH
 from mcvd.diffusion import Schedule
 from mcvd.fileio import (NO_SPACE, NoSpaceError, atomic_write, check_writable_folder, remove_stale_temporaries,
                          temporary_name)
@@ -247,6 +248,14 @@ def check_init_model(init_model: MCVD, model_config, name: str = "init_model") -
                          f"{', '.join(changed)}")
 
 
+def _resolved(section: str, values: dict) -> dict:
+    """A config section with its defaults that stand for a value written out (an SMMNIST data.length of None
+    is the train split's length), so that resuming with either is no change."""
+    if section == "data" and values.get("dataset") == "smmnist" and values.get("length") is None:
+        return {**values, "length": SMMNIST_LENGTH["train"]}
+    return values
+
+
 def _check_resume_config(saved: dict, run: RunConfig, path: Path) -> None:
     new = run.to_dict()
     changed = _differences(saved["model"], new["model"])
@@ -254,7 +263,7 @@ def _check_resume_config(saved: dict, run: RunConfig, path: Path) -> None:
         raise ValueError(f"config: the model section differs from the checkpoint's in {path}: "
                          f"{', '.join(changed)}; resume with the checkpoint's model or use a new workdir")
     for section in ("data", "training"):
-        changed = _differences(saved[section], new[section])
+        changed = _differences(_resolved(section, saved[section]), _resolved(section, new[section]))
         if changed:
             log.warning("resuming %s with a changed %s section: %s", path, section, ", ".join(changed))
 
@@ -398,7 +407,7 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
             log.warning("resuming %s at step %d from its own weights: the initial model given is not used",
                         ckpt_path, step)
         del ckpt
-        if env.is_main:
+        if env.is_main and step < tc.steps:  # (a run with nothing to train leaves its files as they are)
             _resume_files(workdir, run, step)
     else:
         if init_model is not None:
@@ -417,8 +426,11 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     sampler = StepBatchSampler(len(dataset), B, seed=tc.seed, start_step=step, rank=env.rank, world_size=world)
     # Its own generator: creating the iterator must not draw from the global RNG (dropout's), or a
     # resumed run would draw different dropout masks. The data sets do not use worker seeds.
+    # Workers ignore SIGINT: Ctrl-C reaches the whole process group, and the main process decides (a worker
+    # killed by it would fail the next batch, before the step could end with a checkpoint).
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=run.data.num_workers,
-                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(tc.seed))
+                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(tc.seed),
+                        worker_init_fn=_ignore_sigint if run.data.num_workers > 0 else None)
     schedule = Schedule.named(run.model.schedule, run.model.num_timesteps)
     autocast = torch.autocast(device.type, dtype=AUTOCAST.get(tc.precision), enabled=tc.precision != "fp32")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -432,7 +444,7 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     batches = iter(loader)
     started, first_step = time.perf_counter(), step
     # Several processes would each see Ctrl-C at their own step: there it stops them at once, as before.
-    interrupt = _StopOnInterrupt(bar, enabled=not env.enabled)
+    interrupt = _StopOnInterrupt(enabled=not env.enabled)
     try:
         while step < tc.steps:
             if graphs:  # the last step's graph outputs are consumed: their memory may be reused
@@ -477,7 +489,8 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
             bar.update(1)
             timed_out = time_limit is not None and step < tc.steps and _time_is_up(started, time_limit,
                                                                                    step - first_step, device, env)
-            stop = timed_out or interrupt.pressed
+            interrupted = interrupt.pressed  # read once: a SIGINT from here on is seen at the next step
+            stop = timed_out or interrupted
             if timed_out and time_limit_ends_run:
                 run = dataclasses.replace(run, training=dataclasses.replace(
                     tc, steps=step, ckpt_every=min(tc.ckpt_every, step)))
@@ -492,9 +505,9 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
                             f"resume" if last_ckpt is not None else "no checkpoint was written yet")
                     raise NoSpaceError(err.errno, f"step {step}: {err} ({kept})", ckpt_path) from err
                 last_ckpt = step
-            if interrupt.pressed and step < tc.steps:  # (at the last step the run has ended anyway)
+            if interrupted and step < tc.steps:  # (at the last step the run has ended anyway)
                 raise TrainingInterrupted(step, ckpt_path)
-            if stop:
+            if timed_out:
                 bar.total = step  # the bar ends full, at the step the limit ended
                 bar.refresh()
                 log.info("training stopped at step %d of %d: the time limit is spent (%.0f s)", step, tc.steps,
@@ -506,29 +519,41 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     return TrainResult(step, losses, ckpt_path, model, run, env.rank)
 
 
+def _ignore_sigint(worker_id: int) -> None:
+    """worker_init_fn of the training DataLoader."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _StopOnInterrupt:
     """While installed (from construction to restore()), the first SIGINT asks the loop to stop at the end of
     the step under way (`pressed`), and puts back the previous handler, so that a second one interrupts at
     once. Only the main thread can install a handler; elsewhere, with enabled=False, or where SIGINT is
     ignored, it is left alone."""
 
-    def __init__(self, bar, *, enabled: bool = True):
-        self.pressed, self._bar, self._previous = False, bar, None
+    MESSAGE = (b"\nCtrl-C: stopping at the end of this step to write the checkpoint (Ctrl-C again stops at once, "
+               b"losing the steps since the last checkpoint)\n")
+
+    def __init__(self, *, enabled: bool = True):
+        self.pressed, self._installed, self._previous = False, False, None
         # A process that ignores SIGINT (started in the background) keeps ignoring it.
         if (enabled and threading.current_thread() is threading.main_thread()
                 and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            previous = signal.signal(signal.SIGINT, self._handle)
+            # None: a handler set outside Python, which cannot be put back; the default then.
+            self._previous, self._installed = signal.SIG_DFL if previous is None else previous, True
 
     def _handle(self, signum, frame):
         self.pressed = True
         self.restore()
-        self._bar.write("Ctrl-C: stopping at the end of this step to write the checkpoint (Ctrl-C again stops "
-                        "at once, losing the steps since the last checkpoint)", file=sys.stderr)
+        try:  # a raw write: the handler may interrupt a write of the progress bar to the same stream
+            os.write(2, self.MESSAGE)
+        except OSError:
+            pass
 
     def restore(self) -> None:
-        if self._previous is not None:
+        if self._installed:
             signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+            self._installed = False
 
 
 def compile_for_training(model: MCVD, *, cuda_graphs: bool = False) -> None:

@@ -1,5 +1,6 @@
 """`mcvd sample`: every task end to end on a tiny checkpoint, output files, overwriting, errors."""
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -450,3 +451,12 @@ def test_bf16_samples_as_the_eager_network_within_its_tolerance(checkpoint, tmp_
         a, b = torch.from_numpy(fast["prediction"]).double(), torch.from_numpy(eager["prediction"]).double()
     err = ((a - b).norm() / b.norm()).item()
     assert 0 < err <= TOLERANCE[torch.bfloat16]
+
+
+def test_a_folder_named_like_a_shipped_model_does_not_hide_it(tmp_path, monkeypatch):
+    """An earlier `--out smmnist-demo-cpu` leaves such a folder in the working directory."""
+    from mcvd.cli._common import read_model_arg
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smmnist-demo-cpu").mkdir()
+    assert read_model_arg("--checkpoint", Path("smmnist-demo-cpu")).path.name == "smmnist_demo_cpu.mcvd"

@@ -353,3 +353,12 @@ def test_frames_the_model_makes_non_finite_are_its_own_error():
 def test_a_cuda_device_where_torch_has_none_is_named():
     with pytest.raises(ValueError, match=r"device: cuda requested but torch sees no CUDA device"):
         mcvd.predict(tiny_mcvd(), None, 2, steps=2, device="cuda")
+
+
+def test_devices_are_read_as_tensors_report_them():
+    """"cpu:0" is the CPU; the meta device samples shapes without reading a value (no finiteness check there)."""
+    model, past = tiny_mcvd(), torch.rand(1, 2, 1, 8, 8) * 2 - 1
+    assert mcvd.predict(model, past, 2, steps=2, device="cpu:0").device == torch.device("cpu")
+    assert mcvd.predict(model, None, 2, steps=2, device=torch.device("cpu", 0)).shape == (1, 2, 1, 8, 8)
+    video = mcvd.predict(model.to("meta"), past.to("meta"), 4, steps=2)
+    assert video.device.type == "meta" and video.shape == (1, 4, 1, 8, 8)

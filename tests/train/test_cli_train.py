@@ -65,12 +65,14 @@ def test_a_finished_run_says_there_is_nothing_to_train(config, tmp_path, capsys)
     command = ["train", "--config", str(config), "--workdir", str(work), "--no-progress"]
     assert main(command) == 0
     capsys.readouterr()
+    config_yml = (work / "config.yml").read_text()
     assert main([*command, "--set", "training.steps=1"]) == 0
     assert f"mcvd train: nothing to train: {work / 'checkpoint.pt'} is at step 2 and training.steps is 1" in \
         capsys.readouterr().out
+    assert (work / "config.yml").read_text() == config_yml  # the run did not change: neither do its files
 
 
-def test_ctrl_c_exits_130_with_the_checkpoint_written(config, tmp_path, capsys, monkeypatch, interactive_sigint):
+def test_ctrl_c_exits_130_with_the_checkpoint_written(config, tmp_path, capfd, monkeypatch, interactive_sigint):
     import signal
 
     import mcvd.train.trainer as trainer_module
@@ -82,7 +84,7 @@ def test_ctrl_c_exits_130_with_the_checkpoint_written(config, tmp_path, capsys, 
     monkeypatch.setattr(trainer_module, "_time_is_up", press_ctrl_c)
     work = tmp_path / "work"
     assert main(["train", "--config", str(config), "--workdir", str(work), "--no-progress", "--minutes", "60"]) == 130
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert "Ctrl-C: stopping at the end of this step to write the checkpoint" in err
     assert f"mcvd train: interrupted at step 1; {work / 'checkpoint.pt'} holds it: run the same command to resume" \
         in err
@@ -303,3 +305,41 @@ def test_a_dict_is_not_a_run_config(tmp_path, tiny_run):
                                         r"dict, load_run_config of a YAML file\), got dict"):
         train(tiny_run().to_dict(), tmp_path / "w")
     assert not (tmp_path / "w").exists()
+
+
+def test_ctrl_c_to_the_process_group_with_data_workers_still_writes_the_checkpoint(config, tmp_path):
+    """A terminal's Ctrl-C reaches the DataLoader workers too: they ignore it, so the main process, waiting for a
+    (slow) batch, ends the step and writes the checkpoint instead of failing on a dead worker."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    work = tmp_path / "work"
+    script = (
+        "import sys, time\n"
+        "from mcvd.data import StochasticMovingMNIST\n"
+        "get = StochasticMovingMNIST.__getitem__\n"
+        "StochasticMovingMNIST.__getitem__ = lambda self, i: (time.sleep(0.1), get(self, i))[1]\n"
+        "from mcvd.cli import main\n"
+        f"sys.exit(main(['train', '--config', {str(config)!r}, '--workdir', {str(work)!r}, '--no-progress',\n"
+        "                '--set', 'data.num_workers=2', '--set', 'training.steps=1000']))\n")
+    child = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stderr=subprocess.PIPE, text=True)
+    def steps_logged():
+        path = work / "metrics.csv"
+        return len(path.read_text().splitlines()) - 1 if path.is_file() else 0
+
+    try:
+        deadline = time.monotonic() + 120
+        while steps_logged() < 2:  # two steps done: the workers are running
+            assert child.poll() is None, child.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the run logged no steps in 120 s"
+            time.sleep(0.2)
+        os.killpg(child.pid, signal.SIGINT)  # as a terminal sends it: to every process of the group
+        err = child.communicate(timeout=120)[1]
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    assert child.returncode == 130, err[-2000:]
+    assert "mcvd train: interrupted at step" in err and (work / "checkpoint.pt").is_file()

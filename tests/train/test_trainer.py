@@ -372,3 +372,11 @@ def test_an_ignored_sigint_stays_ignored(tmp_path, tiny_run):
         assert result.step == 2 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_a_default_written_out_is_no_change_on_resume(tmp_path, tiny_run, caplog):
+    """SMMNIST's data.length None is its train split's 60,000 clips: resuming with either says nothing."""
+    train(tiny_run(data={"length": None}, training={"steps": 1}), tmp_path, progress=False)
+    with caplog.at_level(logging.WARNING, logger="mcvd.train"):
+        train(tiny_run(data={"length": 60000}, training={"steps": 2}), tmp_path, progress=False)
+    assert "changed data section" not in caplog.text and "changed training section: steps (1 -> 2)" in caplog.text

@@ -11,7 +11,8 @@ that name exists, a shipped model's name (mcvd.pretrained: smmnist-demo-cpu). --
 the built-in Stochastic Moving MNIST test split (mcvd.data, its test digits,
 seed 0: the same clips in every run; digit count and size as in the
 checkpoint's training run, else 2 digits of half the frame); a folder is read with
-mcvd.data.VideoFolder as consecutive, non-overlapping clips, every one
+mcvd.data.VideoFolder as consecutive, non-overlapping clips (frames as many
+source frames apart as in the checkpoint's training run, data.frame_stride), every one
 read or the run stops (exit 2, naming --data): none is replaced by another. The first N
 clips are evaluated (default: all). --seed seeds the sampler, so a run is
 reproducible. PSNR, SSIM and LPIPS are reported twice from the same k
@@ -19,7 +20,7 @@ samples per clip: best of k (the paper's protocol: the best sample per clip
 and metric) and one sample (per clip the mean over its k samples: what a
 single prediction scores); with --samples 1 they are the same. Writes
 metrics.json ("one_sample" holds the second), metrics.md and per_frame.png to --out
-(default mcvd_eval/<checkpoint name>_<task>_p<p>_n<n>_k<k>_<method><steps>, the
+(default mcvd_eval/<checkpoint name>_<data name>_<task>_p<p>_n<n>_k<k>_<method><steps>, the
 checkpoint's name prefixed with its folder's for a workdir's checkpoint.pt); existing
 results there are kept unless --force is given. --out is checked before the
 evaluation starts. --guidance W samples with classifier-free guidance, which
@@ -79,15 +80,26 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def frame_stride_of(run_config: dict) -> int:
+    """The frame stride the model was trained with on a video folder (data.frame_stride of the checkpoint's run
+    config; 1 for SMMNIST or a file without one): its clips' frames are that many source frames apart, so a
+    folder is evaluated so too."""
+    data = run_config.get("data", {})
+    return int(data.get("frame_stride", 1)) if data.get("dataset") == "video_folder" else 1
+
+
 def eval_clips(data: str, frames: int, config, run_config: dict):
     """The evaluation clips: the SMMNIST test split drawn like the model's
-    training clips (`run_config`, the checkpoint's), or non-overlapping clips of a video folder."""
+    training clips (`run_config`, the checkpoint's), or non-overlapping clips of a video folder with the
+    training run's frame stride."""
     from mcvd.data import VideoFolder
 
     if data == "smmnist":
         return smmnist_test_clips(config, frames, run_config)
+    stride = frame_stride_of(run_config)
     try:  # strict: a clip that cannot be read stops the evaluation rather than be replaced by another
-        return VideoFolder(data, frames, config.image_size, channels=config.channels, clip_step=frames, strict=True)
+        return VideoFolder(data, frames, config.image_size, channels=config.channels, frame_stride=stride,
+                           clip_step=(frames - 1) * stride + 1, strict=True)
     except (ValueError, FileNotFoundError) as err:
         raise as_flag(err, {"root": "--data"}) from None
 
@@ -136,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
         if args.num_clips is not None and args.num_clips > len(clips):
             raise UsageError(f"--num-clips: expected 1 to {len(clips)} (the clips of --data {args.data}), "
                              f"got {args.num_clips}")
-        out = args.out or Path("mcvd_eval") / (f"{_model_name(args.checkpoint)}_{task.name}_p{task.cond}_n{task.pred}"
-                                               f"_k{args.samples}_{sampler.method}{sampler.steps or 'all'}")
+        out = args.out or Path("mcvd_eval") / (f"{_model_name(args.checkpoint)}_{Path(args.data).name}_{task.name}"
+                                               f"_p{task.cond}_n{task.pred}_k{args.samples}_{sampler.method}"
+                                               f"{sampler.steps or 'all'}")
         check_output_folder("--out", out)
         existing = existing_results(out)
         folders = [path for path in existing if path.is_dir()]
@@ -173,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
     num_clips = len(clips) if args.num_clips is None else args.num_clips
     run_info = {
         "checkpoint": str(args.checkpoint), "weights": weights, "data": args.data,
+        **({} if args.data == "smmnist" else {"frame_stride": frame_stride_of(run_config)}),
         "task": task.name, "cond": task.cond, "pred": task.pred, "future": task.future, "samples": args.samples,
         "num_clips": num_clips, "seed": args.seed, "method": args.method, "steps": steps, "guidance": args.guidance,
         **({} if guidance_interval is None else {"guidance_interval": list(guidance_interval)}),

@@ -312,4 +312,5 @@ class VideoFolder(Dataset):
                 self._bad.add(v)
                 warnings.warn(f"VideoFolder: skipping {self.videos[v][0]} from now on: decoding failed "
                               f"({type(err).__name__}: {err})", stacklevel=2)
-        raise RuntimeError(f"VideoFolder: no readable video left under {self.root}")
+        raise ValueError(f"root: no readable video left under {self.root}: every one failed to decode (the "
+                         f"warnings above name them)")

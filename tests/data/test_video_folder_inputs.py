@@ -89,7 +89,7 @@ def test_opaque_alpha_is_dropped_and_transparency_refused(tmp_path, mode):
                                          r"expected opaque frames"):
         ds._load(0, 0)
     with pytest.warns(UserWarning, match=r"0\.png: a frame with transparent pixels"), \
-            pytest.raises(RuntimeError, match="no readable video left"):
+            pytest.raises(ValueError, match="root: no readable video left"):
         ds[0]
 
 
@@ -127,7 +127,7 @@ def test_a_frame_of_another_size_is_named_with_both_sizes(tmp_path):
         with pytest.raises(ValueError, match=msg):
             ds._load(0, start)
     with pytest.warns(UserWarning, match=r"skipping .*v from now on: .*" + msg):
-        with pytest.raises(RuntimeError, match="no readable video left"):
+        with pytest.raises(ValueError, match="root: no readable video left"):
             ds[3]
     save_clip(tmp_path / "w", [frame] * 6)  # a good video beside: the default takes the clip from it instead
     with pytest.warns(UserWarning, match="skipping"):

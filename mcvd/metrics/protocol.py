@@ -182,6 +182,14 @@ def evaluate(model, clips, task: Task, *, samples: int, num_clips: int | None = 
     if not 1 <= total <= len(clips):
         raise ValueError(f"num_clips: expected 1 .. {len(clips)} (clips in the data), got {num_clips}")
     device = next(model.parameters()).device
+    if not task.scored:  # generation: FVD is its only score, so what keeps FVD from it is refused before sampling
+        if not compute_fvd:
+            raise ValueError("compute_fvd: the task 'generate' is scored by FVD alone: nothing would be measured")
+        if task.clip_frames < MIN_FRAMES:
+            raise ValueError(f"pred: generation is scored by FVD, whose I3D network needs clips of at least "
+                             f"{MIN_FRAMES} frames; got cond {task.cond} + pred {task.pred} = {task.clip_frames}")
+        if total < 2:
+            raise ValueError(f"num_clips: generation is scored by FVD, which needs at least 2 clips; got {total}")
     notes = []
     if compute_fvd and task.clip_frames < MIN_FRAMES:
         notes.append(f"FVD not computed: clips of {task.clip_frames} frames, I3D needs at least {MIN_FRAMES}")
@@ -189,10 +197,6 @@ def evaluate(model, clips, task: Task, *, samples: int, num_clips: int | None = 
     if compute_fvd and total < 2:
         notes.append("FVD not computed: it needs at least 2 clips")
         compute_fvd = False
-    if not task.scored and not compute_fvd:  # before sampling, not after it
-        why = notes[-1].removeprefix("FVD not computed: ") if notes else "compute_fvd=False"
-        raise ValueError(f"task: 'generate' is scored by FVD alone, and FVD cannot be computed here ({why}): "
-                         f"nothing would be measured")
     if compute_fvd and total < I3D_FEATURES:
         notes.append(f"FVD from {total} clips, fewer than I3D's {I3D_FEATURES} features: its covariances are "
                      f"singular and the distance is biased upward; compare FVDs over equal numbers of clips only")

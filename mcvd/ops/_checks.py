@@ -32,16 +32,25 @@ def check_float(t: torch.Tensor, name: str) -> None:
         )
 
 
+def check_same_device(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name}: expected device {ref.device} (the device of {ref_name}), got {t.device}")
+
+
+def check_dtype(t: torch.Tensor, name: str, expected: torch.dtype, why: str = "") -> None:
+    """`why`, if given, follows the expected dtype in parentheses."""
+    if t.dtype != expected:
+        raise TypeError(f"{name}: expected dtype {expected}{f' ({why})' if why else ''}, got {t.dtype}")
+
+
 def check_like(t: torch.Tensor | None, name: str, ref: torch.Tensor, ref_name: str, expected) -> None:
     """An optional tensor must share `ref`'s device and dtype and have `expected` shape."""
     if t is None:
         return
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a tensor or None, got {type(t).__name__}")
-    if t.device != ref.device:
-        raise ValueError(f"{name}: expected device {ref.device} (the device of {ref_name}), got {t.device}")
-    if t.dtype != ref.dtype:
-        raise TypeError(f"{name}: expected dtype {ref.dtype} (the dtype of {ref_name}), got {t.dtype}")
+    check_same_device(t, name, ref, ref_name)
+    check_dtype(t, name, ref.dtype, f"the dtype of {ref_name}")
     check_shape(t, name, expected)
 
 

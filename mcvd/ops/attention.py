@@ -13,7 +13,8 @@ import torch
 from mcvd.kernels._dtypes import stat_dtype
 
 from . import _backend, _triton
-from ._checks import check_finite, check_float, check_like, check_rank, check_shape, describe, is_real, shape_str
+from ._checks import (check_dtype, check_finite, check_float, check_like, check_rank, check_same_device, check_shape,
+                      describe, is_real, shape_str)
 
 
 def _check(q, k, v, scale) -> None:
@@ -39,11 +40,8 @@ def _check_bwd(grad_out, q, k, v, out, lse, scale) -> None:
     _check(q, k, v, scale)
     check_like(grad_out, "grad_out", q, "q", q.shape)
     check_like(out, "out", q, "q", q.shape)
-    if lse.device != q.device:
-        raise ValueError(f"lse: expected device {q.device} (the device of q), got {lse.device}")
-    if lse.dtype != stat_dtype(q.dtype):
-        raise TypeError(f"lse: expected dtype {stat_dtype(q.dtype)} (float64 for float64 q, else float32), "
-                        f"got {lse.dtype}")
+    check_same_device(lse, "lse", q, "q")
+    check_dtype(lse, "lse", stat_dtype(q.dtype), "float64 for float64 q, else float32")
     check_shape(lse, "lse", q.shape[:3])
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _backend, _triton
-from ._checks import check_float, describe, is_real, shape_str
+from ._checks import check_dtype, check_float, check_same_device, describe, is_real, shape_str
 
 # Seeds are drawn in [0, 2^63 - 1): torch.randint's bound is an int64.
 _SEED_HIGH = 2**63 - 1
@@ -120,9 +120,7 @@ def _check_op(x, p, seed) -> None:
     _check_x_p(x, p)
     if not isinstance(seed, torch.Tensor):
         raise TypeError(f"seed: expected a 0-d int64 tensor, got {describe(seed)}")
-    if seed.device != x.device:
-        raise ValueError(f"seed: expected device {x.device} (the device of x), got {seed.device}")
-    if seed.dtype != torch.int64:
-        raise TypeError(f"seed: expected dtype torch.int64, got {seed.dtype}")
+    check_same_device(seed, "seed", x, "x")
+    check_dtype(seed, "seed", torch.int64)
     if seed.dim() != 0:
         raise ValueError(f"seed: expected a 0-d tensor, got shape {shape_str(seed.shape)}")

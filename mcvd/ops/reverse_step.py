@@ -16,7 +16,8 @@ import torch
 from mcvd.kernels._dtypes import stat_dtype
 
 from . import _backend, _triton
-from ._checks import check_finite, check_float, check_like, check_rank, check_shape, describe, is_real, shape_str
+from ._checks import (check_finite, check_float, check_like, check_rank, check_same_device, check_shape, describe,
+                      is_real, shape_str)
 
 _COEFS = ("a", "b", "c_x0", "c_xt", "sigma")
 
@@ -94,8 +95,7 @@ def _check_table(x_t, eps, noise, coef, clip_lo, clip_hi) -> None:
     _check_inputs(x_t, eps, noise)
     check_rank(coef, "coef", 2, "[5, B] (a, b, c_x0, c_xt, sigma)")
     check_shape(coef, "coef", (5, x_t.shape[0]))
-    if coef.device != x_t.device:
-        raise ValueError(f"coef: expected device {x_t.device} (the device of x_t), got {coef.device}")
+    check_same_device(coef, "coef", x_t, "x_t")
     if coef.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"coef: expected dtype torch.float32 or torch.float64, got {coef.dtype}")
     if (clip_lo is None) != (clip_hi is None):

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from mcvd.kernels._dtypes import stat_dtype
 
 from . import _backend, _triton
-from ._checks import check_finite, check_float, check_like, check_rank, check_shape, describe
+from ._checks import (check_dtype, check_finite, check_float, check_like, check_rank, check_same_device, check_shape,
+                      describe)
 
 _ARGS = ("weight", "bias", "gamma", "beta", "scale", "shift")
 
@@ -40,10 +41,8 @@ def _check_bwd(grad_y, x, mean, rstd, num_groups, weight, bias, gamma, beta, sca
     _check_tensors(x, num_groups, weight, bias, gamma, beta, scale, shift)
     check_like(grad_y, "grad_y", x, "x", x.shape)
     for name, t in (("mean", mean), ("rstd", rstd)):
-        if t.device != x.device:
-            raise ValueError(f"{name}: expected device {x.device} (the device of x), got {t.device}")
-        if t.dtype != stat_dtype(x.dtype):
-            raise TypeError(f"{name}: expected dtype {stat_dtype(x.dtype)}, got {t.dtype}")
+        check_same_device(t, name, x, "x")
+        check_dtype(t, name, stat_dtype(x.dtype))
         check_shape(t, name, (x.shape[0], num_groups))
     _check_silu(silu)
 

@@ -128,7 +128,7 @@ def test_bad_arguments_fail_with_a_message(model_file, tmp_path, capsys):
         (["--precision", "bf16"], "--precision bf16: runs in mcvd.optimize's network; drop --no-optimize"),
         (["--task", "generate", "--no-fvd"], "--no-fvd: the task 'generate' is scored by FVD alone"),
         (["--task", "generate", "--pred", 4], "--pred: generation is scored by FVD, whose I3D network needs clips "
-                                              "of at least 9 frames; got --cond 3 + --pred 4 = 7"),
+                                              "of at least 9 frames; got cond 3 + pred 4 = 7"),
         (["--task", "generate", "--pred", 6, "--num-clips", 1],
          "--num-clips: generation is scored by FVD, which needs at least 2 clips; got 1"),
     ]

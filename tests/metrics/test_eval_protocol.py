@@ -247,17 +247,17 @@ def test_fvd_is_skipped_with_a_note_when_undefined(monkeypatch):
     assert one["metrics"]["psnr"]["conf95"] is None
 
 
-@pytest.mark.parametrize("frames, clips, compute_fvd, why", [
-    (10, 4, False, "compute_fvd=False"),
-    (8, 4, True, "clips of 8 frames, I3D needs at least 9"),
-    (10, 1, True, "it needs at least 2 clips"),
+@pytest.mark.parametrize("frames, clips, compute_fvd, message", [
+    (10, 4, False, "compute_fvd: the task 'generate' is scored by FVD alone: nothing would be measured"),
+    (8, 4, True, "pred: generation is scored by FVD, whose I3D network needs clips of at least 9 frames; got "
+                 "cond 2 + pred 6 = 8"),
+    (10, 1, True, "num_clips: generation is scored by FVD, which needs at least 2 clips; got 1"),
 ])
-def test_generation_without_fvd_is_refused_before_sampling(monkeypatch, frames, clips, compute_fvd, why):
+def test_generation_without_fvd_is_refused_before_sampling(monkeypatch, frames, clips, compute_fvd, message):
     calls = []
     monkeypatch.setattr(protocol, "predict", fake_predict(calls))
     task = Task.of("generate", CFG, pred=frames - 2)
-    with pytest.raises(ValueError, match=rf"task: 'generate' is scored by FVD alone, and FVD cannot be computed "
-                                         rf"here \({re.escape(why)}\): nothing would be measured"):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         evaluate(Model(CFG), clips_data(clips, frames), task, samples=1, compute_fvd=compute_fvd,
                  i3d_model=Features())
     assert calls == []

@@ -292,20 +292,29 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray | torch.Tens
     return path
 
 
-def read_video(path: str | os.PathLike, *, start: int = 0, max_frames: int | None = None) -> list[np.ndarray]:
-    """Decode frames start, start + 1, ... (at most max_frames) of a video file's
-    first video stream (PyAV): uint8 RGB images [H, W, 3]. Raises ValueError
-    naming the file if it is not a readable video."""
-    start, max_frames = _check_span(start, max_frames)
-    return list(_decode_video(Path(path), start, max_frames))
+def read_video(path: str | os.PathLike, *, start: int = 0, max_frames: int | None = None,
+               stride: int = 1) -> list[np.ndarray]:
+    """Decode frames start, start + stride, start + 2 stride, ... (at most max_frames)
+    of a video file's first video stream (PyAV): uint8 RGB images [H, W, 3]. Raises
+    ValueError naming the file if it is not a readable video."""
+    start, max_frames, stride = _check_span(start, max_frames, stride)
+    return list(_decode_video(Path(path), start, max_frames, stride))
 
 
-def _decode_video(path: Path, start: int, max_frames: int | None) -> Iterator[np.ndarray]:
-    """read_video's frames, each decoded when asked for."""
+def _stop(start: int, max_frames: int | None, stride: int) -> int | None:
+    """The index after the last frame a span takes (None: to the end)."""
+    if max_frames is None:
+        return None
+    return start + (max_frames - 1) * stride + 1 if max_frames else start
+
+
+def _decode_video(path: Path, start: int, max_frames: int | None, stride: int = 1) -> Iterator[np.ndarray]:
+    """read_video's frames, each decoded when asked for (the frames skipped by the stride are decoded too: a
+    compressed video's frames depend on the ones before them)."""
     av = _av()
     if not path.is_file():
         raise FileNotFoundError(f"input: no such file: {path}")
-    stop = None if max_frames is None else start + max_frames
+    stop = _stop(start, max_frames, stride)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -313,21 +322,23 @@ def _decode_video(path: Path, start: int, max_frames: int | None) -> Iterator[np
             for i, frame in enumerate(container.decode(video=0)):
                 if stop is not None and i >= stop:
                     break
-                if i >= start:
+                if i >= start and (i - start) % stride == 0:
                     yield frame.to_ndarray(format="rgb24")
     except av.FFmpegError as err:
         raise ValueError(f"input: cannot decode {path} as a video ({type(err).__name__}: {err})") from err
 
 
-def read_frame_folder(path: str | os.PathLike, *, start: int = 0, max_frames: int | None = None) -> list[np.ndarray]:
-    """Frames start, start + 1, ... (at most max_frames) of a folder of frames (its
-    image files in natural name order, as mcvd.data.VideoFolder reads a frame
-    folder): RGB images [H, W, 3], uint8, or uint16 for 16-bit greyscale. Raises
-    ValueError naming the folder if it holds no frames or a frame cannot be read."""
-    start, max_frames = _check_span(start, max_frames)
+def read_frame_folder(path: str | os.PathLike, *, start: int = 0, max_frames: int | None = None,
+                      stride: int = 1) -> list[np.ndarray]:
+    """Frames start, start + stride, start + 2 stride, ... (at most max_frames) of a
+    folder of frames (its image files in natural name order, as mcvd.data.VideoFolder
+    reads a frame folder): RGB images [H, W, 3], uint8, or uint16 for 16-bit
+    greyscale. Raises ValueError naming the folder if it holds no frames or a frame
+    cannot be read."""
+    start, max_frames, stride = _check_span(start, max_frames, stride)
     path = Path(path)
     files = _folder_frames(path)
-    chosen = files[start:None if max_frames is None else start + max_frames]
+    chosen = files[start:_stop(start, max_frames, stride):stride]
     try:
         return read_frames(chosen, files[0]) if chosen else []
     except Exception as err:
@@ -336,17 +347,18 @@ def read_frame_folder(path: str | os.PathLike, *, start: int = 0, max_frames: in
         raise ValueError(f"input: cannot read the frames of {path} ({type(err).__name__}: {err})") from err
 
 
-def _check_span(start, max_frames) -> tuple[int, int | None]:
-    """start and max_frames of the readers, as ints (NumPy integers accepted): a negative one would count from
-    the end in a folder and mean nothing in a video."""
-    def count(value, name, expected):
+def _check_span(start, max_frames, stride=1) -> tuple[int, int | None, int]:
+    """start, max_frames and stride of the readers, as ints (NumPy integers accepted): a negative start would
+    count from the end in a folder and mean nothing in a video."""
+    def count(value, name, expected, low=0):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(f"{name}: expected {expected}, got {type(value).__name__} {value!r}")
-        if value < 0:
+        if value < low:
             raise ValueError(f"{name}: expected {expected}, got {value!r}")
         return int(value)
     return (count(start, "start", "an integer >= 0"),
-            None if max_frames is None else count(max_frames, "max_frames", "an integer >= 0 or None"))
+            None if max_frames is None else count(max_frames, "max_frames", "an integer >= 0 or None"),
+            count(stride, "stride", "an integer >= 1", 1))
 
 
 def _folder_frames(path: Path) -> list[Path]:
@@ -357,10 +369,10 @@ def _folder_frames(path: Path) -> list[Path]:
     return files
 
 
-def _read_folder(path: Path, start: int, max_frames: int | None) -> Iterator[np.ndarray]:
+def _read_folder(path: Path, start: int, max_frames: int | None, stride: int = 1) -> Iterator[np.ndarray]:
     """read_frame_folder's frames, each read when asked for."""
     files = _folder_frames(path)
-    for f in files[start:None if max_frames is None else start + max_frames]:
+    for f in files[start:_stop(start, max_frames, stride):stride]:
         try:
             yield read_frames([f], files[0])[0]
         except Exception as err:
@@ -370,29 +382,30 @@ def _read_folder(path: Path, start: int, max_frames: int | None) -> Iterator[np.
 
 
 def load_clip(path: str | os.PathLike, image_size: int, channels: int, *, start: int = 0,
-              max_frames: int | None = None) -> torch.Tensor:
+              max_frames: int | None = None, stride: int = 1) -> torch.Tensor:
     """A video file or a folder of frames as a clip float32 [T, channels, image_size,
     image_size] in [-1, 1] (short side resized, centre crop, as mcvd.data.VideoFolder);
-    T may be 0."""
+    every stride-th frame from start, at most max_frames of them (a model trained on a
+    video folder with data.frame_stride s reads its input so); T may be 0."""
     if Path(path).is_dir():
-        frames = read_frame_folder(path, start=start, max_frames=max_frames)
+        frames = read_frame_folder(path, start=start, max_frames=max_frames, stride=stride)
     else:
-        frames = read_video(path, start=start, max_frames=max_frames)
+        frames = read_video(path, start=start, max_frames=max_frames, stride=stride)
     if not frames:
         return torch.zeros((0, channels, image_size, image_size))
     return frames_to_clip(frames, image_size, channels)
 
 
 def iter_clip(path: str | os.PathLike, image_size: int, channels: int, *, start: int = 0,
-              max_frames: int | None = None) -> Iterator[torch.Tensor]:
-    """The frames of a video file or a folder of frames one at a time, each decoded
-    when asked for, as a live source delivers them: float32 [channels, image_size,
-    image_size] in [-1, 1], converted as load_clip converts them. Errors as
-    read_video and read_frame_folder, raised when the frame is reached; a wrong
-    start or max_frames raises at the call."""
-    start, max_frames = _check_span(start, max_frames)
+              max_frames: int | None = None, stride: int = 1) -> Iterator[torch.Tensor]:
+    """The frames of a video file or a folder of frames one at a time (every stride-th
+    from start, at most max_frames), each decoded when asked for, as a live source
+    delivers them: float32 [channels, image_size, image_size] in [-1, 1], converted as
+    load_clip converts them. Errors as read_video and read_frame_folder, raised when
+    the frame is reached; a wrong start, max_frames or stride raises at the call."""
+    start, max_frames, stride = _check_span(start, max_frames, stride)
     path = Path(path)
-    rgb = _read_folder(path, start, max_frames) if path.is_dir() else _decode_video(path, start, max_frames)
+    rgb = (_read_folder if path.is_dir() else _decode_video)(path, start, max_frames, stride)
     return (frames_to_clip([frame], image_size, channels)[0] for frame in rgb)
 
 

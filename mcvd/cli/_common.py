@@ -282,6 +282,29 @@ def load_checkpoint_arg(path: Path, no_ema: bool, device):
     return model, cfg, weights, source.run_config
 
 
+def add_frame_stride_flag(parser, which: str) -> None:
+    """--frame-stride: every how many source frames `which` takes one (default: the model's training stride)."""
+    parser.add_argument("--frame-stride", type=positive_int, default=None, metavar="S",
+                        help=f"take every S-th frame of {which} (default: the data.frame_stride the checkpoint "
+                             f"was trained with on a video folder, so that its frames move as fast as in "
+                             f"training; 1 for SMMNIST or a file without a run config)")
+
+
+def frame_stride_of(run_config: dict) -> int:
+    """The frame stride the model was trained with on a video folder (data.frame_stride of the checkpoint's run
+    config; 1 for SMMNIST or a file without one): its clips' frames are that many source frames apart, so a
+    video is read so too."""
+    data = run_config.get("data", {})
+    return int(data.get("frame_stride", 1)) if data.get("dataset") == "video_folder" else 1
+
+
+def frame_stride(args, run_config: dict) -> tuple[int, str]:
+    """(the stride a video is read with, what set it): --frame-stride, or the training run's."""
+    if args.frame_stride is not None:
+        return args.frame_stride, "--frame-stride"
+    return frame_stride_of(run_config), "the model's training stride"
+
+
 def smmnist_test_clips(cfg, frames: int, run_config: dict):
     """The Stochastic Moving MNIST test clips (seed 0) of `frames` frames, drawn
     like the model's training clips (`run_config`'s data section: num_digits and

@@ -12,7 +12,8 @@ the built-in Stochastic Moving MNIST test split (mcvd.data, its test digits,
 seed 0: the same clips in every run; digit count and size as in the
 checkpoint's training run, else 2 digits of half the frame); a folder is read with
 mcvd.data.VideoFolder as consecutive, non-overlapping clips (frames as many
-source frames apart as in the checkpoint's training run, data.frame_stride), every one
+source frames apart as in the checkpoint's training run, data.frame_stride, or
+--frame-stride), every one
 read or the run stops (exit 2, naming --data): none is replaced by another. The first N
 clips are evaluated (default: all). --seed seeds the sampler, so a run is
 reproducible. PSNR, SSIM and LPIPS are reported twice from the same k
@@ -41,8 +42,8 @@ from pathlib import Path
 from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_guidance_interval_flag,
                       add_optimize_flag, as_flag, check_guidance, check_guidance_interval, check_output_folder,
                       check_precision, default_steps, error, fill_sampler_defaults, finite_float, inference_model,
-                      load_checkpoint_arg, missing_packages, positive_int, resolve_device, sampler_of_flags,
-                      smmnist_test_clips)
+                      add_frame_stride_flag, frame_stride, load_checkpoint_arg, missing_packages, positive_int,
+                      resolve_device, sampler_of_flags, smmnist_test_clips)
 
 HELP = "evaluate a model with the paper's protocol (best-of-k and one-sample PSNR, SSIM, LPIPS; FVD)"
 
@@ -53,6 +54,7 @@ def add_parser(sub) -> None:
                    help="training checkpoint, model file or reference checkpoint, or the name of a shipped "
                         "model (smmnist-demo-cpu)")
     p.add_argument("--data", required=True, help="'smmnist' or a folder of videos / frame folders")
+    add_frame_stride_flag(p, "a video of --data")
     p.add_argument("--task", choices=("predict", "interpolate", "generate"), default="predict")
     p.add_argument("--cond", type=int, default=None, help="p, past frames (default: the model's num_frames_cond)")
     p.add_argument("--pred", type=int, default=None, help="n, frames to predict (default: the model's num_frames)")
@@ -80,23 +82,14 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def frame_stride_of(run_config: dict) -> int:
-    """The frame stride the model was trained with on a video folder (data.frame_stride of the checkpoint's run
-    config; 1 for SMMNIST or a file without one): its clips' frames are that many source frames apart, so a
-    folder is evaluated so too."""
-    data = run_config.get("data", {})
-    return int(data.get("frame_stride", 1)) if data.get("dataset") == "video_folder" else 1
-
-
-def eval_clips(data: str, frames: int, config, run_config: dict):
+def eval_clips(data: str, frames: int, config, run_config: dict, stride: int):
     """The evaluation clips: the SMMNIST test split drawn like the model's
-    training clips (`run_config`, the checkpoint's), or non-overlapping clips of a video folder with the
-    training run's frame stride."""
+    training clips (`run_config`, the checkpoint's), or non-overlapping clips of a video folder, their frames
+    `stride` source frames apart."""
     from mcvd.data import VideoFolder
 
     if data == "smmnist":
         return smmnist_test_clips(config, frames, run_config)
-    stride = frame_stride_of(run_config)
     try:  # strict: a clip that cannot be read stops the evaluation rather than be replaced by another
         return VideoFolder(data, frames, config.image_size, channels=config.channels, frame_stride=stride,
                            clip_step=(frames - 1) * stride + 1, strict=True)
@@ -135,7 +128,10 @@ def run(args: argparse.Namespace) -> int:
             task = Task.of(args.task, cfg, cond=args.cond, pred=args.pred)
         except ValueError as err:
             raise as_flag(err, {"task": "--task", "cond": "--cond", "pred": "--pred"}) from None
-        clips = eval_clips(args.data, task.clip_frames, cfg, run_config)
+        if args.data == "smmnist" and args.frame_stride is not None:
+            raise UsageError("--frame-stride: reads a video folder's frames; --data smmnist draws its clips")
+        stride, _ = frame_stride(args, run_config)
+        clips = eval_clips(args.data, task.clip_frames, cfg, run_config, stride)
         if args.num_clips is not None and args.num_clips > len(clips):
             raise UsageError(f"--num-clips: expected 1 to {len(clips)} (the clips of --data {args.data}), "
                              f"got {args.num_clips}")
@@ -178,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     num_clips = len(clips) if args.num_clips is None else args.num_clips
     run_info = {
         "checkpoint": str(args.checkpoint), "weights": weights, "data": args.data,
-        **({} if args.data == "smmnist" else {"frame_stride": frame_stride_of(run_config)}),
+        **({} if args.data == "smmnist" else {"frame_stride": stride}),
         "task": task.name, "cond": task.cond, "pred": task.pred, "future": task.future, "samples": args.samples,
         "num_clips": num_clips, "seed": args.seed, "method": args.method, "steps": steps, "guidance": args.guidance,
         **({} if guidance_interval is None else {"guidance_interval": list(guidance_interval)}),

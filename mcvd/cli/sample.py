@@ -1,6 +1,7 @@
 """`mcvd sample`: predict, generate or interpolate frames with a trained model.
 
-    mcvd sample --checkpoint CKPT (--input VIDEO|FRAMES [--start S] | --data smmnist [--index I ...])
+    mcvd sample --checkpoint CKPT (--input VIDEO|FRAMES [--start S] [--frame-stride S]
+                                   | --data smmnist [--index I ...])
                 --task predict|generate|interpolate [--frames N] [--method ddim|ddpm|dpm++]
                 [--steps S] [--guidance W [--guidance-interval LO HI]] [--samples n] [--seed S] --out DIR [--force]
 
@@ -12,7 +13,9 @@ file of that name exists. The condition frames come from a video
 file or a folder of frames (--input: a video decoded with PyAV, or the
 folder's image files in natural name order as mcvd.data.VideoFolder reads
 them; resized and centre-cropped to the model's frames, from frame --start
-on) or from clips of the built-in Stochastic Moving MNIST test split (--data
+on, every --frame-stride-th: by default the data.frame_stride of the
+checkpoint's training run on a video folder, so that the frames move as
+fast as the model learnt them) or from clips of the built-in Stochastic Moving MNIST test split (--data
 smmnist, seed 0, with the checkpoint's digit settings). With p past, f future
 and k current frames of the model:
 
@@ -42,7 +45,8 @@ Writes to --out: sample.gif and sample.mp4 (a grid, one row per clip and
 sample: condition | prediction | truth) and frames.npz (float32 in [-1, 1]:
 past [B, p, C, H, W], prediction [samples, B, N, C, H, W], truth
 [B, N, C, H, W] and future [B, f, C, H, W] when present; task, method,
-steps, seed and guidance as scalars, the guidance interval as a pair). Existing files are
+steps, seed, guidance and --input's frame stride as scalars, the guidance
+interval as a pair). Existing files are
 kept unless --force is given; each file is written atomically.
 
 The network runs as mcvd.optimize compiles it (the same eps within
@@ -54,11 +58,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_guidance_interval_flag,
-                      add_optimize_flag, as_flag, check_guidance, check_guidance_interval, check_output_folder,
-                      check_precision, default_steps, error, fill_sampler_defaults, finite_float, float_range,
-                      inference_model, load_checkpoint_arg, missing_packages, nonnegative_int, positive_int,
-                      resolve_device, sampler_of_flags, smmnist_test_clips)
+from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_frame_stride_flag,
+                      add_guidance_interval_flag, add_optimize_flag, as_flag, check_guidance, check_guidance_interval,
+                      check_output_folder, check_precision, default_steps, error, fill_sampler_defaults, finite_float,
+                      float_range, frame_stride, inference_model, load_checkpoint_arg, missing_packages,
+                      nonnegative_int, positive_int, resolve_device, sampler_of_flags, smmnist_test_clips)
 
 HELP = "predict, generate or interpolate video frames with a trained model (GIF, MP4, .npz)"
 TASKS = ("predict", "interpolate", "generate")
@@ -77,6 +81,7 @@ def add_parser(sub) -> None:
                         help="clips of the Stochastic Moving MNIST test split")
     p.add_argument("--index", type=nonnegative_int, nargs="+", default=None, help="--data: clip numbers (default: 0)")
     p.add_argument("--start", type=nonnegative_int, default=None, help="--input: first frame used (default: 0)")
+    add_frame_stride_flag(p, "--input")
     p.add_argument("--task", choices=TASKS, default="predict")
     p.add_argument("--frames", type=positive_int, default=None, help="N, frames to sample (default: the model's k)")
     p.add_argument("--method", choices=("ddim", "ddpm", "dpm++"), default=None,
@@ -107,6 +112,8 @@ def _check_args(args) -> None:
         raise UsageError("--index: selects clips of --data smmnist; it does not apply to --input")
     if args.start is not None and args.input is None:
         raise UsageError("--start: selects the first frame of --input; it does not apply to --data")
+    if args.frame_stride is not None and args.input is None:
+        raise UsageError("--frame-stride: selects the frames of --input; it does not apply to --data or generate")
     given = args.input is not None or args.data is not None
     if args.task == "generate" and given:
         raise UsageError("--input/--data: the task 'generate' samples without condition frames; drop them")
@@ -144,8 +151,9 @@ def _frame_counts(task: str, cfg, frames: int | None) -> tuple[int, int, int]:
     return p, n, (f if task == "interpolate" else 0)
 
 
-def _condition_clips(args, cfg, run_config: dict, p: int, n: int, f: int):
-    """(clips [B, <= p+n+f, C, H, W] on the CPU, a description of where they come from)."""
+def _condition_clips(args, cfg, run_config: dict, p: int, n: int, f: int, stride: tuple[int, str]):
+    """(clips [B, <= p+n+f, C, H, W] on the CPU, a description of where they come from); --input is read with
+    `stride` (frame_stride's: the stride, what set it)."""
     import torch
 
     from mcvd.video import load_clip
@@ -153,15 +161,17 @@ def _condition_clips(args, cfg, run_config: dict, p: int, n: int, f: int):
     need = p + n + f
     if args.input is not None:
         start = args.start or 0
-        clip = load_clip(args.input, cfg.image_size, cfg.channels, start=start, max_frames=need)
+        stride, why = stride
+        clip = load_clip(args.input, cfg.image_size, cfg.channels, start=start, max_frames=need, stride=stride)
         T = clip.shape[0]
+        where = f"from frame {start}" + ("" if stride == 1 else f", one frame in {stride} ({why})")
         if args.task == "interpolate" and T < need:
-            raise UsageError(f"--input: {args.input} has {T} frames from frame {start}; interpolation needs "
+            raise UsageError(f"--input: {args.input} has {T} frames {where}; interpolation needs "
                              f"{need} ({p} past, {n} between, {f} future)")
         if T < p:
-            raise UsageError(f"--input: {args.input} has {T} frames from frame {start}; the model needs {p} "
+            raise UsageError(f"--input: {args.input} has {T} frames {where}; the model needs {p} "
                              f"condition frames")
-        return clip[None], f"{args.input} from frame {start}"
+        return clip[None], f"{args.input} {where}"
     indices = args.index or [0]
     clips = smmnist_test_clips(cfg, need, run_config)
     bad = [i for i in indices if i >= len(clips)]
@@ -194,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
         if args.task == "generate":
             clips, source = None, "no condition (generation)"
         else:
-            clips, source = _condition_clips(args, cfg, run_config, p, n, f)
+            stride = frame_stride(args, run_config)
+            clips, source = _condition_clips(args, cfg, run_config, p, n, f, stride)
     except (FileNotFoundError, ValueError) as err:  # UsageError included
         return error("sample", as_flag(err, {"input": "--input"}), EXIT_USAGE)
     except ImportError as err:
@@ -226,6 +237,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     arrays = {"prediction": video.float(), "task": np.array(args.task), "method": np.array(args.method),
               "steps": np.array(steps), "seed": np.array(args.seed)}
+    if args.input is not None:
+        arrays["frame_stride"] = np.array(stride[0])
     if args.guidance is not None:
         arrays["guidance"] = np.array(args.guidance)
     if guidance_interval is not None:

@@ -1,27 +1,31 @@
 """`mcvd stream`: run the streaming predictor over a video as it plays.
 
     mcvd stream --checkpoint CKPT --input VIDEO|FRAMES [--out FILE.mp4|FILE.gif] [--method dpm++]
-                [--steps 10] [--every N] [--max-frames N] [--fps F] [--seed S] [--device D]
+                [--steps 10] [--every N] [--max-frames N] [--frame-stride S] [--fps F] [--seed S] [--device D]
                 [--threads N] [--optimize | --no-optimize] [--precision fp32|bf16|fp16] [--force]
 
 CKPT: any model file that mcvd.load reads, or, where no file of that name
 exists, a shipped model's name (mcvd.pretrained: smmnist-demo-cpu). The frames of --input (a video
 file decoded with PyAV, or a folder of frames in natural name order) are read
 one at a time and converted to the model's frames as mcvd.data.VideoFolder
-converts them (short side resized, centre crop, RGB or luma). Each frame is
+converts them (short side resized, centre crop, RGB or luma); one frame in
+--frame-stride is read (default: the data.frame_stride of the checkpoint's
+training run on a video folder, so that the frames move as fast as the model
+learnt them; the stream's rate is then the source's divided by it). Each frame is
 pushed to mcvd.StreamingPredictor when it arrives; once p frames are in, a
 prediction of the next k frames is made every --every frames (default k),
 right after the newest frame is pushed, so the prediction shown for time t is
 made from frames before t only (mcvd.diffusion.stream_video).
 
-Every frame is processed as fast as the machine goes (none is dropped), and
-the output plays at the source's rate: the side-by-side video shows at each
+Every frame read is processed as fast as the machine goes (none is dropped),
+and the output plays at the source's pace (its rate divided by the stride,
+at most 50 fps for a GIF): the side-by-side video shows at each
 time t the observed frame t (input) beside the prediction for t (blank for
 the first p frames). It prints the frames in, the predictions made, the
 predicted frames per second, the latency per prediction (median and p90;
 the first, which builds the sampler, apart) and per predicted frame, and
 whether that keeps up with the source: 90% of the predictions ready before
-the next is due, --every frames later at the source's frame rate.
+the next is due, --every frames read later at the source's pace.
 
 The network runs as mcvd.optimize compiles it on a CUDA device (--no-optimize:
 eagerly), eagerly on the CPU (--optimize to compile it; minutes there for a
@@ -41,9 +45,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_precision_flag, as_flag, check_output_folder,
-                      check_precision, check_steps, error, float_range, inference_model, load_checkpoint_arg,
-                      missing_packages, positive_int, resolve_device)
+from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_frame_stride_flag, add_precision_flag, as_flag,
+                      check_output_folder, check_precision, check_steps, error, float_range, frame_stride,
+                      inference_model, load_checkpoint_arg, missing_packages, positive_int, resolve_device)
 
 HELP = "run the streaming predictor over a video as it plays: side-by-side video, frame rate, latency"
 FORMATS = (".mp4", ".gif")
@@ -63,7 +67,9 @@ def add_parser(sub) -> None:
                    help="sampler steps per prediction, 1 to the model's num_timesteps (default: 10)")
     p.add_argument("--every", type=positive_int, default=None,
                    help="frames between predictions, 1 to the model's k (default: k, each predicted frame shown once)")
-    p.add_argument("--max-frames", type=positive_int, default=None, help="stop after this many input frames")
+    p.add_argument("--max-frames", type=positive_int, default=None,
+                   help="stop after this many input frames (of those --frame-stride reads)")
+    add_frame_stride_flag(p, "--input")
     p.add_argument("--fps", type=float_range(0.01, 1000), default=None,
                    help=f"the source's frame rate (default: the video's own; {FOLDER_FPS:g} for a folder of frames)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
@@ -117,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
         cuda_graph = device.type == "cuda" if args.cuda_graph is None else args.cuda_graph
         if cuda_graph and device.type != "cuda":
             raise UsageError(f"--cuda-graph: needs a CUDA device, got {device}")
-        model, cfg, weights, _ = load_checkpoint_arg(args.checkpoint, args.no_ema, device)
+        model, cfg, weights, run_config = load_checkpoint_arg(args.checkpoint, args.no_ema, device)
+        stride, why = frame_stride(args, run_config)
         p, k = cfg.num_frames_cond, cfg.num_frames
         if p < 1:
             raise UsageError("--checkpoint: streaming prediction needs a model with past frames (num_frames_cond "
@@ -128,15 +135,19 @@ def run(args: argparse.Namespace) -> int:
         check_steps("--steps", args.steps, cfg)
         if args.every is not None and args.every > k:
             raise UsageError(f"--every: expected 1 to the model's k={k} (frames per prediction), got {args.every}")
-        available = count_frames(args.input)
+        in_source = count_frames(args.input)
+        available = -(-in_source // stride)  # frames 0, stride, 2 stride, ...
         frames = available if args.max_frames is None else min(available, args.max_frames)
         if frames < p + 1:
             limit = "" if frames == available else f" of its {available} (--max-frames)"
+            if stride > 1:
+                limit += f", one in {stride} of its {in_source} ({why})"
             raise UsageError(f"--input: {args.input}: {frames} frames{limit}; streaming needs at least p + 1 = "
                              f"{p + 1} (the model's p = {p} past frames, then one frame to predict)")
         source_fps = args.fps or frame_rate(args.input)
         fps_source = "--fps" if args.fps else "the video's" if source_fps else "assumed"
         source_fps = source_fps or FOLDER_FPS
+        rate = source_fps / stride  # of the frames read
         sampler = SamplerConfig(method=args.method, steps=args.steps)
         optimized = (device.type == "cuda" or args.precision != "fp32") if args.optimize is None else args.optimize
         check_precision(args.precision, not optimized, device)
@@ -151,16 +162,17 @@ def run(args: argparse.Namespace) -> int:
     generator = torch.Generator(device).manual_seed(args.seed)
     net = inference_model(model, not optimized, args.precision, channels_last=args.optimize is None)
     try:
-        result = stream_video(net, iter_clip(args.input, cfg.image_size, cfg.channels, max_frames=args.max_frames),
+        result = stream_video(net, iter_clip(args.input, cfg.image_size, cfg.channels, max_frames=args.max_frames,
+                                             stride=stride),
                               sampler=sampler, every=args.every, generator=generator, cuda_graph=cuda_graph,
-                              source_fps=source_fps, progress=not args.no_progress, total=frames)
+                              source_fps=rate, progress=not args.no_progress, total=frames)
     except ValueError as err:  # a frame that cannot be decoded or read
         return error("stream", as_flag(err, {"input": "--input"}), EXIT_USAGE)
     grid = grid_frames(result.panels())
     out.parent.mkdir(parents=True, exist_ok=True)
     gif = out.suffix.lower() == ".gif"
     low, high = FPS_RANGE["GIF" if gif else "MP4"]  # the source's rate, within what the format can show
-    out_fps = min(max(source_fps, low), high)
+    out_fps = min(max(rate, low), high)
     written = (write_gif if gif else write_mp4)(out, grid, fps=out_fps, overwrite=args.force)
 
     s = result.summary()
@@ -169,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
     graph = (", optimized" if optimized else "") + (", CUDA graph" if cuda_graph else "")
     first = (f"the first, building the sampler, {fmt_seconds(s['first_latency'])}, left out" if s["predictions"] > 1
              else "a single prediction, which also built the sampler")
-    print(f"mcvd stream: {args.input}: {s['frames_in']} frames in at {source_fps:g} fps ({fps_source}); "
+    read = "" if stride == 1 else f", one in {stride} ({why}): {rate:g} fps"
+    print(f"mcvd stream: {args.input}: {s['frames_in']} frames in at {source_fps:g} fps ({fps_source}){read}; "
           f"{s['predictions']} predictions of k={k} frames, one every {every} from frame {p}; "
           f"{args.method} {args.steps} steps, {weights} weights, {device}{threads}{graph}")
     print(f"mcvd stream: {s['predicted_fps']:.2f} predicted frames per second ({k} per prediction); latency per "
@@ -177,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
           f"{fmt_seconds(s['latency_max'])} ({first}), per predicted frame {fmt_seconds(s['latency_per_frame'])}; "
           f"{s['frames_in'] / s['seconds']:.2f} input frames per second overall")
     verdict = "keeps up with" if result.keeps_up else "does not keep up with"
-    print(f"mcvd stream: {verdict} the source's {source_fps:g} fps: a prediction is due every {every}, "
+    pace = f"the source's {source_fps:g} fps" if stride == 1 else f"the {rate:g} fps of the frames read"
+    print(f"mcvd stream: {verdict} {pace}: a prediction is due every {every}, "
           f"{fmt_seconds(result.budget)}; 90% took at most {fmt_seconds(s['latency_p90'])}")
     print(f"mcvd stream: wrote {written} (input | prediction, {s['frames_in']} frames at {out_fps:g} fps)")
     return 0

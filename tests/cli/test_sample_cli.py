@@ -460,3 +460,32 @@ def test_a_folder_named_like_a_shipped_model_does_not_hide_it(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     (tmp_path / "smmnist-demo-cpu").mkdir()
     assert read_model_arg("--checkpoint", Path("smmnist-demo-cpu")).path.name == "smmnist_demo_cpu.mcvd"
+
+
+def test_an_input_is_read_with_the_models_training_frame_stride(checkpoint, tmp_path, capsys):
+    """A model trained on a video folder's frames 2 apart (data.frame_stride 2) is given frames 2 apart, the
+    motion it learnt; --frame-stride sets another stride."""
+    from mcvd.data.video_folder import frames_to_clip
+
+    state = torch.load(checkpoint, weights_only=True)
+    state["run_config"]["data"].update(dataset="video_folder", root="videos", frame_stride=2)
+    strided = tmp_path / "strided.pt"
+    torch.save(state, strided)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    square = moving_square(12)
+    for t, image in enumerate(square):
+        Image.fromarray(image).save(frames / f"{t}.png")
+    for stride, args, said in ((2, [], "one frame in 2 (the model's training stride)"),
+                               (3, ["--frame-stride", "3"], "one frame in 3 (--frame-stride)"),
+                               (1, ["--frame-stride", "1"], f"{frames} from frame 1)")):
+        out = tmp_path / f"out{stride}"
+        assert sample(strided, out, "--input", str(frames), "--start", "1", "--frames", "2", *args) == 0
+        assert said in capsys.readouterr().out
+        clip = frames_to_clip(list(square[1::stride][:P + 2]), SIZE, 1)
+        with np.load(out / "frames.npz") as z:
+            np.testing.assert_array_equal(z["past"][0], clip[:P].numpy())
+            np.testing.assert_array_equal(z["truth"][0], clip[P:].numpy())
+            assert z["frame_stride"] == stride
+    assert sample(checkpoint, tmp_path / "x", "--data", "smmnist", "--frame-stride", "2") == 2
+    assert "--frame-stride: selects the frames of --input; it does not apply to --data" in capsys.readouterr().err

@@ -143,6 +143,35 @@ def test_the_streamed_frames_are_the_video_s(checkpoint, video, tmp_path):
     assert (shown - expected).abs().max() <= 2  # GIF palette quantisation
 
 
+def test_a_video_is_read_with_the_models_training_frame_stride(checkpoint, video, tmp_path, capsys):
+    """A model trained on a video folder's frames 2 apart is streamed one frame in 2, at half the source's rate
+    (the output lasts as long as the source); --frame-stride sets another stride."""
+    state = torch.load(checkpoint, weights_only=True)
+    state["run_config"]["data"].update(dataset="video_folder", root="videos", frame_stride=2)
+    strided = tmp_path / "strided.pt"
+    torch.save(state, strided)
+    out = tmp_path / "side.gif"
+    assert stream(strided, "--input", str(video), "--out", str(out)) == 0
+    text = capsys.readouterr().out
+    assert (f"5 frames in at 5 fps (the video's), one in 2 (the model's training stride): 2.5 fps; 2 predictions "
+            f"of k={K} frames") in text
+    assert re.search(r"keeps up with the 2.5 fps of the frames read: a prediction is due every 2 frames, 800 ms",
+                     text)
+    clip = load_clip(video, SIZE, 1, stride=2)
+    with Image.open(out) as gif:
+        assert gif.n_frames == 5 and gif.info["duration"] == 400  # 2.5 fps
+        gif.seek(4)
+        img = torch.from_numpy(np.array(gif.convert("RGB"))).float()
+    y0, x0 = HEADER + GAP + BORDER, GAP + BORDER
+    shown = img[y0:y0 + SIZE * 4:4, x0:x0 + SIZE * 4:4, 0]
+    assert (shown - ((clip[4, 0] + 1) * 127.5).round()).abs().max() <= 2  # source frame 8
+    assert stream(strided, "--input", str(video), "--out", str(out), "--force", "--frame-stride", "3") == 0
+    assert "3 frames in at 5 fps (the video's), one in 3 (--frame-stride)" in capsys.readouterr().out
+    assert stream(strided, "--input", str(video), "--out", str(out), "--force", "--frame-stride", "5") == 2
+    assert (f"--input: {video}: 2 frames, one in 5 of its 9 (--frame-stride); streaming needs at least p + 1 = "
+            f"{P + 1}") in capsys.readouterr().err
+
+
 def test_optimize_compiles_the_network_and_predicts_as_the_eager_one(checkpoint, video, tmp_path, capsys):
     """--optimize streams through mcvd.optimize's compiled network (eager is the
     CPU's default): the same side-by-side frames as the eager run, to the

@@ -13,8 +13,8 @@ from PIL import Image
 from mcvd import fileio
 from mcvd.data import VideoFolder
 from mcvd.data.video_folder import frame_files
-from mcvd.video import (KIND_COLOURS, count_frames, grid_frames, iter_clip, read_frame_folder, read_video, task_panels,
-                        write_gif, write_mp4, write_npz)
+from mcvd.video import (KIND_COLOURS, count_frames, grid_frames, iter_clip, load_clip, read_frame_folder, read_video,
+                        task_panels, write_gif, write_mp4, write_npz)
 
 av = pytest.importorskip("av", reason="MP4 files need PyAV (pip install av)")
 
@@ -78,13 +78,16 @@ def test_an_image_too_large_to_open_is_a_read_error(tmp_path, monkeypatch):
 @pytest.mark.parametrize("kw, name, error", [(dict(start=-2), "start", ValueError),
                                              (dict(max_frames=-1), "max_frames", ValueError),
                                              (dict(start=1.5), "start", TypeError),
-                                             (dict(max_frames=True), "max_frames", TypeError)])
+                                             (dict(max_frames=True), "max_frames", TypeError),
+                                             (dict(stride=0), "stride", ValueError),
+                                             (dict(stride=2.0), "stride", TypeError)])
 def test_negative_spans_are_refused_for_folders_and_videos(tmp_path, kw, name, error):
     folder = save_frames(tmp_path / "v", 4)
     write_mp4(tmp_path / "v.mp4", frames_of([0, 50, 100, 150]), fps=10)
+    low = 1 if name == "stride" else 0
     for read, path in ((read_frame_folder, folder), (read_video, tmp_path / "v.mp4"),
                        (lambda p, **kw: iter_clip(p, 8, 1, **kw), folder)):  # at the call, not at the first frame
-        with pytest.raises(error, match=rf"^{name}: expected an integer >= 0"):
+        with pytest.raises(error, match=rf"^{name}: expected an integer >= {low}"):
             read(path, **kw)
 
 
@@ -92,6 +95,25 @@ def test_numpy_integers_are_spans(tmp_path):
     folder = save_frames(tmp_path / "v", 4)
     assert len(read_frame_folder(folder, start=np.int64(1), max_frames=np.int32(2))) == 2
     assert len(list(iter_clip(folder, 8, 1, start=np.int64(3)))) == 1
+    assert len(read_frame_folder(folder, stride=np.int64(3))) == 2
+
+
+@pytest.mark.parametrize("start, max_frames, stride", [(0, None, 2), (1, None, 2), (1, 2, 2), (0, 3, 3), (2, 0, 2),
+                                                       (3, None, 5), (5, None, 2), (0, 9, 1)])
+def test_a_stride_takes_every_stride_th_frame_from_start(tmp_path, start, max_frames, stride):
+    """The frames a stride takes from a folder and from a video: the frames' grey levels (20 per frame,
+    kept by a lossless PNG; 10 levels apart in a video's luma, a step its coding error stays well inside)."""
+    count = 7
+    folder = save_frames(tmp_path / "v", count)
+    video = tmp_path / "v.mp4"
+    write_mp4(video, frames_of([20 * i for i in range(count)]), fps=10)
+    want = list(range(count))[start::stride][:max_frames]
+    span = dict(start=start, max_frames=max_frames, stride=stride)
+    got = [int(round(f.mean() / 20)) for f in read_frame_folder(folder, **span)]
+    assert got == want
+    assert [int(round(f.mean() / 20)) for f in read_video(video, **span)] == want
+    assert [int(round((f.mean().item() + 1) * 127.5 / 20)) for f in iter_clip(folder, 8, 1, **span)] == want
+    assert load_clip(video, 8, 1, **span).shape[0] == len(want)
 
 
 def test_names_with_other_unicode_digits_sort(tmp_path):

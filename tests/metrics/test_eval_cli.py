@@ -197,11 +197,11 @@ def test_smmnist_clips_are_drawn_like_the_checkpoints_training_data(tmp_path, mo
     run_config = {"data": {"dataset": "smmnist", "num_digits": 1, "digit_size": 8}}
     torch.save({"format": FORMAT, "version": VERSION, "model_config": small.to_dict(), "model": state,
                 "ema": state, "run_config": run_config}, path)
-    clips = eval_clips("smmnist", 5, small, load_checkpoint_arg(path, False, "cpu")[3])
+    clips = eval_clips("smmnist", 5, small, load_checkpoint_arg(path, False, "cpu")[3], 1)
     assert (clips.num_digits, clips.digit_size, clips.image_size) == (1, 8, 16)
     assert clips[0].shape[-2:] == (16, 16)
     # a model file has no run config: two digits of half the frame (the paper's proportions)
-    clips = eval_clips("smmnist", 5, TINY, load_checkpoint_arg(model_file, False, "cpu")[3])
+    clips = eval_clips("smmnist", 5, TINY, load_checkpoint_arg(model_file, False, "cpu")[3], 1)
     assert (clips.num_digits, clips.digit_size) == (2, 32)
 
 
@@ -270,3 +270,14 @@ def test_a_folder_is_read_with_the_training_runs_frame_stride(tmp_path):
     assert run_eval("--checkpoint", ckpt, "--data", tmp_path / "videos", "--no-fvd", "--out", tmp_path / "out") == 0
     result = read(tmp_path / "out")
     assert result["run"]["frame_stride"] == 2 and result["run"]["num_clips"] == 1
+    assert run_eval("--checkpoint", ckpt, "--data", tmp_path / "videos", "--no-fvd", "--frame-stride", 1,
+                    "--out", tmp_path / "out", "--force") == 0  # consecutive frames: 20 // 6 clips
+    result = read(tmp_path / "out")
+    assert result["run"]["frame_stride"] == 1 and result["run"]["num_clips"] == 3
+
+
+def test_a_frame_stride_is_refused_for_smmnist(tmp_path, capsys):
+    ckpt = training_checkpoint(tmp_path / "checkpoint.pt", {})
+    assert run_eval("--checkpoint", ckpt, "--data", "smmnist", "--frame-stride", 2, "--out", tmp_path / "x") == 2
+    assert "--frame-stride: reads a video folder's frames; --data smmnist draws its clips" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from mcvd.data.video_folder import (IMAGE_EXTENSIONS, count_video_frames, frame_files, frames_to_clip,
-                                    is_image_read_error, read_frames)
+                                    is_image_read_error, read_frames, warn_if_upscaled)
 from mcvd.fileio import atomic_write
 
 KIND_COLOURS = {
@@ -393,6 +393,7 @@ def load_clip(path: str | os.PathLike, image_size: int, channels: int, *, start:
         frames = read_video(path, start=start, max_frames=max_frames, stride=stride)
     if not frames:
         return torch.zeros((0, channels, image_size, image_size))
+    warn_if_upscaled(frames[0], image_size, f"input: {path}")
     return frames_to_clip(frames, image_size, channels)
 
 
@@ -406,7 +407,14 @@ def iter_clip(path: str | os.PathLike, image_size: int, channels: int, *, start:
     start, max_frames, stride = _check_span(start, max_frames, stride)
     path = Path(path)
     rgb = (_read_folder if path.is_dir() else _decode_video)(path, start, max_frames, stride)
-    return (frames_to_clip([frame], image_size, channels)[0] for frame in rgb)
+    return _converted(rgb, image_size, channels, path)
+
+
+def _converted(rgb: Iterator[np.ndarray], image_size: int, channels: int, path: Path) -> Iterator[torch.Tensor]:
+    for t, frame in enumerate(rgb):
+        if t == 0:
+            warn_if_upscaled(frame, image_size, f"input: {path}")
+        yield frames_to_clip([frame], image_size, channels)[0]
 
 
 def count_frames(path: str | os.PathLike) -> int:

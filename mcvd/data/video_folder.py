@@ -7,7 +7,8 @@ video. Every start frame (every `clip_step`-th) of every video is one item,
 so a `DataLoader(shuffle=True)` draws clips uniformly over the data set.
 
 Frames are resized so that their short side equals `image_size` (bilinear,
-antialiased), centre-cropped to `image_size` x `image_size`, converted to
+antialiased; frames smaller than that are upscaled, with one warning per data
+set naming a video, since the model then sees blur), centre-cropped to `image_size` x `image_size`, converted to
 `channels` (3: RGB; 1: luma Y = 0.299 R + 0.587 G + 0.114 B, as PIL's "L")
 and scaled to [-1, 1] from their own format's range: 0..255 for 8-bit
 frames (video files, and images of PIL modes 1, L, P, RGB, RGBA, LA, CMYK,
@@ -197,6 +198,18 @@ def read_frames(files: list[Path], first: Path) -> list[np.ndarray]:
     return out
 
 
+def warn_if_upscaled(frame: np.ndarray, image_size: int, source) -> bool:
+    """Warn (and return True) when `frame`'s short side is below image_size: frames_to_clip then upscales it,
+    and the model sees blurred frames without more detail in them. `source` names the video."""
+    h, w = frame.shape[:2]
+    if min(h, w) >= image_size:
+        return False
+    warnings.warn(f"{source}: frames of {h} x {w} are upscaled to the model's {image_size} x {image_size} frames "
+                  f"(short side {min(h, w)} < {image_size}): blurred, with no more detail than the source",
+                  stacklevel=3)
+    return True
+
+
 def frames_to_clip(frames: list[np.ndarray], image_size: int, channels: int) -> torch.Tensor:
     """RGB frames [H, W, 3], uint8 (levels 0..255) or uint16 (0..65535), each scaled
     by its own dtype's range -> float32 [T, channels, image_size, image_size] in
@@ -275,6 +288,7 @@ class VideoFolder(Dataset):
                              f"(video files {VIDEO_EXTENSIONS} or folders of {IMAGE_EXTENSIONS} frames)")
         self._ends = ends
         self._bad: set[int] = set()
+        self._upscale_named = False
 
     def __len__(self) -> int:
         return self._ends[-1]
@@ -293,6 +307,8 @@ class VideoFolder(Dataset):
             rgb = _decode_video(path, indices)
         else:
             rgb = read_frames([frames[i] for i in indices], frames[0])
+        if not self._upscale_named:  # once per data set (per process): a folder's videos are often all alike
+            self._upscale_named = warn_if_upscaled(rgb[0], self.image_size, f"VideoFolder: {path}")
         return frames_to_clip(rgb, self.image_size, self.channels)
 
     def __getitem__(self, index: int) -> torch.Tensor:

@@ -163,3 +163,24 @@ def test_a_new_file_gets_the_umask_without_changing_it(tmp_path, monkeypatch):
         monkeypatch.undo()
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "f.bin").stat().st_mode) == 0o640
+
+
+def test_frames_smaller_than_the_model_s_are_upscaled_with_a_warning(tmp_path):
+    """8 x 8 frames for 16 x 16 model frames: read (upscaled), with one warning naming the video; frames as
+    large as the model's, none."""
+    import warnings
+
+    folder = save_frames(tmp_path / "v", 6)
+    with pytest.warns(UserWarning, match=r"input: .*v: frames of 8 x 8 are upscaled to the model's 16 x 16") as got:
+        assert load_clip(folder, 16, 1).shape == (6, 1, 16, 16)
+    assert len(got) == 1
+    with pytest.warns(UserWarning, match="frames of 8 x 8 are upscaled") as got:
+        assert len(list(iter_clip(folder, 16, 1))) == 6
+    assert len(got) == 1
+    data = VideoFolder(tmp_path, 2, 16, channels=1)
+    with pytest.warns(UserWarning, match=r"VideoFolder: .*v: frames of 8 x 8 are upscaled") as got:
+        assert [data[i].shape for i in range(len(data))] == [(2, 1, 16, 16)] * 5
+    assert len(got) == 1  # once per data set
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_clip(folder, 8, 1), list(iter_clip(folder, 8, 1)), VideoFolder(tmp_path, 2, 8)[0]

@@ -39,7 +39,10 @@ class ConditionCache:
 
     Valid for the network that built it (while its weights are unchanged)
     and for x_t of the same batch size, dtype and device; `MCVD.forward`
-    checks all of that and raises otherwise.
+    checks all of that and raises otherwise. The weights are followed by
+    their version counters, which every in-place update bumps except one
+    made through `param.data` (`p.data.copy_(...)`, which autograd does not
+    see): after such an update, build the cache again.
 
     Attributes:
         batch, dtype, device: of the condition frames it was built from.

@@ -26,6 +26,7 @@ import math
 import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,10 @@ def _check_range(section: str, name: str, value, low=None, high=None, *, low_ope
         raise ValueError(f"{section}.{name}: expected {' and '.join(s for s in (lo, hi) if s)}, got {value}")
 
 
+# The data keys that only one data set reads (root and length: one data set only, refused for the other).
+DATASET_KEYS = {"smmnist": ("num_digits", "digit_size"), "video_folder": ("frame_stride", "clip_step")}
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where training clips come from.
@@ -137,6 +142,12 @@ class DataConfig:
             _check_range("data", "length", self.length, 1)
         for name in ("num_digits", "digit_size", "frame_stride", "clip_step"):
             _check_range("data", name, getattr(self, name), 1)
+        other = "video_folder" if self.dataset == "smmnist" else "smmnist"
+        for name in DATASET_KEYS[other]:  # a setting the data set does not read: a config meant for the other
+            default = DataConfig.__dataclass_fields__[name].default
+            if getattr(self, name) != default:
+                warnings.warn(f"data.{name}: {other} only; dataset {self.dataset!r} ignores it (got "
+                              f"{getattr(self, name)!r})", stacklevel=4)
         _check_range("data", "num_workers", self.num_workers, 0)
 
 

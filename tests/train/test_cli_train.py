@@ -10,6 +10,7 @@ from mcvd.cli import main
 from mcvd.nn import MCVD
 
 SMALL = Path(__file__).resolve().parents[2] / "configs" / "smmnist_small.yml"
+FOLDER = Path(__file__).resolve().parents[2] / "configs" / "video_folder.yml"
 
 
 @pytest.fixture
@@ -41,6 +42,34 @@ def test_dry_run_prints_the_resolved_config_and_model_size(tmp_path, capsys):
 def test_bad_overrides_exit_2_naming_the_key(config, tmp_path, capsys, args, match):
     assert main(["train", "--config", str(config), "--workdir", str(tmp_path / "w"), "--dry-run", *args]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_the_video_folder_config_trains_on_a_folder_then_samples_and_streams_its_videos(tmp_path, capsys):
+    """configs/video_folder.yml as the README uses it, its network shrunk: one training step on a folder of
+    frames with a frame stride of 2; sample and stream then read the video with that stride."""
+    import numpy as np
+    from PIL import Image
+
+    clip = tmp_path / "videos" / "a"
+    clip.mkdir(parents=True)
+    for t in range(12):
+        Image.fromarray(np.roll(np.eye(24, dtype=np.uint8) * 255, 2 * t, axis=1)[..., None].repeat(3, -1)).save(
+            clip / f"{t}.png")
+    work = tmp_path / "run"
+    small = ["model.ngf=8", "model.ch_mult=[1]", "model.num_res_blocks=1", "model.attn_resolutions=[]",
+             "model.image_size=16", "data.num_workers=0", "data.frame_stride=2", "training.batch_size=2",
+             "training.steps=1", "training.warmup=1", f"data.root={tmp_path / 'videos'}"]
+    sets = [a for item in small for a in ("--set", item)]
+    assert main(["train", "--config", str(FOLDER), "--workdir", str(work), "--no-progress", *sets]) == 0
+    assert "step 1, checkpoint" in capsys.readouterr().out
+    assert yaml.safe_load((work / "config.yml").read_text())["data"]["dataset"] == "video_folder"
+    fast = ["--steps", "2", "--no-progress", "--no-optimize"]
+    assert main(["sample", "--checkpoint", str(work / "checkpoint.pt"), "--input", str(clip), "--frames", "2",
+                 "--out", str(tmp_path / "s"), *fast]) == 0
+    assert "one frame in 2 (the model's training stride)" in capsys.readouterr().out
+    assert main(["stream", "--checkpoint", str(work / "checkpoint.pt"), "--input", str(clip), "--out",
+                 str(tmp_path / "side.gif"), "--steps", "2", "--no-progress"]) == 0
+    assert "6 frames in at 10 fps (assumed), one in 2 (the model's training stride): 5 fps" in capsys.readouterr().out
 
 
 def test_missing_config_file(tmp_path, capsys):

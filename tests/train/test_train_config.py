@@ -80,6 +80,27 @@ def test_data_checks(kwargs, match):
         DataConfig(**kwargs)
 
 
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(frame_stride=2), r"data.frame_stride: video_folder only; dataset 'smmnist' ignores it \(got 2\)"),
+    (dict(clip_step=3), r"data.clip_step: video_folder only; dataset 'smmnist' ignores it \(got 3\)"),
+    (dict(dataset="video_folder", root="/v", digit_size=16), r"data.digit_size: smmnist only; dataset "
+                                                             r"'video_folder' ignores it \(got 16\)"),
+    (dict(dataset="video_folder", root="/v", num_digits=3), r"data.num_digits: smmnist only"),
+])
+def test_a_key_the_data_set_does_not_read_is_named_in_a_warning(kwargs, match):
+    with pytest.warns(UserWarning, match=match):
+        DataConfig(**kwargs)
+
+
+def test_the_data_sets_own_keys_and_defaults_warn_of_nothing():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DataConfig(num_digits=3, digit_size=16)
+        DataConfig(dataset="video_folder", root="/v", frame_stride=2, clip_step=3)
+
+
 @pytest.mark.parametrize("d,match", [
     ({"model": {"channels": 3}}, r"model.channels: Stochastic Moving MNIST has 1 channel, got 3"),
     ({"model": {"image_size": 32}}, r"data.digit_size: expected < model.image_size \(32\), got 32"),

@@ -83,7 +83,12 @@ def spatin_norm_ref(x, num_groups, *, weight=None, bias=None, gamma=None, beta=N
     if upcast and dtype in (torch.float16, torch.bfloat16):
         up = lambda t: None if t is None else t.float()  # noqa: E731
         x, weight, bias, gamma, beta, scale, shift = map(up, (x, weight, bias, gamma, beta, scale, shift))
-    n = F.group_norm(x, num_groups, eps=eps)
+    layout = output_format(x)
+    if x.device.type == "cpu":  # PyTorch's CPU GroupNorm on channels_last takes the variance in one pass, which
+        x = x.contiguous()      # cancels for values far from 0 (y off by 4e3 at x = 1e4 + randn in float32)
+    # torch.group_norm, not F.group_norm: a group of one value is normalised to 0 (as the kernels do), where
+    # F.group_norm refuses it ("Expected more than 1 value per channel").
+    n = torch.group_norm(x, num_groups, None, None, eps)
     if weight is not None:
         n = n * weight[:, None, None]
     if bias is not None:
@@ -98,7 +103,7 @@ def spatin_norm_ref(x, num_groups, *, weight=None, bias=None, gamma=None, beta=N
         n = n + shift[:, :, None, None]
     if silu:
         n = F.silu(n)
-    return n.to(dtype)
+    return n.to(dtype).contiguous(memory_format=layout)
 
 
 def spatin_norm(x: torch.Tensor, num_groups: int, *, weight: torch.Tensor | None = None,

@@ -105,6 +105,37 @@ def test_float32_statistics_survive_a_large_offset(backend_device, layout):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_reference_keeps_its_float32_accuracy_in_either_layout(layout):
+    """The reference itself, at x = 1e4 + N(0, 1) in float32, against the two-pass definition in float64:
+    PyTorch's CPU GroupNorm on a channels_last x takes a one-pass variance (y off by thousands there, its
+    gradient by 1e8), so the reference normalises a contiguous copy and returns y in x's layout."""
+    B, C, H, W, G = 2, 8, 24, 24, 4
+    x = (torch.randn(B, C, H, W, dtype=torch.float64) + 1e4).float().contiguous(memory_format=layout)
+    x.requires_grad_(True)
+    y = spatin_norm_ref(x, G, eps=EPS, silu=True)
+    assert y.is_contiguous(memory_format=layout)
+    grad_y = torch.randn(B, C, H, W)
+    y.backward(grad_y)
+    x64 = x.detach().double().requires_grad_(True)
+    groups = x64.reshape(B, G, -1)
+    n = (groups - groups.mean(-1, keepdim=True)) / (groups.var(-1, unbiased=False, keepdim=True) + EPS).sqrt()
+    want = torch.nn.functional.silu(n.reshape(B, C, H, W))
+    want.backward(grad_y.double())
+    # float32 x at 1e4 is itself off by up to 5e-4 of the unit standard deviation
+    torch.testing.assert_close(y.double(), want, rtol=0, atol=3e-3)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=0, atol=3e-3)
+
+
+def test_the_reference_normalises_a_group_of_one_value_to_zero():
+    """One value per group (B = 1, one channel per group, 1 x 1 frames): x - mean = 0, so y is the bias, as the
+    kernels give it (F.group_norm would refuse the input)."""
+    x, opt = make_inputs((1, 4, 1, 1), ("weight", "bias"))
+    y = spatin_norm_ref(x, 4, **opt, eps=EPS)
+    torch.testing.assert_close(y.flatten(), opt["bias"], rtol=0, atol=0)
+    torch.testing.assert_close(spatin_norm(x, 4, **opt, eps=EPS, backend="cpu"), y, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
 def test_statistics_are_the_group_mean_and_rstd(backend_device, dtype, layout):
     backend, device = backend_device

@@ -4,8 +4,9 @@
     x_prev = c_x0 * x0 + c_xt * x_t + sigma * noise
 
 Each program works inside one sample, so its five coefficients are scalar loads
-from the [5, B] table; the arithmetic runs in the table's dtype (float32, or
-float64 for float64 x_t). The clip bounds travel as float32 kernel arguments.
+from the [5, B] table; the arithmetic runs in the table's dtype, which the
+wrapper converts to float64 for float64 x_t and to float32 for the others (the
+C++ op's compute dtype). The clip bounds travel as float32 kernel arguments.
 
 The autograd of this Triton op is registered by mcvd/ops/reverse_step.py,
 which imports this module; this module imports nothing from mcvd.
@@ -67,7 +68,9 @@ def fwd(x_t: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | None, coef: 
     float32 or float64 on x_t's device. Returns (x_prev, x0), shaped like x_t."""
     _checks.run(checks, "reverse_step", "fwd", x_t, eps, noise, coef, clip_lo, clip_hi)
     B = x_t.shape[0]
-    x_t, eps, coef = x_t.contiguous(), eps.contiguous(), coef.contiguous()
+    # The C++ op's compute dtype (at::opmath_type of x_t's): the kernel computes in the table's dtype.
+    compute = torch.float64 if x_t.dtype == torch.float64 else torch.float32
+    x_t, eps, coef = x_t.contiguous(), eps.contiguous(), coef.to(compute).contiguous()
     noise = None if noise is None else noise.contiguous()
     x_prev, x0 = torch.empty_like(x_t), torch.empty_like(x_t)
     per = x_t.numel() // B if B else 0

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mcvd.ops import available_backends, reverse_step, reverse_step_ref
+from mcvd.ops.reverse_step import reverse_step_coef
 
 # Minimal, odd and video-like shapes; [7, 3, 61, 67] is large enough that the
 # threads split it in the middle of a sample.
@@ -207,8 +208,36 @@ def test_an_x0_exactly_on_a_clip_bound_passes_its_gradient(backend_device, dtype
     eps = torch.randn_like(near) * 1e-3
     got = torch.autograd.grad(reverse_step(near, eps, None, **coefs, clip=(-1.0, 0.5), backend=backend)[1].sum(),
                               near)[0]
-    want = torch.autograd.grad(reverse_step_ref(near, eps, None, **coefs, clip=(-1.0, 0.5))[1].sum(), near)[0]
+    # The reference in the kernels' compute dtype (float32 for bfloat16: backend="reference"'s upcast)
+    want = torch.autograd.grad(reverse_step_ref(near, eps, None, **coefs, clip=(-1.0, 0.5), upcast=True)[1].sum(),
+                               near)[0]
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_an_x0_clipped_in_float32_passes_no_gradient_where_it_rounds_onto_the_bound(backend_device, dtype):
+    """x0 = x_t - 0.5 eps = 1 + 0.5 * 0.0002 = 1.0001 in the kernels' float32: clipped to 1, so no gradient,
+    although 1.0001 rounds to 1.0 in bfloat16 and in float16 (steps of 2^-7 and 2^-10 above 1)."""
+    backend, device = backend_device
+    x_t = torch.ones(1, 4, dtype=dtype, device=device, requires_grad=True)
+    eps = torch.full((1, 4), -0.0002, dtype=dtype, device=device)
+    coefs = dict(a=0.5, b=1.0, c_x0=1.0, c_xt=0.0, sigma=0.0)
+    _, x0 = reverse_step(x_t, eps, None, **coefs, clip=(-1.0, 1.0), backend=backend)
+    assert x0.tolist() == [[1.0] * 4]
+    (grad,) = torch.autograd.grad(x0.sum(), x_t)
+    assert grad.tolist() == [[0.0] * 4]
+
+
+def test_a_float64_step_with_a_float32_table_computes_in_float64(backend_device):
+    """reverse_step_coef takes a float32 or float64 table whatever x_t's dtype; a float64 x_t is computed in
+    float64 (the table widened), as the reference does with the same coefficients."""
+    backend, device = backend_device
+    x_t, eps, noise = make((3, 5, 7), device=device)
+    coef = (0.1 + torch.rand(5, 3, device=device)).float()
+    x_prev, x0 = reverse_step_coef(x_t, eps, noise, coef, -1.0, 1.0, backend=backend)
+    want_prev, want_x0 = reverse_step_ref(x_t, eps, noise, **dict(zip(COEF_NAMES, coef.double())), clip=(-1.0, 1.0))
+    torch.testing.assert_close(x0, want_x0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x_prev, want_prev, rtol=1e-12, atol=1e-12)
 
 
 def test_double_backward(backend_device):

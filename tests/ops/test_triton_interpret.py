@@ -347,6 +347,21 @@ def test_reverse_step_low_precision(dtype):
 
 
 @interpreted
+def test_reverse_step_float64_with_a_float32_table_computes_in_float64():
+    """A float32 coefficient table is widened for float64 frames (the C++ op's compute dtype), not the frames
+    narrowed to the table's float32."""
+    from mcvd.ops.reverse_step import reverse_step_coef
+
+    x_t, eps, noise = (torch.randn(2, 3, 17, dtype=torch.float64) for _ in range(3))
+    coef = (0.1 + torch.rand(5, 2)).float()
+    got = reverse_step_coef(x_t, eps, noise, coef, -1.0, 1.0, backend="triton")
+    want = reverse_step_ref(x_t, eps, noise, **dict(zip(("a", "b", "c_x0", "c_xt", "sigma"), coef.double())),
+                            clip=(-1.0, 1.0))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=F64_TOL, atol=F64_TOL)
+
+
+@interpreted
 def test_reverse_step_clip_keeps_nan():
     x_t = torch.tensor([[0.5, float("nan"), 3.0]])
     _x_prev, x0 = mcvd.ops.reverse_step(x_t, torch.zeros_like(x_t), None, a=0.5, b=1.0, c_x0=1.0, c_xt=0.0,

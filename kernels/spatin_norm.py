@@ -39,6 +39,7 @@ The autograd of these Triton ops is registered by mcvd/ops/spatin_norm.py,
 which imports this module; this module imports nothing from mcvd.
 """
 import functools
+import math
 
 import torch
 import triton
@@ -136,8 +137,8 @@ def fwd(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: tor
     y = torch.empty_like(x)
     mean = torch.empty((B, num_groups), dtype=acc_dtype, device=x.device)
     rstd = torch.empty_like(mean)
-    if y.numel() == 0:
-        return y, mean.fill_(float("nan")), rstd.fill_(float("nan"))
+    if y.numel() == 0:  # groups of no elements: mean 0 and variance 0, as the C++ ops compute them
+        return y, mean.zero_(), rstd.fill_(1 / math.sqrt(eps) if eps > 0 else math.inf)
     opt = [x if t is None else t for t in (weight, bias, gamma, beta, scale, shift)]
     flags = _flags(weight, bias, gamma, beta, scale, shift)
     if _fused(B * num_groups, cg, hw, x.device, _MAX_FUSED):

@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <cmath>
 #include <tuple>
 
 #include "checks.h"
@@ -57,7 +58,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatin_norm_fwd_cuda(
   at::Tensor y = at::empty_like(x);
   at::Tensor mean = at::empty({x.size(0), num_groups}, x.options().dtype(stat_dtype(x)));
   at::Tensor rstd = at::empty_like(mean);
-  if (x.numel() == 0) return {y, mean.zero_(), rstd.zero_()};  // groups of no elements
+  // Groups of no elements: mean 0 and variance 0, as the CPU op computes them (rstd = 1 / sqrt(eps)).
+  if (x.numel() == 0) return {y, mean.zero_(), rstd.fill_(1.0 / std::sqrt(eps))};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "spatin_norm_fwd_cuda", [&] {
     using T = cuda::cuda_type_t<scalar_t>;

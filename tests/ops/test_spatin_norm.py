@@ -427,6 +427,18 @@ def test_empty_batch_backward(backend_device):
     assert torch.equal(gb.cpu(), torch.zeros(4, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("eps", [EPS, 0.0])
+def test_groups_of_no_elements_have_mean_zero_and_variance_zero(backend_device, eps):
+    """Frames of 0 x 3 pixels: y is empty, and every backend gives a group of no elements the statistics the
+    C++ CPU op takes for it, mean 0 and variance 0 (rstd = 1 / sqrt(eps); inf for eps = 0)."""
+    backend, device = backend_device
+    fwd = triton_kernels().fwd if backend == "triton" else torch.ops.mcvd.spatin_norm_fwd
+    y, mean, rstd = fwd(torch.randn(2, 4, 0, 3, device=device), 2, None, None, None, None, None, None, eps, False)
+    assert y.shape == (2, 4, 0, 3)
+    assert mean.tolist() == [[0.0, 0.0]] * 2
+    assert rstd.tolist() == [[1 / eps ** 0.5 if eps else float("inf")] * 2] * 2
+
+
 def test_statistics_do_not_require_grad(backend_device):
     backend, device = backend_device
     x, opt = make_inputs((2, 4, 3, 2), ("weight", "gamma"), device=device)

@@ -347,6 +347,14 @@ def test_reverse_step_low_precision(dtype):
 
 
 @interpreted
+def test_spatin_norm_groups_of_no_elements_have_mean_zero_and_variance_zero():
+    """As the C++ ops: mean 0, rstd 1 / sqrt(eps) for groups of 0 x 3 pixels."""
+    y, mean, rstd = spatin_norm_kernels().fwd(torch.randn(2, 4, 0, 3), 2, None, None, None, None, None, None, 0.25,
+                                              False)
+    assert y.shape == (2, 4, 0, 3) and mean.tolist() == [[0.0, 0.0]] * 2 and rstd.tolist() == [[2.0, 2.0]] * 2
+
+
+@interpreted
 def test_reverse_step_float64_with_a_float32_table_computes_in_float64():
     """A float32 coefficient table is widened for float64 frames (the C++ op's compute dtype), not the frames
     narrowed to the table's float32."""

@@ -50,7 +50,8 @@ def add_parser(sub):
     p.add_argument("--init-from", type=Path, default=None, metavar="MODEL",
                    help="start a new run from this model file's weights, or a shipped model's (its name); its model "
                         "must equal the config's")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the model size, then exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config, the model size and the data's clips, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -58,6 +59,7 @@ def add_parser(sub):
 def run(args) -> int:
     from mcvd.nn import MCVD
     from mcvd.train import TrainingDiverged, TrainingInterrupted, load_run_config, train
+    from mcvd.train.trainer import make_dataset
 
     try:
         cfg = load_run_config(args.config, args.overrides)
@@ -65,8 +67,15 @@ def run(args) -> int:
         return _error(err, EXIT_USAGE)
     if args.dry_run:
         params = sum(p.numel() for p in MCVD(cfg.model).parameters())
+        try:  # the data set is opened as training opens it: a missing or empty data.root is named here
+            data = make_dataset(cfg)
+        except (ValueError, FileNotFoundError) as err:
+            return _error(as_flag(err, {"root": "data.root", "channels": "model.channels"}), EXIT_USAGE)
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         print(f"# model parameters: {params:,}")
+        videos = f" from {len(data.videos):,} video(s)" if cfg.data.dataset == "video_folder" else ""
+        print(f"# data: {len(data):,} clips of {data.num_frames} frames{videos} per epoch; "
+              f"{cfg.training.steps * cfg.training.batch_size / len(data):,.1f} epochs in training.steps")
         return 0
     try:
         check_output_folder("--workdir", Path(args.workdir))

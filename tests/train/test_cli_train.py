@@ -31,6 +31,28 @@ def test_dry_run_prints_the_resolved_config_and_model_size(tmp_path, capsys):
 
     cfg = load_run_config(SMALL, ["model.ngf=8"])
     assert f"# model parameters: {sum(p.numel() for p in MCVD(cfg.model).parameters()):,}" in out
+    # 300 steps of 16 clips over SMMNIST's 60,000 clips of p + k = 4 frames
+    assert "# data: 60,000 clips of 4 frames per epoch; 0.1 epochs in training.steps" in out
+    assert not work.exists()
+
+
+def test_dry_run_opens_the_video_folder(tmp_path, capsys):
+    """A missing data.root is named before any training; a folder's clips are counted (7 frames with a
+    stride of 2: clips of 2 + 2 frames span 7, so one clip per video)."""
+    work = tmp_path / "work"
+    root = tmp_path / "videos"
+    assert main(["train", "--config", str(FOLDER), "--workdir", str(work), "--dry-run",
+                 "--set", f"data.root={root}"]) == 2
+    assert f"mcvd train: error: data.root: {root} is not a folder" in capsys.readouterr().err
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for t in range(7):
+            Image.new("RGB", (64, 64)).save(root / name / f"{t}.png")
+    assert main(["train", "--config", str(FOLDER), "--workdir", str(work), "--dry-run",
+                 "--set", f"data.root={root}", "--set", "data.frame_stride=2"]) == 0
+    assert "# data: 2 clips of 4 frames from 2 video(s) per epoch; 1,600,000.0 epochs" in capsys.readouterr().out
     assert not work.exists()
 
 

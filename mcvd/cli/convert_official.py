@@ -37,14 +37,13 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"--out: {args.out} is a folder; expected the path of the model file to write")
     if args.out.exists() and not args.force:
         return fail(f"--out: {args.out} exists; pass --force to overwrite it")
-    if not args.out.parent.is_dir():
-        return fail(f"--out: no such folder: {args.out.parent}")
-    try:
+    try:  # a missing folder is created, as the other commands create theirs; a file in its place is named
         check_output_folder("--out", args.out.parent)
     except UsageError as e:
         return fail(e)
     try:
         model, cfg = load_official(args.checkpoint, args.config, use_ema=not args.no_ema)
+        args.out.parent.mkdir(parents=True, exist_ok=True)  # after the load: a failed one leaves no folder
         save_model(args.out, model, overwrite=args.force)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         return fail(e)

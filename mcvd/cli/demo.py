@@ -100,7 +100,7 @@ def add_parser(sub) -> None:
     p.add_argument("--pred-frames", type=positive_int, default=None,
                    help="frames predicted per clip (default: the size's)")
     p.add_argument("--method", choices=("ddim", "ddpm", "dpm++"), default=None,
-                   help="sampler (default: the size's, ddpm)")
+                   help="sampler (default: the size's: ddpm for cpu and gpu, ddim for tiny)")
     p.add_argument("--sample-steps", type=positive_int, default=None,
                    help="sampler steps per block (default: the size's)")
     p.add_argument("--started-at", type=float, default=None, metavar="EPOCH_SECONDS",
@@ -108,8 +108,8 @@ def add_parser(sub) -> None:
                         "its own start): a default budget ends training so that the demo ends within the size's "
                         "total minutes of it (cpu: 9.5; default: when this command started)")
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="CPU threads for torch (default: with --minutes, the faster of torch's count and 1, "
-                        "measured; with --train-steps, torch's count)")
+                   help="CPU threads for torch (default: with a time budget, the size's or --minutes, the faster "
+                        "of torch's count and 1, measured; with --train-steps, torch's count)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing the demo's files")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-pretrained", action="store_true",

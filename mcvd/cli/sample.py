@@ -49,9 +49,12 @@ steps, seed, guidance and --input's frame stride as scalars, the guidance
 interval as a pair). Existing files are
 kept unless --force is given; each file is written atomically.
 
-The network runs as mcvd.optimize compiles it (the same eps within
-1e-4; compiled at the first call for each batch shape, minutes on a small
-CPU, cached on disk for later runs); --no-optimize runs it eagerly.
+The network runs eagerly on the CPU, its weights laid out channels_last
+(--no-optimize keeps the model exactly as it is), and as mcvd.optimize
+compiles it on a CUDA device or with --precision bf16/fp16 (--optimize: on
+the CPU too; the same eps within 1e-4 in float32, compiled at the first call
+for each batch shape in every run: 0.5-2 minutes on a small CPU, more than
+it saves for a few hundred sampling steps).
 """
 from __future__ import annotations
 
@@ -60,9 +63,10 @@ from pathlib import Path
 
 from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_frame_stride_flag,
                       add_guidance_interval_flag, add_optimize_flag, as_flag, check_guidance, check_guidance_interval,
-                      check_output_folder, check_precision, default_steps, error, fill_sampler_defaults, finite_float,
+                      check_output_folder, default_steps, error, fill_sampler_defaults, finite_float,
                       float_range, frame_stride, inference_model, load_checkpoint_arg, missing_packages,
-                      nonnegative_int, positive_int, resolve_device, sampler_of_flags, smmnist_test_clips)
+                      nonnegative_int, positive_int, resolve_device, resolve_optimize, sampler_of_flags,
+                      smmnist_test_clips)
 
 HELP = "predict, generate or interpolate video frames with a trained model (GIF, MP4, .npz)"
 TASKS = ("predict", "interpolate", "generate")
@@ -93,8 +97,8 @@ def add_parser(sub) -> None:
                    help="classifier-free guidance weight (1 samples as without it, at twice the cost); needs a "
                         "model trained with training.prob_mask_cond > 0")
     add_guidance_interval_flag(p)
-    p.add_argument("--samples", type=positive_int, default=1, help="samples per clip (generate: videos)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    p.add_argument("--samples", type=positive_int, default=1, help="samples per clip (generate: videos; default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
     p.add_argument("--device", default="auto", help="'auto' (CUDA when there is one), 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument("--out", type=Path, required=True, help="folder for sample.gif, sample.mp4, frames.npz")
     p.add_argument("--fps", type=float_range(0.01, 50), default=4.0,
@@ -199,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         check_guidance(args.guidance, run_config, cfg, "sample")
         guidance_interval = check_guidance_interval(args)
         sampler = sampler_of_flags(args, steps, guidance_interval, model)
-        check_precision(args.precision, args.no_optimize, device)
+        optimized = resolve_optimize(args, device)
         p, n, f = _frame_counts(args.task, cfg, args.frames)
         if args.task == "generate":
             clips, source = None, "no condition (generation)"
@@ -220,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     generator = torch.Generator(device).manual_seed(args.seed)
     generating = clips is None
-    net = inference_model(model, args.no_optimize, args.precision)
+    net = inference_model(model, not optimized, args.precision, channels_last=args.optimize is None)
     video = predict(net, past, n, future=future, samples=1 if generating else args.samples,
                     batch_size=args.samples if generating else None, device=device, sampler=sampler,
                     generator=generator, progress=not args.no_progress)

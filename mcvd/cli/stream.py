@@ -45,9 +45,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_frame_stride_flag, add_precision_flag, as_flag,
-                      check_output_folder, check_precision, check_steps, error, float_range, frame_stride,
-                      inference_model, load_checkpoint_arg, missing_packages, positive_int, resolve_device)
+from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_frame_stride_flag, add_optimize_flag, as_flag,
+                      check_output_folder, check_steps, error, float_range, frame_stride, inference_model,
+                      load_checkpoint_arg, missing_packages, positive_int, resolve_device, resolve_optimize)
 
 HELP = "run the streaming predictor over a video as it plays: side-by-side video, frame rate, latency"
 FORMATS = (".mp4", ".gif")
@@ -77,10 +77,7 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="replay each prediction's denoising loop as a CUDA graph (default: on a CUDA device)")
-    p.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=None,
-                   help="predict with mcvd.optimize's compiled network (default: on a CUDA device, or with "
-                        "--precision other than fp32)")
-    add_precision_flag(p)
+    add_optimize_flag(p)
     p.add_argument("--no-ema", action="store_true", help="the raw weights of a checkpoint, not the EMA")
     p.add_argument("--force", action="store_true", help="replace --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -149,8 +146,7 @@ def run(args: argparse.Namespace) -> int:
         source_fps = source_fps or FOLDER_FPS
         rate = source_fps / stride  # of the frames read
         sampler = SamplerConfig(method=args.method, steps=args.steps)
-        optimized = (device.type == "cuda" or args.precision != "fp32") if args.optimize is None else args.optimize
-        check_precision(args.precision, not optimized, device)
+        optimized = resolve_optimize(args, device)
     except (FileNotFoundError, ValueError) as err:  # UsageError included
         return error("stream", as_flag(err, {"input": "--input"}), EXIT_USAGE)
     except ImportError as err:

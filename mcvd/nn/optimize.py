@@ -252,8 +252,9 @@ class OptimizedMCVD(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
                 cond_mask: torch.Tensor | None = None, *, cache: ConditionCache | None = None) -> torch.Tensor:
         """`MCVD.forward`, compiled: eps for x_t, in x_t's dtype. The first call
-        for a new input shape compiles (a log line on stderr; inductor keeps
-        the compiled code on disk for later processes). The cache's network
+        for a new input shape compiles (a log line on stderr), in every process:
+        inductor does not cache a frozen graph whose weights it pre-packed for
+        oneDNN ("mkldnn tensors unpickleable"), only its generated kernels. The cache's network
         and weights are checked here, eagerly, as the eager network does."""
         self._check_weights()
         if not isinstance(x_t, torch.Tensor) or not x_t.is_floating_point():
@@ -272,7 +273,7 @@ class OptimizedMCVD(nn.Module):
         first = key not in self._compiled_shapes
         if first:
             print(f"mcvd.optimize: compiling the network for {self.device.type} {str(self.dtype)[6:]}, input "
-                  f"{list(x.shape)} (first call for this shape; inductor caches it on disk)", file=sys.stderr,
+                  f"{list(x.shape)} (first call for this shape in this process)", file=sys.stderr,
                   flush=True)
             start = time.perf_counter()
         with self._settings():
@@ -312,9 +313,10 @@ def optimize(model: MCVD, *, device: torch.device | str | None = None,
     their reference by inductor (no CUDA graphs of its own:
     `mcvd.predict(..., cuda_graph=True)` captures the whole loop). See `mcvd.nn.optimize` for the measured speed-ups.
 
-    Compiles at the first call for each input shape (stderr says so;
-    minutes on a small CPU), then inductor's on-disk cache serves later
-    processes. The same (model, device, dtype) gives back the same module
+    Compiles at the first call for each input shape in each process
+    (stderr says so; minutes on a small CPU for a large network): on the CPU
+    inductor caches only the generated kernels between processes, not the
+    frozen graph with its oneDNN-packed weights. The same (model, device, dtype) gives back the same module
     while the model's weights are unchanged; a module whose model's
     weights changed since, or that runs the model itself and finds it put in
     training mode, refuses to run (RuntimeError). The modules are kept on the

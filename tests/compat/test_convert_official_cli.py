@@ -40,6 +40,12 @@ def test_keeps_an_existing_output_without_force(tmp_path, capsys):
     assert load_model(out).config.conditioning == "spatin"
 
 
+def test_a_missing_output_folder_is_created(tmp_path, capsys):
+    out = tmp_path / "models" / "v1" / "model.pt"
+    assert main(["convert-official", str(CKPT), "--out", str(out)]) == 0
+    assert load_model(out).config.conditioning == "spatin"
+
+
 def test_explicit_config(tmp_path):
     out = tmp_path / "model.pt"
     config = FIXTURES / "concat_small" / "config.yml"
@@ -52,8 +58,11 @@ def test_errors_exit_nonzero_with_a_message(tmp_path, capsys):
     out = tmp_path / "model.pt"
     assert main(["convert-official", str(tmp_path / "none.pt"), "--out", str(out)]) == 2
     assert "checkpoint: no such file" in capsys.readouterr().err
-    assert main(["convert-official", str(CKPT), "--out", str(tmp_path / "no" / "dir.pt")]) == 2
-    assert "--out: no such folder" in capsys.readouterr().err
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    assert main(["convert-official", str(CKPT), "--out", str(tmp_path / "clip.mp4" / "m.pt")]) == 2
+    assert f"--out: {tmp_path / 'clip.mp4'} exists and is not a folder" in capsys.readouterr().err
+    assert main(["convert-official", str(tmp_path / "none.pt"), "--out", str(tmp_path / "new" / "m.pt")]) == 2
+    assert not (tmp_path / "new").exists()  # a failed conversion leaves no folder behind
     wrong = FIXTURES / "concat_small" / "config.yml"
     assert main(["convert-official", str(CKPT), "--config", str(wrong), "--out", str(out)]) == 2
     assert "does not match the network" in capsys.readouterr().err

@@ -210,10 +210,17 @@ def _check_images(frames: Sequence[np.ndarray]) -> None:
         raise ValueError("frames: expected a non-empty list of uint8 RGB images [H, W, 3] of one size")
 
 
+def gif_centiseconds(fps: float) -> int:
+    """A GIF frame's delay for `fps`: GIF stores whole centiseconds, so the nearest (Pillow would truncate a
+    delay given in milliseconds: 67 ms for 15 fps becomes 6 cs, 16.7 fps). The GIF plays at 100 / this."""
+    return max(1, round(100 / fps))
+
+
 def write_gif(path: str | os.PathLike, frames: Sequence[np.ndarray], *, fps: float = 4.0,
               overwrite: bool = False) -> Path:
     """Write uint8 RGB images [H, W, 3] as a looping GIF (Pillow), atomically; fps
-    from 0.01 to 50 (FPS_RANGE: GIF frame delays are whole centiseconds)."""
+    from 0.01 to 50 (FPS_RANGE: GIF frame delays are whole centiseconds, the nearest taken:
+    gif_centiseconds)."""
     from PIL import Image
 
     path = Path(path)
@@ -223,7 +230,8 @@ def write_gif(path: str | os.PathLike, frames: Sequence[np.ndarray], *, fps: flo
     images = [Image.fromarray(f) for f in frames]
 
     def write(fh):
-        images[0].save(fh, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps),
+        images[0].save(fh, format="GIF", save_all=True, append_images=images[1:],
+                       duration=10 * gif_centiseconds(fps),
                        loop=0)
     atomic_write(path, write)
     return path
@@ -393,7 +401,7 @@ def load_clip(path: str | os.PathLike, image_size: int, channels: int, *, start:
         frames = read_video(path, start=start, max_frames=max_frames, stride=stride)
     if not frames:
         return torch.zeros((0, channels, image_size, image_size))
-    warn_if_upscaled(frames[0], image_size, f"input: {path}")
+    warn_if_upscaled(frames[0].shape[:2], image_size, f"input: {path}")
     return frames_to_clip(frames, image_size, channels)
 
 
@@ -413,7 +421,7 @@ def iter_clip(path: str | os.PathLike, image_size: int, channels: int, *, start:
 def _converted(rgb: Iterator[np.ndarray], image_size: int, channels: int, path: Path) -> Iterator[torch.Tensor]:
     for t, frame in enumerate(rgb):
         if t == 0:
-            warn_if_upscaled(frame, image_size, f"input: {path}")
+            warn_if_upscaled(frame.shape[:2], image_size, f"input: {path}", stacklevel=2)
         yield frames_to_clip([frame], image_size, channels)[0]
 
 

@@ -326,23 +326,25 @@ def smmnist_test_clips(cfg, frames: int, run_config: dict):
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def add_optimize_flag(parser) -> None:
+def add_optimize_flag(parser, *, precision: bool = True) -> None:
     """--optimize / --no-optimize: whether the command samples with mcvd.optimize's compiled network
-    (resolve_optimize); --precision: the dtype mcvd.optimize compiles it in."""
+    (resolve_optimize); with `precision`, --precision: the dtype mcvd.optimize compiles it in."""
+    also = ", or with --precision other than fp32" if precision else ""
     parser.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=None,
-                        help="sample with mcvd.optimize's compiled network (default: on a CUDA device, or with "
-                             "--precision other than fp32). On the CPU the default is the eager network, its "
-                             "weights laid out channels_last: compiling there takes 0.5-2 minutes per batch "
-                             "shape in every run and saves at most ~15%% of a step. --no-optimize: the eager "
-                             "model exactly as it is")
-    add_precision_flag(parser)
+                        help=f"sample with mcvd.optimize's compiled network (default: on a CUDA device{also}). "
+                             "On the CPU the default is the eager network, its weights laid out channels_last: "
+                             "compiling there takes 0.5-2 minutes per batch shape in every run and saves at most "
+                             "~15%% of a step. --no-optimize: the eager model exactly as it is")
+    if precision:
+        add_precision_flag(parser)
 
 
 def resolve_optimize(args, device) -> bool:
     """Whether the command compiles its network: --optimize / --no-optimize as given, else on a CUDA device or
-    with --precision other than fp32; --precision checked against it (check_precision)."""
-    optimized = (device.type == "cuda" or args.precision != "fp32") if args.optimize is None else args.optimize
-    check_precision(args.precision, not optimized, device)
+    with --precision other than fp32; --precision (where the command has it) checked against it."""
+    precision = getattr(args, "precision", "fp32")
+    optimized = (device.type == "cuda" or precision != "fp32") if args.optimize is None else args.optimize
+    check_precision(precision, not optimized, device)
     return optimized
 
 

@@ -69,8 +69,9 @@ import shutil
 import time
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, check_output_folder, check_steps, error, inference_model,
-                      missing_packages, nonnegative_int, positive_float, positive_int, resolve_device)
+from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_optimize_flag, check_output_folder, check_steps, error,
+                      inference_model, missing_packages, nonnegative_int, positive_float, positive_int, resolve_device,
+                      resolve_optimize)
 from .demo_config import (SIZES, DemoSize, calibrate, fit_deadline, leftover_work_folders, plan_budget,
                           remove_work_folder, reproduce_command, run_config, work_folder)
 
@@ -114,12 +115,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-pretrained", action="store_true",
                    help="score only the model trained here, not also the shipped one (mcvd.pretrained)")
-    optimized = p.add_mutually_exclusive_group()
-    optimized.add_argument("--optimize", action="store_true",
-                           help="sample with mcvd.optimize's compiled network on the CPU too (default: on a GPU "
-                                "only; compiling costs more here than it saves at the demo's sizes)")
-    optimized.add_argument("--no-optimize", action="store_true",
-                           help="sample with the eager network on a GPU too")
+    add_optimize_flag(p, precision=False)
     p.set_defaults(run=run)
 
 
@@ -278,8 +274,8 @@ def run(args: argparse.Namespace) -> int:
         return error("demo", f"training diverged: {err}", EXIT_FAILURE)
 
     model, cfg = load(out / "checkpoint.pt", map_location=device)  # the EMA weights
-    eager = args.no_optimize or (device.type == "cpu" and not args.optimize)
-    fast_eager = not args.no_optimize  # the demo's own choice of the eager network, not the user's
+    eager = not resolve_optimize(args, device)
+    fast_eager = args.optimize is None  # the demo's own choice of the eager network, not the user's
     net = inference_model(model, eager, channels_last=fast_eager)
     p, n = cfg.num_frames_cond, args.pred_frames or size.pred_frames
     method = args.method or size.method

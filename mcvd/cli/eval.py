@@ -2,7 +2,7 @@
 
     mcvd eval --checkpoint CKPT --data smmnist|VIDEO_FOLDER --task predict|interpolate|generate
               [--cond p] [--pred n] --samples k [--seed S] [--guidance W [--guidance-interval LO HI]]
-              [--out DIR] [--num-clips N] [--force]
+              [--out DIR] [--num-clips N] [--frame-stride N] [--optimize | --no-optimize] [--force]
 
 CKPT: any model file that mcvd.load reads: a training checkpoint (its EMA
 weights; --no-ema for the raw ones), a model file (mcvd convert-official,
@@ -117,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     from mcvd.metrics.weights import WeightsError
 
     try:
+        if args.data == "smmnist" and args.frame_stride is not None:
+            raise UsageError("--frame-stride: reads a video folder's frames; --data smmnist draws its clips")
         fill_sampler_defaults(args)
         device = resolve_device(args.device)
         model, cfg, weights, run_config = load_checkpoint_arg(args.checkpoint, args.no_ema, device)
@@ -131,8 +133,6 @@ def run(args: argparse.Namespace) -> int:
             task = Task.of(args.task, cfg, cond=args.cond, pred=args.pred)
         except ValueError as err:
             raise as_flag(err, {"task": "--task", "cond": "--cond", "pred": "--pred"}) from None
-        if args.data == "smmnist" and args.frame_stride is not None:
-            raise UsageError("--frame-stride: reads a video folder's frames; --data smmnist draws its clips")
         stride, _ = frame_stride(args, run_config)
         clips = eval_clips(args.data, task.clip_frames, cfg, run_config, stride)
         if args.num_clips is not None and args.num_clips > len(clips):
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         "task": task.name, "cond": task.cond, "pred": task.pred, "future": task.future, "samples": args.samples,
         "num_clips": num_clips, "seed": args.seed, "method": args.method, "steps": steps, "guidance": args.guidance,
         **({} if guidance_interval is None else {"guidance_interval": list(guidance_interval)}),
-        "device": str(device), "seconds": round(seconds, 1),
+        "device": str(device), "optimized": optimized, "precision": args.precision, "seconds": round(seconds, 1),
     }
     paths = write_report(out, run_info, result, first_frame=task.cond + 1, overwrite=args.force)
     print(Path(paths[1]).read_text(), end="")

@@ -1,9 +1,10 @@
 """`mcvd sample`: predict, generate or interpolate frames with a trained model.
 
-    mcvd sample --checkpoint CKPT (--input VIDEO|FRAMES [--start S] [--frame-stride S]
+    mcvd sample --checkpoint CKPT (--input VIDEO|FRAMES [--start S] [--frame-stride N]
                                    | --data smmnist [--index I ...])
                 --task predict|generate|interpolate [--frames N] [--method ddim|ddpm|dpm++]
                 [--steps S] [--guidance W [--guidance-interval LO HI]] [--samples n] [--seed S] --out DIR [--force]
+                [--optimize | --no-optimize] [--precision fp32|bf16|fp16]
 
 CKPT: any model file that mcvd.load reads: a training checkpoint (EMA
 weights; --no-ema for the raw ones), a model file or a reference-code

@@ -1,7 +1,7 @@
 """`mcvd stream`: run the streaming predictor over a video as it plays.
 
     mcvd stream --checkpoint CKPT --input VIDEO|FRAMES [--out FILE.mp4|FILE.gif] [--method dpm++]
-                [--steps 10] [--every N] [--max-frames N] [--frame-stride S] [--fps F] [--seed S] [--device D]
+                [--steps 10] [--every N] [--max-frames N] [--frame-stride N] [--fps F] [--seed S] [--device D]
                 [--threads N] [--optimize | --no-optimize] [--precision fp32|bf16|fp16] [--force]
 
 CKPT: any model file that mcvd.load reads, or, where no file of that name
@@ -68,7 +68,7 @@ def add_parser(sub) -> None:
     p.add_argument("--every", type=positive_int, default=None,
                    help="frames between predictions, 1 to the model's k (default: k, each predicted frame shown once)")
     p.add_argument("--max-frames", type=positive_int, default=None,
-                   help="stop after this many input frames (of those --frame-stride reads)")
+                   help="stop after this many input frames (frames read, after the frame stride)")
     add_frame_stride_flag(p, "--input")
     p.add_argument("--fps", type=float_range(0.01, 1000), default=None,
                    help=f"the source's frame rate (default: the video's own; {FOLDER_FPS:g} for a folder of frames)")
@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mcvd.diffusion import SamplerConfig, stream_video
-    from mcvd.video import FPS_RANGE, count_frames, frame_rate, grid_frames, iter_clip, write_gif, write_mp4
+    from mcvd.video import (FPS_RANGE, count_frames, frame_rate, gif_centiseconds, grid_frames, iter_clip, write_gif,
+                            write_mp4)
 
     try:
         out = _output(args)
@@ -170,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
     low, high = FPS_RANGE["GIF" if gif else "MP4"]  # the source's rate, within what the format can show
     out_fps = min(max(rate, low), high)
     written = (write_gif if gif else write_mp4)(out, grid, fps=out_fps, overwrite=args.force)
+    if gif:  # the rate it plays at: whole centiseconds per frame
+        out_fps = 100 / gif_centiseconds(out_fps)
 
     s = result.summary()
     every = "frame" if result.every == 1 else f"{result.every} frames"
@@ -189,5 +192,5 @@ def run(args: argparse.Namespace) -> int:
     pace = f"the source's {source_fps:g} fps" if stride == 1 else f"the {rate:g} fps of the frames read"
     print(f"mcvd stream: {verdict} {pace}: a prediction is due every {every}, "
           f"{fmt_seconds(result.budget)}; 90% took at most {fmt_seconds(s['latency_p90'])}")
-    print(f"mcvd stream: wrote {written} (input | prediction, {s['frames_in']} frames at {out_fps:g} fps)")
+    print(f"mcvd stream: wrote {written} (input | prediction, {s['frames_in']} frames at {out_fps:.4g} fps)")
     return 0

@@ -71,6 +71,8 @@ def run(args) -> int:
             data = make_dataset(cfg)
         except (ValueError, FileNotFoundError) as err:
             return _error(as_flag(err, {"root": "data.root", "channels": "model.channels"}), EXIT_USAGE)
+        except ImportError as err:  # PyAV, for a folder of video files
+            return _error(err, EXIT_FAILURE)
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         print(f"# model parameters: {params:,}")
         videos = f" from {len(data.videos):,} video(s)" if cfg.data.dataset == "video_folder" else ""
@@ -85,6 +87,8 @@ def run(args) -> int:
     except (ValueError, FileExistsError, FileNotFoundError) as err:  # UsageError included
         # The data set's arguments are the config's keys.
         return _error(as_flag(err, {"root": "data.root", "channels": "model.channels"}), EXIT_USAGE)
+    except ImportError as err:  # PyAV, for a folder of video files
+        return _error(err, EXIT_FAILURE)
     except TrainingDiverged as err:
         return _error(err, EXIT_FAILURE, every_rank=False)
     except TrainingInterrupted as err:

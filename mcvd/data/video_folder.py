@@ -7,8 +7,9 @@ video. Every start frame (every `clip_step`-th) of every video is one item,
 so a `DataLoader(shuffle=True)` draws clips uniformly over the data set.
 
 Frames are resized so that their short side equals `image_size` (bilinear,
-antialiased; frames smaller than that are upscaled, with one warning per data
-set naming a video, since the model then sees blur), centre-cropped to `image_size` x `image_size`, converted to
+antialiased; frames smaller than that are upscaled, with one warning when the
+data set is made, naming a video and counting the others, since the model
+then sees blur), centre-cropped to `image_size` x `image_size`, converted to
 `channels` (3: RGB; 1: luma Y = 0.299 R + 0.587 G + 0.114 B, as PIL's "L")
 and scaled to [-1, 1] from their own format's range: 0..255 for 8-bit
 frames (video files, and images of PIL modes 1, L, P, RGB, RGBA, LA, CMYK,
@@ -198,16 +199,31 @@ def read_frames(files: list[Path], first: Path) -> list[np.ndarray]:
     return out
 
 
-def warn_if_upscaled(frame: np.ndarray, image_size: int, source) -> bool:
-    """Warn (and return True) when `frame`'s short side is below image_size: frames_to_clip then upscales it,
-    and the model sees blurred frames without more detail in them. `source` names the video."""
-    h, w = frame.shape[:2]
-    if min(h, w) >= image_size:
-        return False
-    warnings.warn(f"{source}: frames of {h} x {w} are upscaled to the model's {image_size} x {image_size} frames "
-                  f"(short side {min(h, w)} < {image_size}): blurred, with no more detail than the source",
-                  stacklevel=3)
-    return True
+def warn_if_upscaled(size: tuple[int, int], image_size: int, source: str, stacklevel: int = 3) -> None:
+    """Warn when frames of `size` (height, width) have a short side below image_size: frames_to_clip then
+    upscales them, and the model sees blurred frames with no more detail in them. `source` names the video."""
+    h, w = size
+    if min(h, w) < image_size:
+        warnings.warn(f"{source}: frames of {w} x {h} pixels (width x height) are upscaled to the model's "
+                      f"{image_size} x {image_size} frames (short side {min(h, w)} < {image_size}): blurred, with "
+                      f"no more detail than the source", stacklevel=stacklevel)
+
+
+def _frame_size(path: Path, frames: list[Path] | None) -> tuple[int, int] | None:
+    """(height, width) of a video's frames, from its first frame's or its stream's header; None if unread."""
+    try:
+        if frames is not None:
+            with pil_image().open(frames[0]) as img:
+                size = img.height, img.width
+        else:
+            with _av().open(str(path)) as container:
+                stream = container.streams.video[0]
+                size = stream.codec_context.height, stream.codec_context.width
+        return size if min(size) > 0 else None  # a header without a size
+    except Exception as err:
+        if not _is_read_error(err):
+            raise
+        return None
 
 
 def frames_to_clip(frames: list[np.ndarray], image_size: int, channels: int) -> torch.Tensor:
@@ -284,11 +300,17 @@ class VideoFolder(Dataset):
             self.videos.append((path, frames))
             ends.append((ends[-1] if ends else 0) + (count - self.span) // clip_step + 1)
         if not self.videos:
-            raise ValueError(f"root: no readable video with at least {self.span} frames under {self.root} "
+            strided = f" (clips of {num_frames} frames, {frame_stride} apart)" if frame_stride > 1 else ""
+            raise ValueError(f"root: no readable video with at least {self.span} frames{strided} under {self.root} "
                              f"(video files {VIDEO_EXTENSIONS} or folders of {IMAGE_EXTENSIONS} frames)")
         self._ends = ends
         self._bad: set[int] = set()
-        self._upscale_named = False
+        # Once, here (not in the DataLoader workers, which would each warn): how many videos are upscaled.
+        small = [(path, size) for path, frames in self.videos
+                 if (size := _frame_size(path, frames)) is not None and min(size) < image_size]
+        if small:
+            more = f" (and {len(small) - 1} more of the {len(self.videos)} videos)" if len(small) > 1 else ""
+            warn_if_upscaled(small[0][1], image_size, f"VideoFolder: {small[0][0]}{more}")
 
     def __len__(self) -> int:
         return self._ends[-1]
@@ -307,8 +329,6 @@ class VideoFolder(Dataset):
             rgb = _decode_video(path, indices)
         else:
             rgb = read_frames([frames[i] for i in indices], frames[0])
-        if not self._upscale_named:  # once per data set (per process): a folder's videos are often all alike
-            self._upscale_named = warn_if_upscaled(rgb[0], self.image_size, f"VideoFolder: {path}")
         return frames_to_clip(rgb, self.image_size, self.channels)
 
     def __getitem__(self, index: int) -> torch.Tensor:

@@ -26,7 +26,6 @@ import math
 import os
 import types
 import typing
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +102,15 @@ def _check_range(section: str, name: str, value, low=None, high=None, *, low_ope
 DATASET_KEYS = {"smmnist": ("num_digits", "digit_size"), "video_folder": ("frame_stride", "clip_step")}
 
 
+def ignored_data_keys(data: "DataConfig") -> list[str]:
+    """Messages naming the keys of `data` set away from their defaults that its data set does not read: a
+    config written for the other data set (mcvd.train.trainer.make_dataset warns with them)."""
+    other = "video_folder" if data.dataset == "smmnist" else "smmnist"
+    return [f"data.{name}: {other} only; dataset {data.dataset!r} ignores it (got {getattr(data, name)!r})"
+            for name in DATASET_KEYS[other]
+            if getattr(data, name) != DataConfig.__dataclass_fields__[name].default]
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where training clips come from.
@@ -142,12 +150,6 @@ class DataConfig:
             _check_range("data", "length", self.length, 1)
         for name in ("num_digits", "digit_size", "frame_stride", "clip_step"):
             _check_range("data", name, getattr(self, name), 1)
-        other = "video_folder" if self.dataset == "smmnist" else "smmnist"
-        for name in DATASET_KEYS[other]:  # a setting the data set does not read: a config meant for the other
-            default = DataConfig.__dataclass_fields__[name].default
-            if getattr(self, name) != default:
-                warnings.warn(f"data.{name}: {other} only; dataset {self.dataset!r} ignores it (got "
-                              f"{getattr(self, name)!r})", stacklevel=4)
         _check_range("data", "num_workers", self.num_workers, 0)
 
 

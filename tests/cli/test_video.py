@@ -134,6 +134,14 @@ def test_write_gif_frames_readable_by_pillow(tmp_path, images):
             assert gif.info["duration"] == 200
 
 
+@pytest.mark.parametrize("fps, centiseconds", [(15, 7), (7.5, 13), (12, 8), (3, 33), (50, 2), (0.01, 10000)])
+def test_a_gif_frame_lasts_the_nearest_whole_centiseconds(tmp_path, images, fps, centiseconds):
+    """GIF stores delays in centiseconds: 15 fps is 6.67 cs a frame, nearest 7 (14.3 fps), not the 6 (16.7 fps)
+    that truncating 67 ms gives."""
+    with Image.open(write_gif(tmp_path / "a.gif", images, fps=fps)) as gif:
+        assert gif.info["duration"] == 10 * centiseconds
+
+
 def test_write_mp4_decodes_to_the_frames(tmp_path, images):
     odd = [np.pad(f, ((0, 1), (0, 1), (0, 0))) for f in images]  # 21 x 31: padded to 22 x 32
     path = write_mp4(tmp_path / "a.mp4", odd, fps=4)

@@ -166,21 +166,25 @@ def test_a_new_file_gets_the_umask_without_changing_it(tmp_path, monkeypatch):
 
 
 def test_frames_smaller_than_the_model_s_are_upscaled_with_a_warning(tmp_path):
-    """8 x 8 frames for 16 x 16 model frames: read (upscaled), with one warning naming the video; frames as
-    large as the model's, none."""
+    """8 x 8 frames for 16 x 16 model frames: read (upscaled), with one warning naming the video; a data set
+    warns once when it is made (not in each DataLoader worker), counting the other small videos; frames as
+    large as the model's, no warning."""
     import warnings
 
     folder = save_frames(tmp_path / "v", 6)
-    with pytest.warns(UserWarning, match=r"input: .*v: frames of 8 x 8 are upscaled to the model's 16 x 16") as got:
+    message = r"frames of 8 x 8 pixels \(width x height\) are upscaled to the model's 16 x 16 frames"
+    with pytest.warns(UserWarning, match=rf"input: .*v: {message}") as got:
         assert load_clip(folder, 16, 1).shape == (6, 1, 16, 16)
     assert len(got) == 1
-    with pytest.warns(UserWarning, match="frames of 8 x 8 are upscaled") as got:
+    with pytest.warns(UserWarning, match=message) as got:
         assert len(list(iter_clip(folder, 16, 1))) == 6
     assert len(got) == 1
-    data = VideoFolder(tmp_path, 2, 16, channels=1)
-    with pytest.warns(UserWarning, match=r"VideoFolder: .*v: frames of 8 x 8 are upscaled") as got:
-        assert [data[i].shape for i in range(len(data))] == [(2, 1, 16, 16)] * 5
-    assert len(got) == 1  # once per data set
+    write_mp4(tmp_path / "w.mp4", frames_of([0, 50, 100]), fps=10)  # 32 x 32: 16 x 16 frames need no upscaling
+    save_frames(tmp_path / "u", 3)
+    with pytest.warns(UserWarning, match=rf"VideoFolder: .*: {message} \(short side 8 < 16\)") as got:
+        data = VideoFolder(tmp_path, 2, 16, channels=1)
+    assert len(got) == 1 and "(and 1 more of the 3 videos)" in str(got[0].message)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        assert [data[i].shape for i in range(len(data))] == [(2, 1, 16, 16)] * len(data)
         load_clip(folder, 8, 1), list(iter_clip(folder, 8, 1)), VideoFolder(tmp_path, 2, 8)[0]

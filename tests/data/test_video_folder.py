@@ -162,6 +162,9 @@ def test_errors_name_the_argument(tmp_path):
         VideoFolder(tmp_path / "missing", 4, 16)
     with pytest.raises(ValueError, match=r"root: no readable video with at least 4 frames under"):
         VideoFolder(tmp_path, 4, 16)
+    with pytest.raises(ValueError, match=r"root: no readable video with at least 10 frames \(clips of 4 frames, 3 "
+                                         r"apart\) under"):
+        VideoFolder(tmp_path, 4, 16, frame_stride=3)
     with pytest.raises(ValueError, match=r"channels: expected 1 or 3, got 2"):
         VideoFolder(tmp_path, 4, 16, channels=2)
     with pytest.raises(ValueError, match=r"frame_stride: expected an int >= 1, got 0"):

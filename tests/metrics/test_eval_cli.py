@@ -57,6 +57,7 @@ def test_smmnist_prediction_writes_reproducible_results(model_file, tmp_path, ca
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["metrics.json", "metrics.md", "per_frame.png"]
     a = read(tmp_path / "a")
     assert a["run"]["task"] == "predict" and a["run"]["weights"] == "model file" and a["run"]["num_clips"] == 3
+    assert a["run"]["optimized"] is False and a["run"]["precision"] == "fp32"  # run_eval: --no-optimize
     assert set(a["metrics"]) == {"psnr", "ssim", "lpips"} == set(a["one_sample"]["metrics"])
     assert len(a["one_sample"]["per_clip"]["psnr"]) == 3 and len(a["one_sample"]["per_frame"]["ssim"]["mean"]) == 4
     assert len(a["per_clip"]["psnr"]) == 3 and len(a["per_frame"]["lpips"]["mean"]) == 4

@@ -94,6 +94,26 @@ def test_the_video_folder_config_trains_on_a_folder_then_samples_and_streams_its
     assert "6 frames in at 10 fps (assumed), one in 2 (the model's training stride): 5 fps" in capsys.readouterr().out
 
 
+def test_a_folder_of_video_files_without_pyav_is_named(tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    import av
+
+    with av.open(str(root / "a.mp4"), mode="w") as container:  # a real video file, which VideoFolder demuxes
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width = stream.height = 16
+        for _ in range(6):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")))
+        container.mux(stream.encode(None))
+    monkeypatch.setitem(sys.modules, "av", None)  # import av now raises ImportError
+    args = ["train", "--config", str(FOLDER), "--workdir", str(tmp_path / "w"), "--set", f"data.root={root}"]
+    for extra in (["--dry-run"], ["--no-progress"]):
+        assert main([*args, *extra]) == 1
+        assert "mcvd train: error: decoding video files needs PyAV: pip install av" in capsys.readouterr().err
+
+
 def test_missing_config_file(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "none.yml"), "--workdir", str(tmp_path / "w")]) == 2
     assert "mcvd train: error: config: no such file" in capsys.readouterr().err

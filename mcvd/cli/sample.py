@@ -103,7 +103,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="'auto' (CUDA when there is one), 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument("--out", type=Path, required=True, help="folder for sample.gif, sample.mp4, frames.npz")
     p.add_argument("--fps", type=float_range(0.01, 50), default=4.0,
-                   help="frames per second of the GIF and MP4, 0.01 to 50 (GIF frame delays are whole "
+                   help="frames per second of the GIF and MP4, 0.01 to 50 (default 4; GIF frame delays are whole "
                         "centiseconds)")
     p.add_argument("--no-ema", action="store_true", help="the raw weights of a checkpoint, not the EMA")
     p.add_argument("--force", action="store_true", help="replace sample.gif, sample.mp4, frames.npz in --out")

@@ -27,6 +27,7 @@ run continues from its checkpoint and ignores it, with a warning.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -57,9 +58,22 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    # --no-progress: a line per metrics row instead of the bar, and the resume said (mcvd.train's INFO records);
+    # the level put back after, for a caller that runs several commands in one process.
+    logger = logging.getLogger("mcvd.train")
+    level = logger.level
+    if args.no_progress:
+        logger.setLevel(logging.INFO)
+    try:
+        return _run(args)
+    finally:
+        logger.setLevel(level)
+
+
+def _run(args) -> int:
     from mcvd.nn import MCVD
     from mcvd.train import TrainingDiverged, TrainingInterrupted, load_run_config, train
-    from mcvd.train.trainer import make_dataset
+    from mcvd.train.trainer import make_dataset, resume_point
 
     try:
         cfg = load_run_config(args.config, args.overrides)
@@ -73,11 +87,19 @@ def run(args) -> int:
             return _error(as_flag(err, {"root": "data.root", "channels": "model.channels"}), EXIT_USAGE)
         except ImportError as err:  # PyAV, for a folder of video files
             return _error(err, EXIT_FAILURE)
+        try:
+            start = resume_point(cfg, args.workdir)
+        except ValueError as err:
+            return _error(err, EXIT_USAGE)
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         print(f"# model parameters: {params:,}")
+        print(f"# workdir: a new run in {args.workdir}" if start is None else
+              f"# workdir: resumes {Path(args.workdir) / 'checkpoint.pt'} at step {start:,} of "
+              f"{cfg.training.steps:,}")
         videos = f" from {len(data.videos):,} video(s)" if cfg.data.dataset == "video_folder" else ""
+        epochs = cfg.training.steps * cfg.training.batch_size / len(data)
         print(f"# data: {len(data):,} clips of {data.num_frames} frames{videos} per epoch; "
-              f"{cfg.training.steps * cfg.training.batch_size / len(data):,.1f} epochs in training.steps")
+              f"{f'{epochs:,.1f}' if epochs >= 1 else f'{epochs:.2g}'} epochs in training.steps")
         return 0
     try:
         check_output_folder("--workdir", Path(args.workdir))

@@ -294,7 +294,8 @@ class VideoFolder(Dataset):
                               stacklevel=2)
                 continue
             if count < self.span:
-                warnings.warn(f"VideoFolder: skipping {path}: {count} frames, a clip needs {self.span}",
+                strided = f" ({num_frames} frames, {frame_stride} apart)" if frame_stride > 1 else ""
+                warnings.warn(f"VideoFolder: skipping {path}: {count} frames, a clip needs {self.span}{strided}",
                               stacklevel=2)
                 continue
             self.videos.append((path, frames))

@@ -259,6 +259,24 @@ def _resolved(section: str, values: dict) -> dict:
     return values
 
 
+def resume_point(run: RunConfig, workdir) -> int | None:
+    """The step a run of `run` in `workdir` would resume from (None: a new run), its checkpoint's config
+    checked as train checks it (a changed model section raises ValueError; other changes are logged)."""
+    ckpt_path = Path(workdir) / CHECKPOINT_NAME
+    return int(_read_resumable(ckpt_path, run)["step"]) if ckpt_path.is_file() else None
+
+
+def _read_resumable(ckpt_path: Path, run: RunConfig) -> dict:
+    """The checkpoint a run resumes from, its config checked against `run`."""
+    try:
+        ckpt = read_checkpoint(ckpt_path)
+    except ValueError as err:  # damaged: nothing here deletes it, so say what the user can do
+        raise ValueError(f"workdir: cannot resume from {str(err).removeprefix('path: ')}; move it out of the "
+                         f"way to start the run over, or choose a new workdir") from None
+    _check_resume_config(ckpt["run_config"], run, ckpt_path)
+    return ckpt
+
+
 def _check_resume_config(saved: dict, run: RunConfig, path: Path) -> None:
     new = run.to_dict()
     changed = _differences(saved["model"], new["model"])
@@ -372,12 +390,7 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     generator = torch.Generator(device).manual_seed(tc.seed)
     step = 0
     if resume:
-        try:
-            ckpt = read_checkpoint(ckpt_path)
-        except ValueError as err:  # damaged: nothing here deletes it, so say what the user can do
-            raise ValueError(f"workdir: cannot resume from {str(err).removeprefix('path: ')}; move it out of the "
-                             f"way to start the run over, or choose a new workdir") from None
-        _check_resume_config(ckpt["run_config"], run, ckpt_path)
+        ckpt = _read_resumable(ckpt_path, run)
         try:
             model.load_state_dict(ckpt["model"])
             ema.load_state_dict(ckpt["ema"])
@@ -442,8 +455,8 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     losses: list[float] = []
     interval = {"loss": 0.0, "grad_norm": 0.0, "n": 0, "t0": time.perf_counter()}
     last_ckpt = step if resume else None
-    bar = tqdm(total=tc.steps, initial=step, disable=not (progress and env.is_main), desc="train", unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(total=tc.steps, initial=step, disable=not (progress and env.is_main) or step >= tc.steps, desc="train",
+               unit="step", dynamic_ncols=True)  # (no bar for nothing to train: the command says so)
     batches = iter(loader)
     started, first_step = time.perf_counter(), step
     # Several processes would each see Ctrl-C at their own step: there it stops them at once, as before.
@@ -623,6 +636,7 @@ def _log_interval(workdir: Path, env: D.DistEnv, bar, step: int, lr: float, inte
             raise NoSpaceError(err.errno, f"step {step}: {NO_SPACE[err.errno]} for {path}, appending the step's "
                                           f"row (its last row may be cut short)", path) from err
         bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2e}", refresh=False)
+        log.info("step %d: loss %.4g, lr %.3g, grad_norm %.4g, %.3g steps/s", step, loss, lr, grad_norm, rate)
     interval.update(loss=0.0, grad_norm=0.0, n=0, t0=now)
 
 

@@ -32,7 +32,7 @@ def test_dry_run_prints_the_resolved_config_and_model_size(tmp_path, capsys):
     cfg = load_run_config(SMALL, ["model.ngf=8"])
     assert f"# model parameters: {sum(p.numel() for p in MCVD(cfg.model).parameters()):,}" in out
     # 300 steps of 16 clips over SMMNIST's 60,000 clips of p + k = 4 frames
-    assert "# data: 60,000 clips of 4 frames per epoch; 0.1 epochs in training.steps" in out
+    assert "# data: 60,000 clips of 4 frames per epoch; 0.08 epochs in training.steps" in out
     assert not work.exists()
 
 
@@ -129,6 +129,41 @@ def test_train_then_resume(config, tmp_path, capsys):
     assert "step 3, checkpoint" in capsys.readouterr().out
     assert len((work / "metrics.csv").read_text().splitlines()) == 1 + 3
     assert main(["train", "--config", str(config), "--workdir", str(work), "--set", "model.ngf=8"]) == 2
+    assert "the model section differs from the checkpoint's" in capsys.readouterr().err
+
+
+def test_no_progress_logs_each_metrics_row_and_the_resume(config, tmp_path, caplog):
+    """Without the bar (a run in the background, its output to a file) each metrics row is a line, and a
+    resume says where it starts."""
+    import logging
+
+    work = tmp_path / "work"
+    command = ["train", "--config", str(config), "--workdir", str(work), "--no-progress", "--set",
+               "training.log_every=1"]
+    assert logging.getLogger().level == logging.WARNING  # the root logger's, as a plain process has it
+    assert main(command) == 0
+    assert [r.getMessage()[:8] for r in caplog.records if r.name == "mcvd.train"] == ["step 1: ", "step 2: "]
+    assert "loss " in caplog.records[0].getMessage() and "steps/s" in caplog.records[0].getMessage()
+    caplog.clear()
+    assert main([*command, "--set", "training.steps=3"]) == 0
+    messages = [r.getMessage() for r in caplog.records if r.name == "mcvd.train" and r.levelname == "INFO"]
+    assert messages[0] == f"resuming {work / 'checkpoint.pt'} at step 2" and messages[1].startswith("step 3: ")
+    assert logging.getLogger("mcvd.train").level == logging.NOTSET  # put back
+    caplog.clear()
+    assert main([*command[:-3], "--set", "training.steps=4"]) == 0  # with the bar: no lines
+    assert not [r for r in caplog.records if r.name == "mcvd.train" and r.levelname == "INFO"]
+
+
+def test_dry_run_says_whether_it_resumes_and_checks_the_checkpoint(config, tmp_path, capsys):
+    work = tmp_path / "work"
+    command = ["train", "--config", str(config), "--workdir", str(work)]
+    assert main([*command, "--dry-run"]) == 0
+    assert f"# workdir: a new run in {work}" in capsys.readouterr().out
+    assert main([*command, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main([*command, "--dry-run", "--set", "training.steps=5"]) == 0
+    assert f"# workdir: resumes {work / 'checkpoint.pt'} at step 2 of 5" in capsys.readouterr().out
+    assert main([*command, "--dry-run", "--set", "model.ngf=8"]) == 2
     assert "the model section differs from the checkpoint's" in capsys.readouterr().err
 
 

@@ -50,12 +50,8 @@ steps, seed, guidance and --input's frame stride as scalars, the guidance
 interval as a pair). Existing files are
 kept unless --force is given; each file is written atomically.
 
-The network runs eagerly on the CPU, its weights laid out channels_last
-(--no-optimize keeps the model exactly as it is), and as mcvd.optimize
-compiles it on a CUDA device or with --precision bf16/fp16 (--optimize: on
-the CPU too; the same eps within 1e-4 in float32, compiled at the first call
-for each batch shape in every run: 0.5-2 minutes on a small CPU, more than
-it saves for a few hundred sampling steps).
+The network runs eagerly on the CPU and compiled by mcvd.optimize on a
+CUDA device (--optimize and --precision say more).
 """
 from __future__ import annotations
 

@@ -316,7 +316,8 @@ def run(args: argparse.Namespace) -> int:
                      "batch_size": run_cfg.training.batch_size,
                      "first_loss": log[0]["loss"], "last_loss": log[-1]["loss"]},
         "evaluation": {"clips": len(clips), "past_frames": p, "pred_frames": n, "block_frames": cfg.num_frames,
-                       "method": method, "sample_steps": sample_steps, "seconds": eval_seconds},
+                       "method": method, "sample_steps": sample_steps, "optimized": not eager,
+                       "seconds": eval_seconds},
         "run_config": run_cfg.to_dict(),
         "out": str(out), "command": reproduce_command(args, size, run_cfg.training),
     }

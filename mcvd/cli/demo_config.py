@@ -273,6 +273,8 @@ def reproduce_command(args, size: DemoSize, training) -> str:
         value = getattr(args, name)
         if value is not None:
             parts.append(f"--{name.replace('_', '-')} {value}")
+    if args.optimize is not None:  # the network sampled with: compiled or the model as it is
+        parts.append("--optimize" if args.optimize else "--no-optimize")
     parts += [f"--set {item}" for item in args.overrides]
     if training.ema_rate != demo_ema_rate(size, steps) and not any(
             item.startswith("training.ema_rate=") for item in args.overrides):

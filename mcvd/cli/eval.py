@@ -2,7 +2,8 @@
 
     mcvd eval --checkpoint CKPT --data smmnist|VIDEO_FOLDER --task predict|interpolate|generate
               [--cond p] [--pred n] --samples k [--seed S] [--guidance W [--guidance-interval LO HI]]
-              [--out DIR] [--num-clips N] [--frame-stride N] [--optimize | --no-optimize] [--force]
+              [--out DIR] [--num-clips N] [--frame-stride N] [--optimize | --no-optimize]
+              [--precision fp32|bf16|fp16] [--force]
 
 CKPT: any model file that mcvd.load reads: a training checkpoint (its EMA
 weights; --no-ema for the raw ones), a model file (mcvd convert-official,
@@ -30,7 +31,8 @@ needs a model trained with masked conditioning (see mcvd sample --help);
 shipped model named with none of the sampler's flags samples as it samples
 best (as mcvd sample does).
 The network runs eagerly on the CPU and compiled by mcvd.optimize on a
-CUDA device (--optimize and --precision say more).
+CUDA device or with --precision bf16/fp16 (--optimize and --precision say
+more).
 """
 from __future__ import annotations
 
@@ -100,8 +102,8 @@ def _with_unreadable_hint(err: Exception) -> Exception:
     """A strict VideoFolder's error for a video it cannot read, with what the user can do about it."""
     if "cannot read" not in str(err):
         return err
-    return type(err)(f"{err}; every clip of --data is scored, none replaced by another: move the file out of "
-                     f"the folder to evaluate the others")
+    return type(err)(f"{err}; every clip of --data is scored, none replaced by another: move that video (a file "
+                     f"or a folder of frames) out of the folder to evaluate the others")
 
 
 def _model_name(checkpoint: Path) -> str:

@@ -51,7 +51,8 @@ interval as a pair). Existing files are
 kept unless --force is given; each file is written atomically.
 
 The network runs eagerly on the CPU and compiled by mcvd.optimize on a
-CUDA device (--optimize and --precision say more).
+CUDA device or with --precision bf16/fp16 (--optimize and --precision say
+more).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`mcvd train --config CONFIG.yml --workdir DIR [--set section.key=value ...] [--minutes M]
-[--init-from MODEL] [--dry-run]`
+[--init-from MODEL] [--dry-run] [--no-progress]`
 
 The config file has the sections `model`, `data` and `training` (schema:
 mcvd.train.config; example: configs/smmnist_small.yml). A workdir holding a
@@ -52,8 +52,10 @@ def add_parser(sub):
                    help="start a new run from this model file's weights, or a shipped model's (its name); its model "
                         "must equal the config's")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the resolved config, the model size and the data's clips, then exit")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+                   help="print the resolved config, the model size, the data's clips and whether the workdir "
+                        "resumes (its checkpoint checked against the config), then exit; writes nothing")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: a line per metrics row on stderr instead (mcvd.train: step ...)")
     p.set_defaults(run=run)
 
 
@@ -89,13 +91,18 @@ def _run(args) -> int:
             return _error(err, EXIT_FAILURE)
         try:
             start = resume_point(cfg, args.workdir)
-        except ValueError as err:
+        except (ValueError, OSError) as err:  # FileExistsError, PermissionError, ... naming the workdir
             return _error(err, EXIT_USAGE)
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         print(f"# model parameters: {params:,}")
-        print(f"# workdir: a new run in {args.workdir}" if start is None else
-              f"# workdir: resumes {Path(args.workdir) / 'checkpoint.pt'} at step {start:,} of "
-              f"{cfg.training.steps:,}")
+        ckpt = Path(args.workdir) / "checkpoint.pt"
+        if start is None:
+            print(f"# workdir: a new run in {args.workdir}")
+        elif start < cfg.training.steps:
+            print(f"# workdir: resumes {ckpt} at step {start:,} of {cfg.training.steps:,}")
+        else:
+            print(f"# workdir: nothing to train: {ckpt} is at step {start:,} and training.steps is "
+                  f"{cfg.training.steps:,}")
         videos = f" from {len(data.videos):,} video(s)" if cfg.data.dataset == "video_folder" else ""
         epochs = cfg.training.steps * cfg.training.batch_size / len(data)
         print(f"# data: {len(data):,} clips of {data.num_frames} frames{videos} per epoch; "

@@ -159,28 +159,40 @@ def _device(cfg) -> torch.device:
     return dev
 
 
-def _prepare_workdir(workdir: Path, run: RunConfig) -> bool:
-    """True to resume (checkpoint.pt present); else create the folder, config.yml and metrics.csv
-    (replacing those of a run that stopped before its first checkpoint)."""
+def _check_workdir(workdir: Path) -> tuple[bool, list[Path]]:
+    """(whether a run in `workdir` resumes: checkpoint.pt there; else the files of a run stopped before its first
+    checkpoint that a new run replaces), after the checks a run makes before it writes anything: FileExistsError
+    or OSError naming workdir for a file, a folder that takes no files, or one holding other files."""
     if workdir.exists() and not workdir.is_dir():
         raise FileExistsError(f"workdir: {workdir} is a file; expected a folder")
     check_writable_folder(workdir, "workdir")
+    if (workdir / CHECKPOINT_NAME).is_file():
+        return True, []
+    if not workdir.exists():
+        return False, []
+    # A young temporary file of an interrupted write is left alone (remove_stale_temporaries), not foreign.
+    temporaries = [temporary_name(workdir / name) for name in (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME)]
+    entries = [p for p in workdir.iterdir() if not any(t.fullmatch(p.name) for t in temporaries)]
+    ours = [p for p in entries if _written_by_a_run(p)]
+    if len(ours) < len(entries):
+        raise FileExistsError(f"workdir: {workdir} exists and holds files but no {CHECKPOINT_NAME} to resume "
+                              f"from; choose a new or empty folder (existing files are never overwritten)")
+    return False, ours
+
+
+def _prepare_workdir(workdir: Path, run: RunConfig) -> bool:
+    """True to resume (checkpoint.pt present); else create the folder, config.yml and metrics.csv
+    (replacing those of a run that stopped before its first checkpoint)."""
+    _check_workdir(workdir)  # before anything is removed: a file, or a folder that takes none
     for name in (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME):
         for path in remove_stale_temporaries(workdir / name):
             log.warning("removed %s, left by an interrupted write", path)
-    if (workdir / CHECKPOINT_NAME).is_file():
+    resume, ours = _check_workdir(workdir)
+    if resume:
         return True
-    if workdir.exists():
-        # A young temporary file of an interrupted write is left alone (remove_stale_temporaries), not foreign.
-        temporaries = [temporary_name(workdir / name) for name in (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME)]
-        entries = [p for p in workdir.iterdir() if not any(t.fullmatch(p.name) for t in temporaries)]
-        ours = [p for p in entries if _written_by_a_run(p)]
-        if len(ours) < len(entries):
-            raise FileExistsError(f"workdir: {workdir} exists and holds files but no {CHECKPOINT_NAME} to resume "
-                                  f"from; choose a new or empty folder (existing files are never overwritten)")
-        if ours:
-            log.warning("workdir: %s holds the %s of a run stopped before its first checkpoint; starting the run "
-                        "over, replacing them", workdir, " and ".join(p.name for p in ours))
+    if ours:
+        log.warning("workdir: %s holds the %s of a run stopped before its first checkpoint; starting the run "
+                    "over, replacing them", workdir, " and ".join(p.name for p in ours))
     workdir.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(run.to_dict(), sort_keys=False).encode()
     atomic_write(workdir / CONFIG_NAME, lambda fh: fh.write(text))
@@ -260,10 +272,12 @@ def _resolved(section: str, values: dict) -> dict:
 
 
 def resume_point(run: RunConfig, workdir) -> int | None:
-    """The step a run of `run` in `workdir` would resume from (None: a new run), its checkpoint's config
-    checked as train checks it (a changed model section raises ValueError; other changes are logged)."""
-    ckpt_path = Path(workdir) / CHECKPOINT_NAME
-    return int(_read_resumable(ckpt_path, run)["step"]) if ckpt_path.is_file() else None
+    """The step a run of `run` in `workdir` would resume from (None: a new run), checked as train checks the
+    workdir (FileExistsError or OSError naming it) and its checkpoint's config (a changed model section raises
+    ValueError; other changes are logged), without writing anything."""
+    workdir = Path(workdir)
+    resume, _ = _check_workdir(workdir)
+    return int(_read_resumable(workdir / CHECKPOINT_NAME, run)["step"]) if resume else None
 
 
 def _read_resumable(ckpt_path: Path, run: RunConfig) -> dict:
@@ -418,7 +432,8 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
             log.warning("the data set has %d clips, the checkpoint's had %d: the data order differs from "
                         "an uninterrupted run", len(dataset), ckpt["data_position"]["num_clips"])
         if init_model is None:
-            log.info("resuming %s at step %d", ckpt_path, step)
+            if env.is_main:
+                log.info("resuming %s at step %d", ckpt_path, step)
         else:  # a fine-tuning command run again: worth saying that its initial model plays no part
             log.warning("resuming %s at step %d from its own weights: the initial model given is not used",
                         ckpt_path, step)
@@ -526,8 +541,9 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
             if timed_out:
                 bar.total = step  # the bar ends full, at the step the limit ended
                 bar.refresh()
-                log.info("training stopped at step %d of %d: the time limit is spent (%.0f s)", step, tc.steps,
-                         time.perf_counter() - started)
+                if env.is_main:
+                    log.info("training stopped at step %d of %d: the time limit is spent (%.0f s)", step,
+                             tc.steps, time.perf_counter() - started)
                 break
     finally:
         interrupt.restore()
@@ -636,7 +652,8 @@ def _log_interval(workdir: Path, env: D.DistEnv, bar, step: int, lr: float, inte
             raise NoSpaceError(err.errno, f"step {step}: {NO_SPACE[err.errno]} for {path}, appending the step's "
                                           f"row (its last row may be cut short)", path) from err
         bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2e}", refresh=False)
-        log.info("step %d: loss %.4g, lr %.3g, grad_norm %.4g, %.3g steps/s", step, loss, lr, grad_norm, rate)
+        if bar.disable:  # the bar shows them otherwise; a line would break into it
+            log.info("step %d: loss %.4g, lr %.3g, grad_norm %.4g, %.3g steps/s", step, loss, lr, grad_norm, rate)
     interval.update(loss=0.0, grad_norm=0.0, n=0, t0=now)
 
 

@@ -196,9 +196,11 @@ def test_the_reported_command_repeats_a_budgeted_run_exactly(tmp_path):
 
 def test_the_command_spells_out_an_ema_rate_that_the_steps_would_not_give():
     args = argparse.Namespace(out="o", device="cpu", seed=0, size="tiny", clips=None, pred_frames=None, method=None,
-                              sample_steps=None, overrides=[])
+                              sample_steps=None, overrides=[], optimize=None)
     own = SimpleNamespace(steps=10, ema_rate=demo_ema_rate(TINY, 10))
-    assert "ema_rate" not in reproduce_command(args, TINY, own)
+    assert "ema_rate" not in reproduce_command(args, TINY, own) and "optimize" not in reproduce_command(args, TINY, own)
+    for optimize, flag in ((True, " --optimize "), (False, " --no-optimize ")):  # the network it sampled with
+        assert flag in reproduce_command(argparse.Namespace(**{**vars(args), "optimize": optimize}), TINY, own)
     calibrated = SimpleNamespace(steps=10, ema_rate=demo_ema_rate(TINY, 12))
     assert f"--set training.ema_rate={demo_ema_rate(TINY, 12)!r} --force" in reproduce_command(args, TINY, calibrated)
     args.overrides = ["training.ema_rate=0.5"]

@@ -1,4 +1,5 @@
 """`mcvd train`: dry run, overrides, errors, a run and its resume."""
+import os
 import sys
 from pathlib import Path
 
@@ -165,6 +166,21 @@ def test_dry_run_says_whether_it_resumes_and_checks_the_checkpoint(config, tmp_p
     assert f"# workdir: resumes {work / 'checkpoint.pt'} at step 2 of 5" in capsys.readouterr().out
     assert main([*command, "--dry-run", "--set", "model.ngf=8"]) == 2
     assert "the model section differs from the checkpoint's" in capsys.readouterr().err
+    assert main([*command, "--dry-run", "--set", "training.steps=2"]) == 0
+    assert f"# workdir: nothing to train: {work / 'checkpoint.pt'} is at step 2 and training.steps is 2" in \
+        capsys.readouterr().out
+
+
+def test_dry_run_refuses_a_workdir_the_run_would_refuse(config, tmp_path, capsys):
+    """As the run itself, and before it writes anything: a file, or a folder of other files."""
+    (tmp_path / "a_file").write_text("mine")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    for workdir, message in ((tmp_path / "a_file", "is a file; expected a folder"),
+                             (tmp_path / "mine", "exists and holds files but no checkpoint.pt")):
+        assert main(["train", "--config", str(config), "--workdir", str(workdir), "--dry-run"]) == 2
+        assert f"mcvd train: error: workdir: {workdir} {message}" in capsys.readouterr().err
+    assert (tmp_path / "a_file").read_text() == "mine" and os.listdir(tmp_path / "mine") == ["notes.txt"]
 
 
 def test_a_finished_run_says_there_is_nothing_to_train(config, tmp_path, capsys):

@@ -30,9 +30,7 @@ needs a model trained with masked conditioning (see mcvd sample --help);
 --guidance-interval LO HI guides only the steps with LO <= t <= HI; a
 shipped model named with none of the sampler's flags samples as it samples
 best (as mcvd sample does).
-The network runs eagerly on the CPU and compiled by mcvd.optimize on a
-CUDA device or with --precision bf16/fp16 (--optimize and --precision say
-more).
+The network runs as in mcvd sample: see --optimize and --precision.
 """
 from __future__ import annotations
 
@@ -40,11 +38,11 @@ import argparse
 import time
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_guidance_interval_flag,
-                      add_optimize_flag, as_flag, check_guidance, check_guidance_interval, check_output_folder,
-                      default_steps, error, fill_sampler_defaults, finite_float, inference_model,
-                      add_frame_stride_flag, frame_stride, load_checkpoint_arg, missing_packages, positive_int,
-                      resolve_device, resolve_optimize, sampler_of_flags, smmnist_test_clips)
+from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_frame_stride_flag,
+                      add_guidance_interval_flag, add_optimize_flag, as_flag, check_guidance,
+                      check_guidance_interval, check_output_folder, default_steps, error, fill_sampler_defaults,
+                      finite_float, frame_stride, inference_model, load_checkpoint_arg, missing_packages,
+                      positive_int, resolve_device, resolve_optimize, sampler_of_flags, smmnist_test_clips)
 
 HELP = "evaluate a model with the paper's protocol (best-of-k and one-sample PSNR, SSIM, LPIPS; FVD)"
 

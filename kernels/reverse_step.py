@@ -18,6 +18,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from . import _checks
+from ._dtypes import stat_dtype
 
 _BLOCK = 1024
 
@@ -68,9 +69,8 @@ def fwd(x_t: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | None, coef: 
     float32 or float64 on x_t's device. Returns (x_prev, x0), shaped like x_t."""
     _checks.run(checks, "reverse_step", "fwd", x_t, eps, noise, coef, clip_lo, clip_hi)
     B = x_t.shape[0]
-    # The C++ op's compute dtype (at::opmath_type of x_t's): the kernel computes in the table's dtype.
-    compute = torch.float64 if x_t.dtype == torch.float64 else torch.float32
-    x_t, eps, coef = x_t.contiguous(), eps.contiguous(), coef.to(compute).contiguous()
+    # The kernel computes in the table's dtype: the C++ op's (at::opmath_type of x_t's).
+    x_t, eps, coef = x_t.contiguous(), eps.contiguous(), coef.to(stat_dtype(x_t.dtype)).contiguous()
     noise = None if noise is None else noise.contiguous()
     x_prev, x0 = torch.empty_like(x_t), torch.empty_like(x_t)
     per = x_t.numel() // B if B else 0

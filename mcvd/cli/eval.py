@@ -93,15 +93,7 @@ def eval_clips(data: str, frames: int, config, run_config: dict, stride: int):
         return VideoFolder(data, frames, config.image_size, channels=config.channels, frame_stride=stride,
                            clip_step=(frames - 1) * stride + 1, strict=True)
     except (ValueError, FileNotFoundError) as err:
-        raise as_flag(_with_unreadable_hint(err), {"root": "--data"}) from None
-
-
-def _with_unreadable_hint(err: Exception) -> Exception:
-    """A strict VideoFolder's error for a video it cannot read, with what the user can do about it."""
-    if "cannot read" not in str(err):
-        return err
-    return type(err)(f"{err}; every clip of --data is scored, none replaced by another: move that video (a file "
-                     f"or a folder of frames) out of the folder to evaluate the others")
+        raise as_flag(err, {"root": "--data"}) from None
 
 
 def _model_name(checkpoint: Path) -> str:
@@ -170,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
                           generator=generator, compute_fvd=not args.no_fvd, progress=not args.no_progress)
     except ValueError as e:
         if str(e).startswith("root:"):  # a clip of --data that cannot be read (VideoFolder's strict mode)
-            return error("eval", as_flag(_with_unreadable_hint(e), {"root": "--data"}), EXIT_USAGE)
+            return error("eval", as_flag(e, {"root": "--data"}), EXIT_USAGE)
         flags = {"compute_fvd": "--no-fvd", "pred": "--pred", "num_clips": "--num-clips"}
         if str(e).split(":")[0] in flags:  # generation, which FVD cannot score here (raised before sampling)
             return error("eval", as_flag(e, flags), EXIT_USAGE)

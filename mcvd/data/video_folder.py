@@ -248,6 +248,11 @@ def frames_to_clip(frames: list[np.ndarray], image_size: int, channels: int) -> 
     return clip.clamp_(0.0, 1.0).mul_(2).sub_(1)
 
 
+# What a strict VideoFolder's reader can do about a video it cannot read.
+STRICT_HINT = ("; every clip is read, none replaced by another (strict): move that video (a file or a folder of "
+               "frames) out of the folder to read the others")
+
+
 class VideoFolder(Dataset):
     """Clips of `num_frames` frames from the videos under `root` (see the module docstring).
 
@@ -289,7 +294,7 @@ class VideoFolder(Dataset):
                 if not _is_read_error(err):
                     raise
                 if strict:
-                    raise ValueError(f"root: cannot read {path} ({type(err).__name__}: {err})") from err
+                    raise ValueError(f"root: cannot read {path} ({type(err).__name__}: {err}){STRICT_HINT}") from err
                 warnings.warn(f"VideoFolder: skipping {path}: cannot read it ({type(err).__name__}: {err})",
                               stacklevel=2)
                 continue
@@ -345,7 +350,7 @@ class VideoFolder(Dataset):
                     raise
                 if self.strict:
                     raise ValueError(f"root: cannot read clip {index} from {self.videos[v][0]} "
-                                     f"({type(err).__name__}: {err})") from None
+                                     f"({type(err).__name__}: {err}){STRICT_HINT}") from None
                 self._bad.add(v)
                 warnings.warn(f"VideoFolder: skipping {self.videos[v][0]} from now on: decoding failed "
                               f"({type(err).__name__}: {err})", stacklevel=2)

@@ -188,12 +188,6 @@ def _fake(x_t, eps, noise, coef, clip_lo=None, clip_hi=None):
             torch.empty_like(x_t, memory_format=torch.contiguous_format))
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """What the kernels compute a step of `dtype` frames in (the C++ op's at::opmath_type): float64 for
-    float64, float32 for the others; the coefficient table is rounded to it."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)  # (a .to() that returns its input trips opcheck)
 
@@ -205,10 +199,10 @@ def _setup_context(ctx, inputs, output):
     # to it, and in bfloat16 many land exactly there. The unclamped x0 as _table_ref computes it.
     inside = None
     if clip_lo is not None:
-        # In the kernels' compute dtype (float64 for float64, else float32), the coefficients rounded to it: a
-        # low-precision x0 that the kernel clipped (1.001 > 1 in float32) may round onto the bound (1.0 in
-        # bfloat16), and would then pass a gradient the clipped forward does not have.
-        acc = compute_dtype(x_t.dtype)
+        # In the kernels' compute dtype (stat_dtype: float64 for float64, else float32), the coefficients rounded
+        # to it: a low-precision x0 that the kernel clipped (1.001 > 1 in float32) may round onto the bound (1.0
+        # in bfloat16), and would then pass a gradient the clipped forward does not have.
+        acc = stat_dtype(x_t.dtype)
         a, b = (_as(c, acc).view(-1, *([1] * (x_t.dim() - 1))) for c in coef[:2])
         x0 = (_as(x_t, acc) - a * _as(eps, acc)) / b
         inside = (x0 >= clip_lo) & (x0 <= clip_hi)

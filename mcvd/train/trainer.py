@@ -183,11 +183,10 @@ def _check_workdir(workdir: Path) -> tuple[bool, list[Path]]:
 def _prepare_workdir(workdir: Path, run: RunConfig) -> bool:
     """True to resume (checkpoint.pt present); else create the folder, config.yml and metrics.csv
     (replacing those of a run that stopped before its first checkpoint)."""
-    _check_workdir(workdir)  # before anything is removed: a file, or a folder that takes none
+    resume, ours = _check_workdir(workdir)  # before anything is removed (it counts no temporary file as foreign)
     for name in (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME):
         for path in remove_stale_temporaries(workdir / name):
             log.warning("removed %s, left by an interrupted write", path)
-    resume, ours = _check_workdir(workdir)
     if resume:
         return True
     if ours:

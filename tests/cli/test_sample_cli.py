@@ -330,6 +330,22 @@ def test_a_shipped_model_by_name_samples_as_it_samples_best(tmp_path):
         assert "guidance" not in z.files and "guidance_interval" not in z.files
 
 
+def test_the_cpu_default_samples_the_shipped_network_as_the_model_itself(tmp_path, capsys):
+    """The README's command on the real (shipped) network, with the CPU's default: eager, its weights laid out
+    channels_last, not compiled; the prediction that of --no-optimize (the model as it is) to float32 rounding."""
+    base = ["sample", "--checkpoint", "smmnist-demo-cpu", "--data", "smmnist", "--index", "0", "1", "--frames", "4",
+            "--steps", "4", "--no-progress"]
+    predictions = []
+    for name, flags in (("default", []), ("as_is", ["--no-optimize"])):
+        assert main([*base, "--out", str(tmp_path / name), *flags]) == 0
+        assert "mcvd.optimize" not in capsys.readouterr().err
+        with np.load(tmp_path / name / "frames.npz") as z:
+            predictions.append(torch.from_numpy(z["prediction"]).double())
+    default, as_is = predictions
+    assert default.shape == (1, 2, 4, 1, 32, 32)
+    assert ((default - as_is).norm() / as_is.norm()).item() <= 1e-5
+
+
 def test_a_checkpoint_file_samples_with_the_commands_defaults(checkpoint, tmp_path):
     assert main(["sample", "--checkpoint", str(checkpoint), "--data", "smmnist", "--index", "0", "--frames", "2",
                  "--no-progress", "--no-optimize", "--out", str(tmp_path / "out")]) == 0

@@ -141,7 +141,8 @@ def test_bad_files_are_skipped_with_a_warning_naming_them(tmp_path):
         ds[last]  # known bad: skipped without decoding or warning again
 
     # What an evaluation reads: an unreadable file is an error naming it, not a video left out.
-    with pytest.raises(ValueError, match=r"root: cannot read .*b_truncated.mp4 \("):
+    with pytest.raises(ValueError, match=r"root: cannot read .*b_truncated.mp4 \(.*\); every clip is read, none "
+                                         r"replaced by another \(strict\): move that video"):
         VideoFolder(root, 8, 16, strict=True)
 
 

@@ -160,7 +160,7 @@ def test_a_clip_that_cannot_be_read_stops_the_evaluation(model_file, tmp_path, c
                     "--out", tmp_path / "x") == 2
     err = capsys.readouterr().err
     assert "mcvd eval: error: --data: cannot read clip 1 from " in err and "videos/b" in err
-    assert "move that video (a file or a folder of frames) out of the folder to evaluate the others" in err
+    assert "move that video (a file or a folder of frames) out of the folder to read the others" in err
     assert not (tmp_path / "x" / "metrics.json").exists()
     pytest.importorskip("av", reason="a video file is read with PyAV (pip install av)")
     (tmp_path / "videos" / "c.mp4").write_text("not a video")  # refused when the folder is opened

@@ -232,10 +232,13 @@ def _load_problem(err: Exception) -> str:
     """What torch.load found wrong, without its advice to load with weights_only=False (which would run
     whatever code the file holds: mcvd never does)."""
     text = str(err)
-    found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\. Please use|\s*Check the documentation|$)", text, re.S)
+    # torch up to 2.10 says "WeightsUnpickler error: Unsupported global: ..."; later ones "Trying to load
+    # unsupported GLOBAL posix.system whose module posix is blocked."
+    found = (re.search(r"WeightsUnpickler error:\s*(.*?)(?:\. Please use|\s*Check the documentation|$)", text, re.S)
+             or re.search(r"(Trying to load unsupported GLOBAL [^\n]*?)\.?\s*(?:\n|$)", text))
     if found:
         problem = " ".join(found.group(1).split())
-        if problem.startswith("Unsupported global"):
+        if problem.lower().startswith(("unsupported global", "trying to load unsupported global")):
             return f"it holds objects other than tensors and plain data, which are not loaded: {problem}"
         return f"not a torch file, or a damaged one: {problem}"
     return f"{type(err).__name__}: {text.split('. ')[0].strip()}"

@@ -1,4 +1,5 @@
 """mcvd.load: every kind of model file, EMA or raw weights, clear errors."""
+import os
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,16 @@ from mcvd.train import RunConfig, read_checkpoint, train
 
 CFG = ModelConfig(image_size=8, channels=1, num_frames=1, num_frames_cond=1, ngf=4, ch_mult=(1,),
                   num_res_blocks=1, attn_resolutions=(), n_head_channels=-1, dropout=0.0)
+
+
+class RunsCode:
+    """Unpickling this calls os.system: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
 
 
 def same_state(model, state) -> bool:
@@ -102,6 +113,12 @@ def test_missing_corrupt_and_foreign_files_are_named(tmp_path, checkpoint):
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match=r"path: .*junk.pt is not a readable torch file"):
         mcvd.load(tmp_path / "junk.pt")
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": RunsCode(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match=r"path: .*evil.pt is not a readable torch file \(it holds objects other "
+                                         r"than tensors and plain data, which are not loaded: .*(posix|nt|os)\.system"):
+        mcvd.load(tmp_path / "evil.pt")
+    assert not marker.exists()
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match=r"path: .*other.pt is not an mcvd model file, training checkpoint or "
                                          r"reference-code checkpoint .*got dict"):

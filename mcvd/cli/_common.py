@@ -189,6 +189,45 @@ def check_guidance(guidance: float | None, run_config: dict, cfg, command: str) 
                          f"prediction guidance uses; this one was trained with {' and '.join(never)}")
 
 
+def _trained_with(training: dict, cfg, past_given: bool, future_given: bool) -> bool:
+    """Whether training (mcvd.train's masks: prob_mask_cond, prob_mask_future, prob_mask_sync) ever gave
+    the network this conditioning: the past frames given or masked, the future frames given or masked."""
+    p, f = cfg.num_frames_cond, cfg.num_frames_future
+    pc, pf = training.get("prob_mask_cond", 0.0), training.get("prob_mask_future", 0.0)
+
+    def ever(masked_prob: float, given: bool) -> bool:
+        return masked_prob < 1 if given else masked_prob > 0
+
+    if training.get("prob_mask_sync") and f > 0:  # the future masked exactly when the past is
+        return ever(pc, future_given) and (p == 0 or past_given == future_given)
+    return (p == 0 or ever(pc, past_given)) and (f == 0 or ever(pf, future_given))
+
+
+def warn_untrained_task(task: str, frames: int, run_config: dict, cfg, command: str) -> None:
+    """A warning when the file's run config says the network never saw in training the conditioning that
+    `task` samples with (prediction: the past given, the future masked; generation: both masked, and for
+    more than k frames of a model with past frames prediction's too): its samples there are not what it
+    learnt. Nothing for a file without a run config."""
+    training = run_config.get("training", {})
+    if "prob_mask_cond" not in training:
+        return
+    needs = {"predict": [(True, False)], "interpolate": [(True, True)],
+             "generate": [(False, False)] + ([(True, False)] if cfg.num_frames_cond and frames > cfg.num_frames
+                                             else [])}[task]
+    what = {(True, False): "the past given and the future masked", (True, True): "the past and future given",
+            (False, False): "the past and future masked"}
+    if cfg.num_frames_future == 0:
+        what = {**what, (True, False): "the past given", (False, False): "the past masked"}
+    unseen = [what[c] for c in needs if not _trained_with(training, cfg, *c)]
+    if unseen:
+        masks = ", ".join(f"{k} {training.get(k, 0.0 if k != 'prob_mask_sync' else False)}"
+                          for k in ("prob_mask_cond", "prob_mask_future", "prob_mask_sync"))
+        print(f"mcvd {command}: warning: --task {task}: this model never saw {' nor '.join(unseen)} in training "
+              f"(its run config: training.{masks}), so its samples are not what it learnt; a model for this "
+              f"task is trained with those frames masked at times (training.prob_mask_cond, prob_mask_future)",
+              file=sys.stderr)
+
+
 def add_guidance_interval_flag(parser) -> None:
     """--guidance-interval LO HI: mcvd.SamplerConfig's guidance_interval (check_guidance_interval)."""
     parser.add_argument("--guidance-interval", type=nonnegative_int, nargs=2, default=None, metavar=("LO", "HI"),

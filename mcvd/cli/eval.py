@@ -17,7 +17,8 @@ source frames apart as in the checkpoint's training run, data.frame_stride, or
 --frame-stride), every one
 read or the run stops (exit 2, naming --data): none is replaced by another. The first N
 clips are evaluated (default: all). --seed seeds the sampler, so a run is
-reproducible. PSNR, SSIM and LPIPS are reported twice from the same k
+reproducible with the same --batch-size (a batch's noise is drawn for all its
+clips at once, so another batch size gives other samples). PSNR, SSIM and LPIPS are reported twice from the same k
 samples per clip: best of k (the paper's protocol: the best sample per clip
 and metric) and one sample (per clip the mean over its k samples: what a
 single prediction scores); with --samples 1 they are the same. Writes
@@ -42,7 +43,8 @@ from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError
                       add_guidance_interval_flag, add_optimize_flag, as_flag, check_guidance,
                       check_guidance_interval, check_output_folder, default_steps, error, fill_sampler_defaults,
                       finite_float, frame_stride, inference_model, load_checkpoint_arg, missing_packages,
-                      positive_int, resolve_device, resolve_optimize, sampler_of_flags, smmnist_test_clips)
+                      positive_int, resolve_device, resolve_optimize, sampler_of_flags, smmnist_test_clips,
+                      warn_untrained_task)
 
 HELP = "evaluate a model with the paper's protocol (best-of-k and one-sample PSNR, SSIM, LPIPS; FVD)"
 
@@ -129,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             task = Task.of(args.task, cfg, cond=args.cond, pred=args.pred)
         except ValueError as err:
             raise as_flag(err, {"task": "--task", "cond": "--cond", "pred": "--pred"}) from None
+        warn_untrained_task(task.name, task.pred, run_config, cfg, "eval")
         stride, _ = frame_stride(args, run_config)
         clips = eval_clips(args.data, task.clip_frames, cfg, run_config, stride)
         if args.num_clips is not None and args.num_clips > len(clips):

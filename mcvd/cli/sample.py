@@ -64,7 +64,7 @@ from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError
                       check_output_folder, default_steps, error, fill_sampler_defaults, finite_float,
                       float_range, frame_stride, inference_model, load_checkpoint_arg, missing_packages,
                       nonnegative_int, positive_int, resolve_device, resolve_optimize, sampler_of_flags,
-                      smmnist_test_clips)
+                      smmnist_test_clips, warn_untrained_task)
 
 HELP = "predict, generate or interpolate video frames with a trained model (GIF, MP4, .npz)"
 TASKS = ("predict", "interpolate", "generate")
@@ -203,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
         sampler = sampler_of_flags(args, steps, guidance_interval, model)
         optimized = resolve_optimize(args, device)
         p, n, f = _frame_counts(args.task, cfg, args.frames)
+        warn_untrained_task(args.task, n, run_config, cfg, "sample")
         if args.task == "generate":
             clips, source = None, "no condition (generation)"
         else:

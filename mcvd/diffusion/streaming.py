@@ -12,7 +12,7 @@ import torch
 from mcvd.ops._checks import describe
 
 from .sampler_config import SamplerConfig
-from .tasks import BlockSampler, FrameSpec, _model_device, check_finite_block, check_frames
+from .tasks import BlockSampler, FrameSpec, _model_device, check_finite_block, check_frames, check_generator
 
 # Low latency by default: 10 DPM-Solver++ steps per prediction.
 STREAMING_DEFAULT = SamplerConfig(method="dpm++", steps=10)
@@ -54,6 +54,7 @@ class StreamingPredictor:
         model_device = _model_device(model)
         if cuda_graph and model_device is not None and model_device.type != "cuda":
             raise ValueError(f"cuda_graph: needs a model on a CUDA device, got one on {model_device}")
+        check_generator(generator, model_device)  # now, not at the first prediction of a live stream
         self.sampler = sampler
         self._options = dict(generator=generator, cuda_graph=cuda_graph)
         self._block: BlockSampler | None = None
@@ -75,9 +76,12 @@ class StreamingPredictor:
 
     def push(self, frames: torch.Tensor) -> None:
         """Append observed frames: [B, C, H, W] (one frame) or [B, n, C, H, W]."""
-        if isinstance(frames, torch.Tensor) and (frames.dim() not in (4, 5)
-                                                 or tuple(frames.shape[-3:]) != self.spec.frame_shape()):
-            C, S = self.spec.channels, self.spec.size  # named in the forms push takes, not the one it makes
+        C, S = self.spec.channels, self.spec.size  # named in the forms push takes, not the one it makes
+        if not isinstance(frames, torch.Tensor) or not frames.is_floating_point():
+            raise TypeError(f"frames: expected a float tensor [B, {C}, {S}, {S}] or [B, n, {C}, {S}, {S}] with "
+                            f"values in [-1, 1], got "
+                            + (f"dtype {frames.dtype}" if isinstance(frames, torch.Tensor) else describe(frames)))
+        if frames.dim() not in (4, 5) or tuple(frames.shape[-3:]) != self.spec.frame_shape():
             raise ValueError(f"frames: expected [B, {C}, {S}, {S}] (one frame of each of B streams) or "
                              f"[B, n, {C}, {S}, {S}] (n frames), the model's channels and image_size; got "
                              f"{list(frames.shape)}")

@@ -76,6 +76,15 @@ class FrameSpec:
             raise ValueError(f"{name}: expected at least {min_frames} frames, got {x.shape[1]}")
 
 
+def check_generator(generator, device: torch.device | None) -> None:
+    """A sampler's generator: a torch.Generator on `device` (the frames'; None: not known yet), or None."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got {describe(generator)}")
+    if generator is not None and device is not None and generator.device.type != device.type:
+        raise ValueError(f"generator: expected a generator on {device.type} (the frames' device), "
+                         f"got one on {generator.device}")
+
+
 class BlockSampler:
     """Samples one block of k frames given the conditioning, eagerly or by
     replaying a CUDA graph of the whole denoising loop.
@@ -104,11 +113,7 @@ class BlockSampler:
             raise TypeError(f"sampler: expected an mcvd.SamplerConfig, got {type(sampler).__name__}")
         if cuda_graph and device.type != "cuda":
             raise ValueError(f"cuda_graph: needs a CUDA device, got {device}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator: expected a torch.Generator or None, got {describe(generator)}")
-        if generator is not None and generator.device.type != device.type:
-            raise ValueError(f"generator: expected a generator on {device.type} (the frames' device), "
-                             f"got one on {generator.device}")
+        check_generator(generator, device)
         self.sampler, self.guidance = sampler, sampler.guidance
         self.generator, self.cuda_graph, self.device, self.dtype = generator, cuda_graph, device, dtype
         self.bar = bar
@@ -260,6 +265,9 @@ def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.
         num_frames: frames to sample, >= 1.
         future: [B, T, C, H, W] frames in [-1, 1], T >= f (the first f frames
             are used), or None.
+        A block whose past or future is None samples with it masked: what the
+        model learnt only if its training masked it at times (mcvd.train's
+        prob_mask_cond, prob_mask_future; `mcvd sample` warns otherwise).
         sampler: the sampler's options as one `mcvd.SamplerConfig`; or None,
             and the keywords below build it.
         method, steps, guidance, guidance_interval, eta, clip_x0, schedule, spacing, backend: the
@@ -269,7 +277,10 @@ def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.
             guidance is the classifier-free guidance weight w (None: plain conditional);
             guidance_interval (lo, hi) guides only the steps with lo <= t <= hi.
         samples: independent samples per input video.
-        generator: source of every random draw, on the frames' device.
+        generator: source of every random draw, on the frames' device. The
+            noise is drawn for the whole batch at once: the same seed gives the
+            same samples for the same batch, while a video's sample changes
+            with the videos beside it.
         progress: one tqdm bar over the denoising steps of every block.
         batch_size: number of videos when past and future are both None
             (None: one); with frames given, None or their batch.

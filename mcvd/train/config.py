@@ -169,7 +169,7 @@ class TrainConfig:
     ema_rate: EMA of the weights, shadow = rate * shadow + (1 - rate) * weights after each step.
     prob_mask_cond: probability that a sample's past frames are masked (zeroed).
     prob_mask_future: probability that a sample's future frames are masked.
-    prob_mask_sync: mask the future exactly when the past is masked (needs prob_mask_future > 0).
+    prob_mask_sync: mask the future exactly when the past is masked (needs prob_mask_cond and prob_mask_future > 0).
     rollout_prob: probability that a clip's past frames are the network's own prediction instead of the
         truth, as in a block-autoregressive rollout, where every block after the first is conditioned on
         predicted frames (a form of scheduled sampling, against the rollout's drift). With rollout_prob > 0
@@ -245,6 +245,9 @@ class TrainConfig:
         if self.prob_mask_sync and self.prob_mask_future == 0.0:
             raise ValueError("training.prob_mask_sync: needs prob_mask_future > 0 (with 0 the future is never "
                              "masked, as in the reference code)")
+        if self.prob_mask_sync and self.prob_mask_cond == 0.0:
+            raise ValueError("training.prob_mask_sync: needs prob_mask_cond > 0 (the future is masked exactly when "
+                             "the past is, so with 0 nothing is ever masked)")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"training.grad_accum: expected a divisor of batch_size {self.batch_size}, "
                              f"got {self.grad_accum}")

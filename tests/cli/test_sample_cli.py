@@ -70,13 +70,23 @@ def test_interpolate_fills_the_k_frames_between_past_and_future(checkpoint, tmp_
     assert gif_frames(out / "sample.gif")[0] == P + K + F
 
 
-def test_generate_without_input(checkpoint, tmp_path):
+def test_generate_without_input(checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     assert sample(checkpoint, out, "--task", "generate", "--frames", "2", "--samples", "3") == 0
     with np.load(out / "frames.npz") as z:
         assert z["prediction"].shape == (3, 1, 2, 1, SIZE, SIZE)
         assert "past" not in z.files and "truth" not in z.files
     assert gif_frames(out / "sample.gif")[0] == 2
+    # The tiny checkpoint never masked the past in training (prob_mask_cond 0): it never learnt to generate.
+    err = capsys.readouterr().err
+    assert ("mcvd sample: warning: --task generate: this model never saw the past and future masked in training "
+            "(its run config: training.prob_mask_cond 0.0, prob_mask_future 0.5, prob_mask_sync False)") in err
+
+
+def test_a_task_the_model_trained_for_gets_no_warning(checkpoint, guided_checkpoint, tmp_path, capsys):
+    assert sample(guided_checkpoint, tmp_path / "gen", "--task", "generate", "--frames", "2") == 0
+    assert sample(checkpoint, tmp_path / "pred", "--data", "smmnist") == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_predict_from_a_video_file(checkpoint, tmp_path, capsys):
@@ -509,3 +519,28 @@ def test_an_input_is_read_with_the_models_training_frame_stride(checkpoint, tmp_
             assert z["frame_stride"] == stride
     assert sample(checkpoint, tmp_path / "x", "--data", "smmnist", "--frame-stride", "2") == 2
     assert "--frame-stride: selects the frames of --input; it does not apply to --data" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("p, f", [(2, 0), (2, 1), (0, 1)])
+@pytest.mark.parametrize("pc, pf, sync", [(0.0, 0.0, False), (0.3, 0.0, False), (0.0, 0.3, False), (0.3, 0.3, False),
+                                          (0.3, 0.3, True), (1.0, 0.5, False), (0.2, 1.0, False)])
+def test_the_task_warning_knows_the_conditionings_that_training_draws(p, f, pc, pf, sync):
+    """Which (past given?, future given?) pairs the trainer's own mask draws produce, against what the
+    warning of an untrained task assumes."""
+    from types import SimpleNamespace
+
+    from mcvd.cli._common import _trained_with
+    from mcvd.train.objective import draw_step_randomness
+
+    if (pc > 0 and p == 0) or (sync and pf == 0):
+        pytest.skip("not a valid training config")
+    cfg = SimpleNamespace(num_frames_cond=p, num_frames_future=f, num_frames=1, channels=1, image_size=2,
+                          num_timesteps=10)
+    rnd = draw_step_randomness(cfg, 4000, prob_mask_cond=pc, prob_mask_future=pf, prob_mask_sync=sync,
+                               random_flip=False, generator=torch.Generator().manual_seed(0), device="cpu")
+    drawn = {tuple(row) for row in rnd.cond_mask.tolist()}  # (past given, future given)
+    training = {"prob_mask_cond": pc, "prob_mask_future": pf, "prob_mask_sync": sync}
+    for past in (True, False):
+        for future in (True, False):
+            seen = any((p == 0 or a == past) and (f == 0 or b == future) for a, b in drawn)
+            assert _trained_with(training, cfg, past, future) == seen, (past, future, drawn)

@@ -98,6 +98,13 @@ def test_errors_name_the_problem():
         mcvd.StreamingPredictor(model, cuda_graph="yes")
     with pytest.raises(TypeError, match=r"sampler: expected an mcvd.SamplerConfig, got dict"):
         mcvd.StreamingPredictor(model, dict(method="ddim", steps=2))
+    # Named in the forms push takes; a bad generator is refused when built, not at the first prediction.
+    with pytest.raises(TypeError, match=r"frames: expected a float tensor \[B, 2, 5, 5\] or \[B, n, 2, 5, 5\] with "
+                                        r"values in \[-1, 1\], got dtype torch.uint8"):
+        stream.push(torch.zeros(1, C, SIZE, SIZE, dtype=torch.uint8))
+    for bad, kind in ((123, "int 123"), ("cpu", "str 'cpu'")):
+        with pytest.raises(TypeError, match=rf"generator: expected a torch.Generator or None, got {kind}"):
+            mcvd.StreamingPredictor(model, generator=bad)
 
 
 def test_default_sampler_is_ten_dpm_steps():

@@ -289,3 +289,16 @@ def test_a_frame_stride_is_refused_for_smmnist(tmp_path, capsys):
     assert run_eval("--checkpoint", ckpt, "--data", "smmnist", "--frame-stride", 2, "--out", tmp_path / "x") == 2
     assert "--frame-stride: reads a video folder's frames; --data smmnist draws its clips" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_task_the_model_never_trained_for_is_warned_of(tmp_path, capsys):
+    never = training_checkpoint(tmp_path / "never.pt", {"training": {"prob_mask_cond": 0.0}})
+    # Refused afterwards for its one clip: the warning comes with the checks, before any sampling.
+    assert run_eval("--checkpoint", never, "--data", "smmnist", "--task", "generate", "--pred", 6,
+                    "--num-clips", 1, "--out", tmp_path / "x") == 2
+    assert ("mcvd eval: warning: --task generate: this model never saw the past masked in training (its run config: "
+            "training.prob_mask_cond 0.0") in capsys.readouterr().err
+    masked = training_checkpoint(tmp_path / "masked.pt", {"training": {"prob_mask_cond": 0.5}})
+    assert run_eval("--checkpoint", masked, "--data", "smmnist", "--task", "generate", "--pred", 6,
+                    "--num-clips", 1, "--out", tmp_path / "x") == 2
+    assert "warning" not in capsys.readouterr().err

@@ -59,6 +59,8 @@ def test_numbers_are_coerced():
     (dict(batch_size=0), r"training.batch_size: expected >= 1, got 0"),
     (dict(batch_size=6, grad_accum=4), r"training.grad_accum: expected a divisor of batch_size 6, got 4"),
     (dict(prob_mask_sync=True), r"training.prob_mask_sync: needs prob_mask_future > 0"),
+    (dict(prob_mask_sync=True, prob_mask_future=0.5), r"training.prob_mask_sync: needs prob_mask_cond > 0 \(the "
+                                                       r"future is masked exactly when the past is"),
     (dict(precision="fp8"), r"training.precision: expected one of \('fp32', 'bf16', 'fp16'\), got 'fp8'"),
     (dict(loss_weighting="snr"), r"training.loss_weighting: expected one of \('none', 'min_snr'\), got 'snr'"),
     (dict(min_snr_gamma=0), r"training.min_snr_gamma: expected > 0.0, got 0"),
@@ -163,8 +165,8 @@ def test_set_overrides_are_typed_and_strict():
 
 
 def test_yaml_round_trip(tmp_path):
-    cfg = RunConfig.from_dict({"model": {"ngf": 16, "num_frames_future": 2}, "training": {"prob_mask_future": 0.5,
-                                                                                          "prob_mask_sync": True}})
+    cfg = RunConfig.from_dict({"model": {"ngf": 16, "num_frames_future": 2},
+                               "training": {"prob_mask_cond": 0.5, "prob_mask_future": 0.5, "prob_mask_sync": True}})
     path = tmp_path / "run.yml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))
     assert load_run_config(path) == cfg

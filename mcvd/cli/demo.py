@@ -37,8 +37,13 @@ that spends the budget. Without --minutes the cpu size trains 5 minutes or
 machine still trains 4,500 steps, down to 0.087 s per step. And it stops
 training early enough for the whole demo to end within 9.5 minutes of its
 start (--started-at: make demo passes its own, so that its set-up counts),
-the work after training estimated as 1,350 steps at the speed measured
-while training. report.md
+the work after training estimated as 400 steps at the speed measured while
+training (for the default clips, frames and sampler steps; scaled with
+--clips, --pred-frames and --sample-steps). The shipped model scored beside
+on the cpu size (mcvd.pretrained; --no-pretrained leaves it out) predicts
+the clips and streams the clip before training, which changes nothing of
+its work: so the work after training is only the model trained here's, and
+the deadline's estimate of it is close. report.md
 gives the steps and the time taken, and a command with --train-steps that
 repeats the run exactly. --size picks the model and budget: "cpu" (default
 without CUDA; 32 x 32 frames, 0.4M parameters, 5 minutes or 4,500 steps),
@@ -72,8 +77,8 @@ from pathlib import Path
 from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_optimize_flag, check_output_folder, check_steps, error,
                       inference_model, missing_packages, nonnegative_int, positive_float, positive_int, resolve_device,
                       resolve_optimize)
-from .demo_config import (SIZES, DemoSize, calibrate, fit_deadline, leftover_work_folders, plan_budget,
-                          remove_work_folder, reproduce_command, run_config, work_folder)
+from .demo_config import (SIZES, DemoSize, calibrate, finish_work, fit_deadline, leftover_work_folders,
+                          plan_budget, remove_work_folder, reproduce_command, run_config, work_folder)
 
 HELP = "train a small MCVD on Stochastic Moving MNIST and compare its predictions with copy-last-frame"
 OUTPUTS = ("demo.gif", "stream.gif", "metrics.png", "report.md", "metrics.json", "checkpoint.pt",
@@ -137,7 +142,7 @@ def _check_args(args) -> list[Path]:
     return leftovers
 
 
-def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path, deadline: float) -> tuple:
+def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path, deadline: float, finish: float) -> tuple:
     """Train in a temporary folder inside `out`; move checkpoint.pt and the
     training log into `out`. Returns (run config with the steps trained, seconds,
     time limit or None, the size's step floor where it set the steps or None,
@@ -149,7 +154,8 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path, deadli
     default a machine too slow for the size's min_steps in its minutes trains
     min_steps steps instead, within max_minutes (plan_budget), and the default
     budget ends early enough for the demo to end by `deadline` (time.time()
-    seconds; fit_deadline)."""
+    seconds), with `finish` training steps' worth of work after training
+    (finish_work, fit_deadline)."""
     from mcvd.train import train
     from mcvd.train.trainer import METRICS_NAME, read_metrics
 
@@ -159,14 +165,14 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path, deadli
         timings = calibrate(run_cfg, out, try_one_thread=device.type == "cpu" and args.threads is None)
         per_step = min(timings.values())
         steps, budget, floor = plan_budget(size, args.minutes, per_step)
-        planned = fit_deadline(size, budget, per_step, deadline - time.time()) if by_deadline else budget
+        planned = fit_deadline(size, budget, per_step, deadline - time.time(), finish) if by_deadline else budget
         measured = ", ".join(f"{t:.3g} s with {n} thread{'s' * (n > 1)}" for n, t in timings.items())
         if planned < budget:
             print(f"mcvd demo: one training step takes {measured} on {device}: training stops at about "
                   f"{planned:.0f} s (about {min(steps, int(planned / per_step))} steps; the speed measured while "
                   f"training sets it) so that the demo ends within {size.total_minutes:g} minutes of its start, "
                   f"set-up included where --started-at gives it (the work after training takes about as long as "
-                  f"{size.finish_steps} steps)")
+                  f"{finish:.0f} steps)")
         elif floor:
             print(f"mcvd demo: one training step takes {measured} on {device}: fewer than {steps} steps fit in "
                   f"{60 * size.minutes:.0f} s, so the demo trains {steps} steps (about {per_step * steps:.0f} s), "
@@ -186,7 +192,7 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path, deadli
 
         def limit(steps_done: int, seconds: float) -> float:  # the deadline at the speed measured so far
             nonlocal final
-            final = fit_deadline(size, budget, seconds / max(steps_done, 1), left)
+            final = fit_deadline(size, budget, seconds / max(steps_done, 1), left, finish)
             return final
     with work_folder(out, "train") as workdir:
         start = time.perf_counter()
@@ -227,13 +233,31 @@ def shipped_model(size: DemoSize, run_cfg, cfg, device) -> dict | None:
             "guidance_interval": entry.guidance_interval}
 
 
+def stream_held_out(net, run_cfg, device, seed: int, who: str) -> tuple[list, dict]:
+    """Streams the first held-out clip, STREAM_FRAMES frames long, through mcvd.StreamingPredictor as it
+    plays (mcvd.diffusion.stream_video). Returns stream.gif's panels and the figures for the report: the
+    model (`who`) and the torch threads it ran with, which the calibration may change afterwards."""
+    import torch
+
+    from mcvd.data import StochasticMovingMNIST
+    from mcvd.diffusion import SamplerConfig, stream_video
+
+    clip = StochasticMovingMNIST(STREAM_FRAMES, split="test", seed=0, length=1, num_digits=run_cfg.data.num_digits,
+                                 image_size=run_cfg.model.image_size, digit_size=run_cfg.data.digit_size)[0]
+    sampler = SamplerConfig(method="dpm++", steps=min(STREAM_STEPS, run_cfg.model.num_timesteps))
+    streamed = stream_video(net, clip, sampler=sampler, cuda_graph=device.type == "cuda",
+                            generator=torch.Generator(device).manual_seed(seed))
+    info = {**streamed.summary(), "method": sampler.method, "steps": sampler.steps, "model": who,
+            "threads": torch.get_num_threads()}
+    return streamed.panels(), info
+
+
 def run(args: argparse.Namespace) -> int:
     if (code := missing_packages("demo", ("PIL", "matplotlib"))) is not None:
         return code
     import torch
 
     from mcvd.data import StochasticMovingMNIST
-    from mcvd.diffusion import SamplerConfig, stream_video
     from mcvd.loader import load
     from mcvd.metrics.baselines import (BASELINE, EMPTY, MODEL, baselines, compare, predict_clips, score,
                                         score_with_baselines, verdict)
@@ -267,38 +291,51 @@ def run(args: argparse.Namespace) -> int:
         if remove_work_folder(folder):
             print(f"mcvd demo: removed {folder}, the training folder of an interrupted demo")
     out.mkdir(parents=True, exist_ok=True)
+    eager = not resolve_optimize(args, device)
+    fast_eager = args.optimize is None  # the demo's own choice of the eager network, not the user's
+    p, n = run_cfg.model.num_frames_cond, args.pred_frames or size.pred_frames
+    method = args.method or size.method
+    clips = StochasticMovingMNIST(p + n, split="test", seed=0, length=args.clips or size.clips,
+                                  num_digits=run_cfg.data.num_digits, image_size=run_cfg.model.image_size,
+                                  digit_size=run_cfg.data.digit_size)
+    # The shipped model's work comes first: training changes nothing of it, and the deadline then has only
+    # the work on the model trained here to plan for after training, which it estimates far more closely.
+    shipped = None if args.no_pretrained else shipped_model(size, run_cfg, run_cfg.model, device)
+    if shipped is not None:
+        print(f"mcvd demo: first the shipped model {shipped['name']!r} predicts the {len(clips)} held-out clips "
+              f"and streams one (training changes nothing of it)")
+        shipped_net = inference_model(shipped["model"], eager, channels_last=fast_eager)
+        # Sampled as measured best for it (mcvd.pretrained), unless --sample-steps says otherwise.
+        shipped.update(method=method, sample_steps=args.sample_steps or min(shipped["sample_steps"], T))
+        start = time.perf_counter()
+        _, _, shipped_pred = predict_clips(shipped_net, clips, pred_frames=n, method=method,
+                                           steps=shipped["sample_steps"], guidance=shipped["guidance"],
+                                           guidance_interval=shipped["guidance_interval"],
+                                           seed=args.seed, device=device, progress=not args.no_progress)
+        shipped["seconds"] = time.perf_counter() - start
+        # The streamed clip shows the better predictor: the shipped model when there is one.
+        stream_panels, stream_info = stream_held_out(shipped_net, run_cfg, device, args.seed, "shipped")
+    finish = finish_work(size, block_frames=run_cfg.model.num_frames, clips=len(clips), pred_frames=n,
+                         sample_steps=sample_steps)
     try:
         run_cfg, train_seconds, budget, floor, cut, log = train_within_budget(run_cfg, size, args, device, out,
-                                                                              deadline)
+                                                                              deadline, finish)
     except TrainingDiverged as err:
         return error("demo", f"training diverged: {err}", EXIT_FAILURE)
 
     model, cfg = load(out / "checkpoint.pt", map_location=device)  # the EMA weights
-    eager = not resolve_optimize(args, device)
-    fast_eager = args.optimize is None  # the demo's own choice of the eager network, not the user's
     net = inference_model(model, eager, channels_last=fast_eager)
-    p, n = cfg.num_frames_cond, args.pred_frames or size.pred_frames
-    method = args.method or size.method
-    clips = StochasticMovingMNIST(p + n, split="test", seed=0, length=args.clips or size.clips,
-                                  num_digits=run_cfg.data.num_digits, image_size=cfg.image_size,
-                                  digit_size=run_cfg.data.digit_size)
     start = time.perf_counter()
     past, truth, pred = predict_clips(net, clips, pred_frames=n, method=method, steps=sample_steps, seed=args.seed,
                                       device=device, progress=not args.no_progress)
     scores = score_with_baselines(past, truth, pred)
     eval_seconds = time.perf_counter() - start
     frames = list(range(p + 1, p + n + 1))
-    shipped = None if args.no_pretrained else shipped_model(size, run_cfg, cfg, device)
     if shipped is not None:
-        shipped_net = inference_model(shipped["model"], eager, channels_last=fast_eager)
-        # Sampled as measured best for it (mcvd.pretrained), unless --sample-steps says otherwise.
-        shipped.update(method=method, sample_steps=args.sample_steps or min(shipped["sample_steps"], T))
-        _, _, shipped_pred = predict_clips(shipped_net, clips, pred_frames=n, method=method,
-                                           steps=shipped["sample_steps"], guidance=shipped["guidance"],
-                                           guidance_interval=shipped["guidance_interval"],
-                                           seed=args.seed, device=device, progress=not args.no_progress)
         scores = {MODEL: scores[MODEL], SHIPPED: score(shipped_pred, truth),
                   **{k: v for k, v in scores.items() if k != MODEL}}
+    else:
+        stream_panels, stream_info = stream_held_out(net, run_cfg, device, args.seed, "trained here")
     comparisons = {name: compare(scores[name], scores[BASELINE]) for name in (MODEL, SHIPPED) if name in scores}
     # The shipped model's verdict first: it shows what the objective reaches with more training.
     verdicts = [verdict(comparisons[name], device.type, who=who, empty=compare(scores[name], scores[EMPTY]),
@@ -335,16 +372,8 @@ def run(args: argparse.Namespace) -> int:
         panels[1] = Panel("trained here", panels[1].frames, panels[1].kinds)
         panels.insert(2, Panel("shipped", made_here.frames, made_here.kinds))
     write_gif(out / "demo.gif", grid_frames(panels), fps=3, overwrite=True)
-    stream_clip = StochasticMovingMNIST(STREAM_FRAMES, split="test", seed=0, length=1,
-                                        num_digits=run_cfg.data.num_digits, image_size=cfg.image_size,
-                                        digit_size=run_cfg.data.digit_size)[0]  # the first held-out clip, longer
-    stream_sampler = SamplerConfig(method="dpm++", steps=min(STREAM_STEPS, T))
-    # The streamed clip shows the better predictor: the shipped model when there is one.
-    streamed = stream_video(net if shipped is None else shipped_net, stream_clip, sampler=stream_sampler,
-                            cuda_graph=device.type == "cuda", generator=torch.Generator(device).manual_seed(args.seed))
-    write_gif(out / "stream.gif", grid_frames(streamed.panels()), fps=STREAM_FPS, overwrite=True)
-    info["stream"] = {**streamed.summary(), "method": stream_sampler.method, "steps": stream_sampler.steps,
-                      "model": "trained here" if shipped is None else "shipped"}
+    write_gif(out / "stream.gif", grid_frames(stream_panels), fps=STREAM_FPS, overwrite=True)
+    info["stream"] = stream_info
     write_demo_report(out, info, comparisons, frames, scores, log,
                       pixels=cfg.num_frames * cfg.channels * cfg.image_size ** 2)
 

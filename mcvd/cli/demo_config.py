@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import math
 import os
 import re
 import statistics
@@ -38,8 +39,9 @@ class DemoSize:
         longer), scored beside, or None.
     total_minutes, finish_steps: a default budget is shortened where the whole demo, counted from its start
         (`mcvd demo --started-at`: make demo's, set-up included), would otherwise end later than total_minutes;
-        the work after training (scoring, streaming, the report) is estimated as finish_steps training steps of
-        the same machine (fit_deadline).
+        the work after training (the model trained here's predictions, their scores, the report; the shipped
+        model's comes before training) is estimated as finish_steps training steps of the same machine for the
+        size's clips, frames and sampler steps (finish_work, fit_deadline).
     """
 
     model: dict
@@ -101,13 +103,12 @@ SIZES = {
                                  "recall, seed 0: 0.83 at the first predicted frame, 0.36 at the sixth; the true "
                                  "frames 0.93, chance 0.21; the model trained here 0.21)."),
                     pretrained="smmnist-demo-cpu", min_steps=4500, max_minutes=6.5,
-                    # make demo in 10 minutes, with half a minute to spare. After training, the demo's own work
-                    # (192 clips scored, the shipped model guided) took 161-182 s on two AMD EPYC hosts (2 cores)
-                    # while the model trained here sampled with 50 DDPM steps, as long as 1,520-1,610 of its training
-                    # steps (0.100-0.120 s per step); 25 steps take 30 s less (docs/demo.md, "A host with AVX2 only:
-                    # 25 sampling steps"), and guiding the shipped model at t <= 700 only another 16% of its
-                    # sampling, about 150 steps' worth ("Guidance where it counts").
-                    total_minutes=9.5, finish_steps=1350),
+                    # make demo in 10 minutes, with half a minute to spare. The shipped model predicts and streams
+                    # before training; after it, the model trained here's 192 clips (DDPM 25), the scores, the
+                    # digit recall and the files took as long as 235 of its training steps on a 2-core Intel Xeon
+                    # and 220-280 on the AMD EPYC hosts, up to 330 where the host slowed after training
+                    # (docs/demo.md, "The shipped model's work first").
+                    total_minutes=9.5, finish_steps=400),
     "gpu": DemoSize(model=dict(image_size=64, num_frames=2, num_frames_cond=2, ngf=32, ch_mult=(1, 2, 2, 2),
                                num_res_blocks=2, attn_resolutions=(8, 16), n_head_channels=32, dropout=0.0,
                                prediction="x0"),
@@ -251,14 +252,26 @@ def plan_budget(size: DemoSize, minutes: float | None, seconds_per_step: float) 
     return size.min_steps, 60 * size.max_minutes, True
 
 
-def fit_deadline(size: DemoSize, budget: float, seconds_per_step: float, seconds_left: float) -> float:
+def finish_work(size: DemoSize, *, block_frames: int, clips: int, pred_frames: int, sample_steps: int) -> float:
+    """Training steps' worth of the demo's work after training: the size's finish_steps for its own clips,
+    frames and sampler steps, scaled by this run's network calls (clips x blocks x steps), as the model
+    trained here's sampling is most of that work."""
+    def calls(c: int, n: int, k: int, s: int) -> int:
+        return c * math.ceil(n / k) * s
+
+    own = calls(size.clips, size.pred_frames, size.model["num_frames"], size.sample_steps)
+    return size.finish_steps * calls(clips, pred_frames, block_frames, sample_steps) / own
+
+
+def fit_deadline(size: DemoSize, budget: float, seconds_per_step: float, seconds_left: float,
+                 finish_steps: float) -> float:
     """The time limit of a default training budget (plan_budget) when `seconds_left` of the size's
     total_minutes remain as training starts and a step takes `seconds_per_step`: training ends early enough
-    for the work after it (finish_steps steps' worth), but lasts at least MIN_TRAIN_SECONDS. The demo asks it
-    again after every step with the speed measured so far."""
+    for the work after it (finish_steps steps' worth: finish_work), but lasts at least MIN_TRAIN_SECONDS. The
+    demo asks it again after every step with the speed measured so far."""
     if size.total_minutes is None:
         return budget
-    return min(budget, max(seconds_left - size.finish_steps * seconds_per_step, MIN_TRAIN_SECONDS))
+    return min(budget, max(seconds_left - finish_steps * seconds_per_step, MIN_TRAIN_SECONDS))
 
 
 def reproduce_command(args, size: DemoSize, training) -> str:

@@ -190,7 +190,7 @@ def stream_section(info: dict) -> list[str]:
          f"{st['past_frames']} frames, a prediction of the next {k} frames every {every} frames, from the frames "
          f"before them; stream.gif shows at each time the "
          f"observed frame beside the prediction made for it. {st['predictions']} predictions on {info['device']} "
-         f"({info['threads']} torch CPU thread(s)):"), "",
+         f"({st.get('threads', info['threads'])} torch CPU thread(s)):"), "",
         ("| predicted frames / s | latency per prediction: median | p90 | max | per predicted frame (median / k) "
          "| first prediction |"),
         "|---|---|---|---|---|---|",

@@ -13,7 +13,8 @@ import mcvd
 from mcvd.cli import main
 from mcvd.cli._common import inference_model
 from mcvd.cli.demo import OUTPUTS, STREAM_FRAMES
-from mcvd.cli.demo_config import SIZES, demo_ema_rate, fit_deadline, plan_budget, reproduce_command
+from mcvd.cli.demo_config import (SIZES, demo_ema_rate, finish_work, fit_deadline, plan_budget,
+                                  reproduce_command)
 from mcvd.data import StochasticMovingMNIST
 from mcvd.metrics.baselines import compare, verdict, wins
 from mcvd.metrics.digits import digit_recall, load_digit_classifier
@@ -325,18 +326,30 @@ def test_a_slower_machine_trains_the_size_s_steps_within_the_cap():
 
 def test_the_deadline_shortens_a_default_budget():
     """The cpu size ends within 9.5 minutes of its start: the training budget leaves room for the work after
-    it (1,350 steps' worth at the given speed) and keeps at least a minute."""
+    it (400 steps' worth at the given speed, for the size's own sampling) and keeps at least a minute."""
     cpu = SIZES["cpu"]
-    assert (cpu.total_minutes, cpu.finish_steps) == (9.5, 1350)
-    # 0.0625 s per step: 84.375 s of work after training; 384.375 s left hold the 300 s budget, 300 s left 215.625.
-    assert fit_deadline(cpu, 300.0, 0.0625, 384.375) == 300.0
-    assert fit_deadline(cpu, 300.0, 0.0625, 300.0) == 215.625
-    # 0.125 s per step under the floor: 168.75 s after training; 558.75 s left hold the 390 s limit, 500 s cut it
-    # to 331.25 s.
-    assert fit_deadline(cpu, 390.0, 0.125, 558.75) == 390.0
-    assert fit_deadline(cpu, 390.0, 0.125, 500.0) == 331.25
-    assert fit_deadline(cpu, 390.0, 0.125, 100.0) == 60.0  # past the deadline: a minute
-    assert fit_deadline(SIZES["tiny"], 3.0, 0.5, 0.0) == 3.0  # no deadline
+    assert (cpu.total_minutes, cpu.finish_steps) == (9.5, 400)
+    # 0.0625 s per step: 25 s of work after training; 325 s left hold the 300 s budget, 300 s left 275 s.
+    assert fit_deadline(cpu, 300.0, 0.0625, 325.0, 400) == 300.0
+    assert fit_deadline(cpu, 300.0, 0.0625, 300.0, 400) == 275.0
+    # 0.125 s per step under the floor: 50 s after training; 440 s left hold the 390 s limit, 400 s cut it to 350.
+    assert fit_deadline(cpu, 390.0, 0.125, 440.0, 400) == 390.0
+    assert fit_deadline(cpu, 390.0, 0.125, 400.0, 400) == 350.0
+    assert fit_deadline(cpu, 390.0, 0.125, 100.0, 400) == 60.0  # past the deadline: a minute
+    assert fit_deadline(SIZES["tiny"], 3.0, 0.5, 0.0, 400) == 3.0  # no deadline
+
+
+def test_the_work_after_training_scales_with_the_sampling():
+    """finish_steps is for the size's own 192 clips, 6 frames in blocks of 2 and 25 sampler steps (75 network
+    calls per clip); other runs scale it by their calls."""
+    cpu = SIZES["cpu"]
+    assert (cpu.clips, cpu.pred_frames, cpu.model["num_frames"], cpu.sample_steps) == (192, 6, 2, 25)
+    assert finish_work(cpu, block_frames=2, clips=192, pred_frames=6, sample_steps=25) == 400
+    assert finish_work(cpu, block_frames=2, clips=96, pred_frames=6, sample_steps=50) == 400
+    assert finish_work(cpu, block_frames=2, clips=192, pred_frames=5, sample_steps=25) == 400  # still 3 blocks
+    assert finish_work(cpu, block_frames=1, clips=48, pred_frames=6, sample_steps=25) == 200  # 6 blocks of 1
+    four_blocks = finish_work(cpu, block_frames=2, clips=384, pred_frames=8, sample_steps=10)
+    assert four_blocks == pytest.approx(400 * 2 * 4 / 3 * 0.4)
 
 
 def test_a_late_start_shortens_the_training_and_the_report_says_so(tmp_path, capsys, monkeypatch):

@@ -85,9 +85,12 @@ SIZES = {
                     digit_size=16, batch_size=16, lr=1e-3, warmup=50, ema_rate=0.99, loss_weighting="none",
                     num_workers=0, minutes=5.0,
                     clips=192, pred_frames=6, method="ddpm", sample_steps=25, gif_rows=6,
-                    expectation=("Measured for this size on two kinds of 2-core AMD EPYC CPU (docs/demo.md), on "
-                                 "these 192 held-out clips: the model trained here beat copy-last-frame on both "
-                                 "metrics with each of seeds 0-9 on each kind. With AVX-512 the 9.5-minute deadline "
+                    expectation=("Measured for this size on two kinds of 2-core AMD EPYC CPU and a 2-core Intel "
+                                 "Xeon (docs/demo.md), on these 192 held-out clips: the model trained here beat "
+                                 "copy-last-frame on both metrics with each of seeds 0-9 on each EPYC kind and seeds "
+                                 "0-1 on the Xeon, which trained the 4,500 steps of the step floor (+0.63 to +0.69 "
+                                 "dB, +0.048 to +0.056 SSIM, the SSIM interval clearing zero by 0.032-0.038). On the "
+                                 "EPYC with AVX-512 the 9.5-minute deadline "
                                  "left 2,075-3,302 training steps (+0.39 to +0.68 dB, +0.025 to +0.051 SSIM, the SSIM "
                                  "interval clearing zero by 0.009-0.035; sampled with 50 steps then); with AVX2 "
                                  "only, 1,250-1,757 steps (+0.42 to +0.78 dB, +0.016 to +0.039 SSIM, clearing zero "

@@ -15,15 +15,12 @@ from dataclasses import dataclass
 import torch
 
 from mcvd.ops._backend import BACKENDS
+from mcvd.ops._checks import is_int, is_real
 
 from mcvd.schedule import Schedule
 from .schedulers import SPACINGS, DDIMScheduler, DDPMScheduler, DPMSolverScheduler, Scheduler, spaced_timesteps
 
 METHODS = ("ddpm", "ddim", "dpm++")
-
-
-def _is_real(v) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float))
 
 
 @dataclass(frozen=True)
@@ -70,9 +67,11 @@ class SamplerConfig:
         if self.method not in METHODS:
             raise ValueError(f"method: expected one of {METHODS}, got {self.method!r}")
         steps = self.steps
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        if steps is not None and (not is_int(steps) or steps < 1):
             raise ValueError(f"steps: expected an int >= 1 or None (every timestep), got {steps!r}")
-        if not _is_real(self.eta) or not 0 <= self.eta < math.inf:
+        if steps is not None:
+            object.__setattr__(self, "steps", steps := int(steps))
+        if not is_real(self.eta) or not 0 <= self.eta < math.inf:
             raise ValueError(f"eta: expected a float >= 0, got {self.eta!r}")
         if self.method != "ddim" and self.eta != 0:
             raise ValueError(f"eta: only method='ddim' takes eta, got eta={self.eta!r} with method={self.method!r}")
@@ -86,21 +85,21 @@ class SamplerConfig:
         if self.backend is not None and self.backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS} or None, got {self.backend!r}")
         g = self.guidance
-        if g is not None and not _is_real(g):
+        if g is not None and not is_real(g):
             raise TypeError(f"guidance: expected None or a float weight, got {g!r}")
         if g is not None and not math.isfinite(g):
             raise ValueError(f"guidance: expected a finite weight, got {g!r}")
         interval = self.guidance_interval
         if interval is not None:
             if not (isinstance(interval, (tuple, list)) and len(interval) == 2
-                    and all(isinstance(v, int) and not isinstance(v, bool) for v in interval)
+                    and all(is_int(v) for v in interval)
                     and 0 <= interval[0] <= interval[1]):
                 raise ValueError(f"guidance_interval: expected None or a pair of timesteps (lo, hi) with "
                                  f"0 <= lo <= hi, got {interval!r}")
             if g is None:
                 raise ValueError(f"guidance_interval: {tuple(interval)} limits guidance to some steps, but "
                                  f"guidance is None; give a guidance weight too")
-            object.__setattr__(self, "guidance_interval", tuple(interval))
+            object.__setattr__(self, "guidance_interval", tuple(int(v) for v in interval))
         if self.schedule is not None and steps is not None:
             spaced_timesteps(self.schedule.num_timesteps, steps, self.spacing)  # steps <= T, spacing possible
         object.__setattr__(self, "eta", float(self.eta))

@@ -34,7 +34,7 @@ import numbers
 
 import torch
 
-from mcvd.ops._checks import describe
+from mcvd.ops._checks import describe, is_int
 from mcvd.ops.reverse_step import reverse_step_coef, stat_dtype
 
 from mcvd.schedule import Schedule
@@ -59,8 +59,9 @@ def spaced_timesteps(num_timesteps: int, steps: int, spacing: str = "trailing") 
                     raises if that repeats a timestep (too many steps).
     """
     T, n = num_timesteps, steps
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= T:
+    if not is_int(n) or not 1 <= n <= T:
         raise ValueError(f"steps: expected an int in 1..{T} (the schedule's num_timesteps), got {n!r}")
+    n = int(n)
     if spacing == "trailing":
         ts = [(2 * T * (n - i) + n) // (2 * n) - 1 for i in range(n)]
     elif spacing == "uniform":

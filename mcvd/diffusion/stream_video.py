@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mcvd.ops._checks import is_int
 from mcvd.video import Panel, stream_panels
 
 from .sampler_config import SamplerConfig
@@ -125,8 +126,9 @@ def stream_video(model, frames: Iterable[torch.Tensor], *, sampler: SamplerConfi
     """
     spec = FrameSpec.of(model)
     every = spec.k if every is None else every
-    if isinstance(every, bool) or not isinstance(every, int) or not 1 <= every <= spec.k:
+    if not is_int(every) or not 1 <= every <= spec.k:
         raise ValueError(f"every: expected an int from 1 to k={spec.k} (num_frames), got {every!r}")
+    every = int(every)
     if source_fps is not None and not (isinstance(source_fps, (int, float)) and math.isfinite(source_fps)
                                        and source_fps > 0):
         raise ValueError(f"source_fps: expected a finite number > 0 or None, got {source_fps!r}")

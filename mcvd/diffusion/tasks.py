@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from mcvd.nn import MCVD
 from mcvd.nn.blocks import Dropout
 from mcvd.nn.data_range import check_data_range
-from mcvd.ops._checks import describe
+from mcvd.ops._checks import describe, is_int
 
 from .cuda_graph import CUDAGraphRunner
 from .sampler_config import SamplerConfig, resolve_sampler
@@ -302,11 +302,13 @@ def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.
                               guidance_interval=guidance_interval)
     spec = FrameSpec.of(model)
     for name, v, low in (("num_frames", num_frames, 1), ("samples", samples, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        if not is_int(v) or v < low:
             raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and (not is_int(batch_size) or batch_size < 1):
         raise ValueError(f"batch_size: expected an int >= 1 or None (generation: one video; else the batch of "
                          f"the given frames), got {batch_size!r}")
+    num_frames, samples = int(num_frames), int(samples)
+    batch_size = None if batch_size is None else int(batch_size)
     for name, v in (("progress", progress), ("cuda_graph", cuda_graph), ("return_context", return_context)):
         if not isinstance(v, bool):
             raise TypeError(f"{name}: expected a bool, got {describe(v)}")

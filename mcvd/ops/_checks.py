@@ -64,6 +64,11 @@ def describe(v) -> str:
     return f"{type(v).__name__} {text}" if len(text) <= 40 else type(v).__name__
 
 
+def is_int(v) -> bool:
+    """An integer: a Python or NumPy int, not a bool (an int to Python, but never meant as a count)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def is_real(v) -> bool:
     """A real number: a Python or NumPy int or float, not a bool (an int to
     Python, but never meant as a number) and not a tensor (whose value a GPU

@@ -206,3 +206,17 @@ def test_a_schedule_over_another_T_than_the_models_is_refused():
             torch.zeros(1, 1, 8, 8))
     out = mcvd.predict(model, past, num_frames=1, steps=2, schedule=Schedule.cosine(100))
     assert out.shape == (1, 1, 1, 8, 8)
+
+
+def test_numpy_integers_count_as_ints():
+    """Counts read from NumPy (np.arange, an array's shape products) are ints; they are stored as Python ints."""
+    np = pytest.importorskip("numpy")
+    s = SamplerConfig(method="ddpm", steps=np.int64(4), guidance=np.float32(2), guidance_interval=(np.int64(0), np.int64(700)))
+    assert (type(s.steps), s.steps, s.guidance_interval, type(s.guidance_interval[0])) == (int, 4, (0, 700), int)
+    assert s == SamplerConfig(method="ddpm", steps=4, guidance=2.0, guidance_interval=(0, 700))
+    model, past = net(), torch.rand(1, 3, C, SIZE, SIZE) * 2 - 1
+    assert torch.equal(mcvd.predict(model, past, np.int64(3), samples=np.int32(2), method="ddim", steps=np.int64(2),
+                                    generator=gen()),
+                       mcvd.predict(model, past, 3, samples=2, method="ddim", steps=2, generator=gen()))
+    with pytest.raises(ValueError, match=r"num_frames: expected an int >= 1, got True"):
+        mcvd.predict(model, past, True)

@@ -239,6 +239,7 @@ def _load_problem(err: Exception) -> str:
     if found:
         problem = " ".join(found.group(1).split())
         if problem.lower().startswith(("unsupported global", "trying to load unsupported global")):
-            return f"it holds objects other than tensors and plain data, which are not loaded: {problem}"
+            return f"it holds objects other than tensors and plain data, which are not loaded: " \
+                   f"{problem[0].lower()}{problem[1:]}"
         return f"not a torch file, or a damaged one: {problem}"
     return f"{type(err).__name__}: {text.split('. ')[0].strip()}"

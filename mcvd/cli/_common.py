@@ -178,15 +178,11 @@ def check_guidance(guidance: float | None, run_config: dict, cfg, command: str) 
               f"was trained with masked conditioning (training.prob_mask_cond > 0) is unknown; without it, "
               f"guided samples are wrong", file=sys.stderr)
         return
-    never = []
-    if training["prob_mask_cond"] == 0:
-        never.append("prob_mask_cond = 0: the past was never masked")
-    if cfg.num_frames_future > 0 and not training.get("prob_mask_sync") and training.get("prob_mask_future") == 0:
-        never.append("prob_mask_future = 0: the future was never masked")
-    if never:
+    if not _trained_with(training, cfg, past_given=False, future_given=False):
         raise UsageError(f"--guidance: needs a model trained with masked conditioning (training.prob_mask_cond > 0, "
                          f"and prob_mask_future > 0 or prob_mask_sync for future frames), whose unconditional "
-                         f"prediction guidance uses; this one was trained with {' and '.join(never)}")
+                         f"prediction guidance uses; this one never saw its condition frames all masked in "
+                         f"training ({_masks(training)})")
 
 
 def _trained_with(training: dict, cfg, past_given: bool, future_given: bool) -> bool:
@@ -218,14 +214,21 @@ def warn_untrained_task(task: str, frames: int, run_config: dict, cfg, command: 
             (False, False): "the past and future masked"}
     if cfg.num_frames_future == 0:
         what = {**what, (True, False): "the past given", (False, False): "the past masked"}
-    unseen = [what[c] for c in needs if not _trained_with(training, cfg, *c)]
+    unseen = [c for c in needs if not _trained_with(training, cfg, *c)]
     if unseen:
-        masks = ", ".join(f"{k} {training.get(k, 0.0 if k != 'prob_mask_sync' else False)}"
-                          for k in ("prob_mask_cond", "prob_mask_future", "prob_mask_sync"))
-        print(f"mcvd {command}: warning: --task {task}: this model never saw {' nor '.join(unseen)} in training "
-              f"(its run config: training.{masks}), so its samples are not what it learnt; a model for this "
-              f"task is trained with those frames masked at times (training.prob_mask_cond, prob_mask_future)",
-              file=sys.stderr)
+        cause = ("prob_mask_sync masks the future only together with the past, so set it false; "
+                 if training.get("prob_mask_sync") and cfg.num_frames_future and (True, False) in unseen else "")
+        print(f"mcvd {command}: warning: --task {task}: this model never saw {' nor '.join(what[c] for c in unseen)} "
+              f"in training ({_masks(training)}), so its samples are not what it learnt; {cause}a model for this "
+              f"task is trained with its past and future frames each masked in some clips but not all "
+              f"(training.prob_mask_cond and prob_mask_future above 0 and below 1)", file=sys.stderr)
+
+
+def _masks(training: dict) -> str:
+    """The run config's masking settings, for a message."""
+    return "its run config: training." + ", ".join(
+        f"{k} {training.get(k, False if k == 'prob_mask_sync' else 0.0)}"
+        for k in ("prob_mask_cond", "prob_mask_future", "prob_mask_sync"))
 
 
 def add_guidance_interval_flag(parser) -> None:

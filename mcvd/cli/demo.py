@@ -142,13 +142,15 @@ def _check_args(args) -> list[Path]:
     return leftovers
 
 
-def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path, deadline: float, finish: float) -> tuple:
+def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path, deadline: float, finish: float,
+                        timings: dict[int, float] | None) -> tuple:
     """Train in a temporary folder inside `out`; move checkpoint.pt and the
     training log into `out`. Returns (run config with the steps trained, seconds,
     time limit or None, the size's step floor where it set the steps or None,
     whether the deadline shortened the budget, log rows).
 
-    With a budget, the calibration sets the thread count, the EMA rate and the
+    With a budget, the calibration (`timings`: seconds per step by thread count,
+    measured before) has set the thread count and sets the EMA rate and the
     progress bar's length, and the budget ends the run (the trainer's time limit:
     a machine slower than its calibration would otherwise overrun it). By
     default a machine too slow for the size's min_steps in its minutes trains
@@ -162,7 +164,6 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path, deadli
     steps, budget, floor = args.train_steps, None, False
     by_deadline = args.train_steps is None and args.minutes is None and size.total_minutes is not None
     if steps is None:
-        timings = calibrate(run_cfg, out, try_one_thread=device.type == "cpu" and args.threads is None)
         per_step = min(timings.values())
         steps, budget, floor = plan_budget(size, args.minutes, per_step)
         planned = fit_deadline(size, budget, per_step, deadline - time.time(), finish) if by_deadline else budget
@@ -298,8 +299,11 @@ def run(args: argparse.Namespace) -> int:
     clips = StochasticMovingMNIST(p + n, split="test", seed=0, length=args.clips or size.clips,
                                   num_digits=run_cfg.data.num_digits, image_size=run_cfg.model.image_size,
                                   digit_size=run_cfg.data.digit_size)
-    # The shipped model's work comes first: training changes nothing of it, and the deadline then has only
-    # the work on the model trained here to plan for after training, which it estimates far more closely.
+    # A budget's calibration first: it picks the thread count, which the shipped model's work runs with too.
+    timings = (calibrate(run_cfg, out, try_one_thread=device.type == "cpu" and args.threads is None)
+               if args.train_steps is None else None)
+    # Then the shipped model's work: training changes nothing of it, and the deadline then has only the work
+    # on the model trained here to plan for after training, which it estimates far more closely.
     shipped = None if args.no_pretrained else shipped_model(size, run_cfg, run_cfg.model, device)
     if shipped is not None:
         print(f"mcvd demo: first the shipped model {shipped['name']!r} predicts the {len(clips)} held-out clips "
@@ -319,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
                          sample_steps=sample_steps)
     try:
         run_cfg, train_seconds, budget, floor, cut, log = train_within_budget(run_cfg, size, args, device, out,
-                                                                              deadline, finish)
+                                                                              deadline, finish, timings)
     except TrainingDiverged as err:
         return error("demo", f"training diverged: {err}", EXIT_FAILURE)
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 CALIBRATION_STEPS = 5
 MIN_TRAIN_SECONDS = 60.0  # what a default budget keeps when the deadline leaves less (fit_deadline)
+# The model trained here's sampling in the work after training (finish_work): 18 of 23 s on the cpu size.
+FINISH_SAMPLING = 0.8
 # The demo trains in temporary folders inside --out: `.train-` or `.calibration-` and tempfile's 8 characters.
 WORK_FOLDER = re.compile(r"\.(train|calibration)-[a-z0-9_]{8}")
 RUN_FILES = ("config.yml", "metrics.csv", "checkpoint.pt")  # mcvd.train's files in a workdir
@@ -108,9 +110,10 @@ SIZES = {
                     pretrained="smmnist-demo-cpu", min_steps=4500, max_minutes=6.5,
                     # make demo in 10 minutes, with half a minute to spare. The shipped model predicts and streams
                     # before training; after it, the model trained here's 192 clips (DDPM 25), the scores, the
-                    # digit recall and the files took as long as 235 of its training steps on a 2-core Intel Xeon
-                    # and 220-280 on the AMD EPYC hosts, up to 330 where the host slowed after training
-                    # (docs/demo.md, "The shipped model's work first").
+                    # digit recall and the files took as long as 265-275 of its training steps on a 2-core Intel
+                    # Xeon; the 192 clips alone took 170-285 on the AVX2 AMD EPYC host (27-39 s at 0.136-0.157 s
+                    # per step), the most where the host slowed after training (docs/demo.md, "The shipped model's
+                    # work first").
                     total_minutes=9.5, finish_steps=400),
     "gpu": DemoSize(model=dict(image_size=64, num_frames=2, num_frames_cond=2, ngf=32, ch_mult=(1, 2, 2, 2),
                                num_res_blocks=2, attn_resolutions=(8, 16), n_head_channels=32, dropout=0.0,
@@ -257,13 +260,15 @@ def plan_budget(size: DemoSize, minutes: float | None, seconds_per_step: float) 
 
 def finish_work(size: DemoSize, *, block_frames: int, clips: int, pred_frames: int, sample_steps: int) -> float:
     """Training steps' worth of the demo's work after training: the size's finish_steps for its own clips,
-    frames and sampler steps, scaled by this run's network calls (clips x blocks x steps), as the model
-    trained here's sampling is most of that work."""
+    frames and sampler steps. The model trained here's sampling, four fifths of it (FINISH_SAMPLING), scales
+    with this run's network calls (clips x blocks x steps); the rest (loading the checkpoint, the digit
+    classifier, the files) does not."""
     def calls(c: int, n: int, k: int, s: int) -> int:
         return c * math.ceil(n / k) * s
 
-    own = calls(size.clips, size.pred_frames, size.model["num_frames"], size.sample_steps)
-    return size.finish_steps * calls(clips, pred_frames, block_frames, sample_steps) / own
+    ratio = calls(clips, pred_frames, block_frames, sample_steps) / calls(size.clips, size.pred_frames,
+                                                                          size.model["num_frames"], size.sample_steps)
+    return size.finish_steps * (1 - FINISH_SAMPLING + FINISH_SAMPLING * ratio)
 
 
 def fit_deadline(size: DemoSize, budget: float, seconds_per_step: float, seconds_left: float,

@@ -54,7 +54,8 @@ class StreamingPredictor:
         model_device = _model_device(model)
         if cuda_graph and model_device is not None and model_device.type != "cuda":
             raise ValueError(f"cuda_graph: needs a model on a CUDA device, got one on {model_device}")
-        check_generator(generator, model_device)  # now, not at the first prediction of a live stream
+        # Its type now, not at the first prediction of a live stream; its device then, against the frames'.
+        check_generator(generator, None)
         self.sampler = sampler
         self._options = dict(generator=generator, cuda_graph=cuda_graph)
         self._block: BlockSampler | None = None
@@ -85,7 +86,7 @@ class StreamingPredictor:
             raise ValueError(f"frames: expected [B, {C}, {S}, {S}] (one frame of each of B streams) or "
                              f"[B, n, {C}, {S}, {S}] (n frames), the model's channels and image_size; got "
                              f"{list(frames.shape)}")
-        if isinstance(frames, torch.Tensor) and frames.dim() == 4:
+        if frames.dim() == 4:
             frames = frames.unsqueeze(1)
         self.spec.check_video(frames, "frames", 1)
         check_frames(frames, "frames", self.model)

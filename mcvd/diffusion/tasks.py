@@ -267,7 +267,8 @@ def predict(model, past: torch.Tensor | None, num_frames: int, *, future: torch.
             are used), or None.
         A block whose past or future is None samples with it masked: what the
         model learnt only if its training masked it at times (mcvd.train's
-        prob_mask_cond, prob_mask_future; `mcvd sample` warns otherwise).
+        prob_mask_cond, prob_mask_future; `mcvd sample` and `mcvd eval` warn
+        otherwise).
         sampler: the sampler's options as one `mcvd.SamplerConfig`; or None,
             and the keywords below build it.
         method, steps, guidance, guidance_interval, eta, clip_x0, schedule, spacing, backend: the

@@ -43,6 +43,9 @@ def test_cpu_demo_scores_the_shipped_model_beside(tmp_path, capsys):
     assert list(m["scores"]) == ["MCVD", "MCVD, shipped", "copy last frame", "empty frame"]
     assert list(m["comparisons"]) == ["MCVD", "MCVD, shipped"]
     assert m["shipped"]["name"] == CPU.pretrained and m["stream"]["model"] == "shipped"
+    # The shipped model predicts and streams before training, with the threads training runs with.
+    assert text.index("first the shipped model") < text.index("mcvd demo: trained 2 steps")
+    assert m["stream"]["threads"] == m["threads"] and m["shipped"]["seconds"] > 0
     assert "the shipped model" in m["verdict"] and "Against the empty frame" in m["verdict"]
     assert "mcvd demo: On PSNR the shipped model" in text and "with the model shipped" in text
     report = (out / "report.md").read_text()

@@ -283,7 +283,8 @@ def test_guidance_is_refused_for_a_model_never_trained_unconditionally(checkpoin
     # with everything masked, was never trained.
     assert sample(checkpoint, tmp_path / "out", "--data", "smmnist", "--guidance", "2") == 2
     err = capsys.readouterr().err
-    assert "--guidance: needs a model trained with masked conditioning" in err and "prob_mask_cond = 0" in err
+    assert "--guidance: needs a model trained with masked conditioning" in err
+    assert "never saw its condition frames all masked in training (its run config: training.prob_mask_cond 0.0," in err
     assert sample(checkpoint, tmp_path / "out", "--task", "generate", "--guidance", "2") == 2
     assert "--guidance: guides on condition frames; the task 'generate' has none" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -408,7 +409,7 @@ def test_guidance_of_a_reference_checkpoint_follows_its_config(tmp_path, capsys)
     (tmp_path / "config.yml").write_text(config)  # the reference's own config: the past never masked
     assert sample(tmp_path / "checkpoint.pt", tmp_path / "out", "--data", "smmnist", "--guidance", "2") == 2
     err = capsys.readouterr().err
-    assert "prob_mask_cond = 0" in err and "warning" not in err
+    assert "training.prob_mask_cond 0.0," in err and "warning" not in err
     (tmp_path / "config.yml").write_text(config.replace("  prob_mask_cond: 0.0\n", "  prob_mask_cond: 0.5\n"))
     assert sample(tmp_path / "checkpoint.pt", tmp_path / "out", "--data", "smmnist", "--guidance", "2") == 0
     assert "warning" not in capsys.readouterr().err
@@ -544,3 +545,30 @@ def test_the_task_warning_knows_the_conditionings_that_training_draws(p, f, pc, 
         for future in (True, False):
             seen = any((p == 0 or a == past) and (f == 0 or b == future) for a, b in drawn)
             assert _trained_with(training, cfg, past, future) == seen, (past, future, drawn)
+
+
+def test_the_task_warning_names_the_cause(capsys):
+    from types import SimpleNamespace
+
+    from mcvd.cli._common import warn_untrained_task
+
+    cfg = SimpleNamespace(num_frames_cond=2, num_frames_future=1, num_frames=2)
+    synced = {"training": {"prob_mask_cond": 0.3, "prob_mask_future": 0.3, "prob_mask_sync": True}}
+    warn_untrained_task("predict", 2, synced, cfg, "sample")
+    err = capsys.readouterr().err
+    assert "--task predict: this model never saw the past given and the future masked in training" in err
+    assert "prob_mask_sync masks the future only together with the past, so set it false;" in err
+    warn_untrained_task("interpolate", 2, synced, cfg, "sample")
+    warn_untrained_task("generate", 2, synced, cfg, "sample")
+    assert capsys.readouterr().err == ""
+    # Generating more than k frames of a model with past frames predicts after the first block.
+    warn_untrained_task("generate", 6, synced, cfg, "eval")
+    assert "mcvd eval: warning: --task generate: this model never saw the past given and the future masked" in \
+        capsys.readouterr().err
+    always = {"training": {"prob_mask_cond": 1.0, "prob_mask_future": 0.5, "prob_mask_sync": False}}
+    warn_untrained_task("interpolate", 2, always, cfg, "sample")
+    err = capsys.readouterr().err
+    assert "never saw the past and future given in training" in err and "prob_mask_sync" not in err.split(";")[1]
+    assert "each masked in some clips but not all" in err
+    warn_untrained_task("generate", 2, {}, cfg, "sample")  # no run config: nothing to tell
+    assert capsys.readouterr().err == ""

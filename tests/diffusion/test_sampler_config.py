@@ -211,7 +211,8 @@ def test_a_schedule_over_another_T_than_the_models_is_refused():
 def test_numpy_integers_count_as_ints():
     """Counts read from NumPy (np.arange, an array's shape products) are ints; they are stored as Python ints."""
     np = pytest.importorskip("numpy")
-    s = SamplerConfig(method="ddpm", steps=np.int64(4), guidance=np.float32(2), guidance_interval=(np.int64(0), np.int64(700)))
+    s = SamplerConfig(method="ddpm", steps=np.int64(4), guidance=np.float32(2),
+                      guidance_interval=(np.int64(0), np.int64(700)))
     assert (type(s.steps), s.steps, s.guidance_interval, type(s.guidance_interval[0])) == (int, 4, (0, 700), int)
     assert s == SamplerConfig(method="ddpm", steps=4, guidance=2.0, guidance_interval=(0, 700))
     model, past = net(), torch.rand(1, 3, C, SIZE, SIZE) * 2 - 1

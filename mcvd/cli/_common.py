@@ -324,6 +324,21 @@ def load_checkpoint_arg(path: Path, no_ema: bool, device):
     return model, cfg, weights, source.run_config
 
 
+def add_threads_flag(parser) -> None:
+    """--threads N: torch's CPU threads (apply_threads)."""
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads for torch (default: torch's; on a machine shared with other jobs, 1 can be "
+                             "faster: threads that wait on each other stall)")
+
+
+def apply_threads(args) -> None:
+    """Sets torch's CPU threads to --threads, when given."""
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def add_frame_stride_flag(parser, which: str) -> None:
     """--frame-stride: every how many source frames `which` takes one (default: the model's training stride)."""
     parser.add_argument("--frame-stride", type=positive_int, default=None, metavar="S",

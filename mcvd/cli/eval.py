@@ -3,7 +3,7 @@
     mcvd eval --checkpoint CKPT --data smmnist|VIDEO_FOLDER --task predict|interpolate|generate
               [--cond p] [--pred n] --samples k [--seed S] [--guidance W [--guidance-interval LO HI]]
               [--out DIR] [--num-clips N] [--frame-stride N] [--optimize | --no-optimize]
-              [--precision fp32|bf16|fp16] [--force]
+              [--precision fp32|bf16|fp16] [--threads N] [--force]
 
 CKPT: any model file that mcvd.load reads: a training checkpoint (its EMA
 weights; --no-ema for the raw ones), a model file (mcvd convert-official,
@@ -40,7 +40,8 @@ import time
 from pathlib import Path
 
 from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_frame_stride_flag,
-                      add_guidance_interval_flag, add_optimize_flag, as_flag, check_guidance,
+                      add_guidance_interval_flag, add_optimize_flag, add_threads_flag, apply_threads, as_flag,
+                      check_guidance,
                       check_guidance_interval, check_output_folder, default_steps, error, fill_sampler_defaults,
                       finite_float, frame_stride, inference_model, load_checkpoint_arg, missing_packages,
                       positive_int, resolve_device, resolve_optimize, sampler_of_flags, smmnist_test_clips,
@@ -80,6 +81,7 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace results already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_optimize_flag(p)
+    add_threads_flag(p)
     p.set_defaults(run=run)
 
 
@@ -119,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--frame-stride: reads a video folder's frames; --data smmnist draws its clips")
         fill_sampler_defaults(args)
         device = resolve_device(args.device)
+        apply_threads(args)
         model, cfg, weights, run_config = load_checkpoint_arg(args.checkpoint, args.no_ema, device)
         steps = default_steps(args.steps, cfg)
         if args.guidance is not None and args.task == "generate":
@@ -180,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
         "task": task.name, "cond": task.cond, "pred": task.pred, "future": task.future, "samples": args.samples,
         "num_clips": num_clips, "seed": args.seed, "method": args.method, "steps": steps, "guidance": args.guidance,
         **({} if guidance_interval is None else {"guidance_interval": list(guidance_interval)}),
-        "device": str(device), "optimized": optimized, "precision": args.precision, "seconds": round(seconds, 1),
+        "device": str(device), **({"threads": torch.get_num_threads()} if device.type == "cpu" else {}),
+        "optimized": optimized, "precision": args.precision, "seconds": round(seconds, 1),
     }
     paths = write_report(out, run_info, result, first_frame=task.cond + 1, overwrite=args.force)
     print(Path(paths[1]).read_text(), end="")

@@ -4,7 +4,7 @@
                                    | --data smmnist [--index I ...])
                 --task predict|generate|interpolate [--frames N] [--method ddim|ddpm|dpm++]
                 [--steps S] [--guidance W [--guidance-interval LO HI]] [--samples n] [--seed S] --out DIR [--force]
-                [--optimize | --no-optimize] [--precision fp32|bf16|fp16]
+                [--optimize | --no-optimize] [--precision fp32|bf16|fp16] [--threads N]
 
 CKPT: any model file that mcvd.load reads: a training checkpoint (EMA
 weights; --no-ema for the raw ones), a model file or a reference-code
@@ -60,7 +60,8 @@ import argparse
 from pathlib import Path
 
 from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_frame_stride_flag,
-                      add_guidance_interval_flag, add_optimize_flag, as_flag, check_guidance, check_guidance_interval,
+                      add_guidance_interval_flag, add_optimize_flag, add_threads_flag, apply_threads, as_flag,
+                      check_guidance, check_guidance_interval,
                       check_output_folder, default_steps, error, fill_sampler_defaults, finite_float,
                       float_range, frame_stride, inference_model, load_checkpoint_arg, missing_packages,
                       nonnegative_int, positive_int, resolve_device, resolve_optimize, sampler_of_flags,
@@ -106,6 +107,7 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace sample.gif, sample.mp4, frames.npz in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_optimize_flag(p)
+    add_threads_flag(p)
     p.set_defaults(run=run)
 
 
@@ -196,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
         fill_sampler_defaults(args)
         _check_args(args)
         device = resolve_device(args.device)
+        apply_threads(args)
         model, cfg, weights, run_config = load_checkpoint_arg(args.checkpoint, args.no_ema, device)
         steps = default_steps(args.steps, cfg)
         check_guidance(args.guidance, run_config, cfg, "sample")

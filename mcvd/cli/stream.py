@@ -45,9 +45,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_frame_stride_flag, add_optimize_flag, as_flag,
-                      check_output_folder, check_steps, error, float_range, frame_stride, inference_model,
-                      load_checkpoint_arg, missing_packages, positive_int, resolve_device, resolve_optimize)
+from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_frame_stride_flag, add_optimize_flag,
+                      add_threads_flag, apply_threads, as_flag, check_output_folder, check_steps, error, float_range,
+                      frame_stride, inference_model, load_checkpoint_arg, missing_packages, positive_int,
+                      resolve_device, resolve_optimize)
 
 HELP = "run the streaming predictor over a video as it plays: side-by-side video, frame rate, latency"
 FORMATS = (".mp4", ".gif")
@@ -74,7 +75,7 @@ def add_parser(sub) -> None:
                    help=f"the source's frame rate (default: the video's own; {FOLDER_FPS:g} for a folder of frames)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     p.add_argument("--device", default="auto", help="'auto' (CUDA when there is one), 'cpu', 'cuda', 'cuda:1', ...")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's)")
+    add_threads_flag(p)
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="replay each prediction's denoising loop as a CUDA graph (default: on a CUDA device)")
     add_optimize_flag(p)
@@ -153,8 +154,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as err:
         return error("stream", err, EXIT_FAILURE)
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     torch.manual_seed(args.seed)
     generator = torch.Generator(device).manual_seed(args.seed)
     net = inference_model(model, not optimized, args.precision, channels_last=args.optimize is None)

@@ -30,7 +30,9 @@ def gif_frames(path) -> tuple[int, tuple[int, int]]:
 
 def test_predict_smmnist_clips(checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
-    assert sample(checkpoint, out, "--data", "smmnist", "--index", "3", "0", "--frames", "3", "--samples", "2") == 0
+    assert sample(checkpoint, out, "--data", "smmnist", "--index", "3", "0", "--frames", "3", "--samples", "2",
+                  "--threads", "1") == 0
+    assert torch.get_num_threads() == 1  # the cli tests' fixture restores it
     text = capsys.readouterr().out
     assert "predict, 2 sample(s) of 2 clip(s)" in text and "PSNR" in text and "SSIM" in text
     assert sorted(p.name for p in out.iterdir()) == ["frames.npz", "sample.gif", "sample.mp4"]

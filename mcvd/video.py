@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mcvd.data.video_folder import (IMAGE_EXTENSIONS, count_video_frames, frame_files, frames_to_clip,
-                                    is_image_read_error, read_frames, warn_if_upscaled)
+from mcvd.data.video_folder import (IMAGE_EXTENSIONS, count_video_frames, decode_video, frame_files,
+                                    frames_to_clip, is_image_read_error, read_frames, warn_if_upscaled)
 from mcvd.fileio import atomic_write
 
 KIND_COLOURS = {
@@ -317,23 +317,17 @@ def _stop(start: int, max_frames: int | None, stride: int) -> int | None:
 
 
 def _decode_video(path: Path, start: int, max_frames: int | None, stride: int = 1) -> Iterator[np.ndarray]:
-    """read_video's frames, each decoded when asked for (the frames skipped by the stride are decoded too: a
-    compressed video's frames depend on the ones before them)."""
+    """read_video's frames, each decoded when asked for (mcvd.data.video_folder.decode_video), with errors
+    that name the input."""
     av = _av()
     if not path.is_file():
         raise FileNotFoundError(f"input: no such file: {path}")
-    stop = _stop(start, max_frames, stride)
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"input: {path} has no video stream")
-            for i, frame in enumerate(container.decode(video=0)):
-                if stop is not None and i >= stop:
-                    break
-                if i >= start and (i - start) % stride == 0:
-                    yield frame.to_ndarray(format="rgb24")
+        yield from decode_video(path, start, _stop(start, max_frames, stride), stride)
     except av.FFmpegError as err:
         raise ValueError(f"input: cannot decode {path} as a video ({type(err).__name__}: {err})") from err
+    except ValueError as err:  # no video stream
+        raise ValueError(f"input: {err}") from None
 
 
 def read_frame_folder(path: str | os.PathLike, *, start: int = 0, max_frames: int | None = None,

@@ -51,6 +51,7 @@ import bisect
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -131,18 +132,18 @@ def count_video_frames(path: Path) -> int:
                    if packet.size > 0 and not getattr(packet, "is_discard", False))
 
 
-def _decode_video(path: Path, indices: list[int]) -> list[np.ndarray]:
-    """RGB frames uint8 [H, W, 3] at the given increasing frame indices."""
-    wanted, out = set(indices), []
+def decode_video(path: Path, start: int, stop: int | None, stride: int) -> Iterator[np.ndarray]:
+    """RGB frames uint8 [H, W, 3] of the first video stream at start, start + stride, ... before `stop`
+    (None: to the end), each decoded when asked for. The frames the stride skips are decoded too: a compressed
+    video's frames depend on the ones before them. ValueError for a file without a video stream."""
     with _av().open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError(f"{path} has no video stream")
         for i, frame in enumerate(container.decode(video=0)):
-            if i in wanted:
-                out.append(frame.to_ndarray(format="rgb24"))
-            if i >= indices[-1]:
+            if stop is not None and i >= stop:
                 break
-    if len(out) != len(indices):
-        raise ValueError(f"decoded {len(out)} of the {len(indices)} frames wanted (last index {indices[-1]})")
-    return out
+            if i >= start and (i - start) % stride == 0:
+                yield frame.to_ndarray(format="rgb24")
 
 
 # PIL modes read through PIL's conversion to 8-bit RGB (exact for these), and
@@ -332,7 +333,10 @@ class VideoFolder(Dataset):
         path, frames = self.videos[video]
         indices = list(range(start, start + self.span, self.frame_stride))
         if frames is None:
-            rgb = _decode_video(path, indices)
+            rgb = list(decode_video(path, start, start + self.span, self.frame_stride))
+            if len(rgb) != len(indices):
+                raise ValueError(f"decoded {len(rgb)} of the {len(indices)} frames wanted (last index "
+                                 f"{indices[-1]})")
         else:
             rgb = read_frames([frames[i] for i in indices], frames[0])
         return frames_to_clip(rgb, self.image_size, self.channels)

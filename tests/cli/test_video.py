@@ -221,6 +221,17 @@ def test_read_video_errors(tmp_path):
     bad.write_text("not a video")
     with pytest.raises(ValueError, match="input: cannot decode .*bad.mp4 as a video"):
         read_video(bad)
+    import av
+
+    sound = tmp_path / "sound.mp4"  # a container with an audio stream and no video
+    with av.open(str(sound), "w") as container:
+        stream = container.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    with pytest.raises(ValueError, match=r"^input: .*sound.mp4 has no video stream$"):
+        read_video(sound)
 
 
 def test_iter_clip_reads_the_frames_of_load_clip_one_at_a_time(tmp_path):

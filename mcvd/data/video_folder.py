@@ -139,11 +139,13 @@ def decode_video(path: Path, start: int, stop: int | None, stride: int) -> Itera
     with _av().open(str(path)) as container:
         if not container.streams.video:
             raise ValueError(f"{path} has no video stream")
+        if stop is not None and stop <= start:
+            return
         for i, frame in enumerate(container.decode(video=0)):
-            if stop is not None and i >= stop:
-                break
             if i >= start and (i - start) % stride == 0:
                 yield frame.to_ndarray(format="rgb24")
+            if stop is not None and i + 1 >= stop:  # not one frame more: each costs a decode
+                break
 
 
 # PIL modes read through PIL's conversion to 8-bit RGB (exact for these), and

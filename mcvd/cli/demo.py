@@ -320,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
         # The streamed clip shows the better predictor: the shipped model when there is one.
         stream_panels, stream_info = stream_held_out(shipped_net, run_cfg, device, args.seed, "shipped")
     finish = finish_work(size, block_frames=run_cfg.model.num_frames, clips=len(clips), pred_frames=n,
-                         sample_steps=sample_steps)
+                         sample_steps=sample_steps, batch_size=run_cfg.training.batch_size)
     try:
         run_cfg, train_seconds, budget, floor, cut, log = train_within_budget(run_cfg, size, args, device, out,
                                                                               deadline, finish, timings)

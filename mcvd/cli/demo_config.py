@@ -259,17 +259,20 @@ def plan_budget(size: DemoSize, minutes: float | None, seconds_per_step: float) 
     return size.min_steps, 60 * size.max_minutes, True
 
 
-def finish_work(size: DemoSize, *, block_frames: int, clips: int, pred_frames: int, sample_steps: int) -> float:
+def finish_work(size: DemoSize, *, block_frames: int, clips: int, pred_frames: int, sample_steps: int,
+                batch_size: int) -> float:
     """Training steps' worth of the demo's work after training: the size's finish_steps for its own clips,
-    frames and sampler steps. The model trained here's sampling, four fifths of it (FINISH_SAMPLING), scales
-    with this run's network calls (clips x blocks x steps); the rest (loading the checkpoint, the digit
-    classifier, the files) does not."""
+    frames, sampler steps and batch. The model trained here's sampling, four fifths of it (FINISH_SAMPLING),
+    scales with this run's network calls (clips x blocks x steps); the rest (loading the checkpoint, the digit
+    classifier, the files) does not. A batch smaller than the size's makes a training step quicker, not the
+    work: counted as if the step time were in proportion to the batch (more than it is, so on the safe side)."""
     def calls(c: int, n: int, k: int, s: int) -> int:
         return c * math.ceil(n / k) * s
 
     ratio = calls(clips, pred_frames, block_frames, sample_steps) / calls(size.clips, size.pred_frames,
                                                                           size.model["num_frames"], size.sample_steps)
-    return size.finish_steps * (1 - FINISH_SAMPLING + FINISH_SAMPLING * ratio)
+    smaller_batch = max(1.0, size.batch_size / batch_size)
+    return size.finish_steps * (1 - FINISH_SAMPLING + FINISH_SAMPLING * ratio) * smaller_batch
 
 
 def fit_deadline(size: DemoSize, budget: float, seconds_per_step: float, seconds_left: float,

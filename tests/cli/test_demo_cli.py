@@ -340,19 +340,25 @@ def test_the_deadline_shortens_a_default_budget():
 
 
 def test_the_work_after_training_scales_with_the_sampling():
-    """finish_steps is for the size's own 192 clips, 6 frames in blocks of 2 and 25 sampler steps (75 network
-    calls per clip); other runs scale its sampling part, four fifths, by their calls."""
+    """finish_steps is for the size's own 192 clips, 6 frames in blocks of 2, 25 sampler steps (75 network
+    calls per clip) and batch 16; other runs scale its sampling part, four fifths, by their calls."""
     cpu = SIZES["cpu"]
-    assert (cpu.clips, cpu.pred_frames, cpu.model["num_frames"], cpu.sample_steps) == (192, 6, 2, 25)
-    assert finish_work(cpu, block_frames=2, clips=192, pred_frames=6, sample_steps=25) == pytest.approx(400)
-    assert finish_work(cpu, block_frames=2, clips=96, pred_frames=6, sample_steps=50) == pytest.approx(400)
-    assert finish_work(cpu, block_frames=2, clips=192, pred_frames=5, sample_steps=25) == pytest.approx(400)  # 3 blocks
-    # Half the calls (6 blocks of 1 for 48 clips): 80 + 320 / 2.
-    assert finish_work(cpu, block_frames=1, clips=48, pred_frames=6, sample_steps=25) == pytest.approx(240)
-    # 384 clips, 4 blocks, 10 steps: 16/15 of the calls.
-    four_blocks = finish_work(cpu, block_frames=2, clips=384, pred_frames=8, sample_steps=10)
-    assert four_blocks == pytest.approx(80 + 320 * 16 / 15)
-    assert finish_work(cpu, block_frames=2, clips=1, pred_frames=1, sample_steps=1) > 80  # never below the fixed part
+    assert (cpu.clips, cpu.pred_frames, cpu.model["num_frames"], cpu.sample_steps, cpu.batch_size) == \
+        (192, 6, 2, 25, 16)
+
+    def work(**changes):
+        return finish_work(cpu, **{"block_frames": 2, "clips": 192, "pred_frames": 6, "sample_steps": 25,
+                                   "batch_size": 16, **changes})
+
+    assert work() == pytest.approx(400)
+    assert work(clips=96, sample_steps=50) == pytest.approx(400)
+    assert work(pred_frames=5) == pytest.approx(400)  # still 3 blocks
+    assert work(block_frames=1, clips=48) == pytest.approx(240)  # half the calls (6 blocks of 1): 80 + 320 / 2
+    assert work(clips=384, pred_frames=8, sample_steps=10) == pytest.approx(80 + 320 * 16 / 15)  # 16/15 the calls
+    assert work(clips=1, pred_frames=1, sample_steps=1) > 80  # never below the fixed part
+    # A smaller batch: quicker steps, the same work, so more of them; a larger one keeps the figure (safe side).
+    assert work(batch_size=8) == pytest.approx(800)
+    assert work(batch_size=32) == pytest.approx(400)
 
 
 def test_a_late_start_shortens_the_training_and_the_report_says_so(tmp_path, capsys, monkeypatch):

@@ -326,7 +326,7 @@ def load_checkpoint_arg(path: Path, no_ema: bool, device):
 
 def add_threads_flag(parser) -> None:
     """--threads N: torch's CPU threads (apply_threads)."""
-    parser.add_argument("--threads", type=positive_int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="CPU threads for torch (default: torch's; on a machine shared with other jobs, 1 can be "
                              "faster: threads that wait on each other stall)")
 

@@ -74,9 +74,9 @@ import shutil
 import time
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_optimize_flag, check_output_folder, check_steps, error,
-                      inference_model, missing_packages, nonnegative_int, positive_float, positive_int, resolve_device,
-                      resolve_optimize)
+from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_optimize_flag, apply_threads, check_output_folder,
+                      check_steps, error, inference_model, missing_packages, nonnegative_int, positive_float,
+                      positive_int, resolve_device, resolve_optimize)
 from .demo_config import (SIZES, DemoSize, calibrate, finish_work, fit_deadline, leftover_work_folders,
                           plan_budget, remove_work_folder, reproduce_command, run_config, work_folder)
 
@@ -113,7 +113,7 @@ def add_parser(sub) -> None:
                    help="when the whole run began, set-up included (seconds since the epoch; make demo passes "
                         "its own start): a default budget ends training so that the demo ends within the size's "
                         "total minutes of it (cpu: 9.5; default: when this command started)")
-    p.add_argument("--threads", type=positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="CPU threads for torch (default: with a time budget, the size's or --minutes, the faster "
                         "of torch's count and 1, measured; with --train-steps, torch's count)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing the demo's files")
@@ -285,8 +285,7 @@ def run(args: argparse.Namespace) -> int:
         return error("demo", err, EXIT_USAGE)
     started = time.time() if args.started_at is None else args.started_at
     deadline = started + 60 * (size.total_minutes or math.inf)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     out = args.out
     for folder in leftovers:
         if remove_work_folder(folder):

@@ -38,8 +38,8 @@ machine still trains 4,500 steps, down to 0.087 s per step. And it stops
 training early enough for the whole demo to end within 9.5 minutes of its
 start (--started-at: make demo passes its own, so that its set-up counts),
 the work after training estimated as 400 steps at the speed measured while
-training (for the default clips, frames and sampler steps; scaled with
---clips, --pred-frames and --sample-steps). The shipped model scored beside
+training (for the default clips, frames, sampler steps and batch; scaled
+with --clips, --pred-frames, --sample-steps and a smaller batch). The shipped model scored beside
 on the cpu size (mcvd.pretrained; --no-pretrained leaves it out) predicts
 the clips and streams the clip before training, which changes nothing of
 its work: so the work after training is only the model trained here's, and
@@ -236,8 +236,8 @@ def shipped_model(size: DemoSize, run_cfg, cfg, device) -> dict | None:
 
 def stream_held_out(net, run_cfg, device, seed: int, who: str) -> tuple[list, dict]:
     """Streams the first held-out clip, STREAM_FRAMES frames long, through mcvd.StreamingPredictor as it
-    plays (mcvd.diffusion.stream_video). Returns stream.gif's panels and the figures for the report: the
-    model (`who`) and the torch threads it ran with, which the calibration may change afterwards."""
+    plays (mcvd.diffusion.stream_video). Returns stream.gif's panels and the figures for the report, with
+    the model (`who`) and the torch threads it ran with."""
     import torch
 
     from mcvd.data import StochasticMovingMNIST

@@ -43,7 +43,7 @@ class DemoSize:
         (`mcvd demo --started-at`: make demo's, set-up included), would otherwise end later than total_minutes;
         the work after training (the model trained here's predictions, their scores, the report; the shipped
         model's comes before training) is estimated as finish_steps training steps of the same machine for the
-        size's clips, frames and sampler steps (finish_work, fit_deadline).
+        size's clips, frames, sampler steps and batch (finish_work, fit_deadline).
     """
 
     model: dict
@@ -92,8 +92,7 @@ SIZES = {
                                  "copy-last-frame on both metrics with each of seeds 0-9 on each EPYC kind and seeds "
                                  "0-3 on the Xeon, which trained the 4,380-4,500 steps of the step floor (+0.63 to "
                                  "+0.73 dB, +0.043 to +0.056 SSIM, the SSIM interval clearing zero by 0.028-0.038). On "
-                                 "the "
-                                 "EPYC with AVX-512 the 9.5-minute deadline "
+                                 "the EPYC with AVX-512 the 9.5-minute deadline "
                                  "left 2,075-3,302 training steps (+0.39 to +0.68 dB, +0.025 to +0.051 SSIM, the SSIM "
                                  "interval clearing zero by 0.009-0.035; sampled with 50 steps then); with AVX2 "
                                  "only, 1,250-1,757 steps (+0.42 to +0.78 dB, +0.016 to +0.039 SSIM, clearing zero "

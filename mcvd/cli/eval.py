@@ -18,9 +18,9 @@ source frames apart as in the checkpoint's training run, data.frame_stride, or
 read or the run stops (exit 2, naming --data): none is replaced by another. The first N
 clips are evaluated (default: all). --seed seeds the sampler, so a run is
 reproducible with the same --batch-size (a batch's noise is drawn for all its
-clips at once, so another batch size gives other samples). PSNR, SSIM and LPIPS are reported twice from the same k
-samples per clip: best of k (the paper's protocol: the best sample per clip
-and metric) and one sample (per clip the mean over its k samples: what a
+clips at once, so another batch size gives other samples). PSNR, SSIM and
+LPIPS are reported twice from the same k samples per clip: best of k (the
+paper's protocol: the best sample per clip and metric) and one sample (per clip the mean over its k samples: what a
 single prediction scores); with --samples 1 they are the same. Writes
 metrics.json ("one_sample" holds the second), metrics.md and per_frame.png to --out
 (default mcvd_eval/<checkpoint name>_<data name>_<task>_p<p>_n<n>_k<k>_<method><steps>, the
@@ -41,11 +41,10 @@ from pathlib import Path
 
 from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_frame_stride_flag,
                       add_guidance_interval_flag, add_optimize_flag, add_threads_flag, apply_threads, as_flag,
-                      check_guidance,
-                      check_guidance_interval, check_output_folder, default_steps, error, fill_sampler_defaults,
-                      finite_float, frame_stride, inference_model, load_checkpoint_arg, missing_packages,
-                      positive_int, resolve_device, resolve_optimize, sampler_of_flags, smmnist_test_clips,
-                      warn_untrained_task)
+                      check_guidance, check_guidance_interval, check_output_folder, default_steps, error,
+                      fill_sampler_defaults, finite_float, frame_stride, inference_model, load_checkpoint_arg,
+                      missing_packages, positive_int, resolve_device, resolve_optimize, sampler_of_flags,
+                      smmnist_test_clips, warn_untrained_task)
 
 HELP = "evaluate a model with the paper's protocol (best-of-k and one-sample PSNR, SSIM, LPIPS; FVD)"
 

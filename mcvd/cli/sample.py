@@ -61,11 +61,10 @@ from pathlib import Path
 
 from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError, add_frame_stride_flag,
                       add_guidance_interval_flag, add_optimize_flag, add_threads_flag, apply_threads, as_flag,
-                      check_guidance, check_guidance_interval,
-                      check_output_folder, default_steps, error, fill_sampler_defaults, finite_float,
-                      float_range, frame_stride, inference_model, load_checkpoint_arg, missing_packages,
-                      nonnegative_int, positive_int, resolve_device, resolve_optimize, sampler_of_flags,
-                      smmnist_test_clips, warn_untrained_task)
+                      check_guidance, check_guidance_interval, check_output_folder, default_steps, error,
+                      fill_sampler_defaults, finite_float, float_range, frame_stride, inference_model,
+                      load_checkpoint_arg, missing_packages, nonnegative_int, positive_int, resolve_device,
+                      resolve_optimize, sampler_of_flags, smmnist_test_clips, warn_untrained_task)
 
 HELP = "predict, generate or interpolate video frames with a trained model (GIF, MP4, .npz)"
 TASKS = ("predict", "interpolate", "generate")

@@ -30,7 +30,6 @@ Python timestep, and noise is drawn on the sample's device.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 
@@ -211,8 +210,7 @@ class Scheduler:
                 raise ValueError(f"{expected} a tensor of shape {list(t.shape)} on {t.device} (reading a device "
                                  f"tensor would sync)")
             t = int(t)
-        elif isinstance(t, bool) or not isinstance(t, numbers.Integral):
-            # A bool is an int to Python (True == 1), and 999.0 == 999: neither is a timestep.
+        elif not is_int(t):  # 999.0 == 999, but a float is no timestep
             raise TypeError(f"{expected} {describe(t)}")
         if t not in self._index:
             raise ValueError(f"t: {t!r} is not one of this scheduler's timesteps "

@@ -239,3 +239,19 @@ def test_bad_schedules_are_named(call, error, message):
 def test_clip_x0_must_be_a_bool():
     with pytest.raises(TypeError, match=r"clip_x0: expected a bool, got str 'no'"):  # "no" is truthy
         DDPMScheduler(clip_x0="no")
+
+
+def test_a_step_takes_its_timestep_as_an_integer():
+    """A Python or NumPy int or a 0-d integer CPU tensor; not a bool (True == 1) or a float (999.0 == 999)."""
+    np = pytest.importorskip("numpy")
+    sch = DDIMScheduler().set_timesteps(5)
+    x = torch.randn(2, 3)
+    eps = torch.randn_like(x)
+    t = int(sch.timesteps[1])
+    expected = sch.step(eps, t, x)[0]
+    for same in (np.int64(t), sch.timesteps[1]):
+        torch.testing.assert_close(sch.step(eps, same, x)[0], expected, rtol=0, atol=0)
+    for bad, kind in ((True, "bool True"), (float(t), f"float {float(t)!r}")):
+        with pytest.raises(TypeError, match=rf"t: expected an int or a 0-d integer CPU tensor \(an element of "
+                                            rf"\.timesteps\), got {kind}"):
+            sch.step(eps, bad, x)

@@ -176,38 +176,46 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path, deadli
                   f"{finish:.0f} steps)")
         elif floor:
             print(f"mcvd demo: one training step takes {measured} on {device}: fewer than {steps} steps fit in "
-                  f"{60 * size.minutes:.0f} s, so the demo trains {steps} steps (about {per_step * steps:.0f} s), "
-                  f"stopping at {budget:.0f} s if they take longer")
+                  f"{60 * size.minutes:.0f} s, so the demo trains {steps} steps or {60 * size.minutes:.0f} s, "
+                  f"whichever is longer (the steps take about {per_step * steps:.0f} s), stopping at {budget:.0f} s")
         else:
             print(f"mcvd demo: one training step takes {measured} on {device}: about {steps} steps fit in "
                   f"{budget:.0f} s (training stops when the budget is spent)")
     run_cfg = run_config(size, device=device.type, seed=args.seed, steps=steps, overrides=args.overrides)
-    if budget is not None and not floor:
+    if budget is not None:
         # Room for a machine faster than its calibration; the time limit ends the run.
         longest = steps + steps // 4 + 1
         run_cfg = dataclasses.replace(run_cfg, training=dataclasses.replace(run_cfg.training, steps=longest,
                                                                              ckpt_every=longest))
-    limit, final = budget, budget
+
+    def own_limit(steps_done: int) -> float:
+        # The step floor: the size's minutes or its steps, whichever is longer (the calibration can be slower
+        # than training), within max_minutes.
+        return budget if not floor or steps_done < steps else min(budget, 60 * size.minutes)
+
+    final = budget
+    limit = (lambda steps_done, seconds: own_limit(steps_done)) if floor else budget
     if by_deadline:
         left, final = deadline - time.time(), planned
 
         def limit(steps_done: int, seconds: float) -> float:  # the deadline at the speed measured so far
             nonlocal final
             final = fit_deadline(size, budget, seconds / max(steps_done, 1), left, finish)
-            return final
+            return min(final, own_limit(steps_done))
     with work_folder(out, "train") as workdir:
         start = time.perf_counter()
         # The checkpoint records the steps done, not the cap: resuming it with `mcvd train` trains no further.
         result = train(run_cfg, workdir, progress=not args.no_progress, time_limit=limit, time_limit_ends_run=True)
         seconds = time.perf_counter() - start
-        if budget is not None and not floor and result.step == run_cfg.training.steps:
+        if budget is not None and result.step == run_cfg.training.steps:
             print(f"mcvd demo: training ended at its cap of {result.step} steps (a quarter over the calibrated "
                   f"count) after {seconds:.0f} s of the {budget:.0f} s budget: this machine ran faster than "
                   f"its calibration")
         log = read_metrics(Path(workdir) / METRICS_NAME)
         for name, target in (("checkpoint.pt", "checkpoint.pt"), (METRICS_NAME, "train_metrics.csv")):
             shutil.move(Path(workdir) / name, out / target)  # a rename: same folder tree
-    cut = by_deadline and final < budget
+    # The deadline shortened training where it ended it before the run's own limit.
+    cut = by_deadline and result.step < run_cfg.training.steps and final < own_limit(result.step)
     return result.run, seconds, final, size.min_steps if floor else None, cut, log
 
 

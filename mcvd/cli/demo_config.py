@@ -32,8 +32,9 @@ class DemoSize:
     batch_size, lr, warmup, ema_rate, loss_weighting, num_workers: training (mcvd.train.TrainConfig /
     DataConfig).
     minutes: default training budget. min_steps, max_minutes: a machine on which `minutes` fits fewer than
-        min_steps steps trains min_steps steps instead, or for max_minutes if that comes first; so the default
-        run's model does not depend on the machine's speed, down to a step time of 60 * max_minutes / min_steps.
+        min_steps steps (by its calibration) trains min_steps steps or `minutes`, whichever is longer, and at
+        most max_minutes; so the default run's model does not depend on the machine's speed from a step time
+        of 60 * minutes / min_steps down to 60 * max_minutes / min_steps.
     clips: held-out clips scored. pred_frames: frames predicted per clip.
     method, sample_steps: the sampler. gif_rows: clips shown in demo.gif.
     expectation: what this size has been measured to reach, for the report.
@@ -87,26 +88,28 @@ SIZES = {
                     digit_size=16, batch_size=16, lr=1e-3, warmup=50, ema_rate=0.99, loss_weighting="none",
                     num_workers=0, minutes=5.0,
                     clips=192, pred_frames=6, method="ddpm", sample_steps=25, gif_rows=6,
-                    expectation=("Measured for this size on two kinds of 2-core AMD EPYC CPU and a 2-core Intel "
-                                 "Xeon (docs/demo.md), on these 192 held-out clips: the model trained here beat "
-                                 "copy-last-frame on both metrics with each of seeds 0-9 on each EPYC kind and seeds "
-                                 "0-3 on the Xeon, which trained the 4,380-4,500 steps of the step floor (+0.63 to "
-                                 "+0.73 dB, +0.043 to +0.056 SSIM, the SSIM interval clearing zero by 0.028-0.038). On "
-                                 "the EPYC with AVX-512 the 9.5-minute deadline "
-                                 "left 2,075-3,302 training steps (+0.39 to +0.68 dB, +0.025 to +0.051 SSIM, the SSIM "
-                                 "interval clearing zero by 0.009-0.035; sampled with 50 steps then); with AVX2 "
-                                 "only, 1,250-1,757 steps (+0.42 to +0.78 dB, +0.016 to +0.039 SSIM, clearing zero "
-                                 "by 0.0004-0.024), so a run there can miss: on a slower day, with 1,163 steps, "
-                                 "one did on SSIM (+0.014 ± 0.016). The margin is thin, a tenth to a "
-                                 "third of the shipped model's on SSIM, and this model is behind the empty frame. "
-                                 "The shipped model (a wider "
-                                 "network, 58,000 steps, sampled with classifier-free guidance) beats copy-last-frame "
-                                 "on both (+1.5 to +1.7 dB, +0.16 to +0.17 SSIM over seeds 0-9) and the empty frame on "
-                                 "SSIM (beyond the interval with every seed), and is ahead of the empty frame on PSNR "
-                                 "(beyond the interval with 4 seeds of 10); its digits are recognisable at the first "
-                                 "predicted frames and some change shape or identity later in the rollout (digit "
-                                 "recall, seed 0: 0.83 at the first predicted frame, 0.36 at the sixth; the true "
-                                 "frames 0.93, chance 0.21; the model trained here 0.21)."),
+                    expectation=("Measured for this size on three kinds of 2-core AMD EPYC CPU and 2-core Intel "
+                                 "Xeons (docs/demo.md), on these 192 held-out clips: the model trained here beat "
+                                 "copy-last-frame on both metrics with each of seeds 0-9 on two EPYC kinds, seeds "
+                                 "0-3 on an Intel Xeon, seeds 0-2 on an Intel Xeon with AMX and seed 0 on a Zen 5 "
+                                 "EPYC. On the two quickest hosts the 5-minute budget trained 4,916-5,316 steps "
+                                 "(+0.68 to +0.81 dB, +0.050 to +0.057 SSIM, the SSIM interval clearing zero by "
+                                 "0.033-0.041); the 4,380-4,500 steps of the step floor gave +0.63 to +0.73 dB, "
+                                 "+0.043 to +0.056 SSIM (clearing zero by 0.028-0.038). On an earlier EPYC with "
+                                 "AVX-512 the 9.5-minute deadline left 2,075-3,302 training steps (+0.39 to +0.68 "
+                                 "dB, +0.025 to +0.051 SSIM, clearing zero by 0.009-0.035; sampled with 50 steps "
+                                 "then); with AVX2 only, 1,250-1,757 steps (+0.42 to +0.78 dB, +0.016 to +0.039 "
+                                 "SSIM, clearing zero by 0.0004-0.024), so a run there can miss: on a slower day, "
+                                 "with 1,163 steps, one did on SSIM (+0.014 ± 0.016). The margin is thin, a tenth to "
+                                 "a third of the shipped model's on SSIM, and this model is behind the empty frame. "
+                                 "The shipped model (a wider network, 58,000 steps, sampled with classifier-free "
+                                 "guidance) beats copy-last-frame on both (+1.5 to +1.7 dB, +0.16 to +0.17 SSIM over "
+                                 "seeds 0-9) and the empty frame on SSIM (beyond the interval with every seed), and "
+                                 "is ahead of the empty frame on PSNR (beyond the interval with 4 seeds of 10); its "
+                                 "digits are recognisable at the first predicted frames and some change shape or "
+                                 "identity later in the rollout (digit recall, seed 0: 0.83 at the first predicted "
+                                 "frame, 0.36 at the sixth; the true frames 0.93, chance 0.21; the model trained "
+                                 "here 0.21-0.26)."),
                     pretrained="smmnist-demo-cpu", min_steps=4500, max_minutes=6.5,
                     # make demo in 10 minutes, with half a minute to spare. The shipped model predicts and streams
                     # before training; after it, the model trained here's 192 clips (DDPM 25), the scores, the
@@ -250,7 +253,8 @@ def plan_budget(size: DemoSize, minutes: float | None, seconds_per_step: float) 
     `minutes` given: that budget, and the steps expected to fit in it. Else the
     size's `minutes`, or, where they fit fewer than `min_steps` steps at
     `seconds_per_step`, `min_steps` steps with a time limit of `max_minutes`
-    (which ends the run if they take longer)."""
+    (which ends the run if they take longer; the demo trains on to the size's
+    minutes if they take less)."""
     budget = 60 * (minutes if minutes is not None else size.minutes)
     steps = max(1, int(budget / seconds_per_step))
     if minutes is not None or size.min_steps is None or steps >= size.min_steps:

@@ -397,12 +397,13 @@ def test_the_step_floor_sets_the_steps_of_a_default_run(tmp_path, capsys, monkey
     monkeypatch.setitem(demo_cli.SIZES, "tiny", dataclasses.replace(TINY, minutes=1e-4, min_steps=3, max_minutes=2.0))
     assert demo(tmp_path / "demo", "--clips", "2") == 0
     said = capsys.readouterr().out
-    assert re.search(r"fewer than 3 steps fit in 0 s, so the demo trains 3 steps \(about \d+ s\), stopping at 120 s",
-                     said)
+    assert re.search(r"fewer than 3 steps fit in 0 s, so the demo trains 3 steps or 0 s, whichever is longer "
+                     r"\(the steps take about \d+ s\), stopping at 120 s", said)
     m = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert (m["training"]["steps"], m["training"]["step_floor"], m["training"]["budget_seconds"]) == (3, 3, 120.0)
     report = (tmp_path / "demo" / "report.md").read_text()
-    assert "3 steps of batch" in report and "(the size's step floor of 3, as this machine fits fewer" in report
+    assert "3 steps of batch" in report
+    assert "(at least the size's step floor of 3 steps, as the calibration fitted fewer" in report
 
     monkeypatch.setitem(demo_cli.SIZES, "tiny", dataclasses.replace(TINY, minutes=1e-4, min_steps=10**6,
                                                                     max_minutes=0.01))
@@ -410,3 +411,24 @@ def test_the_step_floor_sets_the_steps_of_a_default_run(tmp_path, capsys, monkey
     m = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert 1 <= m["training"]["steps"] < 10**6 and m["training"]["step_floor"] == 10**6
     assert read_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == m["training"]["steps"]
+
+
+def test_the_step_floor_trains_on_to_the_minutes_when_training_beats_its_calibration(tmp_path, capsys, monkeypatch):
+    """A calibration slower than training sets the step floor; the run then trains
+    the size's minutes or its min_steps, whichever is longer: here past min_steps to
+    the cap for a machine faster than its calibration. The deadline (far off here)
+    does not count as having shortened it."""
+    import dataclasses
+
+    import mcvd.cli.demo as demo_cli
+
+    monkeypatch.setitem(demo_cli.SIZES, "tiny", dataclasses.replace(TINY, minutes=0.5, min_steps=8, max_minutes=2.0,
+                                                                    total_minutes=60.0))
+    monkeypatch.setattr(demo_cli, "calibrate", lambda run, parent, try_one_thread: {1: 10.0})
+    assert demo(tmp_path / "demo", "--clips", "2") == 0
+    said = capsys.readouterr().out
+    assert "so the demo trains 8 steps or 30 s, whichever is longer" in said
+    assert "training ended at its cap of 11 steps" in said
+    m = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert (m["training"]["steps"], m["training"]["step_floor"], m["training"]["deadline_minutes"]) == (11, 8, None)
+    assert read_checkpoint(tmp_path / "demo" / "checkpoint.pt")["step"] == 11

@@ -242,4 +242,6 @@ def _load_problem(err: Exception) -> str:
             return f"it holds objects other than tensors and plain data, which are not loaded: " \
                    f"{problem[0].lower()}{problem[1:]}"
         return f"not a torch file, or a damaged one: {problem}"
-    return f"{type(err).__name__}: {text.split('. ')[0].strip()}"
+    # Bytes that are no pickle (or a truncated zip) fail deep in the unpickler, as an error such as KeyError: 101
+    # that means nothing to a reader: said as what it is, with the error for a bug report.
+    return f"not a torch file, or a damaged one; torch said {type(err).__name__}: {text.split('. ')[0].strip()}"

@@ -89,7 +89,8 @@ def test_a_reference_checkpoint_loads_as_load_official_does(name, use_ema):
 @needs_fixtures
 def test_a_reference_checkpoint_needs_its_config_beside_it(tmp_path):
     shutil.copy(FIXTURES / "concat_small" / "checkpoint.pt", tmp_path / "checkpoint.pt")
-    with pytest.raises(FileNotFoundError, match=r"config: no such file: .*config.yml"):
+    with pytest.raises(FileNotFoundError, match=r"config: .*checkpoint.pt is a checkpoint of the reference code, "
+                                                r".*config.yml; put it there, or give its path"):
         mcvd.load(tmp_path / "checkpoint.pt")
 
 
@@ -111,8 +112,13 @@ def test_missing_corrupt_and_foreign_files_are_named(tmp_path, checkpoint):
     with pytest.raises(ValueError, match=r"path: .*truncated.pt is not a readable torch file"):
         mcvd.load(tmp_path / "truncated.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
-    with pytest.raises(ValueError, match=r"path: .*junk.pt is not a readable torch file"):
+    with pytest.raises(ValueError, match=r"path: .*junk.pt is not a readable torch file \(not a torch file, or a "
+                                         r"damaged one"):
         mcvd.load(tmp_path / "junk.pt")
+    (tmp_path / "random.pt").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match=r"path: .*random.pt is not a readable torch file \(not a torch file, or a "
+                                         r"damaged one"):
+        mcvd.load(tmp_path / "random.pt")
     marker = tmp_path / "ran"
     torch.save({"state_dict": RunsCode(marker)}, tmp_path / "evil.pt")
     with pytest.raises(ValueError, match=r"path: .*evil.pt is not a readable torch file \(it holds objects other "

@@ -21,7 +21,7 @@ clips and compare with the copy-last-frame baseline. Nothing to download.
    (mcvd.diffusion.stream_video, 10 DPM-Solver++ steps, as `mcvd stream`)
    and prints its predicted frames per second and latency.
 4. Writes to --out (default demo_out):
-     demo.gif           condition | prediction | truth for the first clips
+     demo.gif           condition | prediction (trained here; shipped, when scored) | truth, first clips
      stream.gif         the streamed clip: input | prediction at each time
      metrics.png        PSNR, SSIM and digit recall per frame, model vs the baselines; training loss
      report.md          config, training steps / time / loss, per-frame and mean scores, digit recall, verdict
@@ -270,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     from mcvd.loader import load
     from mcvd.metrics.baselines import (BASELINE, EMPTY, MODEL, baselines, compare, predict_clips, score,
                                         score_with_baselines, verdict)
-    from mcvd.metrics.demo_report import fmt_summary, write_demo_report
+    from mcvd.metrics.demo_report import fmt_summary, streamed_model, write_demo_report
     from mcvd.metrics.digits import digit_recall, load_digit_classifier
     from mcvd.train import TrainingDiverged
     from mcvd.video import Panel, grid_frames, task_panels, write_gif
@@ -401,7 +401,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"mcvd demo: digit recall over the predicted frames (the share of each clip's digits a classifier "
           f"finds; docs/demo.md): {recall}")
     st = info["stream"]
-    print(f"mcvd demo: streamed a held-out clip of {st['frames_in']} frames with the model {st['model']} "
+    print(f"mcvd demo: streamed a held-out clip of {st['frames_in']} frames with {streamed_model(info)[0]} "
           f"({st['method']} {st['steps']} steps, {st['frames_per_prediction']} frames predicted every "
           f"{st['every']}): {st['predicted_fps']:.1f} predicted frames per second, latency per prediction median "
           f"{st['latency_median'] * 1000:.0f} ms, p90 {st['latency_p90'] * 1000:.0f} ms, max "

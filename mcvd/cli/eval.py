@@ -23,8 +23,9 @@ LPIPS are reported twice from the same k samples per clip: best of k (the
 paper's protocol: the best sample per clip and metric) and one sample (per clip the mean over its k samples: what a
 single prediction scores); with --samples 1 they are the same. Writes
 metrics.json ("one_sample" holds the second), metrics.md and per_frame.png to --out
-(default mcvd_eval/<checkpoint name>_<data name>_<task>_p<p>_n<n>_k<k>_<method><steps>, the
-checkpoint's name prefixed with its folder's for a workdir's checkpoint.pt); existing
+(default mcvd_eval/<checkpoint name>_<data name>_<task>_p<p>_n<n>_k<k>_<method><steps>, then
+_g<W> and _t<LO>-<HI> where the sampler is guided, the checkpoint's name prefixed with its folder's for a
+workdir's checkpoint.pt); existing
 results there are kept unless --force is given. --out is checked before the
 evaluation starts. --guidance W samples with classifier-free guidance, which
 needs a model trained with masked conditioning (see mcvd sample --help);
@@ -64,7 +65,8 @@ def add_parser(sub) -> None:
                         "over the k; default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
     p.add_argument("--out", type=Path, default=None, help="folder for the results")
-    p.add_argument("--num-clips", type=positive_int, default=None, help="evaluate the first N clips (default: all)")
+    p.add_argument("--num-clips", type=positive_int, default=None,
+                   help="evaluate the first N clips, at most as many as --data holds (default: all)")
     p.add_argument("--batch-size", type=positive_int, default=8,
                    help="clips per sampling call (k times as many videos; default 8)")
     p.add_argument("--method", choices=("ddpm", "ddim", "dpm++"), default=None,
@@ -106,6 +108,15 @@ def _model_name(checkpoint: Path) -> str:
     return f"{checkpoint.parent.name}_{stem}" if stem == "checkpoint" and checkpoint.parent.name else stem
 
 
+def _guidance_tag(sampler) -> str:
+    """The guidance's part of the default --out, so that a guided and an unguided evaluation of the same
+    model keep apart: _g<W>, then _t<LO>-<HI> for a guidance interval; empty when unguided."""
+    if sampler.guidance is None:
+        return ""
+    interval = sampler.guidance_interval
+    return f"_g{sampler.guidance:g}" + ("" if interval is None else f"_t{interval[0]}-{interval[1]}")
+
+
 def run(args: argparse.Namespace) -> int:
     if (code := missing_packages("eval", ("PIL", "matplotlib"))) is not None:
         return code
@@ -141,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
                              f"got {args.num_clips}")
         out = args.out or Path("mcvd_eval") / (f"{_model_name(args.checkpoint)}_{Path(args.data).name}_{task.name}"
                                                f"_p{task.cond}_n{task.pred}_k{args.samples}_{sampler.method}"
-                                               f"{sampler.steps or 'all'}")
+                                               f"{sampler.steps or 'all'}{_guidance_tag(sampler)}")
         check_output_folder("--out", out)
         existing = existing_results(out)
         folders = [path for path in existing if path.is_dir()]

@@ -53,7 +53,8 @@ def add_parser(sub):
                         "must equal the config's")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config, the model size, the data's clips and whether the workdir "
-                        "resumes (its checkpoint checked against the config), then exit; writes nothing")
+                        "resumes (its checkpoint, and --init-from's model, checked against the config), then exit; "
+                        "writes nothing")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar: a line per metrics row on stderr instead (mcvd.train: step ...)")
     p.set_defaults(run=run)
@@ -91,13 +92,16 @@ def _run(args) -> int:
             return _error(err, EXIT_FAILURE)
         try:
             start = resume_point(cfg, args.workdir)
+            if args.init_from is not None:  # read and checked against the model section as training does
+                _init_model(args.init_from, cfg.model)
         except (ValueError, OSError) as err:  # FileExistsError, PermissionError, ... naming the workdir
             return _error(err, EXIT_USAGE)
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         print(f"# model parameters: {params:,}")
         ckpt = Path(args.workdir) / "checkpoint.pt"
         if start is None:
-            print(f"# workdir: a new run in {args.workdir}")
+            print(f"# workdir: a new run in {args.workdir}"
+                  + ("" if args.init_from is None else f", from the weights of {args.init_from}"))
         elif start < cfg.training.steps:
             print(f"# workdir: resumes {ckpt} at step {start:,} of {cfg.training.steps:,}")
         else:

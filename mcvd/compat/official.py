@@ -237,8 +237,14 @@ def official_model(states, checkpoint: str | os.PathLike, config_path: str | os.
                    use_ema: bool = True) -> tuple[MCVD, ModelConfig]:
     """`load_official` of the object already read from `checkpoint`."""
     checkpoint = Path(checkpoint)
-    config_path = Path(config_path) if config_path is not None else config_beside(checkpoint)
     state = official_state(states, checkpoint, use_ema)
+    if config_path is None and not config_beside(checkpoint).is_file():
+        raise FileNotFoundError(f"config: {checkpoint} is a checkpoint of the reference code, whose network is "
+                                f"described by the config.yml beside it, and there is none: "
+                                f"{config_beside(checkpoint)}; put it there, or give its path "
+                                f"(mcvd.load_official(checkpoint, config_path), or `mcvd convert-official "
+                                f"{checkpoint} --config CONFIG --out MODEL` and use MODEL)")
+    config_path = Path(config_path) if config_path is not None else config_beside(checkpoint)
     config = read_yaml(config_path)
     cfg = config_from_official_dict(config, source=str(config_path))
     _check_schedule(state, config, config_path, checkpoint)

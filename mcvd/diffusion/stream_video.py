@@ -13,7 +13,9 @@ frames before t (p past frames, 1 to `every` frames ahead):
 
 With every = k each sampled frame is shown once, and a prediction has k
 frame intervals to finish before the next is due; every = 1 always shows the
-freshest prediction (one frame ahead) at k times the cost.
+freshest prediction (one frame ahead) at k times the cost. As in a live
+stream, which does not know its last frame, a prediction due after the last
+frame is made and timed too; its frames fall past the video's end.
 
 The latency of a prediction runs from the push of its newest frame to its k
 frames on the host (copied there, so a GPU is waited for). The first

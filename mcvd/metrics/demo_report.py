@@ -176,17 +176,25 @@ def shipped_section(info: dict) -> list[str]:
     ]
 
 
+def streamed_model(info: dict) -> tuple[str, str]:
+    """Which model streamed the demo's clip, as words, and as the --checkpoint that streams with it."""
+    if info["stream"].get("model") == "shipped":
+        return "the shipped model", info["shipped"]["name"]
+    return "the model trained here", f"{info['out']}/checkpoint.pt"
+
+
 def stream_section(info: dict) -> list[str]:
     """The streamed clip's lines of report.md (none when the run streamed none)."""
     st = info.get("stream")
     if st is None:
         return []
     k, every = st["frames_per_prediction"], st["every"]
+    who, checkpoint = streamed_model(info)
     return [
         "", "## Streaming", "",
         "![input | prediction, as the clip plays](stream.gif)", "",
         (f"A held-out clip of {st['frames_in']} frames pushed frame by frame through `mcvd.StreamingPredictor` "
-         f"(the model {st.get('model', 'trained here')}, {st['method']}, {st['steps']} steps): after the first "
+         f"({who}, {st['method']}, {st['steps']} steps): after the first "
          f"{st['past_frames']} frames, a prediction of the next {k} frames every {every} frames, from the frames "
          f"before them; stream.gif shows at each time the "
          f"observed frame beside the prediction made for it. {st['predictions']} predictions on {info['device']} "
@@ -199,8 +207,8 @@ def stream_section(info: dict) -> list[str]:
          f"| {st['first_latency'] * 1000:.0f} ms (builds the sampler; left out of the rest) |"), "",
         ("Predicted frames per second: k frames per prediction over the mean latency, so a stall of the machine "
          "counts in full; the median shows the typical prediction."), "",
-        (f"`mcvd stream --checkpoint {info['out']}/checkpoint.pt --input VIDEO` streams a video file or a folder of "
-         "frames the same way."),
+        (f"`mcvd stream --checkpoint {checkpoint} --input VIDEO` streams a video file or a folder of frames the "
+         "same way."),
     ]
 
 

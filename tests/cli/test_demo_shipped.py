@@ -47,8 +47,9 @@ def test_cpu_demo_scores_the_shipped_model_beside(tmp_path, capsys):
     assert text.index("first the shipped model") < text.index("mcvd demo: trained 2 steps")
     assert m["stream"]["threads"] == m["threads"] and m["shipped"]["seconds"] > 0
     assert "the shipped model" in m["verdict"] and "Against the empty frame" in m["verdict"]
-    assert "mcvd demo: On PSNR the shipped model" in text and "with the model shipped" in text
+    assert "mcvd demo: On PSNR the shipped model" in text and "frames with the shipped model (dpm++" in text
     report = (out / "report.md").read_text()
+    assert f"`mcvd stream --checkpoint {CPU.pretrained} --input VIDEO` streams" in report
     assert "## The shipped model" in report and "| MCVD, shipped - copy last frame (paired) |" in report
     # --sample-steps sets both models' steps; the shipped model keeps its guidance and the steps it guides.
     assert m["shipped"]["sample_steps"] == 3 and m["shipped"]["guidance"] == 2.0

@@ -148,8 +148,11 @@ def test_explicit_config_path(tmp_path):
     ckpt = copy_fixture(tmp_path / "ckpt", "spatin_small")
     moved = tmp_path / "elsewhere.yml"
     (tmp_path / "ckpt" / "config.yml").rename(moved)
-    with pytest.raises(FileNotFoundError, match=r"config: no such file: .*ckpt/config.yml"):
+    with pytest.raises(FileNotFoundError, match=r"config: .* is a checkpoint of the reference code, .* there is "
+                                                r"none: .*ckpt/config.yml; put it there, or give its path"):
         load_official(ckpt)
+    with pytest.raises(FileNotFoundError, match=r"config: no such file: .*nope.yml"):  # a path given: named
+        load_official(ckpt, config_path=tmp_path / "nope.yml")
     model, cfg = load_official(ckpt, config_path=moved)
     assert cfg.conditioning == "spatin" and outputs_match(model, "spatin_small")
 

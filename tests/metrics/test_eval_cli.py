@@ -185,6 +185,16 @@ def test_the_default_output_names_the_run(tmp_path, monkeypatch):
     assert _model_name(Path("smmnist-demo-cpu")) == "smmnist-demo-cpu"
 
 
+def test_the_default_output_keeps_guided_and_unguided_runs_apart():
+    from mcvd.cli.eval import _guidance_tag
+    from mcvd.diffusion import SamplerConfig
+
+    assert _guidance_tag(SamplerConfig(method="ddpm", steps=20)) == ""
+    assert _guidance_tag(SamplerConfig(method="ddpm", steps=20, guidance=2.0)) == "_g2"
+    assert _guidance_tag(SamplerConfig(method="ddpm", steps=20, guidance=1.5, guidance_interval=(0, 700))) == \
+        "_g1.5_t0-700"
+
+
 def test_an_output_name_that_is_a_folder_is_refused_even_with_force(model_file, tmp_path, capsys):
     (tmp_path / "x" / "metrics.json").mkdir(parents=True)
     assert run_eval("--checkpoint", model_file, "--data", "smmnist", "--num-clips", 1, "--no-fvd", "--force",

@@ -385,6 +385,17 @@ def test_init_from_refuses_another_network_or_a_missing_file(config, tmp_path, c
     err = capsys.readouterr().err
     assert "mcvd train: error: --init-from:" in err and "none.pt" in err
     assert not work.exists()
+    # --dry-run checks it as the run would, and says where a new run starts from.
+    assert main(["train", "--config", str(config), "--workdir", str(work), "--dry-run",
+                 "--init-from", str(first / "checkpoint.pt"), "--set", "model.ngf=8"]) == 2
+    assert "the network to start from differs from the model section in ngf (4 -> 8)" in capsys.readouterr().err
+    assert main(["train", "--config", str(config), "--workdir", str(work), "--dry-run",
+                 "--init-from", str(tmp_path / "none.pt")]) == 2
+    assert "--init-from:" in capsys.readouterr().err
+    assert main(["train", "--config", str(config), "--workdir", str(work), "--dry-run",
+                 "--init-from", str(first / "checkpoint.pt")]) == 0
+    assert f"# workdir: a new run in {work}, from the weights of {first / 'checkpoint.pt'}" in capsys.readouterr().out
+    assert not work.exists()
 
 
 def test_init_from_a_shipped_model_by_name(config, tmp_path, capsys):

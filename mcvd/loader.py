@@ -82,7 +82,9 @@ def read(path: str | os.PathLike, *, sha256: str | None = None) -> ModelSource:
         raise FileNotFoundError(f"{err} (a shipped model is loaded by its name with mcvd.pretrained.load)") from None
     if isinstance(contents, dict) and contents.get("format") == FORMAT:
         check_model_file(contents, path)
-        return ModelSource(path, TRAINING_CHECKPOINT if "ema" in contents else MODEL_FILE, contents)
+        # A training checkpoint holds the optimizer's state too: one that lost its EMA weights is still one.
+        training = "ema" in contents or "optimizer" in contents
+        return ModelSource(path, TRAINING_CHECKPOINT if training else MODEL_FILE, contents)
     if isinstance(contents, (list, tuple)):
         return ModelSource(path, REFERENCE_CHECKPOINT, contents)
     raise ValueError(f"path: {path} is not an mcvd model file, training checkpoint or reference-code checkpoint "

@@ -344,9 +344,9 @@ def read_frame_folder(path: str | os.PathLike, *, start: int = 0, max_frames: in
     try:
         return read_frames(chosen, files[0]) if chosen else []
     except Exception as err:
-        if not is_image_read_error(err):
+        if (problem := _frame_error(path, err)) is None:
             raise
-        raise ValueError(f"input: cannot read the frames of {path} ({type(err).__name__}: {err})") from err
+        raise problem from err
 
 
 def _check_span(start, max_frames, stride=1) -> tuple[int, int | None, int]:
@@ -378,9 +378,19 @@ def _read_folder(path: Path, start: int, max_frames: int | None, stride: int = 1
         try:
             yield read_frames([f], files[0])[0]
         except Exception as err:
-            if not is_image_read_error(err):
+            if (problem := _frame_error(path, err)) is None:
                 raise
-            raise ValueError(f"input: cannot read the frames of {path} ({type(err).__name__}: {err})") from err
+            raise problem from err
+
+
+def _frame_error(path: Path, err: Exception) -> ValueError | None:
+    """What to raise for `err`, raised reading a frame of the folder `path`: an unreadable image or a frame of
+    another size as a ValueError that names the argument (input); None for anything else (raised as it was)."""
+    if is_image_read_error(err):
+        return ValueError(f"input: cannot read the frames of {path} ({type(err).__name__}: {err})")
+    if isinstance(err, ValueError) and not str(err).startswith("input:"):  # a frame of another size
+        return ValueError(f"input: {err}")
+    return None
 
 
 def load_clip(path: str | os.PathLike, image_size: int, channels: int, *, start: int = 0,

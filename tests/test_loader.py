@@ -54,6 +54,17 @@ def test_a_training_checkpoint_gives_its_ema_weights_by_default(checkpoint):
     assert read(checkpoint).run_config == ckpt["run_config"]
 
 
+def test_a_training_checkpoint_that_lost_its_ema_weights_is_not_taken_for_a_model_file(checkpoint, tmp_path):
+    ckpt = read_checkpoint(checkpoint)
+    del ckpt["ema"]
+    torch.save(ckpt, tmp_path / "no_ema.pt")
+    assert read(tmp_path / "no_ema.pt").kind == TRAINING_CHECKPOINT
+    with pytest.raises(ValueError, match=r"path: .*no_ema.pt holds no EMA weights; pass use_ema=False"):
+        mcvd.load(tmp_path / "no_ema.pt")
+    raw, _ = mcvd.load(tmp_path / "no_ema.pt", use_ema=False)
+    assert same_state(raw, ckpt["model"])
+
+
 def test_a_model_file_loads_as_saved(tmp_path):
     model = MCVD(CFG)
     with torch.no_grad():

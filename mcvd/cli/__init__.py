@@ -44,8 +44,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback; files being written are left as they were
         print(f"mcvd {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError, as is the CPU's
+        if not _out_of_memory(err):
+            raise
+        return error(args.command, f"out of memory ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                                   f"ask for less at once: fewer clips, samples or frames per call (--batch-size, "
+                                   f"--samples, --frames where the command has them), or a smaller model",
+                     EXIT_FAILURE)
     finally:
         warnings.formatwarning = plain
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether `err` says that memory ran out: MemoryError, torch's OutOfMemoryError (a GPU), or the CPU
+    allocator's RuntimeError."""
+    return (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in str(err))
 
 
 if __name__ == "__main__":

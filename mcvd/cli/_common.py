@@ -77,6 +77,17 @@ def nonnegative_int(text: str) -> int:
     return _integer(text, 0)
 
 
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes up to 2**64 - 1; training seeds step s with seed + s
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed, an integer from 0 to MAX_SEED."""
+    value = _integer(text, 0)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**63 - 1, got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
     try:
@@ -318,8 +329,8 @@ def load_checkpoint_arg(path: Path, no_ema: bool, device):
         raise UsageError(f"--no-ema: {path} is a model file with a single set of weights, not a training checkpoint")
     try:
         model, cfg = source.build(use_ema=not no_ema, map_location=device)
-    except ValueError as err:  # weights that do not fit the file's config
-        raise as_flag(err, {"path": "--checkpoint"}) from None
+    except ValueError as err:  # weights that do not fit the file's config; a damaged reference checkpoint
+        raise as_flag(err, {"path": "--checkpoint", "checkpoint": "--checkpoint"}) from None
     weights = "model file" if source.kind == MODEL_FILE else "raw" if no_ema else "EMA"
     return model, cfg, weights, source.run_config
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from mcvd.compat import load_official
 from mcvd.nn import save_model
 
-from ._common import EXIT_USAGE, UsageError, check_output_folder, error
+from ._common import EXIT_USAGE, UsageError, as_flag, check_output_folder, error
 
 
 def add_parser(sub) -> None:
@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)  # after the load: a failed one leaves no folder
         save_model(args.out, model, overwrite=args.force)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
-        return fail(e)
+        if args.config is not None and str(e).startswith(f"{args.config}:"):  # the config's own errors name its file
+            return fail(f"--config: {e}")
+        return fail(as_flag(e, {"config": "--config"}) if args.config is not None else e)
     params = sum(p.numel() for p in model.parameters())
     weights = "raw" if args.no_ema else "EMA"
     print(f"wrote {args.out}: {cfg.conditioning} MCVD, {params / 1e6:.2f}M parameters ({weights} weights), "

@@ -75,8 +75,8 @@ import time
 from pathlib import Path
 
 from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_optimize_flag, apply_threads, check_output_folder,
-                      check_steps, error, inference_model, missing_packages, nonnegative_int, positive_float,
-                      positive_int, resolve_device, resolve_optimize)
+                      check_steps, error, inference_model, missing_packages, positive_float, positive_int,
+                      resolve_device, resolve_optimize, seed_int)
 from .demo_config import (SIZES, DemoSize, calibrate, finish_work, fit_deadline, leftover_work_folders,
                           plan_budget, remove_work_folder, reproduce_command, run_config, work_folder)
 
@@ -97,7 +97,7 @@ def add_parser(sub) -> None:
     budget.add_argument("--minutes", type=positive_float, default=None, help="training time (default: the size's)")
     budget.add_argument("--train-steps", type=positive_int, default=None, help="train exactly this many steps instead")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train and sample")
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="seeds the weights, the data order and the sampler")
+    p.add_argument("--seed", type=seed_int, default=0, help="seeds the weights, the data order and the sampler")
     p.add_argument("--size", choices=tuple(SIZES), default=None,
                    help="model and budget: cpu (default without CUDA), gpu (default with CUDA), tiny (tests)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",

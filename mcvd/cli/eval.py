@@ -44,7 +44,7 @@ from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError
                       add_guidance_interval_flag, add_optimize_flag, add_threads_flag, apply_threads, as_flag,
                       check_guidance, check_guidance_interval, check_output_folder, default_steps, error,
                       fill_sampler_defaults, finite_float, frame_stride, inference_model, load_checkpoint_arg,
-                      missing_packages, positive_int, resolve_device, resolve_optimize, sampler_of_flags,
+                      missing_packages, positive_int, resolve_device, resolve_optimize, sampler_of_flags, seed_int,
                       smmnist_test_clips, warn_untrained_task)
 
 HELP = "evaluate a model with the paper's protocol (best-of-k and one-sample PSNR, SSIM, LPIPS; FVD)"
@@ -63,7 +63,7 @@ def add_parser(sub) -> None:
     p.add_argument("--samples", type=positive_int, default=1,
                    help="k, samples per clip: scored as the best of k per metric and as one sample (the mean "
                         "over the k; default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the sampler (default 0)")
     p.add_argument("--out", type=Path, default=None, help="folder for the results")
     p.add_argument("--num-clips", type=positive_int, default=None,
                    help="evaluate the first N clips, at most as many as --data holds (default: all)")

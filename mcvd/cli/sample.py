@@ -64,7 +64,7 @@ from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError
                       check_guidance, check_guidance_interval, check_output_folder, default_steps, error,
                       fill_sampler_defaults, finite_float, float_range, frame_stride, inference_model,
                       load_checkpoint_arg, missing_packages, nonnegative_int, positive_int, resolve_device,
-                      resolve_optimize, sampler_of_flags, smmnist_test_clips, warn_untrained_task)
+                      resolve_optimize, sampler_of_flags, seed_int, smmnist_test_clips, warn_untrained_task)
 
 HELP = "predict, generate or interpolate video frames with a trained model (GIF, MP4, .npz)"
 TASKS = ("predict", "interpolate", "generate")
@@ -96,7 +96,7 @@ def add_parser(sub) -> None:
                         "model trained with training.prob_mask_cond > 0")
     add_guidance_interval_flag(p)
     p.add_argument("--samples", type=positive_int, default=1, help="samples per clip (generate: videos; default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the sampler (default 0)")
     p.add_argument("--device", default="auto", help="'auto' (CUDA when there is one), 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument("--out", type=Path, required=True, help="folder for sample.gif, sample.mp4, frames.npz")
     p.add_argument("--fps", type=float_range(0.01, 50), default=4.0,

@@ -45,10 +45,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_frame_stride_flag, add_optimize_flag,
-                      add_threads_flag, apply_threads, as_flag, check_output_folder, check_steps, error, float_range,
-                      frame_stride, inference_model, load_checkpoint_arg, missing_packages, positive_int,
-                      resolve_device, resolve_optimize)
+from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_frame_stride_flag, add_optimize_flag, add_threads_flag,
+                      apply_threads, as_flag, check_output_folder, check_steps, error, float_range, frame_stride,
+                      inference_model, load_checkpoint_arg, missing_packages, positive_int, resolve_device,
+                      resolve_optimize, seed_int)
 
 HELP = "run the streaming predictor over a video as it plays: side-by-side video, frame rate, latency"
 FORMATS = (".mp4", ".gif")
@@ -73,7 +73,7 @@ def add_parser(sub) -> None:
     add_frame_stride_flag(p, "--input")
     p.add_argument("--fps", type=float_range(0.01, 1000), default=None,
                    help=f"the source's frame rate (default: the video's own; {FOLDER_FPS:g} for a folder of frames)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the sampler")
     p.add_argument("--device", default="auto", help="'auto' (CUDA when there is one), 'cpu', 'cuda', 'cuda:1', ...")
     add_threads_flag(p)
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,

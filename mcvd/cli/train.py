@@ -60,6 +60,10 @@ def add_parser(sub):
     p.set_defaults(run=run)
 
 
+# The arguments of the library's errors as this command's: the data set's are the config's keys.
+FLAGS = {"root": "data.root", "channels": "model.channels", "workdir": "--workdir"}
+
+
 def run(args) -> int:
     # --no-progress: a line per metrics row instead of the bar, and the resume said (mcvd.train's INFO records);
     # the level put back after, for a caller that runs several commands in one process.
@@ -87,7 +91,7 @@ def _run(args) -> int:
         try:  # the data set is opened as training opens it: a missing or empty data.root is named here
             data = make_dataset(cfg)
         except (ValueError, FileNotFoundError) as err:
-            return _error(as_flag(err, {"root": "data.root", "channels": "model.channels"}), EXIT_USAGE)
+            return _error(as_flag(err, FLAGS), EXIT_USAGE)
         except ImportError as err:  # PyAV, for a folder of video files
             return _error(err, EXIT_FAILURE)
         try:
@@ -95,7 +99,7 @@ def _run(args) -> int:
             if args.init_from is not None:  # read and checked against the model section as training does
                 _init_model(args.init_from, cfg.model)
         except (ValueError, OSError) as err:  # FileExistsError, PermissionError, ... naming the workdir
-            return _error(err, EXIT_USAGE)
+            return _error(as_flag(err, FLAGS), EXIT_USAGE)
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         print(f"# model parameters: {params:,}")
         ckpt = Path(args.workdir) / "checkpoint.pt"
@@ -118,8 +122,7 @@ def _run(args) -> int:
         result = train(cfg, args.workdir, progress=not args.no_progress,
                        time_limit=None if args.minutes is None else 60 * args.minutes, init_model=init)
     except (ValueError, FileExistsError, FileNotFoundError) as err:  # UsageError included
-        # The data set's arguments are the config's keys.
-        return _error(as_flag(err, {"root": "data.root", "channels": "model.channels"}), EXIT_USAGE)
+        return _error(as_flag(err, FLAGS), EXIT_USAGE)
     except ImportError as err:  # PyAV, for a folder of video files
         return _error(err, EXIT_FAILURE)
     except TrainingDiverged as err:

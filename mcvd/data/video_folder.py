@@ -283,7 +283,9 @@ class VideoFolder(Dataset):
             raise ValueError(f"channels: expected 1 or 3, got {channels!r}")
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"root: {self.root} is not a folder")
+            raise FileNotFoundError(f"root: no such folder: {self.root}" if not self.root.exists() else
+                                    f"root: {self.root} is a file; expected a folder of videos and/or frame "
+                                    f"folders")
         self.num_frames, self.image_size, self.channels = num_frames, image_size, channels
         self.frame_stride, self.clip_step, self.strict = frame_stride, clip_step, strict
         self.span = (num_frames - 1) * frame_stride + 1

@@ -225,8 +225,9 @@ class TrainConfig:
             object.__setattr__(self, k, v)
         for name in ("batch_size", "steps", "grad_accum", "ckpt_every", "log_every"):
             _check_range("training", name, getattr(self, name), 1)
-        for name in ("warmup", "seed"):
-            _check_range("training", name, getattr(self, name), 0)
+        _check_range("training", "warmup", self.warmup, 0)
+        # torch seeds take up to 2**64 - 1, and step s is seeded with seed + s.
+        _check_range("training", "seed", self.seed, 0, 2**63 - 1)
         _check_range("training", "lr", self.lr, 0.0, low_open=True)
         if self.lr_decay_start is not None:
             _check_range("training", "lr_decay_start", self.lr_decay_start, 0)
@@ -370,5 +371,8 @@ def load_run_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunCo
         raise ValueError(f"config: {path} is not valid YAML: {_yaml_problem(err)}") from None
     except UnicodeDecodeError as err:
         raise ValueError(f"config: {path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
-    cfg = RunConfig.from_dict(d if d is not None else {})
+    if d is None:  # an empty file, or comments only: more likely a slip than a wish for every default
+        raise ValueError(f"config: {path} holds no settings (empty, or comments only); a run config has the "
+                         f"sections {', '.join(SECTIONS)} (see configs/); write {{}} to run with every default")
+    cfg = RunConfig.from_dict(d)
     return cfg.with_overrides(list(overrides)) if overrides else cfg

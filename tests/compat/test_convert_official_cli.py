@@ -67,6 +67,12 @@ def test_errors_exit_nonzero_with_a_message(tmp_path, capsys):
     assert main(["convert-official", str(CKPT), "--config", str(wrong), "--out", str(out)]) == 2
     assert "does not match the network" in capsys.readouterr().err
     assert not out.exists()
+    # The config's own errors are named by the flag that gave it.
+    assert main(["convert-official", str(CKPT), "--config", str(tmp_path / "nope.yml"), "--out", str(out)]) == 2
+    assert f"mcvd convert-official: error: --config: no such file: {tmp_path / 'nope.yml'}" in capsys.readouterr().err
+    (tmp_path / "bare.yml").write_text("model: {}\n")
+    assert main(["convert-official", str(CKPT), "--config", str(tmp_path / "bare.yml"), "--out", str(out)]) == 2
+    assert f"mcvd convert-official: error: --config: {tmp_path / 'bare.yml'}: " in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags", [[], ["--no-ema"]], ids=["ema", "raw"])

@@ -159,8 +159,11 @@ class warnings_as_errors:
 
 
 def test_errors_name_the_argument(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"root: .*missing is not a folder"):
+    with pytest.raises(FileNotFoundError, match=r"root: no such folder: .*missing"):
         VideoFolder(tmp_path / "missing", 4, 16)
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"root: .*clip.mp4 is a file; expected a folder of videos"):
+        VideoFolder(tmp_path / "clip.mp4", 4, 16)
     with pytest.raises(ValueError, match=r"root: no readable video with at least 4 frames under"):
         VideoFolder(tmp_path, 4, 16)
     with pytest.raises(ValueError, match=r"root: no readable video with at least 10 frames \(clips of 4 frames, 3 "

@@ -117,6 +117,18 @@ def test_bilevel_frames(tmp_path):
     assert clip[0, 0, 0].tolist() == [-1.0] * 4 + [1.0] * 4
 
 
+def test_a_frame_of_another_size_in_an_input_folder_is_named_by_the_argument(tmp_path):
+    from mcvd.video import iter_clip, read_frame_folder
+
+    frame, odd = np.zeros((H, W, 3), np.uint8), np.zeros((H + 1, W, 3), np.uint8)
+    save_clip(tmp_path / "v", [frame, frame, odd])
+    msg = r"^input: .*2\.png: a frame of 16x9 pixels, expected 16x8 as the folder's first frame 0\.png"
+    with pytest.raises(ValueError, match=msg):
+        read_frame_folder(tmp_path / "v")
+    with pytest.raises(ValueError, match=msg):
+        list(iter_clip(tmp_path / "v", H, 3))
+
+
 def test_a_frame_of_another_size_is_named_with_both_sizes(tmp_path):
     frame, odd = np.zeros((H, W, 3), np.uint8), np.zeros((H + 1, W, 3), np.uint8)
     frames = [frame] * 3 + [odd] + [frame] * 2

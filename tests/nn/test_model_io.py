@@ -92,3 +92,14 @@ def test_a_missing_folder_is_named_not_a_temporary_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=rf"^{tmp_path / 'nodir' / 'x.pt'}: no such folder "
                                                 rf"{tmp_path / 'nodir'} to write it in$"):
         save_model(tmp_path / "nodir" / "x.pt", model)
+
+
+def test_weights_that_are_not_finite_are_refused_at_load(tmp_path):
+    model = MCVD(CFG)
+    with torch.no_grad():
+        next(model.parameters())[0].fill_(float("nan"))
+        list(model.parameters())[-1][0] = float("inf")
+    path = save_model(tmp_path / "diverged.pt", model)
+    with pytest.raises(ValueError, match=r"path: .*diverged.pt: its 'model' weights hold NaN or infinite values, "
+                                         r"in 2 tensor\(s\): "):
+        load_model(path)

@@ -44,7 +44,7 @@ def test_dry_run_opens_the_video_folder(tmp_path, capsys):
     root = tmp_path / "videos"
     assert main(["train", "--config", str(FOLDER), "--workdir", str(work), "--dry-run",
                  "--set", f"data.root={root}"]) == 2
-    assert f"mcvd train: error: data.root: {root} is not a folder" in capsys.readouterr().err
+    assert f"mcvd train: error: data.root: no such folder: {root}" in capsys.readouterr().err
     from PIL import Image
 
     for name in ("a", "b"):
@@ -179,7 +179,7 @@ def test_dry_run_refuses_a_workdir_the_run_would_refuse(config, tmp_path, capsys
     for workdir, message in ((tmp_path / "a_file", "is a file; expected a folder"),
                              (tmp_path / "mine", "exists and holds files but no checkpoint.pt")):
         assert main(["train", "--config", str(config), "--workdir", str(workdir), "--dry-run"]) == 2
-        assert f"mcvd train: error: workdir: {workdir} {message}" in capsys.readouterr().err
+        assert f"mcvd train: error: --workdir: {workdir} {message}" in capsys.readouterr().err
     assert (tmp_path / "a_file").read_text() == "mine" and os.listdir(tmp_path / "mine") == ["notes.txt"]
 
 

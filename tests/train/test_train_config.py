@@ -175,6 +175,19 @@ def test_yaml_round_trip(tmp_path):
         load_run_config(tmp_path / "nope.yml")
 
 
+def test_an_empty_config_is_refused_and_a_seed_must_fit_torch(tmp_path):
+    for text in ("", "# model: {ngf: 16}\n"):
+        (tmp_path / "empty.yml").write_text(text)
+        with pytest.raises(ValueError, match=r"config: .*empty.yml holds no settings \(empty, or comments only\); "
+                                             r"a run config has the sections model, data, training"):
+            load_run_config(tmp_path / "empty.yml")
+    (tmp_path / "defaults.yml").write_text("{}\n")
+    assert load_run_config(tmp_path / "defaults.yml") == RunConfig.from_dict({})
+    assert RunConfig.from_dict({"training": {"seed": 2**63 - 1}}).training.seed == 2**63 - 1
+    with pytest.raises(ValueError, match=rf"training.seed: expected >= 0 and <= {2**63 - 1}, got {2**64}"):
+        RunConfig.from_dict({"training": {"seed": 2**64}})
+
+
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     cfg = load_run_config(path)

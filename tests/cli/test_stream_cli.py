@@ -32,8 +32,8 @@ def test_a_video_file(checkpoint, video, tmp_path, capsys):
     assert stream(checkpoint, "--input", str(video), "--out", str(out)) == 0
     text = capsys.readouterr().out
     # One prediction of K frames after frame P - 1, then one every K frames: after frames 1, 3, 5, 7.
-    assert f"9 frames in at 5 fps (the video's); 4 predictions of k={K} frames, one every {K} frames from frame {P}" \
-        in text
+    assert f"9 frames in at 5 fps (the video's); 4 predictions of k={K} frames, one every {K} frames from frame {P};" \
+        in text  # the last, after frame 7, shows frame 8
     assert re.search(rf"\d+\.\d\d predicted frames per second \({K} per prediction\); latency per prediction median "
                      r"\d+ ms, p90 \d+ ms, max \d+ ms", text)
     assert re.search(r"keeps up with the source's 5 fps: a prediction is due every 2 frames, 400 ms", text)
@@ -49,7 +49,8 @@ def test_a_frame_folder_to_gif_every_frame(checkpoint, tmp_path, capsys):
     out = tmp_path / "side.gif"
     assert stream(checkpoint, "--input", str(folder), "--out", str(out), "--every", "1", "--max-frames", "5") == 0
     text = capsys.readouterr().out
-    assert "5 frames in at 10 fps (assumed); 4 predictions of k=2 frames, one every frame from frame 2" in text
+    assert ("5 frames in at 10 fps (assumed); 4 predictions of k=2 frames, one every frame from frame 2 (the last "
+            "past the video's end: timed, not shown)") in text
     with Image.open(out) as gif:
         assert (gif.n_frames, gif.size) == (5, SIDE_BY_SIDE)
 
@@ -59,8 +60,8 @@ def test_a_shipped_model_by_name(video, tmp_path, capsys):
     out = tmp_path / "side.gif"
     assert stream("smmnist-demo-cpu", "--input", str(video), "--out", str(out), "--max-frames", "4",
                   "--no-optimize") == 0
-    assert "4 frames in at 5 fps (the video's); 2 predictions of k=2 frames, one every 2 frames from frame 2" \
-        in capsys.readouterr().out
+    assert ("4 frames in at 5 fps (the video's); 2 predictions of k=2 frames, one every 2 frames from frame 2 (the "
+            "last past the video's end: timed, not shown);") in capsys.readouterr().out
     with Image.open(out) as gif:
         assert gif.n_frames == 4 and gif.size[0] == 2 * (32 * 2 + 2 * BORDER) + 3 * GAP
 

@@ -202,7 +202,10 @@ class OptimizedMCVD(nn.Module):
 
         # The default mode on a GPU too: max-autotune's search over matmul and convolution
         # templates takes minutes per input shape, and CUDA graphs are the sampler's (the whole loop).
-        return torch.compile(_own_code(run))
+        # dynamic=False: a static graph per input shape. Dynamo's automatic dynamic shapes recompiled the
+        # frozen graph symbolically at a second batch size, and on the CPU that graph failed in a oneDNN
+        # convolution's stride check (tests/nn/test_optimize.py, test_each_batch_size_compiles_its_own_graph).
+        return torch.compile(_own_code(run), dynamic=False)
 
     @contextmanager
     def _settings(self):

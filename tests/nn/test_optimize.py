@@ -234,6 +234,30 @@ def test_bad_inputs_get_the_networks_messages():
         assert errors[0] == errors[1] and errors[0].split(":")[0] in ("x_t", "cond"), (name, errors)
 
 
+def test_each_batch_size_compiles_its_own_graph():
+    """Calls at two batch sizes, an input refused in between, then mcvd.predict at both (the condition
+    cache): each new shape is a static graph of its own. Recompiled with dynamo's automatic dynamic
+    shapes instead, the frozen graph failed inside inductor at the second prediction ("expected size
+    4==4, stride 1==64")."""
+    cfg = mcvd.ModelConfig(image_size=8, channels=1, num_frames=1, num_frames_cond=1, ngf=4, ch_mult=(1, 2),
+                           num_res_blocks=1, attn_resolutions=(4,), n_head_channels=4)
+    torch.manual_seed(0)
+    model = randomized(mcvd.MCVD(cfg).eval())
+    fast = mcvd.optimize(model)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for B in (1, 2):
+            x, cond = torch.randn(B, 1, 1, 8, 8, generator=gen), torch.rand(B, 1, 1, 8, 8, generator=gen) * 2 - 1
+            t = torch.tensor([900, 10][:B])
+            assert rel_err(fast(x, t, cond), model(x, t, cond)) <= TOLERANCE[torch.float32]
+            with pytest.raises(ValueError, match="x_t: expected"):
+                fast(torch.randn(B, 1, 1, 16, 16), t, cond)
+    for B in (1, 2):
+        past = torch.rand(B, 1, 1, 8, 8, generator=gen) * 2 - 1
+        videos = [mcvd.predict(m, past, 1, steps=2, generator=torch.Generator().manual_seed(0)) for m in (model, fast)]
+        assert rel_err(videos[1], videos[0]) <= 10 * TOLERANCE[torch.float32]
+
+
 def test_changed_weights_are_refused_and_optimized_again():
     """The compiled network holds the weights as constants: a module whose
     model's weights changed since refuses to run, and mcvd.optimize makes a

@@ -239,6 +239,20 @@ class OptimizedMCVD(nn.Module):
             v = v.flatten(1, 2)
         return v.to(self.dtype)
 
+    def _check_cond_values(self, cond: torch.Tensor, cond_mask) -> None:
+        """The condition frames' range, which the network checks eagerly but not while compiled (reading
+        values while tracing): checked here, masked blocks excepted, where cond and cond_mask have the shapes
+        the network takes (others reach it as they are, for its own message)."""
+        cfg = self.config
+        if cond.dim() != 4 or cond.shape[1] != cfg.num_cond_frames * cfg.channels:
+            return
+        if cond_mask is not None:
+            if not (isinstance(cond_mask, torch.Tensor) and cond_mask.dtype == torch.bool
+                    and tuple(cond_mask.shape) == (cond.shape[0], 2) and cond_mask.device == cond.device):
+                return
+            cond = self.network._masked(cond, cond_mask)
+        self.network._check_cond_range(cond)
+
     # --- the network's interface -----------------------------------------
 
     def condition(self, cond: torch.Tensor, cond_mask: torch.Tensor | None = None) -> ConditionCache:
@@ -266,6 +280,7 @@ class OptimizedMCVD(nn.Module):
         x = self._stacked(x_t)
         if isinstance(cond, torch.Tensor) and cond.is_floating_point():
             cond = self._stacked(cond)
+            self._check_cond_values(cond, cond_mask)
         if cache is not None:
             if isinstance(cache, ConditionCache) and cache.model is self._source() and cache.model is not self.network:
                 raise ValueError("cache: built by the model mcvd.optimize was given, which this module runs as a copy "

@@ -218,13 +218,17 @@ def test_bad_arguments_name_the_argument():
 def test_bad_inputs_get_the_networks_messages():
     """Inputs of the wrong shape reach the network as they are (the CPU's
     channels_last conversion takes 4-d tensors only), so the optimized module
-    refuses them with the eager network's error."""
+    refuses them with the eager network's error; condition frames out of
+    range, which the compiled network cannot read, are refused as eagerly."""
     model = tiny()
     fast = mcvd.optimize(model)
     x, t, cond = tiny_inputs(1)
     calls = {"x_t of rank 3": lambda f: f(x[:, 0, 0], t, cond),
              "cond with 2 channels": lambda f: f(x, t, cond.expand(-1, -1, 2, -1, -1)),
-             "condition() with 2 channels": lambda f: f.condition(cond.expand(-1, -1, 2, -1, -1))}
+             "condition() with 2 channels": lambda f: f.condition(cond.expand(-1, -1, 2, -1, -1)),
+             "cond in 0..255": lambda f: f(x, t, cond * 255),
+             "cond with NaN": lambda f: f(x, t, cond * torch.nan),
+             "cond with NaN, masked": lambda f: f(x, t, cond * torch.nan, torch.tensor([[True, False]]))}
     for name, call in calls.items():
         errors = []
         for f in (model, fast):

@@ -68,6 +68,15 @@ def _check_shape(shape) -> tuple[int, ...]:
     return shape
 
 
+def check_generator(generator, device: torch.device | None) -> None:
+    """A sampler's generator: a torch.Generator on `device` (where it samples; None: not known yet), or None."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got {describe(generator)}")
+    if generator is not None and device is not None and generator.device.type != device.type:
+        raise ValueError(f"generator: expected a generator on {device.type} (the sampling device), "
+                         f"got one on {generator.device}")
+
+
 def sample(eps_model: Callable, shape, *, sampler: SamplerConfig | None = None, method: str = "ddpm",
            steps: int | None = None, cond: torch.Tensor | None = None, cond_mask: torch.Tensor | None = None,
            clip_x0: bool = True, eta: float = 0.0, generator: torch.Generator | None = None, progress: bool = False,
@@ -102,6 +111,9 @@ def sample(eps_model: Callable, shape, *, sampler: SamplerConfig | None = None, 
     if sampler.guidance is not None:
         raise ValueError(f"sampler: mcvd.sample takes no guidance (its eps_model has no unconditional call), "
                          f"got guidance={sampler.guidance!r}; use mcvd.predict to guide an MCVD model")
+    if not callable(eps_model):
+        raise TypeError(f"eps_model: expected a callable eps_model(x_t, t, cond) -> eps (an MCVD network), "
+                        f"got {describe(eps_model)}")
     shape = _check_shape(shape)
     for name, v in (("x_T", x_T), ("cond", cond), ("cond_mask", cond_mask)):
         if v is not None and not isinstance(v, torch.Tensor):
@@ -127,9 +139,7 @@ def sample(eps_model: Callable, shape, *, sampler: SamplerConfig | None = None, 
     for name, t in (("cond", cond), ("cond_mask", cond_mask)):
         if t is not None and t.device != device:
             raise ValueError(f"{name}: expected device {device} (the sampling device), got {t.device}")
-    if generator is not None and generator.device.type != device.type:
-        raise ValueError(f"generator: expected a generator on {device.type} (the sampling device), "
-                         f"got one on {generator.device}")
+    check_generator(generator, device)
 
     scheduler = sampler.make_scheduler(eps_model, device=device)
 

@@ -35,7 +35,7 @@ from mcvd.ops._checks import describe, is_int
 
 from .cuda_graph import CUDAGraphRunner
 from .sampler_config import SamplerConfig, resolve_sampler
-from .sampling import canonical_device, denoise
+from .sampling import canonical_device, check_generator, denoise
 from mcvd.schedule import Schedule
 
 
@@ -74,15 +74,6 @@ class FrameSpec:
             raise ValueError(f"{name}: expected at least one video (B >= 1), got shape {list(x.shape)}")
         if x.shape[1] < min_frames:
             raise ValueError(f"{name}: expected at least {min_frames} frames, got {x.shape[1]}")
-
-
-def check_generator(generator, device: torch.device | None) -> None:
-    """A sampler's generator: a torch.Generator on `device` (the frames'; None: not known yet), or None."""
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator or None, got {describe(generator)}")
-    if generator is not None and device is not None and generator.device.type != device.type:
-        raise ValueError(f"generator: expected a generator on {device.type} (the frames' device), "
-                         f"got one on {generator.device}")
 
 
 class BlockSampler:

@@ -174,6 +174,7 @@ def test_denoise_runs_a_prepared_scheduler():
     (dict(device="meta", cond=torch.zeros(2)), ValueError, r"cond: expected device meta \(the sampling device\)"),
     (dict(device="meta", generator=torch.Generator()), ValueError,
      r"generator: expected a generator on meta \(the sampling device\), got one on cpu"),
+    (dict(generator=0), TypeError, r"generator: expected a torch.Generator or None, got int 0"),
     (dict(spacing="leading"), ValueError, r"spacing: expected one of \('trailing'"),
     (dict(steps=0), ValueError, r"steps: expected an int >= 1 or None \(every timestep\), got 0"),
     (dict(steps=1001), ValueError, r"steps: expected an int in 1\.\.1000"),
@@ -188,6 +189,11 @@ def test_bad_arguments_are_named(kwargs, error, message):
     kwargs = {"method": "ddim", "steps": 2, **kwargs}
     with pytest.raises(error, match=message):
         mcvd.sample(eps_star, (2, 3), **kwargs)
+
+
+def test_an_eps_model_that_is_not_callable_is_named():
+    with pytest.raises(TypeError, match=r"eps_model: expected a callable eps_model\(x_t, t, cond\) -> eps"):
+        mcvd.sample(5, (2, 3))
 
 
 def test_bad_shape_is_named():

@@ -94,7 +94,8 @@ def read(path: str | os.PathLike, *, sha256: str | None = None) -> ModelSource:
 
 def load(path: str | os.PathLike, *, use_ema: bool = True,
          map_location: str | torch.device | None = None) -> tuple[MCVD, ModelConfig]:
-    """Load the network of any model file: (model in eval mode, its ModelConfig).
+    """Load the network of any model file: (model in eval mode, its ModelConfig), in the dtype its weights
+    were saved in (float32 for a reference checkpoint).
 
     Args:
         path: this package's model file (mcvd.nn.save_model, mcvd

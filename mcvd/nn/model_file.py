@@ -66,13 +66,19 @@ def check_model_file(payload, path: str | os.PathLike) -> dict:
 
 
 def build_model(payload: dict, path: str | os.PathLike, weights: str = "model") -> MCVD:
-    """The MCVD of a checked model file's config with the state dict `payload[weights]`, in eval mode on the CPU;
+    """The MCVD of a checked model file's config with the state dict `payload[weights]`, in eval mode on the CPU
+    and in the weights' dtype;
     ValueError naming `path` (where the payload was read) when the config is not one or the weights do not fit it."""
     try:
         config = ModelConfig.from_dict(payload["model_config"])
     except (TypeError, ValueError) as err:
         raise ValueError(f"path: {path} holds a model config that is not one: {err}") from None
     model = MCVD(config)
+    state = payload.get(weights)
+    dtypes = {v.dtype for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()} \
+        if isinstance(state, dict) else set()
+    if len(dtypes) == 1:  # saved in one float dtype (float64, bfloat16, ...): built in it, not cast to float32
+        model = model.to(dtypes.pop())
     try:
         model.load_state_dict(payload[weights])
     except (RuntimeError, TypeError, AttributeError) as err:  # missing or unexpected keys, wrong shapes, not a dict

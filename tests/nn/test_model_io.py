@@ -103,3 +103,14 @@ def test_weights_that_are_not_finite_are_refused_at_load(tmp_path):
     with pytest.raises(ValueError, match=r"path: .*diverged.pt: its 'model' weights hold NaN or infinite values, "
                                          r"in 2 tensor\(s\): "):
         load_model(path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_model_saved_in_another_dtype_loads_in_it(tmp_path, dtype):
+    model = MCVD(CFG).to(dtype).eval()
+    loaded = load_model(save_model(tmp_path / "m.pt", model))
+    assert all(p.dtype == dtype for p in loaded.parameters())
+    x, cond, t = torch.randn(2, 1, 1, 8, 8, dtype=dtype), torch.rand(2, 1, 1, 8, 8, dtype=dtype) * 2 - 1, \
+        torch.tensor([3, 700])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, cond), model(x, t, cond), rtol=0, atol=0)

@@ -54,6 +54,8 @@ class ModelSource:
     def build(self, *, use_ema: bool = True, map_location: str | torch.device | None = None
               ) -> tuple[MCVD, ModelConfig]:
         """(model in eval mode, its ModelConfig); see `load`."""
+        if not isinstance(use_ema, bool):  # "no" would read as True
+            raise TypeError(f"use_ema: expected a bool, got {type(use_ema).__name__} {use_ema!r}")
         if self.kind == MODEL_FILE:
             if not use_ema:
                 raise ValueError(f"use_ema=False: {self.path} is a model file with a single set of weights, "

@@ -52,6 +52,8 @@ def test_a_training_checkpoint_gives_its_ema_weights_by_default(checkpoint):
     assert same_state(raw, ckpt["model"]) and not same_state(raw, ckpt["ema"])
     assert read(checkpoint).kind == TRAINING_CHECKPOINT
     assert read(checkpoint).run_config == ckpt["run_config"]
+    with pytest.raises(TypeError, match=r"use_ema: expected a bool, got str 'no'"):
+        mcvd.load(checkpoint, use_ema="no")
 
 
 def test_a_training_checkpoint_that_lost_its_ema_weights_is_not_taken_for_a_model_file(checkpoint, tmp_path):

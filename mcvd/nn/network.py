@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mcvd import ops
+from mcvd.ops._backend import BACKENDS
 from mcvd.schedule import Schedule, edm_scales, eps_from_prediction
 
 from .blocks import GROUPNORM_EPS, SPATIN_EPS, AttnBlock, Norm, ResBlock, SpatinMaps, conv2d, linear
@@ -83,6 +84,7 @@ class MCVD(nn.Module):
         super().__init__()
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config: expected a mcvd.ModelConfig, got {type(config).__name__}")
+        _check_backend_name(backend)
         self.config = cfg = config
         nf, C = cfg.ngf, cfg.channels
         chans, resolutions = level_channels(cfg), level_resolutions(cfg)
@@ -155,6 +157,7 @@ class MCVD(nn.Module):
 
     def set_backend(self, backend: str | None) -> MCVD:
         """Run every spatin_norm and attention call on `backend` (None = auto)."""
+        _check_backend_name(backend)
         for m in self.modules():
             if isinstance(m, (Norm, AttnBlock)):
                 m.backend = backend
@@ -451,3 +454,9 @@ class MCVD(nn.Module):
         return ConditionCache(batch=B, dtype=cond.dtype, device=cond.device, spatin=spatin,
                               conv_in_cond=conv_in_cond, mask_embed=mask_emb, model=self,
                               weights=weights_version(self._cached_params()))
+
+
+def _check_backend_name(backend) -> None:
+    """A backend named when it is set; whether it runs on the inputs' device is known at the first call."""
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")

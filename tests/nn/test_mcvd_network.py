@@ -153,6 +153,10 @@ def test_bad_inputs_are_named():
     cfg = tiny(num_frames_cond=1)
     model = MCVD(cfg)
     x, t, cond = inputs(cfg, B=2)
+    for set_it in (lambda: MCVD(cfg, backend="gpu"), lambda: model.set_backend("gpu")):  # named when set
+        with pytest.raises(ValueError, match=r"backend: expected one of \('reference', 'cpu', 'cuda', 'triton'\) "
+                                             r"or None, got 'gpu'"):
+            set_it()
     with pytest.raises(ValueError, match=r"x_t: expected \[B, 2, 2, 16, 16\] or stacked \[B, 4, 16, 16\], "
                                          r"got shape \[2, 3, 2, 16, 16\]"):
         model(torch.randn(2, 3, 2, 16, 16), t, cond)

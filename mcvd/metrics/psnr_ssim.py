@@ -45,12 +45,16 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return ((x.to(torch.float64) + 1) / 2).clamp(0, 1)
 
 
-def _check_pair(pred, target) -> None:
+def _check_pair(pred, target, per_frame) -> None:
+    if not isinstance(per_frame, bool):  # "no" would read as True
+        raise TypeError(f"per_frame: expected a bool, got {type(per_frame).__name__} {per_frame!r}")
     for name, x in (("pred", pred), ("target", target)):
         if isinstance(x, torch.Tensor) and x.dim() < 4:
             raise ValueError(f"{name}: expected a video [..., T, C, H, W], got shape {list(x.shape)}")
         check_video(x, name, "[..., T, C, H, W]")
         check_frames(x, name)
+    if target.device != pred.device:
+        raise ValueError(f"target: expected the device of pred ({pred.device}), got {target.device}")
     if target.dim() > pred.dim() or pred.shape[pred.dim() - target.dim():] != target.shape:
         raise ValueError(f"target: expected the shape of pred {list(pred.shape)} or a trailing part of it "
                          f"(broadcast over samples), got {list(target.shape)}")
@@ -68,7 +72,7 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, *, per_frame: bool = False) -
     Returns:
         float64 tensor, at most PSNR_MAX (100 dB, where the frames are equal).
     """
-    _check_pair(pred, target)
+    _check_pair(pred, target, per_frame)
     mse = (_unit(pred) - _unit(target)).square().mean(dim=(-3, -2, -1))
     if not per_frame:
         mse = mse.mean(dim=-1)
@@ -98,7 +102,7 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, *, per_frame: bool = False) -
     Returns:
         float64 tensor.
     """
-    _check_pair(pred, target)
+    _check_pair(pred, target, per_frame)
     *lead, C, H, W = pred.shape
     if H < _WIN or W < _WIN:
         raise ValueError(f"pred: SSIM's {_WIN}x{_WIN} window needs frames of at least {_WIN}x{_WIN}, "

@@ -88,6 +88,11 @@ def test_bad_inputs_are_named():
         ssim(torch.zeros(1, 1, 1, 10, 16), torch.zeros(1, 1, 1, 10, 16))
     with pytest.raises(ValueError, match=r"scores: expected a tensor with a samples dimension"):
         best_of_samples(torch.tensor(1.0))
+    for metric in (psnr, ssim):
+        with pytest.raises(TypeError, match=r"per_frame: expected a bool, got str 'no'"):
+            metric(v, v, per_frame="no")
+        with pytest.raises(ValueError, match=r"target: expected the device of pred \(cpu\), got meta"):
+            metric(v, v.to("meta"))
 
 
 def test_psnr_is_capped_at_100_db():

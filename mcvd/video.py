@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mcvd.data.video_folder import (IMAGE_EXTENSIONS, count_video_frames, decode_video, frame_files,
-                                    frames_to_clip, is_image_read_error, read_frames, warn_if_upscaled)
+from mcvd.data.video_folder import (IMAGE_EXTENSIONS, check_clip_size, count_video_frames, decode_video,
+                                    frame_files, frames_to_clip, is_image_read_error, read_frames, warn_if_upscaled)
 from mcvd.fileio import atomic_write
 
 KIND_COLOURS = {
@@ -399,6 +399,7 @@ def load_clip(path: str | os.PathLike, image_size: int, channels: int, *, start:
     image_size] in [-1, 1] (short side resized, centre crop, as mcvd.data.VideoFolder);
     every stride-th frame from start, at most max_frames of them (a model trained on a
     video folder with data.frame_stride s reads its input so); T may be 0."""
+    check_clip_size(image_size, channels)
     if Path(path).is_dir():
         frames = read_frame_folder(path, start=start, max_frames=max_frames, stride=stride)
     else:
@@ -415,8 +416,9 @@ def iter_clip(path: str | os.PathLike, image_size: int, channels: int, *, start:
     from start, at most max_frames), each decoded when asked for, as a live source
     delivers them: float32 [channels, image_size, image_size] in [-1, 1], converted as
     load_clip converts them. Errors as read_video and read_frame_folder, raised when
-    the frame is reached; a wrong start, max_frames or stride raises at the call."""
+    the frame is reached; a wrong start, max_frames, stride, image_size or channels raises at the call."""
     start, max_frames, stride = _check_span(start, max_frames, stride)
+    check_clip_size(image_size, channels)
     path = Path(path)
     rgb = (_read_folder if path.is_dir() else _decode_video)(path, start, max_frames, stride)
     return _converted(rgb, image_size, channels, path)

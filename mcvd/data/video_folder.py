@@ -229,6 +229,18 @@ def _frame_size(path: Path, frames: list[Path] | None) -> tuple[int, int] | None
         return None
 
 
+def _check_count(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+
+
+def check_clip_size(image_size, channels) -> None:
+    """The frames a clip is converted to (frames_to_clip): image_size an int >= 1, channels 1 or 3."""
+    _check_count("image_size", image_size)
+    if isinstance(channels, bool) or channels not in (1, 3):
+        raise ValueError(f"channels: expected 1 or 3, got {channels!r}")
+
+
 def frames_to_clip(frames: list[np.ndarray], image_size: int, channels: int) -> torch.Tensor:
     """RGB frames [H, W, 3], uint8 (levels 0..255) or uint16 (0..65535), each scaled
     by its own dtype's range -> float32 [T, channels, image_size, image_size] in
@@ -275,12 +287,9 @@ class VideoFolder(Dataset):
 
     def __init__(self, root: str | os.PathLike, num_frames: int, image_size: int, *, channels: int = 3,
                  frame_stride: int = 1, clip_step: int = 1, strict: bool = False):
-        for name, value in (("num_frames", num_frames), ("image_size", image_size),
-                            ("frame_stride", frame_stride), ("clip_step", clip_step)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
-        if channels not in (1, 3):
-            raise ValueError(f"channels: expected 1 or 3, got {channels!r}")
+        for name, value in (("num_frames", num_frames), ("frame_stride", frame_stride), ("clip_step", clip_step)):
+            _check_count(name, value)
+        check_clip_size(image_size, channels)
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"root: no such folder: {self.root}" if not self.root.exists() else

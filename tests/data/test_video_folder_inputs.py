@@ -129,6 +129,21 @@ def test_a_frame_of_another_size_in_an_input_folder_is_named_by_the_argument(tmp
         list(iter_clip(tmp_path / "v", H, 3))
 
 
+def test_the_clip_readers_name_a_bad_size_or_channel_count_at_the_call(tmp_path):
+    from mcvd.video import iter_clip, load_clip
+
+    frame = np.zeros((H, W, 3), np.uint8)
+    save_clip(tmp_path / "v", [frame, frame])
+    for reader in (load_clip, iter_clip):
+        with pytest.raises(ValueError, match=r"channels: expected 1 or 3, got 2"):
+            reader(tmp_path / "v", H, 2)
+        with pytest.raises(ValueError, match=r"image_size: expected an int >= 1, got 0"):
+            reader(tmp_path / "v", 0, 3)
+        with pytest.raises(ValueError, match=r"image_size: expected an int >= 1, got 8.0"):
+            reader(tmp_path / "v", 8.0, 3)
+    assert load_clip(tmp_path / "v", H, 1).shape == (2, 1, H, H)
+
+
 def test_a_frame_of_another_size_is_named_with_both_sizes(tmp_path):
     frame, odd = np.zeros((H, W, 3), np.uint8), np.zeros((H + 1, W, 3), np.uint8)
     frames = [frame] * 3 + [odd] + [frame] * 2

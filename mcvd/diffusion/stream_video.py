@@ -131,9 +131,13 @@ def stream_video(model, frames: Iterable[torch.Tensor], *, sampler: SamplerConfi
     if not is_int(every) or not 1 <= every <= spec.k:
         raise ValueError(f"every: expected an int from 1 to k={spec.k} (num_frames), got {every!r}")
     every = int(every)
-    if source_fps is not None and not (isinstance(source_fps, (int, float)) and math.isfinite(source_fps)
-                                       and source_fps > 0):
+    if source_fps is not None and not (isinstance(source_fps, (int, float)) and not isinstance(source_fps, bool)
+                                       and math.isfinite(source_fps) and source_fps > 0):
         raise ValueError(f"source_fps: expected a finite number > 0 or None, got {source_fps!r}")
+    if not isinstance(progress, bool):  # "no" would read as True
+        raise TypeError(f"progress: expected a bool, got {type(progress).__name__} {progress!r}")
+    if total is not None and not (is_int(total) and total >= 0):
+        raise ValueError(f"total: expected the number of frames (an int >= 0) or None, got {total!r}")
     stream = StreamingPredictor(model, sampler, cuda_graph=cuda_graph, generator=generator)
     param = next(iter(model.parameters()), None)
     device, dtype = (param.device, param.dtype) if param is not None else (torch.device("cpu"), torch.float32)

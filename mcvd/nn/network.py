@@ -251,6 +251,8 @@ class MCVD(nn.Module):
             raise ValueError(f"x_t: expected at least one sample (B >= 1), got shape {list(x_t.shape)}")
         if x.dtype != self.conv_in.weight.dtype:
             raise TypeError(f"x_t: expected dtype {self.conv_in.weight.dtype} (the model's), got {x.dtype}")
+        if x.device != self.conv_in.weight.device:
+            raise ValueError(f"x_t: expected device {self.conv_in.weight.device} (the model's), got {x.device}")
         self._check_t(t, x)
         if cfg.prediction == "edm":
             x = x * self.input_scale[t].to(x.dtype).view(-1, 1, 1, 1)

@@ -73,8 +73,14 @@ def test_errors_name_the_problem():
     for every in (0, 3, 1.0, True):
         with pytest.raises(ValueError, match="every: expected an int from 1 to k=2"):
             stream_video(model, frames, sampler=FAST, every=every)
-    with pytest.raises(ValueError, match="source_fps: expected a finite number > 0"):
-        stream_video(model, frames, sampler=FAST, source_fps=0)
+    for fps in (0, True):
+        with pytest.raises(ValueError, match="source_fps: expected a finite number > 0"):
+            stream_video(model, frames, sampler=FAST, source_fps=fps)
+    with pytest.raises(TypeError, match="progress: expected a bool, got str 'no'"):
+        stream_video(model, frames, sampler=FAST, progress="no")
+    for total in (-3, "x"):
+        with pytest.raises(ValueError, match=r"total: expected the number of frames \(an int >= 0\) or None"):
+            stream_video(model, frames, sampler=FAST, total=total)
     for bad, got in ((frames[0].numpy(), "ndarray"), (frames[0][None], f"torch.float32 of shape {[1, C, SIZE, SIZE]}")):
         with pytest.raises(ValueError, match=rf"frames: expected float tensors {re.escape(str([C, SIZE, SIZE]))} "
                                              rf"\[C, H, W\], one frame each .*; frame 1 is {re.escape(got)}"):

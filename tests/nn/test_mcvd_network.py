@@ -157,6 +157,8 @@ def test_bad_inputs_are_named():
         with pytest.raises(ValueError, match=r"backend: expected one of \('reference', 'cpu', 'cuda', 'triton'\) "
                                              r"or None, got 'gpu'"):
             set_it()
+    with pytest.raises(ValueError, match=r"x_t: expected device cpu \(the model's\), got meta"):
+        model(x.to("meta"), t.to("meta"), cond.to("meta"))
     with pytest.raises(ValueError, match=r"x_t: expected \[B, 2, 2, 16, 16\] or stacked \[B, 4, 16, 16\], "
                                          r"got shape \[2, 3, 2, 16, 16\]"):
         model(torch.randn(2, 3, 2, 16, 16), t, cond)

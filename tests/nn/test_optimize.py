@@ -206,6 +206,8 @@ def test_bad_arguments_name_the_argument():
         mcvd.optimize(model, dtype="float32")
     with pytest.raises(ValueError, match="dtype: expected one of"):
         mcvd.optimize(model, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"dtype: expected one of .* got torch.float64 \(the model's; pass dtype="):
+        mcvd.optimize(copy.deepcopy(model).double())
     with pytest.raises(ValueError, match="device: expected a torch device"):
         mcvd.optimize(model, device="gpu0")
     with pytest.raises(ValueError, match="device: expected a CPU or CUDA device"):

@@ -75,6 +75,8 @@ def read(path: str | os.PathLike, *, sha256: str | None = None) -> ModelSource:
     file and ValueError, naming the file, for one that is unreadable (corrupt,
     truncated, not a torch file) or of no known kind. sha256: the file's
     expected SHA-256, checked on the bytes read (mcvd.fileio.DigestMismatch)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected the path of a model file (str or os.PathLike), got {type(path).__name__}")
     path = Path(path)
     try:
         contents = load_weights_only(path, "path", sha256=sha256)

@@ -283,6 +283,8 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray | torch.Tens
               overwrite: bool = False) -> Path:
     """Write arrays (tensors as their dtype in NumPy; bfloat16, which NumPy lacks, as float32) to a compressed
     .npz, atomically."""
+    if not isinstance(arrays, dict):
+        raise TypeError(f"arrays: expected a dict of name -> array or tensor, got {type(arrays).__name__}")
     path = Path(path)
     _check_target(path, overwrite)
     taken = sorted(_SAVEZ_ARGS & set(arrays))

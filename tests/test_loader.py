@@ -118,6 +118,9 @@ def test_map_location(checkpoint):
 
 
 def test_missing_corrupt_and_foreign_files_are_named(tmp_path, checkpoint):
+    with pytest.raises(TypeError, match=r"path: expected the path of a model file \(str or os.PathLike\), got "
+                                        r"NoneType"):
+        mcvd.load(None)
     with pytest.raises(FileNotFoundError, match=r"path: no such file: .*nothing.pt"):
         mcvd.load(tmp_path / "nothing.pt")
     data = Path(checkpoint).read_bytes()

@@ -18,7 +18,10 @@ def summary(values) -> dict[str, float | None]:
     conf95 is None for a single value. NaN or infinite values raise: they have
     no mean and spread to report (mcvd.metrics.psnr_ssim.psnr caps identical
     frames' PSNR at 100 dB for this reason)."""
-    v = [float(x) for x in values]
+    try:
+        v = [float(x) for x in values]
+    except (TypeError, ValueError, RuntimeError) as err:  # a string, a tensor of several values, ...
+        raise TypeError(f"values: expected a sequence of numbers, got {type(values).__name__} ({err})") from None
     if not v:
         raise ValueError("values: expected at least one value")
     for i, x in enumerate(v):

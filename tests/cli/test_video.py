@@ -157,6 +157,9 @@ def test_write_npz_round_trip(tmp_path):
     path = write_npz(tmp_path / "f.npz", {"prediction": x, "task": np.array("predict")})
     with np.load(path) as z:
         assert np.array_equal(z["prediction"], x.numpy()) and str(z["task"]) == "predict"
+    with pytest.raises(TypeError, match=r"arrays: expected a dict of name -> array or tensor, got list"):
+        write_npz(tmp_path / "g.npz", [x])
+    assert not (tmp_path / "g.npz").exists()
 
 
 @pytest.mark.parametrize("writer, args", [(write_gif, None), (write_mp4, None), (write_npz, {"a": np.zeros(2)})])

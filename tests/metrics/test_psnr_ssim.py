@@ -110,3 +110,6 @@ def test_psnr_is_capped_at_100_db():
     from mcvd.metrics.stats import summary
 
     assert summary(clip.tolist())["mean"] == pytest.approx((100 + clip[1].item()) / 2)
+    for bad in ("abc", torch.ones(2, 2)):
+        with pytest.raises(TypeError, match=r"values: expected a sequence of numbers, got "):
+            summary(bad)

@@ -181,8 +181,7 @@ def run(args: argparse.Namespace) -> int:
     first = (f"the first, building the sampler, {fmt_seconds(s['first_latency'])}, left out" if s["predictions"] > 1
              else "a single prediction, which also built the sampler")
     read = "" if stride == 1 else f", one in {stride} ({why}): {rate:g} fps"
-    # A prediction is due after the last frame too (a live stream does not know its last frame).
-    past_end = " (the last past the video's end: timed, not shown)" if (s["frames_in"] - p) % result.every == 0 else ""
+    past_end = " (the last past the video's end: timed, not shown)" if result.past_end else ""
     print(f"mcvd stream: {args.input}: {s['frames_in']} frames in at {source_fps:g} fps ({fps_source}){read}; "
           f"{s['predictions']} predictions of k={k} frames, one every {every} from frame {p}{past_end}; "
           f"{args.method} {args.steps} steps, {weights} weights, {device}{threads}{graph}")

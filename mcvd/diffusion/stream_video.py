@@ -85,6 +85,13 @@ class StreamRun:
         return float(np.quantile(np.array(self.steady), q))
 
     @property
+    def past_end(self) -> bool:
+        """Whether the last prediction falls past the video's end: prediction i is for frames from
+        p + i * every on, and one made after the last frame (which a live stream cannot know is its last)
+        is timed but not shown."""
+        return self.p + (len(self.latencies) - 1) * self.every >= self.frames
+
+    @property
     def budget(self) -> float | None:
         """Seconds between two predictions at the source's rate (every / source_fps), or None."""
         return None if self.source_fps is None else self.every / self.source_fps

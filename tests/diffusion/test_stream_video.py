@@ -37,6 +37,8 @@ def test_the_prediction_shown_at_t_is_made_from_frames_before_t(every):
         assert frame_labels(run.predicted[t]).item() == pytest.approx(expected.item(), abs=1e-5), t
     # One prediction after frame p - 1, then one every `every` frames, the last after frame T - 1.
     assert len(run.latencies) == (T - p) // every + 1
+    # The last is past the video's end where it was made after the last frame: (T - p) % every == 0.
+    assert run.past_end == {1: True, 2: True, 3: False}[every]
 
 
 def test_rates_and_whether_it_keeps_up():

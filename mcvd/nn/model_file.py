@@ -80,11 +80,11 @@ def build_model(payload: dict, path: str | os.PathLike, weights: str = "model") 
     if len(dtypes) == 1:  # saved in one float dtype (float64, bfloat16, ...): built in it, not cast to float32
         model = model.to(dtypes.pop())
     try:
-        model.load_state_dict(payload[weights])
+        model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:  # missing or unexpected keys, wrong shapes, not a dict
         raise ValueError(f"path: {path}: its {weights!r} weights do not fit its model config: {err}") from None
     # Refused here, not after minutes of sampling noise: a run that diverged, or a damaged file.
-    bad = [k for k, v in payload[weights].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ValueError(f"path: {path}: its {weights!r} weights hold NaN or infinite values, in {len(bad)} "
                          f"tensor(s): {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}")

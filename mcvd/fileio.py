@@ -9,9 +9,13 @@ and renames it. A process killed mid-write leaves that file behind; the next
 write of the same target removes it (remove_stale_temporaries), recognising
 it by that name, by its age, and by the lock a live write holds on its file.
 A full disk or quota (ENOSPC, EDQUOT) raises NoSpaceError, naming the file.
+
+folder_lock holds a folder for one process at a time: a training run's
+workdir, a demo's training folder.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -29,6 +33,42 @@ import torch
 NO_SPACE = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}
 # A temporary file younger than this may belong to a write that has created it but not locked it yet.
 STALE_AFTER_S = 10.0
+
+
+# The folders this process holds (folder_lock), by real path: a nested hold of one of them takes no second lock.
+_HELD: dict[str, int] = {}
+
+
+class FolderInUse(FileExistsError):
+    """Another process holds the folder (folder_lock)."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, arg: str, what: str = "another mcvd process"):
+    """Hold `folder` (which exists) for this process while the block runs: an
+    exclusive flock on the folder itself, so that two runs never write the same
+    files. FolderInUse naming `arg` when another process holds it (`what` says
+    which); a lock dies with its process, so a killed run leaves none behind.
+    Held by this process already (a demo's training folder, handed to train),
+    it is held again without a second lock, which flock would refuse."""
+    key = os.path.realpath(folder)
+    if key in _HELD:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderInUse(f"{arg}: {folder} is in use by {what}; wait for it to end, or choose another "
+                              f"folder") from None
+        _HELD[key] = fd
+        try:
+            yield
+        finally:
+            del _HELD[key]
+    finally:
+        os.close(fd)
 
 
 class NoSpaceError(OSError):
@@ -154,7 +194,8 @@ def atomic_write(path: Path, write) -> None:
 
     The data goes to a temporary file beside `path` (mkstemp: mode 0600, which
     is then set to what a plain write would have given) and replaces `path`
-    in one rename after an fsync. Temporary files that killed writes of `path`
+    in one rename after an fsync (then the folder is synced, so that the
+    rename is on disk too). Temporary files that killed writes of `path`
     left are removed first (remove_stale_temporaries). A full disk or quota
     raises NoSpaceError naming `path`; `path` is then unchanged."""
     path = Path(path)
@@ -180,6 +221,22 @@ def atomic_write(path: Path, write) -> None:
             replaced = path.stat().st_size if path.is_file() else None
             raise no_space_error(err, path, written, replaced) from err
         raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so that a rename in it survives a power cut (the file's own fsync does not cover its
+    name). Where folders cannot be opened or synced (some file systems), the rename stands as written."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

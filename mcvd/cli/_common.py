@@ -162,6 +162,15 @@ def check_output_folder(arg: str, folder: Path) -> None:
         raise UsageError(str(err)) from None
 
 
+def refuse_folders(paths) -> None:
+    """UsageError naming --out when one of `paths`, where a command writes a file, is a folder: --force
+    replaces files, never folders. Checked before the work, not when the file is written at its end."""
+    folders = [path for path in paths if path.is_dir()]
+    if folders:
+        raise UsageError(f"--out: {folders[0]} is a folder, where this command writes a file; choose another "
+                         f"folder")
+
+
 def check_steps(arg: str, steps: int, cfg) -> None:
     """UsageError naming `arg` unless 1 <= steps <= the model's num_timesteps."""
     if steps > cfg.num_timesteps:

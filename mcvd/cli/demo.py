@@ -76,7 +76,7 @@ from pathlib import Path
 
 from ._common import (EXIT_FAILURE, EXIT_USAGE, UsageError, add_optimize_flag, apply_threads, check_output_folder,
                       check_steps, error, inference_model, missing_packages, positive_float, positive_int,
-                      resolve_device, resolve_optimize, seed_int)
+                      refuse_folders, resolve_device, resolve_optimize, seed_int)
 from .demo_config import (SIZES, DemoSize, calibrate, finish_work, fit_deadline, leftover_work_folders,
                           plan_budget, remove_work_folder, reproduce_command, run_config, work_folder)
 
@@ -135,6 +135,7 @@ def _check_args(args) -> list[Path]:
                          f"got {args.started_at:.0f}")
     out = args.out
     check_output_folder("--out", out)
+    refuse_folders(out / name for name in OUTPUTS)
     leftovers = leftover_work_folders(out)
     if out.is_dir() and any(p not in leftovers for p in out.iterdir()) and not args.force:
         raise UsageError(f"--out: {out} is not empty; choose a new folder or pass --force to replace the demo's "

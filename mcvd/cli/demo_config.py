@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import math
-import os
 import re
 import statistics
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,37 +150,40 @@ def run_config(size: DemoSize, *, device: str, seed: int, steps: int, overrides:
 @contextlib.contextmanager
 def work_folder(parent: Path, kind: str):
     """A temporary folder `.<kind>-XXXXXXXX` in `parent` to train in, removed on
-    exit. It is locked (flock) while it exists, so that another demo never takes it
-    for the leftover of a killed one; a killed process's lock is gone with it."""
-    with tempfile.TemporaryDirectory(prefix=f".{kind}-", dir=parent) as path:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield path
-        finally:
-            os.close(fd)
+    exit. It is held (mcvd.fileio.folder_lock) while it exists, so that another demo
+    never takes it for the leftover of a killed one; a killed process's lock is
+    gone with it. mcvd.train, given it, holds it again without a second lock."""
+    from mcvd.fileio import folder_lock
+
+    with tempfile.TemporaryDirectory(prefix=f".{kind}-", dir=parent) as path, folder_lock(path, "--out"):
+        yield path
 
 
 def _is_run_file(path: Path) -> bool:
+    """Whether `path` is a file a training run writes: its config.yml or metrics.csv as a run writes them, its
+    checkpoint.pt a torch file (a zip archive), or a temporary file of their atomic writes."""
     from mcvd.fileio import temporary_name
+    from mcvd.train.trainer import written_by_a_run
 
-    return path.is_file() and not path.is_symlink() and (
-        path.name in RUN_FILES or any(temporary_name(name).fullmatch(path.name) for name in RUN_FILES))
+    if not path.is_file() or path.is_symlink():
+        return False
+    if path.name == "checkpoint.pt":
+        return zipfile.is_zipfile(path)
+    return written_by_a_run(path) or any(temporary_name(name).fullmatch(path.name) for name in RUN_FILES)
 
 
 @contextlib.contextmanager
 def _unless_locked(folder: Path):
-    """Yields True holding `folder`'s lock, or False when a running demo holds it."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
+    """Yields True holding `folder` (mcvd.fileio.folder_lock), or False when a running demo holds it."""
+    from mcvd.fileio import FolderInUse, folder_lock
+
+    with contextlib.ExitStack() as stack:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            stack.enter_context(folder_lock(folder, "--out"))
+        except FolderInUse:
             yield False
             return
         yield True
-    finally:
-        os.close(fd)
 
 
 def leftover_work_folders(out: Path) -> list[Path]:

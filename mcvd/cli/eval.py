@@ -45,7 +45,7 @@ from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError
                       check_guidance, check_guidance_interval, check_output_folder, default_steps, error,
                       fill_sampler_defaults, finite_float, frame_stride, inference_model, load_checkpoint_arg,
                       missing_packages, positive_int, resolve_device, resolve_optimize, sampler_of_flags, seed_int,
-                      smmnist_test_clips, warn_untrained_task)
+                      refuse_folders, smmnist_test_clips, warn_untrained_task)
 
 HELP = "evaluate a model with the paper's protocol (best-of-k and one-sample PSNR, SSIM, LPIPS; FVD)"
 
@@ -155,10 +155,7 @@ def run(args: argparse.Namespace) -> int:
                                                f"{sampler.steps or 'all'}{_guidance_tag(sampler)}")
         check_output_folder("--out", out)
         existing = existing_results(out)
-        folders = [path for path in existing if path.is_dir()]
-        if folders:  # --force replaces files, never folders
-            raise UsageError(f"--out: {folders[0]} is a folder, where this command writes a file; choose another "
-                             f"folder")
+        refuse_folders(existing)
         if existing and not args.force:  # checked before the long run, not after it
             raise UsageError(f"--out: {out} already holds results ({', '.join(p.name for p in existing)}); "
                              f"choose another folder or pass --force to replace them")

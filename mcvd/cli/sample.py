@@ -64,7 +64,8 @@ from ._common import (EXIT_FAILURE, EXIT_USAGE, SHIPPED_SAMPLER_HELP, UsageError
                       check_guidance, check_guidance_interval, check_output_folder, default_steps, error,
                       fill_sampler_defaults, finite_float, float_range, frame_stride, inference_model,
                       load_checkpoint_arg, missing_packages, nonnegative_int, positive_int, resolve_device,
-                      resolve_optimize, sampler_of_flags, seed_int, smmnist_test_clips, warn_untrained_task)
+                      refuse_folders, resolve_optimize, sampler_of_flags, seed_int, smmnist_test_clips,
+                      warn_untrained_task)
 
 HELP = "predict, generate or interpolate video frames with a trained model (GIF, MP4, .npz)"
 TASKS = ("predict", "interpolate", "generate")
@@ -127,10 +128,7 @@ def _check_args(args) -> None:
         raise UsageError("--guidance: guides on condition frames; the task 'generate' has none")
     check_output_folder("--out", args.out)
     existing = [name for name in OUTPUTS if (args.out / name).exists()]
-    folders = [name for name in existing if (args.out / name).is_dir()]
-    if folders:  # --force replaces files, never folders
-        raise UsageError(f"--out: {args.out / folders[0]} is a folder, where this command writes a file; choose "
-                         f"another folder")
+    refuse_folders(args.out / name for name in existing)
     if existing and not args.force:
         raise UsageError(f"--out: {args.out} already holds {', '.join(existing)}; choose another folder or pass "
                          f"--force to replace them")

@@ -95,6 +95,8 @@ def _output(args) -> Path:
         raise UsageError(f"--out: expected a file ending in {' or '.join(FORMATS)}, got {out}")
     if out.is_dir():
         raise UsageError(f"--out: {out} is a folder; expected a video file")
+    if out.exists() and out.resolve() == args.input.resolve():
+        raise UsageError(f"--out: {out} is the --input video; choose another file (--force would replace it)")
     if out.exists() and not args.force:
         raise UsageError(f"--out: {out} exists; choose another file or pass --force to replace it")
     check_output_folder("--out", out.parent)

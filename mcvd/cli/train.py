@@ -17,7 +17,9 @@ reported by process 0; any other error by each process that meets it, with its r
 with a checkpoint there; running the same command again resumes the run. So
 does Ctrl-C (in a single-process run): the run stops at the end of the step
 under way, writes its checkpoint there and exits with code 130; a second
-Ctrl-C stops at once.
+Ctrl-C stops at once. SIGTERM (kill, timeout, a batch scheduler) does the same,
+with exit code 143. Two runs never share a workdir: the second is refused
+while the first holds it (a lock that ends with its process).
 --init-from starts a new run from the weights of a model file instead of the
 random initialisation (fine-tuning): any file mcvd.load reads (a model file, a
 training checkpoint's EMA weights, a reference-code checkpoint) or a shipped
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from ._common import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, as_flag, check_output_folder, error, positive_float,
+from ._common import (EXIT_FAILURE, EXIT_USAGE, as_flag, check_output_folder, error, positive_float,
                       read_model_arg)
 
 HELP = "train an MCVD network (resumes a workdir that holds a checkpoint)"
@@ -129,7 +131,7 @@ def _run(args) -> int:
         return _error(err, EXIT_FAILURE, every_rank=False)
     except TrainingInterrupted as err:
         print(f"mcvd train: {err}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + err.signum  # the shell's code for the signal: 130 for Ctrl-C, 143 for SIGTERM
     if result.rank == 0:  # one line per run, not per process
         if not result.losses:
             print(f"mcvd train: nothing to train: {result.checkpoint} is at step {result.step} and "

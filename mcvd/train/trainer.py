@@ -57,8 +57,8 @@ from tqdm import tqdm
 from mcvd.data import StochasticMovingMNIST, VideoFolder
 from mcvd.data.smmnist import DEFAULT_LENGTH as SMMNIST_LENGTH
 from mcvd.diffusion import Schedule
-from mcvd.fileio import (NO_SPACE, NoSpaceError, atomic_write, check_writable_folder, remove_stale_temporaries,
-                         temporary_name)
+from mcvd.fileio import (NO_SPACE, NoSpaceError, atomic_write, check_writable_folder, folder_lock,
+                         remove_stale_temporaries, temporary_name)
 from mcvd.nn import MCVD
 from mcvd.nn.precision import warn_if_slow_on_cpu
 from mcvd.ops._backend import check_env_backend
@@ -84,11 +84,13 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped the run at a step end, after writing its checkpoint there (`step`, `checkpoint`)."""
+    """Ctrl-C (SIGINT) or SIGTERM (`signum`) stopped the run at a step end, after writing its checkpoint there
+    (`step`, `checkpoint`)."""
 
-    def __init__(self, step: int, checkpoint: Path):
-        super().__init__(f"interrupted at step {step}; {checkpoint} holds it: run the same command to resume")
-        self.step, self.checkpoint = step, checkpoint
+    def __init__(self, step: int, checkpoint: Path, signum: int = signal.SIGINT):
+        by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+        super().__init__(f"interrupted{by} at step {step}; {checkpoint} holds it: run the same command to resume")
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
 
 
 @dataclass
@@ -159,10 +161,12 @@ def _device(cfg) -> torch.device:
     return dev
 
 
-def _check_workdir(workdir: Path) -> tuple[bool, list[Path]]:
+def _check_workdir(workdir: Path, run: RunConfig) -> tuple[bool, list[Path]]:
     """(whether a run in `workdir` resumes: checkpoint.pt there; else the files of a run stopped before its first
     checkpoint that a new run replaces), after the checks a run makes before it writes anything: FileExistsError
-    or OSError naming workdir for a file, a folder that takes no files, or one holding other files."""
+    or OSError naming workdir for a file, a folder that takes no files, one holding other files, or one whose
+    metrics.csv logged steps past its run's first checkpoint (ckpt_every: config.yml's, else `run`'s) while
+    checkpoint.pt is gone: that log is not a run stopped before its first checkpoint, and is kept."""
     if workdir.exists() and not workdir.is_dir():
         raise FileExistsError(f"workdir: {workdir} is a file; expected a folder")
     check_writable_folder(workdir, "workdir")
@@ -173,17 +177,42 @@ def _check_workdir(workdir: Path) -> tuple[bool, list[Path]]:
     # A young temporary file of an interrupted write is left alone (remove_stale_temporaries), not foreign.
     temporaries = [temporary_name(workdir / name) for name in (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME)]
     entries = [p for p in workdir.iterdir() if not any(t.fullmatch(p.name) for t in temporaries)]
-    ours = [p for p in entries if _written_by_a_run(p)]
+    ours = [p for p in entries if written_by_a_run(p)]
     if len(ours) < len(entries):
         raise FileExistsError(f"workdir: {workdir} exists and holds files but no {CHECKPOINT_NAME} to resume "
                               f"from; choose a new or empty folder (existing files are never overwritten)")
+    if workdir / METRICS_NAME in ours:
+        every = _logged_ckpt_every(workdir / CONFIG_NAME) or run.training.ckpt_every
+        steps = [_row_step(line) for line in (workdir / METRICS_NAME).read_text().splitlines()[1:]]
+        reached = max((n for n in steps if n is not None), default=0)
+        # The log comes before the checkpoint at a step, so a run killed while writing its first one logged
+        # up to `every`: past it, that checkpoint was written, and has been moved or deleted since.
+        if reached > every:
+            raise FileExistsError(f"workdir: {workdir} holds the {METRICS_NAME} of a run that reached step "
+                                  f"{reached}, past its first checkpoint (every {every} steps), but no "
+                                  f"{CHECKPOINT_NAME}: put its {CHECKPOINT_NAME} back to resume, or choose a new "
+                                  f"or empty folder (the log is not replaced)")
     return False, ours
 
 
-def _prepare_workdir(workdir: Path, run: RunConfig) -> bool:
+def _logged_ckpt_every(config_path: Path) -> int | None:
+    """training.ckpt_every of the config.yml a run wrote (None: none there, or none readable)."""
+    try:
+        every = yaml.safe_load(config_path.read_text())["training"]["ckpt_every"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return every if isinstance(every, int) and not isinstance(every, bool) and every > 0 else None
+
+
+def _prepare_workdir(workdir: Path, run: RunConfig, hold: contextlib.ExitStack) -> bool:
     """True to resume (checkpoint.pt present); else create the folder, config.yml and metrics.csv
-    (replacing those of a run that stopped before its first checkpoint)."""
-    resume, ours = _check_workdir(workdir)  # before anything is removed (it counts no temporary file as foreign)
+    (replacing those of a run that stopped before its first checkpoint). The folder's lock goes into `hold`:
+    FolderInUse while another run holds it."""
+    _check_workdir(workdir, run)  # before anything is written or removed
+    workdir.mkdir(parents=True, exist_ok=True)
+    hold.enter_context(folder_lock(workdir, "workdir", "another training run (mcvd train or mcvd demo)"))
+    # Again, holding the lock: a run that ended meanwhile may have left its checkpoint.
+    resume, ours = _check_workdir(workdir, run)  # (it counts no temporary file as foreign)
     for name in (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME):
         for path in remove_stale_temporaries(workdir / name):
             log.warning("removed %s, left by an interrupted write", path)
@@ -192,7 +221,6 @@ def _prepare_workdir(workdir: Path, run: RunConfig) -> bool:
     if ours:
         log.warning("workdir: %s holds the %s of a run stopped before its first checkpoint; starting the run "
                     "over, replacing them", workdir, " and ".join(p.name for p in ours))
-    workdir.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(run.to_dict(), sort_keys=False).encode()
     atomic_write(workdir / CONFIG_NAME, lambda fh: fh.write(text))
     atomic_write(workdir / METRICS_NAME, lambda fh: fh.write((",".join(METRICS_FIELDS) + "\n").encode()))
@@ -233,7 +261,7 @@ def _row_step(line: str) -> int | None:
         return None
 
 
-def _written_by_a_run(path: Path) -> bool:
+def written_by_a_run(path: Path) -> bool:
     """Whether `path` is a config.yml or metrics.csv as a run writes them (the config's YAML dump, the metrics'
     header and rows), so that starting over may replace it: a config file of the user's own, its comments or
     layout, is not."""
@@ -275,7 +303,10 @@ def resume_point(run: RunConfig, workdir) -> int | None:
     workdir (FileExistsError or OSError naming it) and its checkpoint's config (a changed model section raises
     ValueError; other changes are logged), without writing anything."""
     workdir = Path(workdir)
-    resume, _ = _check_workdir(workdir)
+    resume, _ = _check_workdir(workdir, run)
+    if workdir.is_dir():  # a run in it now would be refused
+        with folder_lock(workdir, "workdir", "another training run (mcvd train or mcvd demo)"):
+            pass
     return int(_read_resumable(workdir / CHECKPOINT_NAME, run)["step"]) if resume else None
 
 
@@ -352,8 +383,10 @@ def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: TimeLim
         raise ValueError(str(err)) from None
     env = D.setup(device.type)
     try:
-        result = _train(run, Path(workdir), device if device.type == "cpu" else torch.device("cuda", env.local_rank),
-                        env, progress, time_limit, time_limit_ends_run, init_model)
+        local = device if device.type == "cpu" else torch.device("cuda", env.local_rank)
+        with contextlib.ExitStack() as hold:  # the workdir's lock, taken by process 0 before it writes there
+            result = _train(run, Path(workdir), local, env, progress, time_limit, time_limit_ends_run, init_model,
+                            hold)
     except TrainingDiverged:
         # Every process meets it at the same step (the loss and gradient norm are all-reduced), so all
         # of them arrive here and can leave together.
@@ -368,7 +401,7 @@ def train(run: RunConfig, workdir, *, progress: bool = True, time_limit: TimeLim
 
 def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, progress: bool,
            time_limit: TimeLimit | None, time_limit_ends_run: bool,
-           init_model: MCVD | None) -> TrainResult:
+           init_model: MCVD | None, hold: contextlib.ExitStack) -> TrainResult:
     tc = run.training
     if time_limit is not None and not callable(time_limit) and not (time_limit >= 0):
         raise ValueError(f"time_limit: expected seconds >= 0 or None, got {time_limit}")
@@ -388,7 +421,7 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     decision = None
     if env.is_main:
         try:
-            decision = _prepare_workdir(workdir, run)
+            decision = _prepare_workdir(workdir, run, hold)
         except (OSError, ValueError) as err:
             decision = err
     decision = D.broadcast_object(decision, env)
@@ -456,11 +489,12 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     sampler = StepBatchSampler(len(dataset), B, seed=tc.seed, start_step=step, rank=env.rank, world_size=world)
     # Its own generator: creating the iterator must not draw from the global RNG (dropout's), or a
     # resumed run would draw different dropout masks. The data sets do not use worker seeds.
-    # Workers ignore SIGINT: Ctrl-C reaches the whole process group, and the main process decides (a worker
-    # killed by it would fail the next batch, before the step could end with a checkpoint).
+    # Workers ignore SIGINT and SIGTERM: Ctrl-C (and a scheduler's SIGTERM) reaches the whole process group, and
+    # the main process decides (a worker killed by it would fail the next batch, before the step could end with
+    # a checkpoint).
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=run.data.num_workers,
                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(tc.seed),
-                        worker_init_fn=_ignore_sigint if run.data.num_workers > 0 else None)
+                        worker_init_fn=_ignore_stop_signals if run.data.num_workers > 0 else None)
     schedule = Schedule.named(run.model.schedule, run.model.num_timesteps)
     autocast = torch.autocast(device.type, dtype=AUTOCAST.get(tc.precision), enabled=tc.precision != "fp32")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -536,7 +570,7 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
                     raise NoSpaceError(err.errno, f"step {step}: {err} ({kept})", ckpt_path) from err
                 last_ckpt = step
             if interrupted and step < tc.steps:  # (at the last step the run has ended anyway)
-                raise TrainingInterrupted(step, ckpt_path)
+                raise TrainingInterrupted(step, ckpt_path, interrupt.signum)
             if timed_out:
                 bar.total = step  # the bar ends full, at the step the limit ended
                 bar.refresh()
@@ -550,41 +584,51 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
     return TrainResult(step, losses, ckpt_path, model, run, env.rank)
 
 
-def _ignore_sigint(worker_id: int) -> None:
-    """worker_init_fn of the training DataLoader."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _ignore_stop_signals(worker_id: int) -> None:
+    """worker_init_fn of the training DataLoader: SIGINT and SIGTERM sent to the whole process group (a
+    terminal's Ctrl-C, a batch scheduler's SIGTERM) are the main process's to act on."""
+    for signum in _StopOnInterrupt.SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class _StopOnInterrupt:
-    """While installed (from construction to restore()), the first SIGINT asks the loop to stop at the end of
-    the step under way (`pressed`), and puts back the previous handler, so that a second one interrupts at
-    once. Only the main thread can install a handler; elsewhere, with enabled=False, or where SIGINT is
-    ignored, it is left alone."""
+    """While installed (from construction to restore()), the first SIGINT (Ctrl-C) or SIGTERM (what `kill`,
+    `timeout` and batch schedulers send) asks the loop to stop at the end of the step under way (`pressed`,
+    `signum`), and puts back the previous handlers, so that a second signal acts at once. Only the main thread
+    can install a handler; elsewhere, or with enabled=False, they are left alone, and so is a signal the
+    process ignores (a SIGINT for a run started in the background)."""
 
-    MESSAGE = (b"\nCtrl-C: stopping at the end of this step to write the checkpoint (Ctrl-C again stops at once, "
-               b"losing the steps since the last checkpoint)\n")
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    MESSAGES = {
+        signal.SIGINT: b"\nCtrl-C: stopping at the end of this step to write the checkpoint (Ctrl-C again stops at "
+                       b"once, losing the steps since the last checkpoint)\n",
+        signal.SIGTERM: b"\nSIGTERM: stopping at the end of this step to write the checkpoint (a second signal "
+                        b"stops at once, losing the steps since the last checkpoint)\n",
+    }
 
     def __init__(self, *, enabled: bool = True):
-        self.pressed, self._installed, self._previous = False, False, None
-        # A process that ignores SIGINT (started in the background) keeps ignoring it.
-        if (enabled and threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
-            previous = signal.signal(signal.SIGINT, self._handle)
+        self.pressed, self.signum, self._previous = False, signal.SIGINT, {}
+        if not enabled or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.SIGNALS:
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue
+            previous = signal.signal(signum, self._handle)
             # None: a handler set outside Python, which cannot be put back; the default then.
-            self._previous, self._installed = signal.SIG_DFL if previous is None else previous, True
+            self._previous[signum] = signal.SIG_DFL if previous is None else previous
 
     def _handle(self, signum, frame):
-        self.pressed = True
+        self.pressed, self.signum = True, signum
         self.restore()
         try:  # a raw write: the handler may interrupt a write of the progress bar to the same stream
-            os.write(2, self.MESSAGE)
+            os.write(2, self.MESSAGES[signum])
         except OSError:
             pass
 
     def restore(self) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
-            self._installed = False
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
 
 def compile_for_training(model: MCVD, *, cuda_graphs: bool = False) -> None:

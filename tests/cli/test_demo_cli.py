@@ -266,11 +266,19 @@ def test_one_clip_is_no_win():
 
 
 def interrupted_training_folder(out, name=".train-k1ll3d_x"):
-    """What a demo killed while training leaves in --out: its temporary training folder."""
+    """What a demo killed while training leaves in --out: its temporary training folder, with the files of a
+    training run (a config as a run writes it, the log's header, a torch file, a temporary file)."""
+    import torch
+    import yaml
+
+    from mcvd.train.trainer import METRICS_FIELDS
+
     folder = out / name
     folder.mkdir(parents=True)
-    for file in ("config.yml", "metrics.csv", "checkpoint.pt", ".checkpoint.pt.a1b2c3d4.tmp"):
-        (folder / file).write_bytes(b"left by a killed run")
+    (folder / "config.yml").write_text(yaml.safe_dump({"training": {"steps": 2}}, sort_keys=False))
+    (folder / "metrics.csv").write_text(",".join(METRICS_FIELDS) + "\n1,9.5,0.001,1.0,10\n")
+    torch.save({"step": 1}, folder / "checkpoint.pt")
+    (folder / ".checkpoint.pt.a1b2c3d4.tmp").write_bytes(b"left by a killed run")
     return folder
 
 
@@ -303,6 +311,29 @@ def test_a_hidden_folder_that_is_not_the_demos_own_is_kept(tmp_path, capsys):
         assert "is not empty" in capsys.readouterr().err and (foreign / "checkpoint.pt").exists()
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("name, text", [("config.yml", "my notes\n"), ("metrics.csv", "my,own,table\n"),
+                                        ("checkpoint.pt", "not a torch file")])
+def test_a_folder_named_like_a_training_folder_holding_a_users_file_is_kept(tmp_path, capsys, name, text):
+    """Named as the demo names its training folders, holding only files named as a run's, but one of them
+    is the user's (not what a run writes): it is no leftover, and --out counts as not empty."""
+    out = tmp_path / "demo"
+    folder = interrupted_training_folder(out, ".train-backup01")
+    (folder / name).write_text(text)
+    assert demo(out, "--train-steps", "1") == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert (folder / name).read_text() == text and len(list(folder.iterdir())) == 4
+
+
+def test_a_folder_where_the_demo_writes_a_file_is_refused_before_training(tmp_path, capsys):
+    out = tmp_path / "demo"
+    (out / "checkpoint.pt").mkdir(parents=True)
+    (out / "checkpoint.pt" / "keep.txt").write_text("mine")
+    assert demo(out, "--train-steps", "1", "--force") == 2
+    assert f"--out: {out / 'checkpoint.pt'} is a folder, where this command writes a file" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["checkpoint.pt"]
+    assert [p.name for p in (out / "checkpoint.pt").iterdir()] == ["keep.txt"]
 
 
 def test_sample_steps_beyond_the_models_timesteps_fail_before_training(tmp_path, capsys):

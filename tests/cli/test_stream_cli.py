@@ -103,6 +103,16 @@ def test_default_output_and_force(checkpoint, video, tmp_path, monkeypatch, caps
     assert len(read_video(out)) == 9
 
 
+def test_the_input_video_is_never_its_own_output(checkpoint, video, tmp_path, capsys):
+    source = tmp_path / "clip.mp4"
+    source.write_bytes(video.read_bytes())
+    (tmp_path / "link.mp4").symlink_to(source)
+    for out in (source, tmp_path / "link.mp4"):
+        assert stream(checkpoint, "--input", str(source), "--out", str(out), "--force") == 2
+        assert f"--out: {out} is the --input video; choose another file" in capsys.readouterr().err
+    assert source.read_bytes() == video.read_bytes()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--input", "{tmp}/none.mp4"], "--input: no such file or folder: .*none.mp4"),
     (["--input", "{short}"], rf"--input: .*short.mp4: {P} frames; streaming needs at least p \+ 1 = {P + 1}"),

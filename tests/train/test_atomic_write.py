@@ -100,3 +100,32 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path):
     with pytest.raises(NoSpaceError, match=r"disk quota exceeded for .*new.bin: 0 bytes of it were written"):
         atomic_write(tmp_path / "new.bin", over_quota)
     assert not (tmp_path / "new.bin").exists()
+
+
+def test_the_rename_is_synced_with_the_folder(tmp_path, monkeypatch):
+    """The file's fsync does not cover its new name: the folder is synced after the rename."""
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(stat.S_ISDIR(os.fstat(fd).st_mode)), real(fd)))
+    atomic_write(tmp_path / "f.bin", lambda fh: fh.write(b"x"))
+    assert synced == [False, True]  # the file, then its folder
+
+
+def test_a_folder_is_held_by_one_process_and_again_by_the_same(tmp_path):
+    import subprocess
+    import sys
+
+    from mcvd.fileio import FolderInUse, folder_lock
+
+    with folder_lock(tmp_path, "--workdir"), folder_lock(tmp_path, "--workdir"):  # nested: no second lock
+        other = subprocess.run(
+            [sys.executable, "-c", "from mcvd.fileio import FolderInUse, folder_lock\n"
+                                   "try:\n"
+                                   f"    with folder_lock({str(tmp_path)!r}, '--workdir', 'a test'): print('taken')\n"
+                                   "except FolderInUse as err: print(err)"],
+            capture_output=True, text=True, timeout=60)
+        assert other.stdout.strip() == f"--workdir: {tmp_path} is in use by a test; wait for it to end, or choose " \
+                                       f"another folder"
+    with folder_lock(tmp_path, "--workdir"):  # released on leaving
+        pass
+    assert issubclass(FolderInUse, FileExistsError)

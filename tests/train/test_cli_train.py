@@ -441,9 +441,12 @@ def test_a_dict_is_not_a_run_config(tmp_path, tiny_run):
     assert not (tmp_path / "w").exists()
 
 
-def test_ctrl_c_to_the_process_group_with_data_workers_still_writes_the_checkpoint(config, tmp_path):
-    """A terminal's Ctrl-C reaches the DataLoader workers too: they ignore it, so the main process, waiting for a
-    (slow) batch, ends the step and writes the checkpoint instead of failing on a dead worker."""
+@pytest.mark.parametrize("signum, code", [(2, 130), (15, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_process_group_with_data_workers_still_writes_the_checkpoint(config, tmp_path, signum,
+                                                                                     code):
+    """A terminal's Ctrl-C (SIGINT), or a batch scheduler's SIGTERM, reaches the DataLoader workers too: they
+    ignore it, so the main process, waiting for a (slow) batch, ends the step and writes the checkpoint instead
+    of failing on a dead worker; it exits with the shell's code for the signal."""
     import os
     import signal
     import subprocess
@@ -471,13 +474,14 @@ def test_ctrl_c_to_the_process_group_with_data_workers_still_writes_the_checkpoi
             assert child.poll() is None, child.communicate()[1][-2000:]
             assert time.monotonic() < deadline, "the run logged no steps in 120 s"
             time.sleep(0.2)
-        os.killpg(child.pid, signal.SIGINT)  # as a terminal sends it: to every process of the group
+        os.killpg(child.pid, signum)  # as a terminal (or a scheduler) sends it: to every process of the group
         err = child.communicate(timeout=120)[1]
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
-    assert child.returncode == 130, err[-2000:]
-    assert "mcvd train: interrupted at step" in err and (work / "checkpoint.pt").is_file()
+    assert child.returncode == code, err[-2000:]
+    by = "" if signum == signal.SIGINT else " by SIGTERM"
+    assert f"mcvd train: interrupted{by} at step" in err and (work / "checkpoint.pt").is_file()
 
 
 def test_a_folder_whose_videos_all_fail_to_decode_is_named(config, tmp_path, capsys):

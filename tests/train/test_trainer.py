@@ -22,6 +22,7 @@ from mcvd.train import (
     train,
 )
 from mcvd.train.objective import draw_step_randomness, mcvd_loss
+from mcvd.train.trainer import resume_point
 
 
 def assert_same_state(a: dict, b: dict):
@@ -136,6 +137,72 @@ def test_a_users_own_config_in_the_workdir_is_never_replaced(tmp_path, tiny_run)
     (tmp_path / "metrics.csv").write_text("step,loss,lr,grad_norm,it_per_s\n")
     train(run, tmp_path, progress=False)
     assert (tmp_path / "checkpoint.pt").is_file()
+
+
+def test_a_log_past_the_first_checkpoint_is_kept_when_the_checkpoint_has_gone(tmp_path, tiny_run):
+    """Rows past ckpt_every show that a checkpoint was written: with checkpoint.pt moved away the folder is not
+    a run stopped before its first checkpoint, and its log is not started over."""
+    run = tiny_run(training={"steps": 3, "ckpt_every": 2, "log_every": 1})
+    train(run, tmp_path, progress=False)
+    (tmp_path / "checkpoint.pt").rename(tmp_path.parent / f"{tmp_path.name}_moved.pt")
+    log = (tmp_path / "metrics.csv").read_text()
+    with pytest.raises(FileExistsError, match=r"workdir: .* holds the metrics.csv of a run that reached step 3, "
+                                              r"past its first checkpoint \(every 2 steps\), but no checkpoint.pt"):
+        train(run, tmp_path, progress=False)
+    with pytest.raises(FileExistsError, match=r"reached step 3"):
+        resume_point(run, tmp_path)  # what --dry-run reports
+    assert (tmp_path / "metrics.csv").read_text() == log
+    # Killed while writing its first checkpoint: the log reaches ckpt_every, and the run starts over.
+    (tmp_path / "metrics.csv").write_text("".join(line + "\n" for line in log.splitlines()[:3]))
+    train(run, tmp_path, progress=False)
+    assert (tmp_path / "checkpoint.pt").is_file()
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 4  # the header and steps 1-3, anew
+
+
+def test_a_workdir_another_process_trains_in_is_refused(tmp_path, tiny_run):
+    """Two runs in one workdir would write over each other's checkpoints and log: the second is refused, by
+    train and by the dry run, while the first holds the folder's lock."""
+    import subprocess
+    import sys
+
+    run = tiny_run(training={"steps": 1})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom mcvd.fileio import folder_lock\n"
+                               f"with folder_lock({str(tmp_path)!r}, 'workdir'):\n"
+                               "    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        message = r"workdir: .* is in use by another training run \(mcvd train or mcvd demo\)"
+        with pytest.raises(FileExistsError, match=message):
+            train(run, tmp_path, progress=False)
+        with pytest.raises(FileExistsError, match=message):
+            resume_point(run, tmp_path)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        holder.communicate("", timeout=60)
+    train(run, tmp_path, progress=False)  # the lock ended with its process
+    assert (tmp_path / "checkpoint.pt").is_file()
+
+
+def test_sigterm_stops_at_the_step_end_with_a_checkpoint_as_ctrl_c_does(tmp_path, tiny_run):
+    run = tiny_run(training={"steps": 4})
+    before = signal.getsignal(signal.SIGTERM)
+
+    def send_sigterm(steps, seconds):
+        if steps == 1:
+            signal.raise_signal(signal.SIGTERM)
+        return math.inf
+
+    with pytest.raises(TrainingInterrupted, match=r"interrupted by SIGTERM at step 1; .*checkpoint.pt holds it") \
+            as stopped:
+        train(run, tmp_path / "run", progress=False, time_limit=send_sigterm)
+    assert stopped.value.signum == signal.SIGTERM and stopped.value.step == 1
+    assert read_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 1
+    assert signal.getsignal(signal.SIGTERM) is before  # put back
+    resumed = train(run, tmp_path / "run", progress=False)
+    straight = train(run, tmp_path / "straight", progress=False)
+    assert resumed.losses == straight.losses[1:]
 
 
 def test_a_young_temporary_of_an_interrupted_first_write_is_not_a_foreign_file(tmp_path, tiny_run):

@@ -50,7 +50,8 @@ def folder_lock(folder: str | os.PathLike, arg: str, what: str = "another mcvd p
     files. FolderInUse naming `arg` when another process holds it (`what` says
     which); a lock dies with its process, so a killed run leaves none behind.
     Held by this process already (a demo's training folder, handed to train),
-    it is held again without a second lock, which flock would refuse."""
+    it is held again without a second lock, which flock would refuse. Where the
+    file system cannot lock a folder (NFS), the block runs unguarded."""
     key = os.path.realpath(folder)
     if key in _HELD:
         yield
@@ -62,6 +63,11 @@ def folder_lock(folder: str | os.PathLike, arg: str, what: str = "another mcvd p
         except BlockingIOError:
             raise FolderInUse(f"{arg}: {folder} is in use by {what}; wait for it to end, or choose another "
                               f"folder") from None
+        except OSError:
+            # A file system that cannot lock a folder (NFS emulates flock with byte-range locks, which a
+            # folder, opened for reading, cannot take): the work goes on unguarded rather than not at all.
+            yield
+            return
         _HELD[key] = fd
         try:
             yield

@@ -129,3 +129,19 @@ def test_a_folder_is_held_by_one_process_and_again_by_the_same(tmp_path):
     with folder_lock(tmp_path, "--workdir"):  # released on leaving
         pass
     assert issubclass(FolderInUse, FileExistsError)
+
+
+def test_a_file_system_that_cannot_lock_a_folder_runs_the_block_unguarded(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from mcvd.fileio import folder_lock
+
+    def nfs_flock(fd, operation):  # NFS: a folder opened for reading takes no exclusive lock
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    ran = []
+    with folder_lock(tmp_path, "--workdir"):
+        ran.append(True)
+    assert ran == [True]

@@ -58,7 +58,9 @@ def add_parser(sub) -> None:
     p.add_argument("--data", required=True, help="'smmnist' or a folder of videos / frame folders")
     add_frame_stride_flag(p, "a video of --data")
     p.add_argument("--task", choices=("predict", "interpolate", "generate"), default="predict")
-    p.add_argument("--cond", type=int, default=None, help="p, past frames (default: the model's num_frames_cond)")
+    p.add_argument("--cond", type=int, default=None,
+                   help="p, past frames: the model's num_frames_cond for predict and interpolate (the default); "
+                        "other counts only for generate")
     p.add_argument("--pred", type=int, default=None, help="n, frames to predict (default: the model's num_frames)")
     p.add_argument("--samples", type=positive_int, default=1,
                    help="k, samples per clip: scored as the best of k per metric and as one sample (the mean "
@@ -66,7 +68,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the sampler (default 0)")
     p.add_argument("--out", type=Path, default=None, help="folder for the results")
     p.add_argument("--num-clips", type=positive_int, default=None,
-                   help="evaluate the first N clips, at most as many as --data holds (default: all)")
+                   help="evaluate the first N clips (default: all); more than --data holds is refused, with the count")
     p.add_argument("--batch-size", type=positive_int, default=8,
                    help="clips per sampling call (k times as many videos; default 8)")
     p.add_argument("--method", choices=("ddpm", "ddim", "dpm++"), default=None,

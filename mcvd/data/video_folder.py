@@ -132,10 +132,20 @@ def count_video_frames(path: Path) -> int:
                    if packet.size > 0 and not getattr(packet, "is_discard", False))
 
 
+def upright_video_frame(frame) -> np.ndarray:
+    """A decoded PyAV frame as RGB uint8 [H, W, 3] as players show it: turned by the rotation its stream's
+    display matrix records (phones record portrait video as landscape frames with a rotation of 90 or -90
+    degrees, counterclockwise), to the nearest quarter turn. PyAV before 14 does not read the rotation."""
+    rgb = frame.to_ndarray(format="rgb24")
+    turns = round(getattr(frame, "rotation", 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
 def decode_video(path: Path, start: int, stop: int | None, stride: int) -> Iterator[np.ndarray]:
     """RGB frames uint8 [H, W, 3] of the first video stream at start, start + stride, ... before `stop`
-    (None: to the end), each decoded when asked for. The frames the stride skips are decoded too: a compressed
-    video's frames depend on the ones before them. ValueError for a file without a video stream."""
+    (None: to the end), each decoded when asked for, upright (upright_video_frame). The frames the stride
+    skips are decoded too: a compressed video's frames depend on the ones before them. ValueError for a file
+    without a video stream."""
     with _av().open(str(path)) as container:
         if not container.streams.video:
             raise ValueError(f"{path} has no video stream")
@@ -143,7 +153,7 @@ def decode_video(path: Path, start: int, stop: int | None, stride: int) -> Itera
             return
         for i, frame in enumerate(container.decode(video=0)):
             if i >= start and (i - start) % stride == 0:
-                yield frame.to_ndarray(format="rgb24")
+                yield upright_video_frame(frame)
             if stop is not None and i + 1 >= stop:  # not one frame more: each costs a decode
                 break
 
@@ -186,15 +196,30 @@ def frame_array(img, path: str | os.PathLike) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
+# EXIF's Orientation tag: 1 is upright; cameras store other views with the tag saying how to turn them.
+EXIF_ORIENTATION = 0x0112
+
+
+def upright(img):
+    """`img` as a viewer shows it: turned by its EXIF Orientation tag (phone cameras store JPEGs sideways with
+    the tag), or itself when it has none."""
+    if img.getexif().get(EXIF_ORIENTATION, 1) == 1:
+        return img
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(img)
+
+
 def read_frames(files: list[Path], first: Path) -> list[np.ndarray]:
-    """RGB frames (frame_array) of `files`, each checked to have the size of `first`,
-    the first frame of their folder."""
+    """RGB frames (frame_array) of `files`, upright (EXIF orientation applied), each checked to have the size
+    of `first`, the first frame of their folder."""
     image = pil_image()
     with image.open(first) as img:
-        size = img.size
+        size = upright(img).size
     out = []
     for f in files:
         with image.open(f) as img:
+            img = upright(img)
             if img.size != size:
                 raise ValueError(f"{f}: a frame of {img.width}x{img.height} pixels, expected "
                                  f"{size[0]}x{size[1]} as the folder's first frame {first.name}")

@@ -191,3 +191,61 @@ def test_16bit_frames_with_a_transparent_level_are_refused_where_it_occurs(tmp_p
             vf.frame_array(img, folder / "0.png")
     with Image.open(folder / "1.png") as img:
         np.testing.assert_array_equal(vf.frame_array(img, "1.png")[..., 1], g)
+
+
+def test_frames_stored_sideways_with_an_exif_orientation_are_read_upright(tmp_path):
+    """Phone cameras store a portrait JPEG's pixels sideways and say so in EXIF (Orientation 6: turn 90 degrees
+    clockwise to view); the frames are read as every viewer shows them, for the training data and for
+    load_clip/iter_clip alike."""
+    from mcvd.video import iter_clip, load_clip
+
+    upright_frames = []
+    for t in range(3):
+        a = np.zeros((32, 24, 3), np.uint8)  # upright: 32 high, 24 wide, a bright bar at the top, moving right
+        a[:8, 4 * t:4 * t + 8] = 255
+        upright_frames.append(a)
+        stored = Image.fromarray(a).transpose(Image.Transpose.ROTATE_90)  # as the camera stores it: 24 x 32
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        (tmp_path / "v").mkdir(exist_ok=True)
+        stored.save(tmp_path / "v" / f"{t}.jpg", quality=100, exif=exif)
+    read = vf.read_frames(sorted((tmp_path / "v").iterdir()), tmp_path / "v" / "0.jpg")
+    assert [f.shape for f in read] == [(32, 24, 3)] * 3
+    for got, want in zip(read, upright_frames):
+        assert np.abs(got.astype(int) - want).mean() < 4  # JPEG's rounding, not another orientation (~60)
+    clip = load_clip(tmp_path / "v", 24, 3)  # short side 24: the centre 24 x 24 of the upright frames
+    want = torch.from_numpy(np.stack(upright_frames)[:, 4:28]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    assert (clip - want).abs().mean() < 0.05
+    assert torch.equal(torch.stack(list(iter_clip(tmp_path / "v", 24, 3))), clip)
+
+
+@pytest.mark.parametrize("degrees", [90, -90, 180])
+def test_a_video_recorded_with_a_display_rotation_is_read_upright(tmp_path, degrees):
+    """Phones record portrait video as landscape frames with a rotation in the stream's display matrix; the
+    frames are read as players show them."""
+    av = pytest.importorskip("av")
+    if not hasattr(av.video.stream.VideoStream, "set_display_rotation"):
+        pytest.skip("this PyAV cannot write a display rotation")
+    from mcvd.video import load_clip
+
+    stored = np.zeros((32, 48, 3), np.uint8)  # landscape, a bright block at the top left
+    stored[:8, :16] = 255
+    path = tmp_path / "portrait.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt, stream.options = 48, 32, "yuv420p", {"crf": "0"}
+        stream.set_display_rotation(degrees)
+        for _ in range(2):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    shown = np.rot90(stored, degrees // 90)  # counterclockwise, as the display matrix says
+    frames = list(vf.decode_video(path, 0, None, 1))
+    assert [f.shape for f in frames] == [shown.shape] * 2
+    assert np.abs(frames[0].astype(int) - shown).mean() < 4  # (another orientation: ~60)
+    clip = load_clip(path, 32, 3)  # the short side 32: the centre crop of the upright frames
+    h, w = shown.shape[:2]
+    top, left = (h - 32) // 2, (w - 32) // 2
+    want = torch.from_numpy(shown[top:top + 32, left:left + 32].copy()).permute(2, 0, 1).float() / 127.5 - 1
+    assert (clip[0] - want).abs().mean() < 0.05

@@ -192,7 +192,8 @@ class TrainConfig:
         step on the reference ops; benchmarks/results/h200_levers.md).
     seed: seeds the weights, the data order, the noise and the masks.
     ckpt_every: write the checkpoint every this many steps (and at the last step).
-    log_every: one metrics row (means over the interval) every this many steps.
+    log_every: one metrics row (means over the interval) every this many steps, and one at every
+        checkpoint, so that a resumed run's log is the uninterrupted run's.
     """
 
     batch_size: int = 64

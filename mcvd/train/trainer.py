@@ -558,9 +558,12 @@ def _train(run: RunConfig, workdir: Path, device: torch.device, env: D.DistEnv, 
             if timed_out and time_limit_ends_run:
                 run = dataclasses.replace(run, training=dataclasses.replace(
                     tc, steps=step, ckpt_every=min(tc.ckpt_every, step)))
-            if step % tc.log_every == 0 or step == tc.steps or stop:
+            checkpoint = step % tc.ckpt_every == 0 or step == tc.steps or stop
+            # A row at every checkpoint too: a run resumed from one logs what the uninterrupted run logs (the
+            # steps after it would otherwise be averaged with those before it, which the resumed run never ran).
+            if step % tc.log_every == 0 or checkpoint:
                 _log_interval(workdir, env, bar, step, lr, interval)
-            if step % tc.ckpt_every == 0 or step == tc.steps or stop:
+            if checkpoint:
                 try:
                     _save(ckpt_path, env, run, model, ema, optimizer, scaler, generator, step, sampler,
                           len(dataset))

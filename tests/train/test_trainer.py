@@ -205,6 +205,28 @@ def test_sigterm_stops_at_the_step_end_with_a_checkpoint_as_ctrl_c_does(tmp_path
     assert resumed.losses == straight.losses[1:]
 
 
+def test_a_run_killed_after_a_checkpoint_logs_what_the_uninterrupted_run_logs(tmp_path, tiny_run):
+    """Killed at step 4 with its checkpoint at step 3 (ckpt_every 3, log_every 2), then resumed: the log rows
+    and their means are the uninterrupted run's, none of them averaging steps of both calls."""
+    training = {"steps": 5, "log_every": 2, "ckpt_every": 3}
+    straight = train(tiny_run(training=training), tmp_path / "straight", progress=False)
+    killed = tmp_path / "killed"
+    train(tiny_run(training={**training, "steps": 3}), killed, progress=False)
+    with open(killed / "metrics.csv", "a") as f:
+        f.write("4,9.5,0.001,1.0,10\n")  # the row the killed call wrote after its checkpoint
+    train(tiny_run(training=training), killed, progress=False)
+
+    def rows(folder):
+        with open(folder / "metrics.csv") as f:
+            return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+    steps = [step for step, _ in rows(tmp_path / "straight")]
+    assert steps == [2, 3, 4, 5] and [step for step, _ in rows(killed)] == steps
+    assert [loss for _, loss in rows(killed)] == pytest.approx([loss for _, loss in rows(tmp_path / "straight")],
+                                                                rel=1e-5)
+    assert rows(killed)[2][1] == pytest.approx(straight.losses[3], rel=1e-5)  # step 4's row: step 4 alone
+
+
 def test_a_young_temporary_of_an_interrupted_first_write_is_not_a_foreign_file(tmp_path, tiny_run):
     """Killed while writing its first checkpoint and started again at once: the temporary file, too young to
     remove (a write may still hold it), does not make the folder someone else's."""

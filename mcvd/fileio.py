@@ -133,14 +133,16 @@ def temporary_name(path: str | os.PathLike) -> re.Pattern:
     return re.compile(rf"\.{re.escape(Path(path).name)}\.[a-z0-9_]{{8}}\.tmp")
 
 
-def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+def remove_stale_temporaries(path: str | os.PathLike, min_age_s: float = STALE_AFTER_S) -> list[Path]:
     """Delete the temporary files that interrupted atomic_write calls for `path`
     left beside it; returns those removed.
 
     Only regular files named as atomic_write names them for this target
     (`.<name>.<8 characters>.tmp`) are candidates, and of those only files
-    older than STALE_AFTER_S that no live write holds: a write keeps its
-    temporary file locked (flock) until it is renamed."""
+    older than `min_age_s` that no live write holds: a write keeps its
+    temporary file locked (flock) until it is renamed, but another process
+    may have created its file and not locked it yet. min_age_s=0 is for a
+    caller that holds the folder (folder_lock): no other process writes there."""
     path = Path(path)
     pattern, removed = temporary_name(path), []
     try:
@@ -155,7 +157,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         except OSError:
             continue
         try:
-            if time.time() - os.fstat(fd).st_mtime < STALE_AFTER_S:
+            if time.time() - os.fstat(fd).st_mtime < min_age_s:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

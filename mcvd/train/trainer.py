@@ -214,7 +214,7 @@ def _prepare_workdir(workdir: Path, run: RunConfig, hold: contextlib.ExitStack) 
     # Again, holding the lock: a run that ended meanwhile may have left its checkpoint.
     resume, ours = _check_workdir(workdir, run)  # (it counts no temporary file as foreign)
     for name in (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME):
-        for path in remove_stale_temporaries(workdir / name):
+        for path in remove_stale_temporaries(workdir / name, min_age_s=0):  # of any age: the folder is ours
             log.warning("removed %s, left by an interrupted write", path)
     if resume:
         return True

@@ -238,6 +238,8 @@ def test_a_young_temporary_of_an_interrupted_first_write_is_not_a_foreign_file(t
     (work / ".checkpoint.pt.k1ll3d_x.tmp").write_bytes(b"half a checkpoint")
     train(tiny_run(training={"steps": 1}), work, progress=False)
     assert (work / "checkpoint.pt").is_file()
+    # Holding the folder, the run removes it however young: no other process writes there.
+    assert sorted(p.name for p in work.iterdir()) == ["checkpoint.pt", "config.yml", "metrics.csv"]
 
 
 def test_resuming_a_damaged_checkpoint_names_it(tmp_path, tiny_run):

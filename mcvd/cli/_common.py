@@ -410,8 +410,9 @@ def add_optimize_flag(parser, *, precision: bool = True) -> None:
     parser.add_argument("--optimize", action=argparse.BooleanOptionalAction, default=None,
                         help=f"sample with mcvd.optimize's compiled network (default: on a CUDA device{also}). "
                              "On the CPU the default is the eager network, its weights laid out channels_last: "
-                             "compiling there takes 0.5-2 minutes per batch shape in every run and saves at most "
-                             "~15%% of a step. --no-optimize: the eager model exactly as it is")
+                             "compiling there takes 0.5-2 minutes per batch shape in every run, then makes a step "
+                             "1.15-1.5x faster than the eager network (docs/optimize.md, docs/stream.md). "
+                             "--no-optimize: the eager model exactly as it is")
     if precision:
         add_precision_flag(parser)
 
@@ -429,7 +430,7 @@ def add_precision_flag(parser) -> None:
     """--precision: the dtype mcvd.optimize compiles the network in (check_precision)."""
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="the dtype mcvd.optimize runs the network in (default fp32). bf16 on a CPU with AMX "
-                             "(bfloat16 matrix units): 2.7-4x the reference code's float32 forward on the SMMNIST "
+                             "(bfloat16 matrix units): 3.2-4.3x the reference code's float32 forward on the SMMNIST "
                              "preset, relative error ~1e-2 (at most 6e-2); a CPU without AMX emulates it, slowly, and "
                              "one without AVX-512 runs its convolutions 7-22x slower than fp32 (a warning says so). "
                              "fp16: CUDA")

@@ -97,7 +97,7 @@ SIZES = {
                                  "+0.043 to +0.056 SSIM (clearing zero by 0.028-0.038). On an earlier EPYC with "
                                  "AVX-512 the 9.5-minute deadline left 2,075-3,302 training steps (+0.39 to +0.68 "
                                  "dB, +0.025 to +0.051 SSIM, clearing zero by 0.009-0.035; sampled with 50 steps "
-                                 "then); with AVX2 only, 1,250-1,757 steps (+0.42 to +0.78 dB, +0.016 to +0.039 "
+                                 "then); with AVX2 only, 1,250-2,239 steps (+0.42 to +0.78 dB, +0.016 to +0.040 "
                                  "SSIM, clearing zero by 0.0004-0.024), so a run there can miss: on a slower day, "
                                  "with 1,163 steps, one did on SSIM (+0.014 ± 0.016). The margin is thin, a tenth to "
                                  "a third of the shipped model's on SSIM, and this model is behind the empty frame. "

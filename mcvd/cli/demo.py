@@ -164,6 +164,8 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path, deadli
 
     steps, budget, floor = args.train_steps, None, False
     by_deadline = args.train_steps is None and args.minutes is None and size.total_minutes is not None
+    # A default budget: the size's minutes or its min_steps, whichever is longer, within max_minutes.
+    either = args.train_steps is None and args.minutes is None and size.min_steps is not None
     if steps is None:
         per_step = min(timings.values())
         steps, budget, floor = plan_budget(size, args.minutes, per_step)
@@ -180,8 +182,10 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path, deadli
                   f"{60 * size.minutes:.0f} s, so the demo trains {steps} steps or {60 * size.minutes:.0f} s, "
                   f"whichever is longer (the steps take about {per_step * steps:.0f} s), stopping at {budget:.0f} s")
         else:
+            more = (f", or at {size.min_steps} steps if training runs slower than that and they take longer, "
+                    f"within {60 * size.max_minutes:.0f} s" if either else "")
             print(f"mcvd demo: one training step takes {measured} on {device}: about {steps} steps fit in "
-                  f"{budget:.0f} s (training stops when the budget is spent)")
+                  f"{budget:.0f} s (training stops when the budget is spent{more})")
     run_cfg = run_config(size, device=device.type, seed=args.seed, steps=steps, overrides=args.overrides)
     if budget is not None:
         # Room for a machine faster than its calibration; the time limit ends the run.
@@ -190,18 +194,22 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path, deadli
                                                                              ckpt_every=longest))
 
     def own_limit(steps_done: int) -> float:
-        # The step floor: the size's minutes or its steps, whichever is longer (the calibration can be slower
-        # than training), within max_minutes.
-        return budget if not floor or steps_done < steps else min(budget, 60 * size.minutes)
+        # The size's minutes or its min_steps, whichever is longer, within max_minutes: training can run slower
+        # than its calibration (the minutes would end it before min_steps) or faster (the steps the floor set
+        # would end before the minutes).
+        if not either:
+            return budget
+        return 60 * size.max_minutes if steps_done < size.min_steps else 60 * size.minutes
 
     final = budget
-    limit = (lambda steps_done, seconds: own_limit(steps_done)) if floor else budget
+    limit = (lambda steps_done, seconds: own_limit(steps_done)) if either else budget
     if by_deadline:
         left, final = deadline - time.time(), planned
+        longest = 60 * size.max_minutes if either else budget  # what own_limit may allow
 
         def limit(steps_done: int, seconds: float) -> float:  # the deadline at the speed measured so far
             nonlocal final
-            final = fit_deadline(size, budget, seconds / max(steps_done, 1), left, finish)
+            final = fit_deadline(size, longest, seconds / max(steps_done, 1), left, finish)
             return min(final, own_limit(steps_done))
     with work_folder(out, "train") as workdir:
         start = time.perf_counter()
@@ -217,6 +225,10 @@ def train_within_budget(run_cfg, size: DemoSize, args, device, out: Path, deadli
             shutil.move(Path(workdir) / name, out / target)  # a rename: same folder tree
     # The deadline shortened training where it ended it before the run's own limit.
     cut = by_deadline and result.step < run_cfg.training.steps and final < own_limit(result.step)
+    # The floor set the steps where the minutes alone would have trained fewer.
+    floor = floor or (either and not cut and result.step <= size.min_steps)
+    if budget is not None:  # the limit the run had: the floor's cap, else its minutes or the deadline's
+        final = min(final, 60 * size.max_minutes if floor else own_limit(result.step))
     return result.run, seconds, final, size.min_steps if floor else None, cut, log
 
 

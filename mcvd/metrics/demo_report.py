@@ -109,8 +109,8 @@ def markdown(info: dict, comparisons: dict[str, dict], frames: list[int], scores
     lines += stream_section(info)
     notes = []
     if tr["step_floor"] is not None:
-        notes.append(f"at least the size's step floor of {tr['step_floor']} steps, as the calibration fitted fewer "
-                     f"in the size's minutes")
+        notes.append(f"at least the size's step floor of {tr['step_floor']} steps, as fewer fitted in the size's "
+                     f"minutes")
     if tr["deadline_minutes"] is not None:
         notes.append(f"shortened so that the demo ends within {tr['deadline_minutes']:g} minutes of its start")
     if tr["budget_seconds"] is not None:

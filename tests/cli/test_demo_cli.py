@@ -434,7 +434,7 @@ def test_the_step_floor_sets_the_steps_of_a_default_run(tmp_path, capsys, monkey
     assert (m["training"]["steps"], m["training"]["step_floor"], m["training"]["budget_seconds"]) == (3, 3, 120.0)
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "3 steps of batch" in report
-    assert "(at least the size's step floor of 3 steps, as the calibration fitted fewer" in report
+    assert "(at least the size's step floor of 3 steps, as fewer fitted in the size's minutes" in report
 
     monkeypatch.setitem(demo_cli.SIZES, "tiny", dataclasses.replace(TINY, minutes=1e-4, min_steps=10**6,
                                                                     max_minutes=0.01))
@@ -463,3 +463,24 @@ def test_the_step_floor_trains_on_to_the_minutes_when_training_beats_its_calibra
     m = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert (m["training"]["steps"], m["training"]["step_floor"], m["training"]["deadline_minutes"]) == (11, 8, None)
     assert read_checkpoint(tmp_path / "demo" / "checkpoint.pt")["step"] == 11
+
+
+def test_the_minutes_train_on_to_the_step_floor_when_training_is_slower_than_its_calibration(tmp_path, capsys,
+                                                                                           monkeypatch):
+    """A calibration quicker than training (a host that slows down) plans the size's minutes for more than
+    min_steps; when training then reaches the minutes first, it trains on to min_steps, the size's minutes or
+    its min_steps, whichever is longer, and the report says the floor set the steps."""
+    import dataclasses
+
+    import mcvd.cli.demo as demo_cli
+
+    monkeypatch.setitem(demo_cli.SIZES, "tiny", dataclasses.replace(TINY, minutes=1e-4, min_steps=6, max_minutes=2.0,
+                                                                    total_minutes=60.0))
+    monkeypatch.setattr(demo_cli, "calibrate", lambda run, parent, try_one_thread: {1: 1e-7})
+    assert demo(tmp_path / "demo", "--clips", "2") == 0
+    said = capsys.readouterr().out
+    assert "steps fit in 0 s (training stops when the budget is spent, or at 6 steps if training runs slower" in said
+    m = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert (m["training"]["steps"], m["training"]["step_floor"], m["training"]["deadline_minutes"]) == (6, 6, None)
+    assert read_checkpoint(tmp_path / "demo" / "checkpoint.pt")["step"] == 6
+    assert "(at least the size's step floor of 6 steps" in (tmp_path / "demo" / "report.md").read_text()

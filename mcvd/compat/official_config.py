@@ -62,6 +62,16 @@ _UNSUPPORTED = {
 _PAPER_NOISE = {"sigma_dist": "linear", "sigma_begin": 0.02, "sigma_end": 0.0001, "gamma": False}
 
 
+class _ReferenceYAMLLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, and the `!!python/tuple` tag: the reference code evaluates its --config_mod
+    values in Python (`model.ch_mult=(1,2,3,4)` is a tuple) and its yaml.dump writes a tuple so. Read as a
+    list, like the lists of its own configs; no other Python tag, and no code, is run."""
+
+
+_ReferenceYAMLLoader.add_constructor("tag:yaml.org,2002:python/tuple",
+                                     lambda loader, node: loader.construct_sequence(node, deep=True))
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
     """Parse a YAML mapping, with errors that name the file."""
     path = Path(path)
@@ -69,7 +79,7 @@ def read_yaml(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"config: no such file: {path}")
     try:
         with open(path) as fh:
-            d = yaml.safe_load(fh)
+            d = yaml.load(fh, Loader=_ReferenceYAMLLoader)
     except yaml.YAMLError as e:
         raise ValueError(f"config: {path} is not valid YAML ({e})") from e
     if not isinstance(d, dict):
@@ -108,7 +118,11 @@ def config_from_official_dict(d: dict, source: str = "config") -> ModelConfig:
     # ModelConfig.schedule: the samplers' default is wrong.
     noise = {k: d["model"].get(k, v) for k, v in _PAPER_NOISE.items()}
     schedule = "cosine" if noise["sigma_dist"] == "cosine" else "linear"
-    if (noise["gamma"] != _PAPER_NOISE["gamma"]) if schedule == "cosine" else (noise != _PAPER_NOISE):
+    if noise["gamma"]:
+        log.warning("%s: model.gamma is true: the network was trained on Gamma noise, which no sampler of this "
+                    "package draws (they draw Gaussian noise): the network loads as trained, but its samples "
+                    "here are not the reference's", source)
+    elif schedule != "cosine" and noise != _PAPER_NOISE:
         log.warning("%s: noise settings %s differ from the paper's %s; sample with the matching schedule",
                     source, noise, _PAPER_NOISE)
 

@@ -276,6 +276,30 @@ def test_other_noise_settings_are_reported(tmp_path, caplog):
     assert cfg.schedule == "linear"
 
 
+def test_gamma_noise_is_reported_as_no_samplers(tmp_path, caplog):
+    ckpt = copy_fixture(tmp_path, "concat_small", edit_config=lambda c: c["model"].update(gamma=True))
+    with caplog.at_level("WARNING", logger="mcvd.compat"):
+        model, _ = load_official(ckpt)
+    assert "model.gamma is true: the network was trained on Gamma noise, which no sampler" in caplog.text
+    assert outputs_match(model, "concat_small")  # the network itself is the same
+
+
+def test_a_tuple_that_the_reference_code_dumped_is_read(tmp_path):
+    """The reference's --config_mod evaluates values in Python: `model.ch_mult=(1,2)` is dumped as a
+    !!python/tuple, which its own loader reads back; so does this one (and no other Python tag)."""
+    ckpt = copy_fixture(tmp_path, "concat_small")
+    text = (tmp_path / "config.yml").read_text()
+    config = yaml.safe_load(text)
+    config["model"]["ch_mult"] = tuple(config["model"]["ch_mult"])
+    (tmp_path / "config.yml").write_text(yaml.dump(config))
+    assert "!!python/tuple" in (tmp_path / "config.yml").read_text()
+    model, cfg = load_official(ckpt)
+    assert cfg.ch_mult == (1, 2) and outputs_match(model, "concat_small")
+    (tmp_path / "config.yml").write_text("model: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ValueError, match=r"config: .*config.yml is not valid YAML"):
+        load_official(ckpt)
+
+
 def test_the_cosine_schedule_is_the_models(tmp_path, caplog):
     """The reference's sigma_dist: cosine (its sigma_begin and sigma_end unused) is ModelConfig's cosine schedule,
     so the samplers' default schedule is the one the network was trained with: the same abar_t as the

@@ -77,6 +77,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import Row, environment, measure_interleaved, write_csv  # noqa: E402
+from official_model import perturb_  # noqa: E402
 
 import mcvd  # noqa: E402
 from mcvd.compat.official_config import config_from_official_dict  # noqa: E402
@@ -119,15 +120,6 @@ def official_config_dict(cfg: mcvd.ModelConfig, base: dict) -> dict:
     if got != cfg:
         raise AssertionError(f"the reference config maps to {got}, not {cfg}")
     return d
-
-
-def perturb_(module: torch.nn.Module, seed: int) -> None:
-    """Add N(0, 0.02^2) to every parameter: the zero-initialised output convs of each block then
-    contribute, so that the outputs compared before timing exercise every layer."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.02)
 
 
 def build_weights(cfg, code, base_yaml):

@@ -78,9 +78,20 @@ class OfficialCode:
                                         log=False, clip_before=True)
 
     @staticmethod
-    def save_checkpoint(net: torch.nn.Module, path: str | Path) -> None:
+    def save_checkpoint(net: torch.nn.Module, path: str | Path, ema: dict | None = None) -> None:
         """Its checkpoint layout: [model_state ("module." keys, as nn.DataParallel saves them),
-        optimizer_state, epoch, step, ema_shadow] (here the EMA shadow is the weights themselves)."""
+        optimizer_state, epoch, step, ema_shadow] (the EMA shadow `ema`, by parameter name; by default
+        the weights themselves)."""
         state = {f"module.{k}": v.detach().clone() for k, v in net.state_dict().items()}
-        ema = {k: v.detach().clone() for k, v in net.named_parameters()}
+        if ema is None:
+            ema = {k: v.detach().clone() for k, v in net.named_parameters()}
         torch.save([state, {}, 0, 0, ema], path)
+
+
+def perturb_(module: torch.nn.Module, seed: int) -> None:
+    """Add N(0, 0.02^2) to every parameter: the zero-initialised output convs of each block then
+    contribute, so that outputs compared exercise every layer."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)

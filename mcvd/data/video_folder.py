@@ -135,7 +135,8 @@ def count_video_frames(path: Path) -> int:
 def upright_video_frame(frame) -> np.ndarray:
     """A decoded PyAV frame as RGB uint8 [H, W, 3] as players show it: turned by the rotation its stream's
     display matrix records (phones record portrait video as landscape frames with a rotation of 90 or -90
-    degrees, counterclockwise), to the nearest quarter turn. PyAV before 14 does not read the rotation."""
+    degrees, counterclockwise), to the nearest quarter turn. An older PyAV, without VideoFrame.rotation, reads
+    none."""
     rgb = frame.to_ndarray(format="rgb24")
     turns = round(getattr(frame, "rotation", 0) / 90) % 4
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb

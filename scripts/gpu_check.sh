@@ -205,9 +205,8 @@ if [ -n "${DEMO_MINUTES:-}" ]; then
     timeout $(budget $(( DEMO_MINUTES * 60 + 240 )) 30) $PY -m mcvd demo --device cuda --minutes "$DEMO_MINUTES" \
         --out "$TMP/demo" --no-progress >"$OUTDIR/demo.log" 2>&1
     echo "exit $?"; grep -E "beats|worse|not distinguishable|streamed|digit recall" "$OUTDIR/demo.log" | tail -6
-    for f in report.md demo.gif; do
-        [ -f "$TMP/demo/$f" ] && cp "$TMP/demo/$f" "$OUTDIR/$([ $f = report.md ] && echo demo_report.md || echo $f)"
-    done
+    [ -f "$TMP/demo/report.md" ] && cp "$TMP/demo/report.md" "$OUTDIR/demo_report.md"
+    [ -f "$TMP/demo/demo.gif" ] && cp "$TMP/demo/demo.gif" "$OUTDIR/demo.gif"
 fi
 
 if [ "${SKIP_OPS:-0}" != 1 ]; then
